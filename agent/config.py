@@ -1,0 +1,137 @@
+"""Validated configuration. The only module that reads environment variables.
+
+Every model here is validated before any encoder or LLM loads, so a typo in a
+config file fails in milliseconds, not after a model download.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import ConfigError
+
+Representative = Literal["smore", "mean"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderConfig(_Strict):
+    """Which open_clip model encodes frames and queries.
+
+    ``model`` is an open_clip architecture name (``MobileCLIP2-S0``,
+    ``ViT-B-32``...) or ``tiny-random``: a small seeded ViT with random
+    weights whose answers are *meaningless* (tests and offline demos only).
+    """
+
+    model: str = "MobileCLIP2-S0"
+    pretrained: str | None = "dfndr2b"
+    """open_clip pretrained tag (downloaded where a network exists)."""
+    checkpoint: Path | None = None
+    """Local checkpoint file; wins over ``pretrained``."""
+    threads: int = Field(default_factory=lambda: env_int("VMR_THREADS", 2), ge=1, le=256)
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    allow_random: bool = False
+    """Permit ``tiny-random``. The CLI sets it only when the user names it."""
+
+    @model_validator(mode="after")
+    def _random_needs_consent(self) -> EncoderConfig:
+        if self.model == "tiny-random" and not self.allow_random:
+            raise ValueError("model 'tiny-random' has random weights; pass allow_random=True")
+        return self
+
+
+class IndexConfig(_Strict):
+    """How footage becomes memory."""
+
+    fps: float = Field(default=2.0, gt=0, le=60)
+    """Target sampling rate (frames per stream second)."""
+    keyframes_only: bool = False
+    """Decode keyframes only: a fast coarse pass over archives."""
+    grid: int = Field(default=2, ge=1, le=4)
+    """Super-image grid N: one encoder pass covers N x N frames."""
+    budget: int = Field(default=4096, ge=2)
+    """Token budget B of the memory (one token per anchor)."""
+    theta: float = Field(default=0.95, ge=-1.0, le=1.0)
+    """Cosine at or above which a new embedding joins the current anchor."""
+    rank: int = Field(default=4, ge=1, le=64)
+    """Rank k of each anchor's truncated SVD."""
+    representative: Representative = "smore"
+    gap_seconds: float = Field(default=5.0, gt=0)
+    """A jump in stream time larger than this is a gap in coverage."""
+    gate: bool = True
+    """Skip encoder passes on static stretches (cheap-index gate)."""
+    gate_motion: float = Field(default=0.004, ge=0)
+    gate_hist: float = Field(default=0.02, ge=0)
+    gate_max_seconds: float = Field(default=30.0, gt=0)
+    """Encode at least once per this many seconds even when static."""
+    store_bytes: int = Field(default=2 * 1024**3, ge=0)
+    """Frame-store byte bound (oldest evicted first); 0 disables the store."""
+    store_size: int = Field(default=224, ge=32, le=1024)
+    """Longest side of stored JPEG frames."""
+    store_quality: int = Field(default=80, ge=10, le=100)
+    cheap_capacity: int = Field(default=1_000_000, ge=16)
+    """Cheap-index entries kept (ring buffer)."""
+
+
+class QueryConfig(_Strict):
+    """How queries are answered."""
+
+    top_k: int = Field(default=5, ge=1, le=100)
+    candidates: int = Field(default=8, ge=1, le=256)
+    """Anchors kept by the prescreen for refinement."""
+    context_seconds: float = Field(default=10.0, ge=0)
+    """Seconds added around each candidate anchor before refinement."""
+    refine: bool = True
+    max_refine_frames: int = Field(default=512, ge=1)
+    nms_iou: float = Field(default=0.5, ge=0, le=1)
+    max_text_chars: int = Field(default=2000, ge=1)
+    max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
+
+
+class Settings(_Strict):
+    """Everything one ingest or service run needs."""
+
+    prescreen: EncoderConfig = EncoderConfig()
+    refine: EncoderConfig | None = None
+    """Refine encoder; None means the prescreen encoder does both."""
+    index: IndexConfig = IndexConfig()
+    query: QueryConfig = QueryConfig()
+
+
+def env_int(name: str, default: int) -> int:
+    """Read an integer environment variable, failing clearly on garbage."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from exc
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    """Read a string environment variable."""
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else raw
+
+
+def cache_dir() -> Path:
+    """Where downloaded or assembled artefacts are cached (``VMR_CACHE``)."""
+    base = env_str("VMR_CACHE") or os.path.join(
+        env_str("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vmr"
+    )
+    return Path(base)
+
+
+def validate(model: type[_Strict], data: dict[str, object]) -> _Strict:
+    """Validate ``data`` as ``model``, translating pydantic's error."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from exc

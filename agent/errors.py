@@ -1,0 +1,122 @@
+"""The one exception tree of vmr.
+
+Every error the project raises on purpose derives from :class:`VmrError`.
+Third-party exceptions are translated at the boundary (``raise ... from exc``)
+so callers catch vmr errors only. Each class carries a stable ``code`` that the
+websocket API sends to clients instead of a traceback::
+
+    VmrError
+    ├── ConfigError                 invalid configuration, unknown model name
+    │   └── WeightsUnavailableError real weights requested but not obtainable
+    ├── SourceError                 a video source failed
+    │   ├── CorruptVideoError       undecodable or damaged input
+    │   └── StreamDisconnectedError a live source dropped (reconnect may follow)
+    ├── IndexStoreError             an index / snapshot on disk is missing or invalid
+    │   └── SnapshotVersionError    snapshot written by an incompatible format version
+    ├── QueryError                  a query that cannot be answered as asked
+    │   └── OversizeQueryError      query text or image over the configured limit
+    ├── ProtocolError               malformed websocket message
+    │   └── UnknownStreamError      a request names a stream id that does not exist
+    └── LLMError                    the LLM stage failed
+        ├── LLMUnavailableError     server down, not started, or port unavailable
+        ├── LLMTimeoutError         no answer in time
+        └── LLMAnswerError          answer malformed or outside the schema
+"""
+
+from __future__ import annotations
+
+
+class VmrError(Exception):
+    """Root of every error vmr raises on purpose."""
+
+    code: str = "internal"
+
+
+class ConfigError(VmrError):
+    """The configuration is invalid (checked before any model loads)."""
+
+    code = "config"
+
+
+class WeightsUnavailableError(ConfigError):
+    """Real encoder weights were asked for but cannot be loaded."""
+
+    code = "weights_unavailable"
+
+
+class SourceError(VmrError):
+    """A video source could not be opened or read."""
+
+    code = "source"
+
+
+class CorruptVideoError(SourceError):
+    """The input is not decodable video, or is damaged."""
+
+    code = "corrupt_video"
+
+
+class StreamDisconnectedError(SourceError):
+    """A live source dropped; the owner may reconnect."""
+
+    code = "stream_disconnected"
+
+
+class IndexStoreError(VmrError):
+    """An index directory or snapshot is missing or invalid."""
+
+    code = "index_store"
+
+
+class SnapshotVersionError(IndexStoreError):
+    """A snapshot was written by an incompatible format version."""
+
+    code = "snapshot_version"
+
+
+class QueryError(VmrError):
+    """A query cannot be answered as asked."""
+
+    code = "bad_query"
+
+
+class OversizeQueryError(QueryError):
+    """The query text or image exceeds the configured limit."""
+
+    code = "oversize_query"
+
+
+class ProtocolError(VmrError):
+    """A websocket message is malformed or not allowed now."""
+
+    code = "bad_message"
+
+
+class UnknownStreamError(ProtocolError):
+    """A request names a stream id the service does not know."""
+
+    code = "unknown_stream"
+
+
+class LLMError(VmrError):
+    """The LLM stage failed."""
+
+    code = "llm"
+
+
+class LLMUnavailableError(LLMError):
+    """The LLM server is down, not started, or its port is unavailable."""
+
+    code = "llm_unavailable"
+
+
+class LLMTimeoutError(LLMError):
+    """The LLM server did not answer in time."""
+
+    code = "llm_timeout"
+
+
+class LLMAnswerError(LLMError):
+    """The LLM answer was malformed or outside the schema."""
+
+    code = "llm_bad_answer"

@@ -1,0 +1,84 @@
+"""Plain data types shared by sources, the numeric core and the service.
+
+Times are in *stream seconds* (``(pts - stream.start_time) * time_base``)
+unless the name says ``wall`` (Unix seconds, live sources only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+RGBImage = npt.NDArray[np.uint8]
+"""An (H, W, 3) uint8 RGB picture."""
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded, sampled picture of a stream."""
+
+    stream: str
+    t: float
+    image: RGBImage
+    wall: float | None = None
+    keyframe: bool = False
+
+
+AnsweredBy = Literal["refine", "anchor", "llm"]
+"""Which path produced a moment: per-frame refinement, anchor-level
+prescreen scores (stored frames evicted), or the LLM stage."""
+
+
+@dataclass(slots=True)
+class Moment:
+    """A retrieved moment: a time span of one stream with a score."""
+
+    start: float
+    end: float
+    score: float
+    stream: str = ""
+    wall_start: float | None = None
+    wall_end: float | None = None
+    evidence: list[float] = field(default_factory=list)
+    """Stream times of the frames that support the moment (thumbnails)."""
+    answered_by: AnsweredBy = "refine"
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(slots=True)
+class Coverage:
+    """What the memory retains of a time range."""
+
+    start: float
+    end: float
+    retained_seconds: float
+    """Seconds of [start, end] that the memory covers with anchors."""
+    seconds_per_token: float
+    """Mean temporal resolution of the anchors overlapping the range."""
+    frames_seconds: float
+    """Seconds of [start, end] for which stored frames still exist."""
+
+    @property
+    def retained_fraction(self) -> float:
+        span = self.end - self.start
+        return 0.0 if span <= 0 else min(1.0, self.retained_seconds / span)
+
+
+@dataclass(slots=True)
+class QueryResult:
+    """The answer to one query over one stream's memory."""
+
+    moments: list[Moment]
+    coverage: Coverage | None
+    answered_by: AnsweredBy
+    meaningless: bool = False
+    """True when the encoder has random weights: scores carry no semantics."""
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Benchmarks: haystack builder and runners; results in bench/results/."""

@@ -1,0 +1,1 @@
+"""LLM serving (vLLM, llama.cpp) and the OpenAI-compatible client."""

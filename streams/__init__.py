@@ -1,0 +1,1 @@
+"""Video sources: each an async iterator of frames with an idempotent close()."""

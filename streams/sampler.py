@@ -1,0 +1,68 @@
+"""Frame sampling and conversion shared by every PyAV-based source.
+
+Timestamps come from ``pts * time_base`` relative to the stream's start time,
+never from a frame index and a nominal rate, so variable frame rate and
+non-zero start times come out right.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from agent.types import RGBImage
+
+
+class Sampler:
+    """Keeps frames whose timestamp reaches the next sample instant.
+
+    A source at any rate (or variable rate) is thinned to at most ``fps``
+    frames per stream second. After a jump forward in time the grid restarts
+    at the new time instead of emitting a burst of catch-up frames.
+    """
+
+    def __init__(self, fps: float) -> None:
+        if fps <= 0:
+            raise ValueError("fps must be positive")
+        self.period = 1.0 / fps
+        self._next: float | None = None
+
+    def take(self, t: float) -> bool:
+        """Whether the frame at stream time ``t`` is kept."""
+        if self._next is None or t >= self._next + self.period or t < self._next - 10 * self.period:
+            # First frame, a jump forward, or a clock reset backward: restart the grid here.
+            self._next = t + self.period
+            return True
+        if t + 1e-9 >= self._next:
+            self._next += self.period
+            return True
+        return False
+
+
+def frame_seconds(frame: av.VideoFrame, start_pts: int | None, time_base: Fraction | None) -> float | None:
+    """Stream seconds of a decoded frame, or None when it has no timestamp."""
+    pts = frame.pts
+    tb = frame.time_base or time_base
+    if pts is None or tb is None:
+        return None
+    return float((pts - (start_pts or 0)) * tb)
+
+
+def short_side_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """(width, height) scaled so the short side is ``short``; even sizes for swscale."""
+    if width <= 0 or height <= 0:
+        raise ValueError("frame has no size")
+    scale = short / min(width, height)
+    w = max(2, int(math.floor(width * scale / 2 + 0.5)) * 2)
+    h = max(2, int(math.floor(height * scale / 2 + 0.5)) * 2)
+    return w, h
+
+
+def to_rgb(frame: av.VideoFrame, short: int) -> RGBImage:
+    """Convert and resize once (swscale), keeping aspect: short side = ``short``."""
+    w, h = short_side_size(frame.width, frame.height, short)
+    arr = frame.to_ndarray(width=w, height=h, format="rgb24")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
