@@ -17,6 +17,31 @@ from agent.errors import ConfigError
 Representative = Literal["smore", "mean"]
 
 
+def env_int(name: str, default: int) -> int:
+    """Read an integer environment variable, failing clearly on garbage."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from exc
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    """Read a string environment variable."""
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else raw
+
+
+def cache_dir() -> Path:
+    """Where downloaded or assembled artefacts are cached (``VMR_CACHE``)."""
+    base = env_str("VMR_CACHE") or os.path.join(
+        env_str("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vmr"
+    )
+    return Path(base)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,36 +122,11 @@ class QueryConfig(_Strict):
 class Settings(_Strict):
     """Everything one ingest or service run needs."""
 
-    prescreen: EncoderConfig = EncoderConfig()
+    prescreen: EncoderConfig = Field(default_factory=EncoderConfig)
     refine: EncoderConfig | None = None
     """Refine encoder; None means the prescreen encoder does both."""
-    index: IndexConfig = IndexConfig()
-    query: QueryConfig = QueryConfig()
-
-
-def env_int(name: str, default: int) -> int:
-    """Read an integer environment variable, failing clearly on garbage."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from exc
-
-
-def env_str(name: str, default: str | None = None) -> str | None:
-    """Read a string environment variable."""
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else raw
-
-
-def cache_dir() -> Path:
-    """Where downloaded or assembled artefacts are cached (``VMR_CACHE``)."""
-    base = env_str("VMR_CACHE") or os.path.join(
-        env_str("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vmr"
-    )
-    return Path(base)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
 
 
 def validate(model: type[_Strict], data: dict[str, object]) -> _Strict:

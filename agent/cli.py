@@ -1,0 +1,367 @@
+"""The ``vmr`` command line: ingest, query, info, eval (and hooks for bench, llm, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings
+from agent.errors import ConfigError, VmrError
+
+T = TypeVar("T")
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------ options
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Encoder choice; ``tiny-random`` must be named explicitly."""
+    g = p.add_argument_group("encoder")
+    g.add_argument("--model", default="MobileCLIP2-S0", help="open_clip model, or tiny-random (meaningless, tests/demo)")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (default: the model's recommended tag)")
+    g.add_argument("--checkpoint", type=Path, default=None, help="local checkpoint file (wins over --pretrained)")
+    g.add_argument("--refine-model", default=None, help="stronger model for refinement (default: same as --model)")
+    g.add_argument("--refine-pretrained", default=None)
+    g.add_argument("--refine-checkpoint", type=Path, default=None)
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default VMR_THREADS or 2)")
+
+
+def add_index_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory")
+    g.add_argument("--fps", type=float, default=2.0, help="sampling rate (frames per second)")
+    g.add_argument("--grid", type=int, default=2, help="super-image grid N (1..4)")
+    g.add_argument("--budget", type=int, default=4096, help="token budget B")
+    g.add_argument("--theta", type=float, default=0.95, help="merge cosine threshold")
+    g.add_argument("--rank", type=int, default=4, help="SVD rank per anchor")
+    g.add_argument("--representative", choices=["smore", "mean"], default="smore")
+    g.add_argument("--keyframes", action="store_true", help="keyframes only: fast coarse pass")
+    g.add_argument("--no-gate", action="store_true", help="encode static stretches too")
+    g.add_argument("--store-mb", type=float, default=2048, help="frame-store bound in MiB (0: no store)")
+
+
+_DEFAULT_TAGS = {"MobileCLIP2-S0": "dfndr2b", "ViT-B-32": "laion2b_s34b_b79k"}
+
+
+def encoder_config(model: str, pretrained: str | None, checkpoint: Path | None, threads: int | None) -> EncoderConfig:
+    data: dict[str, Any] = {
+        "model": model,
+        "pretrained": pretrained or _DEFAULT_TAGS.get(model, "openai"),
+        "checkpoint": checkpoint,
+        "allow_random": model == "tiny-random",
+    }
+    if threads is not None:
+        data["threads"] = threads
+    return EncoderConfig.model_validate(data)
+
+
+def settings_from_args(a: argparse.Namespace) -> Settings:
+    """Validate every option before any model loads."""
+    pre = encoder_config(a.model, a.pretrained, a.checkpoint, a.threads)
+    ref = (
+        encoder_config(a.refine_model, a.refine_pretrained, a.refine_checkpoint, a.threads)
+        if a.refine_model
+        else None
+    )
+    idx = IndexConfig(
+        fps=a.fps,
+        grid=a.grid,
+        budget=a.budget,
+        theta=a.theta,
+        rank=a.rank,
+        representative=a.representative,
+        keyframes_only=a.keyframes,
+        gate=not a.no_gate,
+        store_bytes=int(a.store_mb * 1024 * 1024),
+    )
+    return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig())
+
+
+def stream_id_for(path: Path) -> str:
+    """A safe stream id from a file name."""
+    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("._-") or "video"
+    return sid[:128]
+
+
+def prefetch(items: Iterable[T], maxsize: int = 64) -> Iterator[T]:
+    """Iterate ``items`` in a worker thread (decode overlaps encoding); errors re-raised."""
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            q.put((False, exc))
+
+    th = threading.Thread(target=work, name="vmr-decode", daemon=True)
+    th.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+# ------------------------------------------------------------------ commands
+def cmd_ingest(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agent.index import VideoIndex
+    from streams.file import decode_frames, probe
+
+    settings = settings_from_args(a)
+    video = Path(a.video)
+    info = probe(video)
+    sid = a.stream or stream_id_for(video)
+    t0 = time.perf_counter()
+    with VideoIndex.create(Path(a.index), settings) as idx:
+        if idx.prescreen.meaningless:
+            print("WARNING: tiny-random encoder: random weights, answers are MEANINGLESS", file=sys.stderr)
+        frames = decode_frames(
+            video,
+            stream=sid,
+            fps=settings.index.fps,
+            keyframes_only=settings.index.keyframes_only,
+            short_side=idx.prescreen.image_size,
+        )
+        bar = tqdm(total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5)
+        done = [0.0, 0]
+
+        def on_frame(frame: Any) -> None:
+            done[1] += 1
+            step = frame.t - done[0]
+            if step > 0:
+                bar.update(round(step, 1))
+                done[0] = frame.t
+            el = time.perf_counter() - t0
+            bar.set_postfix_str(f"{done[1] / el:.0f} fr/s, {frame.t / el:.1f}x realtime")
+
+        try:
+            idx.ingest(prefetch(frames), on_frame=on_frame)
+        finally:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    summary = {
+        "stream": sid,
+        "video_seconds": round(info.duration, 3),
+        "elapsed_seconds": round(elapsed, 3),
+        "x_realtime": round(info.duration / elapsed, 2) if elapsed > 0 else None,
+        "frames": done[1],
+    }
+    print(json.dumps(summary) if a.json else " ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _load_image(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ConfigError(f"cannot read query image {path}: {exc}") from exc
+
+
+def cmd_query(a: argparse.Namespace) -> int:
+    from agent.index import VideoIndex
+    from agent.retrieval import Query
+
+    if a.text is None and a.image is None:
+        raise ConfigError("give a query text or --image PATH")
+    idx = VideoIndex.open(Path(a.index))
+    q = Query(
+        text=a.text if a.image is None else None,
+        image=_load_image(a.image) if a.image else None,
+        streams=[a.stream] if a.stream else None,
+        start=a.start,
+        end=a.end,
+        top_k=a.top_k,
+    )
+    results = idx.query(q)
+    rows = [m for r in results.values() for m in r.moments]
+    rows.sort(key=lambda m: -m.score)
+    meaningless = any(r.meaningless for r in results.values())
+    if a.json:
+        print(json.dumps(_results_json(results, meaningless), indent=2))
+        return 0
+    if meaningless:
+        print("WARNING: tiny-random encoder: these scores are MEANINGLESS")
+    print(f"{'#':>2}  {'stream':<20} {'start':>9} {'end':>9} {'score':>7}  path")
+    for i, m in enumerate(rows[: a.top_k or 5], 1):
+        print(f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f}  {m.answered_by}")
+    for name, r in results.items():
+        for note in r.notes:
+            print(f"note [{name}]: {note}")
+    return 0
+
+
+def _results_json(results: dict[str, Any], meaningless: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"meaningless": meaningless, "streams": {}}
+    for name, r in results.items():
+        cov = r.coverage
+        out["streams"][name] = {
+            "answered_by": r.answered_by,
+            "notes": r.notes,
+            "coverage": None
+            if cov is None
+            else {
+                "start": cov.start,
+                "end": cov.end,
+                "retained_seconds": cov.retained_seconds,
+                "retained_fraction": cov.retained_fraction,
+                "seconds_per_token": cov.seconds_per_token,
+                "frames_seconds": cov.frames_seconds,
+            },
+            "moments": [
+                {
+                    "start": round(m.start, 3),
+                    "end": round(m.end, 3),
+                    "score": round(float(m.score), 6),
+                    "evidence": m.evidence,
+                    "answered_by": m.answered_by,
+                }
+                for m in r.moments
+            ],
+        }
+    return out
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from agent.index import VideoIndex
+
+    info = VideoIndex.open(Path(a.index)).info()
+    if a.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for name, s in info["streams"].items():
+            print(
+                f"{name}: {s['tokens']}/{s['budget']} tokens, {s['covered_seconds']:.1f}s covered, "
+                f"{s['memory_bytes'] / 1024:.0f} KiB memory, {s['store_bytes'] / 2**20:.1f} MiB frames"
+            )
+        print(f"model: {info['model']['prescreen']}  on disk: {info['bytes_on_disk'] / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_eval_qvh(a: argparse.Namespace) -> int:
+    from agent.metrics import load_jsonl, qvh_metrics
+
+    metrics = qvh_metrics(load_jsonl(Path(a.gt)), load_jsonl(Path(a.pred)))
+    print(json.dumps(metrics, indent=2) if a.json else "\n".join(f"{k}: {v}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_eval_charades(a: argparse.Namespace) -> int:
+    from agent.evaluate import charades_eval
+
+    report = charades_eval(Path(a.annotations), settings_from_args(a), Path(a.index) if a.index else None)
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        if report["meaningless"]:
+            print("WARNING: tiny-random encoder: these metrics are MEANINGLESS")
+        for k, v in report["metrics"].items():
+            print(f"{k}: {v}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmr", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pi = sub.add_parser("ingest", help="turn a video into a bounded index")
+    pi.add_argument("video")
+    pi.add_argument("--index", required=True)
+    pi.add_argument("--stream", default=None, help="stream id (default: from the file name)")
+    pi.add_argument("--json", action="store_true")
+    pi.add_argument("--quiet", action="store_true")
+    add_model_options(pi)
+    add_index_options(pi)
+    pi.set_defaults(func=cmd_ingest)
+
+    pq = sub.add_parser("query", help="top moments for a text or image query")
+    pq.add_argument("index", help="index directory")
+    pq.add_argument("text", nargs="?")
+    pq.add_argument("--image", type=Path, default=None)
+    pq.add_argument("--stream", default=None)
+    pq.add_argument("--start", type=float, default=None)
+    pq.add_argument("--end", type=float, default=None)
+    pq.add_argument("--top-k", type=int, default=5)
+    pq.add_argument("--json", action="store_true")
+    pq.set_defaults(func=cmd_query)
+
+    pn = sub.add_parser("info", help="what an index holds")
+    pn.add_argument("index")
+    pn.add_argument("--json", action="store_true")
+    pn.set_defaults(func=cmd_info)
+
+    pe = sub.add_parser("eval", help="moment retrieval metrics")
+    esub = pe.add_subparsers(dest="eval_kind", required=True)
+    pq2 = esub.add_parser("qvh", help="QVHighlights official metrics of a prediction file")
+    pq2.add_argument("--gt", required=True)
+    pq2.add_argument("--pred", required=True)
+    pq2.add_argument("--json", action="store_true")
+    pq2.set_defaults(func=cmd_eval_qvh)
+    pc = esub.add_parser("charades", help="ingest Charades-STA clips and score the annotations")
+    pc.add_argument("--annotations", required=True)
+    pc.add_argument("--index", default=None, help="keep the index here (default: a temp dir)")
+    pc.add_argument("--json", action="store_true")
+    add_model_options(pc)
+    add_index_options(pc)
+    pc.set_defaults(func=cmd_eval_charades)
+
+    for module in ("bench.cli", "llm_server.cli", "agent.service.cli"):
+        _register(module, sub)
+    return p
+
+
+def _register(module: str, sub: Any) -> None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return  # optional part not present in this build
+        raise
+    mod.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except VmrError as exc:
+        print(f"vmr: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

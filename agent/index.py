@@ -1,0 +1,245 @@
+"""An index directory: settings, encoders and the state of each stream.
+
+Layout::
+
+    DIR/index.json          format version, settings, encoder identity, streams
+    DIR/streams/<id>/...    one StreamState per stream (see agent.stream_state)
+
+The same object backs the CLI (one stream per ingested file) and the service
+(many live streams). Encoding is inline here (:meth:`VideoIndex.ingest`); the
+service drives :class:`~agent.ingest.StreamIngestor` itself to batch across
+streams.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from agent.atomic import write_json
+from agent.config import Settings
+from agent.encoder import ClipEncoder, load_encoder
+from agent.errors import ConfigError, IndexStoreError, SnapshotVersionError, UnknownStreamError
+from agent.retrieval import FrameEmbeddingCache, Query, encode_query, search_stream
+from agent.stream_state import StreamState
+from agent.superimage import SuperImage
+from agent.types import Frame, QueryResult
+
+INDEX_VERSION = 1
+_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_stream_id(stream: str) -> str:
+    """Stream ids become folder names: allow a safe alphabet only."""
+    if not _STREAM_ID.match(stream):
+        raise ConfigError(f"invalid stream id {stream!r}: use letters, digits, '_', '.', '-' (max 128)")
+    return stream
+
+
+class VideoIndex:
+    """Settings, encoders and per-stream state under one directory."""
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        self.root = Path(root)
+        self.settings = settings
+        self.prescreen: ClipEncoder = load_encoder(settings.prescreen)
+        self.refine: ClipEncoder = load_encoder(settings.refine) if settings.refine else self.prescreen
+        self.streams: dict[str, StreamState] = {}
+        self.cache = FrameEmbeddingCache()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, root: Path, settings: Settings) -> VideoIndex:
+        """Open ``root`` for writing, creating it; existing streams are kept."""
+        root = Path(root)
+        if (root / "index.json").exists():
+            existing = cls.read_manifest(root)
+            if existing["settings"] != settings.model_dump(mode="json"):
+                raise ConfigError(f"{root} was built with other settings; use a new --index directory")
+        idx = cls(root, settings)
+        idx._open_streams()
+        idx.write_manifest()
+        return idx
+
+    @classmethod
+    def open(cls, root: Path) -> VideoIndex:
+        """Open an existing index with the settings it was built with."""
+        manifest = cls.read_manifest(Path(root))
+        try:
+            settings = Settings.model_validate(manifest["settings"])
+        except Exception as exc:  # noqa: BLE001 - pydantic error -> typed store error
+            raise IndexStoreError(f"{root}/index.json: invalid settings: {exc}") from exc
+        idx = cls(Path(root), settings)
+        idx._open_streams()
+        return idx
+
+    @staticmethod
+    def read_manifest(root: Path) -> dict[str, Any]:
+        path = Path(root) / "index.json"
+        if not path.exists():
+            raise IndexStoreError(f"no index at {root} (missing index.json)")
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise IndexStoreError(f"{path}: unreadable: {exc}") from exc
+        if data.get("version") != INDEX_VERSION:
+            raise SnapshotVersionError(f"{path}: index version {data.get('version')} != {INDEX_VERSION}")
+        return data
+
+    def write_manifest(self) -> None:
+        write_json(
+            self.root / "index.json",
+            {
+                "version": INDEX_VERSION,
+                "settings": self.settings.model_dump(mode="json"),
+                "encoder": {
+                    "prescreen": self.prescreen.name,
+                    "refine": self.refine.name,
+                    "dim": self.prescreen.dim,
+                    "meaningless": self.prescreen.meaningless or self.refine.meaningless,
+                },
+                "streams": sorted(self.streams),
+            },
+        )
+
+    def _open_streams(self) -> None:
+        folder = self.root / "streams"
+        if folder.is_dir():
+            for sub in sorted(folder.iterdir()):
+                if sub.is_dir() and _STREAM_ID.match(sub.name):
+                    self.stream(sub.name, create=False)
+
+    def stream(self, stream: str, *, create: bool = True) -> StreamState:
+        """The state of ``stream``, created on first use when ``create``."""
+        with self._lock:
+            st = self.streams.get(stream)
+            if st is None:
+                if not create and not (self.root / "streams" / stream).is_dir():
+                    raise UnknownStreamError(f"unknown stream {stream!r}")
+                check_stream_id(stream)
+                st = StreamState(
+                    self.root / "streams" / stream,
+                    stream,
+                    self.settings.index,
+                    dim=self.prescreen.dim,
+                    image_size=self.prescreen.image_size,
+                )
+                self.streams[stream] = st
+            return st
+
+    def remove(self, stream: str) -> None:
+        """Forget a stream in this process (its files stay on disk)."""
+        with self._lock:
+            st = self.streams.pop(stream, None)
+        if st is None:
+            raise UnknownStreamError(f"unknown stream {stream!r}")
+        st.close()
+
+    def save(self) -> None:
+        """Snapshot every stream, then the manifest."""
+        for st in list(self.streams.values()):
+            st.save()
+        self.write_manifest()
+
+    def close(self) -> None:
+        """Save and close (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.save()
+        for st in self.streams.values():
+            st.close()
+
+    def __enter__(self) -> VideoIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- ingest
+    def ingest(
+        self,
+        frames: Iterable[Frame],
+        *,
+        on_frame: Callable[[Frame], None] | None = None,
+    ) -> None:
+        """Encode and store ``frames`` inline (batched by the encoder batch size)."""
+        batch: list[tuple[StreamState, SuperImage]] = []
+        bs = self.prescreen.batch_size
+        touched: set[str] = set()
+        for frame in frames:
+            st = self.stream(frame.stream)
+            touched.add(frame.stream)
+            with st.lock:
+                st.note_clock(frame.t, frame.wall)
+                batch.extend((st, si) for si in st.ingestor.push(frame))
+            if len(batch) >= bs:
+                self._encode(batch)
+                batch = []
+            if on_frame is not None:
+                on_frame(frame)
+        for name in touched:
+            st = self.streams[name]
+            with st.lock:
+                batch.extend((st, si) for si in st.ingestor.flush())
+        self._encode(batch)
+
+    def _encode(self, batch: list[tuple[StreamState, SuperImage]]) -> None:
+        if not batch:
+            return
+        vecs = self.prescreen.encode_images([si.image for _, si in batch])
+        for (st, si), vec in zip(batch, vecs, strict=True):
+            with st.lock:
+                st.ingestor.commit(si, vec)
+
+    # ----------------------------------------------------------------- query
+    def query(self, query: Query) -> dict[str, QueryResult]:
+        """Answer ``query`` on each requested stream (all streams by default)."""
+        query.check(self.settings.query)
+        names = query.streams or sorted(self.streams)
+        for name in names:
+            if name not in self.streams:
+                raise UnknownStreamError(f"unknown stream {name!r}")
+        pvec = encode_query(query, self.prescreen)
+        rvec = pvec if self.refine is self.prescreen else encode_query(query, self.refine)
+        return {
+            name: search_stream(
+                self.streams[name], query, pvec, rvec, self.settings.query, self.refine, self.cache
+            )
+            for name in names
+        }
+
+    def info(self) -> dict[str, Any]:
+        """Anchors, tokens, budget, covered seconds, bytes on disk, model."""
+        streams = {}
+        for name, st in sorted(self.streams.items()):
+            spans = st.memory.spans()
+            streams[name] = {
+                "anchors": len(st.memory.anchors),
+                "tokens": st.memory.tokens,
+                "budget": st.cfg.budget,
+                "covered_seconds": round(sum(e - s for s, e in spans), 3),
+                "spans": [[round(s, 3), round(e, 3)] for s, e in spans],
+                "memory_bytes": st.memory.nbytes,
+                "frames": st.ingestor.stats.frames,
+                "encoder_passes": st.ingestor.stats.superimages,
+                "gated_frames": st.ingestor.stats.gated_frames,
+                "store_bytes": st.store.nbytes if st.store is not None else 0,
+            }
+        return {
+            "index": str(self.root),
+            "model": {"prescreen": self.prescreen.name, "refine": self.refine.name, "dim": self.prescreen.dim},
+            "meaningless": self.prescreen.meaningless or self.refine.meaningless,
+            "bytes_on_disk": _du(self.root),
+            "streams": streams,
+        }
+
+
+def _du(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -1,0 +1,150 @@
+"""One stream's ingest path: frames -> cheap index, gate, store, tiler -> memory.
+
+Synchronous and encoder-agnostic: :meth:`StreamIngestor.push` returns the
+super-images that need an encoder pass, and :meth:`StreamIngestor.commit`
+hands their embeddings back. The CLI encodes inline; the service batches
+super-images from many streams in one shared encoder worker. Either way the
+memory sees events in stream order: a FIFO holds super-images that wait for
+their embedding together with the "static stretch" extensions the gate
+produced after them, and commit() applies the FIFO's resolved head only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.cheap_index import CheapIndex, Gate
+from agent.config import IndexConfig
+from agent.frame_store import FrameStore
+from agent.memory import Memory
+from agent.superimage import SuperImage, Tiler
+from agent.types import Frame
+
+
+@dataclass(slots=True)
+class _Pending:
+    si: SuperImage | None
+    extend_to: float | None = None
+    embedding: np.ndarray | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.si is None or self.embedding is not None
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters of one stream's ingest."""
+
+    frames: int = 0
+    encoded_frames: int = 0
+    gated_frames: int = 0
+    superimages: int = 0
+    last_time: float | None = None
+    first_time: float | None = None
+    last_wall: float | None = None
+    first_wall: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class StreamIngestor:
+    """Turns one stream's sampled frames into memory, cheap index and stored frames."""
+
+    def __init__(
+        self,
+        stream: str,
+        cfg: IndexConfig,
+        *,
+        memory: Memory,
+        cheap: CheapIndex,
+        store: FrameStore | None,
+        image_size: int,
+    ) -> None:
+        self.stream = stream
+        self.cfg = cfg
+        self.memory = memory
+        self.cheap = cheap
+        self.store = store
+        self.gate = Gate(cfg.gate_motion, cfg.gate_hist, cfg.gate_max_seconds) if cfg.gate else None
+        self.tiler = Tiler(stream, grid=cfg.grid, size=image_size, period=1.0 / cfg.fps)
+        self.stats = IngestStats()
+        self._fifo: deque[_Pending] = deque()
+        self._by_id: dict[int, _Pending] = {}
+
+    def push(self, frame: Frame) -> list[SuperImage]:
+        """Take one sampled frame; return super-images that now need encoding."""
+        last = self.stats.last_time
+        if last is not None and frame.t < last:
+            # Sources guarantee monotonic time; a stray older frame is dropped, not merged.
+            return []
+        self._count(frame)
+        entry = self.cheap.add(frame.t, frame.image)
+        if self.store is not None:
+            self.store.put(frame.t, frame.image, frame.wall)
+        if self.gate is not None and not self.gate.should_encode(entry) and self._has_history():
+            self.stats.gated_frames += 1
+            if self.tiler.pending == 0:
+                # With tiles pending, the coming super-image's span covers this frame.
+                self._queue(_Pending(None, extend_to=frame.t + self.tiler.period))
+            return []
+        self.stats.encoded_frames += 1
+        si = self.tiler.push(frame.t, frame.image)
+        return self._emit(si)
+
+    def flush(self) -> list[SuperImage]:
+        """Emit the last partial grid (end of stream or a pause)."""
+        return self._emit(self.tiler.flush())
+
+    def commit(self, si: SuperImage, embedding: np.ndarray) -> None:
+        """Hand back the embedding of a super-image returned by push/flush."""
+        pending = self._by_id.pop(id(si), None)
+        if pending is None:
+            raise KeyError("commit() of a super-image this ingestor did not emit")
+        pending.embedding = np.asarray(embedding, np.float32)
+        self._drain()
+
+    @property
+    def in_flight(self) -> int:
+        """Super-images emitted but not yet committed."""
+        return len(self._by_id)
+
+    def _has_history(self) -> bool:
+        # The first frame of a stream is always encoded, so gated frames
+        # always have an anchor (or a pending super-image) to extend.
+        return self.stats.encoded_frames > 0
+
+    def _count(self, frame: Frame) -> None:
+        s = self.stats
+        s.frames += 1
+        s.last_time = frame.t
+        if s.first_time is None:
+            s.first_time = frame.t
+        if frame.wall is not None:
+            s.last_wall = frame.wall
+            if s.first_wall is None:
+                s.first_wall = frame.wall
+
+    def _emit(self, si: SuperImage | None) -> list[SuperImage]:
+        if si is None:
+            return []
+        self.stats.superimages += 1
+        pending = _Pending(si)
+        self._by_id[id(si)] = pending
+        self._queue(pending)
+        return [si]
+
+    def _queue(self, item: _Pending) -> None:
+        self._fifo.append(item)
+        self._drain()
+
+    def _drain(self) -> None:
+        fifo = self._fifo
+        while fifo and fifo[0].ready:
+            item = fifo.popleft()
+            if item.si is not None and item.embedding is not None:
+                self.memory.add(item.si.start, item.si.end, item.embedding)
+            elif item.extend_to is not None and self.memory.tokens > 0:
+                self.memory.extend(item.extend_to)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages the test-suite's real peers need: ffmpeg (segmenter) and
+# GStreamer's RTSP server (run with the system python3 + PyGObject).
+set -euo pipefail
+need=()
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' \
+    >/dev/null 2>&1 || need+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
