@@ -25,10 +25,18 @@ Handler = Callable[[argparse.Namespace], int]
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Encoder choice; ``tiny-random`` must be named explicitly."""
     g = p.add_argument_group("encoder")
-    g.add_argument("--model", default="MobileCLIP2-S0", help="open_clip model, or tiny-random (meaningless, tests/demo)")
-    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (default: the model's recommended tag)")
-    g.add_argument("--checkpoint", type=Path, default=None, help="local checkpoint file (wins over --pretrained)")
-    g.add_argument("--refine-model", default=None, help="stronger model for refinement (default: same as --model)")
+    g.add_argument(
+        "--model", default="MobileCLIP2-S0", help="open_clip model, or tiny-random (meaningless, tests/demo)"
+    )
+    g.add_argument(
+        "--pretrained", default=None, help="open_clip pretrained tag (default: the model's recommended tag)"
+    )
+    g.add_argument(
+        "--checkpoint", type=Path, default=None, help="local checkpoint file (wins over --pretrained)"
+    )
+    g.add_argument(
+        "--refine-model", default=None, help="stronger model for refinement (default: same as --model)"
+    )
     g.add_argument("--refine-pretrained", default=None)
     g.add_argument("--refine-checkpoint", type=Path, default=None)
     g.add_argument("--threads", type=int, default=None, help="torch threads (default VMR_THREADS or 2)")
@@ -50,7 +58,9 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
 _DEFAULT_TAGS = {"MobileCLIP2-S0": "dfndr2b", "ViT-B-32": "laion2b_s34b_b79k"}
 
 
-def encoder_config(model: str, pretrained: str | None, checkpoint: Path | None, threads: int | None) -> EncoderConfig:
+def encoder_config(
+    model: str, pretrained: str | None, checkpoint: Path | None, threads: int | None
+) -> EncoderConfig:
     data: dict[str, Any] = {
         "model": model,
         "pretrained": pretrained or _DEFAULT_TAGS.get(model, "openai"),
@@ -107,7 +117,7 @@ def prefetch(items: Iterable[T], maxsize: int = 64) -> Iterator[T]:
                 if stop.is_set():
                     return
             q.put((False, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+        except BaseException as exc:
             q.put((False, exc))
 
     th = threading.Thread(target=work, name="vmr-decode", daemon=True)
@@ -146,7 +156,9 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             keyframes_only=settings.index.keyframes_only,
             short_side=idx.prescreen.image_size,
         )
-        bar = tqdm(total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(
+            total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5
+        )
         done = [0.0, 0]
 
         def on_frame(frame: Any) -> None:
@@ -353,7 +365,9 @@ def _register(module: str, sub: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except VmrError as exc:

@@ -88,7 +88,7 @@ class ClipEncoder:
         self._lock = threading.Lock()
         self.passes = 0
         with torch.inference_mode():
-            probe = self._model.encode_text(self._tokenize(["x"]))
+            probe = self._model.encode_text(self._tokenize(["x"]))  # type: ignore[operator]
         self.dim = int(probe.shape[-1])
 
     @property
@@ -190,7 +190,7 @@ def _pretrained(cfg: EncoderConfig) -> ClipEncoder:
         raise WeightsUnavailableError(_weights_message(cfg, FileNotFoundError(str(cfg.checkpoint))))
     try:
         model = open_clip.create_model(cfg.model, pretrained=source, require_pretrained=True)
-    except Exception as exc:  # noqa: BLE001 - hub, file and format errors all mean "no weights"
+    except Exception as exc:
         raise WeightsUnavailableError(_weights_message(cfg, exc)) from exc
     if "MobileCLIP" in cfg.model:
         from timm.utils import reparameterize_model

@@ -46,8 +46,12 @@ def charades_eval(annotations: Path, settings: Settings, index_dir: Path | None 
             for qid, r in enumerate(rows):
                 gt.append({**r, "qid": qid})
                 preds.append(
-                    {"qid": qid, "vid": r["vid"], "query": r["query"],
-                     "pred_relevant_windows": predictions_for(idx, r["vid"], r["query"])}
+                    {
+                        "qid": qid,
+                        "vid": r["vid"],
+                        "query": r["query"],
+                        "pred_relevant_windows": predictions_for(idx, r["vid"], r["query"]),
+                    }
                 )
             meaningless = idx.prescreen.meaningless or idx.refine.meaningless
     return {"metrics": qvh_metrics(gt, preds), "meaningless": meaningless, "predictions": preds}

@@ -73,7 +73,7 @@ class VideoIndex:
         manifest = cls.read_manifest(Path(root))
         try:
             settings = Settings.model_validate(manifest["settings"])
-        except Exception as exc:  # noqa: BLE001 - pydantic error -> typed store error
+        except Exception as exc:
             raise IndexStoreError(f"{root}/index.json: invalid settings: {exc}") from exc
         idx = cls(Path(root), settings)
         idx._open_streams()
@@ -173,22 +173,25 @@ class VideoIndex:
         batch: list[tuple[StreamState, SuperImage]] = []
         bs = self.prescreen.batch_size
         touched: set[str] = set()
-        for frame in frames:
-            st = self.stream(frame.stream)
-            touched.add(frame.stream)
-            with st.lock:
-                st.note_clock(frame.t, frame.wall)
-                batch.extend((st, si) for si in st.ingestor.push(frame))
-            if len(batch) >= bs:
-                self._encode(batch)
-                batch = []
-            if on_frame is not None:
-                on_frame(frame)
-        for name in touched:
-            st = self.streams[name]
-            with st.lock:
-                batch.extend((st, si) for si in st.ingestor.flush())
-        self._encode(batch)
+        try:
+            for frame in frames:
+                st = self.stream(frame.stream)
+                touched.add(frame.stream)
+                with st.lock:
+                    st.note_clock(frame.t, frame.wall)
+                    batch.extend((st, si) for si in st.ingestor.push(frame))
+                if len(batch) >= bs:
+                    self._encode(batch)
+                    batch = []
+                if on_frame is not None:
+                    on_frame(frame)
+        finally:
+            # Also on a corrupt tail or Ctrl-C: what was decoded is kept.
+            for name in touched:
+                st = self.streams[name]
+                with st.lock:
+                    batch.extend((st, si) for si in st.ingestor.flush())
+            self._encode(batch)
 
     def _encode(self, batch: list[tuple[StreamState, SuperImage]]) -> None:
         if not batch:
@@ -234,7 +237,11 @@ class VideoIndex:
             }
         return {
             "index": str(self.root),
-            "model": {"prescreen": self.prescreen.name, "refine": self.refine.name, "dim": self.prescreen.dim},
+            "model": {
+                "prescreen": self.prescreen.name,
+                "refine": self.refine.name,
+                "dim": self.prescreen.dim,
+            },
             "meaningless": self.prescreen.meaningless or self.refine.meaningless,
             "bytes_on_disk": _du(self.root),
             "streams": streams,

@@ -86,8 +86,9 @@ class StreamIngestor:
             self.store.put(frame.t, frame.image, frame.wall)
         if self.gate is not None and not self.gate.should_encode(entry) and self._has_history():
             self.stats.gated_frames += 1
-            if self.tiler.pending == 0:
-                # With tiles pending, the coming super-image's span covers this frame.
+            if self.tiler.pending:
+                self.tiler.skip(frame.t)  # the coming super-image's span covers it
+            else:
                 self._queue(_Pending(None, extend_to=frame.t + self.tiler.period))
             return []
         self.stats.encoded_frames += 1

@@ -25,7 +25,7 @@ from agent.encoder import Encoder
 from agent.errors import OversizeQueryError, QueryError
 from agent.proposals import Proposal, nms, propose
 from agent.stream_state import StreamState
-from agent.types import Coverage, Moment, QueryResult, RGBImage
+from agent.types import AnsweredBy, Coverage, Moment, QueryResult, RGBImage
 
 
 @dataclass(slots=True)
@@ -47,7 +47,9 @@ class Query:
             if not self.text.strip():
                 raise QueryError("empty query text")
             if len(self.text) > cfg.max_text_chars:
-                raise OversizeQueryError(f"query text has {len(self.text)} characters; limit {cfg.max_text_chars}")
+                raise OversizeQueryError(
+                    f"query text has {len(self.text)} characters; limit {cfg.max_text_chars}"
+                )
         if self.image is not None and self.image.nbytes > cfg.max_image_bytes * 4:
             raise OversizeQueryError("query image is too large")
         if self.start is not None and self.end is not None and self.end <= self.start:
@@ -138,7 +140,7 @@ def _refine_region(
     return times, mat @ qvec
 
 
-def _to_moment(state: StreamState, p: Proposal, answered_by: str) -> Moment:
+def _to_moment(state: StreamState, p: Proposal, answered_by: AnsweredBy) -> Moment:
     return Moment(
         start=p.start,
         end=p.end,
@@ -147,7 +149,7 @@ def _to_moment(state: StreamState, p: Proposal, answered_by: str) -> Moment:
         wall_start=state.wall_of(p.start),
         wall_end=state.wall_of(p.end),
         evidence=[p.peak],
-        answered_by="anchor" if answered_by == "anchor" else "refine",
+        answered_by=answered_by,
     )
 
 
@@ -158,7 +160,9 @@ def coverage(state: StreamState, start: float, end: float) -> Coverage:
     if state.store is not None and state.store.first_time is not None:
         last = state.ingestor.stats.last_time or start
         frames_s = max(0.0, min(end, last) - max(start, state.store.first_time))
-    return Coverage(start=start, end=end, retained_seconds=retained, seconds_per_token=spt, frames_seconds=frames_s)
+    return Coverage(
+        start=start, end=end, retained_seconds=retained, seconds_per_token=spt, frames_seconds=frames_s
+    )
 
 
 def search_stream(
@@ -183,11 +187,15 @@ def search_stream(
         starts, ends, scores = prescreen(state, prescreen_vec, lo, hi)
         if len(scores) == 0:
             return QueryResult([], cov, "anchor", notes=["time range not in retained memory"])
-        props: list[tuple[Proposal, str]] = []
+        props: list[tuple[Proposal, AnsweredBy]] = []
         notes: list[str] = []
         per_region = max(8, cfg.max_refine_frames // max(1, cfg.candidates))
         for span in regions(starts, ends, scores, cfg, lo, hi):
-            curve = _refine_region(state, refine_vec, span, per_region, refine_encoder, cache) if cfg.refine else None
+            curve = (
+                _refine_region(state, refine_vec, span, per_region, refine_encoder, cache)
+                if cfg.refine
+                else None
+            )
             if curve is None:
                 props.extend((p, "anchor") for p in _anchor_proposals(starts, ends, scores, span))
                 if cfg.refine:
@@ -195,13 +203,19 @@ def search_stream(
                 continue
             times, sims = curve
             bounds = state.cheap.boundaries(span[0], span[1])
-            for p in propose(times, sims, top_k=top_k, boundaries=bounds, nms_iou=cfg.nms_iou,
-                             frame_seconds=1.0 / state.cfg.fps):
-                props.append((p, "refine"))
+            found = propose(
+                times,
+                sims,
+                top_k=top_k,
+                boundaries=bounds,
+                nms_iou=cfg.nms_iou,
+                frame_seconds=1.0 / state.cfg.fps,
+            )
+            props.extend((_by_similarity(p), "refine") for p in found)
     kinds = {id(p): k for p, k in props}
     best = nms([p for p, _ in props], cfg.nms_iou, top_k)
     moments = [_to_moment(state, p, kinds[id(p)]) for p in best]
-    answered = "refine" if any(m.answered_by == "refine" for m in moments) else "anchor"
+    answered: AnsweredBy = "refine" if any(m.answered_by == "refine" for m in moments) else "anchor"
     return QueryResult(moments, cov, answered, meaningless=refine_encoder.meaningless, notes=notes)
 
 
@@ -210,6 +224,16 @@ def _anchor_proposals(
 ) -> list[Proposal]:
     inside = (starts < span[1]) & (ends > span[0])
     return [
-        Proposal(float(s), float(e), float(sc), float((s + e) / 2))
+        Proposal(float(s), float(e), float(sc), float((s + e) / 2), similarity=float(sc))
         for s, e, sc in zip(starts[inside], ends[inside], scores[inside], strict=True)
     ]
+
+
+def _by_similarity(p: Proposal) -> Proposal:
+    """Rank by mean cosine inside the window: comparable across regions and with anchors.
+
+    propose()'s own score is a within-curve contrast statistic; it chose the
+    windows, but curves of different regions are not on one scale.
+    """
+    sim = p.similarity if p.similarity is not None else p.score
+    return Proposal(p.start, p.end, float(sim), p.peak, similarity=sim)

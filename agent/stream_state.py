@@ -48,7 +48,12 @@ class StreamState:
         self.memory = self._load_memory(dim)
         self.cheap = self._load_cheap()
         self.store = (
-            FrameStore(self.root / "frames", max_bytes=cfg.store_bytes, size=cfg.store_size, quality=cfg.store_quality)
+            FrameStore(
+                self.root / "frames",
+                max_bytes=cfg.store_bytes,
+                size=cfg.store_size,
+                quality=cfg.store_quality,
+            )
             if cfg.store_bytes > 0
             else None
         )

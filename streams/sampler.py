@@ -56,8 +56,8 @@ def short_side_size(width: int, height: int, short: int) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise ValueError("frame has no size")
     scale = short / min(width, height)
-    w = max(2, int(math.floor(width * scale / 2 + 0.5)) * 2)
-    h = max(2, int(math.floor(height * scale / 2 + 0.5)) * 2)
+    w = max(2, math.floor(width * scale / 2 + 0.5) * 2)
+    h = max(2, math.floor(height * scale / 2 + 0.5) * 2)
     return w, h
 
 

@@ -1,0 +1,370 @@
+"""Low-resolution JPEGs of sampled frames on disk, indexed by stream time.
+
+Used by refinement (re-scoring frames of a candidate region), thumbnails and
+captions. Layout of ``root``::
+
+    chunk-00000000.vfs   records appended in time order
+    chunk-00000001.vfs   ...
+
+A record is a 28-byte header ``<4s d d I I>`` (magic ``VFR1``, stream time
+``t``, wall-clock time or NaN, JPEG length, CRC-32 of the JPEG) followed by
+the JPEG bytes. Files are only ever appended to, so a crash (kill -9) can
+only damage the tail of the newest chunk: on open every chunk is scanned, and
+a record that is short or fails its CRC is cut off together with whatever
+follows it; earlier records stay intact.
+
+The store is bounded in bytes: when the files would exceed ``max_bytes`` the
+oldest *whole* chunk is deleted. A chunk holds at most ``chunk_bytes`` and
+about ``max_bytes / 8``, so eviction frees space in small steps and the
+files never exceed ``max_bytes``.
+``put`` may run in one ingest thread while other threads query: a lock
+guards the index and the files.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import struct
+import threading
+import zlib
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from agent.errors import ConfigError, IndexStoreError
+from agent.types import RGBImage
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"VFR1"
+HEADER = struct.Struct("<4sddII")
+_CHUNK_RE = re.compile(r"^chunk-(\d{8})\.vfs$")
+
+
+class _Index:
+    """Growable columns (time, wall, chunk, offset, length); a prefix is dropped on eviction."""
+
+    def __init__(self) -> None:
+        self.t = np.zeros(256, np.float64)
+        self.wall = np.zeros(256, np.float64)
+        self.chunk = np.zeros(256, np.int64)
+        self.offset = np.zeros(256, np.int64)
+        self.length = np.zeros(256, np.int64)
+        self.lo = 0  # first live row
+        self.hi = 0  # one past the last row
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def append(self, t: float, wall: float, chunk: int, offset: int, length: int) -> None:
+        if self.hi == len(self.t):
+            self._compact_or_grow()
+        i = self.hi
+        self.t[i], self.wall[i], self.chunk[i], self.offset[i], self.length[i] = (
+            t,
+            wall,
+            chunk,
+            offset,
+            length,
+        )
+        self.hi += 1
+
+    def _compact_or_grow(self) -> None:
+        n = len(self)
+        size = len(self.t) if n <= len(self.t) // 2 else 2 * len(self.t)
+        for name in ("t", "wall", "chunk", "offset", "length"):
+            old = getattr(self, name)
+            new = np.zeros(size, old.dtype)
+            new[:n] = old[self.lo : self.hi]
+            setattr(self, name, new)
+        self.lo, self.hi = 0, n
+
+    def drop_chunk(self, chunk: int) -> None:
+        """Drop the leading rows that live in ``chunk`` (the oldest one)."""
+        live = self.chunk[self.lo : self.hi]
+        self.lo += int(np.searchsorted(live, chunk, side="right"))
+
+    def times(self) -> npt.NDArray[np.float64]:
+        return self.t[self.lo : self.hi]
+
+
+class FrameStore:
+    """Byte-bounded on-disk JPEG store of frames, nearest-time lookup.
+
+    ``size`` bounds the longest side of stored pictures (larger ones are
+    downscaled, smaller ones kept as they are); ``quality`` is the JPEG
+    quality. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int,
+        size: int = 224,
+        quality: int = 80,
+        chunk_bytes: int = 32 * 1024**2,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ConfigError("frame store max_bytes must be positive")
+        if not 1 <= quality <= 100 or size < 8:
+            raise ConfigError("frame store needs 1 <= quality <= 100 and size >= 8")
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.size = size
+        self.quality = quality
+        # Small chunks relative to the bound: eviction then frees ~1/8 at a time.
+        self.chunk_bytes = max(1, min(chunk_bytes, max_bytes // 8))
+        self._lock = threading.RLock()
+        self._index = _Index()
+        self._chunks: dict[int, int] = {}  # chunk id -> bytes, oldest first
+        self._writer: BinaryIO | None = None
+        self._writer_id = -1
+        self._dirty = False
+        self._closed = False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._recover()
+        except OSError as exc:
+            raise IndexStoreError(f"frame store {self.root}: {exc}") from exc
+        self._evict(0)
+
+    # ---- opening -------------------------------------------------------------------------
+
+    def _chunk_path(self, chunk: int) -> Path:
+        return self.root / f"chunk-{chunk:08d}.vfs"
+
+    def _recover(self) -> None:
+        """Rebuild the index from the chunk files, cutting off a damaged tail."""
+        ids = sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _CHUNK_RE.match(p.name)))
+        for chunk in ids:
+            size = self._scan(chunk)
+            if size == 0:
+                self._chunk_path(chunk).unlink()
+            else:
+                self._chunks[chunk] = size
+        self._writer_id = ids[-1] if ids else -1
+
+    def _scan(self, chunk: int) -> int:
+        """Index one chunk's records; truncate it after the last good one. Returns its size."""
+        path = self._chunk_path(chunk)
+        data = path.read_bytes()
+        pos = 0
+        last_t = float(self._index.times()[-1]) if len(self._index) else -math.inf
+        while pos + HEADER.size <= len(data):
+            magic, t, wall, length, crc = HEADER.unpack_from(data, pos)
+            body = pos + HEADER.size
+            if magic != MAGIC or body + length > len(data) or t < last_t:
+                break
+            if zlib.crc32(data[body : body + length]) != crc:
+                break
+            self._index.append(t, wall, chunk, body, length)
+            last_t = t
+            pos = body + length
+        if pos < len(data):
+            log.warning("%s: cut %d damaged bytes at offset %d", path, len(data) - pos, pos)
+            with path.open("r+b") as fh:
+                fh.truncate(pos)
+        return pos
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def encode(self, image: RGBImage) -> bytes:
+        """JPEG bytes of ``image`` scaled so its longest side is at most :attr:`size`."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise IndexStoreError(
+                f"frame store takes (H, W, 3) uint8 images, got {image.shape} {image.dtype}"
+            )
+        pic = Image.fromarray(image)
+        if max(pic.size) > self.size:
+            pic.thumbnail((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        buf = io.BytesIO()
+        pic.save(buf, format="JPEG", quality=self.quality)
+        return buf.getvalue()
+
+    def put(self, t: float, image: RGBImage, wall: float | None = None) -> None:
+        """Store the frame at stream time ``t`` (times must not decrease)."""
+        jpeg = self.encode(image)  # outside the lock: the slow part
+        record = HEADER.pack(MAGIC, t, math.nan if wall is None else wall, len(jpeg), zlib.crc32(jpeg)) + jpeg
+        if len(record) > self.max_bytes:
+            raise IndexStoreError(f"one frame ({len(record)} B) exceeds the store bound {self.max_bytes} B")
+        with self._lock:
+            self._check_open()
+            times = self._index.times()
+            if len(times) and t < times[-1]:
+                raise IndexStoreError(f"frame store times must not decrease ({t:.3f} after {times[-1]:.3f})")
+            self._evict(len(record))
+            writer = self._writer_for(len(record))
+            offset = self._chunks[self._writer_id]
+            try:
+                writer.write(record)
+            except OSError as exc:
+                raise IndexStoreError(f"frame store write failed: {exc}") from exc
+            self._chunks[self._writer_id] = offset + len(record)
+            self._index.append(
+                t, math.nan if wall is None else wall, self._writer_id, offset + HEADER.size, len(jpeg)
+            )
+            self._dirty = True
+
+    def _writer_for(self, nbytes: int) -> BinaryIO:
+        """The open chunk, rolled over to a new file when this record would overfill it."""
+        if self._writer is not None and self._chunks[self._writer_id] + nbytes <= self.chunk_bytes:
+            return self._writer
+        self._close_writer()
+        self._writer_id += 1
+        try:
+            self._writer = self._chunk_path(self._writer_id).open("xb")
+        except OSError as exc:
+            raise IndexStoreError(f"frame store cannot create a chunk: {exc}") from exc
+        self._chunks[self._writer_id] = 0
+        return self._writer
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._dirty = False
+
+    def _evict(self, incoming: int) -> None:
+        """Delete oldest whole chunks until ``incoming`` more bytes fit under the bound."""
+        while self._chunks and sum(self._chunks.values()) + incoming > self.max_bytes:
+            oldest = next(iter(self._chunks))
+            if oldest == self._writer_id:
+                self._close_writer()  # only chunk left and still too big: its records go too
+            del self._chunks[oldest]
+            self._index.drop_chunk(oldest)
+            self._chunk_path(oldest).unlink(missing_ok=True)
+
+    def flush(self) -> None:
+        """Push written records to the operating system and the disk."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.flush()
+                os.fsync(self._writer.fileno())
+                self._dirty = False
+
+    def close(self) -> None:
+        """Flush and close the open chunk; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self.flush()
+            self._close_writer()
+            self._closed = True
+
+    def __enter__(self) -> FrameStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexStoreError(f"frame store {self.root} is closed")
+
+    # ---- reading -------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all chunk files (headers included); never above ``max_bytes``."""
+        with self._lock:
+            return sum(self._chunks.values())
+
+    @property
+    def first_time(self) -> float | None:
+        """Oldest retained time: everything before it was evicted (or never stored)."""
+        with self._lock:
+            times = self._index.times()
+            return float(times[0]) if len(times) else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._index)
+
+    def times(self, start: float = -math.inf, end: float = math.inf) -> npt.NDArray[np.float64]:
+        """Stored times in ``[start, end]``, ascending."""
+        with self._lock:
+            times = self._index.times()
+            lo = int(np.searchsorted(times, start, "left"))
+            hi = int(np.searchsorted(times, end, "right"))
+            return times[lo:hi].copy()
+
+    def walls(self, start: float = -math.inf, end: float = math.inf) -> npt.NDArray[np.float64]:
+        """Wall-clock times aligned with :meth:`times` (NaN where none was given)."""
+        with self._lock:
+            times = self._index.times()
+            lo = int(np.searchsorted(times, start, "left")) + self._index.lo
+            hi = int(np.searchsorted(times, end, "right")) + self._index.lo
+            return self._index.wall[lo:hi].copy()
+
+    def _nearest_row(self, t: float) -> int:
+        times = self._index.times()
+        if not len(times):
+            raise IndexStoreError(f"frame store {self.root} is empty")
+        i = int(np.searchsorted(times, t))
+        if i == len(times) or (i > 0 and t - times[i - 1] <= times[i] - t):
+            i -= 1
+        return self._index.lo + i
+
+    def _read(self, row: int) -> bytes:
+        chunk, offset, length = (
+            int(self._index.chunk[row]),
+            int(self._index.offset[row]),
+            int(self._index.length[row]),
+        )
+        if chunk == self._writer_id and self._dirty and self._writer is not None:
+            self._writer.flush()  # the record may still sit in the write buffer
+            self._dirty = False
+        try:
+            with self._chunk_path(chunk).open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(length)
+        except OSError as exc:
+            raise IndexStoreError(f"frame store read failed: {exc}") from exc
+        if len(data) != length:
+            raise IndexStoreError(f"frame store chunk {chunk} is shorter than its index")
+        return data
+
+    def get_jpeg(self, t: float) -> tuple[float, bytes]:
+        """(time, JPEG bytes) of the stored frame nearest to ``t``."""
+        with self._lock:
+            row = self._nearest_row(t)
+            return float(self._index.t[row]), self._read(row)
+
+    def get(self, t: float) -> tuple[float, RGBImage]:
+        """(time, RGB picture) of the stored frame nearest to ``t``."""
+        found, jpeg = self.get_jpeg(t)
+        return found, decode_jpeg(jpeg)
+
+    def frames(self, start: float, end: float, max_frames: int) -> list[tuple[float, RGBImage]]:
+        """Stored frames in ``[start, end]``, evenly subsampled to at most ``max_frames``."""
+        if max_frames <= 0:
+            return []
+        with self._lock:
+            times = self._index.times()
+            lo = int(np.searchsorted(times, start, "left"))
+            hi = int(np.searchsorted(times, end, "right"))
+            rows = np.arange(lo, hi) + self._index.lo
+            if len(rows) > max_frames:
+                rows = rows[np.unique(np.linspace(0, len(rows) - 1, max_frames).round().astype(np.int64))]
+            found = [(float(self._index.t[r]), self._read(int(r))) for r in rows]
+        return [(t, decode_jpeg(jpeg)) for t, jpeg in found]
+
+
+def decode_jpeg(data: bytes) -> RGBImage:
+    """RGB array of JPEG bytes."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except OSError as exc:
+        raise IndexStoreError(f"stored frame is not a readable JPEG: {exc}") from exc

@@ -1,0 +1,491 @@
+"""The rolling memory of one stream: anchors under a token budget (SMORE, online).
+
+Embeddings arrive in time order. Each joins the newest anchor when it is
+similar enough (cosine >= theta) and follows it without a gap; otherwise it
+opens a new anchor. Each anchor is one *token* (its representative vector).
+Whenever tokens exceed the budget, the most similar adjacent pair is merged.
+
+Bookkeeping that keeps ``add`` at O(d*k + log B):
+
+* anchors form a doubly linked list (merges unlink in O(1));
+* closed adjacent pairs sit in a heap keyed by (crosses a gap, -cosine) with
+  lazy invalidation: each node carries a version bumped whenever its right
+  pair changes, and stale entries are skipped when popped. The pair ending at
+  the newest (open) anchor changes on every join, so it is scored on demand
+  instead of being pushed each time; the heap is rebuilt when stale entries
+  pile up, so it stays O(B);
+* ingested coverage (``spans``) is kept apart from the anchors, so a merge
+  forced across a gap never makes the memory claim footage it never saw.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from agent import atomic
+from agent.errors import IndexStoreError, SnapshotVersionError
+from agent.svd import F32, F64, Representative, TruncatedSVD, pack_svds, unpack_svds
+
+_HEAP_SLACK = 4
+"""Rebuild the pair heap when it holds more than this many entries per token."""
+_SPAN_SLACK = 4
+"""Keep at most this many coverage intervals per token (see ``forgotten_gap_seconds``)."""
+_ENTRY_BYTES = 40
+"""Payload of one heap entry (five 8-byte numbers), for ``nbytes``."""
+
+
+@dataclass(eq=False)
+class Anchor:
+    """A contiguous time span of the memory and its SVD summary."""
+
+    start: float
+    end: float
+    svd: TruncatedSVD
+    rep: F32
+    """(d,) unit float32 token; recomputed whenever ``svd`` changes."""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+class _Node:
+    """A linked-list cell around an anchor; ``version`` guards its right pair in the heap."""
+
+    __slots__ = ("alive", "anchor", "next", "prev", "version")
+
+    def __init__(self, anchor: Anchor, prev: _Node | None) -> None:
+        self.anchor = anchor
+        self.prev = prev
+        self.next: _Node | None = None
+        self.version = 0
+        self.alive = True
+
+
+_Entry = tuple[int, float, int, int, _Node]
+"""(crosses a gap, -cosine, sequence, version of left node, left node)."""
+
+
+class Memory:
+    """Bounded memory of one stream: at most ``budget`` anchors (tokens)."""
+
+    FORMAT_VERSION = 1
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        budget: int,
+        theta: float,
+        rank: int = 4,
+        representative: Representative = "smore",
+        gap_seconds: float = 5.0,
+    ) -> None:
+        if dim < 1 or budget < 1 or rank < 1:
+            raise ValueError("dim, budget and rank must be >= 1")
+        if not math.isfinite(theta) or not (gap_seconds > 0 and math.isfinite(gap_seconds)):
+            raise ValueError("theta must be finite and gap_seconds positive")
+        if representative not in ("smore", "mean"):
+            raise ValueError(f"unknown representative {representative!r}")
+        self.dim = dim
+        self.budget = budget
+        self.theta = float(theta)
+        self.rank = rank
+        self.representative: Representative = representative
+        self.gap_seconds = float(gap_seconds)
+        self._head: _Node | None = None
+        self._tail: _Node | None = None
+        self._count = 0
+        self._heap: list[_Entry] = []
+        self._seq = 0
+        self._spans: list[list[float]] = []
+        self._forgotten_gaps = 0.0
+        self._last_start = -math.inf
+        self._cache: tuple[list[Anchor], F64, F64, F32] | None = None
+
+    # ---------------------------------------------------------------- ingest
+
+    def add(self, start: float, end: float, embedding: npt.ArrayLike) -> None:
+        """Fold one embedding covering stream times [start, end] into the memory.
+
+        Raises ValueError for times that go backwards (``start`` before the
+        previous ``start``), ``end < start``, or an embedding that is not a
+        finite, non-zero vector of length ``dim``; the memory is unchanged then.
+        """
+        start, end = float(start), float(end)
+        if not (math.isfinite(start) and math.isfinite(end)) or end < start:
+            raise ValueError(f"bad time span [{start}, {end}]")
+        if start < self._last_start:
+            raise ValueError(f"start {start} precedes the previous start {self._last_start}")
+        vec = np.asarray(embedding, dtype=np.float64)
+        if vec.shape != (self.dim,) or not np.all(np.isfinite(vec)):
+            raise ValueError(f"embedding must be a finite vector of shape ({self.dim},), got {vec.shape}")
+        norm = float(np.linalg.norm(vec))
+        if norm == 0.0:
+            raise ValueError("embedding is the zero vector")
+        self._last_start = start
+        self._cache = None
+        tail = self._tail
+        if tail is None:
+            self._spans.append([start, end])
+            self._append(start, end, vec)
+            return
+        last = tail.anchor
+        gap = start - last.end > self.gap_seconds
+        self._cover(start, end, gap)
+        if not gap and float(last.rep @ vec) >= self.theta * norm:
+            last.svd.update(vec)
+            last.rep = last.svd.representative(self.representative)
+            last.end = max(last.end, end)
+            return
+        if not gap:
+            # Close the seam so consecutive anchors leave no hole in time.
+            last.end = max(last.end, start)
+        self._append(max(start, last.end), max(end, last.end), vec)
+        self._enforce_budget()
+
+    def extend(self, t: float) -> None:
+        """Stretch the newest anchor to stream time ``t`` (a frame the gate skipped as static)."""
+        t = float(t)
+        if self._tail is None:
+            raise ValueError("extend() before any add()")
+        if not math.isfinite(t) or t < self._last_start:
+            raise ValueError(f"time {t} precedes the previous start {self._last_start}")
+        last = self._tail.anchor
+        if t <= last.end:
+            return
+        self._cache = None
+        self._cover(t, t, t - last.end > self.gap_seconds)
+        last.end = t
+
+    def _cover(self, start: float, end: float, gap: bool) -> None:
+        """Record ingested time: a new interval after a gap, else stretch the last one."""
+        if gap:
+            self._spans.append([start, end])
+            if len(self._spans) > max(16, _SPAN_SLACK * self.budget):
+                self._forget_shortest_gap()
+        else:
+            self._spans[-1][1] = max(self._spans[-1][1], end)
+
+    def _forget_shortest_gap(self) -> None:
+        # Bounded bookkeeping: the shortest gap is counted as covered, and the
+        # overstatement is reported instead of hidden.
+        arr = np.asarray(self._spans)
+        i = int(np.argmin(arr[1:, 0] - arr[:-1, 1]))
+        self._forgotten_gaps += float(arr[i + 1, 0] - arr[i, 1])
+        self._spans[i][1] = self._spans[i + 1][1]
+        del self._spans[i + 1]
+
+    def _append(self, start: float, end: float, vec: F64) -> None:
+        svd = TruncatedSVD.from_vector(vec, self.rank)
+        node = _Node(Anchor(start, end, svd, svd.representative(self.representative)), self._tail)
+        old_tail, self._tail = self._tail, node
+        self._count += 1
+        if old_tail is None:
+            self._head = node
+            return
+        old_tail.next = node
+        if old_tail.prev is not None:
+            # The pair ending at the old tail stops changing now: it can enter the heap.
+            self._push(old_tail.prev)
+
+    # ---------------------------------------------------------------- budget
+
+    def _push(self, left: _Node) -> None:
+        """(Re)score the pair (left, left.next), invalidating its older entries."""
+        left.version += 1
+        right = left.next
+        if right is None or right is self._tail:
+            return
+        gap, neg_cos = self._pair_key(left, right)
+        self._seq += 1
+        heapq.heappush(self._heap, (gap, neg_cos, self._seq, left.version, left))
+
+    @staticmethod
+    def _pair_key(left: _Node, right: _Node) -> tuple[int, float]:
+        gap = int(left.anchor.end < right.anchor.start)
+        return gap, -float(left.anchor.rep @ right.anchor.rep)
+
+    def _valid(self, entry: _Entry) -> bool:
+        node = entry[4]
+        return (
+            node.alive and node.version == entry[3] and node.next is not None and node.next is not self._tail
+        )
+
+    def _enforce_budget(self) -> None:
+        while self._count > self.budget:
+            while self._heap and not self._valid(self._heap[0]):
+                heapq.heappop(self._heap)
+            left = self._pick()
+            self._merge(left)
+        if len(self._heap) > _HEAP_SLACK * self.budget + 64:
+            self._rebuild_heap()
+
+    def _pick(self) -> _Node:
+        """The left node of the best pair: the heap's top or the open pair at the tail."""
+        tail = self._tail
+        assert tail is not None and tail.prev is not None  # count > budget >= 1
+        open_key = self._pair_key(tail.prev, tail)
+        if self._heap and self._heap[0][:2] <= open_key:
+            return heapq.heappop(self._heap)[4]
+        return tail.prev
+
+    def _merge(self, left: _Node) -> None:
+        right = left.next
+        assert right is not None
+        a, b = left.anchor, right.anchor
+        a.svd = a.svd.merge(b.svd)
+        a.rep = a.svd.representative(self.representative)
+        a.end = max(a.end, b.end)
+        right.alive = False
+        left.next = right.next
+        if right.next is None:
+            self._tail = left
+        else:
+            right.next.prev = left
+        self._count -= 1
+        self._push(left)
+        if left.prev is not None:
+            self._push(left.prev)
+
+    def _rebuild_heap(self) -> None:
+        self._heap = []
+        node = self._head
+        while node is not None:
+            self._push(node)
+            node = node.next
+
+    # ---------------------------------------------------------------- views
+
+    @property
+    def tokens(self) -> int:
+        """Number of tokens (== anchors)."""
+        return self._count
+
+    @property
+    def heap_entries(self) -> int:
+        """Entries in the internal pair heap, stale ones included (diagnostic; O(budget))."""
+        return len(self._heap)
+
+    @property
+    def forgotten_gap_seconds(self) -> float:
+        """Seconds of gaps counted as covered because the interval list hit its bound."""
+        return self._forgotten_gaps
+
+    def _views(self) -> tuple[list[Anchor], F64, F64, F32]:
+        if self._cache is None:
+            anchors: list[Anchor] = []
+            node = self._head
+            while node is not None:
+                anchors.append(node.anchor)
+                node = node.next
+            starts = np.array([a.start for a in anchors], dtype=np.float64)
+            ends = np.array([a.end for a in anchors], dtype=np.float64)
+            reps = (
+                np.stack([a.rep for a in anchors]).astype(np.float32)
+                if anchors
+                else np.zeros((0, self.dim), np.float32)
+            )
+            for arr in (starts, ends, reps):
+                arr.setflags(write=False)
+            self._cache = (anchors, starts, ends, reps)
+        return self._cache
+
+    @property
+    def anchors(self) -> Sequence[Anchor]:
+        """Anchors ordered by time (a snapshot list; do not mutate the anchors)."""
+        return tuple(self._views()[0])
+
+    def matrix(self) -> tuple[F64, F64, F32]:
+        """(starts (n,), ends (n,), reps (n, d)); read-only, cached until the next change."""
+        _, starts, ends, reps = self._views()
+        return starts, ends, reps
+
+    def spans(self) -> list[tuple[float, float]]:
+        """Ingested coverage intervals in time order; the holes between them are gaps."""
+        return [(s, e) for s, e in self._spans]
+
+    def coverage(self, start: float, end: float) -> tuple[float, float]:
+        """(retained seconds of [start, end], mean seconds per token of the anchors overlapping it).
+
+        Retained seconds count only ingested intervals (never a gap an anchor
+        was stretched over). The resolution is the mean duration of the
+        anchors overlapping the range (a zero-length range overlaps the
+        anchors containing its instant); ``inf`` when no anchor overlaps it.
+        """
+        if not (math.isfinite(start) and math.isfinite(end)) or end < start:
+            raise ValueError(f"bad time range [{start}, {end}]")
+        if self._spans:
+            spans = np.asarray(self._spans, dtype=np.float64)
+            overlap = np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)
+            retained = float(np.clip(overlap, 0.0, None).sum())
+        else:
+            retained = 0.0
+        _, starts, ends, _ = self._views()
+        if end > start:
+            hit = (starts < end) & (ends > start)
+        else:
+            hit = (starts <= start) & (ends >= start)
+        if not np.any(hit):
+            return retained, math.inf
+        return retained, float(np.mean(ends[hit] - starts[hit]))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays held: every anchor's SVD and token, the heap, the spans."""
+        total = _ENTRY_BYTES * len(self._heap) + 16 * len(self._spans)
+        for a in self._views()[0]:
+            total += a.svd.nbytes + a.rep.nbytes + 16
+        return total
+
+    # ---------------------------------------------------------------- persistence
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat arrays (bases zero-padded to ``rank`` rows), config and FORMAT_VERSION."""
+        anchors = self._views()[0]
+        starts, ends, reps = self.matrix()
+        return {
+            "format_version": np.array(self.FORMAT_VERSION, np.int64),
+            "dim": np.array(self.dim, np.int64),
+            "budget": np.array(self.budget, np.int64),
+            "rank": np.array(self.rank, np.int64),
+            "theta": np.array(self.theta, np.float64),
+            "gap_seconds": np.array(self.gap_seconds, np.float64),
+            "representative": np.array(self.representative),
+            "starts": starts.copy(),
+            "ends": ends.copy(),
+            "reps": reps.copy(),
+            **pack_svds([a.svd for a in anchors], self.rank, self.dim),
+            "spans": np.asarray(self._spans, np.float64).reshape(-1, 2),
+            "last_start": np.array(self._last_start, np.float64),
+            "forgotten_gap_seconds": np.array(self._forgotten_gaps, np.float64),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> Memory:
+        """Rebuild from ``state_dict()``.
+
+        Raises SnapshotVersionError when the state has another FORMAT_VERSION
+        and IndexStoreError when anything is missing or inconsistent.
+        """
+        if "format_version" not in state:
+            raise IndexStoreError("memory snapshot has no format_version")
+        try:
+            version = int(np.asarray(state["format_version"]))
+        except (TypeError, ValueError) as exc:
+            raise IndexStoreError("memory snapshot has an unreadable format_version") from exc
+        if version != cls.FORMAT_VERSION:
+            raise SnapshotVersionError(
+                f"memory snapshot format {version}, this build reads format {cls.FORMAT_VERSION}"
+            )
+        try:
+            return cls._from_valid_state(state)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise IndexStoreError(f"invalid memory snapshot: {exc}") from exc
+
+    @classmethod
+    def _from_valid_state(cls, state: Mapping[str, np.ndarray]) -> Memory:
+        rep_kind = str(np.asarray(state["representative"]))
+        if rep_kind not in ("smore", "mean"):
+            raise ValueError(f"unknown representative {rep_kind!r}")
+        mem = cls(
+            int(np.asarray(state["dim"])),
+            budget=int(np.asarray(state["budget"])),
+            theta=float(np.asarray(state["theta"])),
+            rank=int(np.asarray(state["rank"])),
+            representative="smore" if rep_kind == "smore" else "mean",
+            gap_seconds=float(np.asarray(state["gap_seconds"])),
+        )
+        d, k = mem.dim, mem.rank
+        starts, ends = _field(state, "starts", (-1,)), _field(state, "ends", (-1,))
+        n = starts.shape[0]
+        if n > mem.budget:
+            raise ValueError(f"{n} anchors exceed the budget {mem.budget}")
+        reps = _field(state, "reps", (n, d))
+        spans = _field(state, "spans", (-1, 2))
+        _check_timeline(starts, ends, spans)
+        svds = unpack_svds(state, n, k, d)
+        anchors = [
+            Anchor(float(starts[i]), float(ends[i]), svds[i], reps[i].astype(np.float32)) for i in range(n)
+        ]
+        last_start = float(np.asarray(state["last_start"]))
+        forgotten = float(np.asarray(state["forgotten_gap_seconds"]))
+        mem._restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten)
+        return mem
+
+    def _restore(
+        self, anchors: Sequence[Anchor], spans: list[list[float]], last_start: float, forgotten: float
+    ) -> None:
+        for a in anchors:
+            node = _Node(a, self._tail)
+            if self._tail is None:
+                self._head = node
+            else:
+                self._tail.next = node
+            self._tail = node
+        self._count = len(anchors)
+        self._spans = spans
+        self._last_start = last_start
+        self._forgotten_gaps = forgotten
+        self._cache = None
+        self._rebuild_heap()
+
+    def save(self, path: Path) -> None:
+        """Write a snapshot atomically: ``path`` always holds a complete old or new state."""
+        try:
+            atomic.write_npz(Path(path), self.state_dict())
+        except OSError as exc:
+            raise IndexStoreError(f"cannot write memory snapshot {path}: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: Path) -> Memory:
+        """Read a snapshot written by ``save``.
+
+        Raises IndexStoreError when the file is missing, truncated or not a
+        memory snapshot, and SnapshotVersionError on a format version mismatch.
+        """
+        path = Path(path)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise IndexStoreError(f"{path} is not a memory snapshot (.npz)")
+            with loaded as npz:
+                # Read every member now: zip damage shows up on access, not on open.
+                state = {key: npz[key] for key in npz.files}
+        except FileNotFoundError as exc:
+            raise IndexStoreError(f"no memory snapshot at {path}") from exc
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            raise IndexStoreError(f"corrupt memory snapshot {path}: {exc}") from exc
+        return cls.from_state(state)
+
+
+def _field(state: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``state[key]`` as a finite numeric array of the given shape (-1: any length)."""
+    arr = np.asarray(state[key])
+    if arr.ndim != len(shape) or any(
+        want not in (-1, got) for want, got in zip(shape, arr.shape, strict=True)
+    ):
+        raise ValueError(f"{key} has shape {arr.shape}, expected {shape}")
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{key} is not a finite numeric array")
+    return arr
+
+
+def _check_timeline(starts: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> None:
+    if ends.shape != starts.shape:
+        raise ValueError("starts and ends differ in length")
+    if np.any(ends < starts) or np.any(starts[1:] < ends[:-1]):
+        raise ValueError("anchors are not ordered and disjoint")
+    if np.any(spans[:, 1] < spans[:, 0]) or np.any(spans[1:, 0] < spans[:-1, 1]):
+        raise ValueError("coverage intervals are not ordered and disjoint")
+    if (starts.size == 0) != (spans.shape[0] == 0):
+        raise ValueError("anchors and coverage disagree on emptiness")

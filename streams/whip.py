@@ -1,0 +1,360 @@
+"""WebRTC ingest via WHIP (RFC 9725) on aiortc.
+
+A publisher (OBS, an NVR, a browser) POSTs an SDP offer to
+``/whip/{stream}`` and gets ``201 Created`` with the SDP answer and a
+``Location`` naming its session; ``DELETE`` on that location ends it.
+:class:`WhipIngest` does the WebRTC side independently of any web framework;
+:func:`whip_routes` mounts it on aiohttp (the same application that serves
+the websocket API, so everything shares one port).
+
+Each stream has one :class:`WhipSource`, an async iterator of frames that
+outlives publisher sessions: a publisher that reconnects (a new offer for
+the same stream) replaces the old session, counts as a reconnect and
+continues the same monotonic timeline (:class:`~streams.live.LiveClock`,
+gaps recorded). Frames: aiortc decodes in its own thread and hands
+``av.VideoFrame`` objects to the event loop; we map their RTP timestamps
+(90 kHz, wrapping every 13 h — a wrap re-anchors the clock) to stream time,
+sample to ``fps`` and convert only the kept frames, in a worker thread.
+``Frame.wall`` is the arrival time of the session's first frame plus the
+RTP time since (aiortc does not expose the RTCP sender reports).
+Delivery uses a :class:`~streams.live.LatestQueue`: latest wins, drops counted.
+
+ICE: no STUN/TURN servers (``RTCConfiguration(iceServers=[])``); the agent
+answers with its host candidates, enough for publishers on the same network.
+Audio tracks are accepted and discarded (aiortc's ``MediaBlackhole``) so
+they do not pile up in aiortc's unbounded track queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from agent.errors import ProtocolError, UnknownStreamError
+from agent.types import Frame
+from streams.live import Gap, LatestQueue, LiveClock, LiveCounters, QueueClosed
+from streams.sampler import Sampler, to_rgb
+
+log = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+"""An SDP offer is a few kilobytes; anything far larger is not one."""
+
+
+class WhipSource:
+    """Frames of one WHIP stream across publisher sessions (async iterator).
+
+    Counters: :attr:`frames_in` (decoded frames received), :attr:`frames_out`,
+    :attr:`dropped` (latest-wins drops), :attr:`reconnects` (sessions after
+    the first). :attr:`publishing` says whether a publisher is connected.
+    """
+
+    def __init__(self, stream: str, *, fps: float = 2.0, short_side: int = 224, queue_size: int = 8) -> None:
+        self.stream = stream
+        self._sampler = Sampler(fps)
+        self._short_side = short_side
+        self._queue: LatestQueue[Frame] = LatestQueue(queue_size)
+        self._clock = LiveClock()
+        self._sessions = 0
+        self.publishing = False
+        self.frames_in = 0
+        self.frames_out = 0
+        self.reconnects = 0
+
+    @property
+    def dropped(self) -> int:
+        """Sampled frames discarded because the consumer fell behind."""
+        return self._queue.dropped
+
+    @property
+    def gaps(self) -> list[Gap]:
+        """Holes in the timeline between publisher sessions."""
+        return list(self._clock.gaps)
+
+    @property
+    def counters(self) -> LiveCounters:
+        """A snapshot of the counters."""
+        return LiveCounters(self.frames_in, self.frames_out, self.dropped, self.reconnects)
+
+    @property
+    def closed(self) -> bool:
+        return self._queue.closed
+
+    def __aiter__(self) -> WhipSource:
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            frame = await self._queue.get()
+        except QueueClosed:
+            raise StopAsyncIteration from None
+        self.frames_out += 1
+        return frame
+
+    async def __aenter__(self) -> WhipSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End iteration (frames already queued are still delivered). Idempotent.
+
+        The owning :class:`WhipIngest` stops the publisher session when it
+        removes the stream; closing the source alone only stops delivery.
+        """
+        self._queue.close()
+
+    async def consume(self, track: MediaStreamTrack) -> None:
+        """Read one publisher's video track until it ends (run as a task by the ingest)."""
+        self._clock.new_session()
+        if self._sessions:
+            self.reconnects += 1
+        self._sessions += 1
+        self.publishing = True
+        wall_offset: float | None = None
+        try:
+            while not self._queue.closed:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return  # the publisher went away
+                now_wall, now_mono = time.time(), time.monotonic()
+                self.frames_in += 1
+                if not isinstance(frame, av.VideoFrame):
+                    continue  # a video track yields frames; packets only with decode=False publishers
+                pts, tb = frame.pts, frame.time_base
+                raw = float(pts * tb) if pts is not None and tb is not None else None
+                t = self._clock.map(raw, now_mono)
+                if wall_offset is None:
+                    wall_offset = now_wall - t
+                if not self._sampler.take(t):
+                    continue
+                image = await asyncio.to_thread(to_rgb, frame, self._short_side)
+                self._queue.put_nowait(Frame(self.stream, t, image, t + wall_offset, bool(frame.key_frame)))
+        finally:
+            self.publishing = False
+
+
+@dataclass
+class _Session:
+    resource: str
+    stream: str
+    pc: RTCPeerConnection
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    blackhole: MediaBlackhole = field(default_factory=MediaBlackhole)
+
+
+class WhipIngest:
+    """WHIP endpoint logic: offers in, answers out, frames to per-stream sources.
+
+    Streams are registered with :meth:`add_stream` (the service does it on
+    ``streams.add``); an offer for an unknown stream raises
+    :class:`UnknownStreamError` unless ``auto_register`` is set. Every
+    peer connection and reader task is owned here and ended by
+    :meth:`delete`, :meth:`remove_stream` or :meth:`close`.
+    """
+
+    def __init__(
+        self, *, fps: float = 2.0, short_side: int = 224, queue_size: int = 8, auto_register: bool = False
+    ) -> None:
+        self._fps = fps
+        self._short_side = short_side
+        self._queue_size = queue_size
+        self.auto_register = auto_register
+        self._sources: dict[str, WhipSource] = {}
+        self._sessions: dict[str, _Session] = {}  # by resource id
+        self._housekeeping: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def streams(self) -> list[str]:
+        """Registered stream ids."""
+        return list(self._sources)
+
+    def add_stream(self, stream: str) -> WhipSource:
+        """Register ``stream`` (idempotent) and return its source."""
+        if self._closed:
+            raise ProtocolError("WHIP ingest is closed")
+        src = self._sources.get(stream)
+        if src is None or src.closed:
+            src = WhipSource(stream, fps=self._fps, short_side=self._short_side, queue_size=self._queue_size)
+            self._sources[stream] = src
+        return src
+
+    def source(self, stream: str) -> WhipSource:
+        """The source of a registered stream."""
+        try:
+            return self._sources[stream]
+        except KeyError:
+            raise UnknownStreamError(f"no WHIP stream {stream!r}") from None
+
+    async def remove_stream(self, stream: str) -> None:
+        """End the stream's publisher session and close its source."""
+        for session in [s for s in self._sessions.values() if s.stream == stream]:
+            await self._end(session)
+        src = self._sources.pop(stream, None)
+        if src is not None:
+            await src.close()
+
+    async def handle_offer(self, stream: str, sdp_offer: str) -> tuple[str, str]:
+        """Answer a publisher's SDP offer; returns (answer SDP, resource id).
+
+        A new offer for a stream that already has a publisher replaces the
+        old session (a reconnecting encoder often cannot DELETE first).
+        Raises :class:`UnknownStreamError` or :class:`ProtocolError`.
+        """
+        _check_offer(sdp_offer)
+        if self._closed:
+            raise ProtocolError("WHIP ingest is closed")
+        if stream not in self._sources:
+            if not self.auto_register:
+                raise UnknownStreamError(f"no WHIP stream {stream!r}")
+            self.add_stream(stream)
+        source = self._sources[stream]
+        for old in [s for s in self._sessions.values() if s.stream == stream]:
+            await self._end(old)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        session = _Session(uuid.uuid4().hex, stream, pc)
+        self._wire(session, source)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp_offer, type="offer"))
+            if not any(t.kind == "video" for t in pc.getTransceivers()):
+                raise ProtocolError("the offer has no video")
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)  # aiortc gathers every candidate first: no trickle needed
+        except ProtocolError:
+            await self._end(session)
+            raise
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            await self._end(session)
+            raise ProtocolError(f"bad SDP offer: {exc}") from exc
+        self._sessions[session.resource] = session
+        log.info("WHIP %s: publisher session %s", stream, session.resource)
+        return pc.localDescription.sdp, session.resource
+
+    async def delete(self, resource: str, stream: str | None = None) -> None:
+        """End a publisher session (WHIP DELETE). Unknown ids raise UnknownStreamError."""
+        session = self._sessions.get(resource)
+        if session is None or (stream is not None and session.stream != stream):
+            raise UnknownStreamError(f"no WHIP session {resource!r}")
+        await self._end(session)
+
+    async def close(self) -> None:
+        """End every session and source; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self._sessions.values()):
+            await self._end(session)
+        for src in self._sources.values():
+            await src.close()
+        while self._housekeeping:
+            await asyncio.gather(*list(self._housekeeping), return_exceptions=True)
+
+    def _wire(self, session: _Session, source: WhipSource) -> None:
+        pc = session.pc
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "video" and not any(not t.done() for t in session.tasks):
+                session.tasks.append(
+                    asyncio.create_task(source.consume(track), name=f"whip-{session.stream}")
+                )
+            else:  # audio, or a second video track: discard so it never accumulates
+                session.blackhole.addTrack(track)
+                self._spawn(session.blackhole.start())
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed") and session.resource in self._sessions:
+                log.info("WHIP %s: session %s %s", session.stream, session.resource, pc.connectionState)
+                self._spawn(self._end(session))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._housekeeping.add(task)
+        task.add_done_callback(self._housekeeping.discard)
+
+    async def _end(self, session: _Session) -> None:
+        self._sessions.pop(session.resource, None)
+        await session.pc.close()  # ends the tracks: readers see MediaStreamError
+        await session.blackhole.stop()
+        for task in session.tasks:
+            task.cancel()
+        await asyncio.gather(*session.tasks, return_exceptions=True)
+
+
+def _check_offer(sdp: str) -> None:
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ProtocolError("empty SDP offer")
+    if len(sdp) > MAX_SDP_BYTES:
+        raise ProtocolError(f"SDP offer over {MAX_SDP_BYTES} bytes")
+    if not sdp.lstrip().startswith("v=0"):
+        raise ProtocolError("not an SDP offer (must start with v=0)")
+    if "m=video" not in sdp:
+        raise ProtocolError("the offer has no video")
+
+
+def whip_routes(ingest: WhipIngest, *, prefix: str = "/whip", token: str | None = None) -> list[web.RouteDef]:
+    """aiohttp routes: ``POST {prefix}/{stream}``, ``DELETE {prefix}/{stream}/{resource}``.
+
+    POST needs ``Content-Type: application/sdp`` (else 415) and answers
+    ``201`` with the SDP answer and a ``Location`` header; an unknown stream
+    is 404, a bad offer 400. With ``token`` set, requests must carry
+    ``Authorization: Bearer <token>`` (RFC 9725 section 4.5) or get 401.
+    Trickle ICE (PATCH) is not offered; aiohttp answers it 405.
+    """
+
+    def authorised(request: web.Request) -> bool:
+        return token is None or request.headers.get("Authorization") == f"Bearer {token}"
+
+    async def post(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        if request.content_type != "application/sdp":
+            return web.Response(status=415, text="Content-Type must be application/sdp")
+        if (request.content_length or 0) > MAX_SDP_BYTES:
+            return web.Response(status=413, text="SDP offer too large")
+        stream = request.match_info["stream"]
+        try:
+            answer, resource = await ingest.handle_offer(stream, await request.text())
+        except UnknownStreamError as exc:
+            return web.Response(status=404, text=str(exc))
+        except ProtocolError as exc:
+            return web.Response(status=400, text=str(exc))
+        return web.Response(
+            status=201,
+            body=answer.encode(),
+            content_type="application/sdp",
+            headers={"Location": f"{prefix}/{stream}/{resource}"},
+        )
+
+    async def delete(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        try:
+            await ingest.delete(request.match_info["resource"], stream=request.match_info["stream"])
+        except UnknownStreamError as exc:
+            return web.Response(status=404, text=str(exc))
+        return web.Response(status=200)
+
+    async def options(request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Accept-Post": "application/sdp"})
+
+    return [
+        web.post(prefix + "/{stream}", post),
+        web.options(prefix + "/{stream}", options),
+        web.delete(prefix + "/{stream}/{resource}", delete),
+    ]

@@ -1,0 +1,191 @@
+"""End-to-end core: a real PyAV video -> ingest -> memory on disk -> queries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent.cli import main
+from agent.config import EncoderConfig, IndexConfig, Settings
+from agent.errors import CorruptVideoError, IndexStoreError, QueryError, UnknownStreamError
+from agent.index import VideoIndex
+from agent.retrieval import Query
+from streams.file import decode_frames
+from tests.videos import VIDEOS, make_video, photos, random_bytes_file, truncate_copy
+
+TINY = EncoderConfig(model="tiny-random", allow_random=True)
+
+
+def settings(**index: object) -> Settings:
+    return Settings(prescreen=TINY, index=IndexConfig(**index))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def scene_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """Six photo scenes of 8 s each; scene k spans [8k, 8k + 8)."""
+    pics = photos(6, offset=40)
+    path = tmp_path_factory.mktemp("vid") / "scenes.mp4"
+    make_video(path, [(8.0, p) for p in pics], fps=10, size=(320, 240))
+    return path, pics
+
+
+def ingest(root: Path, video: Path, cfg: Settings) -> VideoIndex:
+    idx = VideoIndex.create(root, cfg)
+    idx.ingest(decode_frames(video, stream="cam", fps=cfg.index.fps, short_side=idx.prescreen.image_size))
+    return idx
+
+
+@pytest.mark.parametrize("grid", [1, 2])
+def test_image_query_finds_its_scene(tmp_path: Path, scene_video: tuple[Path, list[Path]], grid: int) -> None:
+    video, pics = scene_video
+    idx = ingest(tmp_path / "idx", video, settings(grid=grid, budget=16, fps=2.0))
+    target = 3
+    image = np.asarray(Image.open(pics[target]).convert("RGB"))
+    result = idx.query(Query(image=image, top_k=3))["cam"]
+    top = result.moments[0]
+    overlap = min(top.end, 8.0 * (target + 1)) - max(top.start, 8.0 * target)
+    assert overlap > 0.5 * min(top.end - top.start, 8.0), (top, result.moments)
+    assert result.meaningless  # tiny-random is labelled
+    assert result.answered_by == "refine"
+    idx.close()
+
+
+def test_budget_and_coverage_hold_and_survive_reopen(
+    tmp_path: Path, scene_video: tuple[Path, list[Path]]
+) -> None:
+    video, _pics = scene_video
+    idx = ingest(tmp_path / "idx", video, settings(grid=1, budget=3, theta=0.999))
+    st = idx.streams["cam"]
+    assert st.memory.tokens <= 3
+    starts, ends, _ = st.memory.matrix()
+    assert starts[0] == pytest.approx(0.0) and ends[-1] == pytest.approx(48.0, abs=0.6)
+    assert np.all(starts[1:] == pytest.approx(ends[:-1]))  # contiguous, no overlap
+    before = st.memory.matrix()[2].copy()
+    idx.close()
+    again = VideoIndex.open(tmp_path / "idx")
+    np.testing.assert_allclose(again.streams["cam"].memory.matrix()[2], before, atol=1e-6)
+    info = again.info()
+    assert info["streams"]["cam"]["tokens"] <= 3
+    assert info["streams"]["cam"]["covered_seconds"] == pytest.approx(48.0, abs=0.6)
+
+
+def test_evicted_frames_fall_back_to_anchor_scores(
+    tmp_path: Path, scene_video: tuple[Path, list[Path]]
+) -> None:
+    video, pics = scene_video
+    idx = ingest(tmp_path / "idx", video, settings(grid=1, budget=16, store_bytes=0))
+    image = np.asarray(Image.open(pics[1]).convert("RGB"))
+    result = idx.query(Query(image=image))["cam"]
+    assert result.answered_by == "anchor"
+    assert all(m.answered_by == "anchor" for m in result.moments)
+    assert any("evicted" in n for n in result.notes)
+    idx.close()
+
+
+def test_time_range_filter(tmp_path: Path, scene_video: tuple[Path, list[Path]]) -> None:
+    video, pics = scene_video
+    idx = ingest(tmp_path / "idx", video, settings(grid=1, budget=16))
+    image = np.asarray(Image.open(pics[3]).convert("RGB"))
+    result = idx.query(Query(image=image, start=0.0, end=16.0))["cam"]
+    assert result.moments and all(m.start >= 0.0 and m.start < 16.0 for m in result.moments)
+    assert result.coverage is not None and result.coverage.end == pytest.approx(16.0)
+    idx.close()
+
+
+def test_bad_queries_are_typed(tmp_path: Path, scene_video: tuple[Path, list[Path]]) -> None:
+    video, _ = scene_video
+    idx = ingest(tmp_path / "idx", video, settings(grid=2, budget=8))
+    with pytest.raises(QueryError):
+        idx.query(Query(text="   "))
+    with pytest.raises(QueryError):
+        idx.query(Query(text="x" * 5000))
+    with pytest.raises(UnknownStreamError):
+        idx.query(Query(text="a van", streams=["nope"]))
+    idx.close()
+
+
+def test_corrupt_video_keeps_what_was_stored(tmp_path: Path, scene_video: tuple[Path, list[Path]]) -> None:
+    # A truncated Matroska file decodes its good part, then raises; what was
+    # ingested before the damage stays in the memory and on disk.
+    pics = scene_video[1]
+    good = make_video(tmp_path / "good.mkv", [(8.0, p) for p in pics[:4]], fps=10, size=(320, 240))
+    cut = truncate_copy(good.path, tmp_path / "cut.mkv", 0.5)
+    idx = VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=8))
+    with pytest.raises(CorruptVideoError):
+        idx.ingest(decode_frames(cut, stream="cam", short_side=224))
+    covered = idx.streams["cam"].memory.spans()
+    assert covered and covered[-1][1] > 4.0
+    idx.close()
+    again = VideoIndex.open(tmp_path / "idx")
+    assert np.allclose(again.streams["cam"].memory.spans(), covered)
+    with pytest.raises(CorruptVideoError):
+        ingest(tmp_path / "idx2", random_bytes_file(tmp_path / "junk.mp4"), settings(grid=1, budget=8))
+
+
+def test_missing_index_is_typed(tmp_path: Path) -> None:
+    with pytest.raises(IndexStoreError):
+        VideoIndex.open(tmp_path / "nothing")
+
+
+def test_cli_ingest_info_query(
+    tmp_path: Path, scene_video: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    video, pics = scene_video
+    root = tmp_path / "i"
+    assert (
+        main(
+            ["ingest", str(video), "--index", str(root), "--budget", "4", "--model", "tiny-random", "--quiet"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["info", str(root), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    (stream,) = info["streams"].values()
+    assert stream["tokens"] <= 4 and stream["covered_seconds"] == pytest.approx(48.0, abs=0.6)
+    assert info["meaningless"] is True
+    assert main(["query", str(root), "--image", str(pics[2]), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["meaningless"] is True
+    (res,) = answer["streams"].values()
+    assert res["moments"] and res["coverage"]["retained_fraction"] == pytest.approx(1.0)
+
+
+def test_real_model_without_weights_fails_with_instructions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "ingest",
+            str(VIDEOS / "bikes.mp4"),
+            "--index",
+            str(tmp_path / "i"),
+            "--model",
+            "ViT-B-32",
+            "--checkpoint",
+            str(tmp_path / "missing.pt"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "weights_unavailable" in err and "--checkpoint" in err
+
+
+def test_tiny_random_is_identical_across_processes() -> None:
+    code = (
+        "import numpy as np;from agent.config import EncoderConfig;from agent.encoder import load_encoder;"
+        "e=load_encoder(EncoderConfig(model='tiny-random',allow_random=True));"
+        "print(repr(float(e.encode_text(['a white van'])[0][:8].sum())))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    assert len(outs) == 1

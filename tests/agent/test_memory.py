@@ -1,0 +1,402 @@
+"""The rolling memory: budget, timeline invariants, merge order, snapshots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.errors import IndexStoreError, SnapshotVersionError
+from agent.memory import Memory
+from agent.svd import TruncatedSVD
+
+DIM = 8
+FAST = settings(max_examples=50, deadline=None)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def basis_vector(i: int, dim: int = DIM) -> np.ndarray:
+    v = np.zeros(dim, np.float32)
+    v[i] = 1.0
+    return v
+
+
+def expected_spans(items: list[tuple[float, float]], gap: float) -> list[tuple[float, float]]:
+    """Reference coverage: a new interval whenever an item starts > gap after everything so far."""
+    spans: list[list[float]] = []
+    for s, e in items:
+        if spans and s - spans[-1][1] <= gap:
+            spans[-1][1] = max(spans[-1][1], e)
+        else:
+            spans.append([s, e])
+    return [(s, e) for s, e in spans]
+
+
+def check_timeline(mem: Memory) -> None:
+    """Anchors ordered, disjoint, and covering every ingested interval with no extra hole."""
+    starts, ends, reps = mem.matrix()
+    spans = np.array(mem.spans()).reshape(-1, 2)
+    assert len(starts) == mem.tokens <= mem.budget
+    assert np.all(ends >= starts) and np.all(starts[1:] >= ends[:-1])
+    np.testing.assert_allclose(np.linalg.norm(reps, axis=1), 1.0, rtol=1e-5)
+    if mem.tokens == 0:
+        assert len(spans) == 0
+        return
+    assert starts[0] == spans[0, 0] and ends[-1] == spans[-1, 1]
+    holes = [(ends[i], starts[i + 1]) for i in range(len(starts) - 1) if ends[i] < starts[i + 1]]
+    for lo, hi in holes:
+        # A hole between anchors may only sit inside a gap of the input.
+        assert not np.any((spans[:, 0] < hi) & (spans[:, 1] > lo)), (lo, hi, spans)
+
+
+item = st.tuples(
+    st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0, 7.0, 40.0]),  # delay after the previous start
+    st.sampled_from([0.0, 0.5, 1.0, 3.0]),  # duration
+    st.integers(0, 3),  # which cluster
+    st.booleans(),  # followed by a static frame (extend)
+)
+
+
+@FAST
+@given(
+    items=st.lists(item, min_size=1, max_size=40),
+    budget=st.integers(1, 6),
+    theta=st.sampled_from([0.5, 0.9, 0.99]),
+    rank=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_invariants_hold_after_every_add(
+    items: list[tuple[float, float, int, bool]], budget: int, theta: float, rank: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, DIM))
+    mem = Memory(DIM, budget=budget, theta=theta, rank=rank, gap_seconds=5.0)
+    ingested: list[tuple[float, float]] = []
+    t = 0.0
+    for delay, dur, cluster, static in items:
+        t += delay
+        mem.add(t, t + dur, unit(centres[cluster] + 0.1 * rng.standard_normal(DIM)))
+        ingested.append((t, t + dur))
+        if static:
+            mem.extend(t + dur + 1.0)
+            ingested.append((t + dur + 1.0, t + dur + 1.0))
+        assert mem.tokens <= budget
+        check_timeline(mem)
+    if mem.forgotten_gap_seconds == 0:
+        assert mem.spans() == expected_spans(ingested, 5.0)
+    total = sum(e - s for s, e in mem.spans())
+    retained, spt = mem.coverage(ingested[0][0], max(e for _, e in ingested))
+    assert retained == pytest.approx(total)
+    assert spt > 0 or all(s == e for s, e in ingested)
+
+
+class ScanMemory:
+    """Reference: the same policy with a linear scan over adjacent pairs instead of a heap."""
+
+    def __init__(self, budget: int, theta: float, rank: int, gap: float) -> None:
+        self.budget, self.theta, self.rank, self.gap = budget, theta, rank, gap
+        self.anchors: list[list] = []  # [start, end, svd, rep]
+
+    def add(self, start: float, end: float, v: np.ndarray) -> None:
+        vec = v.astype(np.float64)
+        if self.anchors:
+            last = self.anchors[-1]
+            gap = start - last[1] > self.gap
+            if not gap and float(last[3] @ vec) >= self.theta * np.linalg.norm(vec):
+                last[2].update(vec)
+                last[3] = last[2].representative("smore")
+                last[1] = max(last[1], end)
+                return
+            if not gap:
+                last[1] = max(last[1], start)
+            start, end = max(start, last[1]), max(end, last[1])
+        svd = TruncatedSVD.from_vector(vec, self.rank)
+        self.anchors.append([start, end, svd, svd.representative("smore")])
+        while len(self.anchors) > self.budget:
+            keys = [
+                (int(a[1] < b[0]), -float(a[3] @ b[3]))
+                for a, b in zip(self.anchors, self.anchors[1:], strict=False)
+            ]
+            i = min(range(len(keys)), key=keys.__getitem__)
+            a, b = self.anchors[i], self.anchors.pop(i + 1)
+            a[2] = a[2].merge(b[2])
+            a[3] = a[2].representative("smore")
+            a[1] = max(a[1], b[1])
+
+
+@FAST
+@given(
+    n=st.integers(1, 120),
+    budget=st.integers(1, 8),
+    theta=st.sampled_from([0.6, 0.95]),
+    seed=st.integers(0, 2**16),
+)
+def test_heap_merges_match_a_linear_scan(n: int, budget: int, theta: float, seed: int) -> None:
+    # Long random streams (numpy-drawn) so merges keep re-scoring neighbours of merged anchors.
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, DIM))
+    mem = Memory(DIM, budget=budget, theta=theta, rank=2, gap_seconds=5.0)
+    ref = ScanMemory(budget, theta, 2, 5.0)
+    t = 0.0
+    for _ in range(n):
+        t += float(rng.choice([0.0, 0.5, 1.0, 2.0, 7.0]))
+        dur = float(rng.choice([0.0, 1.0, 3.0]))
+        v = unit(centres[rng.integers(4)] + 0.2 * rng.standard_normal(DIM))
+        mem.add(t, t + dur, v)
+        ref.add(t, t + dur, v)
+    starts, ends, reps = mem.matrix()
+    np.testing.assert_array_equal(starts, [a[0] for a in ref.anchors])
+    np.testing.assert_array_equal(ends, [a[1] for a in ref.anchors])
+    np.testing.assert_allclose(reps, np.stack([a[3] for a in ref.anchors]), atol=1e-6)
+
+
+def test_similar_items_join_and_dissimilar_open_anchors() -> None:
+    mem = Memory(DIM, budget=10, theta=0.9)
+    mem.add(0.0, 1.0, basis_vector(0))
+    mem.add(1.0, 2.0, unit(basis_vector(0) + 0.1 * basis_vector(1)))
+    assert mem.tokens == 1
+    mem.add(2.5, 3.0, basis_vector(2))
+    assert mem.tokens == 2
+    starts, ends, reps = mem.matrix()
+    # The seam is closed: the first anchor runs to where the second begins.
+    np.testing.assert_array_equal(starts, [0.0, 2.5])
+    np.testing.assert_array_equal(ends, [2.5, 3.0])
+    assert mem.anchors[0].svd.count == 2
+    np.testing.assert_allclose(reps[1], basis_vector(2))
+
+
+def test_budget_merges_the_most_similar_adjacent_pair() -> None:
+    mem = Memory(DIM, budget=3, theta=0.999, rank=2)
+    a, b = basis_vector(0), basis_vector(1)
+    near_b = unit(basis_vector(1) + 0.2 * basis_vector(2))
+    for i, e in enumerate([a, b, near_b, a]):
+        mem.add(float(i), float(i) + 1.0, e)
+    starts, ends, _ = mem.matrix()
+    np.testing.assert_array_equal(starts, [0.0, 1.0, 3.0])
+    np.testing.assert_array_equal(ends, [1.0, 3.0, 4.0])
+    assert [x.svd.count for x in mem.anchors] == [1, 2, 1]
+
+
+def test_pairs_across_a_gap_merge_last_and_coverage_stays_honest() -> None:
+    mem = Memory(DIM, budget=2, theta=0.999, gap_seconds=5.0)
+    mem.add(0.0, 1.0, basis_vector(0))
+    mem.add(100.0, 101.0, basis_vector(0))  # identical, but after a gap
+    mem.add(101.0, 102.0, basis_vector(3))  # unrelated, but contiguous
+    starts, ends, _ = mem.matrix()
+    np.testing.assert_array_equal(starts, [0.0, 100.0])
+    np.testing.assert_array_equal(ends, [1.0, 102.0])
+    assert mem.spans() == [(0.0, 1.0), (100.0, 102.0)]
+    small = Memory(DIM, budget=1, theta=0.999)
+    for s, e, v in [(0.0, 1.0, 0), (100.0, 101.0, 0), (101.0, 102.0, 3)]:
+        small.add(s, e, basis_vector(v))
+    assert small.tokens == 1
+    assert (small.anchors[0].start, small.anchors[0].end) == (0.0, 102.0)
+    assert small.spans() == [(0.0, 1.0), (100.0, 102.0)]
+    retained, spt = small.coverage(0.0, 102.0)
+    assert retained == pytest.approx(3.0) and spt == pytest.approx(102.0)
+
+
+def test_coverage_of_ranges() -> None:
+    mem = Memory(DIM, budget=10, theta=0.999, gap_seconds=5.0)
+    for i in range(4):
+        mem.add(2.0 * i, 2.0 * i + 2.0, basis_vector(i))
+    mem.add(50.0, 52.0, basis_vector(5))
+    assert mem.coverage(1.0, 5.0) == pytest.approx((4.0, 2.0))
+    assert mem.coverage(6.0, 51.0) == pytest.approx((3.0, 2.0))
+    assert mem.coverage(20.0, 30.0) == (0.0, float("inf"))
+    assert mem.coverage(3.0, 3.0) == (0.0, pytest.approx(2.0))
+    with pytest.raises(ValueError):
+        mem.coverage(5.0, 1.0)
+
+
+def test_extend_stretches_the_newest_anchor_and_records_gaps() -> None:
+    mem = Memory(DIM, budget=4, theta=0.9, gap_seconds=5.0)
+    with pytest.raises(ValueError, match="before any add"):
+        mem.extend(1.0)
+    mem.add(0.0, 1.0, basis_vector(0))
+    mem.extend(3.0)
+    mem.extend(2.0)  # already covered: no change
+    assert mem.spans() == [(0.0, 3.0)]
+    mem.extend(20.0)  # a static frame after a jump: the anchor spans it, coverage shows the gap
+    assert mem.spans() == [(0.0, 3.0), (20.0, 20.0)]
+    assert mem.matrix()[1][-1] == 20.0
+    with pytest.raises(ValueError):
+        mem.extend(-1.0)
+
+
+def test_bad_input_is_rejected_and_nothing_is_lost() -> None:
+    mem = Memory(DIM, budget=4, theta=0.9)
+    mem.add(5.0, 6.0, basis_vector(0))
+    before = [m.copy() for m in mem.matrix()]
+    bad = [
+        (4.0, 5.0, basis_vector(1)),  # time goes backwards
+        (7.0, 6.5, basis_vector(1)),  # end before start
+        (7.0, 8.0, np.ones(DIM + 1)),  # wrong dimension
+        (7.0, 8.0, np.full(DIM, np.nan)),  # not finite
+        (7.0, 8.0, np.zeros(DIM)),  # no direction
+    ]
+    for s, e, v in bad:
+        with pytest.raises(ValueError):
+            mem.add(s, e, v)
+    for got, want in zip(mem.matrix(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert mem.spans() == [(5.0, 6.0)]
+    with pytest.raises(ValueError):
+        Memory(DIM, budget=0, theta=0.9)
+    with pytest.raises(ValueError):
+        Memory(DIM, budget=4, theta=0.9, representative="median")  # type: ignore[arg-type]
+
+
+def test_matrix_is_cached_and_read_only() -> None:
+    mem = Memory(DIM, budget=4, theta=0.9)
+    mem.add(0.0, 1.0, basis_vector(0))
+    first = mem.matrix()
+    assert mem.matrix()[2] is first[2]
+    with pytest.raises(ValueError):
+        first[2][0, 0] = 2.0
+    mem.add(1.0, 2.0, basis_vector(1))
+    assert mem.matrix()[2] is not first[2] and mem.matrix()[2].shape == (2, DIM)
+
+
+def feed(mem: Memory, n: int, rng: np.random.Generator, *, t0: float = 0.0, gap_every: int = 0) -> float:
+    t = t0
+    for i in range(n):
+        t += 60.0 if gap_every and i % gap_every == 0 else 1.0
+        mem.add(t, t + 1.0, unit(rng.standard_normal(mem.dim)))
+    return t
+
+
+def test_heap_stays_bounded_over_many_adds() -> None:
+    rng = np.random.default_rng(0)
+    mem = Memory(16, budget=8, theta=0.3, rank=2)
+    longest = 0
+    for _ in range(40):
+        feed(mem, 100, rng, t0=mem.matrix()[1][-1] if mem.tokens else 0.0)
+        longest = max(longest, mem.heap_entries)
+        assert mem.tokens <= 8
+    assert longest <= 4 * 8 + 64 + 2
+
+
+def test_nbytes_stop_growing_once_the_budget_is_full() -> None:
+    rng = np.random.default_rng(1)
+    mem = Memory(32, budget=32, theta=0.2, rank=4)
+    t = feed(mem, 5 * 32, rng, gap_every=7)
+    early = mem.nbytes
+    peak = early
+    for _ in range(9):
+        t = feed(mem, 5 * 32, rng, t0=t, gap_every=7)
+        peak = max(peak, mem.nbytes)
+    assert mem.tokens == 32
+    assert peak <= 1.25 * early
+    assert len(mem.spans()) <= 4 * 32
+    assert mem.forgotten_gap_seconds > 0  # the interval list hit its bound and says so
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    mem = Memory(DIM, budget=6, theta=0.5, rank=3, representative="mean", gap_seconds=3.0)
+    t = feed(mem, 50, rng, gap_every=9)
+    mem.extend(t + 2.0)
+    path = tmp_path / "memory.npz"
+    mem.save(path)
+    back = Memory.load(path)
+    for got, want in zip(back.matrix(), mem.matrix(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert back.spans() == mem.spans()
+    assert (back.dim, back.budget, back.rank, back.theta) == (DIM, 6, 3, 0.5)
+    assert (back.representative, back.gap_seconds) == ("mean", 3.0)
+    # The restored memory carries on exactly like the original.
+    for m in (mem, back):
+        feed(m, 30, np.random.default_rng(3), t0=t + 2.0)
+    (s1, e1, r1), (s2, e2, r2) = back.matrix(), mem.matrix()
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(e1, e2)
+    np.testing.assert_allclose(r1, r2, rtol=1e-6)
+    with pytest.raises(ValueError):
+        back.add(0.0, 1.0, basis_vector(0))  # time order survives the round trip
+    empty = tmp_path / "empty.npz"
+    Memory(DIM, budget=2, theta=0.5).save(empty)
+    assert Memory.load(empty).tokens == 0
+
+
+def test_broken_snapshots_raise_index_store_error(tmp_path: Path) -> None:
+    mem = Memory(DIM, budget=4, theta=0.5)
+    feed(mem, 10, np.random.default_rng(4))
+    good = tmp_path / "good.npz"
+    mem.save(good)
+    data = good.read_bytes()
+    cases = {
+        "missing.npz": None,
+        "truncated.npz": data[: len(data) // 2],
+        "garbage.npz": b"not a snapshot at all" * 50,
+        "empty.npz": b"",
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(IndexStoreError):
+            Memory.load(path)
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(IndexStoreError):
+        Memory.load(tmp_path / "plain.npy")
+
+
+def test_inconsistent_states_raise_index_store_error() -> None:
+    mem = Memory(DIM, budget=4, theta=0.5)
+    feed(mem, 10, np.random.default_rng(5))
+    state = mem.state_dict()
+    broken = [
+        {k: v for k, v in state.items() if k != "reps"},
+        {**state, "starts": state["starts"][::-1].copy()},
+        {**state, "reps": state["reps"][:, :3]},
+        {**state, "budget": np.array(2)},
+        {**state, "totals": np.full_like(state["totals"], np.inf)},
+        {k: v for k, v in state.items() if k != "format_version"},
+    ]
+    for bad in broken:
+        with pytest.raises(IndexStoreError) as info:
+            Memory.from_state(bad)
+        assert not isinstance(info.value, SnapshotVersionError)
+
+
+def test_version_mismatch_raises_snapshot_version_error(tmp_path: Path) -> None:
+    mem = Memory(DIM, budget=4, theta=0.5)
+    feed(mem, 5, np.random.default_rng(6))
+    state = mem.state_dict()
+    state["format_version"] = np.array(Memory.FORMAT_VERSION + 1)
+    path = tmp_path / "future.npz"
+    np.savez(path, **state)  # type: ignore[arg-type]
+    with pytest.raises(SnapshotVersionError):
+        Memory.load(path)
+
+
+def test_failed_save_keeps_the_old_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    mem = Memory(DIM, budget=4, theta=0.5)
+    feed(mem, 10, rng)
+    path = tmp_path / "memory.npz"
+    mem.save(path)
+    saved = mem.matrix()
+    feed(mem, 10, rng, t0=100.0)
+
+    def crash(fd: int) -> None:
+        raise OSError("disk died mid-write")
+
+    # The new bytes are written to the temporary file, then the crash hits before the rename.
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(IndexStoreError):
+        mem.save(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["memory.npz"]
+    for got, want in zip(Memory.load(path).matrix(), saved, strict=True):
+        np.testing.assert_array_equal(got, want)
+    mem.save(path)
+    np.testing.assert_array_equal(Memory.load(path).matrix()[2], mem.matrix()[2])

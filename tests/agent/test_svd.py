@@ -1,0 +1,196 @@
+"""The online truncated SVD against numpy's batch SVD of the same members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.svd import TruncatedSVD, batch_svd, pack_svds, unpack_svds
+
+FAST = settings(max_examples=50, deadline=None)
+
+
+def incremental(x: np.ndarray, rank: int) -> TruncatedSVD:
+    svd = TruncatedSVD.from_vector(x[0], rank)
+    for row in x[1:]:
+        svd.update(row)
+    return svd
+
+
+def projector(svd: TruncatedSVD) -> np.ndarray:
+    b = svd.basis.astype(np.float64)
+    return b.T @ b
+
+
+def low_rank(rng: np.random.Generator, n: int, d: int, k: int, noise: float = 0.0) -> np.ndarray:
+    # Distinct singular values keep the subspace comparison well posed.
+    scales = np.geomspace(4.0, 1.0, k)
+    x = (rng.standard_normal((n, k)) * scales) @ np.linalg.qr(rng.standard_normal((d, k)))[0].T
+    return x + noise * rng.standard_normal((n, d))
+
+
+def assert_orthonormal(svd: TruncatedSVD, tol: float = 1e-5) -> None:
+    b = svd.basis.astype(np.float64)
+    np.testing.assert_allclose(b @ b.T, np.eye(b.shape[0]), atol=tol)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), rank=st.integers(1, 6), d=st.integers(2, 24), data=st.data())
+def test_untruncated_incremental_equals_batch(seed: int, rank: int, d: int, data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, rank))
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    inc, ref = incremental(x, rank), batch_svd(x, rank)
+    scale = float(np.abs(x.T @ x).max())
+    np.testing.assert_allclose(inc.gram(), x.T @ x, atol=1e-5 * scale)
+    np.testing.assert_allclose(inc.sigma, ref.sigma, rtol=1e-4, atol=1e-6 * scale)
+    assert inc.count == n
+    np.testing.assert_allclose(inc.mean(), x.mean(axis=0), rtol=1e-12, atol=1e-12)
+    assert_orthonormal(inc)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 4), n=st.integers(5, 60), d=st.integers(4, 32))
+def test_data_of_rank_at_most_k_is_exact_despite_many_rows(seed: int, k: int, n: int, d: int) -> None:
+    x = low_rank(np.random.default_rng(seed), n, d, min(k, d))
+    inc, ref = incremental(x, k), batch_svd(x, k)
+    assert inc.basis.shape[0] == ref.basis.shape[0] == min(k, d, n)
+    np.testing.assert_allclose(inc.sigma, ref.sigma, rtol=1e-4)
+    np.testing.assert_allclose(projector(inc), projector(ref), atol=1e-4)
+    np.testing.assert_allclose(inc.gram(), x.T @ x, atol=1e-4 * float(np.abs(x.T @ x).max()))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_truncated_low_rank_plus_noise_is_close_to_batch(seed: int) -> None:
+    k, n, d = 4, 400, 64
+    x = low_rank(np.random.default_rng(seed), n, d, k, noise=0.01)
+    inc, ref = incremental(x, k), batch_svd(x, k)
+    assert inc.basis.shape == ref.basis.shape == (k, d)
+    np.testing.assert_allclose(inc.sigma, ref.sigma, rtol=1e-3)
+    # Subspace agreement: spectral norm of the projector difference = sin of the largest angle.
+    assert np.linalg.norm(projector(inc) - projector(ref), 2) < 1e-2
+    assert inc.count == n
+    np.testing.assert_allclose(inc.mean(), x.mean(axis=0), atol=1e-12)
+
+
+def test_rows_in_the_span_do_not_add_noise_directions() -> None:
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(32)
+    svd = TruncatedSVD.from_vector(v, 4)
+    for _ in range(999):
+        svd.update(v)
+    assert svd.basis.shape == (1, 32)
+    np.testing.assert_allclose(svd.sigma[0], np.sqrt(1000) * np.linalg.norm(v), rtol=1e-5)
+    np.testing.assert_allclose(np.abs(svd.basis[0] @ v) / np.linalg.norm(v), 1.0, rtol=1e-6)
+    # Two directions mixed repeatedly: rank 2 exactly, never a third noise direction.
+    w = rng.standard_normal(32)
+    for i in range(200):
+        svd.update(v * np.cos(i) + w * np.sin(i))
+    assert svd.basis.shape[0] == 2
+    assert_orthonormal(svd)
+
+
+def test_basis_stays_orthonormal_over_many_updates() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3000, 48)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    svd = incremental(x, 4)
+    assert svd.basis.dtype == np.float32 and svd.sigma.dtype == np.float32
+    assert_orthonormal(svd)
+    assert np.all(np.diff(svd.sigma) <= 0)
+    # Truncation keeps a subset of the energy, never invents some.
+    assert float(np.sum(svd.sigma.astype(np.float64) ** 2)) <= float(np.sum(x.astype(np.float64) ** 2)) + 1e-3
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), d=st.integers(3, 20), data=st.data())
+def test_merge_equals_batch_of_union(seed: int, k: int, d: int, data: st.DataObject) -> None:
+    n = data.draw(st.integers(2, 40))
+    split = data.draw(st.integers(1, n - 1))
+    x = low_rank(np.random.default_rng(seed), n, d, min(k, d))
+    merged = incremental(x[:split], k).merge(batch_svd(x[split:], k))
+    ref = batch_svd(x, k)
+    assert merged.count == n
+    np.testing.assert_allclose(merged.total, x.sum(axis=0), atol=1e-9)
+    np.testing.assert_allclose(merged.sigma, ref.sigma, rtol=1e-4)
+    np.testing.assert_allclose(projector(merged), projector(ref), atol=1e-4)
+
+
+def test_merge_with_truncation_is_close_to_batch() -> None:
+    x = low_rank(np.random.default_rng(3), 300, 40, 3, noise=0.01)
+    merged = incremental(x[:120], 3).merge(incremental(x[120:], 3))
+    ref = batch_svd(x, 3)
+    np.testing.assert_allclose(merged.sigma, ref.sigma, rtol=1e-3)
+    assert np.linalg.norm(projector(merged) - projector(ref), 2) < 1e-2
+
+
+def test_representatives_are_unit_and_point_with_the_mean() -> None:
+    rng = np.random.default_rng(4)
+    centre = rng.standard_normal(16)
+    x = centre + 0.3 * rng.standard_normal((50, 16))
+    svd = incremental(x, 3)
+    mean = x.mean(axis=0)
+    for kind in ("smore", "mean"):
+        rep = svd.representative(kind)  # type: ignore[arg-type]
+        assert rep.dtype == np.float32 and rep.shape == (16,)
+        np.testing.assert_allclose(np.linalg.norm(rep), 1.0, rtol=1e-6)
+        assert float(rep @ mean) > 0.9 * np.linalg.norm(mean)
+    np.testing.assert_allclose(svd.representative("mean"), mean / np.linalg.norm(mean), rtol=1e-5)
+    # SMORE weights components by sigma, each sign-aligned with the mean.
+    b, s = svd.basis.astype(np.float64), svd.sigma.astype(np.float64)
+    expected = (s * np.sign(b @ mean)) @ b
+    np.testing.assert_allclose(svd.representative("smore"), expected / np.linalg.norm(expected), atol=1e-6)
+
+
+def test_representative_of_a_single_member_is_the_member_direction() -> None:
+    v = np.array([0.0, -3.0, 4.0])
+    svd = TruncatedSVD.from_vector(v, 2)
+    for kind in ("smore", "mean"):
+        np.testing.assert_allclose(svd.representative(kind), v / 5.0, rtol=1e-6)  # type: ignore[arg-type]
+
+
+def test_cancelling_members_fall_back_to_a_principal_direction() -> None:
+    v = np.array([1.0, 2.0, 2.0])
+    svd = TruncatedSVD.from_vector(v, 2)
+    svd.update(-v)
+    rep = svd.representative("mean")
+    np.testing.assert_allclose(np.abs(rep), np.abs(v) / 3.0, rtol=1e-6)
+
+
+def test_zero_member_has_no_direction() -> None:
+    svd = TruncatedSVD.from_vector(np.zeros(4), 2)
+    assert svd.basis.shape == (0, 4) and svd.sigma.shape == (0,)
+    with pytest.raises(ValueError, match="no direction"):
+        svd.representative("smore")
+    svd.update(np.array([0.0, 0.0, 2.0, 0.0]))
+    np.testing.assert_allclose(svd.representative("smore"), [0, 0, 1, 0])
+
+
+def test_bad_rows_are_rejected() -> None:
+    svd = TruncatedSVD.from_vector(np.ones(4), 2)
+    with pytest.raises(ValueError):
+        svd.update(np.ones(5))
+    with pytest.raises(ValueError):
+        svd.update(np.array([1.0, np.nan, 0.0, 0.0]))
+    with pytest.raises(ValueError):
+        svd.merge(TruncatedSVD.from_vector(np.ones(3), 2))
+    with pytest.raises(ValueError):
+        batch_svd(np.zeros((0, 4)), 2)
+    assert svd.count == 1
+
+
+def test_pack_unpack_round_trip() -> None:
+    rng = np.random.default_rng(5)
+    svds = [incremental(rng.standard_normal((n, 8)), 3) for n in (1, 2, 7)]
+    arrays = pack_svds(svds, 3, 8)
+    assert arrays["basis"].shape == (3, 3, 8)
+    back = unpack_svds(arrays, 3, 3, 8)
+    for a, b in zip(svds, back, strict=True):
+        np.testing.assert_array_equal(a.basis, b.basis)
+        np.testing.assert_array_equal(a.sigma, b.sigma)
+        np.testing.assert_array_equal(a.total, b.total)
+        assert a.count == b.count
+    arrays["rows"][0] = 9
+    with pytest.raises(ValueError):
+        unpack_svds(arrays, 3, 3, 8)
