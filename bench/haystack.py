@@ -1,0 +1,557 @@
+"""Seeded "haystack" videos: hours of camera-like footage with a few needles.
+
+Distractor scenes come from ``imagenet_sample/*.jpg``, needle scenes from
+``coco/`` (each needle shown exactly once; its five human captions are the
+text queries, a jittered copy of its photo is the image query). Scenes last
+5-120 s and are rendered as footage: a fixed camera (a still shot held for a
+long stretch), slow pans, slow zooms, sensor noise, brightness drift, mostly
+short dissolves and occasional hard cuts.
+
+Speed is the design constraint (24 h at 2 fps 480p or 1 h at 720p25 in under
+~15 min on 2 cores), so frames are made directly in limited-range BT.601
+yuv420p: each scene's planes are resampled once, pans are integer crops of
+them, zooms step through a few precomputed levels, and noise is a random
+window of one precomputed noise field added with wrapping uint8 arithmetic
+(safe because limited-range planes leave headroom for it).
+
+A build is cached under a key of its parameters and the data folder listing;
+it is assembled in a temporary folder and renamed into place, so a cache entry
+is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageEnhance
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import ConfigError, SourceError
+
+BUILDER_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_CACHE = REPO_ROOT / "bench" / "cache"
+WIDTHS = {480: 854, 720: 1280}
+MIN_SCENE, MAX_SCENE = 5.0, 120.0
+
+Plane = npt.NDArray[np.uint8]
+Planes = tuple[Plane, Plane, Plane]
+Motion = Literal["static", "pan", "zoom"]
+
+
+class HaystackParams(BaseModel):
+    """Everything that determines a haystack video (and its cache key).
+
+    The benchmark range is 10 min to 24 h; durations down to 1 min are
+    accepted so tests can build small videos with the same code.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    duration: float = Field(default=3600.0, ge=60.0, le=86400.0)
+    fps: Literal[2, 3, 4, 5, 25] = 2
+    height: Literal[480, 720] = 480
+    needles: int = Field(default=20, ge=1)
+    seed: int = 0
+    preset: Literal["ultrafast", "veryfast"] = "ultrafast"
+    crf: int = Field(default=30, ge=0, le=51)
+    noise: float = Field(default=1.5, ge=0.0, le=3.0)
+    """Sensor noise sigma in luma levels (clipped at 3.5 sigma)."""
+
+    @property
+    def width(self) -> int:
+        return WIDTHS[self.height]
+
+    @property
+    def frames(self) -> int:
+        return round(self.duration * self.fps)
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """One shot of the haystack; times are stream seconds on the frame grid."""
+
+    start: float
+    end: float
+    start_frame: int
+    end_frame: int
+    photo: str
+    """Path relative to the data folder."""
+    motion: Motion
+    dissolve_frames: int
+    """Frames at the start blended from the previous shot; 0 is a hard cut."""
+    needle: int | None
+    """Index into the needle list, None for a distractor."""
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class HaystackSet:
+    """The files of one built haystack."""
+
+    root: Path
+    video: Path
+    gt_text: Path
+    gt_image: Path
+    manifest: Path
+    cached: bool
+    """True when the set came from the cache without rebuilding."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Needle:
+    image: str
+    image_id: int
+    captions: list[str]
+
+
+def _load_data(data_dir: Path) -> tuple[list[str], list[_Needle]]:
+    """Distractor photo paths and needle records, in a stable order."""
+    distract = sorted(f"imagenet_sample/{p.name}" for p in (data_dir / "imagenet_sample").glob("*.jpg"))
+    captions = data_dir / "coco" / "captions.jsonl"
+    if len(distract) < 2 or not captions.is_file():
+        raise ConfigError(f"{data_dir} lacks imagenet_sample/*.jpg or coco/captions.jsonl")
+    needles = []
+    try:
+        for line in captions.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                needles.append(_Needle(f"coco/{rec['image']}", int(rec["image_id"]), list(rec["captions"])))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{captions} is not a valid captions file: {exc}") from exc
+    return distract, needles
+
+
+def cache_key(params: HaystackParams, data_dir: Path) -> str:
+    """Hash of the parameters, the builder version and the data listing."""
+    h = hashlib.sha256(json.dumps([BUILDER_VERSION, params.model_dump()], sort_keys=True).encode())
+    for sub in ("imagenet_sample", "coco"):
+        for p in sorted((data_dir / sub).rglob("*")):
+            if p.is_file():
+                h.update(f"{p.relative_to(data_dir)}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _distractor_length(rng: np.random.Generator) -> tuple[float, Motion]:
+    # A fixed camera holds long; moving shots are mostly short (log-uniform).
+    motion: Motion = rng.choice(np.array(["static", "pan", "zoom"]), p=[0.35, 0.35, 0.3]).item()
+    if motion == "static":
+        return float(rng.uniform(30.0, MAX_SCENE)), motion
+    return _loguniform(rng, MIN_SCENE, MAX_SCENE), motion
+
+
+def plan_scenes(params: HaystackParams, distract: list[str], needles: list[_Needle]) -> list[Scene]:
+    """Seeded scene list covering exactly ``params.duration`` seconds.
+
+    Lengths are counted in frames so that no scene rounds below 5 s.
+    """
+    if params.needles > len(needles):
+        raise ConfigError(f"{params.needles} needles asked, the data has {len(needles)}")
+    rng = np.random.default_rng(params.seed)
+    fps, least = params.fps, math.ceil(MIN_SCENE * params.fps)
+    picked = rng.choice(len(needles), size=params.needles, replace=False)
+    needle_len = [max(least, round(_loguniform(rng, MIN_SCENE, 60.0) * fps)) for _ in picked]
+    room = params.frames - sum(needle_len)
+    if room < least:
+        raise ConfigError(
+            f"{params.needles} needles need {sum(needle_len) / fps:.0f} s; duration is too short"
+        )
+    shots: list[tuple[int, Motion]] = []
+    while room > 0:
+        seconds, motion = _distractor_length(rng)
+        length = max(least, round(seconds * fps))
+        if room - length < least:
+            length = room  # the last shot absorbs the remainder (at most ~MIN_SCENE over MAX_SCENE)
+        shots.append((length, motion))
+        room -= length
+    # Needles go before distractor slots, never last, so the video ends on a distractor.
+    slots = np.sort(rng.integers(0, len(shots), size=params.needles))
+    order = rng.permutation(len(distract))
+    seq: list[tuple[int, Motion, str, int | None]] = []
+    for i, (length, motion) in enumerate(shots):
+        for n in np.flatnonzero(slots == i):
+            mot: Motion = rng.choice(np.array(["static", "pan", "zoom"])).item()
+            seq.append((needle_len[n], mot, needles[int(picked[n])].image, int(n)))
+        seq.append((length, motion, distract[int(order[i % len(order)])], None))
+    scenes: list[Scene] = []
+    f0 = 0
+    for length, motion, photo, needle in seq:
+        cut = not scenes or rng.random() < 0.3
+        dissolve = 0 if cut else min(max(1, round(rng.uniform(0.5, 1.5) * fps)), length // 2)
+        seed = int(rng.integers(2**31))
+        scenes.append(
+            Scene(f0 / fps, (f0 + length) / fps, f0, f0 + length, photo, motion, dissolve, needle, seed)
+        )
+        f0 += length
+    return scenes
+
+
+def _rgb_to_yuv(rgb: npt.NDArray[np.uint8]) -> list[Image.Image]:
+    """Full-resolution limited-range BT.601 Y, Cb, Cr planes as PIL images."""
+    a = rgb.astype(np.float32)
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    return [Image.fromarray(np.rint(p).astype(np.uint8)) for p in (y, u, v)]
+
+
+class _Shot:
+    """Renders one scene's frames (before noise and drift) as yuv420p planes."""
+
+    def __init__(self, scene: Scene, data_dir: Path, width: int, height: int) -> None:
+        try:
+            with Image.open(data_dir / scene.photo) as im:
+                self._src = _rgb_to_yuv(np.asarray(im.convert("RGB")))
+        except OSError as exc:
+            raise ConfigError(f"cannot read photo {scene.photo}: {exc}") from exc
+        self.n = scene.end_frame - scene.start_frame
+        self.w, self.h, self.motion = width, height, scene.motion
+        rng = np.random.default_rng(scene.seed)
+        sw, sh = self._src[0].size
+        # The largest box of the output's aspect inside the photo ("cover").
+        cw, ch = (sw, sw * height / width) if sw * height / width <= sh else (sh * width / height, sh)
+        self._cover = ((sw - cw) / 2, (sh - ch) / 2, cw, ch)
+        z = float(rng.uniform(1.1, 1.3))
+        self._z = (1.0, z) if rng.random() < 0.5 else (z, 1.0)
+        self._c = rng.uniform(0.0, 1.0, size=(2, 2))  # start / end focus, fractions of the slack
+        self._levels = 1
+        self._level: tuple[int, Planes] | None = None
+        if scene.motion == "pan":
+            m = float(rng.uniform(1.15, 1.35))
+            self._base = self._resample(1.0, 0.5, 0.5, 2 * round(width * m / 2), 2 * round(height * m / 2))
+        elif scene.motion == "static":
+            self._base = self._resample(
+                float(rng.uniform(1.0, 1.15)), self._c[0, 0], self._c[0, 1], width, height
+            )
+        else:
+            # Enough levels that one step moves the frame edge by about two pixels.
+            self._levels = max(2, min(self.n, math.ceil(abs(self._z[1] - self._z[0]) * width / 2)))
+
+    def _resample(self, zoom: float, fx: float, fy: float, w: int, h: int) -> Planes:
+        x0, y0, cw, ch = self._cover
+        bw, bh = cw / zoom, ch / zoom
+        bx, by = x0 + (cw - bw) * fx, y0 + (ch - bh) * fy
+        out = []
+        for i, img in enumerate(self._src):
+            size = (w, h) if i == 0 else (w // 2, h // 2)
+            out.append(
+                np.asarray(img.resize(size, Image.Resampling.BILINEAR, box=(bx, by, bx + bw, by + bh)))
+            )
+        return out[0], out[1], out[2]
+
+    def planes(self, j: int) -> Planes:
+        """Planes of local frame ``j``; frames past the end hold the last pose."""
+        p = min(1.0, j / max(1, self.n - 1))
+        if self.motion == "static":
+            return self._base
+        if self.motion == "pan":
+            y, u, v = self._base
+            c = self._c[0] + (self._c[1] - self._c[0]) * p
+            ox = 2 * round(c[0] * (y.shape[1] - self.w) / 2)
+            oy = 2 * round(c[1] * (y.shape[0] - self.h) / 2)
+            hx, hy, w2, h2 = ox // 2, oy // 2, self.w // 2, self.h // 2
+            return (
+                y[oy : oy + self.h, ox : ox + self.w],
+                u[hy : hy + h2, hx : hx + w2],
+                v[hy : hy + h2, hx : hx + w2],
+            )
+        level = round(p * (self._levels - 1))
+        if self._level is None or self._level[0] != level:
+            q = level / (self._levels - 1)
+            zoom = self._z[0] + (self._z[1] - self._z[0]) * q
+            fx, fy = self._c[0] + (self._c[1] - self._c[0]) * q
+            self._level = (level, self._resample(zoom, fx, fy, self.w, self.h))
+        return self._level[1]
+
+
+class _Grain:
+    """Sensor noise and slow brightness drift, applied while filling the output buffer."""
+
+    PAD = 32
+
+    def __init__(self, params: HaystackParams, rng: np.random.Generator) -> None:
+        w, h, p = params.width, params.height, self.PAD
+        clip = math.ceil(3.5 * params.noise)
+        # Limited range leaves 16 levels of headroom: noise plus drift must stay inside it.
+        self.drift_max = min(8.0, 15.0 - clip)
+        self._y = self._field(rng, (h + p, w + p), params.noise, clip)
+        self._c = self._field(rng, (h // 2 + p, w // 2 + p), params.noise / 2, math.ceil(clip / 2))
+        self._waves = [(float(rng.uniform(60, 900)), float(rng.uniform(0, 2 * math.pi))) for _ in range(2)]
+        self._rng = rng
+
+    @staticmethod
+    def _field(rng: np.random.Generator, shape: tuple[int, int], sigma: float, clip: int) -> Plane:
+        noise = np.clip(np.rint(rng.normal(0.0, sigma, size=shape)), -clip, clip).astype(np.int8)
+        return noise.view(np.uint8)  # two's complement: a wrapping uint8 add is a signed add
+
+    def drift(self, t: float) -> int:
+        """Brightness offset in luma levels at stream time ``t``."""
+        return round(
+            sum(self.drift_max / 2 * math.sin(2 * math.pi * t / per + ph) for per, ph in self._waves)
+        )
+
+    def apply(self, src: Planes, dst: Planes, t: float) -> None:
+        oy, ox, cy, cx = (int(v) for v in self._rng.integers(0, self.PAD, size=4))
+        h, w = dst[0].shape
+        np.add(src[0], self._y[oy : oy + h, ox : ox + w], out=dst[0])
+        np.add(dst[0], np.uint8(self.drift(t) % 256), out=dst[0])
+        h2, w2 = dst[1].shape
+        np.add(src[1], self._c[cy : cy + h2, cx : cx + w2], out=dst[1])
+        np.add(src[2], self._c[cx : cx + h2, cy : cy + w2], out=dst[2])
+
+
+def _blend(a: Planes, b: Planes, weight: float) -> Planes:
+    """Dissolve: ``(1 - weight) * a + weight * b`` in 8-bit fixed point."""
+    k = np.uint16(round(256 * weight))
+    out = [
+        ((x.astype(np.uint16) * (256 - k) + y.astype(np.uint16) * k + 128) >> 8).astype(np.uint8)
+        for x, y in zip(a, b, strict=True)
+    ]
+    return out[0], out[1], out[2]
+
+
+def _encode(
+    params: HaystackParams, scenes: list[Scene], data_dir: Path, path: Path, threads: int, progress: bool
+) -> dict[str, float]:
+    """Render and encode every frame; returns build statistics."""
+    from tqdm import tqdm
+
+    w, h = params.width, params.height
+    # Frames wrap these buffers without a copy; x264 copies its input during encode(), and a
+    # second buffer keeps us from writing into one that libavcodec might still reference.
+    bufs = [np.empty((h * 3 // 2, w), np.uint8) for _ in range(2)]
+    views = [
+        (b[:h], b[h : h + h // 4].reshape(h // 2, w // 2), b[h + h // 4 :].reshape(h // 2, w // 2))
+        for b in bufs
+    ]
+    grain = _Grain(params, np.random.default_rng([params.seed, 1]))
+    t0 = time.perf_counter()
+    try:
+        with av.open(str(path), "w") as out:
+            st = out.add_stream(
+                "libx264", rate=params.fps, options={"preset": params.preset, "crf": str(params.crf)}
+            )
+            st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+            st.codec_context.gop_size = 2 * params.fps  # a 2 s keyframe interval, as IP cameras use
+            st.codec_context.thread_count = threads
+            prev: _Shot | None = None
+            for scene in tqdm(scenes, disable=not progress, unit="scene"):
+                shot = _Shot(scene, data_dir, w, h)
+                for j in range(shot.n):
+                    planes = shot.planes(j)
+                    if prev is not None and j < scene.dissolve_frames:
+                        planes = _blend(
+                            prev.planes(prev.n + j), planes, (j + 1) / (scene.dissolve_frames + 1)
+                        )
+                    k = scene.start_frame + j
+                    grain.apply(planes, views[k % 2], k / params.fps)
+                    frame = av.VideoFrame.from_numpy_buffer(bufs[k % 2], format="yuv420p")
+                    frame.pts = k
+                    out.mux(st.encode(frame))
+                prev = shot
+            out.mux(st.encode(None))
+    except av.FFmpegError as exc:
+        raise SourceError(f"encoding {path} failed: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": round(seconds, 2),
+        "frames_per_second": round(params.frames / seconds, 1),
+        "bytes": path.stat().st_size,
+    }
+
+
+def _jitter(photo: Path, rng: np.random.Generator) -> Image.Image:
+    """The needle photo with a random 80-95 % crop and colour jitter."""
+    with Image.open(photo) as im:
+        img = im.convert("RGB")
+    fw, fh = rng.uniform(0.80, 0.95, size=2)
+    cw, ch = round(img.width * fw), round(img.height * fh)
+    x, y = int(rng.integers(0, img.width - cw + 1)), int(rng.integers(0, img.height - ch + 1))
+    img = img.crop((x, y, x + cw, y + ch))
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        img = enhance(img).enhance(float(rng.uniform(0.8, 1.2)))
+    return img
+
+
+def _write_queries(
+    root: Path,
+    params: HaystackParams,
+    scenes: list[Scene],
+    needles: dict[str, _Needle],
+    data_dir: Path,
+    vid: str,
+) -> None:
+    """Ground truth in QVHighlights jsonl: one text record per caption, one image record per needle."""
+    text: list[dict[str, object]] = []
+    image: list[dict[str, object]] = []
+    (root / "queries").mkdir()
+    for scene in sorted((s for s in scenes if s.needle is not None), key=lambda s: s.needle or 0):
+        n, rec = scene.needle or 0, needles[scene.photo]
+        common = {
+            "duration": params.duration,
+            "vid": vid,
+            "relevant_windows": [[round(scene.start, 3), round(scene.end, 3)]],
+            "needle": n,
+            "image_id": rec.image_id,
+        }
+        for cap in rec.captions:
+            text.append({"qid": len(text), "query": cap, "kind": "text", **common})
+        rel = f"queries/needle_{n:03d}.jpg"
+        _jitter(data_dir / scene.photo, np.random.default_rng([params.seed, 2, n])).save(
+            root / rel, quality=90
+        )
+        image.append({"qid": len(image), "query": rel, "image": rel, "kind": "image", **common})
+    for name, recs in (("gt_text.jsonl", text), ("gt_image.jsonl", image)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _files(root: Path, cached: bool) -> HaystackSet:
+    return HaystackSet(
+        root,
+        root / "video.mp4",
+        root / "gt_text.jsonl",
+        root / "gt_image.jsonl",
+        root / "manifest.json",
+        cached,
+    )
+
+
+def build(
+    params: HaystackParams,
+    data_dir: Path = DEFAULT_DATA,
+    cache_dir: Path = DEFAULT_CACHE,
+    *,
+    threads: int | None = None,
+    progress: bool = False,
+) -> HaystackSet:
+    """Build (or fetch from the cache) the haystack video and its ground truth.
+
+    Image query paths in ``gt_image.jsonl`` are relative to the set's folder.
+    A needle's relevant window is its whole scene, dissolve included.
+    """
+    data_dir = data_dir.resolve()
+    distract, needles = _load_data(data_dir)
+    scenes = plan_scenes(params, distract, needles)
+    key = cache_key(params, data_dir)
+    root = cache_dir / f"haystack-{key}"
+    if (root / "manifest.json").is_file():
+        return _files(root, cached=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".haystack-{key}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        vid = f"haystack-{key}"
+        stats = _encode(params, scenes, data_dir, tmp / "video.mp4", threads or os.cpu_count() or 1, progress)
+        _write_queries(tmp, params, scenes, {n.image: n for n in needles}, data_dir, vid)
+        manifest = {
+            "builder_version": BUILDER_VERSION,
+            "key": key,
+            "vid": vid,
+            "params": params.model_dump(),
+            "data_dir": str(data_dir),
+            "width": params.width,
+            "height": params.height,
+            "fps": params.fps,
+            "frames": params.frames,
+            "duration": params.duration,
+            "gop": 2 * params.fps,
+            "codec": "libx264",
+            "av_version": av.__version__,
+            "build": stats,
+            "scenes": [asdict(s) for s in scenes],
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if root.exists() and not (root / "manifest.json").is_file():
+            shutil.rmtree(root)  # an entry without a manifest is debris, never a finished build
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not (root / "manifest.json").is_file():
+                raise  # not a concurrent builder that finished first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _files(root, cached=False)
+
+
+def make_params(**fields: object) -> HaystackParams:
+    """Validate parameters, translating pydantic's error to ConfigError."""
+    try:
+        return HaystackParams.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"10m"``, ``"1h"`` or ``"1h30m"``."""
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or m is None:
+        raise ConfigError(f"cannot read duration {text!r}; use e.g. 90s, 10m, 1h, 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    params = make_params(
+        duration=args.duration,
+        fps=args.fps,
+        height=args.height,
+        needles=args.needles,
+        seed=args.seed,
+        preset=args.preset,
+        crf=args.crf,
+    )
+    hs = build(params, Path(args.data), Path(args.cache), threads=args.threads, progress=True)
+    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(hs).items()}, indent=1))
+    return 0
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add ``haystack build`` to a ``bench`` subparsers action.
+
+    Returns the ``haystack`` subparsers so a runner can add ``haystack run``.
+    Each leaf sets ``func(args) -> int``.
+    """
+    hay = subparsers.add_parser("haystack", help="long seeded haystack videos with needle queries")
+    sub = hay.add_subparsers(dest="haystack_command", required=True)
+    b = sub.add_parser("build", help="build (or reuse from the cache) one haystack video")
+    b.add_argument("--duration", type=_duration_arg, default=3600.0, help="e.g. 10m, 1h, 24h")
+    b.add_argument("--fps", type=int, default=2, choices=[2, 3, 4, 5, 25])
+    b.add_argument("--height", type=int, default=480, choices=[480, 720])
+    b.add_argument("--needles", type=int, default=20)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--preset", default="ultrafast", choices=["ultrafast", "veryfast"])
+    b.add_argument("--crf", type=int, default=30)
+    b.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
+    b.add_argument("--data", default=str(DEFAULT_DATA), help="data folder laid out like ../shared/data")
+    b.add_argument("--cache", default=str(DEFAULT_CACHE), help="cache folder (default bench/cache)")
+    b.set_defaults(func=_cmd_build)
+    return sub

@@ -1,0 +1,206 @@
+"""Memory compression strategies compared at an equal token budget (SMORE's ablation).
+
+Every strategy takes the same stream of items (start, end, unit embedding),
+times increasing, and returns the compressed memory as :class:`Items`
+``(starts (n,), ends (n,), tokens (n, d))`` with ``n <= budget``. Tokens are
+unit vectors (queries score them by cosine).
+
+All strategies except ``svd`` group *consecutive* items into runs; a run's
+token spans from its first item's start to its last item's end, so when the
+input items tile time (each ends where the next starts) the output tiles the
+same range without overlap.
+
+Online or not:
+
+* ``dense`` keeps every item: online, unbounded (the upper bound);
+* ``uniform`` keeps evenly spaced items: needs the total count in advance,
+  so it is offline (fine for a bench, impossible on a live stream);
+* ``selection`` and ``avgpool`` apply an online rule with a threshold, but the
+  threshold that lands exactly on the budget is found by bisection over the
+  whole stream: an offline tuning a live deployment could not do, which
+  favours them in this comparison;
+* ``svd`` (ours) is :class:`agent.memory.Memory`: online with a hard budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.config import Representative
+from agent.errors import ConfigError
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+BISECT_STEPS = 40
+"""Bisection steps for thresholds in [-1, 1]: far below float32 cosine resolution."""
+
+
+class Items(NamedTuple):
+    """A time-ordered stream of embeddings, or a compressed memory of one."""
+
+    starts: F64
+    ends: F64
+    embs: F32
+
+    @classmethod
+    def of(cls, items: Iterable[tuple[float, float, npt.ArrayLike]]) -> Items:
+        """Collect ``(start, end, embedding)`` tuples, checking order and shapes."""
+        rows = list(items)
+        if not rows:
+            raise ConfigError("a strategy needs at least one item")
+        starts = np.array([r[0] for r in rows], np.float64)
+        ends = np.array([r[1] for r in rows], np.float64)
+        embs = np.stack([np.asarray(r[2], np.float32) for r in rows])
+        return check(cls(starts, ends, embs))
+
+
+def check(items: Items) -> Items:
+    """Validate a stream: non-empty, increasing starts, ``end >= start``, finite (n, d) embeddings."""
+    starts, ends, embs = items
+    n = starts.shape[0] if starts.ndim == 1 else -1
+    if n < 1 or ends.shape != (n,) or embs.ndim != 2 or embs.shape[0] != n:
+        raise ConfigError(
+            f"items need shapes (n,), (n,), (n, d) with n >= 1; got {starts.shape}, {ends.shape}, {embs.shape}"
+        )
+    if not (np.all(np.isfinite(starts)) and np.all(np.isfinite(ends)) and np.all(np.isfinite(embs))):
+        raise ConfigError("items have non-finite times or embeddings")
+    if np.any(np.diff(starts) <= 0) or np.any(ends < starts):
+        raise ConfigError("item times must increase and each end must not precede its start")
+    return items
+
+
+def _unit(x: npt.NDArray[np.floating]) -> F32:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _runs(items: Items, firsts: I64, tokens: npt.NDArray[np.floating]) -> Items:
+    """The memory made of runs beginning at the ``firsts`` indices, one token each."""
+    lasts = np.append(firsts[1:] - 1, items.starts.shape[0] - 1)
+    return Items(items.starts[firsts].copy(), items.ends[lasts].copy(), _unit(tokens))
+
+
+def _budget(budget: int) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
+        raise ConfigError(f"budget must be a positive integer, got {budget!r}")
+    return int(budget)
+
+
+def dense(items: Items, budget: int | None = None) -> Items:
+    """Every item kept (ignores the budget): the upper bound and the naive peer."""
+    starts, ends, embs = check(items)
+    return Items(starts.copy(), ends.copy(), _unit(embs))
+
+
+def uniform(items: Items, budget: int) -> Items:
+    """Evenly spaced items, each covering the span until the next kept one. Offline."""
+    n, budget = check(items).starts.shape[0], _budget(budget)
+    firsts = np.unique(np.floor(np.arange(min(n, budget)) * (n / min(n, budget))).astype(np.int64))
+    return _runs(items, firsts, items.embs[firsts])
+
+
+def _select(embs: F32, tau: float) -> I64:
+    """Online rule: keep an item unless its cosine to the last kept one is >= tau."""
+    kept = [0]
+    last = embs[0]
+    for i in range(1, embs.shape[0]):
+        if float(embs[i] @ last) < tau:
+            kept.append(i)
+            last = embs[i]
+    return np.asarray(kept, np.int64)
+
+
+def _pool(embs: F64, tau: float) -> tuple[I64, F64]:
+    """Online rule: an item joins the current run when its cosine to the run's mean direction is >= tau."""
+    firsts, sums = [0], []
+    run, sq = embs[0].copy(), float(embs[0] @ embs[0])
+    for i in range(1, embs.shape[0]):
+        e = embs[i]
+        dot = float(e @ run)
+        if dot >= tau * math.sqrt(sq):
+            run += e
+            sq += 2.0 * dot + float(e @ e)  # |run + e|^2 without another pass over run
+        else:
+            sums.append(run)
+            firsts.append(i)
+            run, sq = e.copy(), float(e @ e)
+    sums.append(run)
+    return np.asarray(firsts, np.int64), np.stack(sums)
+
+
+def _bisect(count: Callable[[float], int], budget: int) -> float:
+    """The largest threshold found whose count fits the budget.
+
+    Counts grow with the threshold (almost always monotonically: which items
+    are kept feeds back into later comparisons), so the search keeps a
+    threshold known to fit (``lo``) and one known not to (``hi``).
+    """
+    lo, hi = -1.0, 1.0 + 1e-6  # tau = -1 keeps one run; above 1 every item is its own run
+    if count(hi) <= budget:
+        return hi
+    for _ in range(BISECT_STEPS):
+        mid = (lo + hi) / 2
+        if count(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def selection(items: Items, budget: int) -> Items:
+    """Frame selection: drop items too similar (cosine >= tau) to the last kept one.
+
+    tau is tuned by bisection to fit the budget; the kept item is the token.
+    """
+    embs, budget = _unit(check(items).embs), _budget(budget)
+    tau = _bisect(lambda t: int(_select(embs, t).shape[0]), budget)
+    firsts = _select(embs, tau)
+    return _runs(items, firsts, embs[firsts])
+
+
+def avgpool(items: Items, budget: int) -> Items:
+    """Average pooling of runs of similar consecutive items, token = normalised run mean.
+
+    An item joins the current run while its cosine to the run's mean is >= tau;
+    tau is tuned by bisection to fit the budget (the variant chosen over greedy
+    pair merging, which with a mean token would be SVD merging with the mean
+    representative minus the online theta rule).
+    """
+    embs, budget = _unit(check(items).embs).astype(np.float64), _budget(budget)
+    tau = _bisect(lambda t: int(_pool(embs, t)[0].shape[0]), budget)
+    firsts, sums = _pool(embs, tau)
+    return _runs(items, firsts, sums)
+
+
+def svd(
+    items: Items, budget: int, representative: Representative = "smore", *, theta: float = 0.95, rank: int = 4
+) -> Items:
+    """SVD merging (ours): the stream fed through :class:`agent.memory.Memory`."""
+    from agent.memory import Memory  # the core engine; imported late so the other strategies stand alone
+
+    if representative not in ("smore", "mean"):
+        raise ConfigError(f"representative must be 'smore' or 'mean', got {representative!r}")
+    starts, ends, embs = check(items)
+    mem = Memory(embs.shape[1], budget=_budget(budget), theta=theta, rank=rank, representative=representative)
+    for s, e, v in zip(starts, ends, embs, strict=True):
+        mem.add(float(s), float(e), v)
+    m_starts, m_ends, reps = mem.matrix()
+    return Items(np.array(m_starts, np.float64), np.array(m_ends, np.float64), _unit(reps))
+
+
+STRATEGIES: dict[str, Callable[[Items, int], Items]] = {
+    "dense": dense,
+    "uniform": uniform,
+    "selection": selection,
+    "avgpool": avgpool,
+    "svd-smore": lambda items, budget: svd(items, budget, "smore"),
+    "svd-mean": lambda items, budget: svd(items, budget, "mean"),
+}
+"""Every strategy of the comparison by name, each ``(items, budget) -> memory``."""

@@ -1,0 +1,96 @@
+"""Super-image tiling and the ingest FIFO (no encoder, no event loop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.cheap_index import CheapIndex
+from agent.config import IndexConfig
+from agent.ingest import StreamIngestor
+from agent.memory import Memory
+from agent.superimage import Tiler, tile
+from agent.types import Frame
+
+
+def solid(rgb: tuple[int, int, int], h: int = 60, w: int = 80) -> np.ndarray:
+    return np.full((h, w, 3), rgb, np.uint8)
+
+
+def test_tile_places_frames_row_major_and_pads_with_last() -> None:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    out = tile([solid(c) for c in colours], grid=2, size=64)
+    assert out.shape == (64, 64, 3)
+    assert tuple(out[8, 8]) == (255, 0, 0)
+    assert tuple(out[8, 56]) == (0, 255, 0)
+    assert tuple(out[56, 8]) == (0, 0, 255)
+    assert tuple(out[56, 56]) == (0, 0, 255)  # padding repeats the last tile
+
+
+def test_tiler_emits_full_grids_and_flushes_partial() -> None:
+    tiler = Tiler("s", grid=2, size=64, period=0.5)
+    out = [tiler.push(t * 0.5, solid((t * 10, 0, 0))) for t in range(6)]
+    emitted = [si for si in out if si is not None]
+    assert len(emitted) == 1 and emitted[0].times == (0.0, 0.5, 1.0, 1.5)
+    assert emitted[0].start == 0.0 and emitted[0].end == 2.0
+    tiler.skip(3.9)  # a gated frame while two tiles are pending
+    last = tiler.flush()
+    assert last is not None and last.times == (2.0, 2.5) and last.end == pytest.approx(4.4)
+    assert tiler.flush() is None
+
+
+def make_ingestor(tmp: Path | None = None, *, grid: int = 2, gate: bool = False) -> StreamIngestor:
+    cfg = IndexConfig(grid=grid, fps=2.0, budget=64, theta=0.99, gate=gate, store_bytes=0)
+    mem = Memory(3, budget=cfg.budget, theta=cfg.theta, rank=cfg.rank, gap_seconds=cfg.gap_seconds)
+    return StreamIngestor("s", cfg, memory=mem, cheap=CheapIndex(1000), store=None, image_size=64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(order=st.permutations(list(range(6))), grid=st.integers(1, 3))
+def test_out_of_order_commits_reach_memory_in_stream_order(order: list[int], grid: int) -> None:
+    ing = make_ingestor(grid=grid)
+    pending = []
+    for k in range(6 * grid * grid):
+        pending += ing.push(Frame("s", k * 0.5, solid((k * 7 % 255, 0, 0))))
+    pending += ing.flush()
+    pending = pending[:6]
+    rng = np.random.default_rng(0)
+    vecs = {id(si): rng.normal(size=3).astype(np.float32) for si in pending}
+    for i in order:
+        if i < len(pending):
+            ing.commit(pending[i], vecs[id(pending[i])])
+    starts, ends, _ = ing.memory.matrix()
+    assert np.all(np.diff(starts) > 0)
+    assert np.all(starts[1:] >= ends[:-1] - 1e-9)
+    assert ing.in_flight == 0
+
+
+def test_gated_static_frames_extend_coverage_without_encoding() -> None:
+    ing = make_ingestor(grid=1, gate=True)
+    frame = solid((90, 90, 90), 64, 64)
+    emitted = []
+    for k in range(40):  # 20 s of a perfectly static picture
+        for si in ing.push(Frame("s", k * 0.5, frame)):
+            emitted.append(si)
+            ing.commit(si, np.array([1.0, 0.0, 0.0], np.float32))
+    assert ing.stats.gated_frames > 20
+    assert len(emitted) < 10
+    assert ing.memory.spans()[-1][1] == pytest.approx(20.0)
+
+
+def test_commit_of_foreign_superimage_is_rejected() -> None:
+    a, b = make_ingestor(grid=1), make_ingestor(grid=1)
+    (si,) = b.push(Frame("s", 0.0, solid((1, 2, 3))))
+    with pytest.raises(KeyError):
+        a.commit(si, np.ones(3, np.float32))
+
+
+def test_older_frame_is_dropped_not_merged() -> None:
+    ing = make_ingestor(grid=1)
+    assert ing.push(Frame("s", 5.0, solid((1, 2, 3))))
+    assert ing.push(Frame("s", 4.0, solid((3, 2, 1)))) == []
+    assert ing.stats.frames == 1
