@@ -145,8 +145,9 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     video = Path(a.video)
     info = probe(video)
     sid = a.stream or stream_id_for(video)
-    t0 = time.perf_counter()
+    t_load = time.perf_counter()
     with VideoIndex.create(Path(a.index), settings) as idx:
+        t0 = time.perf_counter()
         if idx.prescreen.meaningless:
             print("WARNING: tiny-random encoder: random weights, answers are MEANINGLESS", file=sys.stderr)
         frames = decode_frames(
@@ -178,6 +179,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     summary = {
         "stream": sid,
         "video_seconds": round(info.duration, 3),
+        "model_load_seconds": round(t0 - t_load, 3),
         "elapsed_seconds": round(elapsed, 3),
         "x_realtime": round(info.duration / elapsed, 2) if elapsed > 0 else None,
         "frames": done[1],
@@ -201,8 +203,12 @@ def cmd_query(a: argparse.Namespace) -> int:
     from agent.index import VideoIndex
     from agent.retrieval import Query
 
+    if a.url:
+        return _remote_query(a)
     if a.text is None and a.image is None:
         raise ConfigError("give a query text or --image PATH")
+    if a.index is None:
+        raise ConfigError("give an index directory, or --url ws://HOST:PORT for a running service")
     idx = VideoIndex.open(Path(a.index))
     q = Query(
         text=a.text if a.image is None else None,
@@ -227,6 +233,42 @@ def cmd_query(a: argparse.Namespace) -> int:
     for name, r in results.items():
         for note in r.notes:
             print(f"note [{name}]: {note}")
+    return 0
+
+
+def _remote_query(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.config import env_str
+    from agent.service.client import remote_query
+
+    # With --url the positional slot holds the text: `vmr query --url ws://h:p "a van"`.
+    text = a.text if a.text is not None else a.index
+    if text is None and a.image is None:
+        raise ConfigError("give a query text or --image PATH")
+    reply = asyncio.run(
+        remote_query(
+            a.url,
+            text=None if a.image else text,
+            image_path=a.image,
+            streams=[a.stream] if a.stream else None,
+            start=a.start,
+            end=a.end,
+            top_k=a.top_k,
+            token=env_str("VMR_TOKEN"),
+        )
+    )
+    if a.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    if reply.get("meaningless"):
+        print("WARNING: tiny-random encoder: these scores are MEANINGLESS")
+    print(f"{'#':>2}  {'stream':<16} {'start':>9} {'end':>9} {'score':>7}  {'wall start':<25} path")
+    for i, m in enumerate(reply.get("moments", []), 1):
+        print(
+            f"{i:>2}  {m.get('stream', ''):<16} {m['start']:>9.2f} {m['end']:>9.2f} {m['score']:>7.4f}  "
+            f"{m.get('wall_start') or '-':<25} {m.get('answered_by', '')}"
+        )
     return 0
 
 
@@ -316,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi.set_defaults(func=cmd_ingest)
 
     pq = sub.add_parser("query", help="top moments for a text or image query")
-    pq.add_argument("index", help="index directory")
+    pq.add_argument("index", nargs="?", help="index directory (omit with --url)")
     pq.add_argument("text", nargs="?")
+    pq.add_argument("--url", default=None, help="ask a running `vmr serve` (ws://HOST:PORT) instead")
     pq.add_argument("--image", type=Path, default=None)
     pq.add_argument("--stream", default=None)
     pq.add_argument("--start", type=float, default=None)

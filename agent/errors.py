@@ -16,7 +16,9 @@ websocket API sends to clients instead of a traceback::
     ├── QueryError                  a query that cannot be answered as asked
     │   └── OversizeQueryError      query text or image over the configured limit
     ├── ProtocolError               malformed websocket message
-    │   └── UnknownStreamError      a request names a stream id that does not exist
+    │   ├── UnknownStreamError      a request names a stream id that does not exist
+    │   ├── UnauthorizedError       missing or wrong auth token
+    │   └── SlowClientError         a client fell too far behind its event queue
     └── LLMError                    the LLM stage failed
         ├── LLMUnavailableError     server down, not started, or port unavailable
         ├── LLMTimeoutError         no answer in time
@@ -96,6 +98,18 @@ class UnknownStreamError(ProtocolError):
     """A request names a stream id the service does not know."""
 
     code = "unknown_stream"
+
+
+class UnauthorizedError(ProtocolError):
+    """The client's auth token is missing or wrong."""
+
+    code = "unauthorized"
+
+
+class SlowClientError(ProtocolError):
+    """A client did not read its events fast enough and was disconnected."""
+
+    code = "slow_client"
 
 
 class LLMError(VmrError):

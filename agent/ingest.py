@@ -23,6 +23,9 @@ from agent.memory import Memory
 from agent.superimage import SuperImage, Tiler
 from agent.types import Frame
 
+SCENE_CUT = 0.25
+"""Histogram change (L1/2) above which a frame starts a new super-image."""
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -86,14 +89,16 @@ class StreamIngestor:
             self.store.put(frame.t, frame.image, frame.wall)
         if self.gate is not None and not self.gate.should_encode(entry) and self._has_history():
             self.stats.gated_frames += 1
-            if self.tiler.pending:
-                self.tiler.skip(frame.t)  # the coming super-image's span covers it
-            else:
-                self._queue(_Pending(None, extend_to=frame.t + self.tiler.period))
-            return []
+            # A static stretch starts: close the grid so a super-image only
+            # ever holds consecutive frames, then let the memory stretch.
+            out = self._emit(self.tiler.flush())
+            self._queue(_Pending(None, extend_to=frame.t + self.tiler.period))
+            return out
         self.stats.encoded_frames += 1
-        si = self.tiler.push(frame.t, frame.image)
-        return self._emit(si)
+        out = []
+        if entry.hist_change >= SCENE_CUT and self.tiler.pending:
+            out = self._emit(self.tiler.flush())  # never tile across a scene cut
+        return out + self._emit(self.tiler.push(frame.t, frame.image))
 
     def flush(self) -> list[SuperImage]:
         """Emit the last partial grid (end of stream or a pause)."""

@@ -28,8 +28,6 @@ class SuperImage:
     """Stream time of each real (non-padding) tile, row-major order."""
     period: float
     """Sampling period: the last tile stands for [times[-1], times[-1] + period)."""
-    until: float = 0.0
-    """End of frames the gate skipped while this grid was filling, if later."""
 
     @property
     def start(self) -> float:
@@ -37,7 +35,7 @@ class SuperImage:
 
     @property
     def end(self) -> float:
-        return max(self.times[-1] + self.period, self.until)
+        return self.times[-1] + self.period
 
     def tile_span(self, index: int) -> tuple[float, float]:
         """Time span of tile ``index`` (row-major)."""
@@ -86,7 +84,6 @@ class Tiler:
         self.period = period
         self._images: list[RGBImage] = []
         self._times: list[float] = []
-        self._until = 0.0
 
     @property
     def pending(self) -> int:
@@ -101,11 +98,6 @@ class Tiler:
             return self.flush()
         return None
 
-    def skip(self, t: float) -> None:
-        """A frame at ``t`` was not encoded: the pending grid covers it."""
-        if self._times:
-            self._until = max(self._until, t + self.period)
-
     def flush(self) -> SuperImage | None:
         """Emit the partial grid (padded), or None if nothing is pending."""
         if not self._times:
@@ -116,7 +108,6 @@ class Tiler:
             image=tile(self._images, self.grid, self.size),
             times=tuple(self._times),
             period=self.period,
-            until=self._until,
         )
-        self._images, self._times, self._until = [], [], 0.0
+        self._images, self._times = [], []
         return si

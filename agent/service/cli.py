@@ -1,0 +1,146 @@
+"""``vmr serve`` and ``vmr watch``: registered into the main CLI by :func:`register`.
+
+``vmr serve --config examples/vmr.toml`` runs the service until SIGINT or
+SIGTERM (then snapshots and exits cleanly); flags override the file:
+``vmr serve --model tiny-random --index /tmp/vmr --port 0 --file video.mp4 --realtime``.
+``vmr watch --url ws://HOST:PORT "text"`` prints a standing query's events
+as JSON lines until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.config import Settings, env_str
+from agent.errors import ConfigError
+from agent.service.config import ServeFile, StreamSpec, load_serve_file, parse_serve_data, parse_spec
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``watch`` to the ``vmr`` command line."""
+    ps = subparsers.add_parser("serve", help="run the live service (websocket API, HTTP, ingestion)")
+    ps.add_argument("--config", type=Path, default=None, help="service config (.toml or .json)")
+    ps.add_argument("--host", default=None)
+    ps.add_argument("--port", type=int, default=None, help="0 picks a free port (printed at start)")
+    ps.add_argument(
+        "--index", type=Path, default=None, help="index directory (memories, frames, stream list)"
+    )
+    ps.add_argument("--model", default=None, help="open_clip model, or tiny-random (meaningless, tests/demo)")
+    ps.add_argument("--pretrained", default=None)
+    ps.add_argument("--checkpoint", type=Path, default=None)
+    ps.add_argument("--threads", type=int, default=None)
+    ps.add_argument("--snapshot-seconds", type=float, default=None)
+    ps.add_argument("--file", type=Path, action="append", default=[], help="add a file stream (repeatable)")
+    ps.add_argument("--realtime", action="store_true", help="replay --file streams at stream pace")
+    ps.add_argument("--loop", action="store_true", help="loop --file streams")
+    ps.set_defaults(func=cmd_serve)
+
+    pw = subparsers.add_parser("watch", help="print a standing query's events from a running service")
+    pw.add_argument("text", nargs="?")
+    pw.add_argument("--url", required=True, help="ws://HOST:PORT")
+    pw.add_argument("--image", type=Path, default=None)
+    pw.add_argument("--stream", action="append", default=None)
+    pw.add_argument("--threshold", type=float, default=None, help="absolute cosine (default: relative)")
+    pw.add_argument("--token", default=None, help="auth token (default VMR_TOKEN)")
+    pw.set_defaults(func=cmd_watch)
+
+
+def serve_config(a: argparse.Namespace) -> ServeFile:
+    """The config file (or defaults) with the command-line flags applied; validated."""
+    base = load_serve_file(a.config) if a.config else parse_serve_data({})
+    service: dict[str, Any] = {}
+    for key, value in (
+        ("host", a.host),
+        ("port", a.port),
+        ("index", a.index),
+        ("snapshot_seconds", a.snapshot_seconds),
+    ):
+        if value is not None:
+            service[key] = value
+    settings = base.settings
+    if a.model is not None:
+        from agent.cli import encoder_config
+
+        settings = Settings.model_validate(
+            {
+                **settings.model_dump(),
+                "prescreen": encoder_config(a.model, a.pretrained, a.checkpoint, a.threads),
+            }
+        )
+    streams = list(base.streams)
+    for path in a.file:
+        from agent.cli import stream_id_for
+
+        streams.append(
+            parse_spec(
+                {
+                    "id": stream_id_for(path),
+                    "kind": "file",
+                    "path": str(path.resolve()),
+                    "realtime": a.realtime,
+                    "loop": a.loop,
+                }
+            )
+        )
+    return base.model_copy(
+        update={"service": base.service.model_copy(update=service), "settings": settings, "streams": streams}
+    )
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    cfg = serve_config(a)
+    if cfg.settings.prescreen.model == "tiny-random":
+        print("WARNING: tiny-random encoder: random weights, answers are MEANINGLESS", file=sys.stderr)
+    asyncio.run(serve(cfg))
+    return 0
+
+
+async def serve(cfg: ServeFile, streams: list[StreamSpec] | None = None) -> None:
+    """Run service + server until SIGINT/SIGTERM; always closes cleanly (final snapshot)."""
+    from agent.service.pipeline import Service
+    from agent.service.server import Server
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Service(cfg.service, cfg.settings) as service:
+        await service.start(streams if streams is not None else cfg.streams)
+        server = Server(service, cfg.service)
+        try:
+            port = await server.start()
+            print(
+                f"vmr: serving on http://{cfg.service.host}:{port} (websocket ws://{cfg.service.host}:{port}/ws)",
+                flush=True,
+            )
+            await stop.wait()
+        finally:
+            await server.close()
+
+
+def cmd_watch(a: argparse.Namespace) -> int:
+    from agent.service.client import watch
+
+    if a.text is None and a.image is None:
+        raise ConfigError("give a query text or --image PATH")
+    token = a.token or env_str("VMR_TOKEN")
+
+    async def run() -> None:
+        async for event in watch(
+            a.url, text=a.text, image_path=a.image, streams=a.stream, threshold=a.threshold, token=token
+        ):
+            print(json.dumps(event), flush=True)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+    return 0

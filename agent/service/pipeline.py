@@ -1,0 +1,330 @@
+"""The service core: an index, one shared encoder worker, one runner per stream.
+
+:class:`Service` owns every task it starts — the stream runners, the encoder
+worker, the snapshot loop — and :meth:`Service.close` (idempotent) cancels
+the sources, lets the encoder finish what was submitted, takes a final
+snapshot and closes the index. Streams can be added and removed while others
+run; each has its own task, source and encoder lane, so one stream's failure
+or removal does not touch the others.
+
+Persistence: the stream list (specs as given by ``streams.add`` or the
+config) is kept in ``INDEX/service_streams.json`` (atomic JSON); each
+stream's memory is snapshotted every ``snapshot_seconds`` and at shutdown.
+On start the service restores its streams and resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.atomic import write_json
+from agent.config import Settings
+from agent.errors import ConfigError, IndexStoreError, SourceError, UnknownStreamError
+from agent.index import VideoIndex
+from agent.retrieval import Query, encode_query
+from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.encoder_worker import EncoderWorker
+from agent.service.metrics import Exposition, Histogram
+from agent.service.stream_runner import Source, StreamRunner
+from agent.service.watch import Emit, Watch
+from agent.superimage import SuperImage
+from agent.types import QueryResult
+
+log = logging.getLogger(__name__)
+
+STREAMS_FILE = "service_streams.json"
+STREAMS_VERSION = 1
+
+
+class Service:
+    """Ingests many streams into one index and answers queries and watches."""
+
+    def __init__(self, cfg: ServiceConfig, settings: Settings) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.index: VideoIndex | None = None
+        self.worker: EncoderWorker | None = None
+        self.runners: dict[str, StreamRunner] = {}
+        self.watches: dict[int, Watch] = {}
+        self.subscribers: set[Callable[[dict[str, Any]], None]] = set()
+        """Receive broadcast events (``progress``, ``stream``)."""
+        self.query_latency = Histogram()
+        self.whip: Any = None
+        self._snapshots: asyncio.Task[None] | None = None
+        self._started = time.time()
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, streams: Iterable[StreamSpec] = ()) -> None:
+        """Open (or create) the index, start the encoder, restore and start streams."""
+        self.index = await asyncio.to_thread(VideoIndex.create, self.cfg.index, self.settings)
+        enc = self.index.prescreen
+        self.worker = EncoderWorker(enc, batch_size=enc.batch_size, queue_size=self.cfg.encoder_queue)
+        self.worker.listeners.append(self._on_embedding)
+        self.worker.start()
+        self.whip = self._make_whip()
+        restored = self._read_specs()
+        for spec in [*restored, *(s for s in streams if s.id not in {r.id for r in restored})]:
+            self._start_runner(spec)
+        self._write_specs()
+        self._snapshots = asyncio.create_task(self._snapshot_loop(), name="snapshots")
+
+    async def close(self) -> None:
+        """Stop every stream, flush the encoder, snapshot, close the index (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            await asyncio.gather(self._snapshots, return_exceptions=True)
+        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        for watch in self.watches.values():
+            watch.close_all()
+        if self.worker is not None:
+            for name in list(self.runners):
+                await self.worker.drain(name)
+            await self.worker.close()
+        if self.whip is not None:
+            await self.whip.close()
+        if self.index is not None:
+            await asyncio.to_thread(self._final_snapshot, self.index)
+
+    def _final_snapshot(self, index: VideoIndex) -> None:
+        for runner in self.runners.values():
+            runner.snapshot()
+        index.close()
+
+    async def __aenter__(self) -> Service:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def idx(self) -> VideoIndex:
+        if self.index is None:
+            raise IndexStoreError("the service is not started")
+        return self.index
+
+    # -------------------------------------------------------------- streams
+    async def add_stream(self, spec: StreamSpec) -> dict[str, Any]:
+        """Start a new stream (ConfigError if the id is taken, SourceError if the input is missing)."""
+        if spec.id in self.runners:
+            raise ConfigError(f"stream {spec.id!r} already exists")
+        if spec.kind in ("file", "segments") and not await asyncio.to_thread(Path(spec.path or "").exists):
+            raise SourceError(f"{spec.path}: no such file or folder")
+        runner = self._start_runner(spec)
+        self._write_specs()
+        return runner.info()
+
+    async def remove_stream(self, stream: str) -> None:
+        """Stop ``stream`` and forget it here; its stored files stay on disk."""
+        runner = self.runners.get(stream)
+        if runner is None:
+            raise UnknownStreamError(f"unknown stream {stream!r}")
+        await runner.stop()
+        if self.worker is not None:
+            await self.worker.drain(stream)
+            self.worker.forget(stream)
+        if self.whip is not None and runner.spec.kind == "whip":
+            await self.whip.remove_stream(stream)
+        del self.runners[stream]
+        self._write_specs()
+        await asyncio.to_thread(runner.snapshot)
+        await asyncio.to_thread(self.idx.remove, stream)
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        return [r.info() for r in self.runners.values()]
+
+    def _start_runner(self, spec: StreamSpec) -> StreamRunner:
+        assert self.worker is not None
+        state = self.idx.stream(spec.id)
+        runner = StreamRunner(
+            spec,
+            state,
+            self.worker,
+            self.cfg,
+            fps=self.settings.index.fps,
+            emit=self.broadcast,
+            on_end=self._on_stream_end,
+            whip=self._whip_source if self.whip is not None else None,
+        )
+        self.worker.open(spec.id, _committer(state))
+        self.runners[spec.id] = runner
+        runner.start()
+        return runner
+
+    def _whip_source(self, stream: str) -> Source:
+        source: Source = self.whip.add_stream(stream)
+        return source
+
+    def _make_whip(self) -> Any:
+        try:
+            from streams.whip import WhipIngest
+        except ImportError as exc:  # aiortc missing: everything but WHIP still works
+            log.warning("WHIP ingest unavailable: %s", exc)
+            return None
+        return WhipIngest(fps=self.settings.index.fps, queue_size=self.cfg.source_queue)
+
+    def _on_stream_end(self, stream: str) -> None:
+        for watch in self.watches.values():
+            watch.on_stream_end(stream)
+
+    # -------------------------------------------------------------- queries
+    def _check_streams(self, names: list[str] | None) -> None:
+        for name in names or []:
+            if name not in self.idx.streams:
+                raise UnknownStreamError(f"unknown stream {name!r}")
+
+    async def query(self, query: Query) -> dict[str, QueryResult]:
+        """Answer a one-shot query in a worker thread; records its latency."""
+        self._check_streams(query.streams)
+        t0 = time.perf_counter()
+        try:
+            return await asyncio.to_thread(self.idx.query, query)
+        except KeyError as exc:  # removed between the check and the search
+            raise UnknownStreamError(f"unknown stream {exc}") from exc
+        finally:
+            self.query_latency.observe(time.perf_counter() - t0)
+
+    async def open_watch(
+        self, wid: str, query: Query, emit: Emit, *, threshold: float | None, close_seconds: float | None
+    ) -> Watch:
+        """Register a standing query; calibrated on the watched streams' retained anchors."""
+        self._check_streams(query.streams)
+        qvec = await asyncio.to_thread(encode_query, query, self.idx.prescreen)
+        watch = Watch(
+            wid,
+            qvec,
+            streams=query.streams,
+            cfg=self.cfg.watch,
+            emit=emit,
+            wall_of=self._wall_of,
+            threshold=threshold,
+            close_seconds=close_seconds,
+        )
+        watch.calibrate(await asyncio.to_thread(self._background_scores, qvec, query.streams))
+        self.watches[id(watch)] = watch
+        return watch
+
+    def close_watch(self, watch: Watch) -> None:
+        self.watches.pop(id(watch), None)
+
+    def _background_scores(self, qvec: np.ndarray, streams: list[str] | None) -> np.ndarray:
+        scores = []
+        for name, st in list(self.idx.streams.items()):
+            if streams is None or name in streams:
+                with st.lock:
+                    _, _, reps = st.memory.matrix()
+                    scores.append(reps @ qvec)
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def _wall_of(self, stream: str, t: float) -> float | None:
+        st = self.idx.streams.get(stream)
+        return None if st is None else st.wall_of(t)
+
+    def _on_embedding(self, stream: str, si: SuperImage, vec: np.ndarray) -> None:
+        for watch in list(self.watches.values()):
+            try:
+                watch.on_embedding(stream, si, vec)
+            except Exception:  # one broken watch must not stop the encoder worker
+                log.exception("watch %s failed", watch.id)
+
+    def broadcast(self, event: dict[str, Any]) -> None:
+        for send in list(self.subscribers):
+            send(event)
+
+    # ---------------------------------------------------------- persistence
+    def _specs_path(self) -> Path:
+        return Path(self.cfg.index) / STREAMS_FILE
+
+    def _read_specs(self) -> list[StreamSpec]:
+        path = self._specs_path()
+        if not path.exists():
+            return []
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != STREAMS_VERSION:
+                raise IndexStoreError(f"{path}: version {data.get('version')} != {STREAMS_VERSION}")
+            return [StreamSpec.model_validate(s) for s in data["streams"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexStoreError(f"{path}: unreadable stream list: {exc}") from exc
+
+    def _write_specs(self) -> None:
+        specs = [r.spec.model_dump(mode="json", exclude_defaults=True) for r in self.runners.values()]
+        write_json(self._specs_path(), {"version": STREAMS_VERSION, "streams": specs})
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.snapshot_seconds)
+            await self.snapshot()
+
+    async def snapshot(self) -> None:
+        """Snapshot every running stream now (atomic per file; in a thread)."""
+        for runner in list(self.runners.values()):
+            try:
+                await asyncio.to_thread(runner.snapshot)
+            except IndexStoreError:
+                log.exception("snapshot of %s failed; the previous one stays", runner.id)
+
+    # -------------------------------------------------------------- metrics
+    def metrics(self, clients: int) -> str:
+        """Prometheus text of the service's counters."""
+        ex = Exposition()
+        rs = self.runners
+        ex.per_stream(
+            "vmr_frames_total", "counter", "Sampled frames ingested.", {k: r.frames_in for k, r in rs.items()}
+        )
+        ex.per_stream(
+            "vmr_frames_dropped_total",
+            "counter",
+            "Live frames dropped (latest wins).",
+            {k: r.dropped for k, r in rs.items()},
+        )
+        ex.per_stream(
+            "vmr_stream_up",
+            "gauge",
+            "1 while the stream runs, 0 when done, failed or stopped.",
+            {k: float(r.status in ("starting", "running")) for k, r in rs.items()},
+        )
+        ex.per_stream(
+            "vmr_memory_tokens",
+            "gauge",
+            "Tokens retained in memory.",
+            {k: r.state.memory.tokens for k, r in rs.items()},
+        )
+        w = self.worker
+        ex.per_stream(
+            "vmr_encoder_queue_depth",
+            "gauge",
+            "Super-images waiting for or in the encoder.",
+            w.depths() if w else {},
+        )
+        ex.scalar(
+            "vmr_encoder_passes_total", "counter", "Encoder forward passes (batches).", w.passes if w else 0
+        )
+        ex.scalar("vmr_encoder_images_total", "counter", "Super-images encoded.", w.images if w else 0)
+        ex.scalar("vmr_encoder_errors_total", "counter", "Failed encoder passes.", w.errors if w else 0)
+        ex.scalar("vmr_clients", "gauge", "Connected websocket clients.", clients)
+        ex.scalar("vmr_watches", "gauge", "Active standing queries.", len(self.watches))
+        ex.scalar(
+            "vmr_uptime_seconds", "gauge", "Seconds since the service started.", time.time() - self._started
+        )
+        ex.histogram("vmr_query_latency_seconds", "One-shot query latency.", self.query_latency)
+        return ex.render()
+
+
+def _committer(state: Any) -> Callable[[SuperImage, np.ndarray], None]:
+    def commit(si: SuperImage, vec: np.ndarray) -> None:
+        with state.lock:
+            state.ingestor.commit(si, vec)
+
+    return commit

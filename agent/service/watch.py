@@ -1,0 +1,154 @@
+"""Standing queries: match every newly encoded super-image against a query vector.
+
+A watch first answers from retained memory (the ``query`` path, run by the
+server) and then keeps matching forward: each embedding the shared encoder
+commits is scored against the watch's query vector (one dot product, on the
+event loop). Consecutive matches of one stream form a *match*:
+
+* the first matching super-image opens it -> ``moment`` event (``open: true``);
+* later matching super-images extend it -> ``moment.update`` (``closed: false``);
+* once non-matching samples cover ``close_seconds`` of stream time after the
+  match's end — or the stream ends — it closes -> ``moment.update``
+  (``closed: true``) with the final end.
+
+Threshold: an absolute cosine when the client gives one; otherwise relative
+to the score distribution of the watched streams' retained anchors:
+``mean + sigma * std`` (the anchors are mostly "not the needle"). With fewer
+than ``min_anchors`` anchors retained, the watch *calibrates* on the first
+``min_anchors`` forward scores instead and matches from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.service.config import WatchConfig
+from agent.service.protocol import moment_json
+from agent.superimage import SuperImage
+from agent.types import Moment
+
+Emit = Callable[[dict[str, Any]], None]
+WallOf = Callable[[str, float], float | None]
+
+
+def relative_threshold(scores: np.ndarray, sigma: float) -> float:
+    """``mean + sigma * std`` of background scores, capped below 1."""
+    return float(min(0.999, float(np.mean(scores)) + sigma * float(np.std(scores))))
+
+
+@dataclass(slots=True)
+class _Match:
+    seq: int
+    start: float
+    end: float
+    score: float
+    peak: float
+
+
+class Watch:
+    """One standing query over some streams (all streams when ``streams`` is None)."""
+
+    def __init__(
+        self,
+        wid: str,
+        qvec: np.ndarray,
+        *,
+        streams: Iterable[str] | None,
+        cfg: WatchConfig,
+        emit: Emit,
+        wall_of: WallOf,
+        threshold: float | None = None,
+        close_seconds: float | None = None,
+    ) -> None:
+        self.id = wid
+        self.qvec = np.asarray(qvec, np.float32)
+        self.streams = None if streams is None else set(streams)
+        self.cfg = cfg
+        self.threshold = threshold
+        self.close_seconds = close_seconds if close_seconds is not None else cfg.close_seconds
+        self._emit = emit
+        self._wall_of = wall_of
+        self._calibration: list[float] = []
+        self._open: dict[str, _Match] = {}
+        self._seq = 0
+        self.matches = 0
+        self.scored = 0
+
+    def wants(self, stream: str) -> bool:
+        return self.streams is None or stream in self.streams
+
+    def calibrate(self, background: np.ndarray) -> None:
+        """Set the relative threshold from retained anchors' scores (if there are enough)."""
+        if self.threshold is None and len(background) >= self.cfg.min_anchors:
+            self.threshold = relative_threshold(background, self.cfg.sigma)
+
+    @property
+    def calibrating(self) -> bool:
+        return self.threshold is None
+
+    # ------------------------------------------------------------ events in
+    def on_embedding(self, stream: str, si: SuperImage, vec: np.ndarray) -> None:
+        """Score one committed super-image of ``stream``."""
+        if not self.wants(stream):
+            return
+        score = float(np.dot(vec, self.qvec))
+        self.scored += 1
+        if self.threshold is None:
+            self._calibration.append(score)
+            if len(self._calibration) >= self.cfg.min_anchors:
+                self.threshold = relative_threshold(np.asarray(self._calibration), self.cfg.sigma)
+                self._emit({"type": "watching", "id": self.id, "threshold": round(self.threshold, 6)})
+            return
+        match = self._open.get(stream)
+        if score >= self.threshold:
+            peak = si.times[len(si.times) // 2]
+            if match is None:
+                self._seq += 1
+                self.matches += 1
+                match = _Match(self._seq, si.start, si.end, score, peak)
+                self._open[stream] = match
+                self._emit(self._event("moment", stream, match, closed=False))
+                return
+            match.end = max(match.end, si.end)
+            if score > match.score:
+                match.score, match.peak = score, peak
+            self._emit(self._event("moment.update", stream, match, closed=False))
+        elif match is not None and si.end - match.end >= self.close_seconds:
+            self._close(stream)
+
+    def on_stream_end(self, stream: str) -> None:
+        """The stream ended or was removed: close its open match."""
+        if stream in self._open:
+            self._close(stream)
+
+    def close_all(self) -> None:
+        for stream in list(self._open):
+            self._close(stream)
+
+    # ----------------------------------------------------------- events out
+    def _close(self, stream: str) -> None:
+        match = self._open.pop(stream)
+        self._emit(self._event("moment.update", stream, match, closed=True))
+
+    def _event(self, kind: str, stream: str, match: _Match, *, closed: bool) -> dict[str, Any]:
+        moment = Moment(
+            start=match.start,
+            end=match.end,
+            score=match.score,
+            stream=stream,
+            wall_start=self._wall_of(stream, match.start),
+            wall_end=self._wall_of(stream, match.end),
+            evidence=[match.peak],
+            answered_by="anchor",
+        )
+        return {
+            "type": kind,
+            "id": self.id,
+            "match": match.seq,
+            "closed": closed,
+            "moment": moment_json(moment),
+        }

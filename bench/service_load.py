@@ -1,0 +1,162 @@
+"""Service load: how many live 720p25 streams at 2 fps one machine sustains, and watch latency.
+
+Each "camera" is ``bigbuckbunny.mp4`` (1280x720, 25 fps, H.264) replayed in
+real time and looped by the service itself (``kind: file, realtime, loop``),
+so decoding every 720p frame is real work. For N streams the service runs
+``--seconds``; a stream *keeps up* when it ingested at least 95 % of the
+frames real time allows (fps x elapsed) — a realtime replay applies
+backpressure instead of dropping, so falling behind shows as missing frames.
+Live drops (``vmr_frames_dropped_total``) are reported too.
+
+Latency: one extra realtime 720p stream shows a needle photo for 3 s every
+12 s; a websocket client watches for it. Latency = arrival of the ``moment``
+event at the client - wall time the needle's first frame was due on the
+stream (its realtime pacing clock). Results: ``bench/results/service_load.json``.
+
+    python -m bench.service_load --streams 4 8 16 24 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import websockets
+
+from agent.config import EncoderConfig, IndexConfig, Settings
+from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.pipeline import Service
+from agent.service.server import Server
+
+BUNNY = Path("/work/shared/data/videos/bigbuckbunny.mp4")
+RESULTS = Path(__file__).resolve().parent / "results" / "service_load.json"
+NEEDLE_EVERY, NEEDLE_AT, NEEDLE_LEN = 12.0, 6.0, 3.0
+
+
+def _settings() -> Settings:
+    return Settings(
+        prescreen=EncoderConfig(model="tiny-random", allow_random=True, batch_size=16),
+        index=IndexConfig(fps=2.0, grid=2, store_bytes=256 * 1024**2),
+    )
+
+
+def _needle_video(path: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.videos import Scene, make_video, photos
+
+    bg, needle = photos(1, 1)[0], photos(1)[0]
+    make_video(
+        path,
+        [
+            Scene(NEEDLE_AT, bg, True),
+            Scene(NEEDLE_LEN, needle, True),
+            Scene(NEEDLE_EVERY - NEEDLE_AT - NEEDLE_LEN, bg, True),
+        ],
+        fps=25,
+        size=(1280, 720),
+    )
+    return path
+
+
+async def _watch(url: str, needle_b64: str, arrivals: list[float], ready: asyncio.Event) -> None:
+    async with websockets.connect(url + "/ws", max_size=2**26) as ws:
+        msg = {
+            "type": "watch",
+            "id": "w",
+            "image": needle_b64,
+            "streams": ["needle"],
+            "threshold": 0.93,
+            "backward": False,
+        }
+        await ws.send(json.dumps(msg))
+        while True:
+            event = json.loads(await ws.recv())
+            if event.get("type") == "watching":
+                ready.set()
+            if event.get("type") == "moment":
+                arrivals.append(time.time())
+
+
+async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_photo: Path) -> dict[str, Any]:
+    cfg = ServiceConfig(port=0, index=work / f"index-{n}", snapshot_seconds=3600.0)
+    specs = [
+        StreamSpec(id=f"cam{i}", kind="file", path=str(BUNNY), realtime=True, loop=True) for i in range(n)
+    ]
+    arrivals: list[float] = []
+    async with Service(cfg, _settings()) as svc:
+        await svc.start()
+        server = Server(svc, cfg)
+        port = await server.start()
+        await svc.add_stream(
+            StreamSpec(id="needle", kind="file", path=str(needle_video), realtime=True, loop=True)
+        )
+        ready = asyncio.Event()
+        b64 = base64.b64encode(await asyncio.to_thread(needle_photo.read_bytes)).decode()
+        watcher = asyncio.create_task(_watch(f"ws://127.0.0.1:{port}", b64, arrivals, ready))
+        await ready.wait()
+        t0 = time.time()
+        for spec in specs:
+            await svc.add_stream(spec)
+        await asyncio.sleep(seconds)
+        elapsed = time.time() - t0
+        frames = {k: r.frames_in for k, r in svc.runners.items()}
+        dropped = sum(r.dropped for r in svc.runners.values())
+        first_wall = svc.idx.streams["needle"].ingestor.stats.first_wall
+        first_t = svc.idx.streams["needle"].ingestor.stats.first_time or 0.0
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await server.close()
+    expected = elapsed * 2.0
+    cams = [frames[f"cam{i}"] for i in range(n)]
+    latencies = []
+    if first_wall is not None:
+        for arrival in arrivals:
+            k = int((arrival - first_wall + first_t - NEEDLE_AT) // NEEDLE_EVERY)
+            due = first_wall - first_t + k * NEEDLE_EVERY + NEEDLE_AT
+            latencies.append(arrival - due)
+    lat = np.asarray(latencies)
+    return {
+        "streams": n,
+        "seconds": round(elapsed, 1),
+        "frames_expected_per_stream": round(expected, 1),
+        "frames_min": min(cams),
+        "frames_mean": round(float(np.mean(cams)), 1),
+        "kept_up": bool(min(cams) >= 0.95 * expected),
+        "dropped": dropped,
+        "needle_matches": len(latencies),
+        "latency_p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
+        "latency_p95_s": round(float(np.percentile(lat, 95)), 3) if len(lat) else None,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", type=int, nargs="+", default=[4, 8, 16, 24])
+    p.add_argument("--seconds", type=float, default=30.0)
+    a = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        needle_video = _needle_video(work / "needle.mp4")
+        from tests.videos import photos
+
+        for n in a.streams:
+            row = asyncio.run(run(n, a.seconds, work, needle_video, photos(1)[0]))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({"bench": "service_load", "model": "tiny-random", "fps": 2.0, "rows": rows}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()

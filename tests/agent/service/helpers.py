@@ -1,0 +1,91 @@
+"""Shared parts of the service tests: a real service + aiohttp server, a websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from agent.config import EncoderConfig, IndexConfig, Settings
+from agent.service.config import ServiceConfig
+from agent.service.pipeline import Service
+from agent.service.server import Server
+from tests.videos import Scene, make_video, photos
+
+NEEDLE, BACKGROUND = photos(1)[0], [photos(1, 1)[0], photos(1, 3)[0], photos(1, 4)[0]]
+"""Photos 0 and 5 of the sample look alike to the random encoder; these do not."""
+
+
+def tiny_settings() -> Settings:
+    return Settings(
+        prescreen=EncoderConfig(model="tiny-random", allow_random=True, batch_size=8, threads=1),
+        index=IndexConfig(fps=2.0, grid=2, store_bytes=64 * 1024**2),
+    )
+
+
+def needle_video(path: Path, before: float = 4.0, needle: float = 4.0, after: float = 4.0) -> Path:
+    """Background photos, then the needle photo, then background again (10 fps, 160x120, moving)."""
+    make_video(
+        path,
+        # Moving scenes: a static scene is gated after its first frame, and the tiler would then
+        # put frames of several scenes into one super-image (see the report on the gate).
+        [
+            Scene(before / 2, BACKGROUND[0], True),
+            Scene(before / 2, BACKGROUND[1], True),
+            Scene(needle, NEEDLE, True),
+            Scene(after, BACKGROUND[2], True),
+        ],
+        fps=10,
+    )
+    return path
+
+
+def needle_b64() -> str:
+    return base64.b64encode(NEEDLE.read_bytes()).decode()
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, **service: Any) -> AsyncIterator[tuple[Service, str]]:
+    """A started service and server on a free loopback port; yields (service, ws url)."""
+    cfg = ServiceConfig(
+        host="127.0.0.1", port=0, index=tmp_path / "index", token=service.pop("token", None), **service
+    )
+    async with Service(cfg, tiny_settings()) as svc:
+        await svc.start()
+        server = Server(svc, cfg)
+        port = await server.start()
+        try:
+            yield svc, f"ws://127.0.0.1:{port}"
+        finally:
+            await server.close()
+
+
+@asynccontextmanager
+async def client(url: str, token: str | None = None, hello: bool = True) -> AsyncIterator[ClientConnection]:
+    async with websockets.connect(url + "/ws", max_size=2**26) as ws:
+        if hello:
+            await ws.send(json.dumps({"type": "hello", "id": "h", "token": token}))
+            reply = await wait_for(ws, lambda e: e.get("id") == "h")
+            assert reply["type"] == "hello", reply
+        yield ws
+
+
+async def request(ws: ClientConnection, msg: dict[str, Any]) -> dict[str, Any]:
+    """Send ``msg`` and return the first event answering its id (broadcasts skipped)."""
+    await ws.send(json.dumps(msg))
+    return await wait_for(ws, lambda e: e.get("id") == msg.get("id"))
+
+
+async def wait_for(ws: ClientConnection, pred: Any, limit: float = 60.0) -> dict[str, Any]:
+    async with asyncio.timeout(limit):
+        while True:
+            event = json.loads(await ws.recv())
+            if pred(event):
+                return dict(event)

@@ -1,0 +1,91 @@
+"""Standing queries: unit behaviour of Watch, and a watch over a realtime replay end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.service.config import WatchConfig
+from agent.service.watch import Watch, relative_threshold
+from agent.superimage import SuperImage
+from tests.agent.service.helpers import client, needle_b64, needle_video, request, running, wait_for
+
+
+def _si(t: float) -> SuperImage:
+    return SuperImage("s", 2, np.zeros((4, 4, 3), np.uint8), (t, t + 0.5, t + 1.0, t + 1.5), 0.5)
+
+
+def test_watch_opens_extends_and_closes() -> None:
+    events: list[dict[str, Any]] = []
+    q = np.array([1.0, 0.0], np.float32)
+    hit, miss = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    w = Watch(
+        "w",
+        q,
+        streams=None,
+        cfg=WatchConfig(close_seconds=2.0),
+        emit=events.append,
+        wall_of=lambda s, t: 1000.0 + t,
+        threshold=0.9,
+    )
+    for t, v in [(0, miss), (2, hit), (4, hit), (6, miss), (8, miss)]:
+        w.on_embedding("s", _si(t), v)
+    kinds = [(e["type"], e["closed"]) for e in events]
+    assert kinds == [("moment", False), ("moment.update", False), ("moment.update", True)]
+    final = events[-1]["moment"]
+    assert (final["start"], final["end"]) == (2.0, 6.0)
+    assert final["wall_start"].startswith("1970-01-01T00:16:42")
+    assert events[0]["match"] == events[-1]["match"] == 1
+
+
+def test_watch_calibrates_relative_threshold_on_forward_scores() -> None:
+    events: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    q = np.array([1.0, 0.0], np.float32)
+    w = Watch(
+        "w",
+        q,
+        streams=["s"],
+        cfg=WatchConfig(min_anchors=8, sigma=3.0),
+        emit=events.append,
+        wall_of=lambda s, t: None,
+    )
+    w.calibrate(np.zeros(3, np.float32))  # too few retained anchors: stays calibrating
+    assert w.calibrating
+    background = [np.array([0.2 + 0.02 * rng.standard_normal(), 0.98], np.float32) for _ in range(8)]
+    for k, v in enumerate(background):
+        w.on_embedding("s", _si(2.0 * k), v)
+    assert not w.calibrating and events[-1]["type"] == "watching"
+    assert w.threshold is not None and 0.2 < w.threshold < 0.5
+    w.on_embedding("other", _si(20.0), q)  # not a watched stream
+    w.on_embedding("s", _si(20.0), q)
+    assert events[-1]["type"] == "moment" and events[-1]["moment"]["stream"] == "s"
+    assert relative_threshold(np.array([0.1, 0.3]), 1.0) == 0.3
+
+
+async def test_watch_fires_on_needle_of_realtime_replay(tmp_path: Path) -> None:
+    video = needle_video(tmp_path / "live.mp4", before=4.0, needle=4.0, after=4.0)
+    async with running(tmp_path) as (svc, url), client(url) as ws:
+        watching = await request(ws, {"type": "watch", "id": "w", "image": needle_b64(), "threshold": 0.93})
+        assert watching["type"] == "watching" and watching["threshold"] == 0.93
+        backward = await wait_for(ws, lambda e: e.get("id") == "w")
+        assert backward["type"] == "moments" and backward["moments"] == []  # nothing retained yet
+        await request(
+            ws,
+            {
+                "type": "streams.add",
+                "id": "a",
+                "stream": {"id": "live", "kind": "file", "path": str(video), "realtime": True},
+            },
+        )
+        opened = await wait_for(ws, lambda e: e["type"] == "moment" and e["id"] == "w")
+        m = opened["moment"]
+        assert m["stream"] == "live" and 3.0 <= m["start"] <= 6.0, m
+        assert m["wall_start"] is not None  # a realtime replay carries arrival wall-clock times
+        closed = await wait_for(ws, lambda e: e["type"] == "moment.update" and e["closed"])
+        assert closed["match"] == opened["match"]
+        assert 7.0 <= closed["moment"]["end"] <= 10.0, closed
+        cancelled = await request(ws, {"type": "cancel", "id": "c", "target": "w"})
+        assert cancelled["type"] == "cancelled" and not svc.watches
