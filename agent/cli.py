@@ -219,6 +219,8 @@ def cmd_query(a: argparse.Namespace) -> int:
         top_k=a.top_k,
     )
     results = idx.query(q)
+    if a.llm and q.text is not None:
+        results = _llm_refine(a, idx, q.text, results)
     rows = [m for r in results.values() for m in r.moments]
     rows.sort(key=lambda m: -m.score)
     meaningless = any(r.meaningless for r in results.values())
@@ -234,6 +236,29 @@ def cmd_query(a: argparse.Namespace) -> int:
         for note in r.notes:
             print(f"note [{name}]: {note}")
     return 0
+
+
+def _llm_refine(a: argparse.Namespace, idx: Any, text: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Hand the CLIP proposals to the LLM stage at ``--llm URL`` (falls back on failure)."""
+    import asyncio
+
+    from agent.config import LLMConfig
+    from llm_server.stage import LLMStage
+
+    cfg = LLMConfig(url=a.llm, timeout=a.llm_timeout)
+
+    async def run() -> dict[str, Any]:
+        async with LLMStage(cfg, idx.refine) as stage:
+            streams = {name: idx.streams[name] for name in results}
+            return await stage.refine(
+                text,
+                results,
+                {n: st.store for n, st in streams.items()},
+                {n: (st.memory.spans() or [(0.0, 0.0)])[-1][1] for n, st in streams.items()},
+                a.top_k or 5,
+            )
+
+    return asyncio.run(run())
 
 
 def _remote_query(a: argparse.Namespace) -> int:
@@ -279,6 +304,7 @@ def _results_json(results: dict[str, Any], meaningless: bool) -> dict[str, Any]:
         out["streams"][name] = {
             "answered_by": r.answered_by,
             "notes": r.notes,
+            "llm_usage": r.llm_usage,
             "coverage": None
             if cov is None
             else {
@@ -361,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("index", nargs="?", help="index directory (omit with --url)")
     pq.add_argument("text", nargs="?")
     pq.add_argument("--url", default=None, help="ask a running `vmr serve` (ws://HOST:PORT) instead")
+    pq.add_argument("--llm", default=None, help="LLM stage: OpenAI-compatible base URL (vLLM, llama.cpp)")
+    pq.add_argument("--llm-timeout", type=float, default=120.0)
     pq.add_argument("--image", type=Path, default=None)
     pq.add_argument("--stream", default=None)
     pq.add_argument("--start", type=float, default=None)

@@ -119,6 +119,31 @@ class QueryConfig(_Strict):
     max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
 
 
+class LLMConfig(_Strict):
+    """The optional LLM stage (an OpenAI-compatible server: vLLM, llama.cpp, ...).
+
+    Off unless ``url`` is set. On a CPU box the embedded 0.5B model is slow
+    (tens of seconds per answer) and did not improve on the CLIP proposals in
+    our runs, so it is opt-in; with vLLM and a vision model it is worth it.
+    """
+
+    url: str | None = Field(default_factory=lambda: env_str("VMR_LLM_URL"))
+    """Base URL, e.g. http://127.0.0.1:8000 (``vmr llm serve`` prints it)."""
+    model: str | None = None
+    api_key: str | None = Field(default_factory=lambda: env_str("VMR_LLM_API_KEY"))
+    timeout: float = Field(default=60.0, gt=0)
+    budget_tokens: int = Field(default=1024, ge=128)
+    """Prompt budget; low-importance captions are dropped first to fit."""
+    max_tokens: int = Field(default=192, ge=16)
+    a1: float = Field(default=0.5, ge=0)
+    """Weight of sim(frame, query) in S_q."""
+    a2: float = Field(default=0.5, ge=0)
+    """Weight of sim(caption, query), scaled by frame-caption agreement, in S_q."""
+    caption_mode: Literal["storage", "latency"] = "storage"
+    """SMORE's modes: captions on demand per query, or generic ones made at ingest."""
+    frames_per_region: int = Field(default=3, ge=1, le=16)
+
+
 class Settings(_Strict):
     """Everything one ingest or service run needs."""
 

@@ -82,3 +82,5 @@ class QueryResult:
     meaningless: bool = False
     """True when the encoder has random weights: scores carry no semantics."""
     notes: list[str] = field(default_factory=list)
+    llm_usage: dict[str, int] | None = None
+    """Tokens the LLM stage used (prompt, completion), when it ran."""

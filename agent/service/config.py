@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.config import Settings, env_str
+from agent.config import LLMConfig, Settings, env_str
 from agent.errors import ConfigError
 from agent.index import check_stream_id
 
@@ -113,6 +113,8 @@ class ServiceConfig(_Strict):
     progress_seconds: float = Field(default=1.0, gt=0)
     """Interval of ``progress`` events for file replays."""
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    """Optional LLM stage for text queries (off unless ``llm.url`` is set)."""
 
     @field_validator("snapshot_seconds", "progress_seconds")
     @classmethod

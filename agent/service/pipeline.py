@@ -58,6 +58,8 @@ class Service:
         """Receive broadcast events (``progress``, ``stream``)."""
         self.query_latency = Histogram()
         self.whip: Any = None
+        self.llm: Any = None
+        """The LLM stage (llm_server.stage.LLMStage) when ``cfg.llm.url`` is set."""
         self._snapshots: asyncio.Task[None] | None = None
         self._started = time.time()
         self._closed = False
@@ -71,6 +73,10 @@ class Service:
         self.worker.listeners.append(self._on_embedding)
         self.worker.start()
         self.whip = self._make_whip()
+        if self.cfg.llm.url:
+            from llm_server.stage import LLMStage
+
+            self.llm = await LLMStage(self.cfg.llm, self.index.refine).__aenter__()
         restored = self._read_specs()
         for spec in [*restored, *(s for s in streams if s.id not in {r.id for r in restored})]:
             self._start_runner(spec)
@@ -94,6 +100,8 @@ class Service:
             await self.worker.close()
         if self.whip is not None:
             await self.whip.close()
+        if self.llm is not None:
+            await self.llm.close()
         if self.index is not None:
             await asyncio.to_thread(self._final_snapshot, self.index)
 
@@ -185,15 +193,29 @@ class Service:
                 raise UnknownStreamError(f"unknown stream {name!r}")
 
     async def query(self, query: Query) -> dict[str, QueryResult]:
-        """Answer a one-shot query in a worker thread; records its latency."""
+        """Answer a one-shot query (CLIP in a worker thread, then the LLM stage if any)."""
         self._check_streams(query.streams)
         t0 = time.perf_counter()
         try:
-            return await asyncio.to_thread(self.idx.query, query)
+            results = await asyncio.to_thread(self.idx.query, query)
+            if self.llm is not None and query.text is not None:
+                results = await self._llm_answer(query, results)
+            return results
         except KeyError as exc:  # removed between the check and the search
             raise UnknownStreamError(f"unknown stream {exc}") from exc
         finally:
             self.query_latency.observe(time.perf_counter() - t0)
+
+    async def _llm_answer(self, query: Query, results: dict[str, QueryResult]) -> dict[str, QueryResult]:
+        assert query.text is not None
+        streams = {name: self.idx.streams[name] for name in results}
+        return await self.llm.refine(  # type: ignore[no-any-return]
+            query.text,
+            results,
+            {name: st.store for name, st in streams.items()},
+            {name: (st.memory.spans() or [(0.0, 0.0)])[-1][1] for name, st in streams.items()},
+            query.top_k or self.settings.query.top_k,
+        )
 
     async def open_watch(
         self, wid: str, query: Query, emit: Emit, *, threshold: float | None, close_seconds: float | None
@@ -288,6 +310,12 @@ class Service:
             "counter",
             "Live frames dropped (latest wins).",
             {k: r.dropped for k, r in rs.items()},
+        )
+        ex.per_stream(
+            "vmr_stream_reconnects_total",
+            "counter",
+            "Live source sessions after the first (RTSP reconnects, WHIP republishes).",
+            {k: r.reconnects for k, r in rs.items()},
         )
         ex.per_stream(
             "vmr_stream_up",

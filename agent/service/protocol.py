@@ -75,6 +75,9 @@ class _QueryFields(_Msg):
     image: str | None = None
     """Base64 of a JPEG/PNG file."""
     streams: list[str] | None = None
+    """Stream ids, each of which must exist now (else ``unknown_stream``: a typo must not make a
+    watch that silently never fires). Omitted: every stream — for a ``watch`` that includes
+    streams added after it was placed."""
     start: float | None = None
     end: float | None = None
     top_k: int | None = Field(default=None, ge=1, le=100)
@@ -216,6 +219,7 @@ def moments_event(rid: str | None, results: dict[str, QueryResult], top_k: int) 
                 "coverage": coverage_json(r.coverage),
                 "in_memory": r.coverage is not None and r.coverage.retained_seconds > 0,
                 "notes": r.notes,
+                "llm_usage": r.llm_usage,
             }
             for name, r in results.items()
         },

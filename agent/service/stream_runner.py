@@ -13,8 +13,9 @@ never drop. A source error (corrupt file, RTSP retries exhausted) marks the
 stream ``failed`` with the typed error; what it had stored stays queryable.
 
 Resume after a restart: the stream's last ingested time is read back from its
-snapshot; a file replay skips frames up to it (decoding resumes at the
-nearest earlier keyframe), a segment folder resumes from its saved position,
+snapshot; a file replay seeks to it (``FileSource(start=...)``: decoding
+resumes at the keyframe before it, and frames up to it are not delivered
+again), a segment folder resumes from its saved position,
 and a live source's fresh timeline is shifted to continue after it.
 """
 
@@ -86,6 +87,7 @@ class StreamRunner:
         self.frames_in = 0
         self.source: Any = None
         self._dropped_before = 0  # drops of sources replaced by a loop restart
+        self._reconnects_before = 0
         self._task: asyncio.Task[None] | None = None
         self._resume = resume_time(state)
         self._offset = float(state.meta.get("offset", 0.0))
@@ -101,6 +103,11 @@ class StreamRunner:
     def dropped(self) -> int:
         """Frames the live source discarded because ingest fell behind."""
         return self._dropped_before + int(getattr(self.source, "dropped", 0) or 0)
+
+    @property
+    def reconnects(self) -> int:
+        """Sessions of a live source after its first (RTSP reconnects, WHIP republishes)."""
+        return self._reconnects_before + int(getattr(self.source, "reconnects", 0) or 0)
 
     @property
     def progress(self) -> float | None:
@@ -120,6 +127,7 @@ class StreamRunner:
             "error": None if self.error is None else {"code": self.error.code, "message": str(self.error)},
             "frames": self.frames_in,
             "dropped": self.dropped,
+            "reconnects": self.reconnects,
             "last_time": self.state.ingestor.stats.last_time,
             "progress": self.progress,
             "tokens": self.state.memory.tokens,
@@ -220,6 +228,7 @@ class StreamRunner:
                 self._maybe_progress(loop.time())
         finally:
             self._dropped_before += int(getattr(source, "dropped", 0) or 0)
+            self._reconnects_before += int(getattr(source, "reconnects", 0) or 0)
             self.source = None if self.spec.kind != "file" else self.source
             await source.close()
 
@@ -257,7 +266,12 @@ class StreamRunner:
             if not path.is_file():
                 raise SourceError(f"{path}: no such file")
             return FileSource(
-                path, stream=self.id, fps=self.fps, short_side=short, queue_size=self.cfg.source_queue
+                path,
+                stream=self.id,
+                fps=self.fps,
+                short_side=short,
+                queue_size=self.cfg.source_queue,
+                start=self._file_start(),
             )
         if spec.kind == "rtsp":
             from streams.rtsp import RTSPSource
@@ -282,6 +296,12 @@ class StreamRunner:
             raise SourceError("WHIP ingest is not available in this service")
         self._shift_live_clock()
         return self._whip(self.id)
+
+    def _file_start(self) -> float:
+        """Where a resumed replay seeks to, in the file's own seconds (0 without a resume point)."""
+        if self._resume is None:
+            return 0.0
+        return max(0.0, self._resume - self._offset)
 
     def _shift_live_clock(self) -> None:
         """A live source restarts at t=0: continue after the stored timeline, leaving the real gap."""

@@ -50,7 +50,11 @@ class _Match:
 
 
 class Watch:
-    """One standing query over some streams (all streams when ``streams`` is None)."""
+    """One standing query over some streams.
+
+    ``streams=None`` watches every stream, including ones added after the watch
+    was placed (the service checks explicit ids exist when the watch opens).
+    """
 
     def __init__(
         self,
