@@ -267,8 +267,11 @@ class FileSource:
     Decoding runs in one worker thread. Frames pass through a bounded queue
     with *backpressure*: a file replay never drops a frame, the decoder
     waits while the queue is full. ``realtime=True`` paces frames at stream
-    speed (a recording replayed as if live). :attr:`progress` is the share of
-    the declared duration decoded so far. Errors from the decoder
+    speed (a recording replayed as if live). ``start`` seeks to that stream
+    second first (to the keyframe before it, then decodes and discards the
+    frames before ``start``), so resuming a long archive costs no decoding of
+    what came before. :attr:`progress` is the share of the declared duration
+    decoded so far. Errors from the decoder
     (:class:`CorruptVideoError`) reach the consumer after the good frames.
 
     Use as ``async with FileSource(path) as src: async for frame in src``;
@@ -287,10 +290,14 @@ class FileSource:
         short_side: int = 224,
         realtime: bool = False,
         queue_size: int = 64,
+        start: float = 0.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if not start >= 0.0:  # also rejects NaN
+            raise SourceError(f"start must be a non-negative number of seconds, not {start}")
         self.path = Path(path)
+        self.start = start
         self.stream = stream
         self.realtime = realtime
         self._fps = fps
@@ -302,7 +309,7 @@ class FileSource:
         self._ready: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._duration = 0.0
-        self._decoded_t = 0.0
+        self._decoded_t = start
         self._finished = False
         self._closed = False
         self._pace: tuple[float, float] | None = None  # (loop time, stream time) of the first frame
@@ -347,6 +354,7 @@ class FileSource:
                 fps=self._fps,
                 keyframes_only=self._keyframes_only,
                 short_side=self._short_side,
+                start=self.start,
                 stop=self._stop,
             ):
                 self._decoded_t = frame.t

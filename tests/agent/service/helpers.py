@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -89,3 +89,31 @@ async def wait_for(ws: ClientConnection, pred: Any, limit: float = 60.0) -> dict
             event = json.loads(await ws.recv())
             if pred(event):
                 return dict(event)
+
+
+async def status(ws: ClientConnection, stream: str) -> dict[str, Any]:
+    """The ``streams.list`` entry of ``stream``."""
+    listed = await request(ws, {"type": "streams.list", "id": "list"})
+    found = [s for s in listed["streams"] if s["id"] == stream]
+    assert found, listed
+    return dict(found[0])
+
+
+async def until(
+    ws: ClientConnection, stream: str, pred: Callable[[dict[str, Any]], bool], limit: float = 60.0
+) -> dict[str, Any]:
+    """Poll ``streams.list`` until ``stream``'s status satisfies ``pred``; returns that status."""
+    async with asyncio.timeout(limit):
+        while True:
+            st = await status(ws, stream)
+            if pred(st):
+                return st
+            assert st["status"] in ("starting", "running"), st  # ended before the condition held
+            await asyncio.sleep(0.2)
+
+
+async def add(ws: ClientConnection, spec: dict[str, Any]) -> dict[str, Any]:
+    """``streams.add`` of ``spec``; returns the ``stream`` answer (asserting it is one)."""
+    added = await request(ws, {"type": "streams.add", "id": f"add-{spec['id']}", "stream": spec})
+    assert added["type"] == "stream" and added["stream"]["id"] == spec["id"], added
+    return added
