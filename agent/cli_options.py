@@ -1,0 +1,127 @@
+"""Options shared by the ``vmr`` subcommands, validated before any model loads."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings
+
+T = TypeVar("T")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Encoder choice; ``tiny-random`` must be named explicitly."""
+    g = p.add_argument_group("encoder")
+    g.add_argument(
+        "--model", default="MobileCLIP2-S0", help="open_clip model, or tiny-random (meaningless, tests/demo)"
+    )
+    g.add_argument(
+        "--pretrained", default=None, help="open_clip pretrained tag (default: the model's recommended tag)"
+    )
+    g.add_argument(
+        "--checkpoint", type=Path, default=None, help="local checkpoint file (wins over --pretrained)"
+    )
+    g.add_argument(
+        "--refine-model", default=None, help="stronger model for refinement (default: same as --model)"
+    )
+    g.add_argument("--refine-pretrained", default=None)
+    g.add_argument("--refine-checkpoint", type=Path, default=None)
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default VMR_THREADS or 2)")
+
+
+def add_index_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory")
+    g.add_argument("--fps", type=float, default=2.0, help="sampling rate (frames per second)")
+    g.add_argument("--grid", type=int, default=2, help="super-image grid N (1..4)")
+    g.add_argument("--budget", type=int, default=4096, help="token budget B")
+    g.add_argument("--theta", type=float, default=0.95, help="merge cosine threshold")
+    g.add_argument("--rank", type=int, default=4, help="SVD rank per anchor")
+    g.add_argument("--representative", choices=["smore", "mean"], default="smore")
+    g.add_argument("--keyframes", action="store_true", help="keyframes only: fast coarse pass")
+    g.add_argument("--no-gate", action="store_true", help="encode static stretches too")
+    g.add_argument("--store-mb", type=float, default=2048, help="frame-store bound in MiB (0: no store)")
+
+
+_DEFAULT_TAGS = {"MobileCLIP2-S0": "dfndr2b", "ViT-B-32": "laion2b_s34b_b79k"}
+
+
+def encoder_config(
+    model: str, pretrained: str | None, checkpoint: Path | None, threads: int | None
+) -> EncoderConfig:
+    data: dict[str, Any] = {
+        "model": model,
+        "pretrained": pretrained or _DEFAULT_TAGS.get(model, "openai"),
+        "checkpoint": checkpoint,
+        "allow_random": model == "tiny-random",
+    }
+    if threads is not None:
+        data["threads"] = threads
+    return EncoderConfig.model_validate(data)
+
+
+def settings_from_args(a: argparse.Namespace) -> Settings:
+    """Validate every option before any model loads."""
+    pre = encoder_config(a.model, a.pretrained, a.checkpoint, a.threads)
+    ref = (
+        encoder_config(a.refine_model, a.refine_pretrained, a.refine_checkpoint, a.threads)
+        if a.refine_model
+        else None
+    )
+    idx = IndexConfig(
+        fps=a.fps,
+        grid=a.grid,
+        budget=a.budget,
+        theta=a.theta,
+        rank=a.rank,
+        representative=a.representative,
+        keyframes_only=a.keyframes,
+        gate=not a.no_gate,
+        store_bytes=int(a.store_mb * 1024 * 1024),
+    )
+    return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig())
+
+
+def stream_id_for(path: Path) -> str:
+    """A safe stream id from a file name."""
+    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("._-") or "video"
+    return sid[:128]
+
+
+def prefetch(items: Iterable[T], maxsize: int = 64) -> Iterator[T]:
+    """Iterate ``items`` in a worker thread (decode overlaps encoding); errors re-raised."""
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as exc:
+            q.put((False, exc))
+
+    th = threading.Thread(target=work, name="vmr-decode", daemon=True)
+    th.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
