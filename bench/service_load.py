@@ -36,7 +36,7 @@ from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.pipeline import Service
 from agent.service.server import Server
 
-BUNNY = Path("/work/shared/data/videos/bigbuckbunny.mp4")
+BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bigbuckbunny.mp4"
 RESULTS = Path(__file__).resolve().parent / "results" / "service_load.json"
 NEEDLE_EVERY, NEEDLE_AT, NEEDLE_LEN = 12.0, 6.0, 3.0
 

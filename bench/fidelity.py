@@ -1,0 +1,327 @@
+"""Strategies at an equal token budget: one moment procedure for all, scored against GT and dense.
+
+Steps (synchronous numpy; the only I/O is one decode pass and the embedding cache):
+
+1. **Dense items per grid.** Every sampled frame of the haystack video is encoded once per
+   super-image grid: grid 1 encodes frames, grid N tiles N x N consecutive frames
+   (:class:`agent.superimage.Tiler`, the very tiler of the ingest path) into one encoder input.
+   Each item is ``(start, end, unit embedding)``. Items are cached as ``.npz`` next to the build,
+   keyed by model, grid and fps, so a rerun only re-scores.
+2. **Compression.** Every strategy of :data:`bench.strategies.STRATEGIES` turns a grid's items
+   into a memory of at most ``budget`` tokens; budgets are fractions of that grid's dense count.
+   Two more variants run SVD merging with SMORE's online theta rule off (``*-fill``), so they
+   spend the whole budget like the other strategies do.
+3. **Moments, identical for every strategy.** A query's cosine with each token is spread over the
+   token's time span on a regular grid of the sampling period (a point takes the token whose
+   span starts last at or before it); :func:`agent.proposals.propose` offers up to
+   ``CANDIDATES`` windows on that curve, which are re-ranked by their mean similarity and
+   thinned by temporal NMS (IoU 0.5): top-1 for R1 and fidelity, top-5 for R5 and mAP. The
+   re-ranking is what the engine's refine path does too (``retrieval._by_similarity``):
+   ``propose``'s own contrast z-score alone never ranked a needle first here (0 of 20 on the
+   1 h haystack), because on piecewise-constant curves its noise estimate collapses and long
+   bright plateaus win.
+4. **Scores.** R1@0.5, R1@0.7, mAP, mIoU via :func:`agent.metrics.qvh_metrics`, and *fidelity*:
+   the share of queries whose top-1 window overlaps the dense strategy's top-1 (same grid) at
+   IoU >= 0.5; also *fidelity on dense hits*, the same share over the queries whose dense top-1
+   is right (IoU >= 0.5 with the GT), where agreeing with dense means being right.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from agent.atomic import write_npz
+from agent.config import Representative
+from agent.encoder import Encoder
+from agent.errors import ConfigError, IndexStoreError
+from agent.metrics import load_jsonl, qvh_metrics, temporal_iou
+from agent.proposals import Proposal, nms, propose
+from agent.superimage import SuperImage, Tiler
+from bench.strategies import STRATEGIES, Items, check, svd
+from streams.file import decode_frames
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+Windows = list[list[float]]
+
+TOP_K = 5
+CANDIDATES = 50
+NMS_IOU = 0.5
+FIDELITY_IOU = 0.5
+CACHE_VERSION = 1
+
+
+def _svd_fill(representative: Representative) -> Callable[[Items, int], Items]:
+    # theta above 1 means no embedding ever joins online: every merge is a budget merge of the
+    # most similar adjacent pair, so the memory always fills its budget (SMORE's theta rule off).
+    return lambda items, budget: svd(items, budget, representative, theta=1.01)
+
+
+ALL_STRATEGIES: dict[str, Callable[[Items, int], Items]] = {
+    **STRATEGIES,
+    "svd-smore-fill": _svd_fill("smore"),
+    "svd-mean-fill": _svd_fill("mean"),
+}
+"""The issue's strategies plus SVD merging with the online theta rule switched off."""
+
+METRIC_KEYS = {
+    "R1@0.5": "MR-full-R1@0.5",
+    "R1@0.7": "MR-full-R1@0.7",
+    "R5@0.5": "MR-full-R5@0.5",
+    "mAP": "MR-full-mAP",
+    "mIoU": "MR-full-mIoU",
+}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "model"
+
+
+def item_cache_path(folder: Path, model: str, grid: int, fps: float) -> Path:
+    """Where the dense items of one (model, grid, fps) are cached."""
+    return folder / f"items-v{CACHE_VERSION}-{_slug(model)}-g{grid}-fps{fps:g}.npz"
+
+
+def _load_items(path: Path) -> Items | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return check(Items(z["starts"], z["ends"], z["embs"]))
+    except (OSError, KeyError, ValueError, ConfigError):
+        return None  # a damaged cache entry is rebuilt, never trusted
+
+
+class _GridEncoder:
+    """Collects one grid's super-images and encodes them in encoder-sized batches."""
+
+    def __init__(self, grid: int, encoder: Encoder, fps: float, batch: int) -> None:
+        self.tiler = Tiler("bench", grid=grid, size=encoder.image_size, period=1.0 / fps)
+        self.encoder = encoder
+        self.batch = batch
+        self.pending: list[SuperImage] = []
+        self.rows: list[tuple[float, float, F32]] = []
+
+    def push(self, t: float, image: npt.NDArray[np.uint8]) -> None:
+        si = self.tiler.push(t, image)
+        if si is not None:
+            self.pending.append(si)
+        if len(self.pending) >= self.batch:
+            self.encode()
+
+    def encode(self) -> None:
+        if not self.pending:
+            return
+        vecs = self.encoder.encode_images([si.image for si in self.pending])
+        self.rows.extend((si.start, si.end, v) for si, v in zip(self.pending, vecs, strict=True))
+        self.pending = []
+
+    def finish(self) -> Items:
+        si = self.tiler.flush()
+        if si is not None:
+            self.pending.append(si)
+        self.encode()
+        return Items.of(self.rows)
+
+
+def dense_items(
+    video: Path,
+    *,
+    fps: float,
+    grids: Sequence[int],
+    encoder: Encoder,
+    cache_dir: Path,
+    progress: bool = False,
+) -> tuple[dict[int, Items], dict[str, Any]]:
+    """Items of every grid: from the cache, else from one shared decode pass.
+
+    Returns the items by grid and statistics (which grids were cached, seconds, encoder passes).
+    """
+    out: dict[int, Items] = {}
+    missing: list[int] = []
+    for g in sorted(set(grids)):
+        cached = _load_items(item_cache_path(cache_dir, encoder.name, g, fps))
+        if cached is None:
+            missing.append(g)
+        else:
+            out[g] = cached
+    stats: dict[str, Any] = {"cached_grids": sorted(out), "encoded_grids": missing, "seconds": 0.0}
+    if not missing:
+        return out, stats
+    t0 = time.perf_counter()
+    workers = {g: _GridEncoder(g, encoder, fps, max(1, getattr(encoder, "batch_size", 16))) for g in missing}
+    frames = 0
+    for frame in decode_frames(video, stream="bench", fps=fps, short_side=encoder.image_size):
+        frames += 1
+        for w in workers.values():
+            w.push(frame.t, frame.image)
+        if progress and frames % 2000 == 0:
+            print(f"  encoded items up to t={frame.t:.0f}s", flush=True)
+    for g, w in workers.items():
+        items = w.finish()
+        write_npz(
+            item_cache_path(cache_dir, encoder.name, g, fps),
+            {"starts": items.starts, "ends": items.ends, "embs": items.embs},
+        )
+        out[g] = items
+    stats.update(seconds=round(time.perf_counter() - t0, 2), frames=frames)
+    return out, stats
+
+
+def load_queries(gt_path: Path, encoder: Encoder) -> tuple[list[dict[str, Any]], F32]:
+    """GT records of a haystack query file and their query vectors (image or text)."""
+    rows = load_jsonl(gt_path)
+    if not rows:
+        raise IndexStoreError(f"{gt_path}: no queries")
+    if rows[0].get("kind") == "image":
+        images = []
+        for r in rows:
+            try:
+                with Image.open(gt_path.parent / r["image"]) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+            except OSError as exc:
+                raise IndexStoreError(f"cannot read query image {r['image']}: {exc}") from exc
+        vecs = encoder.encode_images(images)
+    else:
+        vecs = encoder.encode_text([str(r["query"]) for r in rows])
+    return rows, np.asarray(vecs, np.float32)
+
+
+def score_curve(memory: Items, qvecs: F32, times: F64) -> F64:
+    """(Q, T) curves: each grid time takes the score of the token whose span starts last before it."""
+    idx = np.clip(np.searchsorted(memory.starts, times, side="right") - 1, 0, memory.starts.shape[0] - 1)
+    scores = qvecs.astype(np.float64) @ memory.embs.astype(np.float64).T  # (Q, n)
+    return scores[:, idx]
+
+
+def answer(memory: Items, qvecs: F32, times: F64, frame_seconds: float, top_k: int = TOP_K) -> list[Windows]:
+    """Ranked ``[start, end, score]`` windows of every query against one memory."""
+    curves = score_curve(memory, qvecs, times)
+    out: list[Windows] = []
+    for curve in curves:
+        found = propose(times, curve, top_k=CANDIDATES, frame_seconds=frame_seconds, nms_iou=NMS_IOU)
+        props = nms([_by_similarity(p) for p in found], NMS_IOU, top_k)
+        out.append([[round(p.start, 3), round(p.end, 3), round(p.score, 4)] for p in props])
+    return out
+
+
+def _by_similarity(p: Proposal) -> Proposal:
+    sim = p.similarity if p.similarity is not None else p.score
+    return Proposal(p.start, p.end, float(sim), p.peak, similarity=sim)
+
+
+def fidelity(preds: Sequence[Windows], reference: Sequence[Windows], iou: float = FIDELITY_IOU) -> float:
+    """Percent of queries whose top-1 overlaps the reference top-1 at IoU >= ``iou``."""
+    if not preds:
+        return 0.0
+    hits = 0
+    for p, r in zip(preds, reference, strict=True):
+        if p and r and float(temporal_iou(np.array([p[0][:2]]), np.array([r[0][:2]]))[0, 0]) >= iou:
+            hits += 1
+    return round(100.0 * hits / len(preds), 2)
+
+
+def metrics(gt: Sequence[Mapping[str, Any]], preds: Sequence[Windows]) -> dict[str, float]:
+    """The reported subset of :func:`qvh_metrics` for predictions in GT order."""
+    records = [{"qid": r["qid"], "pred_relevant_windows": p} for r, p in zip(gt, preds, strict=True)]
+    full = qvh_metrics(gt, records)
+    return {k: full[v] for k, v in METRIC_KEYS.items()}
+
+
+def budgets_for(n: int, fractions: Sequence[float]) -> list[tuple[float, int]]:
+    """(fraction, budget) pairs below the dense count ``n``; duplicates and budgets < 2 dropped."""
+    seen: dict[int, float] = {}
+    for f in sorted(fractions, reverse=True):
+        b = max(2, round(n * f))
+        if b < n and b not in seen:
+            seen[b] = f
+    return [(f, b) for b, f in seen.items()]
+
+
+def compare(
+    items_by_grid: Mapping[int, Items],
+    query_sets: Mapping[str, tuple[list[dict[str, Any]], F32]],
+    *,
+    duration: float,
+    fps: float,
+    fractions: Sequence[float],
+    strategies: Sequence[str],
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (grid, strategy, budget): tokens, build seconds, metrics and fidelity per query kind."""
+    unknown = [s for s in strategies if s not in ALL_STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}; choose from {sorted(ALL_STRATEGIES)}")
+    times = np.arange(round(duration * fps), dtype=np.float64) / fps
+    rows: list[dict[str, Any]] = []
+    for grid, items in sorted(items_by_grid.items()):
+        n = int(items.starts.shape[0])
+        reference = {k: answer(items, q, times, 1.0 / fps) for k, (_, q) in query_sets.items()}
+        rows.append(_row(grid, "dense", 1.0, n, n, 0.0, query_sets, reference, reference))
+        for fraction, budget in budgets_for(n, fractions):
+            for name in strategies:
+                if name == "dense":
+                    continue
+                t0 = time.perf_counter()
+                mem = ALL_STRATEGIES[name](items, budget)
+                took = time.perf_counter() - t0
+                preds = {k: answer(mem, q, times, 1.0 / fps) for k, (_, q) in query_sets.items()}
+                tokens = int(mem.starts.shape[0])
+                rows.append(_row(grid, name, fraction, budget, tokens, took, query_sets, preds, reference))
+                if on_row is not None:
+                    on_row(rows[-1])
+    return rows
+
+
+def _row(
+    grid: int,
+    strategy: str,
+    fraction: float,
+    budget: int,
+    tokens: int,
+    seconds: float,
+    query_sets: Mapping[str, tuple[list[dict[str, Any]], F32]],
+    preds: Mapping[str, list[Windows]],
+    reference: Mapping[str, list[Windows]],
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "grid": grid,
+        "strategy": strategy,
+        "fraction": fraction,
+        "budget": budget,
+        "tokens": tokens,
+        "within_budget": tokens <= budget,
+        "build_seconds": round(seconds, 3),
+    }
+    for kind, (gt, _) in query_sets.items():
+        p, ref = preds[kind], reference[kind]
+        hit = _top1_hits(gt, ref)
+        row[kind] = {
+            **metrics(gt, p),
+            "fidelity": fidelity(p, ref),
+            # Where dense itself is right, agreeing with it means being right: the part of
+            # fidelity that does not measure agreement on a random encoder's noise.
+            "fidelity_on_dense_hits": None
+            if not any(hit)
+            else fidelity(
+                [x for x, h in zip(p, hit, strict=True) if h], [x for x, h in zip(ref, hit, strict=True) if h]
+            ),
+            "dense_hits": int(sum(hit)),
+        }
+    return row
+
+
+def _top1_hits(gt: Sequence[Mapping[str, Any]], preds: Sequence[Windows]) -> list[bool]:
+    """Whether each query's top-1 overlaps one of its GT windows at IoU >= 0.5."""
+    return [
+        bool(p) and float(temporal_iou(np.array([p[0][:2]]), np.asarray(r["relevant_windows"])).max()) >= 0.5
+        for r, p in zip(gt, preds, strict=True)
+    ]
