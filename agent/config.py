@@ -113,7 +113,8 @@ class QueryConfig(_Strict):
     context_seconds: float = Field(default=10.0, ge=0)
     """Seconds added around each candidate anchor before refinement."""
     refine: bool = True
-    max_refine_frames: int = Field(default=512, ge=1)
+    max_refine_frames: int = Field(default=64, ge=1)
+    """Stored frames re-encoded per query (refine cost is ~all re-encoding)."""
     nms_iou: float = Field(default=0.5, ge=0, le=1)
     max_text_chars: int = Field(default=2000, ge=1)
     max_image_bytes: int = Field(default=8 * 1024**2, ge=1)

@@ -101,16 +101,26 @@ class ClipEncoder:
 
     def _pixels(self, images: Sequence[RGBImage]) -> torch.Tensor:
         size = self.image_size
-        tensors = []
         for img in images:
             if img.ndim != 3 or img.shape[2] != 3:
                 raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
-            t = torch.from_numpy(np.require(img, np.uint8, ["C", "W"])).permute(2, 0, 1).unsqueeze(0).float()
-            if t.shape[-2:] != (size, size):
-                t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            tensors.append(t)
-        batch = torch.cat(tensors).div_(255.0)
-        return (batch - self._mean) / self._std
+        out = torch.empty((len(images), 3, size, size), dtype=torch.float32)
+        # One resize per run of same-sized images (frames of a stream share a size).
+        start = 0
+        while start < len(images):
+            shape = images[start].shape
+            stop = start + 1
+            while stop < len(images) and images[stop].shape == shape:
+                stop += 1
+            batch = torch.from_numpy(np.stack(images[start:stop])).permute(0, 3, 1, 2).float()
+            if batch.shape[-2:] != (size, size):
+                batch = F.interpolate(
+                    batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+                )
+            out[start:stop] = batch
+            start = stop
+        out.div_(255.0)
+        return (out - self._mean) / self._std
 
     def _run(self, fn: object, batches: list[torch.Tensor]) -> np.ndarray:
         if self.threads:

@@ -25,6 +25,8 @@ from agent.types import Frame
 
 SCENE_CUT = 0.25
 """Histogram change (L1/2) above which a frame starts a new super-image."""
+MAX_TILE_GAP = 4
+"""Sampling periods a filling grid may wait across gated (static) frames."""
 
 
 @dataclass(slots=True)
@@ -89,20 +91,34 @@ class StreamIngestor:
             self.store.put(frame.t, frame.image, frame.wall)
         if self.gate is not None and not self.gate.should_encode(entry) and self._has_history():
             self.stats.gated_frames += 1
-            # A static stretch starts: close the grid so a super-image only
-            # ever holds consecutive frames, then let the memory stretch.
-            out = self._emit(self.tiler.flush())
-            self._queue(_Pending(None, extend_to=frame.t + self.tiler.period))
-            return out
+            return self._gated(frame.t)
         self.stats.encoded_frames += 1
         out = []
         if entry.hist_change >= SCENE_CUT and self.tiler.pending:
             out = self._emit(self.tiler.flush())  # never tile across a scene cut
         return out + self._emit(self.tiler.push(frame.t, frame.image))
 
+    def _gated(self, t: float) -> list[SuperImage]:
+        """A static frame: no encoder pass; the memory's coverage still reaches it."""
+        period = self.tiler.period
+        if not self.tiler.pending:
+            self._queue(_Pending(None, extend_to=t + period))
+            return []
+        if t - self.tiler.last_time <= MAX_TILE_GAP * period:
+            # Short static run inside a filling grid: the next tile's span covers it.
+            return []
+        # A long static stretch: close the grid (tiles stay near-consecutive) and stretch.
+        out = self._emit(self.tiler.flush())
+        self._queue(_Pending(None, extend_to=t + period))
+        return out
+
     def flush(self) -> list[SuperImage]:
-        """Emit the last partial grid (end of stream or a pause)."""
-        return self._emit(self.tiler.flush())
+        """Emit the last partial grid (end of stream or a pause); coverage reaches the last frame."""
+        out = self._emit(self.tiler.flush())
+        last = self.stats.last_time
+        if last is not None and self.stats.encoded_frames:
+            self._queue(_Pending(None, extend_to=last + self.tiler.period))
+        return out
 
     def commit(self, si: SuperImage, embedding: np.ndarray) -> None:
         """Hand back the embedding of a super-image returned by push/flush."""

@@ -67,7 +67,7 @@ def encode_query(query: Query, encoder: Encoder) -> np.ndarray:
 class FrameEmbeddingCache:
     """LRU of refine-encoder embeddings keyed by (stream, frame time)."""
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
         self._items: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
 
@@ -189,7 +189,7 @@ def search_stream(
             return QueryResult([], cov, "anchor", notes=["time range not in retained memory"])
         props: list[tuple[Proposal, AnsweredBy]] = []
         notes: list[str] = []
-        per_region = max(8, cfg.max_refine_frames // max(1, cfg.candidates))
+        per_region = max(4, cfg.max_refine_frames // max(1, cfg.candidates))
         for span in regions(starts, ends, scores, cfg, lo, hi):
             curve = (
                 _refine_region(state, refine_vec, span, per_region, refine_encoder, cache)

@@ -90,6 +90,11 @@ class Tiler:
         """Frames waiting for their grid to fill."""
         return len(self._times)
 
+    @property
+    def last_time(self) -> float:
+        """Time of the newest pending tile (-inf when none)."""
+        return self._times[-1] if self._times else float("-inf")
+
     def push(self, t: float, image: RGBImage) -> SuperImage | None:
         """Add a frame; return a super-image once N² frames are collected."""
         self._images.append(image)

@@ -48,7 +48,7 @@ import av.video.stream
 
 from agent.errors import CorruptVideoError, SourceError
 from agent.types import Frame
-from streams.sampler import Sampler, frame_seconds, to_rgb
+from streams.sampler import Sampler, frame_seconds, to_rgb, tune_decoder
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def _decode(
     end: float | None,
     stop: threading.Event | None,
 ) -> Iterator[Frame]:
-    vstream.thread_type = "AUTO"
+    tune_decoder(vstream)
     if keyframes_only:
         vstream.codec_context.skip_frame = "NONKEY"
     rate = vstream.average_rate or vstream.guessed_rate

@@ -51,7 +51,7 @@ import av.container
 from agent.errors import SourceError, StreamDisconnectedError
 from agent.types import Frame
 from streams.live import Gap, LatestQueue, LiveClock, LiveCounters, QueueClosed
-from streams.sampler import Sampler, to_rgb
+from streams.sampler import Sampler, to_rgb, tune_decoder
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class RTSPSource:
 
     def _pump(self, container: av.container.InputContainer, loop: asyncio.AbstractEventLoop) -> int:
         vstream = container.streams.video[0]
-        vstream.thread_type = "SLICE"  # frame threading would add frames of latency
+        tune_decoder(vstream, threads="SLICE")  # frame threading would add frames of latency
         tb = vstream.time_base
         wall_offset: float | None = None  # wall - t for this session, once known
         delivered = 0

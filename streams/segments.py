@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agent.errors import CorruptVideoError, SourceError
 from agent.types import Frame
 from streams.live import LiveCounters
-from streams.sampler import Sampler, to_rgb
+from streams.sampler import Sampler, to_rgb, tune_decoder
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ class SegmentFolderSource:
 
     def _decode(self, container: Any, path: Path) -> Iterator[Frame]:
         vstream = container.streams.video[0]
-        vstream.thread_type = "AUTO"
+        tune_decoder(vstream)
         tb = vstream.time_base
         rate = vstream.average_rate or vstream.guessed_rate
         period = 1.0 / float(rate) if rate else 0.04
