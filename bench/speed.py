@@ -136,7 +136,6 @@ class _Marks:
                 "memory_bytes": st.memory.nbytes,
                 "encoder_passes": st.ingestor.stats.superimages,
                 "store_bytes": st.store.nbytes if st.store is not None else 0,
-                **rss_mb(),
             }
         if self.images:
             t0 = time.perf_counter()
@@ -145,6 +144,9 @@ class _Marks:
                 took, self.answers[mode] = timed_queries(self.idx, self.images, refine)
                 row[f"latency_{mode}"] = percentiles(took)
             self.paused += time.perf_counter() - t0
+        # After this mark's queries: each mark's RSS then includes the query-side
+        # working set (refine batches, frame-embedding cache), not only the first's.
+        row.update(rss_mb())
         self.rows.append(row)
 
 
