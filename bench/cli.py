@@ -45,8 +45,10 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _command_line() -> str:
-    return "vmr " + " ".join(sys.argv[1:])
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed: ``agent.cli.main`` records its argv on ``args``."""
+    argv = getattr(args, "argv", None)
+    return "vmr " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def _encoder(args: argparse.Namespace) -> Any:
@@ -83,7 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         strategies=args.strategies,
         threads=args.build_threads,
         progress=not args.quiet,
-        command=_command_line(),
+        command=_command_line(args),
         tag=args.tag,
     )
     rep = run(opts)
@@ -102,7 +104,7 @@ def _cmd_charades(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = charades_eval(Path(args.annotations), settings)
     out = {
-        "command": _command_line(),
+        "command": _command_line(args),
         "annotations": str(args.annotations),
         "settings": settings.model_dump(mode="json"),
         "machine": machine_info(),

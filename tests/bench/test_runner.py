@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.cli import build_parser
+from agent.cli import main
 from agent.errors import ConfigError
 from bench import fidelity
 from bench.haystack import DEFAULT_DATA
@@ -21,31 +21,33 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_DATA / "coco").is_dir(), reason="sh
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     tmp = tmp_path_factory.mktemp("runner")
-    args = build_parser().parse_args(
-        [
-            "bench",
-            "haystack",
-            "run",
-            "--duration",
-            "2m",
-            "--needles",
-            "3",
-            "--model",
-            "tiny-random",
-            "--cache",
-            str(tmp / "cache"),
-            "--out",
-            str(tmp / "out"),
-            "--grids",
-            "1,2",
-            "--fractions",
-            "1/10,1/30",
-            "--latency-queries",
-            "2",
-            "--quiet",
-        ]
+    assert (
+        main(
+            [
+                "bench",
+                "haystack",
+                "run",
+                "--duration",
+                "2m",
+                "--needles",
+                "3",
+                "--model",
+                "tiny-random",
+                "--cache",
+                str(tmp / "cache"),
+                "--out",
+                str(tmp / "out"),
+                "--grids",
+                "1,2",
+                "--fractions",
+                "1/10,1/30",
+                "--latency-queries",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
     )
-    assert args.func(args) == 0
     files = sorted((tmp / "out").iterdir())
     js = [p for p in files if p.suffix == ".json"]
     assert len(js) == 1
