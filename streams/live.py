@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -177,3 +177,32 @@ class LiveClock:
         self.last_t = t
         self._last_arrival = arrival
         return t
+
+
+class CountedSource:
+    """Counter properties shared by live sources.
+
+    A subclass sets ``frames_in``, ``frames_out``, ``reconnects``, a
+    ``_queue`` (:class:`LatestQueue`) and a ``_clock`` (:class:`LiveClock`).
+    """
+
+    frames_in: int
+    frames_out: int
+    reconnects: int
+    _queue: LatestQueue[Any]
+    _clock: LiveClock
+
+    @property
+    def dropped(self) -> int:
+        """Sampled frames discarded because the consumer fell behind."""
+        return self._queue.dropped
+
+    @property
+    def gaps(self) -> list[Gap]:
+        """Holes in the timeline left by reconnects or publisher changes."""
+        return list(self._clock.gaps)
+
+    @property
+    def counters(self) -> LiveCounters:
+        """A snapshot of the counters."""
+        return LiveCounters(self.frames_in, self.frames_out, self.dropped, self.reconnects)

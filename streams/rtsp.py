@@ -50,7 +50,7 @@ import av.container
 
 from agent.errors import SourceError, StreamDisconnectedError
 from agent.types import Frame
-from streams.live import Gap, LatestQueue, LiveClock, LiveCounters, QueueClosed
+from streams.live import CountedSource, LatestQueue, LiveClock, QueueClosed
 from streams.sampler import Sampler, to_rgb, tune_decoder
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) 
     return step / 2.0 + rng.uniform(0.0, step / 2.0)
 
 
-class RTSPSource:
+class RTSPSource(CountedSource):
     """Async iterator of :class:`Frame` from an RTSP URL.
 
     ``async with RTSPSource(url, stream="cam1") as src: async for frame in src``.
@@ -141,21 +141,6 @@ class RTSPSource:
     def state(self) -> State:
         """connecting / streaming / backoff / closed (idle before the first read)."""
         return self._state
-
-    @property
-    def dropped(self) -> int:
-        """Sampled frames discarded because the consumer fell behind."""
-        return self._queue.dropped
-
-    @property
-    def gaps(self) -> list[Gap]:
-        """Holes in the timeline left by reconnects."""
-        return list(self._clock.gaps)
-
-    @property
-    def counters(self) -> LiveCounters:
-        """A snapshot of the counters."""
-        return LiveCounters(self.frames_in, self.frames_out, self.dropped, self.reconnects)
 
     async def __aenter__(self) -> RTSPSource:
         self.start()

@@ -43,7 +43,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.errors import ProtocolError, UnknownStreamError
 from agent.types import Frame
-from streams.live import Gap, LatestQueue, LiveClock, LiveCounters, QueueClosed
+from streams.live import CountedSource, LatestQueue, LiveClock, QueueClosed
 from streams.sampler import Sampler, to_rgb
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ MAX_SDP_BYTES = 64 * 1024
 """An SDP offer is a few kilobytes; anything far larger is not one."""
 
 
-class WhipSource:
+class WhipSource(CountedSource):
     """Frames of one WHIP stream across publisher sessions (async iterator).
 
     Counters: :attr:`frames_in` (decoded frames received), :attr:`frames_out`,
@@ -71,21 +71,6 @@ class WhipSource:
         self.frames_in = 0
         self.frames_out = 0
         self.reconnects = 0
-
-    @property
-    def dropped(self) -> int:
-        """Sampled frames discarded because the consumer fell behind."""
-        return self._queue.dropped
-
-    @property
-    def gaps(self) -> list[Gap]:
-        """Holes in the timeline between publisher sessions."""
-        return list(self._clock.gaps)
-
-    @property
-    def counters(self) -> LiveCounters:
-        """A snapshot of the counters."""
-        return LiveCounters(self.frames_in, self.frames_out, self.dropped, self.reconnects)
 
     @property
     def closed(self) -> bool:
