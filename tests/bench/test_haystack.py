@@ -16,6 +16,7 @@ from PIL import Image
 
 from agent.errors import ConfigError
 from bench import haystack
+from bench.footage import Shot
 from bench.haystack import HaystackParams, HaystackSet, build, make_params, parse_duration
 
 DATA = haystack.DEFAULT_DATA
@@ -117,7 +118,7 @@ def test_each_scene_shows_its_photo(
     renders = {}
     for s in scenes:
         j = (s.end_frame - s.start_frame) // 2
-        renders[s.start_frame + j] = haystack._Shot(s, DATA, 854, 480).planes(j)[0].astype(np.int16)
+        renders[s.start_frame + j] = Shot(s, DATA, 854, 480).planes(j)[0].astype(np.int16)
     for k in renders:
         decoded = luma[2][k].astype(np.int16)
         # The brightness drift is a uniform offset: compare after removing the mean difference.
