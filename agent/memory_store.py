@@ -1,0 +1,127 @@
+"""Memory snapshots: validated restore from arrays, atomic save, typed load errors.
+
+A snapshot is an uncompressed ``.npz`` of :meth:`Memory.state_dict` written
+through :mod:`agent.atomic`, so the file on disk is always a complete older or
+newer state. Loading checks the format version first
+(:class:`SnapshotVersionError`), then every array's shape and finiteness and
+the timeline's order (:class:`IndexStoreError`), so a damaged file can never
+become a memory that breaks its own invariants.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from agent import atomic
+from agent.errors import IndexStoreError, SnapshotVersionError
+from agent.memory import Anchor, Memory
+from agent.svd import unpack_svds
+
+
+def memory_from_state(state: Mapping[str, np.ndarray]) -> Memory:
+    """Rebuild from ``state_dict()``.
+
+    Raises SnapshotVersionError when the state has another FORMAT_VERSION
+    and IndexStoreError when anything is missing or inconsistent.
+    """
+    if "format_version" not in state:
+        raise IndexStoreError("memory snapshot has no format_version")
+    try:
+        version = int(np.asarray(state["format_version"]))
+    except (TypeError, ValueError) as exc:
+        raise IndexStoreError("memory snapshot has an unreadable format_version") from exc
+    if version != Memory.FORMAT_VERSION:
+        raise SnapshotVersionError(
+            f"memory snapshot format {version}, this build reads format {Memory.FORMAT_VERSION}"
+        )
+    try:
+        return _from_valid_state(state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise IndexStoreError(f"invalid memory snapshot: {exc}") from exc
+
+
+def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
+    rep_kind = str(np.asarray(state["representative"]))
+    if rep_kind not in ("smore", "mean"):
+        raise ValueError(f"unknown representative {rep_kind!r}")
+    mem = Memory(
+        int(np.asarray(state["dim"])),
+        budget=int(np.asarray(state["budget"])),
+        theta=float(np.asarray(state["theta"])),
+        rank=int(np.asarray(state["rank"])),
+        representative="smore" if rep_kind == "smore" else "mean",
+        gap_seconds=float(np.asarray(state["gap_seconds"])),
+    )
+    d, k = mem.dim, mem.rank
+    starts, ends = _field(state, "starts", (-1,)), _field(state, "ends", (-1,))
+    n = starts.shape[0]
+    if n > mem.budget:
+        raise ValueError(f"{n} anchors exceed the budget {mem.budget}")
+    reps = _field(state, "reps", (n, d))
+    spans = _field(state, "spans", (-1, 2))
+    _check_timeline(starts, ends, spans)
+    svds = unpack_svds(state, n, k, d)
+    anchors = [
+        Anchor(float(starts[i]), float(ends[i]), svds[i], reps[i].astype(np.float32)) for i in range(n)
+    ]
+    last_start = float(np.asarray(state["last_start"]))
+    forgotten = float(np.asarray(state["forgotten_gap_seconds"]))
+    mem.restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten)
+    return mem
+
+
+def save_memory(mem: Memory, path: Path) -> None:
+    """Write a snapshot atomically: ``path`` always holds a complete old or new state."""
+    try:
+        atomic.write_npz(Path(path), mem.state_dict())
+    except OSError as exc:
+        raise IndexStoreError(f"cannot write memory snapshot {path}: {exc}") from exc
+
+
+def load_memory(path: Path) -> Memory:
+    """Read a snapshot written by ``save``.
+
+    Raises IndexStoreError when the file is missing, truncated or not a
+    memory snapshot, and SnapshotVersionError on a format version mismatch.
+    """
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise IndexStoreError(f"{path} is not a memory snapshot (.npz)")
+        with loaded as npz:
+            # Read every member now: zip damage shows up on access, not on open.
+            state = {key: npz[key] for key in npz.files}
+    except FileNotFoundError as exc:
+        raise IndexStoreError(f"no memory snapshot at {path}") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise IndexStoreError(f"corrupt memory snapshot {path}: {exc}") from exc
+    return memory_from_state(state)
+
+
+def _field(state: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``state[key]`` as a finite numeric array of the given shape (-1: any length)."""
+    arr = np.asarray(state[key])
+    if arr.ndim != len(shape) or any(
+        want not in (-1, got) for want, got in zip(shape, arr.shape, strict=True)
+    ):
+        raise ValueError(f"{key} has shape {arr.shape}, expected {shape}")
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{key} is not a finite numeric array")
+    return arr
+
+
+def _check_timeline(starts: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> None:
+    if ends.shape != starts.shape:
+        raise ValueError("starts and ends differ in length")
+    if np.any(ends < starts) or np.any(starts[1:] < ends[:-1]):
+        raise ValueError("anchors are not ordered and disjoint")
+    if np.any(spans[:, 1] < spans[:, 0]) or np.any(spans[1:, 0] < spans[:-1, 1]):
+        raise ValueError("coverage intervals are not ordered and disjoint")
+    if (starts.size == 0) != (spans.shape[0] == 0):
+        raise ValueError("anchors and coverage disagree on emptiness")
