@@ -146,37 +146,12 @@ async def answer_detailed(
     return QueryResult(moments, coverage, "llm", meaningless, notes, llm_usage=used), stats
 
 
-async def answer(
-    query: str,
-    candidates: Sequence[Moment],
-    *,
-    duration: float,
-    client: LLMClient | None,
-    captions: Sequence[ScoredCaption] = (),
-    images: Sequence[FrameImage] = (),
-    budget_tokens: int = 1024,
-    max_tokens: int = 192,
-    top_k: int = 5,
-    coverage: Coverage | None = None,
-    meaningless: bool = False,
-) -> QueryResult:
+async def answer(query: str, candidates: Sequence[Moment], **options: Any) -> QueryResult:
     """The final answer: the LLM's moments (``answered_by="llm"``) or the proposals unchanged.
 
-    ``candidates`` are the CLIP proposals, best first. Token use is reported in
-    ``notes`` (``llm tokens: prompt=N completion=M``); :func:`answer_detailed`
-    returns it as data.
+    ``candidates`` are the CLIP proposals, best first; ``options`` are those of
+    :func:`answer_detailed` (``duration`` and ``client`` are required). Token
+    use is in ``QueryResult.llm_usage`` and the notes.
     """
-    result, _ = await answer_detailed(
-        query,
-        candidates,
-        duration=duration,
-        client=client,
-        captions=captions,
-        images=images,
-        budget_tokens=budget_tokens,
-        max_tokens=max_tokens,
-        top_k=top_k,
-        coverage=coverage,
-        meaningless=meaningless,
-    )
+    result, _ = await answer_detailed(query, candidates, **options)
     return result
