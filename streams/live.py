@@ -206,3 +206,12 @@ class CountedSource:
     def counters(self) -> LiveCounters:
         """A snapshot of the counters."""
         return LiveCounters(self.frames_in, self.frames_out, self.dropped, self.reconnects)
+
+    async def _next_frame(self) -> Any:
+        """The next queued frame, counted; StopAsyncIteration once the queue closes."""
+        try:
+            frame = await self._queue.get()
+        except QueueClosed:
+            raise StopAsyncIteration from None
+        self.frames_out += 1
+        return frame

@@ -50,7 +50,7 @@ import av.container
 
 from agent.errors import SourceError, StreamDisconnectedError
 from agent.types import Frame
-from streams.live import CountedSource, LatestQueue, LiveClock, QueueClosed
+from streams.live import CountedSource, LatestQueue, LiveClock
 from streams.sampler import Sampler, to_rgb, tune_decoder
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,7 @@ class RTSPSource(CountedSource):
 
     async def __anext__(self) -> Frame:
         self.start()
-        try:
-            frame = await self._queue.get()
-        except QueueClosed:
-            raise StopAsyncIteration from None
-        self.frames_out += 1
+        frame: Frame = await self._next_frame()
         return frame
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.errors import ProtocolError, UnknownStreamError
 from agent.types import Frame
-from streams.live import CountedSource, LatestQueue, LiveClock, QueueClosed
+from streams.live import CountedSource, LatestQueue, LiveClock
 from streams.sampler import Sampler, to_rgb
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,7 @@ class WhipSource(CountedSource):
         return self
 
     async def __anext__(self) -> Frame:
-        try:
-            frame = await self._queue.get()
-        except QueueClosed:
-            raise StopAsyncIteration from None
-        self.frames_out += 1
+        frame: Frame = await self._next_frame()
         return frame
 
     async def __aenter__(self) -> WhipSource:
