@@ -1,6 +1,6 @@
 """``vmr bench ...``: haystack build / run and the Charades check.
 
-``agent.cli`` imports this module and calls :func:`register` with its subparsers.
+``agent.cli.main`` imports this module and calls :func:`register` with its subparsers.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _encoder(args: argparse.Namespace) -> Any:
-    from agent.cli_options import encoder_config
+    from agent.cli.options import encoder_config
 
     return encoder_config(args.model, args.pretrained, args.checkpoint, args.threads)
 
@@ -95,9 +95,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_charades(args: argparse.Namespace) -> int:
-    from agent.atomic import write_json
-    from agent.cli_options import settings_from_args
-    from agent.evaluate import charades_eval
+    from agent.store.atomic import write_json
+    from agent.cli.options import settings_from_args
+    from agent.cli.evaluate import charades_eval
     from bench.run_haystack import git_commit, machine_info
 
     settings = settings_from_args(args)
@@ -121,7 +121,7 @@ def _cmd_charades(args: argparse.Namespace) -> int:
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from agent.cli_options import add_model_options
+    from agent.cli.options import add_model_options
 
     r = sub.add_parser(
         "run", help="build (cached) and benchmark a haystack: speed, memory, latency, strategies"
@@ -167,7 +167,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _add_charades(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from agent.cli_options import add_index_options, add_model_options
+    from agent.cli.options import add_index_options, add_model_options
 
     c = sub.add_parser("charades", help="the real Charades-STA clip end to end (bench/results/charades.json)")
     c.add_argument("--annotations", default=str(DEFAULT_CHARADES))

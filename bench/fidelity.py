@@ -4,7 +4,7 @@ Steps (synchronous numpy; the only I/O is one decode pass and the embedding cach
 
 1. **Dense items per grid.** Every sampled frame of the haystack video is encoded once per
    super-image grid: grid 1 encodes frames, grid N tiles N x N consecutive frames
-   (:class:`agent.superimage.Tiler`, the very tiler of the ingest path) into one encoder input.
+   (:class:`agent.core.superimage.Tiler`, the very tiler of the ingest path) into one encoder input.
    Each item is ``(start, end, unit embedding)``. Items are cached as ``.npz`` next to the build,
    keyed by model, grid and fps, so a rerun only re-scores.
 2. **Compression.** Every strategy of :data:`bench.strategies.STRATEGIES` turns a grid's items
@@ -13,14 +13,14 @@ Steps (synchronous numpy; the only I/O is one decode pass and the embedding cach
    spend the whole budget like the other strategies do.
 3. **Moments, identical for every strategy.** A query's cosine with each token is spread over the
    token's time span on a regular grid of the sampling period (a point takes the token whose
-   span starts last at or before it); :func:`agent.proposals.propose` offers up to
+   span starts last at or before it); :func:`agent.core.proposals.propose` offers up to
    ``CANDIDATES`` windows on that curve, which are re-ranked by their mean similarity and
    thinned by temporal NMS (IoU 0.5): top-1 for R1 and fidelity, top-5 for R5 and mAP. The
    re-ranking is what the engine's refine path does too (``retrieval._by_similarity``):
    ``propose``'s own contrast z-score alone never ranked a needle first here (0 of 20 on the
    1 h haystack), because on piecewise-constant curves its noise estimate collapses and long
    bright plateaus win.
-4. **Scores.** R1@0.5, R1@0.7, mAP, mIoU via :func:`agent.metrics.qvh_metrics`, and *fidelity*:
+4. **Scores.** R1@0.5, R1@0.7, mAP, mIoU via :func:`agent.core.qvh.qvh_metrics`, and *fidelity*:
    the share of queries whose top-1 window overlaps the dense strategy's top-1 (same grid) at
    IoU >= 0.5; also *fidelity on dense hits*, the same share over the queries whose dense top-1
    is right (IoU >= 0.5 with the GT), where agreeing with dense means being right.
@@ -38,13 +38,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from agent.atomic import write_npz
+from agent.store.atomic import write_npz
 from agent.config import Representative
-from agent.encoder import Encoder
+from agent.models.encoder import Encoder
 from agent.errors import ConfigError, IndexStoreError
-from agent.metrics import load_jsonl, qvh_metrics, temporal_iou
-from agent.proposals import Proposal, nms, propose
-from agent.superimage import SuperImage, Tiler
+from agent.core.qvh import load_jsonl, qvh_metrics, temporal_iou
+from agent.core.proposals import Proposal, nms, propose
+from agent.core.superimage import SuperImage, Tiler
 from bench.strategies import STRATEGIES, Items, check, svd
 from streams.file import decode_frames
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.atomic import write_bytes, write_json
+from agent.store.atomic import write_bytes, write_json
 
 
 def write(report: dict[str, Any], folder: Path) -> dict[str, Path]:

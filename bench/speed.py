@@ -1,7 +1,7 @@
 """Ingest speed against the decode limit, memory and RSS at hour marks, query latency.
 
 Everything here runs in the calling thread on purpose: the benchmark measures the synchronous
-engine (:class:`agent.index.VideoIndex`), not the service around it.
+engine (:class:`agent.index.video_index.VideoIndex`), not the service around it.
 
 * **Decode-only** passes time :func:`streams.file.decode_frames` over the same file with the same
   sampling and conversion the ingest uses, so ``ingest / decode`` isolates the engine's cost.
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from agent.config import QueryConfig, Settings
-from agent.index import VideoIndex
-from agent.retrieval import Query
+from agent.index.video_index import VideoIndex
+from agent.channels.retrieval import Query
 from agent.types import Frame, RGBImage
 from streams.file import decode_frames
 
@@ -162,13 +162,13 @@ def ingest_pass(
 ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Ingest the whole video into a fresh index.
 
-    ``overlap`` decodes in a worker thread as ``vmr ingest`` does (``agent.cli_options.prefetch``);
+    ``overlap`` decodes in a worker thread as ``vmr ingest`` does (``agent.cli.options.prefetch``);
     without it decode and encoding alternate in one thread.
 
     Returns the figures (speed, hour marks, latency, final info) and the moments the engine
     answered for each latency query at full length, by mode (empty when no queries ran).
     """
-    from agent.cli_options import prefetch
+    from agent.cli.options import prefetch
 
     fps = settings.index.fps
     settings = settings.model_copy(

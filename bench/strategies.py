@@ -19,7 +19,7 @@ Online or not:
   threshold that lands exactly on the budget is found by bisection over the
   whole stream: an offline tuning a live deployment could not do, which
   favours them in this comparison;
-* ``svd`` (ours) is :class:`agent.memory.Memory`: online with a hard budget.
+* ``svd`` (ours) is :class:`agent.core.memory.Memory`: online with a hard budget.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ def avgpool(items: Items, budget: int) -> Items:
 def svd(
     items: Items, budget: int, representative: Representative = "smore", *, theta: float = 0.95, rank: int = 4
 ) -> Items:
-    """SVD merging (ours): the stream fed through :class:`agent.memory.Memory`."""
-    from agent.memory import Memory  # the core engine; imported late so the other strategies stand alone
+    """SVD merging (ours): the stream fed through :class:`agent.core.memory.Memory`."""
+    from agent.core.memory import Memory  # the core engine; imported late so the other strategies stand alone
 
     if representative not in ("smore", "mean"):
         raise ConfigError(f"representative must be 'smore' or 'mean', got {representative!r}")

@@ -41,7 +41,7 @@ CaptionMode = Literal["latency", "storage"]
 
 
 class TextImageEncoder(Protocol):
-    """What S_q needs of the CLIP encoder (agent/encoder.py satisfies it)."""
+    """What S_q needs of the CLIP encoder (agent/models/encoder.py satisfies it)."""
 
     name: str
     dim: int
@@ -53,7 +53,7 @@ class TextImageEncoder(Protocol):
 
 
 class FrameSource(Protocol):
-    """What captioning needs of the frame store (agent/frame_store.py satisfies it)."""
+    """What captioning needs of the frame store (agent/store/frame_store.py satisfies it)."""
 
     def frames(self, start: float, end: float, max_frames: int) -> list[tuple[float, RGBImage]]: ...
 

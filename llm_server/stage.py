@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from agent.config import LLMConfig
-from agent.encoder import Encoder
+from agent.models.encoder import Encoder
 from agent.errors import LLMError
-from agent.frame_store import FrameStore
+from agent.store.frame_store import FrameStore
 from agent.types import QueryResult
 from llm_server.answer import answer
 from llm_server.captions import CaptionCache, Captioner, ScoredCaption

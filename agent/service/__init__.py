@@ -6,5 +6,5 @@ Modules: :mod:`~agent.service.config` (ServiceConfig, StreamSpec),
 :mod:`~agent.service.stream_runner` (one stream's task),
 :mod:`~agent.service.pipeline` (Service), :mod:`~agent.service.watch`
 (standing queries), :mod:`~agent.service.server` (aiohttp),
-:mod:`~agent.service.client` (websockets client), :mod:`~agent.service.cli`.
+:mod:`~agent.service.client` (websockets client), :mod:`~agent.cli.serve`.
 """

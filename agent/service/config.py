@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.config import LLMConfig, Settings, env_str
 from agent.errors import ConfigError
-from agent.index import check_stream_id
+from agent.index.video_index import check_stream_id
 
 SourceKind = Literal["file", "rtsp", "segments", "whip"]
 

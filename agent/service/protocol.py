@@ -33,7 +33,7 @@ from agent.errors import (
     UnauthorizedError,
     VmrError,
 )
-from agent.retrieval import Query
+from agent.channels.retrieval import Query
 from agent.types import Coverage, Moment, QueryResult, RGBImage
 
 PROTOCOL_VERSION = 1

@@ -32,8 +32,8 @@ from typing import Any, Literal, Protocol
 from agent.errors import SourceError, VmrError
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.encoder_worker import EncoderWorker
-from agent.stream_state import StreamState
-from agent.superimage import SuperImage
+from agent.index.stream_state import StreamState
+from agent.core.superimage import SuperImage
 from agent.types import Frame
 
 log = logging.getLogger(__name__)

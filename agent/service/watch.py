@@ -28,7 +28,7 @@ import numpy as np
 
 from agent.service.config import WatchConfig
 from agent.service.protocol import moment_json
-from agent.superimage import SuperImage
+from agent.core.superimage import SuperImage
 from agent.types import Moment
 
 Emit = Callable[[dict[str, Any]], None]

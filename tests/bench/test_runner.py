@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.errors import ConfigError
 from bench import fidelity
 from bench.haystack import DEFAULT_DATA

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from agent.errors import ConfigError
 from bench.strategies import STRATEGIES, Items, avgpool, check, dense, selection, uniform
 
-HAVE_MEMORY = importlib.util.find_spec("agent.memory") is not None
-needs_memory = pytest.mark.skipif(not HAVE_MEMORY, reason="agent.memory not written yet")
+HAVE_MEMORY = importlib.util.find_spec("agent.core.memory") is not None
+needs_memory = pytest.mark.skipif(not HAVE_MEMORY, reason="agent.core.memory not written yet")
 NAMES = [n for n in STRATEGIES if HAVE_MEMORY or not n.startswith("svd")]
 NOT_UNIFORM = [n for n in NAMES if n != "uniform"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.config import EncoderConfig, IndexConfig, LLMConfig, Settings
-from agent.index import VideoIndex
-from agent.retrieval import Query
+from agent.index.video_index import VideoIndex
+from agent.channels.retrieval import Query
 from llm_server.launch import LLMServer
 from llm_server.stage import LLMStage
 from streams.file import decode_frames

@@ -21,7 +21,7 @@ async def _serve(config: Path) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent.cli",
+        "agent.cli.main",
         "serve",
         "--config",
         str(config),

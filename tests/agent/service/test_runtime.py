@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main as vmr
+from agent.cli.main import main as vmr
 from agent.errors import SourceError
 from streams.file import FileSource
 from tests.agent.service.helpers import (

@@ -9,7 +9,7 @@ import numpy as np
 
 from agent.service.config import WatchConfig
 from agent.service.watch import Watch, relative_threshold
-from agent.superimage import SuperImage
+from agent.core.superimage import SuperImage
 from tests.agent.service.helpers import client, needle_b64, needle_video, request, running, wait_for
 
 

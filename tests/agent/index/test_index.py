@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.errors import CorruptVideoError, IndexStoreError, QueryError, UnknownStreamError
-from agent.index import VideoIndex
-from agent.retrieval import Query
+from agent.index.video_index import VideoIndex
+from agent.channels.retrieval import Query
 from streams.file import decode_frames
 from tests.videos import VIDEOS, make_video, photos, random_bytes_file, truncate_copy
 
@@ -178,7 +178,7 @@ def test_real_model_without_weights_fails_with_instructions(
 
 def test_tiny_random_is_identical_across_processes() -> None:
     code = (
-        "import numpy as np;from agent.config import EncoderConfig;from agent.encoder import load_encoder;"
+        "import numpy as np;from agent.config import EncoderConfig;from agent.models.encoder import load_encoder;"
         "e=load_encoder(EncoderConfig(model='tiny-random',allow_random=True));"
         "print(repr(float(e.encode_text(['a white van'])[0][:8].sum())))"
     )

@@ -1,7 +1,7 @@
 """Memory snapshots: validated restore from arrays, atomic save, typed load errors.
 
 A snapshot is an uncompressed ``.npz`` of :meth:`Memory.state_dict` written
-through :mod:`agent.atomic`, so the file on disk is always a complete older or
+through :mod:`agent.store.atomic`, so the file on disk is always a complete older or
 newer state. Loading checks the format version first
 (:class:`SnapshotVersionError`), then every array's shape and finiteness and
 the timeline's order (:class:`IndexStoreError`), so a damaged file can never
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import atomic
+from agent.store import atomic
 from agent.errors import IndexStoreError, SnapshotVersionError
-from agent.memory import Anchor, Memory
-from agent.svd import unpack_svds
+from agent.core.memory import Anchor, Memory
+from agent.core.svd import unpack_svds
 
 
 def memory_from_state(state: Mapping[str, np.ndarray]) -> Memory:

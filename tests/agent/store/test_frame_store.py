@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from agent.errors import ConfigError, IndexStoreError
-from agent.frame_store import HEADER, FrameStore
+from agent.store.frame_store import HEADER, FrameStore
 from tests.videos import photos
 
 

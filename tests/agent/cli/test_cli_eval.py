@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from tests.videos import DATA
 
 QVH = DATA / "qvhighlights"

@@ -1,4 +1,4 @@
-"""Tests of agent.metrics: hand-checked cases, a brute-force cross-check, and the official figures."""
+"""Tests of agent.core.qvh: hand-checked cases, a brute-force cross-check, and the official figures."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import QueryError
-from agent.metrics import MAP_THRESHOLDS, load_jsonl, qvh_metrics, temporal_iou
+from agent.core.qvh import MAP_THRESHOLDS, load_jsonl, qvh_metrics, temporal_iou
 
 QVH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qvhighlights"
 

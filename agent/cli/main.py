@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cli_options import (
+from agent.cli.options import (
     add_index_options,
     add_model_options,
     encoder_config,
@@ -36,7 +36,7 @@ __all__ = [
 def cmd_ingest(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from agent.index import VideoIndex
+    from agent.index.video_index import VideoIndex
     from streams.file import decode_frames, probe
 
     settings = settings_from_args(a)
@@ -98,8 +98,8 @@ def _load_image(path: Path) -> Any:
 
 
 def cmd_query(a: argparse.Namespace) -> int:
-    from agent.index import VideoIndex
-    from agent.retrieval import Query
+    from agent.index.video_index import VideoIndex
+    from agent.channels.retrieval import Query
 
     if a.url:
         return _remote_query(a)
@@ -228,7 +228,7 @@ def _results_json(results: dict[str, Any], meaningless: bool) -> dict[str, Any]:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from agent.index import VideoIndex
+    from agent.index.video_index import VideoIndex
 
     info = VideoIndex.open(Path(a.index)).info()
     if a.json:
@@ -244,7 +244,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_qvh(a: argparse.Namespace) -> int:
-    from agent.metrics import load_jsonl, qvh_metrics
+    from agent.core.qvh import load_jsonl, qvh_metrics
 
     metrics = qvh_metrics(load_jsonl(Path(a.gt)), load_jsonl(Path(a.pred)))
     print(json.dumps(metrics, indent=2) if a.json else "\n".join(f"{k}: {v}" for k, v in metrics.items()))
@@ -252,7 +252,7 @@ def cmd_eval_qvh(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_charades(a: argparse.Namespace) -> int:
-    from agent.evaluate import charades_eval
+    from agent.cli.evaluate import charades_eval
 
     report = charades_eval(Path(a.annotations), settings_from_args(a), Path(a.index) if a.index else None)
     if a.json:
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_options(pc)
     pc.set_defaults(func=cmd_eval_charades)
 
-    for module in ("bench.cli", "llm_server.cli", "agent.service.cli"):
+    for module in ("bench.cli", "llm_server.cli", "agent.cli.serve"):
         _register(module, sub)
     return p
 

@@ -1,4 +1,4 @@
-"""Tests of agent.proposals on synthetic similarity curves."""
+"""Tests of agent.core.proposals on synthetic similarity curves."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from agent.errors import QueryError
-from agent.metrics import temporal_iou
-from agent.proposals import Proposal, nms, propose
+from agent.core.qvh import temporal_iou
+from agent.core.proposals import Proposal, nms, propose
 
 
 def _iou(p: Proposal, start: float, end: float) -> float:

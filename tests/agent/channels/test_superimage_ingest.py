@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cheap_index import CheapIndex
+from agent.core.cheap_index import CheapIndex
 from agent.config import IndexConfig
-from agent.ingest import StreamIngestor
-from agent.memory import Memory
-from agent.superimage import Tiler, tile
+from agent.channels.ingest import StreamIngestor
+from agent.core.memory import Memory
+from agent.core.superimage import Tiler, tile
 from agent.types import Frame
 
 

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.atomic import write_json, write_npz
-from agent.cheap_index import CheapIndex
+from agent.store.atomic import write_json, write_npz
+from agent.core.cheap_index import CheapIndex
 from agent.config import IndexConfig
 from agent.errors import IndexStoreError, SnapshotVersionError
-from agent.frame_store import FrameStore
-from agent.ingest import IngestStats, StreamIngestor
-from agent.memory import Memory
+from agent.store.frame_store import FrameStore
+from agent.channels.ingest import IngestStats, StreamIngestor
+from agent.core.memory import Memory
+from agent.store.memory_store import load_memory, save_memory
 
 STATE_VERSION = 1
 _CLOCK_STEP = 5.0
@@ -91,7 +92,7 @@ class StreamState:
     def save(self) -> None:
         """Snapshot memory, cheap index and counters atomically."""
         with self.lock:
-            self.memory.save(self.root / "memory.npz")
+            save_memory(self.memory, self.root / "memory.npz")
             write_npz(self.root / "cheap.npz", self.cheap.state_dict())
             if self.store is not None:
                 self.store.flush()
@@ -124,7 +125,7 @@ class StreamState:
     def _load_memory(self, dim: int) -> Memory:
         path = self.root / "memory.npz"
         if path.exists():
-            mem = Memory.load(path)
+            mem = load_memory(path)
             if mem.dim != dim:
                 raise IndexStoreError(f"{path}: memory has dim {mem.dim}, encoder gives {dim}")
             return mem

@@ -3,11 +3,11 @@
 Layout::
 
     DIR/index.json          format version, settings, encoder identity, streams
-    DIR/streams/<id>/...    one StreamState per stream (see agent.stream_state)
+    DIR/streams/<id>/...    one StreamState per stream (see agent.index.stream_state)
 
 The same object backs the CLI (one stream per ingested file) and the service
 (many live streams). Encoding is inline here (:meth:`VideoIndex.ingest`); the
-service drives :class:`~agent.ingest.StreamIngestor` itself to batch across
+service drives :class:`~agent.channels.ingest.StreamIngestor` itself to batch across
 streams.
 """
 
@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.atomic import write_json
+from agent.store.atomic import write_json
 from agent.config import Settings
-from agent.encoder import ClipEncoder, load_encoder
+from agent.models.encoder import ClipEncoder, load_encoder
 from agent.errors import ConfigError, IndexStoreError, SnapshotVersionError, UnknownStreamError
-from agent.retrieval import FrameEmbeddingCache, Query, encode_query, search_stream
-from agent.stream_state import StreamState
-from agent.superimage import SuperImage
+from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query, search_stream
+from agent.index.stream_state import StreamState
+from agent.core.superimage import SuperImage
 from agent.types import Frame, QueryResult
 
 INDEX_VERSION = 1

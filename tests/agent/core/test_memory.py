@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import IndexStoreError, SnapshotVersionError
-from agent.memory import Memory
-from agent.svd import TruncatedSVD
+from agent.store.memory_store import load_memory, save_memory
+from agent.core.memory import Memory
+from agent.core.svd import TruncatedSVD
 
 DIM = 8
 FAST = settings(max_examples=50, deadline=None)
@@ -305,8 +306,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     t = feed(mem, 50, rng, gap_every=9)
     mem.extend(t + 2.0)
     path = tmp_path / "memory.npz"
-    mem.save(path)
-    back = Memory.load(path)
+    save_memory(mem, path)
+    back = load_memory(path)
     for got, want in zip(back.matrix(), mem.matrix(), strict=True):
         np.testing.assert_array_equal(got, want)
     assert back.spans() == mem.spans()
@@ -322,15 +323,15 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         back.add(0.0, 1.0, basis_vector(0))  # time order survives the round trip
     empty = tmp_path / "empty.npz"
-    Memory(DIM, budget=2, theta=0.5).save(empty)
-    assert Memory.load(empty).tokens == 0
+    save_memory(Memory(DIM, budget=2, theta=0.5), empty)
+    assert load_memory(empty).tokens == 0
 
 
 def test_broken_snapshots_raise_index_store_error(tmp_path: Path) -> None:
     mem = Memory(DIM, budget=4, theta=0.5)
     feed(mem, 10, np.random.default_rng(4))
     good = tmp_path / "good.npz"
-    mem.save(good)
+    save_memory(mem, good)
     data = good.read_bytes()
     cases = {
         "missing.npz": None,
@@ -343,10 +344,10 @@ def test_broken_snapshots_raise_index_store_error(tmp_path: Path) -> None:
         if content is not None:
             path.write_bytes(content)
         with pytest.raises(IndexStoreError):
-            Memory.load(path)
+            load_memory(path)
     np.save(tmp_path / "plain.npy", np.zeros(3))
     with pytest.raises(IndexStoreError):
-        Memory.load(tmp_path / "plain.npy")
+        load_memory(tmp_path / "plain.npy")
 
 
 def test_inconsistent_states_raise_index_store_error() -> None:
@@ -375,7 +376,7 @@ def test_version_mismatch_raises_snapshot_version_error(tmp_path: Path) -> None:
     path = tmp_path / "future.npz"
     np.savez(path, **state)  # type: ignore[arg-type]
     with pytest.raises(SnapshotVersionError):
-        Memory.load(path)
+        load_memory(path)
 
 
 def test_failed_save_keeps_the_old_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,7 +384,7 @@ def test_failed_save_keeps_the_old_snapshot(tmp_path: Path, monkeypatch: pytest.
     mem = Memory(DIM, budget=4, theta=0.5)
     feed(mem, 10, rng)
     path = tmp_path / "memory.npz"
-    mem.save(path)
+    save_memory(mem, path)
     saved = mem.matrix()
     feed(mem, 10, rng, t0=100.0)
 
@@ -393,10 +394,10 @@ def test_failed_save_keeps_the_old_snapshot(tmp_path: Path, monkeypatch: pytest.
     # The new bytes are written to the temporary file, then the crash hits before the rename.
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(IndexStoreError):
-        mem.save(path)
+        save_memory(mem, path)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["memory.npz"]
-    for got, want in zip(Memory.load(path).matrix(), saved, strict=True):
+    for got, want in zip(load_memory(path).matrix(), saved, strict=True):
         np.testing.assert_array_equal(got, want)
-    mem.save(path)
-    np.testing.assert_array_equal(Memory.load(path).matrix()[2], mem.matrix()[2])
+    save_memory(mem, path)
+    np.testing.assert_array_equal(load_memory(path).matrix()[2], mem.matrix()[2])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.cheap_index import BYTES_PER_FRAME, CheapIndex, Gate, color_hist, hist_distance
+from agent.core.cheap_index import BYTES_PER_FRAME, CheapIndex, Gate, color_hist, hist_distance
 from agent.errors import IndexStoreError
 from agent.types import Frame
 from streams.file import decode_frames

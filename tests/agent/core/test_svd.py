@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.svd import TruncatedSVD, batch_svd, pack_svds, unpack_svds
+from agent.core.svd import TruncatedSVD, batch_svd, pack_svds, unpack_svds
 
 FAST = settings(max_examples=50, deadline=None)
 

@@ -24,12 +24,11 @@ import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.svd import F32, F64, Representative, TruncatedSVD, pack_svds
+from agent.core.svd import F32, F64, Representative, TruncatedSVD, pack_svds
 
 _HEAP_SLACK = 4
 """Rebuild the pair heap when it holds more than this many entries per token."""
@@ -366,17 +365,10 @@ class Memory:
             "forgotten_gap_seconds": np.array(self._forgotten_gaps, np.float64),
         }
 
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray]) -> Memory:
-        """Rebuild from ``state_dict()`` (validation in :mod:`agent.memory_store`)."""
-        from agent.memory_store import memory_from_state
-
-        return memory_from_state(state)
-
     def restore(
         self, anchors: Sequence[Anchor], spans: list[list[float]], last_start: float, forgotten: float
     ) -> None:
-        """Fill an empty memory with validated anchors (used by :mod:`agent.memory_store`)."""
+        """Fill an empty memory with validated anchors (used by :mod:`agent.store.memory_store`)."""
         for a in anchors:
             node = _Node(a, self._tail)
             if self._tail is None:
@@ -390,16 +382,3 @@ class Memory:
         self._forgotten_gaps = forgotten
         self._cache = None
         self._rebuild_heap()
-
-    def save(self, path: Path) -> None:
-        """Write a snapshot atomically: ``path`` always holds a complete old or new state."""
-        from agent.memory_store import save_memory
-
-        save_memory(self, path)
-
-    @classmethod
-    def load(cls, path: Path) -> Memory:
-        """Read a snapshot written by ``save`` (typed errors: see :mod:`agent.memory_store`)."""
-        from agent.memory_store import load_memory
-
-        return load_memory(path)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Settings
-from agent.index import VideoIndex
-from agent.metrics import load_jsonl, qvh_metrics
-from agent.retrieval import Query
+from agent.index.video_index import VideoIndex
+from agent.core.qvh import load_jsonl, qvh_metrics
+from agent.channels.retrieval import Query
 from streams.file import decode_frames
 
 

@@ -66,7 +66,7 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
             service[key] = value
     settings = base.settings
     if a.model is not None:
-        from agent.cli import encoder_config
+        from agent.cli.main import encoder_config
 
         settings = Settings.model_validate(
             {
@@ -76,7 +76,7 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
         )
     streams = list(base.streams)
     for path in a.file:
-        from agent.cli import stream_id_for
+        from agent.cli.main import stream_id_for
 
         streams.append(
             parse_spec(

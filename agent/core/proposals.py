@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import QueryError
-from agent.metrics import temporal_iou
+from agent.core.qvh import temporal_iou
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -1,0 +1,1 @@
+"""Per-stream retrieval channels: media in, encoder work out, search into proposals (sans-I/O)."""

@@ -1,0 +1,1 @@
+"""Command-line front: ingest, query, info, eval, serve."""

@@ -1,0 +1,1 @@
+"""Numeric core: memory, SVD, super-images, cheap index, proposals, metrics. No I/O, no asyncio."""

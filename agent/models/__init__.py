@@ -1,0 +1,1 @@
+"""Encoders: open_clip models, weights loading, batched forward passes."""

@@ -1,0 +1,1 @@
+"""Bytes on disk: atomic writes, memory snapshots, the frame store."""
