@@ -95,9 +95,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_charades(args: argparse.Namespace) -> int:
-    from agent.store.atomic import write_json
-    from agent.cli.options import settings_from_args
     from agent.cli.evaluate import charades_eval
+    from agent.cli.options import settings_from_args
+    from agent.store.atomic import write_json
     from bench.run_haystack import git_commit, machine_info
 
     settings = settings_from_args(args)

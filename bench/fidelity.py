@@ -38,13 +38,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from agent.store.atomic import write_npz
 from agent.config import Representative
-from agent.models.encoder import Encoder
-from agent.errors import ConfigError, IndexStoreError
-from agent.core.qvh import load_jsonl, qvh_metrics, temporal_iou
 from agent.core.proposals import Proposal, nms, propose
+from agent.core.qvh import load_jsonl, qvh_metrics, temporal_iou
 from agent.core.superimage import SuperImage, Tiler
+from agent.errors import ConfigError, IndexStoreError
+from agent.models.encoder import Encoder
+from agent.store.atomic import write_npz
 from bench.strategies import STRATEGIES, Items, check, svd
 from streams.file import decode_frames
 

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import EncoderConfig, IndexConfig, LLMConfig, Settings
-from agent.index.video_index import VideoIndex
-from agent.core.qvh import load_jsonl, qvh_metrics
 from agent.channels.retrieval import Query
+from agent.config import EncoderConfig, IndexConfig, LLMConfig, Settings
+from agent.core.qvh import load_jsonl, qvh_metrics
+from agent.index.video_index import VideoIndex
 from bench.haystack import DEFAULT_CACHE, DEFAULT_DATA, build, make_params, parse_duration
 from llm_server.launch import LLMServer, ServerOptions
 from llm_server.stage import LLMStage

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings
-from agent.models.encoder import load_encoder
-from agent.errors import ConfigError, IndexStoreError
 from agent.core.qvh import load_jsonl, qvh_metrics
+from agent.errors import ConfigError, IndexStoreError
+from agent.models.encoder import load_encoder
 from agent.types import RGBImage
 from bench import fidelity, speed
 from bench.haystack import DEFAULT_CACHE, DEFAULT_DATA, HaystackParams, HaystackSet, build

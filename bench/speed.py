@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.channels.retrieval import Query
 from agent.config import QueryConfig, Settings
 from agent.index.video_index import VideoIndex
-from agent.channels.retrieval import Query
 from agent.types import Frame, RGBImage
 from streams.file import decode_frames
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from agent.config import LLMConfig
-from agent.models.encoder import Encoder
 from agent.errors import LLMError
+from agent.models.encoder import Encoder
 from agent.store.frame_store import FrameStore
 from agent.types import QueryResult
 from llm_server.answer import answer

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.core.cheap_index import CheapIndex, Gate
 from agent.config import IndexConfig
-from agent.store.frame_store import FrameStore
+from agent.core.cheap_index import CheapIndex, Gate
 from agent.core.memory import Memory
 from agent.core.superimage import SuperImage, Tiler
+from agent.store.frame_store import FrameStore
 from agent.types import Frame
 
 SCENE_CUT = 0.25

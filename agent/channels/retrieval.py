@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.config import QueryConfig
-from agent.models.encoder import Encoder
-from agent.errors import OversizeQueryError, QueryError
 from agent.core.proposals import Proposal, nms, propose
+from agent.errors import OversizeQueryError, QueryError
 from agent.index.stream_state import StreamState
+from agent.models.encoder import Encoder
 from agent.types import AnsweredBy, Coverage, Moment, QueryResult, RGBImage
 
 

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.config import Settings
-from agent.index.video_index import VideoIndex
-from agent.core.qvh import load_jsonl, qvh_metrics
 from agent.channels.retrieval import Query
+from agent.config import Settings
+from agent.core.qvh import load_jsonl, qvh_metrics
+from agent.index.video_index import VideoIndex
 from streams.file import decode_frames
 
 

@@ -98,8 +98,8 @@ def _load_image(path: Path) -> Any:
 
 
 def cmd_query(a: argparse.Namespace) -> int:
-    from agent.index.video_index import VideoIndex
     from agent.channels.retrieval import Query
+    from agent.index.video_index import VideoIndex
 
     if a.url:
         return _remote_query(a)

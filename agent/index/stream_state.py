@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.store.atomic import write_json, write_npz
-from agent.core.cheap_index import CheapIndex
-from agent.config import IndexConfig
-from agent.errors import IndexStoreError, SnapshotVersionError
-from agent.store.frame_store import FrameStore
 from agent.channels.ingest import IngestStats, StreamIngestor
+from agent.config import IndexConfig
+from agent.core.cheap_index import CheapIndex
 from agent.core.memory import Memory
+from agent.errors import IndexStoreError, SnapshotVersionError
+from agent.store.atomic import write_json, write_npz
+from agent.store.frame_store import FrameStore
 from agent.store.memory_store import load_memory, save_memory
 
 STATE_VERSION = 1

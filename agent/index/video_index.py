@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.store.atomic import write_json
-from agent.config import Settings
-from agent.models.encoder import ClipEncoder, load_encoder
-from agent.errors import ConfigError, IndexStoreError, SnapshotVersionError, UnknownStreamError
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query, search_stream
-from agent.index.stream_state import StreamState
+from agent.config import Settings
 from agent.core.superimage import SuperImage
+from agent.errors import ConfigError, IndexStoreError, SnapshotVersionError, UnknownStreamError
+from agent.index.stream_state import StreamState
+from agent.models.encoder import ClipEncoder, load_encoder
+from agent.store.atomic import write_json
 from agent.types import Frame, QueryResult
 
 INDEX_VERSION = 1

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.models.encoder import Encoder
 from agent.core.superimage import SuperImage
+from agent.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 

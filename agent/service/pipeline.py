@@ -25,17 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from agent.store.atomic import write_json
+from agent.channels.retrieval import Query, encode_query
 from agent.config import Settings
+from agent.core.superimage import SuperImage
 from agent.errors import ConfigError, IndexStoreError, SourceError, UnknownStreamError
 from agent.index.video_index import VideoIndex
-from agent.channels.retrieval import Query, encode_query
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.encoder_worker import EncoderWorker
 from agent.service.metrics import Exposition, Histogram
 from agent.service.stream_runner import Source, StreamRunner
 from agent.service.watch import Emit, Watch
-from agent.core.superimage import SuperImage
+from agent.store.atomic import write_json
 from agent.types import QueryResult
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from agent.channels.retrieval import Query
 from agent.config import QueryConfig
 from agent.errors import (
     OversizeQueryError,
@@ -33,7 +34,6 @@ from agent.errors import (
     UnauthorizedError,
     VmrError,
 )
-from agent.channels.retrieval import Query
 from agent.types import Coverage, Moment, QueryResult, RGBImage
 
 PROTOCOL_VERSION = 1

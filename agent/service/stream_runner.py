@@ -29,11 +29,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from agent.core.superimage import SuperImage
 from agent.errors import SourceError, VmrError
+from agent.index.stream_state import StreamState
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.encoder_worker import EncoderWorker
-from agent.index.stream_state import StreamState
-from agent.core.superimage import SuperImage
 from agent.types import Frame
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.core.superimage import SuperImage
 from agent.service.config import WatchConfig
 from agent.service.protocol import moment_json
-from agent.core.superimage import SuperImage
 from agent.types import Moment
 
 Emit = Callable[[dict[str, Any]], None]

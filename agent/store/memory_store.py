@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.store import atomic
-from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.core.memory import Anchor, Memory
 from agent.core.svd import unpack_svds
+from agent.errors import IndexStoreError, SnapshotVersionError
+from agent.store import atomic
 
 
 def memory_from_state(state: Mapping[str, np.ndarray]) -> Memory:

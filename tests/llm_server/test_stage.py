@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from agent.channels.retrieval import Query
 from agent.config import EncoderConfig, IndexConfig, LLMConfig, Settings
 from agent.index.video_index import VideoIndex
-from agent.channels.retrieval import Query
 from llm_server.launch import LLMServer
 from llm_server.stage import LLMStage
 from streams.file import decode_frames

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.cheap_index import CheapIndex
-from agent.config import IndexConfig
 from agent.channels.ingest import StreamIngestor
+from agent.config import IndexConfig
+from agent.core.cheap_index import CheapIndex
 from agent.core.memory import Memory
 from agent.core.superimage import Tiler, tile
 from agent.types import Frame

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import IndexStoreError, SnapshotVersionError
-from agent.store.memory_store import load_memory, save_memory
 from agent.core.memory import Memory
 from agent.core.svd import TruncatedSVD
+from agent.errors import IndexStoreError, SnapshotVersionError
+from agent.store.memory_store import load_memory, save_memory
 
 DIM = 8
 FAST = settings(max_examples=50, deadline=None)

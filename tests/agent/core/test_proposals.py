@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from agent.errors import QueryError
-from agent.core.qvh import temporal_iou
 from agent.core.proposals import Proposal, nms, propose
+from agent.core.qvh import temporal_iou
+from agent.errors import QueryError
 
 
 def _iou(p: Proposal, start: float, end: float) -> float:

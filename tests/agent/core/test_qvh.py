@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import QueryError
 from agent.core.qvh import MAP_THRESHOLDS, load_jsonl, qvh_metrics, temporal_iou
+from agent.errors import QueryError
 
 QVH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qvhighlights"
 

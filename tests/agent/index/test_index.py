@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agent.channels.retrieval import Query
 from agent.cli.main import main
 from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.errors import CorruptVideoError, IndexStoreError, QueryError, UnknownStreamError
 from agent.index.video_index import VideoIndex
-from agent.channels.retrieval import Query
 from streams.file import decode_frames
 from tests.videos import VIDEOS, make_video, photos, random_bytes_file, truncate_copy
 

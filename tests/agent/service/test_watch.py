@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.core.superimage import SuperImage
 from agent.service.config import WatchConfig
 from agent.service.watch import Watch, relative_threshold
-from agent.core.superimage import SuperImage
 from tests.agent.service.helpers import client, needle_b64, needle_video, request, running, wait_for
 
 
