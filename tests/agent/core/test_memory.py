@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from agent.core.memory import Memory
 from agent.core.svd import TruncatedSVD
 from agent.errors import IndexStoreError, SnapshotVersionError
-from agent.store.memory_store import load_memory, save_memory
+from agent.store.memory_store import load_memory, memory_from_state, save_memory
 
 DIM = 8
 FAST = settings(max_examples=50, deadline=None)
@@ -364,7 +364,7 @@ def test_inconsistent_states_raise_index_store_error() -> None:
     ]
     for bad in broken:
         with pytest.raises(IndexStoreError) as info:
-            Memory.from_state(bad)
+            memory_from_state(bad)
         assert not isinstance(info.value, SnapshotVersionError)
 
 
