@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agent.core.qvh import MAP_THRESHOLDS, load_jsonl, qvh_metrics, temporal_iou
 from agent.errors import QueryError
 
-QVH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qvhighlights"
+QVH_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "qvhighlights"
 
 
 def _gt(qid: int, *windows: tuple[float, float]) -> dict[str, Any]:
