@@ -5,7 +5,7 @@ images) captions the candidate regions' stored frames with query-guided
 prompts, scores them with S_q, shows the evidence frames, and asks the LLM to
 choose and refine moments (:func:`llm_server.answer.answer`). Without vision
 (the embedded llama.cpp model) the prompt lists the candidates with their
-CLIP scores. Any failure returns the CLIP result unchanged with a note, and
+CLIP scores. Any LLM failure returns the CLIP result unchanged with a note, and
 ``answered_by`` always says which path answered.
 """
 
@@ -67,7 +67,8 @@ class LLMStage:
 
         ``results`` and ``stores`` are keyed by stream name; ``durations`` is
         each stream's last retained time (seconds), the bound for LLM moments.
-        Never raises an LLMServerError: failures become ``llm fallback`` notes.
+        LLM failures never raise: they become ``llm fallback`` (or ``captions
+        skipped``) notes. Errors of the caller's frame source or encoder propagate.
         """
         out: dict[str, StreamResult] = {}
         try:
