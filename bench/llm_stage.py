@@ -1,7 +1,8 @@
 """What the LLM stage adds per query on the haystack: latency, tokens, and R1 against CLIP alone.
 
 Ingests a cached haystack once, answers ``--queries`` of its text queries with
-the CLIP path alone and then through :class:`llm_server.stage.LLMStage`
+the CLIP path alone and then through vmr's LLM hand-off
+(:class:`agent.service.llm_handoff.LLMHandoff`, as the service and CLI use it)
 against a running OpenAI-compatible server (the embedded llama.cpp model by
 default, started here), and writes ``bench/results/llm_stage.json``.
 
@@ -26,9 +27,9 @@ from agent.channels.retrieval import Query
 from agent.config import EncoderConfig, IndexConfig, LLMConfig, Settings
 from agent.core.qvh import load_jsonl, qvh_metrics
 from agent.index.video_index import VideoIndex
+from agent.service.llm_handoff import LLMHandoff
 from bench.haystack import DEFAULT_CACHE, DEFAULT_DATA, build, make_params, parse_duration
 from llm_server.launch import LLMServer, ServerOptions
-from llm_server.stage import LLMStage
 from streams.file import decode_frames
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm_stage.json"
@@ -45,22 +46,20 @@ async def _run(n_queries: int, duration: str, url: str | None) -> dict[str, Any]
     with tempfile.TemporaryDirectory() as tmp:
         idx = VideoIndex.create(Path(tmp), settings)
         idx.ingest(decode_frames(hs.video, stream="hay", fps=2.0, short_side=idx.prescreen.image_size))
-        st = idx.streams["hay"]
-        end = st.memory.spans()[-1][1]
         server = None if url else LLMServer(ServerOptions(backend="llama_cpp", n_ctx=2048, threads=2))
         if server is not None:
             await server.start()
         base = url or (server.base_url if server else "")
         clip_preds, llm_preds, seconds, tokens, paths = [], [], [], [], []
         try:
-            async with LLMStage(LLMConfig(url=base, timeout=300.0), idx.refine) as stage:
+            async with LLMHandoff(LLMConfig(url=base, timeout=300.0), idx) as llm:
                 for r in rows:
                     results = idx.query(Query(text=r["query"], top_k=5))
                     clip_preds.append(
                         {"qid": r["qid"], "pred_relevant_windows": _windows(results["hay"].moments)}
                     )
                     t0 = time.perf_counter()
-                    out = (await stage.refine(r["query"], results, {"hay": st.store}, {"hay": end}, 5))["hay"]
+                    out = (await llm.refine(r["query"], results, 5))["hay"]
                     seconds.append(time.perf_counter() - t0)
                     paths.append(out.answered_by)
                     tokens.append(out.llm_usage or {})

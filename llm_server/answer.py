@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import LLMError, OversizeQueryError
-from agent.types import AnsweredBy, Coverage, Moment, QueryResult
 from llm_server.captions import ScoredCaption
-from llm_server.client import LLMClient, Usage
+from llm_server.client import LLMClient
+from llm_server.errors import LLMServerError
 from llm_server.prompt import EstimateCounter, FrameImage, ServerCounter, TokenCounter, build_prompt
 from llm_server.protocol import MAX_MOMENTS, Answer, AnswerMoment, parse, response_format
+from llm_server.types import AnsweredBy, Candidate, StreamCoverage, StreamResult, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,31 +34,31 @@ class AnswerStats:
 
 
 def fallback(
-    candidates: Sequence[Moment],
+    candidates: Sequence[Candidate],
     reason: str,
     *,
-    coverage: Coverage | None = None,
+    coverage: StreamCoverage | None = None,
     meaningless: bool = False,
-) -> QueryResult:
+) -> StreamResult:
     """The CLIP proposals unchanged, answered by whichever path made them."""
     moments = list(candidates)
     by: AnsweredBy = moments[0].answered_by if moments else "refine"
-    return QueryResult(moments, coverage, by, meaningless, [f"llm fallback: {reason}"])
+    return StreamResult(moments, coverage, by, meaningless, [f"llm fallback: {reason}"])
 
 
-def to_moments(answer: Answer, candidates: Sequence[Moment], *, duration: float) -> list[Moment]:
-    """LLM moments as :class:`Moment`, stream and wall-clock times taken from the candidates."""
+def to_moments(answer: Answer, candidates: Sequence[Candidate], *, duration: float) -> list[Candidate]:
+    """LLM moments as :class:`Candidate`, stream and wall-clock times taken from the candidates."""
     stream = candidates[0].stream if candidates else ""
     return [_to_moment(m, candidates, stream, duration) for m in answer.moments]
 
 
-def _to_moment(m: AnswerMoment, candidates: Sequence[Moment], stream: str, duration: float) -> Moment:
+def _to_moment(m: AnswerMoment, candidates: Sequence[Candidate], stream: str, duration: float) -> Candidate:
     evidence = [t for t in m.evidence if 0.0 <= t <= duration]
     wall_start, wall_end = _wall(m.start, candidates), _wall(m.end, candidates)
-    return Moment(m.start, m.end, m.confidence, stream, wall_start, wall_end, evidence, "llm")
+    return Candidate(m.start, m.end, m.confidence, stream, wall_start, wall_end, evidence, "llm")
 
 
-def _wall(t: float, candidates: Sequence[Moment]) -> float | None:
+def _wall(t: float, candidates: Sequence[Candidate]) -> float | None:
     # Live streams run at wall-clock rate, so an offset inside (or next to) a
     # candidate with wall times maps linearly.
     timed = [c for c in candidates if c.wall_start is not None]
@@ -83,7 +83,7 @@ def answer_format(top_k: int, json_schema: bool) -> dict[str, Any]:
 
 async def answer_detailed(
     query: str,
-    candidates: Sequence[Moment],
+    candidates: Sequence[Candidate],
     *,
     duration: float,
     client: LLMClient | None,
@@ -93,9 +93,9 @@ async def answer_detailed(
     max_tokens: int = 192,
     top_k: int = 5,
     image_tokens: int = 256,
-    coverage: Coverage | None = None,
+    coverage: StreamCoverage | None = None,
     meaningless: bool = False,
-) -> tuple[QueryResult, AnswerStats | None]:
+) -> tuple[StreamResult, AnswerStats | None]:
     """:func:`answer` plus what the LLM call cost (None when it fell back before calling)."""
     if not candidates:
         return fallback(
@@ -124,7 +124,7 @@ async def answer_detailed(
             built.messages, max_tokens=max_tokens, response_format=answer_format(top_k, caps.json_schema)
         )
         parsed = parse(Answer, out.text, duration=duration)
-    except (LLMError, OversizeQueryError) as exc:
+    except LLMServerError as exc:
         return fallback(
             candidates, f"{type(exc).__name__}: {exc}", coverage=coverage, meaningless=meaningless
         ), None
@@ -143,15 +143,15 @@ async def answer_detailed(
         f"llm prompt trimmed: {built.dropped}" if any(built.dropped.values()) else "llm prompt untrimmed",
     ]
     used = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
-    return QueryResult(moments, coverage, "llm", meaningless, notes, llm_usage=used), stats
+    return StreamResult(moments, coverage, "llm", meaningless, notes, llm_usage=used), stats
 
 
-async def answer(query: str, candidates: Sequence[Moment], **options: Any) -> QueryResult:
+async def answer(query: str, candidates: Sequence[Candidate], **options: Any) -> StreamResult:
     """The final answer: the LLM's moments (``answered_by="llm"``) or the proposals unchanged.
 
     ``candidates`` are the CLIP proposals, best first; ``options`` are those of
     :func:`answer_detailed` (``duration`` and ``client`` are required). Token
-    use is in ``QueryResult.llm_usage`` and the notes.
+    use is in ``StreamResult.llm_usage`` and the notes.
     """
     result, _ = await answer_detailed(query, candidates, **options)
     return result

@@ -12,15 +12,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from PIL import Image
 
-from agent.errors import LLMAnswerError, LLMError, LLMUnavailableError
-
-if TYPE_CHECKING:
-    from llm_server.client import Completion, LLMClient
+from llm_server.errors import BadAnswerError, LLMServerError, ServerUnavailableError
+from llm_server.types import Completion
 
 _PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 
@@ -42,11 +41,39 @@ class Capabilities:
     notes: list[str] = field(default_factory=list)
 
 
-async def probe(client: LLMClient) -> Capabilities:
+class ProbeClient(Protocol):
+    """What probing needs of a client (:class:`llm_server.client.LLMClient` has it).
+
+    A protocol rather than an import: the client caches the probe's result, so
+    a direct import would make the two modules import each other.
+    """
+
+    base_url: str
+    model: str | None
+
+    async def models(self) -> list[dict[str, Any]]: ...
+
+    async def count_tokens_at(self, path: str, text: str) -> int: ...
+
+    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any: ...
+
+    async def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        response_format: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        stream: bool = True,
+    ) -> Completion: ...
+
+
+async def probe(client: ProbeClient) -> Capabilities:
     """Probe what the server behind ``client`` offers (several short requests)."""
     models = await client.models()
     if not models:
-        raise LLMUnavailableError(f"LLM server at {client.base_url} serves no model")
+        raise ServerUnavailableError(f"LLM server at {client.base_url} serves no model")
     chosen = next((m for m in models if m.get("id") == client.model), models[0])
     client.model = str(chosen.get("id"))
     owned_by = str(chosen.get("owned_by", ""))
@@ -73,27 +100,27 @@ async def probe(client: LLMClient) -> Capabilities:
     )
 
 
-async def _probe_tokenizer(client: LLMClient, notes: list[str]) -> str | None:
+async def _probe_tokenizer(client: ProbeClient, notes: list[str]) -> str | None:
     for path in ("/tokenize", "/extras/tokenize"):
         try:
             await client.count_tokens_at(path, "probe")
             return path
-        except LLMError as exc:
+        except LLMServerError as exc:
             notes.append(f"no tokenizer at {path}: {exc}")
     return None
 
 
 async def _probe_chat(
-    client: LLMClient, content: str | list[dict[str, Any]], notes: list[str], max_tokens: int = 1
+    client: ProbeClient, content: str | list[dict[str, Any]], notes: list[str], max_tokens: int = 1
 ) -> Completion | None:
     try:
         return await client.chat([{"role": "user", "content": content}], max_tokens=max_tokens, stream=False)
-    except (LLMAnswerError, LLMUnavailableError) as exc:
+    except (BadAnswerError, ServerUnavailableError) as exc:
         notes.append(f"chat probe failed: {exc}")
         return None
 
 
-async def _probe_json_schema(client: LLMClient, notes: list[str]) -> bool:
+async def _probe_json_schema(client: ProbeClient, notes: list[str]) -> bool:
     fmt = {"type": "json_schema", "json_schema": {"name": "probe", "schema": _PROBE_SCHEMA}}
     try:
         out = await client.chat(
@@ -103,12 +130,12 @@ async def _probe_json_schema(client: LLMClient, notes: list[str]) -> bool:
             stream=False,
         )
         return isinstance(json.loads(out.text).get("ok"), bool)
-    except (LLMAnswerError, ValueError, AttributeError) as exc:
+    except (BadAnswerError, ValueError, AttributeError) as exc:
         notes.append(f"json_schema response_format not honoured: {exc}")
         return False
 
 
-async def _probe_vision(client: LLMClient, notes: list[str]) -> bool:
+async def _probe_vision(client: ProbeClient, notes: list[str]) -> bool:
     # A text-only server rejects the image part, drops it, or renders it as
     # text; only a model that sees can name the colour of two solid pictures.
     for colour in ("red", "blue"):
@@ -121,7 +148,7 @@ async def _probe_vision(client: LLMClient, notes: list[str]) -> bool:
     return True
 
 
-async def _probe_prompt_embeds(client: LLMClient, owned_by: str, notes: list[str]) -> bool:
+async def _probe_prompt_embeds(client: ProbeClient, owned_by: str, notes: list[str]) -> bool:
     if owned_by != "vllm":
         return False
     # A payload that fails to decode is rejected by the frontend before the
@@ -130,7 +157,7 @@ async def _probe_prompt_embeds(client: LLMClient, owned_by: str, notes: list[str
         await client.post_json(
             "/v1/completions", {"model": client.model, "prompt_embeds": "!", "max_tokens": 1}
         )
-    except LLMAnswerError as exc:
+    except BadAnswerError as exc:
         text = str(exc).lower().replace("_", "-")
         enabled = "enable-prompt-embeds" not in text
         notes.append(f"prompt_embeds probe: {exc}")

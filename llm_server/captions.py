@@ -27,37 +27,17 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import IndexStoreError
-from agent.types import Moment, RGBImage
-from llm_server.client import LLMClient, Usage
+from llm_server.client import LLMClient
+from llm_server.errors import CaptionStoreError
 from llm_server.protocol import Caption, PresenceCheck, QueryUnderstanding, parse, response_format
+from llm_server.types import Candidate, FrameSource, RGBImage, TextImageEncoder, Usage
 
 CaptionMode = Literal["latency", "storage"]
-
-
-class TextImageEncoder(Protocol):
-    """What S_q needs of the CLIP encoder (agent/models/encoder.py satisfies it)."""
-
-    name: str
-    dim: int
-    meaningless: bool
-
-    def encode_images(self, images: Sequence[RGBImage]) -> npt.NDArray[np.float32]: ...
-
-    def encode_text(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
-
-
-class FrameSource(Protocol):
-    """What captioning needs of the frame store (agent/store/frame_store.py satisfies it)."""
-
-    def frames(self, start: float, end: float, max_frames: int) -> list[tuple[float, RGBImage]]: ...
-
-    def get_jpeg(self, t: float) -> tuple[float, bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +118,7 @@ class CaptionStore:
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise IndexStoreError(f"cannot read caption store {self.path}: {exc}") from exc
+            raise CaptionStoreError(f"cannot read caption store {self.path}: {exc}") from exc
         for line in lines:
             try:
                 rec = json.loads(line)
@@ -270,7 +250,7 @@ class Captioner:
         self,
         stream: str,
         query: str,
-        regions: Sequence[Moment],
+        regions: Sequence[Candidate],
         frames: FrameSource,
         understanding: QueryUnderstanding,
         *,

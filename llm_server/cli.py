@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 
-from agent.errors import VmrError
+from llm_server.errors import LLMServerError
 from llm_server.launch import DEFAULT_VLLM_MODEL, LLMServer, ServerOptions
 from llm_server.models import DEFAULT_MODEL, PACKAGED
 
@@ -78,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``vmr llm serve``."""
     try:
         asyncio.run(serve_forever(options_from(args)))
-    except VmrError as exc:
+    except LLMServerError as exc:
         print(f"error: {exc}")
         return 2
     return 0

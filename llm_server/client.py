@@ -16,48 +16,24 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from agent.errors import LLMAnswerError, LLMTimeoutError, LLMUnavailableError
 from llm_server.capabilities import Capabilities, probe
+from llm_server.errors import BadAnswerError, ServerTimeoutError, ServerUnavailableError
+from llm_server.types import Completion, Usage
 
 TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens one request used, as the server reported them (or counted)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """The text of one answer with its token usage."""
-
-    text: str
-    usage: Usage
-    finish_reason: str | None = None
-    usage_reported: bool = True
-    """False when the server sent no usage and completion tokens were counted from chunks."""
 
 
 class LLMClient:
     """Async OpenAI-compatible client with retries, a concurrency limit and timeouts.
 
     Use as ``async with LLMClient(url) as client``. ``timeout`` bounds a whole
-    request (all retries included) and raises LLMTimeoutError; connection
-    failures that outlive the retries raise LLMUnavailableError; HTTP errors
-    that are not transient raise LLMAnswerError at once.
+    request (all retries included) and raises ServerTimeoutError; connection
+    failures that outlive the retries raise ServerUnavailableError; HTTP errors
+    that are not transient raise BadAnswerError at once.
     """
 
     def __init__(
@@ -123,14 +99,14 @@ class LLMClient:
     async def _with_policy(self, call: Any) -> Any:
         """Run ``call`` under the slot limit, total timeout and retry policy."""
         if self._closed:
-            raise LLMUnavailableError("LLM client is closed")
+            raise ServerUnavailableError("LLM client is closed")
         try:
             async with self._slots, asyncio.timeout(self.timeout):
                 return await self._retrying(call)
         except TimeoutError as exc:
-            raise LLMTimeoutError(f"LLM server gave no answer within {self.timeout:g} s") from exc
+            raise ServerTimeoutError(f"LLM server gave no answer within {self.timeout:g} s") from exc
         except httpx.TimeoutException as exc:
-            raise LLMTimeoutError(f"LLM server timed out: {exc!r}") from exc
+            raise ServerTimeoutError(f"LLM server timed out: {exc!r}") from exc
 
     async def _retrying(self, call: Any) -> Any:
         for attempt in range(self.retries + 1):
@@ -138,11 +114,13 @@ class LLMClient:
                 return await call()
             except _Transient as exc:
                 if attempt == self.retries:
-                    raise LLMUnavailableError(f"LLM server busy or failing: {exc}") from exc
+                    raise ServerUnavailableError(f"LLM server busy or failing: {exc}") from exc
                 delay = exc.retry_after or self.backoff * 2**attempt
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if attempt == self.retries:
-                    raise LLMUnavailableError(f"LLM server at {self.base_url} unreachable: {exc!r}") from exc
+                    raise ServerUnavailableError(
+                        f"LLM server at {self.base_url} unreachable: {exc!r}"
+                    ) from exc
                 delay = self.backoff * 2**attempt
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
@@ -207,7 +185,7 @@ class LLMClient:
             text = choice["message"]["content"] if "message" in choice else choice["text"]
             u = data.get("usage") or {}
         except (KeyError, IndexError, TypeError) as exc:
-            raise LLMAnswerError(f"malformed completion: {str(data)[:300]}") from exc
+            raise BadAnswerError(f"malformed completion: {str(data)[:300]}") from exc
         usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
         return Completion(text or "", usage, choice.get("finish_reason"), usage_reported=bool(u))
 
@@ -228,7 +206,7 @@ class LLMClient:
         if self.model is None:
             models = await self.models()
             if not models:
-                raise LLMUnavailableError(f"LLM server at {self.base_url} serves no model")
+                raise ServerUnavailableError(f"LLM server at {self.base_url} serves no model")
             self.model = str(models[0].get("id", ""))
         return self.model
 
@@ -246,10 +224,10 @@ class LLMClient:
         return await self.count_tokens_at(caps.tokenize_path, text)
 
     async def tokenize(self, text: str) -> list[int]:
-        """Token ids from the server's tokenizer (LLMUnavailableError if it has none)."""
+        """Token ids from the server's tokenizer (ServerUnavailableError if it has none)."""
         caps = await self.capabilities()
         if caps.tokenize_path is None:
-            raise LLMUnavailableError("the LLM server exposes no tokenizer endpoint")
+            raise ServerUnavailableError("the LLM server exposes no tokenizer endpoint")
         data = await self.post_json(caps.tokenize_path, self._tokenize_body(caps.tokenize_path, text))
         return [int(t) for t in data["tokens"]]
 
@@ -265,7 +243,7 @@ class LLMClient:
             return int(data["count"])
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
             return len(data["tokens"])
-        raise LLMAnswerError(f"unexpected tokenizer response: {str(data)[:200]}")
+        raise BadAnswerError(f"unexpected tokenizer response: {str(data)[:200]}")
 
     async def capabilities(self, *, refresh: bool = False) -> Capabilities:
         """Probe the server once (cached): model, tokenizer, structured outputs, vision, embeds."""
@@ -288,7 +266,7 @@ async def _raise_for_status(resp: httpx.Response) -> None:
     text = resp.text
     if resp.status_code in TRANSIENT_STATUS:
         raise _Transient(resp.status_code, _retry_after(resp), text)
-    raise LLMAnswerError(f"LLM server refused the request: HTTP {resp.status_code}: {text[:500]}")
+    raise BadAnswerError(f"LLM server refused the request: HTTP {resp.status_code}: {text[:500]}")
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -303,7 +281,7 @@ def _decode(content: bytes) -> Any:
     try:
         return json.loads(content)
     except json.JSONDecodeError as exc:
-        raise LLMAnswerError(f"LLM server sent non-JSON: {content[:200]!r}") from exc
+        raise BadAnswerError(f"LLM server sent non-JSON: {content[:200]!r}") from exc
 
 
 async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -315,7 +293,7 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             return
         event = _decode(data.encode())
         if isinstance(event, dict) and "error" in event:
-            raise LLMAnswerError(f"LLM server error mid-stream: {str(event['error'])[:300]}")
+            raise BadAnswerError(f"LLM server error mid-stream: {str(event['error'])[:300]}")
         if isinstance(event, dict):
             yield event
 

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 
 import torch
 
-from agent.errors import LLMError, LLMUnavailableError
-from agent.types import Coverage, Moment, QueryResult
 from llm_server.answer import fallback, to_moments
 from llm_server.captions import ScoredCaption
 from llm_server.client import LLMClient
+from llm_server.errors import LLMServerError, ServerUnavailableError
 from llm_server.prompt import SYSTEM, render_lines
 from llm_server.protocol import Answer, parse, schema_of
+from llm_server.types import Candidate, StreamCoverage, StreamResult
 
 
 def encode_tensor(tensor: torch.Tensor) -> str:
@@ -64,7 +64,7 @@ def weighted_embeddings(
 
 def chatml_pieces(
     query: str,
-    candidates: Sequence[Moment],
+    candidates: Sequence[Candidate],
     captions: Sequence[ScoredCaption],
     *,
     duration: float,
@@ -94,7 +94,7 @@ async def embeds_request(
 
 async def answer_with_embeds(
     query: str,
-    candidates: Sequence[Moment],
+    candidates: Sequence[Candidate],
     *,
     duration: float,
     client: LLMClient,
@@ -102,8 +102,8 @@ async def answer_with_embeds(
     captions: Sequence[ScoredCaption] = (),
     max_tokens: int = 192,
     top_k: int = 5,
-    coverage: Coverage | None = None,
-) -> QueryResult:
+    coverage: StreamCoverage | None = None,
+) -> StreamResult:
     """Like :func:`llm_server.answer.answer`, sending S_q-scaled caption embeddings.
 
     Falls back to the proposals when the server lacks prompt embeddings or fails.
@@ -113,7 +113,7 @@ async def answer_with_embeds(
     try:
         caps = await client.capabilities()
         if not caps.prompt_embeds:
-            raise LLMUnavailableError("the server does not accept prompt_embeds (--enable-prompt-embeds)")
+            raise ServerUnavailableError("the server does not accept prompt_embeds (--enable-prompt-embeds)")
         cands = sorted(candidates, key=lambda m: -m.score)
         pieces = chatml_pieces(query, cands, captions, duration=duration, top_k=top_k)
         payload = await embeds_request(client, pieces, embedding)
@@ -122,9 +122,9 @@ async def answer_with_embeds(
             prompt_embeds=payload, max_tokens=max_tokens, extra={"response_format": fmt}
         )
         parsed = parse(Answer, out.text, duration=duration)
-    except LLMError as exc:
+    except LLMServerError as exc:
         return fallback(candidates, f"{type(exc).__name__}: {exc}", coverage=coverage)
     if not parsed.moments:
         return fallback(candidates, "the LLM returned no moment", coverage=coverage)
     note = f"llm tokens: prompt={out.usage.prompt_tokens} completion={out.usage.completion_tokens}"
-    return QueryResult(to_moments(parsed, cands, duration=duration)[:top_k], coverage, "llm", False, [note])
+    return StreamResult(to_moments(parsed, cands, duration=duration)[:top_k], coverage, "llm", False, [note])

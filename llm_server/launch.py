@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.errors import LLMUnavailableError
+from llm_server.errors import ServerUnavailableError
 from llm_server.models import resolve_model
 
 DEFAULT_VLLM_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -69,7 +69,7 @@ def choose_backend(opts: ServerOptions) -> str:
     if opts.backend in ("vllm", "llama_cpp"):
         return opts.backend
     if opts.backend != "auto":
-        raise LLMUnavailableError(f"unknown LLM backend {opts.backend!r} (auto, vllm, llama_cpp)")
+        raise ServerUnavailableError(f"unknown LLM backend {opts.backend!r} (auto, vllm, llama_cpp)")
     return "vllm" if cuda_available() else "llama_cpp"
 
 
@@ -99,7 +99,7 @@ def vllm_command(opts: ServerOptions, port: int) -> list[str]:
 def llama_cpp_command(opts: ServerOptions, port: int, model_path: Path) -> list[str]:
     """llama-cpp-python's OpenAI-compatible server on the embedded GGUF."""
     if importlib.util.find_spec("llama_cpp") is None:
-        raise LLMUnavailableError(
+        raise ServerUnavailableError(
             "llama-cpp-python is not installed; run: "
             "CMAKE_ARGS='-DGGML_NATIVE=OFF' .venv/bin/pip install 'llama-cpp-python[server]'"
         )
@@ -130,12 +130,12 @@ def free_port(host: str) -> int:
 
 
 def check_port(host: str, port: int) -> None:
-    """LLMUnavailableError if ``host:port`` cannot be bound."""
+    """ServerUnavailableError if ``host:port`` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise LLMUnavailableError(f"cannot serve the LLM on {host}:{port}: {exc.strerror}") from exc
+            raise ServerUnavailableError(f"cannot serve the LLM on {host}:{port}: {exc.strerror}") from exc
 
 
 class LLMServer:
@@ -157,7 +157,7 @@ class LLMServer:
     def base_url(self) -> str:
         """``http://host:port`` of the running server."""
         if self._proc is None:
-            raise LLMUnavailableError("LLM server is not started")
+            raise ServerUnavailableError("LLM server is not started")
         return f"http://{self.opts.host}:{self.port}"
 
     async def __aenter__(self) -> LLMServer:
@@ -174,7 +174,7 @@ class LLMServer:
         return llama_cpp_command(self.opts, self.port, resolve_model(self.opts.model))
 
     async def start(self) -> None:
-        """Launch and wait for readiness; LLMUnavailableError if it never gets ready."""
+        """Launch and wait for readiness; ServerUnavailableError if it never gets ready."""
         if self._proc is not None:
             return
         if self.opts.port:
@@ -204,7 +204,7 @@ class LLMServer:
             while time.monotonic() < deadline:
                 assert self._proc is not None
                 if self._proc.poll() is not None:
-                    raise LLMUnavailableError(
+                    raise ServerUnavailableError(
                         f"LLM server exited with code {self._proc.returncode}: {self.log_tail()}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
@@ -212,7 +212,7 @@ class LLMServer:
                     if resp.status_code == 200:
                         return
                 await asyncio.sleep(0.25)
-        raise LLMUnavailableError(
+        raise ServerUnavailableError(
             f"LLM server not ready after {self.opts.ready_timeout:g} s: {self.log_tail()}"
         )
 

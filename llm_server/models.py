@@ -20,8 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import cache_dir
-from agent.errors import ConfigError, LLMUnavailableError
+from llm_server.errors import LLMConfigError, ServerUnavailableError
 
 _CHUNK = 1024 * 1024
 
@@ -69,35 +68,35 @@ DEFAULT_MODEL = QWEN_CODER_05B.name
 
 
 def packaged(name: str) -> PackagedModel:
-    """Look up a packaged model by name (ConfigError if unknown)."""
+    """Look up a packaged model by name (LLMConfigError if unknown)."""
     try:
         return PACKAGED[name]
     except KeyError as exc:
         known = ", ".join(sorted(PACKAGED))
-        raise ConfigError(f"unknown packaged LLM {name!r}; known: {known}") from exc
+        raise LLMConfigError(f"unknown packaged LLM {name!r}; known: {known}") from exc
 
 
 def part_paths(model: PackagedModel) -> list[Path]:
     """Installed locations of every part, in order.
 
-    Raises LLMUnavailableError naming the pip command when a part is missing.
+    Raises ServerUnavailableError naming the pip command when a part is missing.
     """
     paths: list[Path] = []
     for dist_name, filename in model.parts:
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError as exc:
-            raise LLMUnavailableError(
+            raise ServerUnavailableError(
                 f"model part {dist_name!r} is not installed; run: {model.pip_command}"
             ) from exc
         found = [f for f in dist.files or () if f.name == filename]
         if not found:
-            raise LLMUnavailableError(
+            raise ServerUnavailableError(
                 f"{dist_name} is installed but lacks {filename}; reinstall with: {model.pip_command}"
             )
         path = Path(str(dist.locate_file(found[0])))
         if not path.is_file():
-            raise LLMUnavailableError(f"{path} is missing; reinstall with: {model.pip_command}")
+            raise ServerUnavailableError(f"{path} is missing; reinstall with: {model.pip_command}")
         paths.append(path)
     return paths
 
@@ -109,6 +108,18 @@ def sha256_of(path: Path) -> str:
         while block := fh.read(_CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where assembled models are cached: ``$VMR_CACHE``, else ``$XDG_CACHE_HOME/vmr`` or ``~/.cache/vmr``.
+
+    The same rule as ``agent.config.cache_dir`` (a test holds them together):
+    this library reads the environment itself rather than import its caller.
+    """
+    base = os.environ.get("VMR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vmr"
+    )
+    return Path(base)
 
 
 def model_dir() -> Path:
@@ -125,7 +136,7 @@ def assemble(model: PackagedModel = QWEN_CODER_05B, directory: Path | None = Non
     """Concatenate the parts into ``directory`` (default :func:`model_dir`) and verify.
 
     Returns the path of the verified GGUF. An existing file with the right
-    digest is reused; a corrupt one is replaced. Raises LLMUnavailableError when
+    digest is reused; a corrupt one is replaced. Raises ServerUnavailableError when
     parts are missing or the assembled bytes do not match the expected digest.
     """
     target_dir = directory or model_dir()
@@ -149,7 +160,7 @@ def assemble(model: PackagedModel = QWEN_CODER_05B, directory: Path | None = Non
             out.flush()
             os.fsync(out.fileno())
         if size != model.size or digest.hexdigest() != model.sha256:
-            raise LLMUnavailableError(
+            raise ServerUnavailableError(
                 f"assembled {model.name} has size {size} sha256 {digest.hexdigest()}, "
                 f"expected {model.size} {model.sha256}; reinstall with: {model.pip_command}"
             )
@@ -170,5 +181,5 @@ def resolve_model(spec: str | None) -> Path:
     path = Path(spec).expanduser()
     if not path.is_file():
         known = ", ".join(sorted(PACKAGED))
-        raise LLMUnavailableError(f"model file {path} does not exist (packaged models: {known})")
+        raise ServerUnavailableError(f"model file {path} does not exist (packaged models: {known})")
     return path

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent.errors import OversizeQueryError
-from agent.types import Moment
 from llm_server.captions import ScoredCaption
 from llm_server.client import LLMClient
+from llm_server.errors import PromptBudgetError
+from llm_server.types import Candidate
 
 SYSTEM = (
     "You find moments in a video that match a search query. You are given candidate moments "
@@ -82,7 +82,7 @@ class BuiltPrompt:
     messages: list[dict[str, Any]]
     prompt_tokens: int
     """Counted tokens, chat-template overhead and image allowance included."""
-    candidates: list[Moment]
+    candidates: list[Candidate]
     captions: list[ScoredCaption]
     images: list[FrameImage]
     dropped: dict[str, int] = field(default_factory=dict)
@@ -95,7 +95,7 @@ def _fmt(t: float) -> str:
 
 def render_lines(
     query: str,
-    candidates: Sequence[Moment],
+    candidates: Sequence[Candidate],
     captions: Sequence[ScoredCaption],
     *,
     duration: float,
@@ -128,7 +128,7 @@ def render_lines(
 
 def render_text(
     query: str,
-    candidates: Sequence[Moment],
+    candidates: Sequence[Candidate],
     captions: Sequence[ScoredCaption],
     *,
     duration: float,
@@ -140,7 +140,7 @@ def render_text(
 
 
 def _assign(
-    candidates: Sequence[Moment], captions: Sequence[ScoredCaption]
+    candidates: Sequence[Candidate], captions: Sequence[ScoredCaption]
 ) -> dict[int, list[ScoredCaption]]:
     """Each caption under the candidate that contains its time, else the nearest one."""
     owner: dict[int, list[ScoredCaption]] = {}
@@ -169,7 +169,7 @@ def _messages(text: str, images: Sequence[FrameImage]) -> list[dict[str, Any]]:
 
 async def build_prompt(
     query: str,
-    candidates: Sequence[Moment],
+    candidates: Sequence[Candidate],
     *,
     duration: float,
     budget_tokens: int,
@@ -182,7 +182,7 @@ async def build_prompt(
 ) -> BuiltPrompt:
     """Render the prompt and trim it to ``budget_tokens``.
 
-    Raises OversizeQueryError when even one candidate without captions does not fit.
+    Raises PromptBudgetError when even one candidate without captions does not fit.
     """
     if not candidates:
         raise ValueError("build_prompt needs at least one candidate")
@@ -219,7 +219,7 @@ async def build_prompt(
             cands.pop()
             dropped["candidates"] += 1
         else:
-            raise OversizeQueryError(
+            raise PromptBudgetError(
                 f"the prompt needs {used} tokens with one candidate; the budget is {budget_tokens}"
             )
         used = await total()

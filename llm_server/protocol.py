@@ -3,7 +3,7 @@
 Each model doubles as the JSON schema sent in ``response_format`` (so a server
 with structured outputs cannot emit anything else) and as the validator of what
 comes back (so a server without them, or a misbehaving one, is caught).
-Validation errors become :class:`~agent.errors.LLMAnswerError`.
+Validation errors become :class:`~llm_server.errors.BadAnswerError`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from agent.errors import LLMAnswerError
+from llm_server.errors import BadAnswerError
 
 MAX_MOMENTS = 10
 MAX_EVIDENCE = 8
@@ -108,7 +108,7 @@ def _strip_titles(node: Any) -> Any:
 
 
 def parse(model: type[Shape], text: str, *, duration: float | None = None) -> Shape:
-    """Validate the LLM's text as ``model``; LLMAnswerError on anything else.
+    """Validate the LLM's text as ``model``; BadAnswerError on anything else.
 
     Tolerates prose or code fences around one JSON object, which small models
     emit when a server cannot constrain the output.
@@ -117,7 +117,7 @@ def parse(model: type[Shape], text: str, *, duration: float | None = None) -> Sh
     try:
         return model.model_validate(payload, context={"duration": duration})
     except ValidationError as exc:
-        raise LLMAnswerError(f"LLM answer does not fit {model.__name__}: {exc.errors()[:3]}") from exc
+        raise BadAnswerError(f"LLM answer does not fit {model.__name__}: {exc.errors()[:3]}") from exc
 
 
 def _extract_json(text: str) -> Any:
@@ -128,8 +128,8 @@ def _extract_json(text: str) -> Any:
         pass
     start, end = stripped.find("{"), stripped.rfind("}")
     if start < 0 or end <= start:
-        raise LLMAnswerError(f"LLM answer holds no JSON object: {stripped[:200]!r}")
+        raise BadAnswerError(f"LLM answer holds no JSON object: {stripped[:200]!r}")
     try:
         return json.loads(stripped[start : end + 1])
     except json.JSONDecodeError as exc:
-        raise LLMAnswerError(f"LLM answer is not valid JSON: {stripped[:200]!r}") from exc
+        raise BadAnswerError(f"LLM answer is not valid JSON: {stripped[:200]!r}") from exc

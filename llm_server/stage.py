@@ -1,11 +1,11 @@
-"""The LLM stage as the service and the CLI use it: CLIP results in, LLM answers out.
+"""The LLM stage as an application uses it: visual search results in, LLM answers out.
 
-For each stream's CLIP result, :class:`LLMStage` (when the server accepts
+For each stream's visual (CLIP) result, :class:`LLMStage` (when the server accepts
 images) captions the candidate regions' stored frames with query-guided
 prompts, scores them with S_q, shows the evidence frames, and asks the LLM to
 choose and refine moments (:func:`llm_server.answer.answer`). Without vision
 (the embedded llama.cpp model) the prompt lists the candidates with their
-CLIP scores. Any failure returns the CLIP result unchanged with a note, and
+CLIP scores. Any LLM failure returns the CLIP result unchanged with a note, and
 ``answered_by`` always says which path answered.
 """
 
@@ -15,24 +15,24 @@ import asyncio
 from collections.abc import Mapping
 from types import TracebackType
 
-from agent.config import LLMConfig
-from agent.errors import LLMError
-from agent.models.encoder import Encoder
-from agent.store.frame_store import FrameStore
-from agent.types import QueryResult
 from llm_server.answer import answer
 from llm_server.captions import CaptionCache, Captioner, ScoredCaption
 from llm_server.client import LLMClient
+from llm_server.errors import LLMConfigError, LLMServerError
 from llm_server.prompt import FrameImage
+from llm_server.types import FrameSource, StageConfig, StreamResult, TextImageEncoder
 from llm_server.understanding import understand_or_heuristic
 
 
 class LLMStage:
-    """Owns one LLM client; answers text queries over CLIP candidates."""
+    """Owns one LLM client; answers text queries over visual-search candidates.
 
-    def __init__(self, cfg: LLMConfig, encoder: Encoder) -> None:
+    Raises LLMConfigError when ``cfg.url`` is not set.
+    """
+
+    def __init__(self, cfg: StageConfig, encoder: TextImageEncoder) -> None:
         if not cfg.url:
-            raise LLMError("LLMStage needs LLMConfig.url")
+            raise LLMConfigError("LLMStage needs StageConfig.url")
         self.cfg = cfg
         self.client = LLMClient(cfg.url, model=cfg.model, timeout=cfg.timeout, api_key=cfg.api_key)
         self.captioner = Captioner(
@@ -58,16 +58,22 @@ class LLMStage:
     async def refine(
         self,
         query: str,
-        results: Mapping[str, QueryResult],
-        stores: Mapping[str, FrameStore | None],
+        results: Mapping[str, StreamResult],
+        stores: Mapping[str, FrameSource | None],
         durations: Mapping[str, float],
         top_k: int,
-    ) -> dict[str, QueryResult]:
-        """LLM answers per stream; each falls back to its CLIP result on any failure."""
-        out: dict[str, QueryResult] = {}
+    ) -> dict[str, StreamResult]:
+        """LLM answers per stream; each falls back to its input result on any failure.
+
+        ``results`` and ``stores`` are keyed by stream name; ``durations`` is
+        each stream's last retained time (seconds), the bound for LLM moments.
+        LLM failures never raise: they become ``llm fallback`` (or ``captions
+        skipped``) notes. Errors of the caller's frame source or encoder propagate.
+        """
+        out: dict[str, StreamResult] = {}
         try:
             vision = (await self.client.capabilities()).vision
-        except LLMError:
+        except LLMServerError:
             vision = False  # answer() below falls back with the reason
         # Query understanding only feeds the caption QA filter: skip the extra
         # LLM call where no captions can be made (text-only servers).
@@ -87,7 +93,7 @@ class LLMStage:
                         frames_per_region=self.cfg.frames_per_region,
                     )
                     images = await asyncio.to_thread(_evidence, store, result)
-                except LLMError as exc:
+                except LLMServerError as exc:
                     result.notes.append(f"captions skipped: {type(exc).__name__}: {exc}")
             answered = await answer(
                 query,
@@ -107,7 +113,7 @@ class LLMStage:
         return out
 
 
-def _evidence(store: FrameStore, result: QueryResult) -> list[FrameImage]:
+def _evidence(store: FrameSource, result: StreamResult) -> list[FrameImage]:
     images = []
     for m in result.moments:
         for t in m.evidence[:1]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 
-from agent.errors import LLMError
-from llm_server.client import LLMClient, Usage
+from llm_server.client import LLMClient
+from llm_server.errors import LLMServerError
 from llm_server.protocol import QueryUnderstanding, parse, response_format
+from llm_server.types import Usage
 
 _SYSTEM = (
     "You extract search terms from a video search query. Objects are visible things "
@@ -31,7 +32,7 @@ async def understand(
 ) -> tuple[QueryUnderstanding, Usage]:
     """Ask the LLM to extract objects/actions/time constraints from ``query``.
 
-    Raises LLMError subclasses (unavailable, timeout, bad answer); callers that
+    Raises LLMServerError subclasses (unavailable, timeout, bad answer); callers that
     can do without fall back to :func:`heuristic_understanding`.
     """
     caps = await client.capabilities()
@@ -54,7 +55,7 @@ async def understand_or_heuristic(client: LLMClient | None, query: str) -> Query
     if client is not None:
         try:
             return (await understand(client, query))[0]
-        except LLMError:
+        except LLMServerError:
             pass
     return heuristic_understanding(query)
 

@@ -141,22 +141,11 @@ def _llm_refine(a: argparse.Namespace, idx: Any, text: str, results: dict[str, A
     import asyncio
 
     from agent.config import LLMConfig
-    from llm_server.stage import LLMStage
+    from agent.service.llm_handoff import refine_once
 
-    cfg = LLMConfig(url=a.llm, timeout=a.llm_timeout)
-
-    async def run() -> dict[str, Any]:
-        async with LLMStage(cfg, idx.refine) as stage:
-            streams = {name: idx.streams[name] for name in results}
-            return await stage.refine(
-                text,
-                results,
-                {n: st.store for n, st in streams.items()},
-                {n: (st.memory.spans() or [(0.0, 0.0)])[-1][1] for n, st in streams.items()},
-                a.top_k or 5,
-            )
-
-    return asyncio.run(run())
+    return asyncio.run(
+        refine_once(LLMConfig(url=a.llm, timeout=a.llm_timeout), idx, text, results, a.top_k or 5)
+    )
 
 
 def _remote_query(a: argparse.Namespace) -> int:

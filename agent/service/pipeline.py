@@ -32,6 +32,7 @@ from agent.errors import ConfigError, IndexStoreError, SourceError, UnknownStrea
 from agent.index.video_index import VideoIndex
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.encoder_worker import EncoderWorker
+from agent.service.llm_handoff import LLMHandoff
 from agent.service.metrics import Exposition, Histogram
 from agent.service.stream_runner import Source, StreamRunner
 from agent.service.watch import Emit, Watch
@@ -58,8 +59,8 @@ class Service:
         """Receive broadcast events (``progress``, ``stream``)."""
         self.query_latency = Histogram()
         self.whip: Any = None
-        self.llm: Any = None
-        """The LLM stage (llm_server.stage.LLMStage) when ``cfg.llm.url`` is set."""
+        self.llm: LLMHandoff | None = None
+        """The LLM stage when ``cfg.llm.url`` is set."""
         self._snapshots: asyncio.Task[None] | None = None
         self._started = time.time()
         self._closed = False
@@ -74,9 +75,7 @@ class Service:
         self.worker.start()
         self.whip = self._make_whip()
         if self.cfg.llm.url:
-            from llm_server.stage import LLMStage
-
-            self.llm = await LLMStage(self.cfg.llm, self.index.refine).__aenter__()
+            self.llm = LLMHandoff(self.cfg.llm, self.index)
         restored = self._read_specs()
         for spec in [*restored, *(s for s in streams if s.id not in {r.id for r in restored})]:
             self._start_runner(spec)
@@ -207,15 +206,8 @@ class Service:
             self.query_latency.observe(time.perf_counter() - t0)
 
     async def _llm_answer(self, query: Query, results: dict[str, QueryResult]) -> dict[str, QueryResult]:
-        assert query.text is not None
-        streams = {name: self.idx.streams[name] for name in results}
-        return await self.llm.refine(  # type: ignore[no-any-return]
-            query.text,
-            results,
-            {name: st.store for name, st in streams.items()},
-            {name: (st.memory.spans() or [(0.0, 0.0)])[-1][1] for name, st in streams.items()},
-            query.top_k or self.settings.query.top_k,
-        )
+        assert query.text is not None and self.llm is not None
+        return await self.llm.refine(query.text, results, query.top_k or self.settings.query.top_k)
 
     async def open_watch(
         self, wid: str, query: Query, emit: Emit, *, threshold: float | None, close_seconds: float | None

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from agent.types import RGBImage
+from llm_server.types import RGBImage
 
 COLOURS = {"red": 0, "green": 1, "blue": 2}
 

@@ -168,6 +168,19 @@ def image_colours(body: dict[str, Any]) -> list[str]:
     return found
 
 
+def vision_reply(body: dict[str, Any]) -> str:
+    """What a VLM would say: the QA filter and captions follow the pictures' colours."""
+    colours = image_colours(body)
+    text = json.dumps(body["messages"])
+    if not colours:
+        return "ok"  # capability probes
+    if "Do these frames show" in text:
+        return json.dumps({"present": any(c in text for c in colours)})
+    if "relates to" in text:
+        return json.dumps({"caption": f"{colours[0]} car matching the query"})
+    return json.dumps({"caption": f"a {colours[0]} frame"})
+
+
 def _colour_question(body: dict[str, Any]) -> str | None:
     """The colour of the image in a "What colour" probe, seen as a vision model would."""
     if "What colour" not in json.dumps(body.get("messages") or []):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.types import Moment, QueryResult
 from llm_server.answer import AnswerStats, answer, answer_detailed
 from llm_server.captions import ScoredCaption
 from llm_server.client import LLMClient
 from llm_server.launch import LLMServer, free_port
 from llm_server.prompt import FrameImage, ServerCounter, build_prompt
+from llm_server.types import Candidate, StreamResult
 from tests.llm_server.recording_server import RecordingServer
 
 CANDS = [
-    Moment(
+    Candidate(
         12.0,
         18.0,
         0.31,
@@ -23,10 +23,10 @@ CANDS = [
         evidence=[14.0],
         answered_by="refine",
     ),
-    Moment(40.0, 44.0, 0.27, "cam", answered_by="refine"),
-    Moment(70.0, 75.0, 0.22, "cam", answered_by="refine"),
-    Moment(5.0, 9.0, 0.20, "cam", answered_by="refine"),
-    Moment(90.0, 96.0, 0.18, "cam", answered_by="refine"),
+    Candidate(40.0, 44.0, 0.27, "cam", answered_by="refine"),
+    Candidate(70.0, 75.0, 0.22, "cam", answered_by="refine"),
+    Candidate(5.0, 9.0, 0.20, "cam", answered_by="refine"),
+    Candidate(90.0, 96.0, 0.18, "cam", answered_by="refine"),
 ]
 DURATION = 120.0
 
@@ -36,7 +36,7 @@ async def test_server_down_returns_proposals() -> None:
     async with LLMClient(url, retries=0) as client:
         result = await answer("a man on a bike", CANDS, duration=DURATION, client=client)
     assert result.moments == CANDS and result.answered_by == "refine"
-    assert "LLMUnavailableError" in result.notes[0]
+    assert "ServerUnavailableError" in result.notes[0]
 
 
 async def test_no_client_and_no_candidates() -> None:
@@ -49,7 +49,7 @@ async def test_outside_video_answer_is_rejected() -> None:
     bad = '{"moments": [{"start": 100, "end": 130, "confidence": 0.9}]}'
     async with RecordingServer(answer=bad) as srv, LLMClient(srv.base_url) as client:
         result = await answer("q", CANDS, duration=DURATION, client=client)
-    assert result.moments == CANDS and "LLMAnswerError" in result.notes[0]
+    assert result.moments == CANDS and "BadAnswerError" in result.notes[0]
 
 
 async def test_timeout_returns_proposals() -> None:
@@ -60,7 +60,7 @@ async def test_timeout_returns_proposals() -> None:
         await client.capabilities()
         client.timeout = 0.5  # the answer streams max_tokens chunks, 0.05 s apart
         result = await answer("q", CANDS, duration=DURATION, client=client)
-    assert result.moments == CANDS and "LLMTimeoutError" in result.notes[0]
+    assert result.moments == CANDS and "ServerTimeoutError" in result.notes[0]
 
 
 async def test_vision_request_shape_and_llm_moments() -> None:
@@ -95,7 +95,7 @@ def test_real_model_answer_is_schema_valid_and_within_budget(llama_server: LLMSe
         for i in range(12)
     ]
 
-    async def run() -> tuple[QueryResult, AnswerStats | None, int]:
+    async def run() -> tuple[StreamResult, AnswerStats | None, int]:
         async with LLMClient(llama_server.base_url, timeout=300) as client:
             result, stats = await answer_detailed(
                 "a man rides a bike",
@@ -133,14 +133,14 @@ def test_real_model_answer_is_schema_valid_and_within_budget(llama_server: LLMSe
 
 
 def test_real_model_tight_timeout_falls_back(llama_server: LLMServer) -> None:
-    async def run() -> QueryResult:
+    async def run() -> StreamResult:
         async with LLMClient(llama_server.base_url, timeout=60) as client:
             await client.capabilities()
             client.timeout = 0.05
             return await answer("a man rides a bike", CANDS, duration=DURATION, client=client)
 
     result = asyncio.run(run())
-    assert result.moments == CANDS and "LLMTimeoutError" in result.notes[0]
+    assert result.moments == CANDS and "ServerTimeoutError" in result.notes[0]
 
 
 def test_real_model_cancellation_frees_the_server(llama_server: LLMServer) -> None:

@@ -4,34 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.types import Moment
 from llm_server.captions import CaptionCache, Captioner, CaptionStore, importance
 from llm_server.client import LLMClient
 from llm_server.protocol import QueryUnderstanding
+from llm_server.types import Candidate
 from tests.llm_server.doubles import HashEncoder, MemoryFrames, solid
-from tests.llm_server.recording_server import RecordingServer, image_colours
-
-
-def vision_reply(body: dict[str, Any]) -> str:
-    """What a VLM would say: the QA filter and captions follow the pictures' colours."""
-    colours = image_colours(body)
-    text = json.dumps(body["messages"])
-    if not colours:
-        return "ok"  # capability probes
-    if "Do these frames show" in text:
-        return json.dumps({"present": any(c in text for c in colours)})
-    if "relates to" in text:
-        return json.dumps({"caption": f"{colours[0]} car matching the query"})
-    return json.dumps({"caption": f"a {colours[0]} frame"})
-
+from tests.llm_server.recording_server import RecordingServer, vision_reply
 
 FRAMES = MemoryFrames({float(t): solid("red" if 10 <= t < 20 else "blue") for t in range(0, 30, 2)})
-REGIONS = [Moment(10, 18, 0.3, "s"), Moment(22, 28, 0.2, "s")]
+REGIONS = [Candidate(10, 18, 0.3, "s"), Candidate(22, 28, 0.2, "s")]
 U = QueryUnderstanding(objects=["red car"])
 
 

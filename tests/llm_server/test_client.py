@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from agent.errors import LLMAnswerError, LLMTimeoutError, LLMUnavailableError
 from llm_server.client import LLMClient
+from llm_server.errors import BadAnswerError, ServerTimeoutError, ServerUnavailableError
 from llm_server.launch import free_port
 from tests.llm_server.recording_server import RecordingServer
 
@@ -35,7 +35,7 @@ async def test_transient_errors_are_retried(stub: RecordingServer) -> None:
 async def test_retries_give_up_as_unavailable(stub: RecordingServer) -> None:
     stub.fail_first = [503, 503, 503]
     async with LLMClient(stub.base_url, retries=1, backoff=0.01) as client:
-        with pytest.raises(LLMUnavailableError):
+        with pytest.raises(ServerUnavailableError):
             await client.chat(MSG)
     assert len(stub.bodies("/v1/chat/completions")) == 2
 
@@ -43,7 +43,7 @@ async def test_retries_give_up_as_unavailable(stub: RecordingServer) -> None:
 async def test_client_errors_are_not_retried(stub: RecordingServer) -> None:
     stub.fail_first = [400]
     async with LLMClient(stub.base_url, retries=3, backoff=0.01) as client:
-        with pytest.raises(LLMAnswerError, match="400"):
+        with pytest.raises(BadAnswerError, match="400"):
             await client.chat(MSG)
     assert len(stub.bodies("/v1/chat/completions")) == 1
 
@@ -51,7 +51,7 @@ async def test_client_errors_are_not_retried(stub: RecordingServer) -> None:
 async def test_closed_port_is_unavailable() -> None:
     url = f"http://127.0.0.1:{free_port('127.0.0.1')}"
     async with LLMClient(url, model="m", retries=1, backoff=0.01) as client:
-        with pytest.raises(LLMUnavailableError, match="unreachable"):
+        with pytest.raises(ServerUnavailableError, match="unreachable"):
             await client.chat(MSG)
 
 
@@ -59,7 +59,7 @@ async def test_total_timeout(stub: RecordingServer) -> None:
     stub.endless, stub.chunk_delay = True, 0.02
     async with LLMClient(stub.base_url, timeout=0.3) as client:
         await client.models()  # resolve the model name before the clock matters
-        with pytest.raises(LLMTimeoutError):
+        with pytest.raises(ServerTimeoutError):
             await client.chat(MSG)
 
 
@@ -119,5 +119,5 @@ async def test_closed_client_refuses(stub: RecordingServer) -> None:
     client = LLMClient(stub.base_url, model="m")
     await client.close()
     await client.close()
-    with pytest.raises(LLMUnavailableError, match="closed"):
+    with pytest.raises(ServerUnavailableError, match="closed"):
         await client.chat(MSG)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.types import Moment
 from llm_server.captions import ScoredCaption
 from llm_server.client import LLMClient
 from llm_server.embeds import answer_with_embeds, chatml_pieces, decode_tensor, encode_tensor, scale_weights
+from llm_server.types import Candidate
 from tests.llm_server.recording_server import RecordingServer
 
-CANDS = [Moment(2, 6, 0.4, "s"), Moment(10, 14, 0.3, "s")]
+CANDS = [Candidate(2, 6, 0.4, "s"), Candidate(10, 14, 0.3, "s")]
 CAPS = [ScoredCaption(3.0, "a dog jumps", 0.8, True), ScoredCaption(11.0, "an empty road", 0.2, False)]
 
 

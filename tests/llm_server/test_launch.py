@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.errors import LLMUnavailableError
+from llm_server.errors import ServerUnavailableError
 from llm_server.launch import LLMServer, ServerOptions, choose_backend, vllm_command
 from llm_server.models import GEMMA3_270M, part_paths
 
@@ -28,7 +28,7 @@ def test_vllm_command_has_the_flags_that_matter() -> None:
 def test_backend_choice() -> None:
     assert choose_backend(ServerOptions(backend="llama_cpp")) == "llama_cpp"
     assert choose_backend(ServerOptions(backend="vllm")) == "vllm"
-    with pytest.raises(LLMUnavailableError, match="unknown LLM backend"):
+    with pytest.raises(ServerUnavailableError, match="unknown LLM backend"):
         choose_backend(ServerOptions(backend="tgi"))
 
 
@@ -38,19 +38,19 @@ async def test_port_in_use_is_refused() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         server = LLMServer(ServerOptions(backend="llama_cpp", port=port))
-        with pytest.raises(LLMUnavailableError, match=f"127.0.0.1:{port}"):
+        with pytest.raises(ServerUnavailableError, match=f"127.0.0.1:{port}"):
             await server.start()
     assert not server.running
 
 
 def test_base_url_before_start_is_an_error() -> None:
-    with pytest.raises(LLMUnavailableError, match="not started"):
+    with pytest.raises(ServerUnavailableError, match="not started"):
         _ = LLMServer(ServerOptions(backend="llama_cpp")).base_url
 
 
 async def test_missing_model_file_is_refused(tmp_path: Path) -> None:
     server = LLMServer(ServerOptions(backend="llama_cpp", model=str(tmp_path / "none.gguf")))
-    with pytest.raises(LLMUnavailableError):
+    with pytest.raises(ServerUnavailableError):
         await server.start()
 
 
@@ -59,7 +59,7 @@ async def test_a_server_that_dies_reports_its_log(tmp_path: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model at all" * 100)
     server = LLMServer(ServerOptions(backend="llama_cpp", model=str(junk), ready_timeout=60))
-    with pytest.raises(LLMUnavailableError, match="exited with code"):
+    with pytest.raises(ServerUnavailableError, match="exited with code"):
         await server.start()
     assert not server.running
 
@@ -68,7 +68,7 @@ async def test_a_server_that_dies_reports_its_log(tmp_path: Path) -> None:
 async def test_lifecycle_with_the_small_model() -> None:
     try:
         part_paths(GEMMA3_270M)
-    except LLMUnavailableError as exc:
+    except ServerUnavailableError as exc:
         pytest.skip(str(exc))
     server = LLMServer(
         ServerOptions(backend="llama_cpp", model=GEMMA3_270M.name, n_ctx=512, ready_timeout=120)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, LLMUnavailableError
+from llm_server.errors import LLMConfigError, ServerUnavailableError
 from llm_server.models import (
     GEMMA3_270M,
     QWEN_CODER_05B,
@@ -22,7 +22,7 @@ from llm_server.models import (
 def _installed(model: PackagedModel) -> bool:
     try:
         part_paths(model)
-    except LLMUnavailableError:
+    except ServerUnavailableError:
         return False
     return True
 
@@ -53,21 +53,21 @@ def test_wrong_digest_is_refused(tmp_path: Path) -> None:
     if not _installed(GEMMA3_270M):
         pytest.skip(GEMMA3_270M.pip_command)
     wrong = PackagedModel("x", "x.gguf", GEMMA3_270M.parts[:1], "0" * 64, 1, "wrong digest")
-    with pytest.raises(LLMUnavailableError, match="expected"):
+    with pytest.raises(ServerUnavailableError, match="expected"):
         assemble(wrong, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_parts_name_the_pip_command(tmp_path: Path) -> None:
     ghost = PackagedModel("g", "g.gguf", (("vmr-no-such-dist-part1", "p.bin"),), "0" * 64, 1, "absent")
-    with pytest.raises(LLMUnavailableError, match="pip install vmr-no-such-dist-part1"):
+    with pytest.raises(ServerUnavailableError, match="pip install vmr-no-such-dist-part1"):
         assemble(ghost, tmp_path)
 
 
 def test_resolve_model_names_and_paths(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="known"):
+    with pytest.raises(LLMConfigError, match="known"):
         packaged("gpt-17")
-    with pytest.raises(LLMUnavailableError, match="does not exist"):
+    with pytest.raises(ServerUnavailableError, match="does not exist"):
         resolve_model(str(tmp_path / "none.gguf"))
     own = tmp_path / "own.gguf"
     own.write_bytes(b"GGUF")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import OversizeQueryError
-from agent.types import Moment
 from llm_server.captions import ScoredCaption
+from llm_server.errors import PromptBudgetError
 from llm_server.prompt import EstimateCounter, FrameImage, build_prompt, estimate_tokens, render_text
+from llm_server.types import Candidate
 
-CANDS = [Moment(10.0 * i, 10.0 * i + 5, 0.2 + 0.01 * i, "s") for i in range(5)]
+CANDS = [Candidate(10.0 * i, 10.0 * i + 5, 0.2 + 0.01 * i, "s") for i in range(5)]
 CAPS = [
     ScoredCaption(10.0 * i + 1, f"caption number {i} " + "word " * 10, 0.1 * i, i % 2 == 0) for i in range(10)
 ]
@@ -62,7 +62,7 @@ async def test_tight_budget_keeps_one_candidate() -> None:
 
 
 async def test_impossible_budget_raises() -> None:
-    with pytest.raises(OversizeQueryError):
+    with pytest.raises(PromptBudgetError):
         await build_prompt("a red car", CANDS, duration=60, budget_tokens=20, counter=EstimateCounter())
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.errors import LLMAnswerError
+from llm_server.errors import BadAnswerError
 from llm_server.protocol import Answer, QueryUnderstanding, parse, response_format, schema_of
 
 
@@ -30,7 +30,7 @@ def test_valid_answer_parses_with_duration() -> None:
     ],
 )
 def test_bad_moments_are_rejected(moment: dict[str, object]) -> None:
-    with pytest.raises(LLMAnswerError):
+    with pytest.raises(BadAnswerError):
         parse(Answer, json.dumps({"moments": [moment]}), duration=10)
 
 
@@ -42,7 +42,7 @@ def test_json_inside_prose_or_fences_is_found() -> None:
 
 @pytest.mark.parametrize("text", ["no json here", "{not json}", '{"moments": 3}'])
 def test_garbage_is_rejected(text: str) -> None:
-    with pytest.raises(LLMAnswerError):
+    with pytest.raises(BadAnswerError):
         parse(Answer, text, duration=10)
 
 
