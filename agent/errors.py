@@ -8,7 +8,7 @@ websocket API sends to clients instead of a traceback::
     VmrError
     ├── ConfigError                 invalid configuration, unknown model name
     │   └── WeightsUnavailableError real weights requested but not obtainable
-    ├── SourceError                 a video source failed
+    ├── SourceError                 a video source failed (from_stream_error maps the streams library's)
     │   ├── CorruptVideoError       undecodable or damaged input
     │   └── StreamDisconnectedError a live source dropped (reconnect may follow)
     ├── IndexStoreError             an index / snapshot on disk is missing or invalid
@@ -26,6 +26,11 @@ websocket API sends to clients instead of a traceback::
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from streams import errors as stream_errors
 
 
 class VmrError(Exception):
@@ -134,3 +139,31 @@ class LLMAnswerError(LLMError):
     """The LLM answer was malformed or outside the schema."""
 
     code = "llm_bad_answer"
+
+
+def from_stream_error(exc: stream_errors.StreamError) -> SourceError | ProtocolError:
+    """The vmr error for an error of the ``streams`` library (raise it ``from exc``).
+
+    The one place where the library's errors become vmr's, so clients see
+    the same codes as always: missing input -> ``source``, damaged media ->
+    ``corrupt_video``, retries used up -> ``stream_disconnected``.
+    """
+    message = str(exc)
+    if isinstance(exc, stream_errors.CorruptMediaError):
+        return CorruptVideoError(message)
+    if isinstance(exc, stream_errors.DisconnectedError):
+        return StreamDisconnectedError(message)
+    if isinstance(exc, stream_errors.UnknownSourceError):
+        return UnknownStreamError(message)
+    if isinstance(exc, stream_errors.BadOfferError):
+        return ProtocolError(message)
+    return SourceError(message)
+
+
+@contextmanager
+def translating_stream_errors() -> Iterator[None]:
+    """Inside the block, errors of the ``streams`` library surface as vmr errors (``from exc``)."""
+    try:
+        yield
+    except stream_errors.StreamError as exc:
+        raise from_stream_error(exc) from exc

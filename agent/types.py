@@ -12,21 +12,11 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-RGBImage = npt.NDArray[np.uint8]
-"""An (H, W, 3) uint8 RGB picture."""
+from streams.media import AudioChunk, Frame, RGBImage
+
+__all__ = ["AudioChunk", "Coverage", "Frame", "Moment", "QueryResult", "RGBImage", "Vector"]
 
 Vector = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One decoded, sampled picture of a stream."""
-
-    stream: str
-    t: float
-    image: RGBImage
-    wall: float | None = None
-    keyframe: bool = False
 
 
 AnsweredBy = Literal["refine", "anchor", "llm"]

@@ -33,9 +33,10 @@ import numpy as np
 import websockets
 
 from agent.config import EncoderConfig, IndexConfig, Settings
-from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.config import ServiceConfig
 from agent.service.pipeline import Service
 from agent.service.server import Server
+from streams.file import FileSpec
 
 BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bigbuckbunny.mp4"
 RESULTS = Path(__file__).resolve().parent / "results" / "service_load.json"
@@ -90,16 +91,14 @@ async def _watch(url: str, needle_b64: str, arrivals: list[float], ready: asynci
 
 async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_photo: Path) -> dict[str, Any]:
     cfg = ServiceConfig(port=0, index=work / f"index-{n}", snapshot_seconds=3600.0)
-    specs = [
-        StreamSpec(id=f"cam{i}", kind="file", path=str(BUNNY), realtime=True, loop=True) for i in range(n)
-    ]
+    specs = [FileSpec(id=f"cam{i}", kind="file", path=str(BUNNY), realtime=True, loop=True) for i in range(n)]
     arrivals: list[float] = []
     async with Service(cfg, _settings()) as svc:
         await svc.start()
         server = Server(svc, cfg)
         port = await server.start()
         await svc.add_stream(
-            StreamSpec(id="needle", kind="file", path=str(needle_video), realtime=True, loop=True)
+            FileSpec(id="needle", kind="file", path=str(needle_video), realtime=True, loop=True)
         )
         ready = asyncio.Event()
         b64 = base64.b64encode(await asyncio.to_thread(needle_photo.read_bytes)).decode()

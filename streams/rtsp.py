@@ -2,7 +2,10 @@
 
 One worker thread per source opens the URL, decodes, samples to ``fps``,
 converts kept frames (``to_rgb``) and hands them to the event loop through a
-:class:`~streams.live.LatestQueue` (live policy: latest wins, drops counted).
+:class:`~streams.bridge.Bridge` (queue policy ``"latest"``: latest wins,
+drops counted). With ``audio=True`` the session's first audio stream is
+decoded too and handed out as :class:`~streams.media.AudioChunk` on the
+video's timeline.
 
 State machine (:attr:`RTSPSource.state`)::
 
@@ -12,10 +15,10 @@ State machine (:attr:`RTSPSource.state`)::
 A dropped connection never reaches the consumer: the thread waits a capped
 exponential backoff with jitter and reconnects. Only when the caller limits
 ``retries`` (``0`` = no retries) does the iterator raise
-:class:`StreamDisconnectedError` once they are used up.
+:class:`~streams.errors.DisconnectedError` once they are used up.
 
 Time: ``Frame.t`` is one monotonic timeline across reconnects
-(:class:`~streams.live.LiveClock`; each reconnect leaves a gap equal to the
+(:class:`~streams.timeline.LiveClock`; each reconnect leaves a gap equal to the
 wall-clock time it took, listed in :attr:`RTSPSource.gaps`). Frames whose pts
 is None — GStreamer's RTSP server sends the very first frame that way — are
 placed by arrival time after their predecessor. ``Frame.wall`` comes from the
@@ -43,15 +46,19 @@ import logging
 import random
 import threading
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import av
 import av.container
 
-from agent.errors import SourceError, StreamDisconnectedError
-from agent.types import Frame
-from streams.live import CountedSource, LatestQueue, LiveClock
+from streams.audio import AudioChunker
+from streams.bridge import Bridge, BridgeClosed, QueuePolicy
+from streams.errors import DisconnectedError, SourceUnavailableError
+from streams.media import AudioChunk, Frame, Media
+from streams.registry import OpenContext, register
 from streams.sampler import Sampler, to_rgb, tune_decoder
+from streams.source import Source, SourceSpec, SourceState, SourceStats
+from streams.timeline import Gap, LiveClock
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +77,8 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) 
     return step / 2.0 + rng.uniform(0.0, step / 2.0)
 
 
-class RTSPSource(CountedSource):
-    """Async iterator of :class:`Frame` from an RTSP URL.
+class RTSPSource(Source):
+    """Async iterator of :class:`Frame` (and :class:`AudioChunk` with ``audio``) from an RTSP URL.
 
     ``async with RTSPSource(url, stream="cam1") as src: async for frame in src``.
     Counters: :attr:`frames_in` (decoded), :attr:`frames_out` (delivered),
@@ -79,6 +86,9 @@ class RTSPSource(CountedSource):
     :attr:`reconnects` (sessions after the first), :attr:`failures`
     (connection attempts or sessions that failed).
     """
+
+    queue_policy: ClassVar[QueuePolicy] = "latest"
+    restarts_clock: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -96,15 +106,16 @@ class RTSPSource(CountedSource):
         read_timeout: float = 5.0,
         max_clock_skew: float = 120.0,
         options: dict[str, str] | None = None,
+        audio: bool = False,
     ) -> None:
         if not url.startswith(("rtsp://", "rtsps://")):
-            raise SourceError(f"not an RTSP URL: {url!r}")
+            raise SourceUnavailableError(f"not an RTSP URL: {url!r}")
         if transport not in ("tcp", "udp"):
-            raise SourceError(f"transport must be 'tcp' or 'udp', not {transport!r}")
+            raise SourceUnavailableError(f"transport must be 'tcp' or 'udp', not {transport!r}")
         if backoff_initial <= 0 or backoff_max < backoff_initial:
-            raise SourceError("need 0 < backoff_initial <= backoff_max")
+            raise SourceUnavailableError("need 0 < backoff_initial <= backoff_max")
         if retries is not None and retries < 0:
-            raise SourceError("retries must be >= 0 or None (forever)")
+            raise SourceUnavailableError("retries must be >= 0 or None (forever)")
         self.url = url
         self.stream = stream
         self.transport = transport
@@ -121,8 +132,9 @@ class RTSPSource(CountedSource):
             "timeout": str(int(read_timeout * 1_000_000)),
             **(options or {}),
         }
-        self._queue: LatestQueue[Frame] = LatestQueue(queue_size)
+        self._bridge: Bridge[Media] = Bridge(queue_size, "latest")
         self._clock = LiveClock()
+        self._chunker = AudioChunker(stream) if audio else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
@@ -132,6 +144,7 @@ class RTSPSource(CountedSource):
         """Where the latest session's wall clock comes from."""
         self.frames_in = 0
         self.frames_out = 0
+        self.audio_out = 0
         self.reconnects = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -142,30 +155,51 @@ class RTSPSource(CountedSource):
         """connecting / streaming / backoff / closed (idle before the first read)."""
         return self._state
 
+    @property
+    def dropped(self) -> int:
+        """Sampled frames discarded because the consumer fell behind."""
+        return self._bridge.dropped
+
+    @property
+    def gaps(self) -> list[Gap]:
+        """Holes in the timeline left by reconnects."""
+        return list(self._clock.gaps)
+
+    def stats(self) -> SourceStats:
+        state: SourceState = "connecting" if self._state == "idle" else self._state
+        return SourceStats(
+            state,
+            frames=self.frames_out,
+            drops=self.dropped,
+            reconnects=self.reconnects,
+            last_error=self.last_error,
+            audio_chunks=self.audio_out,
+            extra={"failures": self.failures, "wall_source": self.wall_source},
+        )
+
     async def __aenter__(self) -> RTSPSource:
         self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __aiter__(self) -> RTSPSource:
         return self
 
     def start(self) -> None:
         """Start the worker thread (iteration starts it too). Needs a running loop."""
         if self._thread is not None or self._closed:
             return
-        loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(
-            target=self._run, args=(loop,), name=f"rtsp-{self.stream}", daemon=True
-        )
+        self._bridge.bind()
+        self._thread = threading.Thread(target=self._run, name=f"rtsp-{self.stream}", daemon=True)
         self._thread.start()
 
-    async def __anext__(self) -> Frame:
+    async def __anext__(self) -> Media:
         self.start()
-        frame: Frame = await self._next_frame()
-        return frame
+        try:
+            item = await self._bridge.get()
+        except BridgeClosed:
+            raise StopAsyncIteration from None
+        if isinstance(item, AudioChunk):
+            self.audio_out += 1
+        else:
+            self.frames_out += 1
+        return item
 
     async def close(self) -> None:
         """Stop the thread and end iteration. Idempotent; waits for the thread."""
@@ -173,7 +207,7 @@ class RTSPSource(CountedSource):
             return
         self._closed = True
         self._stop.set()
-        self._queue.close()
+        self._bridge.close()
         thread = self._thread
         if thread is not None:
             # The thread notices the stop flag per frame, or after read_timeout on a stalled server.
@@ -182,13 +216,13 @@ class RTSPSource(CountedSource):
 
     # ---- worker thread -------------------------------------------------------------------------
 
-    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _run(self) -> None:
         failed_in_row = 0
         sessions = 0
         try:
             while not self._stop.is_set():
                 self._state = "connecting"
-                delivered = self._session(loop, sessions)
+                delivered = self._session(sessions)
                 if delivered is not None:
                     sessions += 1
                 if self._stop.is_set():
@@ -196,8 +230,8 @@ class RTSPSource(CountedSource):
                 failed_in_row = 1 if delivered else failed_in_row + 1
                 self.failures += 1
                 if self.retries is not None and failed_in_row > self.retries:
-                    error = StreamDisconnectedError(f"{self.url}: {self.last_error or 'disconnected'}")
-                    self._queue.close_threadsafe(loop, error)
+                    error = DisconnectedError(f"{self.url}: {self.last_error or 'disconnected'}")
+                    self._bridge.finish(error)
                     return
                 self._state = "backoff"
                 delay = backoff_delay(max(1, failed_in_row), *self._backoff, self._rng)
@@ -205,13 +239,13 @@ class RTSPSource(CountedSource):
                 self._stop.wait(delay)
         except Exception as exc:  # a bug: surface it to the consumer rather than dying silently
             log.exception("%s: RTSP worker crashed", self.stream)
-            self._queue.close_threadsafe(loop, exc)
+            self._bridge.finish(exc)
             return
         finally:
             self._state = "closed" if self._stop.is_set() else self._state
-        self._queue.close_threadsafe(loop)
+        self._bridge.finish()
 
-    def _session(self, loop: asyncio.AbstractEventLoop, sessions: int) -> int | None:
+    def _session(self, sessions: int) -> int | None:
         """One connection: None if it did not open, else the number of frames delivered."""
         try:
             container = av.open(self.url, options=self._options, timeout=self._timeouts)
@@ -225,40 +259,62 @@ class RTSPSource(CountedSource):
             if sessions:
                 self.reconnects += 1
             self._clock.new_session()
-            return self._pump(container, loop)
+            return self._pump(container)
         except (av.FFmpegError, OSError) as exc:
             self.last_error = f"read failed: {exc}"
             return 0
         finally:
+            if self._chunker is not None:
+                for chunk in self._chunker.flush():
+                    self._bridge.put(chunk)
             container.close()
 
-    def _pump(self, container: av.container.InputContainer, loop: asyncio.AbstractEventLoop) -> int:
+    def _pump(self, container: av.container.InputContainer) -> int:
         vstream = container.streams.video[0]
         tune_decoder(vstream, threads="SLICE")  # frame threading would add frames of latency
         tb = vstream.time_base
+        astream = (
+            container.streams.audio[0] if self._chunker is not None and container.streams.audio else None
+        )
         wall_offset: float | None = None  # wall - t for this session, once known
+        session_offset: float | None = None  # t - raw for this session, once known (places audio)
         delivered = 0
         self._state = "streaming"
         self.last_error = "end of stream"
-        for frame in container.decode(vstream):
+        packets = container.demux(vstream) if astream is None else container.demux(vstream, astream)
+        for packet in packets:
             if self._stop.is_set():
                 break
-            now_wall, now_mono = time.time(), time.monotonic()
-            self.frames_in += 1
-            raw = float(frame.pts * tb) if frame.pts is not None and tb is not None else None
-            t = self._clock.map(raw, now_mono)
-            if raw is not None:
-                wall_offset = self._wall_offset(container, raw, t, now_wall, wall_offset)
-            wall = now_wall if wall_offset is None else t + wall_offset
-            if not self._sampler.take(t):
-                continue
-            image = to_rgb(frame, self._short_side)
-            if not self._queue.put_threadsafe(
-                loop, Frame(self.stream, t, image, wall, bool(frame.key_frame))
-            ):
-                break
-            delivered += 1
+            for frame in packet.decode():
+                if isinstance(frame, av.AudioFrame):
+                    self._audio(frame, session_offset, wall_offset)
+                    continue
+                if not isinstance(frame, av.VideoFrame):
+                    continue
+                now_wall, now_mono = time.time(), time.monotonic()
+                self.frames_in += 1
+                raw = float(frame.pts * tb) if frame.pts is not None and tb is not None else None
+                t = self._clock.map(raw, now_mono)
+                if raw is not None:
+                    session_offset = t - raw
+                    wall_offset = self._wall_offset(container, raw, t, now_wall, wall_offset)
+                wall = now_wall if wall_offset is None else t + wall_offset
+                if not self._sampler.take(t):
+                    continue
+                image = to_rgb(frame, self._short_side)
+                if not self._bridge.put(Frame(self.stream, t, image, wall, bool(frame.key_frame))):
+                    return delivered
+                delivered += 1
         return delivered
+
+    def _audio(self, frame: av.AudioFrame, session_offset: float | None, wall_offset: float | None) -> None:
+        """Sound on the video's timeline; dropped until the session's first video frame places it."""
+        if self._chunker is None or session_offset is None or frame.pts is None or frame.time_base is None:
+            return
+        t = float(frame.pts * frame.time_base) + session_offset
+        wall = None if wall_offset is None else t + wall_offset
+        for chunk in self._chunker.push(frame, t, wall):
+            self._bridge.put(chunk)
 
     def _wall_offset(
         self,
@@ -279,3 +335,34 @@ class RTSPSource(CountedSource):
             return current
         self.wall_source = "arrival"
         return now_wall - t
+
+
+class RTSPSpec(SourceSpec):
+    """An RTSP camera or server, pulled and reconnected forever."""
+
+    kind: Literal["rtsp"]
+    url: str
+    transport: Literal["tcp", "udp"] = "tcp"
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    def location(self) -> dict[str, str | None]:
+        return {"url": self.url, "path": None}
+
+
+def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
+    """Factory: a fresh session (live: nothing to resume)."""
+    return RTSPSource(
+        spec.url,
+        stream=spec.id,
+        fps=ctx.fps_of(spec),
+        short_side=ctx.short_side,
+        transport=spec.transport,
+        queue_size=ctx.queue_size,
+        audio=spec.audio,
+    )
+
+
+register(RTSPSpec, open_rtsp)

@@ -13,7 +13,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from agent.types import RGBImage
+from streams.media import RGBImage
 
 
 class Sampler:

@@ -32,13 +32,19 @@ end) minus its declared duration, as recorders do not write wall clocks
 into segments portably.
 
 Resume: :attr:`SegmentFolderSource.position` (a :class:`SegmentPosition`,
-JSON-able) says which segments are done and the last frame time handed
-out; a new source given that position skips finished segments and frames
+JSON-able; :meth:`~SegmentFolderSource.resume_token` is its dict) says which
+segments are done and the last frame time handed out — as of the items the
+consumer received, not of what the thread decoded ahead; a new source given that position skips finished segments and frames
 already delivered, so a restart neither loses nor repeats footage.
 
 Policy: segments are files, nothing is lost by waiting, so this source
-applies *backpressure* (decoding pauses while the consumer is busy) and
-never drops. A corrupt segment is logged, counted and skipped.
+applies *backpressure* (queue policy ``"block"``: one worker thread watches
+the folder and decodes, and pauses while the consumer is busy) and never
+drops. Segments are decoded by the shared loop of :mod:`streams.decode`
+(its damage tolerance: damaged packets skipped up to a limit, a truncated
+segment reported after its good frames); a corrupt segment is logged,
+counted and skipped. With ``audio=True`` the segments' sound comes too, as
+:class:`~streams.media.AudioChunk` on the same timeline.
 """
 
 from __future__ import annotations
@@ -48,24 +54,34 @@ import fnmatch
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import av
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.errors import CorruptVideoError, SourceError
-from agent.types import Frame
-from streams.live import LiveCounters
-from streams.sampler import Sampler, to_rgb, tune_decoder
+from streams.audio import AudioChunker
+from streams.bridge import Bridge, BridgeClosed, QueuePolicy
+from streams.decode import Picture, decode, open_media
+from streams.errors import CorruptMediaError, SourceUnavailableError
+from streams.media import AudioChunk, Frame, Media
+from streams.registry import OpenContext, register
+from streams.sampler import Sampler, to_rgb
+from streams.source import RecordingSpec, Source, SourceState, SourceStats
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = ("*.mp4", "*.ts", "*.mkv")
 State = Literal["waiting", "reading", "done", "closed"]
+_STATS_STATE: dict[State, SourceState] = {
+    "waiting": "connecting",
+    "reading": "streaming",
+    "done": "done",
+    "closed": "closed",
+}
 
 
 class SegmentPosition(BaseModel):
@@ -90,11 +106,11 @@ class SegmentPosition(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentPosition:
-        """Inverse of :meth:`to_dict`; raises SourceError on garbage."""
+        """Inverse of :meth:`to_dict`; raises SourceUnavailableError on garbage."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SourceError(f"invalid segment position: {exc}") from exc
+            raise SourceUnavailableError(f"invalid segment position: {exc}") from exc
 
 
 def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
@@ -108,8 +124,23 @@ class _Seen:
     since: float  # monotonic time this signature was first seen
 
 
-class SegmentFolderSource:
-    """Async iterator of :class:`Frame` from a folder of recorder segments.
+@dataclass(frozen=True)
+class _Mark:
+    """The thread's position at a segment boundary, applied when the consumer reaches it."""
+
+    position: SegmentPosition
+
+
+@dataclass(frozen=True)
+class _End:
+    error: BaseException | None = None
+
+
+_Item = Media | _Mark | _End
+
+
+class SegmentFolderSource(Source):
+    """Async iterator of :class:`Frame` (and :class:`AudioChunk`) from a folder of recorder segments.
 
     ``follow=False`` reads what is there (every file counts as complete) and
     ends; the default follows the folder until :meth:`close`.
@@ -117,6 +148,8 @@ class SegmentFolderSource:
     (always 0: backpressure), :attr:`reconnects` (always 0),
     :attr:`segments_done`, :attr:`segments_corrupt`.
     """
+
+    queue_policy: ClassVar[QueuePolicy] = "block"
 
     def __init__(
         self,
@@ -131,12 +164,14 @@ class SegmentFolderSource:
         follow: bool = True,
         position: SegmentPosition | None = None,
         max_gap: float = 3600.0,
+        queue_size: int = 8,
+        audio: bool = False,
     ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise SourceError(f"{self.folder}: not a directory")
+            raise SourceUnavailableError(f"{self.folder}: not a directory")
         if poll_interval <= 0 or settle_seconds < 0:
-            raise SourceError("poll_interval must be > 0 and settle_seconds >= 0")
+            raise SourceUnavailableError("poll_interval must be > 0 and settle_seconds >= 0")
         self.stream = stream
         self.patterns = tuple(patterns)
         self.follow = follow
@@ -145,18 +180,23 @@ class SegmentFolderSource:
         self._poll = poll_interval
         self._settle = settle_seconds
         self._max_gap = max_gap
-        self._pos = position.model_copy() if position is not None else SegmentPosition()
-        if self._pos.last_t is not None:
-            self._sampler.take(self._pos.last_t)  # continue the sampling grid where it stopped
+        self._work = position.model_copy() if position is not None else SegmentPosition()  # the thread's
+        self._pos = self._work.model_copy()  # as of the items handed out
+        if self._work.last_t is not None:
+            self._sampler.take(self._work.last_t)  # continue the sampling grid where it stopped
+        self._chunker = AudioChunker(stream) if audio else None
         self._seen: dict[str, _Seen] = {}
         self._deferred: dict[str, tuple[int, int]] = {}  # newest segment that failed to open, by signature
-        self._gen: Iterator[Frame] | None = None
-        self._gen_name: str | None = None
-        self._inflight: asyncio.Future[Frame | None] | None = None
-        self._frames_seen = False  # the current segment decoded at least one frame
+        self._bridge: Bridge[_Item] = Bridge(queue_size, "block")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._segment: str | None = None
         self._state: State = "waiting"
+        self._finished = False
+        self._error: str | None = None
         self.frames_in = 0
         self.frames_out = 0
+        self.audio_out = 0
         self.dropped = 0
         self.reconnects = 0
         self.segments_done = 0
@@ -164,78 +204,111 @@ class SegmentFolderSource:
 
     @property
     def position(self) -> SegmentPosition:
-        """A copy of the resume state (frames handed out so far)."""
+        """A copy of the resume state (items handed out so far)."""
         return self._pos.model_copy()
+
+    def resume_token(self) -> dict[str, Any] | None:
+        """:attr:`position` as a dict (:meth:`SegmentPosition.from_dict` reads it back)."""
+        return self._pos.to_dict()
 
     @property
     def segment(self) -> str | None:
         """Name of the segment being read, if any."""
-        return self._gen_name
+        return self._segment
 
     @property
     def state(self) -> State:
         """waiting (for a complete segment) / reading / done (follow=False) / closed."""
         return self._state
 
-    @property
-    def counters(self) -> LiveCounters:
-        """A snapshot of the common counters."""
-        return LiveCounters(self.frames_in, self.frames_out, self.dropped, self.reconnects)
+    def stats(self) -> SourceStats:
+        return SourceStats(
+            _STATS_STATE[self._state],
+            frames=self.frames_out,
+            last_error=self._error,
+            audio_chunks=self.audio_out,
+            extra={"segments_done": self.segments_done, "segments_corrupt": self.segments_corrupt},
+        )
 
     async def __aenter__(self) -> SegmentFolderSource:
+        self._begin()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _begin(self) -> None:
+        if self._thread is not None or self._state == "closed":
+            return
+        self._bridge.bind()
+        self._thread = threading.Thread(target=self._run, name=f"segments-{self.stream}", daemon=True)
+        self._thread.start()
 
-    def __aiter__(self) -> SegmentFolderSource:
-        return self
-
-    async def __anext__(self) -> Frame:
-        while self._state not in ("closed", "done"):
-            if self._gen is None:
-                if not await self._open_next():
-                    continue
-            frame = await self._step()
-            if frame is not None:
-                self._pos.last_t = frame.t
+    async def __anext__(self) -> Media:
+        self._begin()
+        while not self._finished and self._state != "closed":
+            try:
+                item = await self._bridge.get()
+            except BridgeClosed:
+                break
+            if isinstance(item, _Mark):
+                self._pos = item.position.model_copy(update={"last_t": self._pos.last_t})
+            elif isinstance(item, _End):
+                self._finished = True
+                if item.error is not None:
+                    self._error = str(item.error)
+                    raise item.error
+            elif isinstance(item, AudioChunk):
+                self.audio_out += 1
+                return item
+            else:
+                self._pos.last_t = item.t
                 self.frames_out += 1
-                return frame
+                return item
         raise StopAsyncIteration
 
     async def close(self) -> None:
-        """Stop reading; idempotent. Waits for a decode step in flight, then closes the file."""
-        if self._state == "closed":
-            return
+        """Stop reading; idempotent. Waits for the thread, which closes the segment file."""
         self._state = "closed"
-        if self._inflight is not None:
-            await asyncio.gather(self._inflight, return_exceptions=True)
-        await self._drop_gen()
+        self._stop.set()
+        self._bridge.close(drop=True)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+        self._state = "closed"
 
-    # ---- choosing segments -------------------------------------------------------------------
+    # ---- worker thread: choosing segments ----------------------------------------------------------
 
-    async def _open_next(self) -> bool:
-        """Start the next complete segment; False after waiting (or when done)."""
-        names = await asyncio.to_thread(self._list)
-        pending = [n for n in names if self._pos.done is None or natural_key(n) > natural_key(self._pos.done)]
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            while not self._stop.is_set():
+                name = self._next_segment()
+                if name is None:
+                    if self._state == "done":
+                        break
+                    self._stop.wait(self._poll)
+                    continue
+                if not self._read(name):
+                    return  # the consumer is gone
+        except Exception as exc:  # a bug: surface it to the consumer rather than dying silently
+            log.exception("%s: segment reader crashed", self.stream)
+            error = exc
+        if self._chunker is not None and error is None:
+            for chunk in self._chunker.flush():
+                self._bridge.put(chunk)
+        self._bridge.put(_End(error))
+
+    def _next_segment(self) -> str | None:
+        """The next complete segment, or None (then :attr:`state` is done when nothing will come)."""
+        names = self._list()
+        done = self._work.done
+        pending = [n for n in names if done is None or natural_key(n) > natural_key(done)]
         if not pending:
             if not self.follow:
                 self._state = "done"
-            else:
-                await asyncio.sleep(self._poll)
-            return False
+            return None
         name = pending[0]
-        newer = len(pending) > 1
-        if self.follow and not await asyncio.to_thread(self._complete, name, newer):
-            await asyncio.sleep(self._poll)
-            return False
-        if self._state == "closed":  # closed while we looked at the folder
-            return False
-        self._frames_seen = False
-        self._gen = self._frames(self.folder / name)
-        self._gen_name = name
-        self._state = "reading"
-        return True
+        if self.follow and not self._complete(name, newer=len(pending) > 1):
+            return None
+        return name
 
     def _list(self) -> list[str]:
         with os.scandir(self.folder) as it:
@@ -245,7 +318,7 @@ class SegmentFolderSource:
         return sorted(names, key=natural_key)
 
     def _complete(self, name: str, newer: bool) -> bool:
-        """Runs in a thread: whether ``name`` may be read now (see module docstring)."""
+        """Whether ``name`` may be read now (see module docstring)."""
         try:
             st = os.stat(self.folder / name)
         except FileNotFoundError:
@@ -260,116 +333,108 @@ class SegmentFolderSource:
             return False  # failed to open at this very size; wait for a change
         return newer or now - seen.since >= self._settle
 
-    # ---- reading one segment -----------------------------------------------------------------
+    # ---- worker thread: reading one segment ----------------------------------------------------------
 
-    async def _step(self) -> Frame | None:
-        """Decode up to the next kept frame of the current segment in a worker thread."""
-        assert self._gen is not None
-        self._inflight = asyncio.ensure_future(asyncio.to_thread(next, self._gen, None))
+    def _read(self, name: str) -> bool:
+        """Hand over one segment's media and its boundary marks; False when the consumer is gone."""
+        self._state, self._segment = "reading", name
+        seen_frames = False
         try:
-            frame = await asyncio.shield(self._inflight)
-        except CorruptVideoError as exc:
-            await self._segment_failed(exc)
-            return None
+            for item in self._segment_media(self.folder / name):
+                seen_frames = True
+                if not self._bridge.put(item):
+                    return False
+        except CorruptMediaError as exc:
+            self._segment_failed(name, exc, seen_frames)
+        else:
+            if self._stop.is_set():
+                return False
+            self._work.done = name
+            self.segments_done += 1
         finally:
-            self._inflight = None
-        if frame is None:
-            await self._segment_finished()
-        return frame
+            self._seen.pop(name, None)
+            self._segment = None
+            if self._state == "reading":
+                self._state = "waiting"
+        return self._bridge.put(_Mark(self._work.model_copy()))
 
-    async def _segment_finished(self) -> None:
-        self._pos.done = self._gen_name
-        self.segments_done += 1
-        await self._drop_gen()
-
-    async def _segment_failed(self, exc: CorruptVideoError) -> None:
-        name = self._gen_name
-        assert name is not None
-        if not self._frames_seen and self.follow:
-            names = await asyncio.to_thread(self._list)
+    def _segment_failed(self, name: str, exc: CorruptMediaError, seen_frames: bool) -> None:
+        if not seen_frames and self.follow:
+            names = self._list()
             if names and names[-1] == name:
                 # The newest segment may still be written (MP4 before its index): retry later.
                 seen = self._seen.get(name)
                 if seen is not None:
                     self._deferred[name] = seen.signature
                 log.info("%s: newest segment %s not readable yet (%s)", self.stream, name, exc)
-                await self._drop_gen()
                 return
         log.warning("%s: corrupt segment %s skipped: %s", self.stream, name, exc)
         self.segments_corrupt += 1
-        self._pos.done = name
-        await self._drop_gen()
+        self._work.done = name
 
-    async def _drop_gen(self) -> None:
-        gen, name = self._gen, self._gen_name
-        self._gen = self._gen_name = None
-        if name is not None:
-            self._seen.pop(name, None)
-        if self._state == "reading":
-            self._state = "waiting"
-        if gen is not None:
-            close = getattr(gen, "close", None)
-            if close is not None:
-                await asyncio.to_thread(close)
-
-    def _frames(self, path: Path) -> Iterator[Frame]:
-        """Runs in worker threads, one step at a time: sampled frames of one segment."""
+    def _segment_media(self, path: Path) -> Iterator[_Item]:
+        """Sampled frames (and sound) of one segment on the stream's timeline, plus its start mark."""
         try:
-            container = av.open(str(path))
-        except (av.FFmpegError, OSError) as exc:
-            raise _open_error(path, exc) from exc
+            container, _ = open_media(path)
+        except (CorruptMediaError, SourceUnavailableError) as exc:
+            raise CorruptMediaError(f"{path}: cannot read segment ({exc})") from exc
         try:
-            if not container.streams.video:
-                raise _open_error(path, ValueError("no video stream"))
             yield from self._decode(container, path)
         finally:
             container.close()
 
-    def _decode(self, container: Any, path: Path) -> Iterator[Frame]:
+    def _decode(self, container: Any, path: Path) -> Iterator[_Item]:
         vstream = container.streams.video[0]
-        tune_decoder(vstream)
-        tb = vstream.time_base
-        rate = vstream.average_rate or vstream.guessed_rate
-        period = 1.0 / float(rate) if rate else 0.04
-        declared = float(container.duration / av.time_base) if container.duration else None
+        declared = float(container.duration / 1_000_000) if container.duration else None
         wall_start = os.stat(path).st_mtime - declared if declared else None
+        p = self._work
         first_t: float | None = None
-        rec: float | None = None
-        end = self._pos.next_t
+        end = p.next_t
         finished = False  # False when the consumer closed us mid-segment: keep the resume point
         try:
-            for frame in container.decode(vstream):
-                self.frames_in += 1
-                self._frames_seen = True
-                rec = float(frame.pts * tb) if frame.pts is not None and tb else (rec or 0.0) + period
+            for item in decode(
+                container,
+                vstream,
+                label=path,
+                relative=False,
+                audio=self._chunker is not None,
+                stop=self._stop,
+            ):
+                if item.t is None:
+                    continue  # sound without a timestamp before the first picture places it
                 if first_t is None:
-                    self._begin_segment(rec)
-                assert self._pos.shift is not None
-                t = rec + self._pos.shift
+                    self._begin_segment(item.t)
+                    yield _Mark(p.model_copy())
+                assert p.shift is not None
+                t = item.t + p.shift
                 first_t = t if first_t is None else first_t
-                dur = float(frame.duration * tb) if frame.duration and tb else period
-                end = max(end, t + dur)
-                if self._pos.last_t is not None and t <= self._pos.last_t:
+                wall = None if wall_start is None else wall_start + (t - first_t)
+                if not isinstance(item, Picture):
+                    if self._chunker is not None and (p.last_t is None or t > p.last_t):
+                        yield from self._chunker.push(item.frame, t, wall)
+                    continue
+                self.frames_in += 1
+                end = max(end, t + item.duration)
+                if p.last_t is not None and t <= p.last_t:
                     continue  # already delivered before a restart, or overlapping segments
                 if self._sampler.take(t):
-                    wall = None if wall_start is None else wall_start + (t - first_t)
-                    yield Frame(self.stream, t, to_rgb(frame, self._short_side), wall, bool(frame.key_frame))
+                    p.last_t = t
+                    image = to_rgb(item.frame, self._short_side)
+                    yield Frame(self.stream, t, image, wall, bool(item.frame.key_frame))
+            finished = not self._stop.is_set()
+        except CorruptMediaError:
             finished = True
-        except av.FFmpegError as exc:
-            finished = True
-            raise CorruptVideoError(
-                f"{path}: unreadable after {end - self._pos.next_t:.2f}s ({exc})"
-            ) from exc
+            raise
         finally:
             if finished and first_t is not None:
-                self._pos.last_duration = max(0.0, end - first_t)
-                self._pos.next_t = end
+                p.last_duration = max(0.0, end - first_t)
+                p.next_t = end
         if first_t is None:
-            raise _open_error(path, ValueError("no decodable frame"))
+            raise CorruptMediaError(f"{path}: cannot read segment (no decodable frame)")
 
     def _begin_segment(self, rec: float) -> None:
         """Decide whether the recorder's clock continues (keep it) or restarted (append)."""
-        p = self._pos
+        p = self._work
         if p.shift is not None:
             tol = min(1.0, 0.5 * p.last_duration) if p.last_duration > 0 else 1.0
             t = rec + p.shift
@@ -378,5 +443,28 @@ class SegmentFolderSource:
         p.shift = p.next_t - rec
 
 
-def _open_error(path: Path, exc: BaseException) -> CorruptVideoError:
-    return CorruptVideoError(f"{path}: cannot read segment ({exc})")
+class SegmentsSpec(RecordingSpec):
+    """A folder a recorder fills with segment files, followed until the stream is removed."""
+
+    kind: Literal["segments"]
+
+    def check_input(self) -> None:
+        if not Path(self.path).is_dir():
+            raise SourceUnavailableError(f"{self.path}: no such folder")
+
+
+def open_segments(spec: SegmentsSpec, ctx: OpenContext) -> SegmentFolderSource:
+    """Factory: follow the folder from the token's position (or from its first segment)."""
+    position = SegmentPosition.from_dict(ctx.resume_token) if ctx.resume_token is not None else None
+    return SegmentFolderSource(
+        Path(spec.path),
+        stream=spec.id,
+        fps=ctx.fps_of(spec),
+        short_side=ctx.short_side,
+        position=position,
+        queue_size=ctx.queue_size,
+        audio=spec.audio,
+    )
+
+
+register(SegmentsSpec, open_segments)

@@ -10,19 +10,24 @@ the websocket API, so everything shares one port).
 Each stream has one :class:`WhipSource`, an async iterator of frames that
 outlives publisher sessions: a publisher that reconnects (a new offer for
 the same stream) replaces the old session, counts as a reconnect and
-continues the same monotonic timeline (:class:`~streams.live.LiveClock`,
+continues the same monotonic timeline (:class:`~streams.timeline.LiveClock`,
 gaps recorded). Frames: aiortc decodes in its own thread and hands
 ``av.VideoFrame`` objects to the event loop; we map their RTP timestamps
 (90 kHz, wrapping every 13 h — a wrap re-anchors the clock) to stream time,
 sample to ``fps`` and convert only the kept frames, in a worker thread.
 ``Frame.wall`` is the arrival time of the session's first frame plus the
 RTP time since (aiortc does not expose the RTCP sender reports).
-Delivery uses a :class:`~streams.live.LatestQueue`: latest wins, drops counted.
+Delivery uses a :class:`~streams.bridge.Bridge` with queue policy
+``"latest"``: latest wins, drops counted.
 
 ICE: no STUN/TURN servers (``RTCConfiguration(iceServers=[])``); the agent
 answers with its host candidates, enough for publishers on the same network.
-Audio tracks are accepted and discarded (aiortc's ``MediaBlackhole``) so
-they do not pile up in aiortc's unbounded track queues.
+Audio: a stream registered with ``audio=True`` reads the publisher's audio
+track into :class:`~streams.media.AudioChunk` items (mono 16 kHz, ~1 s),
+placed on the video's timeline by arrival (RTP clocks of different tracks
+start at unrelated random values). Otherwise audio tracks are accepted and
+discarded (aiortc's ``MediaBlackhole``) so they do not pile up in aiortc's
+unbounded track queues.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import av
 from aiohttp import web
@@ -41,10 +46,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from agent.errors import ProtocolError, UnknownStreamError
-from agent.types import Frame
-from streams.live import CountedSource, LatestQueue, LiveClock
+from streams.audio import AudioChunker
+from streams.bridge import Bridge, BridgeClosed, QueuePolicy
+from streams.errors import BadOfferError, SourceUnavailableError, StreamError, UnknownSourceError
+from streams.media import AudioChunk, Frame, Media
+from streams.registry import OpenContext, register
 from streams.sampler import Sampler, to_rgb
+from streams.source import Source, SourceSpec, SourceStats
+from streams.timeline import Gap, LiveClock
 
 log = logging.getLogger(__name__)
 
@@ -52,50 +61,100 @@ MAX_SDP_BYTES = 64 * 1024
 """An SDP offer is a few kilobytes; anything far larger is not one."""
 
 
-class WhipSource(CountedSource):
-    """Frames of one WHIP stream across publisher sessions (async iterator).
+class WhipSource(Source):
+    """Media of one WHIP stream across publisher sessions (async iterator).
 
     Counters: :attr:`frames_in` (decoded frames received), :attr:`frames_out`,
     :attr:`dropped` (latest-wins drops), :attr:`reconnects` (sessions after
     the first). :attr:`publishing` says whether a publisher is connected.
+    Closing the source ends its publisher's session too (through the
+    :class:`WhipIngest` that made it).
     """
 
-    def __init__(self, stream: str, *, fps: float = 2.0, short_side: int = 224, queue_size: int = 8) -> None:
+    queue_policy: ClassVar[QueuePolicy] = "latest"
+    restarts_clock: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        stream: str,
+        *,
+        fps: float = 2.0,
+        short_side: int = 224,
+        queue_size: int = 8,
+        audio: bool = False,
+        ingest: WhipIngest | None = None,
+    ) -> None:
         self.stream = stream
+        self.audio = audio
         self._sampler = Sampler(fps)
         self._short_side = short_side
-        self._queue: LatestQueue[Frame] = LatestQueue(queue_size)
+        self._bridge: Bridge[Media] = Bridge(queue_size, "latest")
         self._clock = LiveClock()
+        self._chunker = AudioChunker(stream) if audio else None
+        self._ingest = ingest
         self._sessions = 0
+        self._arrival: float | None = None  # monotonic arrival of the last video frame
+        self._closed = False
         self.publishing = False
         self.frames_in = 0
         self.frames_out = 0
+        self.audio_out = 0
         self.reconnects = 0
 
     @property
     def closed(self) -> bool:
-        return self._queue.closed
+        return self._bridge.closed
 
-    def __aiter__(self) -> WhipSource:
-        return self
+    @property
+    def dropped(self) -> int:
+        """Sampled frames discarded because the consumer fell behind."""
+        return self._bridge.dropped
 
-    async def __anext__(self) -> Frame:
-        frame: Frame = await self._next_frame()
-        return frame
+    @property
+    def gaps(self) -> list[Gap]:
+        """Holes in the timeline left by publisher changes."""
+        return list(self._clock.gaps)
+
+    def stats(self) -> SourceStats:
+        if self.closed:
+            state: Literal["connecting", "streaming", "closed"] = "closed"
+        else:
+            state = "streaming" if self.publishing else "connecting"
+        return SourceStats(
+            state,
+            frames=self.frames_out,
+            drops=self.dropped,
+            reconnects=self.reconnects,
+            audio_chunks=self.audio_out,
+            extra={"publishing": self.publishing},
+        )
+
+    async def __anext__(self) -> Media:
+        try:
+            item = await self._bridge.get()
+        except BridgeClosed:
+            raise StopAsyncIteration from None
+        if isinstance(item, AudioChunk):
+            self.audio_out += 1
+        else:
+            self.frames_out += 1
+        return item
 
     async def __aenter__(self) -> WhipSource:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def close(self) -> None:
-        """End iteration (frames already queued are still delivered). Idempotent.
+        """End iteration (items already queued are still delivered) and the publisher's session.
 
-        The owning :class:`WhipIngest` stops the publisher session when it
-        removes the stream; closing the source alone only stops delivery.
+        Idempotent. The ingest keeps the (closed) entry: a new
+        :meth:`WhipIngest.add_stream` for the same id makes a fresh source.
         """
-        self._queue.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._bridge.close()
+        if self._ingest is not None:
+            await self._ingest.end_sessions(self.stream)
 
     async def consume(self, track: MediaStreamTrack) -> None:
         """Read one publisher's video track until it ends (run as a task by the ingest)."""
@@ -106,7 +165,7 @@ class WhipSource(CountedSource):
         self.publishing = True
         wall_offset: float | None = None
         try:
-            while not self._queue.closed:
+            while not self.closed:
                 try:
                     frame = await track.recv()
                 except MediaStreamError:
@@ -118,14 +177,50 @@ class WhipSource(CountedSource):
                 pts, tb = frame.pts, frame.time_base
                 raw = float(pts * tb) if pts is not None and tb is not None else None
                 t = self._clock.map(raw, now_mono)
+                self._arrival = now_mono
                 if wall_offset is None:
                     wall_offset = now_wall - t
                 if not self._sampler.take(t):
                     continue
                 image = await asyncio.to_thread(to_rgb, frame, self._short_side)
-                self._queue.put_nowait(Frame(self.stream, t, image, t + wall_offset, bool(frame.key_frame)))
+                self._bridge.put(Frame(self.stream, t, image, t + wall_offset, bool(frame.key_frame)))
         finally:
             self.publishing = False
+
+    async def consume_audio(self, track: MediaStreamTrack) -> None:
+        """Read one publisher's audio track into chunks until it ends (run as a task by the ingest).
+
+        The first audio frame is placed at the video timeline's "now" (its
+        last frame plus the time since it arrived); later frames follow by
+        their own RTP time.
+        """
+        chunker = self._chunker
+        if chunker is None:
+            return
+        anchor: tuple[float, float] | None = None  # (stream time, raw time) of the first frame
+        try:
+            while not self.closed:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                if not isinstance(frame, av.AudioFrame) or frame.pts is None or frame.time_base is None:
+                    continue
+                raw = float(frame.pts * frame.time_base)
+                if anchor is None:
+                    anchor = (self._now_t(), raw)
+                t = anchor[0] + raw - anchor[1]
+                for chunk in chunker.push(frame, t, time.time()):
+                    self._bridge.put(chunk)
+        finally:
+            for chunk in chunker.flush():
+                self._bridge.put(chunk)
+
+    def _now_t(self) -> float:
+        last = self._clock.last_t
+        if last is None or self._arrival is None:
+            return 0.0 if last is None else last
+        return last + max(0.0, time.monotonic() - self._arrival)
 
 
 @dataclass
@@ -135,16 +230,19 @@ class _Session:
     pc: RTCPeerConnection
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     blackhole: MediaBlackhole = field(default_factory=MediaBlackhole)
+    video: bool = False
+    audio: bool = False
 
 
 class WhipIngest:
-    """WHIP endpoint logic: offers in, answers out, frames to per-stream sources.
+    """WHIP endpoint logic: offers in, answers out, media to per-stream sources.
 
-    Streams are registered with :meth:`add_stream` (the service does it on
-    ``streams.add``); an offer for an unknown stream raises
-    :class:`UnknownStreamError` unless ``auto_register`` is set. Every
-    peer connection and reader task is owned here and ended by
-    :meth:`delete`, :meth:`remove_stream` or :meth:`close`.
+    Streams are registered with :meth:`add_stream` (a service does it when a
+    ``whip`` stream is added); an offer for an unknown (or closed) stream
+    raises :class:`~streams.errors.UnknownSourceError` unless
+    ``auto_register`` is set. Every peer connection and reader task is owned
+    here and ended by :meth:`delete`, :meth:`end_sessions`,
+    :meth:`remove_stream` or :meth:`close`.
     """
 
     def __init__(
@@ -164,13 +262,31 @@ class WhipIngest:
         """Registered stream ids."""
         return list(self._sources)
 
-    def add_stream(self, stream: str) -> WhipSource:
-        """Register ``stream`` (idempotent) and return its source."""
+    def add_stream(
+        self,
+        stream: str,
+        *,
+        fps: float | None = None,
+        short_side: int | None = None,
+        queue_size: int | None = None,
+        audio: bool = False,
+    ) -> WhipSource:
+        """Register ``stream`` (idempotent while its source is open) and return its source.
+
+        Options default to the ingest's own. Raises SourceUnavailableError once closed.
+        """
         if self._closed:
-            raise ProtocolError("WHIP ingest is closed")
+            raise SourceUnavailableError("WHIP ingest is closed")
         src = self._sources.get(stream)
         if src is None or src.closed:
-            src = WhipSource(stream, fps=self._fps, short_side=self._short_side, queue_size=self._queue_size)
+            src = WhipSource(
+                stream,
+                fps=fps or self._fps,
+                short_side=short_side or self._short_side,
+                queue_size=queue_size or self._queue_size,
+                audio=audio,
+                ingest=self,
+            )
             self._sources[stream] = src
         return src
 
@@ -179,12 +295,16 @@ class WhipIngest:
         try:
             return self._sources[stream]
         except KeyError:
-            raise UnknownStreamError(f"no WHIP stream {stream!r}") from None
+            raise UnknownSourceError(f"no WHIP stream {stream!r}") from None
 
-    async def remove_stream(self, stream: str) -> None:
-        """End the stream's publisher session and close its source."""
+    async def end_sessions(self, stream: str) -> None:
+        """End the publisher session(s) of ``stream``, if any."""
         for session in [s for s in self._sessions.values() if s.stream == stream]:
             await self._end(session)
+
+    async def remove_stream(self, stream: str) -> None:
+        """End the stream's publisher session, close its source and forget it."""
+        await self.end_sessions(stream)
         src = self._sources.pop(stream, None)
         if src is not None:
             await src.close()
@@ -194,42 +314,44 @@ class WhipIngest:
 
         A new offer for a stream that already has a publisher replaces the
         old session (a reconnecting encoder often cannot DELETE first).
-        Raises :class:`UnknownStreamError` or :class:`ProtocolError`.
+        Raises :class:`~streams.errors.UnknownSourceError`,
+        :class:`~streams.errors.BadOfferError` or (closed)
+        :class:`~streams.errors.SourceUnavailableError`.
         """
         _check_offer(sdp_offer)
         if self._closed:
-            raise ProtocolError("WHIP ingest is closed")
-        if stream not in self._sources:
+            raise SourceUnavailableError("WHIP ingest is closed")
+        known = self._sources.get(stream)
+        if known is None or known.closed:
             if not self.auto_register:
-                raise UnknownStreamError(f"no WHIP stream {stream!r}")
+                raise UnknownSourceError(f"no WHIP stream {stream!r}")
             self.add_stream(stream)
         source = self._sources[stream]
-        for old in [s for s in self._sessions.values() if s.stream == stream]:
-            await self._end(old)
+        await self.end_sessions(stream)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         session = _Session(uuid.uuid4().hex, stream, pc)
         self._wire(session, source)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp_offer, type="offer"))
             if not any(t.kind == "video" for t in pc.getTransceivers()):
-                raise ProtocolError("the offer has no video")
+                raise BadOfferError("the offer has no video")
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)  # aiortc gathers every candidate first: no trickle needed
-        except ProtocolError:
+        except BadOfferError:
             await self._end(session)
             raise
         except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
             await self._end(session)
-            raise ProtocolError(f"bad SDP offer: {exc}") from exc
+            raise BadOfferError(f"bad SDP offer: {exc}") from exc
         self._sessions[session.resource] = session
         log.info("WHIP %s: publisher session %s", stream, session.resource)
         return pc.localDescription.sdp, session.resource
 
     async def delete(self, resource: str, stream: str | None = None) -> None:
-        """End a publisher session (WHIP DELETE). Unknown ids raise UnknownStreamError."""
+        """End a publisher session (WHIP DELETE). Unknown ids raise UnknownSourceError."""
         session = self._sessions.get(resource)
         if session is None or (stream is not None and session.stream != stream):
-            raise UnknownStreamError(f"no WHIP session {resource!r}")
+            raise UnknownSourceError(f"no WHIP session {resource!r}")
         await self._end(session)
 
     async def close(self) -> None:
@@ -249,11 +371,17 @@ class WhipIngest:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video" and not any(not t.done() for t in session.tasks):
+            if track.kind == "video" and not session.video:
+                session.video = True
                 session.tasks.append(
                     asyncio.create_task(source.consume(track), name=f"whip-{session.stream}")
                 )
-            else:  # audio, or a second video track: discard so it never accumulates
+            elif track.kind == "audio" and source.audio and not session.audio:
+                session.audio = True
+                session.tasks.append(
+                    asyncio.create_task(source.consume_audio(track), name=f"whip-audio-{session.stream}")
+                )
+            else:  # unwanted audio, or a second track: discard so it never accumulates
                 session.blackhole.addTrack(track)
                 self._spawn(session.blackhole.start())
 
@@ -279,13 +407,13 @@ class WhipIngest:
 
 def _check_offer(sdp: str) -> None:
     if not isinstance(sdp, str) or not sdp.strip():
-        raise ProtocolError("empty SDP offer")
+        raise BadOfferError("empty SDP offer")
     if len(sdp) > MAX_SDP_BYTES:
-        raise ProtocolError(f"SDP offer over {MAX_SDP_BYTES} bytes")
+        raise BadOfferError(f"SDP offer over {MAX_SDP_BYTES} bytes")
     if not sdp.lstrip().startswith("v=0"):
-        raise ProtocolError("not an SDP offer (must start with v=0)")
+        raise BadOfferError("not an SDP offer (must start with v=0)")
     if "m=video" not in sdp:
-        raise ProtocolError("the offer has no video")
+        raise BadOfferError("the offer has no video")
 
 
 def whip_routes(ingest: WhipIngest, *, prefix: str = "/whip", token: str | None = None) -> list[web.RouteDef]:
@@ -311,9 +439,9 @@ def whip_routes(ingest: WhipIngest, *, prefix: str = "/whip", token: str | None 
         stream = request.match_info["stream"]
         try:
             answer, resource = await ingest.handle_offer(stream, await request.text())
-        except UnknownStreamError as exc:
+        except UnknownSourceError as exc:
             return web.Response(status=404, text=str(exc))
-        except ProtocolError as exc:
+        except StreamError as exc:
             return web.Response(status=400, text=str(exc))
         return web.Response(
             status=201,
@@ -327,7 +455,7 @@ def whip_routes(ingest: WhipIngest, *, prefix: str = "/whip", token: str | None 
             return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
         try:
             await ingest.delete(request.match_info["resource"], stream=request.match_info["stream"])
-        except UnknownStreamError as exc:
+        except UnknownSourceError as exc:
             return web.Response(status=404, text=str(exc))
         return web.Response(status=200)
 
@@ -339,3 +467,26 @@ def whip_routes(ingest: WhipIngest, *, prefix: str = "/whip", token: str | None 
         web.options(prefix + "/{stream}", options),
         web.delete(prefix + "/{stream}/{resource}", delete),
     ]
+
+
+class WhipSpec(SourceSpec):
+    """A stream published to this service over WHIP (``POST /whip/{id}``)."""
+
+    kind: Literal["whip"]
+
+    @property
+    def live(self) -> bool:
+        return True
+
+
+def open_whip(spec: WhipSpec, ctx: OpenContext) -> WhipSource:
+    """Factory: register the stream with the shared ingest (``ctx.hubs["whip"]``)."""
+    ingest = ctx.hubs.get("whip")
+    if not isinstance(ingest, WhipIngest):
+        raise SourceUnavailableError("WHIP ingest is not available in this service")
+    return ingest.add_stream(
+        spec.id, fps=ctx.fps_of(spec), short_side=ctx.short_side, queue_size=ctx.queue_size, audio=spec.audio
+    )
+
+
+register(WhipSpec, open_whip)

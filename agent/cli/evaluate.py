@@ -14,6 +14,7 @@ from typing import Any
 from agent.channels.retrieval import Query
 from agent.config import Settings
 from agent.core.qvh import load_jsonl, qvh_metrics
+from agent.errors import translating_stream_errors
 from agent.index.video_index import VideoIndex
 from streams.file import decode_frames
 
@@ -33,15 +34,15 @@ def charades_eval(annotations: Path, settings: Settings, index_dir: Path | None 
         with VideoIndex.create(root, settings) as idx:
             for vid, video in sorted({(r["vid"], r["video"]) for r in rows}):
                 if vid not in idx.streams or idx.streams[vid].memory.tokens == 0:
-                    idx.ingest(
-                        decode_frames(
-                            base / video,
-                            stream=vid,
-                            fps=settings.index.fps,
-                            keyframes_only=settings.index.keyframes_only,
-                            short_side=idx.prescreen.image_size,
-                        )
+                    frames = decode_frames(
+                        base / video,
+                        stream=vid,
+                        fps=settings.index.fps,
+                        keyframes_only=settings.index.keyframes_only,
+                        short_side=idx.prescreen.image_size,
                     )
+                    with translating_stream_errors():
+                        idx.ingest(frames)
             gt, preds = [], []
             for qid, r in enumerate(rows):
                 gt.append({**r, "qid": qid})

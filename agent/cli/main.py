@@ -18,7 +18,7 @@ from agent.cli.options import (
     settings_from_args,
     stream_id_for,
 )
-from agent.errors import ConfigError, VmrError
+from agent.errors import ConfigError, VmrError, translating_stream_errors
 
 __all__ = [
     "add_index_options",
@@ -41,7 +41,8 @@ def cmd_ingest(a: argparse.Namespace) -> int:
 
     settings = settings_from_args(a)
     video = Path(a.video)
-    info = probe(video)
+    with translating_stream_errors():
+        info = probe(video)
     sid = a.stream or stream_id_for(video)
     t_load = time.perf_counter()
     with VideoIndex.create(Path(a.index), settings) as idx:
@@ -70,7 +71,8 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{done[1] / el:.0f} fr/s, {frame.t / el:.1f}x realtime")
 
         try:
-            idx.ingest(prefetch(frames), on_frame=on_frame)
+            with translating_stream_errors():
+                idx.ingest(prefetch(frames), on_frame=on_frame)
         finally:
             bar.close()
     elapsed = time.perf_counter() - t0

@@ -4,7 +4,8 @@ A service config is a TOML or JSON file (see ``examples/vmr.toml``)::
 
     [service]          host, port, index, token, snapshot_seconds, limits
     [settings]         agent.config.Settings: encoder, memory, query
-    [[streams]]        streams started at boot (kind, id, url or path, options)
+    [[streams]]        streams started at boot (kind, id, url or path, options;
+                       each kind's spec is in its streams/ module)
 
 Everything is checked before any model loads. The only environment variable
 read here is ``VMR_TOKEN`` (the websocket auth token), through
@@ -16,69 +17,45 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.config import LLMConfig, Settings, env_str
 from agent.errors import ConfigError
 from agent.index.video_index import check_stream_id
-
-SourceKind = Literal["file", "rtsp", "segments", "whip"]
+from streams import registry
+from streams.source import SourceSpec
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StreamSpec(_Strict):
-    """One stream the service ingests; persisted in ``INDEX/service_streams.json``."""
+def _check_spec(value: Any) -> SourceSpec:
+    """Validate a spec of any registered kind (the discriminated union), then its id."""
+    spec = value if isinstance(value, SourceSpec) else registry.parse_spec(value)
+    try:
+        check_stream_id(spec.id)
+    except ConfigError as exc:
+        raise ValueError(f"id: {exc}") from exc
+    return spec
 
-    id: str
-    kind: SourceKind
-    url: str | None = None
-    """RTSP URL (``rtsp``)."""
-    path: str | None = None
-    """Video file (``file``) or folder (``segments``)."""
-    fps: float | None = Field(default=None, gt=0, le=60)
-    """Sampling rate; None means the index setting."""
-    realtime: bool = False
-    """``file`` only: replay at stream pace (as if live) instead of as fast as possible."""
-    loop: bool = False
-    """``file`` only: start over at the end (a stand-in camera for demos and load tests)."""
-    start_wall: datetime | None = None
-    """``file``/``segments``: wall-clock time of stream second 0, so answers carry wall times."""
-    transport: Literal["tcp", "udp"] = "tcp"
-    """``rtsp`` only."""
 
-    @field_validator("id")
-    @classmethod
-    def _safe_id(cls, v: str) -> str:
-        try:
-            return check_stream_id(v)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from exc
-
-    @model_validator(mode="after")
-    def _needs_location(self) -> StreamSpec:
-        if self.kind == "rtsp" and not self.url:
-            raise ValueError("an rtsp stream needs 'url'")
-        if self.kind in ("file", "segments") and not self.path:
-            raise ValueError(f"a {self.kind} stream needs 'path'")
-        if (self.realtime or self.loop) and self.kind != "file":
-            raise ValueError("'realtime' and 'loop' apply to file streams only")
-        return self
-
-    @property
-    def live(self) -> bool:
-        """Live sources drop stale frames; files and segment folders apply backpressure."""
-        return self.kind in ("rtsp", "whip") or (self.kind == "file" and self.realtime)
-
-    def wall_origin(self) -> float | None:
-        """Unix time of stream second 0 for recordings with a configured start."""
-        return None if self.start_wall is None else self.start_wall.timestamp()
+StreamSpec = Annotated[SourceSpec, PlainValidator(_check_spec), SerializeAsAny()]
+"""One stream the service ingests: a spec of a registered kind (``streams.registry``),
+discriminated on ``kind`` (``file``, ``rtsp``, ``segments``, ``whip``, ...); persisted in
+``INDEX/service_streams.json``."""
 
 
 class WatchConfig(_Strict):
@@ -139,12 +116,19 @@ class ServeFile(_Strict):
         return self
 
 
-def parse_spec(data: dict[str, Any]) -> StreamSpec:
-    """Validate one stream spec, translating pydantic's error."""
+def load_spec(data: Any) -> SourceSpec:
+    """Validate one stream spec; ValueError (pydantic's ValidationError is one) when invalid."""
+    return _check_spec(data)
+
+
+def parse_spec(data: dict[str, Any]) -> SourceSpec:
+    """Validate one stream spec, translating pydantic's error to ConfigError."""
     try:
-        return StreamSpec.model_validate(data)
+        return load_spec(data)
     except ValidationError as exc:
         raise ConfigError(_short(exc)) from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def load_serve_file(path: Path) -> ServeFile:
@@ -171,10 +155,7 @@ def parse_serve_data(data: dict[str, Any], *, base: Path | None = None) -> Serve
     service = cfg.service
     if not service.index.is_absolute():
         service = service.model_copy(update={"index": base / service.index})
-    streams = [
-        s.model_copy(update={"path": str(base / s.path)}) if s.path and not Path(s.path).is_absolute() else s
-        for s in cfg.streams
-    ]
+    streams = [s.rebased(base) for s in cfg.streams]
     return cfg.model_copy(update={"service": service, "streams": streams})
 
 

@@ -28,16 +28,17 @@ import numpy as np
 from agent.channels.retrieval import Query, encode_query
 from agent.config import Settings
 from agent.core.superimage import SuperImage
-from agent.errors import ConfigError, IndexStoreError, SourceError, UnknownStreamError
+from agent.errors import ConfigError, IndexStoreError, UnknownStreamError, from_stream_error
 from agent.index.video_index import VideoIndex
-from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.config import ServiceConfig, StreamSpec, load_spec
 from agent.service.encoder_worker import EncoderWorker
 from agent.service.llm_handoff import LLMHandoff
 from agent.service.metrics import Exposition, Histogram
-from agent.service.stream_runner import Source, StreamRunner
+from agent.service.stream_runner import StreamRunner
 from agent.service.watch import Emit, Watch
 from agent.store.atomic import write_json
 from agent.types import QueryResult
+from streams.errors import StreamError
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,10 @@ class Service:
         """Start a new stream (ConfigError if the id is taken, SourceError if the input is missing)."""
         if spec.id in self.runners:
             raise ConfigError(f"stream {spec.id!r} already exists")
-        if spec.kind in ("file", "segments") and not await asyncio.to_thread(Path(spec.path or "").exists):
-            raise SourceError(f"{spec.path}: no such file or folder")
+        try:
+            await asyncio.to_thread(spec.check_input)
+        except StreamError as exc:
+            raise from_stream_error(exc) from exc
         runner = self._start_runner(spec)
         self._write_specs()
         return runner.info()
@@ -141,8 +144,6 @@ class Service:
         if self.worker is not None:
             await self.worker.drain(stream)
             self.worker.forget(stream)
-        if self.whip is not None and runner.spec.kind == "whip":
-            await self.whip.remove_stream(stream)
         del self.runners[stream]
         self._write_specs()
         await asyncio.to_thread(runner.snapshot)
@@ -162,16 +163,12 @@ class Service:
             fps=self.settings.index.fps,
             emit=self.broadcast,
             on_end=self._on_stream_end,
-            whip=self._whip_source if self.whip is not None else None,
+            hubs={} if self.whip is None else {"whip": self.whip},
         )
         self.worker.open(spec.id, _committer(state))
         self.runners[spec.id] = runner
         runner.start()
         return runner
-
-    def _whip_source(self, stream: str) -> Source:
-        source: Source = self.whip.add_stream(stream)
-        return source
 
     def _make_whip(self) -> Any:
         try:
@@ -268,7 +265,7 @@ class Service:
             data = json.loads(path.read_text())
             if data.get("version") != STREAMS_VERSION:
                 raise IndexStoreError(f"{path}: version {data.get('version')} != {STREAMS_VERSION}")
-            return [StreamSpec.model_validate(s) for s in data["streams"]]
+            return [load_spec(s) for s in data["streams"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexStoreError(f"{path}: unreadable stream list: {exc}") from exc
 

@@ -1,53 +1,57 @@
 """One stream's task: source -> ingest (thread) -> shared encoder -> memory.
 
-The runner owns its source and its task. Frames go through
-:meth:`StreamIngestor.push` in a worker thread (cheap index, gate, JPEG
-frame store, tiler); the super-images it returns are submitted to the
-shared :class:`~agent.service.encoder_worker.EncoderWorker`, which commits
-their embeddings back to this stream's ingestor.
+The runner owns its source and its task. It opens the source through the
+registry of ``streams`` (no branch on the kind: the spec says whether the
+stream is paced or repeats, the source declares its queue policy and
+whether its clock restarts), asks the stream's
+:class:`~streams.timeline.Timeline` for each frame's ``(t, wall)`` and
+pushes the frame through :meth:`StreamIngestor.push` in a worker thread
+(cheap index, gate, JPEG frame store, tiler); the super-images it returns
+are submitted to the shared :class:`~agent.service.encoder_worker.EncoderWorker`,
+which commits their embeddings back to this stream's ingestor. Audio chunks
+(specs with ``audio=true``) are counted; the visual path does not use them.
 
-Queue policy per source kind: live sources (RTSP, WHIP, a realtime file
-replay) keep a small latest-wins queue and count the frames they drop when
-ingest falls behind; file replays and segment folders apply backpressure and
-never drop. A source error (corrupt file, RTSP retries exhausted) marks the
-stream ``failed`` with the typed error; what it had stored stays queryable.
+Queue policy per source: live sources (RTSP, WHIP) keep a small latest-wins
+queue and count the frames they drop when ingest falls behind; file replays
+and segment folders apply backpressure and never drop. A source error
+(corrupt file, RTSP retries exhausted) is translated once
+(:func:`agent.errors.from_stream_error`) and marks the stream ``failed``
+with the typed error; what it had stored stays queryable.
 
-Resume after a restart: the stream's last ingested time is read back from its
-snapshot; a file replay seeks to it (``FileSource(start=...)``: decoding
-resumes at the keyframe before it, and frames up to it are not delivered
-again), a segment folder resumes from its saved position,
-and a live source's fresh timeline is shifted to continue after it.
+Resume after a restart: the snapshot keeps the source's resume token (a
+file's last second, a segment folder's position) and the timeline's offset;
+a new source of the same spec continues from the token (a file seeks:
+decoding resumes at the keyframe before it), frames at or before the last
+stored time are skipped by the timeline, and a live source's fresh clock is
+re-anchored after the stored timeline, leaving the real gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from agent.core.superimage import SuperImage
-from agent.errors import SourceError, VmrError
+from agent.errors import VmrError, from_stream_error
 from agent.index.stream_state import StreamState
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.encoder_worker import EncoderWorker
-from agent.types import Frame
+from agent.types import AudioChunk, Frame
+from streams.errors import StreamError
+from streams.registry import OpenContext, open_source
+from streams.source import Source
+from streams.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
 Status = Literal["starting", "running", "done", "failed", "stopped"]
 Emit = Callable[[dict[str, Any]], None]
 
-
-class Source(Protocol):
-    """What every source in ``streams/`` offers."""
-
-    def __aiter__(self) -> AsyncIterator[Frame]: ...
-
-    async def close(self) -> None: ...
+SHORT_SIDE = 224
+"""Pixels of a sampled frame's short side (the encoder's input)."""
 
 
 def resume_time(state: StreamState) -> float | None:
@@ -57,6 +61,12 @@ def resume_time(state: StreamState) -> float | None:
         times.append(float(state.store.times()[-1]))
     known = [t for t in times if t is not None]
     return max(known) if known else None
+
+
+def saved_token(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The source resume token of a snapshot (``segments_position`` in snapshots before tokens)."""
+    token = meta.get("resume", meta.get("segments_position"))
+    return token if isinstance(token, dict) else None
 
 
 class StreamRunner:
@@ -72,7 +82,7 @@ class StreamRunner:
         fps: float,
         emit: Emit,
         on_end: Callable[[str], None],
-        whip: Callable[[str], Source] | None = None,
+        hubs: Mapping[str, object] | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
@@ -81,16 +91,25 @@ class StreamRunner:
         self.fps = spec.fps or fps
         self._emit = emit
         self._on_end = on_end
-        self._whip = whip
+        self._hubs: Mapping[str, object] = hubs or {}
         self.status: Status = "starting"
         self.error: VmrError | None = None
         self.frames_in = 0
-        self.source: Any = None
+        self.audio_chunks = 0
+        """Audio chunks received (specs with ``audio=true``); the visual path ignores them."""
+        self.audio_seconds = 0.0
+        self.source: Source | None = None
         self._dropped_before = 0  # drops of sources replaced by a loop restart
         self._reconnects_before = 0
         self._task: asyncio.Task[None] | None = None
-        self._resume = resume_time(state)
-        self._offset = float(state.meta.get("offset", 0.0))
+        self.timeline = Timeline(
+            resume=resume_time(state),
+            offset=float(state.meta.get("offset", 0.0)),
+            last_wall=state.ingestor.stats.last_wall,
+            wall_origin=spec.wall_origin(),
+            realtime=spec.paced,
+        )
+        self._token = saved_token(state.meta)
         self._progress_at = 0.0
         self._stopping = False
         self.stop_grace = 15.0
@@ -102,27 +121,31 @@ class StreamRunner:
     @property
     def dropped(self) -> int:
         """Frames the live source discarded because ingest fell behind."""
-        return self._dropped_before + int(getattr(self.source, "dropped", 0) or 0)
+        now = 0 if self.source is None else self.source.stats().drops
+        return self._dropped_before + now
 
     @property
     def reconnects(self) -> int:
         """Sessions of a live source after its first (RTSP reconnects, WHIP republishes)."""
-        return self._reconnects_before + int(getattr(self.source, "reconnects", 0) or 0)
+        now = 0 if self.source is None else self.source.stats().reconnects
+        return self._reconnects_before + now
 
     @property
     def progress(self) -> float | None:
-        """Share of a file replay decoded so far (None for other kinds)."""
-        if self.spec.kind != "file" or self.source is None:
+        """Share of a finite source decoded so far (None for sources without an end)."""
+        value = None if self.source is None else self.source.stats().extra.get("progress")
+        if value is None:
             return 1.0 if self.status == "done" else None
-        return float(self.source.progress)
+        return float(value)
 
     def info(self) -> dict[str, Any]:
         """JSON-able status for ``streams.list`` and events."""
+        where = self.spec.location()
         return {
             "id": self.id,
             "kind": self.spec.kind,
-            "url": self.spec.url,
-            "path": self.spec.path,
+            "url": where["url"],
+            "path": where["path"],
             "status": self.status,
             "error": None if self.error is None else {"code": self.error.code, "message": str(self.error)},
             "frames": self.frames_in,
@@ -160,22 +183,21 @@ class StreamRunner:
     def snapshot(self) -> None:
         """Atomic snapshot of the stream's state (blocking: call in a thread)."""
         with self.state.lock:
-            self.state.meta["offset"] = self._offset
-            position = getattr(self.source, "position", None)
-            if position is not None and hasattr(position, "to_dict"):
-                self.state.meta["segments_position"] = position.to_dict()
+            self.state.meta["offset"] = self.timeline.offset
+            token = self._token if self.source is None else self.source.resume_token()
+            self.state.meta.pop("segments_position", None)
+            self.state.meta["resume"] = token
             self.state.save()
 
     async def _run(self) -> None:
         self.status = "running"
         try:
             while not self._stopping:
-                await self._consume(self._open())
-                if not (self.spec.kind == "file" and self.spec.loop):
+                await self._pass()
+                if not self.spec.repeats:
                     break
-                last = self.state.ingestor.stats.last_time or 0.0
-                self._offset = last + 1.0 / self.fps
-                self._resume = None
+                self.timeline.next_pass(1.0 / self.fps)
+                self._token = None
             await self._finish()
             self.status = "stopped" if self._stopping else "done"
         except asyncio.CancelledError:
@@ -199,37 +221,52 @@ class StreamRunner:
         await self.worker.submit(self.id, sis)
         await self.worker.drain(self.id)
 
-    async def _consume(self, source: Any) -> None:
+    async def _pass(self) -> None:
+        """One source from open to end; the streams library's errors become vmr's here."""
+        try:
+            await self._consume(self._open())
+        except StreamError as exc:
+            raise from_stream_error(exc) from exc
+
+    def _open(self) -> Source:
+        """The source of this stream's kind (StreamError when it cannot be opened)."""
+        context = OpenContext(
+            fps=self.fps,
+            short_side=SHORT_SIDE,
+            queue_size=self.cfg.source_queue,
+            resume_token=self._token,
+            resume_at=self.timeline.source_start(),
+            hubs=self._hubs,
+        )
+        source = open_source(self.spec, context)
+        self.timeline.open_source(restarts_clock=source.restarts_clock)
+        return source
+
+    async def _consume(self, source: Source) -> None:
+        if self.source is not None:  # the previous pass of a loop
+            stats = self.source.stats()
+            self._dropped_before += stats.drops
+            self._reconnects_before += stats.reconnects
         self.source = source
         if self._stopping:
             await source.close()
             return
-        pace: tuple[float, float] | None = None
         loop = asyncio.get_running_loop()
         try:
-            async for frame in source:
-                t = frame.t + self._offset
-                if self._resume is not None and t <= self._resume:
+            async for item in source:
+                if isinstance(item, AudioChunk):
+                    self.audio_chunks += 1
+                    self.audio_seconds += item.duration
                     continue
-                wall = frame.wall
-                if self.spec.kind == "file":
-                    if self.spec.realtime:
-                        # Paced here, not in FileSource: skipped (resumed) footage costs no waiting.
-                        pace = pace or (loop.time(), t)
-                        delay = pace[0] + (t - pace[1]) - loop.time()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    origin = self.spec.wall_origin()
-                    wall = origin + t if origin is not None else (time.time() if self.spec.realtime else None)
-                frame = replace(frame, t=t, wall=wall)
+                stamped = await self.timeline.stamp(item.t, item.wall)
+                if stamped is None:
+                    continue  # stored before a restart
+                frame = replace(item, t=stamped[0], wall=stamped[1])
                 sis = await asyncio.to_thread(self._push, frame)
                 self.frames_in += 1
                 await self.worker.submit(self.id, sis)
                 self._maybe_progress(loop.time())
         finally:
-            self._dropped_before += int(getattr(source, "dropped", 0) or 0)
-            self._reconnects_before += int(getattr(source, "reconnects", 0) or 0)
-            self.source = None if self.spec.kind != "file" else self.source
             await source.close()
 
     def _push(self, frame: Frame) -> list[SuperImage]:
@@ -242,72 +279,18 @@ class StreamRunner:
             return self.state.ingestor.flush()
 
     def _maybe_progress(self, now: float) -> None:
-        if self.spec.kind != "file" or now - self._progress_at < self.cfg.progress_seconds:
+        if now - self._progress_at < self.cfg.progress_seconds:
+            return
+        progress = self.progress
+        if progress is None:
             return
         self._progress_at = now
         self._emit(
             {
                 "type": "progress",
                 "stream": self.id,
-                "progress": round(self.progress or 0.0, 4),
+                "progress": round(progress, 4),
                 "t": self.state.ingestor.stats.last_time,
                 "frames": self.frames_in,
             }
         )
-
-    # -------------------------------------------------------------- sources
-    def _open(self) -> Source:
-        """Build the source of this stream's kind (fails with a typed error)."""
-        spec, short = self.spec, 224
-        if spec.kind == "file":
-            from streams.file import FileSource
-
-            path = Path(spec.path or "")
-            if not path.is_file():
-                raise SourceError(f"{path}: no such file")
-            return FileSource(
-                path,
-                stream=self.id,
-                fps=self.fps,
-                short_side=short,
-                queue_size=self.cfg.source_queue,
-                start=self._file_start(),
-            )
-        if spec.kind == "rtsp":
-            from streams.rtsp import RTSPSource
-
-            self._shift_live_clock()
-            return RTSPSource(
-                spec.url or "",
-                stream=self.id,
-                fps=self.fps,
-                short_side=short,
-                transport=spec.transport,
-                queue_size=self.cfg.source_queue,
-            )
-        if spec.kind == "segments":
-            from streams.segments import SegmentFolderSource, SegmentPosition
-
-            saved = self.state.meta.get("segments_position")
-            position = SegmentPosition.from_dict(saved) if isinstance(saved, dict) else None
-            self._resume = None  # the saved position already skips delivered footage
-            return SegmentFolderSource(Path(spec.path or ""), stream=self.id, fps=self.fps, position=position)
-        if self._whip is None:
-            raise SourceError("WHIP ingest is not available in this service")
-        self._shift_live_clock()
-        return self._whip(self.id)
-
-    def _file_start(self) -> float:
-        """Where a resumed replay seeks to, in the file's own seconds (0 without a resume point)."""
-        if self._resume is None:
-            return 0.0
-        return max(0.0, self._resume - self._offset)
-
-    def _shift_live_clock(self) -> None:
-        """A live source restarts at t=0: continue after the stored timeline, leaving the real gap."""
-        if self._resume is None:
-            return
-        last_wall = self.state.ingestor.stats.last_wall
-        gap = max(1.0, time.time() - last_wall) if last_wall else 1.0
-        self._offset = self._resume + gap
-        self._resume = None

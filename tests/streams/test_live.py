@@ -6,9 +6,9 @@ import asyncio
 import threading
 
 import pytest
+from streams.live import LatestQueue, LiveClock, QueueClosed
 
 from agent.errors import StreamDisconnectedError
-from streams.live import LatestQueue, LiveClock, QueueClosed
 
 
 async def test_full_queue_drops_the_oldest_and_counts() -> None:

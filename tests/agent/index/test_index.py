@@ -14,8 +14,9 @@ from PIL import Image
 from agent.channels.retrieval import Query
 from agent.cli.main import main
 from agent.config import EncoderConfig, IndexConfig, Settings
-from agent.errors import CorruptVideoError, IndexStoreError, QueryError, UnknownStreamError
+from agent.errors import IndexStoreError, QueryError, UnknownStreamError
 from agent.index.video_index import VideoIndex
+from streams.errors import CorruptMediaError
 from streams.file import decode_frames
 from tests.videos import VIDEOS, make_video, photos, random_bytes_file, truncate_copy
 
@@ -117,14 +118,14 @@ def test_corrupt_video_keeps_what_was_stored(tmp_path: Path, scene_video: tuple[
     good = make_video(tmp_path / "good.mkv", [(8.0, p) for p in pics[:4]], fps=10, size=(320, 240))
     cut = truncate_copy(good.path, tmp_path / "cut.mkv", 0.5)
     idx = VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=8))
-    with pytest.raises(CorruptVideoError):
+    with pytest.raises(CorruptMediaError):
         idx.ingest(decode_frames(cut, stream="cam", short_side=224))
     covered = idx.streams["cam"].memory.spans()
     assert covered and covered[-1][1] > 4.0
     idx.close()
     again = VideoIndex.open(tmp_path / "idx")
     assert np.allclose(again.streams["cam"].memory.spans(), covered)
-    with pytest.raises(CorruptVideoError):
+    with pytest.raises(CorruptMediaError):
         ingest(tmp_path / "idx2", random_bytes_file(tmp_path / "junk.mp4"), settings(grid=1, budget=8))
 
 

@@ -1,0 +1,38 @@
+"""The error tree of the ``streams`` library (it imports nothing from ``agent``).
+
+Callers that embed the library translate these at their boundary (``agent``
+does it in :func:`agent.errors.from_stream_error`)::
+
+    StreamError                 root: anything a source raises on purpose
+    ├── SourceUnavailableError  missing or unreadable input, connection refused, bad arguments
+    ├── CorruptMediaError       undecodable or damaged media
+    ├── DisconnectedError       a live source dropped and its retries are used up
+    ├── UnknownSourceError      a request names a stream or session that does not exist
+    └── BadOfferError           a malformed or unacceptable WebRTC (WHIP) offer
+"""
+
+from __future__ import annotations
+
+
+class StreamError(Exception):
+    """Root of every error the streams library raises on purpose."""
+
+
+class SourceUnavailableError(StreamError):
+    """The input is missing or unreadable, the server refused, or the arguments are invalid."""
+
+
+class CorruptMediaError(StreamError):
+    """The input is not decodable media, or it is damaged."""
+
+
+class DisconnectedError(StreamError):
+    """A live source dropped and will not reconnect (its retries are used up)."""
+
+
+class UnknownSourceError(StreamError):
+    """A stream id or session id that the ingest does not know."""
+
+
+class BadOfferError(StreamError):
+    """A WHIP offer that is malformed, too large, or has no video."""

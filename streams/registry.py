@@ -1,0 +1,132 @@
+"""Source kinds by name: spec class + factory, and the discriminated union of specs.
+
+Each kind's module ends with one line, ``register(TheSpec, open_the_source)``;
+a new kind is one module plus that line (plus, for a kind shipped with the
+library, its module name in :data:`BUILTIN`). :func:`parse_spec` validates a
+dict against the union of every registered spec, discriminated on ``kind``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter
+
+from streams.errors import SourceUnavailableError
+from streams.source import Source, SourceSpec
+
+log = logging.getLogger(__name__)
+
+BUILTIN = ("streams.file", "streams.rtsp", "streams.segments", "streams.whip")
+"""Modules of the kinds shipped with the library (imported on first use)."""
+
+
+@dataclass(frozen=True)
+class OpenContext:
+    """What a factory needs besides the spec.
+
+    ``fps``: sampling rate when the spec has none. ``short_side``: pixels of
+    a frame's short side. ``queue_size``: items buffered between the
+    producer and the consumer. ``resume_token``: a token from an earlier
+    source of the same spec (:meth:`Source.resume_token`). ``resume_at``:
+    the source's own second up to which everything is stored (used when there
+    is no token). ``hubs``: shared services by name (``"whip"``: the
+    :class:`~streams.whip.WhipIngest`).
+    """
+
+    fps: float = 2.0
+    short_side: int = 224
+    queue_size: int = 8
+    resume_token: dict[str, Any] | None = None
+    resume_at: float | None = None
+    hubs: Mapping[str, object] = field(default_factory=dict)
+
+    def fps_of(self, spec: SourceSpec) -> float:
+        """The spec's rate, else the default."""
+        return spec.fps or self.fps
+
+
+Factory = Callable[[Any, OpenContext], Source]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One registered kind."""
+
+    name: str
+    spec: type[SourceSpec]
+    factory: Factory
+
+
+_kinds: dict[str, Kind] = {}
+_adapter: TypeAdapter[Any] | None = None
+_lock = threading.Lock()
+_builtins_loaded = False
+
+
+def register(spec: type[SourceSpec], factory: Factory) -> None:
+    """Register a kind: ``spec`` must declare ``kind: Literal["name"]``. Re-registering replaces."""
+    global _adapter
+    name = _kind_name(spec)
+    with _lock:
+        _kinds[name] = Kind(name, spec, factory)
+        _adapter = None
+
+
+def _kind_name(spec: type[SourceSpec]) -> str:
+    fld = spec.model_fields.get("kind")
+    args = getattr(fld.annotation, "__args__", ()) if fld is not None else ()
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise TypeError(f"{spec.__name__}.kind must be Literal['<name>']")
+    return args[0]
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in BUILTIN:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # an optional dependency missing (aiortc for WHIP): that kind only
+            log.warning("source kind module %s unavailable: %s", module, exc)
+
+
+def kinds() -> dict[str, Kind]:
+    """Every registered kind by name."""
+    _load_builtins()
+    return dict(_kinds)
+
+
+def spec_adapter() -> TypeAdapter[Any]:
+    """A validator for the union of every registered spec, discriminated on ``kind``."""
+    global _adapter
+    _load_builtins()
+    with _lock:
+        if _adapter is None:
+            classes = tuple(k.spec for k in _kinds.values())
+            if not classes:
+                raise SourceUnavailableError("no source kind is registered")
+            union: Any = Union[classes] if len(classes) > 1 else classes[0]  # noqa: UP007
+            _adapter = TypeAdapter(Annotated[union, Field(discriminator="kind")])
+        return _adapter
+
+
+def parse_spec(data: Any) -> SourceSpec:
+    """Validate ``data`` as the spec of its ``kind`` (pydantic ValidationError when invalid or unknown)."""
+    spec: SourceSpec = spec_adapter().validate_python(data)
+    return spec
+
+
+def open_source(spec: SourceSpec, context: OpenContext) -> Source:
+    """Build the source of ``spec``'s kind (typed StreamError when it cannot)."""
+    kind = kinds().get(spec.kind)
+    if kind is None or not isinstance(spec, kind.spec):
+        raise SourceUnavailableError(f"no source kind {spec.kind!r} is registered")
+    return kind.factory(spec, context)

@@ -1,0 +1,191 @@
+"""Stream time, owned in one place.
+
+* :class:`LiveClock` — inside a live source: maps each session's raw
+  timestamps onto one monotonic timeline that survives reconnects and frames
+  without pts (a reconnect leaves a gap as long as it really took).
+* :class:`Pacer` — real-time pacing of a replay: wait until a frame's time
+  has come on the loop's clock. Written once; used by
+  :class:`~streams.file.FileSource` (``realtime=True``) and by
+  :class:`Timeline`.
+* :class:`Timeline` — one stream across the sources it opens over its life
+  (restarts, loop passes): a source's own times plus an offset give stream
+  time; frames at or before the resume point (already stored before a
+  restart) are skipped; a live source that restarts its clock at 0 is
+  re-anchored after the stored timeline, leaving the real gap; a replay
+  loop continues after the previous pass; recordings with a known start
+  get wall times from it. A service asks it for each frame's ``(t, wall)``
+  and never adjusts time itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+_MIN_STEP = 1e-3
+"""Smallest forward step (seconds) between two emitted frames: keeps time strictly increasing."""
+
+MIN_RESTART_GAP = 1.0
+"""Seconds left between a stored timeline and a live source restarted after it."""
+
+
+@dataclass(slots=True)
+class Gap:
+    """A hole in a live stream's timeline (a reconnect or a pts jump)."""
+
+    start: float
+    end: float
+
+
+@dataclass
+class LiveClock:
+    """One monotonic timeline across sessions (reconnects) of a live source.
+
+    Each session reports raw times (seconds from its own first pts) or None
+    when a frame has no pts. The first frame of the first session is at 0.
+    A new session (or a raw time going backwards) is re-anchored so that it
+    continues after the last emitted time by the *wall-clock time that
+    really passed* — a reconnect that took 4 s leaves a 4 s gap, recorded in
+    :attr:`gaps`. A frame without pts gets the previous time plus the
+    elapsed arrival time, so it is never placed before its predecessor.
+    """
+
+    last_t: float | None = None
+    gaps: list[Gap] = field(default_factory=list)
+    _offset: float | None = None
+    _last_arrival: float | None = None
+    _new_session: bool = False
+
+    def new_session(self) -> None:
+        """A new connection starts: its raw times restart from anything."""
+        self._offset = None
+        self._new_session = self.last_t is not None
+
+    def map(self, raw: float | None, arrival: float) -> float:
+        """Stream time of a frame with raw session time ``raw`` arriving at ``arrival``."""
+        if self.last_t is None or self._last_arrival is None:
+            expected = 0.0
+        else:
+            expected = self.last_t + max(arrival - self._last_arrival, _MIN_STEP)
+        if raw is None:
+            t = expected
+        else:
+            if self._offset is None or (self.last_t is not None and raw + self._offset <= self.last_t):
+                # New session, or the sender restarted its clock: continue from here.
+                self._offset = expected - raw
+            t = raw + self._offset
+        if self.last_t is not None:
+            if self._new_session:
+                self.gaps.append(Gap(self.last_t, t))
+            t = max(t, self.last_t + _MIN_STEP)
+        self._new_session = False
+        self.last_t = t
+        self._last_arrival = arrival
+        return t
+
+
+class Pacer:
+    """Waits so that frames come out at stream speed (a recording replayed as if live).
+
+    The first paced frame fixes the origin; each later frame at stream time
+    ``t`` is released ``t - t0`` seconds after it on ``clock`` (the loop's
+    monotonic time by default). Frames that are late are released at once.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock
+        self._origin: tuple[float, float] | None = None  # (clock time, stream time) of the first frame
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    def delay(self, t: float) -> float:
+        """Seconds to wait before releasing the frame at stream time ``t`` (0 if due)."""
+        now = self._now()
+        if self._origin is None:
+            self._origin = (now, t)
+            return 0.0
+        return max(0.0, self._origin[0] + (t - self._origin[1]) - now)
+
+    async def wait(self, t: float) -> None:
+        """Sleep until the frame at stream time ``t`` is due."""
+        delay = self.delay(t)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Timeline:
+    """Stream time of one stream across every source it opens.
+
+    ``resume``: latest stream time already stored (frames at or before it are
+    skipped; None for a fresh stream). ``offset``: source time + offset =
+    stream time (persisted for replay loops). ``last_wall``: wall time of the
+    last stored frame (sizes the gap a restarted live source leaves).
+    ``wall_origin``: Unix time of stream second 0 for recordings with a known
+    start. ``realtime``: pace frames at stream speed. ``now`` is the wall
+    clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        resume: float | None = None,
+        offset: float = 0.0,
+        last_wall: float | None = None,
+        wall_origin: float | None = None,
+        realtime: bool = False,
+        now: Callable[[], float] = time.time,
+        pace_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.resume = resume
+        self.offset = offset
+        self.last_t: float | None = resume
+        self._last_wall = last_wall
+        self._wall_origin = wall_origin
+        self._realtime = realtime
+        self._now = now
+        self._pacer = Pacer(pace_clock) if realtime else None
+
+    def source_start(self) -> float | None:
+        """Where in its own seconds a resumable source need not deliver before (None: from its start)."""
+        if self.resume is None:
+            return None
+        return max(0.0, self.resume - self.offset)
+
+    def open_source(self, *, restarts_clock: bool) -> None:
+        """A source opens. One that restarts its clock at 0 (live) continues after what is stored.
+
+        The gap left is the wall time since the last stored frame (at least
+        :data:`MIN_RESTART_GAP`), so the restart shows as the hole it was.
+        """
+        if not restarts_clock or self.resume is None:
+            return
+        gap = max(MIN_RESTART_GAP, self._now() - self._last_wall) if self._last_wall else MIN_RESTART_GAP
+        self.offset = self.resume + gap
+        self.resume = None
+
+    def next_pass(self, period: float) -> None:
+        """A replay loop starts over: the next pass continues one sample period after this one."""
+        self.offset = (self.last_t or 0.0) + period
+        self.resume = None
+
+    async def stamp(self, t: float, wall: float | None) -> tuple[float, float | None] | None:
+        """Stream ``(t, wall)`` of a frame at source time ``t``, once it is due.
+
+        None when the frame is already stored (before the resume point): it
+        is skipped without waiting. A realtime replay waits here until the
+        frame's time has come, so its wall time is the time it was released.
+        """
+        st = t + self.offset
+        if self.resume is not None and st <= self.resume:
+            return None
+        self.last_t = st if self.last_t is None else max(self.last_t, st)
+        if self._pacer is not None:
+            await self._pacer.wait(st)
+        if self._wall_origin is not None:
+            wall = self._wall_origin + st
+        elif self._realtime:
+            wall = self._now()  # a paced replay is "live" now
+        return st, wall
