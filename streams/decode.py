@@ -190,7 +190,8 @@ def decode(
             bad_in_row = 0
             for frame in frames:
                 if isinstance(frame, av.AudioFrame):
-                    at = float(frame.pts * frame.time_base) - origin if frame.pts is not None else None
+                    atb = frame.time_base
+                    at = float(frame.pts * atb) - origin if frame.pts is not None and atb is not None else None
                     if at is None or at >= start:
                         yield Sound(frame, at)
                     continue

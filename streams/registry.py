@@ -80,10 +80,11 @@ def register(spec: type[SourceSpec], factory: Factory) -> None:
 
 def _kind_name(spec: type[SourceSpec]) -> str:
     fld = spec.model_fields.get("kind")
-    args = getattr(fld.annotation, "__args__", ()) if fld is not None else ()
-    if len(args) != 1 or not isinstance(args[0], str):
+    args: tuple[object, ...] = tuple(getattr(fld.annotation, "__args__", ())) if fld is not None else ()
+    name = args[0] if len(args) == 1 else None
+    if not isinstance(name, str):
         raise TypeError(f"{spec.__name__}.kind must be Literal['<name>']")
-    return args[0]
+    return name
 
 
 def _load_builtins() -> None:

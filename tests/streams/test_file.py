@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from agent.errors import CorruptVideoError, SourceError
+from streams.errors import CorruptMediaError, SourceUnavailableError
 from streams.file import FileSource, decode_frames, probe
 from tests.videos import VIDEOS, Scene, SceneLike, make_video, photos, random_bytes_file, truncate_copy
 
@@ -89,13 +89,13 @@ def test_probe(tmp_path: Path) -> None:
 
 def test_random_bytes_and_missing_file(tmp_path: Path) -> None:
     bad = random_bytes_file(tmp_path / "noise.mp4")
-    with pytest.raises(CorruptVideoError):
+    with pytest.raises(CorruptMediaError):
         probe(bad)
-    with pytest.raises(CorruptVideoError):
+    with pytest.raises(CorruptMediaError):
         list(decode_frames(bad))
-    with pytest.raises(SourceError) as info:
+    with pytest.raises(SourceUnavailableError) as info:
         probe(tmp_path / "absent.mp4")
-    assert not isinstance(info.value, CorruptVideoError)
+    assert not isinstance(info.value, CorruptMediaError)
 
 
 def test_audio_only_file_has_no_video(tmp_path: Path) -> None:
@@ -107,14 +107,14 @@ def test_audio_only_file_has_no_video(tmp_path: Path) -> None:
         frame.sample_rate = 8000
         container.mux(audio.encode(frame))
         container.mux(audio.encode(None))
-    with pytest.raises(CorruptVideoError, match="no video stream"):
+    with pytest.raises(CorruptMediaError, match="no video stream"):
         probe(path)
 
 
 def test_truncated_mp4_fails_at_open(tmp_path: Path) -> None:
     spec = make_video(tmp_path / "t.mp4", SCENES, fps=10)
     cut = truncate_copy(spec.path, tmp_path / "cut.mp4", 0.6)  # index (moov) is at the end: lost
-    with pytest.raises(CorruptVideoError, match=r"cut\.mp4"):
+    with pytest.raises(CorruptMediaError, match=r"cut\.mp4"):
         list(decode_frames(cut))
 
 
@@ -127,7 +127,7 @@ def _cut(tmp_path: Path, suffix: str) -> tuple[list[float], Path]:
 def test_truncated_mkv_yields_good_frames_then_raises(tmp_path: Path) -> None:
     times, cut = _cut(tmp_path, ".mkv")
     got = []
-    with pytest.raises(CorruptVideoError, match="truncated"):
+    with pytest.raises(CorruptMediaError, match="truncated"):
         for frame in decode_frames(cut, fps=1000.0):
             got.append(frame)
     assert 10 <= len(got) < len(times)
@@ -195,7 +195,7 @@ async def test_file_source_delivers_everything_with_backpressure(tmp_path: Path)
         assert src.progress < 1.0
         async for frame in src:
             assert frame.stream == "cam1"
-            assert src._queue.qsize() <= 2  # bounded: the decoder waited for us
+            assert len(src._bridge) <= 2  # bounded: the decoder waited for us
             got.append(frame.t)
             await asyncio.sleep(0.005)  # a slow consumer
         assert src.progress == 1.0
@@ -225,7 +225,7 @@ async def test_file_source_reraises_after_good_frames(tmp_path: Path) -> None:
     spec = make_video(tmp_path / "t.mkv", [(3.0, (200, 0, 0)), (3.0, (0, 200, 0))], fps=10)
     cut = truncate_copy(spec.path, tmp_path / "cut.mkv", 0.4)
     got = []
-    with pytest.raises(CorruptVideoError):
+    with pytest.raises(CorruptMediaError):
         async with FileSource(cut, fps=4.0) as src:
             async for frame in src:
                 got.append(frame)

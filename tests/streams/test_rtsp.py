@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.errors import SourceError, StreamDisconnectedError
-from agent.types import Frame
+from streams.errors import DisconnectedError, SourceUnavailableError
+from streams.media import Frame
 from streams.rtsp import RTSPSource, backoff_delay
 from tests.streams.servers import RtspServer, free_port, gst_rtsp_available
 from tests.videos import VIDEOS
@@ -103,7 +103,7 @@ async def test_no_retries_surfaces_the_disconnect(server: RtspServer) -> None:
     async with src:
         await asyncio.wait_for(take(src, 2), 60)
         server.kill()
-        with pytest.raises(StreamDisconnectedError):
+        with pytest.raises(DisconnectedError):
             async for _ in src:
                 pass
 
@@ -111,7 +111,7 @@ async def test_no_retries_surfaces_the_disconnect(server: RtspServer) -> None:
 async def test_unreachable_server_with_no_retries_raises() -> None:
     url = f"rtsp://127.0.0.1:{free_port()}/test"  # nothing listens there
     async with source(url, retries=0) as src:
-        with pytest.raises(StreamDisconnectedError, match="open failed"):
+        with pytest.raises(DisconnectedError, match="open failed"):
             await asyncio.wait_for(take(src, 1), 30)
         assert src.frames_in == 0
 
@@ -133,11 +133,11 @@ async def test_close_during_backoff_is_prompt_and_idempotent() -> None:
 
 
 def test_bad_arguments_are_typed_errors() -> None:
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailableError):
         RTSPSource("http://example/x", stream="a")
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailableError):
         RTSPSource("rtsp://127.0.0.1/x", stream="a", transport="sctp")  # type: ignore[arg-type]
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailableError):
         RTSPSource("rtsp://127.0.0.1/x", stream="a", retries=-1)
 
 

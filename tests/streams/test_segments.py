@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import SourceError
-from agent.types import Frame
+from streams.errors import SourceUnavailableError
+from streams.media import Frame
 from streams.segments import SegmentFolderSource, SegmentPosition, natural_key
 from tests.streams.servers import ffmpeg_available
 from tests.videos import VideoSpec, make_video, random_bytes_file, truncate_copy
@@ -184,11 +184,11 @@ def test_natural_order_and_bad_arguments(tmp_path: Path) -> None:
         "out10.ts",
         "out100.ts",
     ]
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailableError):
         SegmentFolderSource(tmp_path / "missing", stream="x")
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailableError):
         SegmentPosition.from_dict({"nonsense": 1})
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailableError):
         SegmentPosition.from_dict({"next_t": "soon"})
     pos = SegmentPosition(done="out7.ts", next_t=14.0, shift=-1.4, last_duration=2.0, last_t=13.5)
     assert SegmentPosition.from_dict(json.loads(json.dumps(pos.to_dict()))) == pos

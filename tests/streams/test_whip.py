@@ -14,8 +14,8 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
-from agent.errors import ProtocolError, UnknownStreamError
-from agent.types import Frame
+from streams.errors import BadOfferError, UnknownSourceError
+from streams.media import Frame
 from streams.whip import WhipIngest, WhipSource, whip_routes
 from tests.videos import Scene, make_video
 
@@ -154,11 +154,11 @@ async def test_http_errors(server: Server) -> None:
 
 async def test_ingest_api_errors_and_close() -> None:
     ingest = WhipIngest()
-    with pytest.raises(UnknownStreamError):
+    with pytest.raises(UnknownSourceError):
         ingest.source("x")
-    with pytest.raises(UnknownStreamError):
+    with pytest.raises(UnknownSourceError):
         await ingest.delete("nope")
-    with pytest.raises(ProtocolError):
+    with pytest.raises(BadOfferError):
         await ingest.handle_offer("x", "")
     src = ingest.add_stream("x")
     assert ingest.add_stream("x") is src and ingest.streams == ["x"]
