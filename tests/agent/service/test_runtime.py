@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main as vmr
-from agent.errors import SourceError
+from streams.errors import SourceUnavailableError
 from streams.file import FileSource
 from tests.agent.service.helpers import (
     BACKGROUND,
@@ -127,7 +127,7 @@ async def test_file_source_start_seeks_past_earlier_footage(tmp_path: Path) -> N
     assert frames and frames[0].t >= 3.2
     assert len(frames) <= 6  # only [3.2, 6) at 2 fps was decoded and delivered
     assert src.progress == 1.0
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailableError):
         FileSource(spec.path, start=-1.0)
 
 
