@@ -223,7 +223,7 @@ class SegmentFolderSource(Source):
 
     def stats(self) -> SourceStats:
         return SourceStats(
-            _STATS_STATE[self._state],
+            "done" if self._finished else _STATS_STATE[self._state],  # a finished source stays done
             frames=self.frames_out,
             last_error=self._error,
             audio_chunks=self.audio_out,
