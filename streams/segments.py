@@ -65,7 +65,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
-from streams.decode import Picture, decode, open_media
+from streams.decode import Picture, Sound, decode, open_media
 from streams.errors import CorruptMediaError, SourceUnavailableError
 from streams.media import AudioChunk, Frame, Media
 from streams.registry import OpenContext, register
@@ -182,6 +182,7 @@ class SegmentFolderSource(Source):
         self._max_gap = max_gap
         self._work = position.model_copy() if position is not None else SegmentPosition()  # the thread's
         self._pos = self._work.model_copy()  # as of the items handed out
+        self._resumed_at = self._work.last_t  # sound up to here was handed out before a restart
         if self._work.last_t is not None:
             self._sampler.take(self._work.last_t)  # continue the sampling grid where it stopped
         self._chunker = AudioChunker(stream) if audio else None
@@ -391,6 +392,7 @@ class SegmentFolderSource(Source):
         first_t: float | None = None
         end = p.next_t
         finished = False  # False when the consumer closed us mid-segment: keep the resume point
+        early: list[Sound] = []  # sound before the segment's first picture, which places the segment
         try:
             for item in decode(
                 container,
@@ -400,25 +402,28 @@ class SegmentFolderSource(Source):
                 audio=self._chunker is not None,
                 stop=self._stop,
             ):
-                if item.t is None:
-                    continue  # sound without a timestamp before the first picture places it
+                if not isinstance(item, Picture):
+                    if first_t is None:
+                        early.append(item)
+                    else:
+                        yield from self._sound(item, first_t, wall_start)
+                    continue
                 if first_t is None:
                     self._begin_segment(item.t)
                     yield _Mark(p.model_copy())
+                    assert p.shift is not None
+                    first_t = item.t + p.shift
+                    for sound in early:
+                        yield from self._sound(sound, first_t, wall_start)
                 assert p.shift is not None
                 t = item.t + p.shift
-                first_t = t if first_t is None else first_t
-                wall = None if wall_start is None else wall_start + (t - first_t)
-                if not isinstance(item, Picture):
-                    if self._chunker is not None and (p.last_t is None or t > p.last_t):
-                        yield from self._chunker.push(item.frame, t, wall)
-                    continue
                 self.frames_in += 1
                 end = max(end, t + item.duration)
                 if p.last_t is not None and t <= p.last_t:
                     continue  # already delivered before a restart, or overlapping segments
                 if self._sampler.take(t):
                     p.last_t = t
+                    wall = None if wall_start is None else wall_start + (t - first_t)
                     image = to_rgb(item.frame, self._short_side)
                     yield Frame(self.stream, t, image, wall, bool(item.frame.key_frame))
             finished = not self._stop.is_set()
@@ -431,6 +436,17 @@ class SegmentFolderSource(Source):
                 p.next_t = end
         if first_t is None:
             raise CorruptMediaError(f"{path}: cannot read segment (no decodable frame)")
+
+    def _sound(self, sound: Sound, first_t: float, wall_start: float | None) -> Iterator[AudioChunk]:
+        """Chunks of a segment's sound on the stream's timeline (none already delivered before a restart)."""
+        p = self._work
+        if self._chunker is None or p.shift is None:
+            return
+        t = None if sound.t is None else sound.t + p.shift
+        if t is not None and self._resumed_at is not None and t <= self._resumed_at:
+            return
+        wall = None if wall_start is None or t is None else wall_start + (t - first_t)
+        yield from self._chunker.push(sound.frame, t, wall)
 
     def _begin_segment(self, rec: float) -> None:
         """Decide whether the recorder's clock continues (keep it) or restarted (append)."""
