@@ -191,7 +191,9 @@ def decode(
             for frame in frames:
                 if isinstance(frame, av.AudioFrame):
                     atb = frame.time_base
-                    at = float(frame.pts * atb) - origin if frame.pts is not None and atb is not None else None
+                    at = (
+                        float(frame.pts * atb) - origin if frame.pts is not None and atb is not None else None
+                    )
                     if at is None or at >= start:
                         yield Sound(frame, at)
                     continue

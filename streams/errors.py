@@ -1,4 +1,4 @@
-"""The error tree of the ``streams`` library (it imports nothing from ``agent``).
+"""The error tree of the ``streams`` library (a leaf: it depends on no other package of vmr).
 
 Callers that embed the library translate these at their boundary (``agent``
 does it in :func:`agent.errors.from_stream_error`)::

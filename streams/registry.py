@@ -22,6 +22,9 @@ from streams.source import Source, SourceSpec
 
 log = logging.getLogger(__name__)
 
+HUB_WHIP = "whip-ingest"
+"""Name in :attr:`OpenContext.hubs` of the shared :class:`~streams.whip.WhipIngest`."""
+
 BUILTIN = ("streams.file", "streams.rtsp", "streams.segments", "streams.whip")
 """Modules of the kinds shipped with the library (imported on first use)."""
 
@@ -35,7 +38,7 @@ class OpenContext:
     producer and the consumer. ``resume_token``: a token from an earlier
     source of the same spec (:meth:`Source.resume_token`). ``resume_at``:
     the source's own second up to which everything is stored (used when there
-    is no token). ``hubs``: shared services by name (``"whip"``: the
+    is no token). ``hubs``: shared services by name (:data:`HUB_WHIP`: the
     :class:`~streams.whip.WhipIngest`).
     """
 

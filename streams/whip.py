@@ -50,7 +50,7 @@ from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
 from streams.errors import BadOfferError, SourceUnavailableError, StreamError, UnknownSourceError
 from streams.media import AudioChunk, Frame, Media
-from streams.registry import OpenContext, register
+from streams.registry import HUB_WHIP, OpenContext, register
 from streams.sampler import Sampler, to_rgb
 from streams.source import Source, SourceSpec, SourceStats
 from streams.timeline import Gap, LiveClock
@@ -480,8 +480,8 @@ class WhipSpec(SourceSpec):
 
 
 def open_whip(spec: WhipSpec, ctx: OpenContext) -> WhipSource:
-    """Factory: register the stream with the shared ingest (``ctx.hubs["whip"]``)."""
-    ingest = ctx.hubs.get("whip")
+    """Factory: register the stream with the shared ingest (``ctx.hubs[HUB_WHIP]``)."""
+    ingest = ctx.hubs.get(HUB_WHIP)
     if not isinstance(ingest, WhipIngest):
         raise SourceUnavailableError("WHIP ingest is not available in this service")
     return ingest.add_stream(

@@ -39,6 +39,7 @@ from agent.service.watch import Emit, Watch
 from agent.store.atomic import write_json
 from agent.types import QueryResult
 from streams.errors import StreamError
+from streams.registry import HUB_WHIP
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Service:
             fps=self.settings.index.fps,
             emit=self.broadcast,
             on_end=self._on_stream_end,
-            hubs={} if self.whip is None else {"whip": self.whip},
+            hubs={} if self.whip is None else {HUB_WHIP: self.whip},
         )
         self.worker.open(spec.id, _committer(state))
         self.runners[spec.id] = runner

@@ -30,7 +30,7 @@ def make_video_with_tone(
             # Interleave by time so the muxer never buffers much.
             if v_done < frames and (a_done >= blocks or v_done / fps <= a_done * block / AUDIO_IN_RATE):
                 pixels = np.full((size[1], size[0], 3), 60 + (v_done * 7) % 120, np.uint8)
-                pixels[:: 8] = rng.integers(0, 255, pixels[:: 8].shape, dtype=np.uint8)
+                pixels[::8] = rng.integers(0, 255, pixels[::8].shape, dtype=np.uint8)
                 frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
                 frame.pts = v_done
                 frame.time_base = Fraction(1, fps)

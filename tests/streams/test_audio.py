@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def check_chunks(chunks: list[AudioChunk], *, seconds: float, hz: float | None) 
     for c in chunks:
         assert c.sample_rate == 16_000 and c.samples.dtype == np.float32 and c.samples.ndim == 1
     assert all(c.duration == pytest.approx(1.0) for c in chunks[:-1])
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert b.t == pytest.approx(a.t + a.duration, abs=0.05)  # contiguous
     total = sum(c.duration for c in chunks)
     assert total == pytest.approx(seconds, abs=0.15)

@@ -107,14 +107,16 @@ async def test_block_producer_is_released_by_close() -> None:
     q: Bridge[int] = Bridge(1, "block", recheck=0.01)
     q.bind()
     results: list[bool] = []
+    first_in = threading.Event()
 
     def produce() -> None:
-        results.extend([q.put(1), q.put(2)])  # the second waits: the queue is full
+        results.append(q.put(1))
+        first_in.set()
+        results.append(q.put(2))  # waits: the queue is full
 
     th = threading.Thread(target=produce)
     th.start()
-    while not results and len(q) < 1:
-        await asyncio.sleep(0.005)
+    await asyncio.to_thread(first_in.wait)
     q.close(drop=True)
     q.close(drop=True)  # idempotent
     await asyncio.to_thread(th.join)

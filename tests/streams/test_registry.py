@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from streams import registry
 from streams.errors import SourceUnavailableError
 from streams.file import FileSource, FileSpec
-from streams.registry import OpenContext, open_source, parse_spec
+from streams.registry import HUB_WHIP, OpenContext, open_source, parse_spec
 from streams.rtsp import RTSPSource, RTSPSpec
 from streams.segments import SegmentFolderSource, SegmentsSpec
 from streams.source import SourceSpec
@@ -93,7 +93,7 @@ def test_register_needs_a_literal_kind() -> None:
 async def test_factories_build_each_kind_from_its_spec(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", [(1.0, (10, 20, 30))], fps=10).path
     (tmp_path / "rec").mkdir()
-    ctx = OpenContext(fps=3.0, queue_size=4, hubs={"whip": (ingest := WhipIngest())})
+    ctx = OpenContext(fps=3.0, queue_size=4, hubs={HUB_WHIP: (ingest := WhipIngest())})
     try:
         file = open_source(parse_spec({"id": "f", "kind": "file", "path": str(video)}), ctx)
         rtsp = open_source(parse_spec({"id": "r", "kind": "rtsp", "url": "rtsp://127.0.0.1:9/x"}), ctx)

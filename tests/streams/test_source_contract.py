@@ -10,7 +10,7 @@ import pytest
 
 from streams.file import FileSource
 from streams.media import Frame
-from streams.registry import OpenContext, open_source, parse_spec
+from streams.registry import HUB_WHIP, OpenContext, open_source, parse_spec
 from streams.rtsp import RTSPSource
 from streams.segments import SegmentFolderSource
 from streams.source import Source
@@ -112,7 +112,7 @@ async def test_rtsp_stats_while_the_server_is_unreachable() -> None:
 async def test_whip_stats_and_close_ends_the_publisher_side() -> None:
     ingest = WhipIngest()
     try:
-        src = open_source(parse_spec({"id": "w", "kind": "whip"}), OpenContext(hubs={"whip": ingest}))
+        src = open_source(parse_spec({"id": "w", "kind": "whip"}), OpenContext(hubs={HUB_WHIP: ingest}))
         stats = src.stats()
         assert stats.state == "connecting" and stats.extra["publishing"] is False
         assert src.resume_token() is None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from streams.timeline import MIN_RESTART_GAP, LiveClock, Pacer, Timeline

@@ -34,6 +34,7 @@ from tests.agent.service.helpers import (
     status,
     until,
 )
+from tests.streams.av_media import make_video_with_tone
 from tests.streams.servers import RtspServer, ffmpeg_available, gst_rtsp_available
 from tests.videos import VIDEOS, Scene, make_video
 
@@ -196,3 +197,17 @@ async def test_segment_folder_filled_by_a_live_ffmpeg_segmenter(tmp_path: Path) 
         answer = await request(ws, {"type": "query", "id": "q", "image": needle_b64(), "streams": ["rec"]})
         best = answer["moments"][0]
         assert best["stream"] == "rec" and best["start"] < 4.0 and best["end"] > 2.0, best
+
+
+async def test_file_with_audio_is_ingested_and_its_sound_counted(tmp_path: Path) -> None:
+    video = make_video_with_tone(tmp_path / "tone.mp4", seconds=4.0)
+    async with running(tmp_path) as (svc, url), client(url) as ws:
+        await add(ws, {"id": "loud", "kind": "file", "path": str(video), "audio": True})
+        await add(ws, {"id": "mute", "kind": "file", "path": str(video)})
+        loud = await until(ws, "loud", lambda s: s["status"] != "running", limit=60)
+        mute = await until(ws, "mute", lambda s: s["status"] != "running", limit=60)
+        assert loud["status"] == mute["status"] == "done"
+        assert loud["frames"] == mute["frames"] == 8  # the visual path is the same with sound on
+        assert svc.runners["loud"].audio_chunks == 4  # 4 s of sound in ~1 s chunks
+        assert svc.runners["loud"].audio_seconds == pytest.approx(4.0, abs=0.1)
+        assert svc.runners["mute"].audio_chunks == 0  # off by default
