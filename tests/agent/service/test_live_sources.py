@@ -204,8 +204,8 @@ async def test_file_with_audio_is_ingested_and_its_sound_counted(tmp_path: Path)
     async with running(tmp_path) as (svc, url), client(url) as ws:
         await add(ws, {"id": "loud", "kind": "file", "path": str(video), "audio": True})
         await add(ws, {"id": "mute", "kind": "file", "path": str(video)})
-        loud = await until(ws, "loud", lambda s: s["status"] != "running", limit=60)
-        mute = await until(ws, "mute", lambda s: s["status"] != "running", limit=60)
+        loud = await until(ws, "loud", lambda s: s["status"] not in ("starting", "running"), limit=60)
+        mute = await until(ws, "mute", lambda s: s["status"] not in ("starting", "running"), limit=60)
         assert loud["status"] == mute["status"] == "done"
         assert loud["frames"] == mute["frames"] == 8  # the visual path is the same with sound on
         assert svc.runners["loud"].audio_chunks == 4  # 4 s of sound in ~1 s chunks

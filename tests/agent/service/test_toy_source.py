@@ -68,7 +68,7 @@ async def test_a_toy_source_kind_streams_through_the_service(tmp_path: Path) -> 
     async with running(tmp_path) as (svc, url), client(url) as ws:
         added = await add(ws, {"id": "toy1", "kind": "toy", "frames": 24, "seed": 3})
         assert added["stream"]["kind"] == "toy"
-        done = await until(ws, "toy1", lambda s: s["status"] != "running", limit=60)
+        done = await until(ws, "toy1", lambda s: s["status"] not in ("starting", "running"), limit=60)
         assert done["status"] == "done", done
         assert done["error"] is None
         assert done["frames"] == 24  # every generated frame reached ingest
