@@ -50,18 +50,13 @@ counted and skipped. With ``audio=True`` the segments' sound comes too, as
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import os
-import re
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
@@ -70,7 +65,10 @@ from streams.errors import CorruptMediaError, SourceUnavailableError
 from streams.media import AudioChunk, Frame, Media
 from streams.registry import OpenContext, register
 from streams.sampler import Sampler, to_rgb
+from streams.segment_folder import SegmentFolder, SegmentPosition, natural_key
 from streams.source import RecordingSpec, Source, SourceState, SourceStats
+
+__all__ = ["DEFAULT_PATTERNS", "SegmentFolderSource", "SegmentPosition", "SegmentsSpec", "natural_key"]
 
 log = logging.getLogger(__name__)
 
@@ -82,46 +80,6 @@ _STATS_STATE: dict[State, SourceState] = {
     "done": "done",
     "closed": "closed",
 }
-
-
-class SegmentPosition(BaseModel):
-    """Resume state of a segment folder; persist it with the stream's memory."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    done: str | None = None
-    """Name of the last finished segment: it and every name sorting before it are done."""
-    next_t: float = 0.0
-    """Stream time where the next segment starts."""
-    shift: float | None = None
-    """Recorder time + shift = stream time, for the segment being read or last read."""
-    last_duration: float = 0.0
-    """Length of the last finished segment (seconds), to tell a kept clock from a reset one."""
-    last_t: float | None = None
-    """Time of the last frame handed out (resume mid-segment without repeats)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able copy."""
-        return self.model_dump()
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SegmentPosition:
-        """Inverse of :meth:`to_dict`; raises SourceUnavailableError on garbage."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise SourceUnavailableError(f"invalid segment position: {exc}") from exc
-
-
-def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
-    """Sort key comparing digit runs as numbers: ``a9`` < ``a10``."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
-
-
-@dataclass(frozen=True)
-class _Seen:
-    signature: tuple[int, int]  # (size, mtime_ns)
-    since: float  # monotonic time this signature was first seen
 
 
 @dataclass(frozen=True)
@@ -178,7 +136,6 @@ class SegmentFolderSource(Source):
         self._sampler = Sampler(fps)
         self._short_side = short_side
         self._poll = poll_interval
-        self._settle = settle_seconds
         self._max_gap = max_gap
         self._work = position.model_copy() if position is not None else SegmentPosition()  # the thread's
         self._pos = self._work.model_copy()  # as of the items handed out
@@ -186,8 +143,7 @@ class SegmentFolderSource(Source):
         if self._work.last_t is not None:
             self._sampler.take(self._work.last_t)  # continue the sampling grid where it stopped
         self._chunker = AudioChunker(stream) if audio else None
-        self._seen: dict[str, _Seen] = {}
-        self._deferred: dict[str, tuple[int, int]] = {}  # newest segment that failed to open, by signature
+        self._folder = SegmentFolder(self.folder, self.patterns, settle_seconds)
         self._bridge: Bridge[_Item] = Bridge(queue_size, "block")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -299,40 +255,15 @@ class SegmentFolderSource(Source):
 
     def _next_segment(self) -> str | None:
         """The next complete segment, or None (then :attr:`state` is done when nothing will come)."""
-        names = self._list()
-        done = self._work.done
-        pending = [n for n in names if done is None or natural_key(n) > natural_key(done)]
+        pending = self._folder.pending(self._work.done)
         if not pending:
             if not self.follow:
                 self._state = "done"
             return None
         name = pending[0]
-        if self.follow and not self._complete(name, newer=len(pending) > 1):
+        if self.follow and not self._folder.complete(name, newer=len(pending) > 1):
             return None
         return name
-
-    def _list(self) -> list[str]:
-        with os.scandir(self.folder) as it:
-            names = [
-                e.name for e in it if e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in self.patterns)
-            ]
-        return sorted(names, key=natural_key)
-
-    def _complete(self, name: str, newer: bool) -> bool:
-        """Whether ``name`` may be read now (see module docstring)."""
-        try:
-            st = os.stat(self.folder / name)
-        except FileNotFoundError:
-            return False
-        sig = (st.st_size, st.st_mtime_ns)
-        now = time.monotonic()
-        seen = self._seen.get(name)
-        if seen is None or seen.signature != sig:
-            self._seen[name] = _Seen(sig, now)
-            return False
-        if not newer and self._deferred.get(name) == sig:
-            return False  # failed to open at this very size; wait for a change
-        return newer or now - seen.since >= self._settle
 
     # ---- worker thread: reading one segment ----------------------------------------------------------
 
@@ -353,7 +284,7 @@ class SegmentFolderSource(Source):
             self._work.done = name
             self.segments_done += 1
         finally:
-            self._seen.pop(name, None)
+            self._folder.forget(name)
             self._segment = None
             if self._state == "reading":
                 self._state = "waiting"
@@ -361,12 +292,9 @@ class SegmentFolderSource(Source):
 
     def _segment_failed(self, name: str, exc: CorruptMediaError, seen_frames: bool) -> None:
         if not seen_frames and self.follow:
-            names = self._list()
-            if names and names[-1] == name:
+            if self._folder.newest() == name:
                 # The newest segment may still be written (MP4 before its index): retry later.
-                seen = self._seen.get(name)
-                if seen is not None:
-                    self._deferred[name] = seen.signature
+                self._folder.defer(name)
                 log.info("%s: newest segment %s not readable yet (%s)", self.stream, name, exc)
                 return
         log.warning("%s: corrupt segment %s skipped: %s", self.stream, name, exc)

@@ -34,193 +34,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import av
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from streams.audio import AudioChunker
-from streams.bridge import Bridge, BridgeClosed, QueuePolicy
 from streams.errors import BadOfferError, SourceUnavailableError, StreamError, UnknownSourceError
-from streams.media import AudioChunk, Frame, Media
 from streams.registry import HUB_WHIP, OpenContext, register
-from streams.sampler import Sampler, to_rgb
-from streams.source import Source, SourceSpec, SourceStats
-from streams.timeline import Gap, LiveClock
+from streams.source import SourceSpec
+from streams.whip_source import WhipSource
+
+__all__ = ["MAX_SDP_BYTES", "WhipIngest", "WhipSource", "WhipSpec", "whip_routes"]
 
 log = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
 """An SDP offer is a few kilobytes; anything far larger is not one."""
-
-
-class WhipSource(Source):
-    """Media of one WHIP stream across publisher sessions (async iterator).
-
-    Counters: :attr:`frames_in` (decoded frames received), :attr:`frames_out`,
-    :attr:`dropped` (latest-wins drops), :attr:`reconnects` (sessions after
-    the first). :attr:`publishing` says whether a publisher is connected.
-    Closing the source ends its publisher's session too (through the
-    :class:`WhipIngest` that made it).
-    """
-
-    queue_policy: ClassVar[QueuePolicy] = "latest"
-    restarts_clock: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        stream: str,
-        *,
-        fps: float = 2.0,
-        short_side: int = 224,
-        queue_size: int = 8,
-        audio: bool = False,
-        ingest: WhipIngest | None = None,
-    ) -> None:
-        self.stream = stream
-        self.audio = audio
-        self._sampler = Sampler(fps)
-        self._short_side = short_side
-        self._bridge: Bridge[Media] = Bridge(queue_size, "latest")
-        self._clock = LiveClock()
-        self._chunker = AudioChunker(stream) if audio else None
-        self._ingest = ingest
-        self._sessions = 0
-        self._arrival: float | None = None  # monotonic arrival of the last video frame
-        self._closed = False
-        self.publishing = False
-        self.frames_in = 0
-        self.frames_out = 0
-        self.audio_out = 0
-        self.reconnects = 0
-
-    @property
-    def closed(self) -> bool:
-        return self._bridge.closed
-
-    @property
-    def dropped(self) -> int:
-        """Sampled frames discarded because the consumer fell behind."""
-        return self._bridge.dropped
-
-    @property
-    def gaps(self) -> list[Gap]:
-        """Holes in the timeline left by publisher changes."""
-        return list(self._clock.gaps)
-
-    def stats(self) -> SourceStats:
-        if self.closed:
-            state: Literal["connecting", "streaming", "closed"] = "closed"
-        else:
-            state = "streaming" if self.publishing else "connecting"
-        return SourceStats(
-            state,
-            frames=self.frames_out,
-            drops=self.dropped,
-            reconnects=self.reconnects,
-            audio_chunks=self.audio_out,
-            extra={"publishing": self.publishing},
-        )
-
-    async def __anext__(self) -> Media:
-        try:
-            item = await self._bridge.get()
-        except BridgeClosed:
-            raise StopAsyncIteration from None
-        if isinstance(item, AudioChunk):
-            self.audio_out += 1
-        else:
-            self.frames_out += 1
-        return item
-
-    async def __aenter__(self) -> WhipSource:
-        return self
-
-    async def close(self) -> None:
-        """End iteration (items already queued are still delivered) and the publisher's session.
-
-        Idempotent. The ingest keeps the (closed) entry: a new
-        :meth:`WhipIngest.add_stream` for the same id makes a fresh source.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._bridge.close()
-        if self._ingest is not None:
-            await self._ingest.end_sessions(self.stream)
-
-    async def consume(self, track: MediaStreamTrack) -> None:
-        """Read one publisher's video track until it ends (run as a task by the ingest)."""
-        self._clock.new_session()
-        if self._sessions:
-            self.reconnects += 1
-        self._sessions += 1
-        self.publishing = True
-        wall_offset: float | None = None
-        try:
-            while not self.closed:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return  # the publisher went away
-                now_wall, now_mono = time.time(), time.monotonic()
-                self.frames_in += 1
-                if not isinstance(frame, av.VideoFrame):
-                    continue  # a video track yields frames; packets only with decode=False publishers
-                pts, tb = frame.pts, frame.time_base
-                raw = float(pts * tb) if pts is not None and tb is not None else None
-                t = self._clock.map(raw, now_mono)
-                self._arrival = now_mono
-                if wall_offset is None:
-                    wall_offset = now_wall - t
-                if not self._sampler.take(t):
-                    continue
-                image = await asyncio.to_thread(to_rgb, frame, self._short_side)
-                self._bridge.put(Frame(self.stream, t, image, t + wall_offset, bool(frame.key_frame)))
-        finally:
-            self.publishing = False
-
-    async def consume_audio(self, track: MediaStreamTrack) -> None:
-        """Read one publisher's audio track into chunks until it ends (run as a task by the ingest).
-
-        The first audio frame is placed at the video timeline's "now" (its
-        last frame plus the time since it arrived); later frames follow by
-        their own RTP time.
-        """
-        chunker = self._chunker
-        if chunker is None:
-            return
-        anchor: tuple[float, float] | None = None  # (stream time, raw time) of the first frame
-        try:
-            while not self.closed:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                if not isinstance(frame, av.AudioFrame) or frame.pts is None or frame.time_base is None:
-                    continue
-                raw = float(frame.pts * frame.time_base)
-                if anchor is None:
-                    anchor = (self._now_t(), raw)
-                t = anchor[0] + raw - anchor[1]
-                for chunk in chunker.push(frame, t, time.time()):
-                    self._bridge.put(chunk)
-        finally:
-            for chunk in chunker.flush():
-                self._bridge.put(chunk)
-
-    def _now_t(self) -> float:
-        last = self._clock.last_t
-        if last is None or self._arrival is None:
-            return 0.0 if last is None else last
-        return last + max(0.0, time.monotonic() - self._arrival)
 
 
 @dataclass
