@@ -1,10 +1,10 @@
 """One stream's task: source -> ingest (thread) -> shared encoder -> memory.
 
 The runner owns its source and its task. Frames go through
-:meth:`StreamIngestor.push` in a worker thread (cheap index, gate, JPEG
-frame store, tiler); the super-images it returns are submitted to the
-shared :class:`~agent.service.encoder_worker.EncoderWorker`, which commits
-their embeddings back to this stream's ingestor.
+:meth:`StreamState.push` in a worker thread (every channel: cheap index, gate,
+JPEG frame store, tiler); the work items it returns are submitted to the
+shared :class:`~agent.service.batch_worker.BatchWorker`, which commits
+their results (or reports their failure) back to this stream's channels.
 
 Queue policy per source kind: live sources (RTSP, WHIP, a realtime file
 replay) keep a small latest-wins queue and count the frames they drop when
@@ -29,11 +29,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from agent.core.superimage import SuperImage
+from agent.channels.base import WorkItem
 from agent.errors import SourceError, VmrError
 from agent.index.stream_state import StreamState
+from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
-from agent.service.encoder_worker import EncoderWorker
 from agent.types import Frame
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,7 @@ class Source(Protocol):
 
 def resume_time(state: StreamState) -> float | None:
     """Latest stream time any part of the snapshot has seen (frames at or before it are skipped)."""
-    times = [state.ingestor.stats.last_time, state.cheap.last_time]
-    if state.store is not None and len(state.store):
-        times.append(float(state.store.times()[-1]))
-    known = [t for t in times if t is not None]
-    return max(known) if known else None
+    return state.resume_time()
 
 
 class StreamRunner:
@@ -66,7 +62,7 @@ class StreamRunner:
         self,
         spec: StreamSpec,
         state: StreamState,
-        worker: EncoderWorker,
+        worker: BatchWorker,
         cfg: ServiceConfig,
         *,
         fps: float,
@@ -128,7 +124,7 @@ class StreamRunner:
             "frames": self.frames_in,
             "dropped": self.dropped,
             "reconnects": self.reconnects,
-            "last_time": self.state.ingestor.stats.last_time,
+            "last_time": self.state.stats.last_time,
             "progress": self.progress,
             "tokens": self.state.memory.tokens,
         }
@@ -159,12 +155,11 @@ class StreamRunner:
 
     def snapshot(self) -> None:
         """Atomic snapshot of the stream's state (blocking: call in a thread)."""
-        with self.state.lock:
-            self.state.meta["offset"] = self._offset
-            position = getattr(self.source, "position", None)
-            if position is not None and hasattr(position, "to_dict"):
-                self.state.meta["segments_position"] = position.to_dict()
-            self.state.save()
+        meta: dict[str, Any] = {"offset": self._offset}
+        position = getattr(self.source, "position", None)
+        if position is not None and hasattr(position, "to_dict"):
+            meta["segments_position"] = position.to_dict()
+        self.state.save(meta)
 
     async def _run(self) -> None:
         self.status = "running"
@@ -173,7 +168,7 @@ class StreamRunner:
                 await self._consume(self._open())
                 if not (self.spec.kind == "file" and self.spec.loop):
                     break
-                last = self.state.ingestor.stats.last_time or 0.0
+                last = self.state.stats.last_time or 0.0
                 self._offset = last + 1.0 / self.fps
                 self._resume = None
             await self._finish()
@@ -232,14 +227,11 @@ class StreamRunner:
             self.source = None if self.spec.kind != "file" else self.source
             await source.close()
 
-    def _push(self, frame: Frame) -> list[SuperImage]:
-        with self.state.lock:
-            self.state.note_clock(frame.t, frame.wall)
-            return self.state.ingestor.push(frame)
+    def _push(self, frame: Frame) -> list[WorkItem]:
+        return self.state.push(frame)
 
-    def _flush(self) -> list[SuperImage]:
-        with self.state.lock:
-            return self.state.ingestor.flush()
+    def _flush(self) -> list[WorkItem]:
+        return self.state.flush()
 
     def _maybe_progress(self, now: float) -> None:
         if self.spec.kind != "file" or now - self._progress_at < self.cfg.progress_seconds:
@@ -250,7 +242,7 @@ class StreamRunner:
                 "type": "progress",
                 "stream": self.id,
                 "progress": round(self.progress or 0.0, 4),
-                "t": self.state.ingestor.stats.last_time,
+                "t": self.state.stats.last_time,
                 "frames": self.frames_in,
             }
         )
@@ -307,7 +299,7 @@ class StreamRunner:
         """A live source restarts at t=0: continue after the stored timeline, leaving the real gap."""
         if self._resume is None:
             return
-        last_wall = self.state.ingestor.stats.last_wall
+        last_wall = self.state.stats.last_wall
         gap = max(1.0, time.time() - last_wall) if last_wall else 1.0
         self._offset = self._resume + gap
         self._resume = None
