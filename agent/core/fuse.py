@@ -79,9 +79,9 @@ class Calibration:
 def calibrate(background: np.ndarray, *, trials: int) -> Calibration:
     """Robust summary of (n,) background scores (QueryError if there are none).
 
-    The scale is the MAD scaled to a normal sigma, floored at ``MIN_SCALE``
-    and at a third of the standard deviation (a background where most items
-    tie exactly would otherwise give a MAD of 0 and infinite z-scores).
+    The scale is the MAD scaled to a normal sigma; where more than half the
+    items tie exactly (MAD below ``MIN_SCALE``) the standard deviation stands
+    in, floored at ``MIN_SCALE``, so z-scores stay finite.
     """
     b = np.asarray(background, dtype=np.float64).ravel()
     b = b[np.isfinite(b)]
@@ -89,7 +89,7 @@ def calibrate(background: np.ndarray, *, trials: int) -> Calibration:
         raise QueryError("calibration needs at least one background score")
     center = float(np.median(b))
     mad = MAD_TO_SIGMA * float(np.median(np.abs(b - center)))
-    scale = max(mad, float(np.std(b)) / 3.0, MIN_SCALE)
+    scale = mad if mad >= MIN_SCALE else max(float(np.std(b)), MIN_SCALE)
     return Calibration(center, scale, max(1, int(trials)), int(b.size))
 
 

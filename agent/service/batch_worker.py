@@ -39,8 +39,8 @@ from agent.channels.base import WorkCounters, WorkItem
 
 log = logging.getLogger(__name__)
 
-BatchFn = Callable[[list[WorkItem]], Sequence[np.ndarray]]
-"""Blocking: one result per item, in order (runs in a worker thread)."""
+BatchFn = Callable[[list[WorkItem]], "Sequence[np.ndarray] | np.ndarray"]
+"""Blocking: one result per item, in order - a list, or an (n, ...) array (runs in a worker thread)."""
 Listener = Callable[[WorkItem, np.ndarray], None]
 """Told about every committed result (called on the event loop)."""
 
@@ -165,23 +165,37 @@ class BatchWorker:
 
     # -------------------------------------------------------------- worker
     def _take_batch(self) -> list[tuple[str, _Lane, WorkItem]]:
-        """Round-robin over lanes with work, one item per lane per round."""
+        """Round-robin over lanes with work, one item per lane per round.
+
+        A retry (``attempt > 0``) runs in a batch of its own: an item that
+        breaks the batch function then fails alone instead of taking the
+        items batched with it down through their retries too.
+        """
         batch: list[tuple[str, _Lane, WorkItem]] = []
         names = self._order[self._next :] + self._order[: self._next]
         if self._order:
             self._next = (self._next + 1) % len(self._order)
+        for name in names:
+            lane = self._lanes[name]
+            if lane.items and lane.items[0].attempt > 0:
+                return [self._pop(name, lane)]
         while len(batch) < self.batch_size:
             took = False
             for name in names:
                 lane = self._lanes[name]
                 if lane.items and len(batch) < self.batch_size:
-                    batch.append((name, lane, lane.items.popleft()))
-                    lane.in_flight += 1
-                    lane.changed.set()
+                    batch.append(self._pop(name, lane))
                     took = True
             if not took:
                 break
         return batch
+
+    @staticmethod
+    def _pop(name: str, lane: _Lane) -> tuple[str, _Lane, WorkItem]:
+        item = lane.items.popleft()
+        lane.in_flight += 1
+        lane.changed.set()
+        return name, lane, item
 
     async def _run(self) -> None:
         while True:
