@@ -38,7 +38,7 @@ from agent.models.encoder import Encoder
 from agent.store.frame_store import FrameStore
 from agent.types import Coverage, RGBImage
 
-BACKGROUND_FRAMES = 32
+BACKGROUND_FRAMES = 64
 """Stored frames sampled evenly over the range to calibrate refined scores (cached embeddings)."""
 
 
@@ -253,11 +253,11 @@ def search_visual(
             frame_seconds=r.frame_seconds,
         )
         props.extend(_refined(r, p) for p in found)
-    cals: dict[str, Calibration] = {"anchor": calibrate(scores, trials=len(scores))}
+    cals: dict[str, Calibration] = {"anchor": calibrate(scores, trials=len(scores), cosine=True)}
     if refined:
         bg = _background_frames(r, rvec, lo, hi, refine_encoder, cache)
         # Judged against the stream's own frames; the best of every refined frame is the trial count.
-        cals["refine"] = calibrate(bg if len(bg) else scores, trials=refined)
+        cals["refine"] = calibrate(bg if len(bg) else scores, trials=refined, cosine=True)
     return ChannelAnswer(props, cals, cov, notes)
 
 

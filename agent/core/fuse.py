@@ -8,7 +8,11 @@ background its scores are judged against. Steps:
    background for *this* query: ``z = (score - median) / (1.4826 * MAD)`` of the
    background scores (the visual channel's anchor scores, or the refine
    encoder's scores of frames sampled across the stream). The median and MAD
-   ignore the few background items that match the query.
+   ignore the few background items that match the query. Cosines are first
+   mapped to ``-log(1 - cos)`` (``cosine=True``): near 1 - image-to-image
+   similarity - a cosine is squeezed against its ceiling and a left-skewed
+   background would make every z small; the map is monotone and nearly the
+   identity for the low cosines of text queries.
 2. **Confidence.** ``z`` becomes the probability that the best of ``trials``
    background draws stays below the score, under a normal null:
    ``confidence = Phi(z) ** trials`` (Sidak). ``trials`` is how many scores the
@@ -37,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +54,8 @@ MAD_TO_SIGMA = 1.4826
 MIN_SCALE = 1e-4
 """Floor of the background's spread (a constant background would divide by zero)."""
 NO_MATCH = "no confident match"
+COS_FLOOR = 1e-6
+"""Smallest ``1 - cos`` told apart (float32 embeddings resolve about this much)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +71,12 @@ class Calibration:
     trials: int
     samples: int
     """Background scores the summary was computed from."""
+    cosine: bool = False
+    """``center`` and ``scale`` are of ``-log(1 - cos)``, not of the raw score."""
 
     def z(self, score: float) -> float:
-        return (score - self.center) / self.scale
+        x = _cos_distance(score) if self.cosine else score
+        return (x - self.center) / self.scale
 
     def confidence(self, score: float) -> float:
         """``Phi(z) ** trials`` in [0, 1]; monotone non-decreasing in ``score``."""
@@ -76,8 +86,15 @@ class Calibration:
         return math.exp(self.trials * log_phi)
 
 
-def calibrate(background: np.ndarray, *, trials: int) -> Calibration:
+def _cos_distance(score: float | np.ndarray) -> Any:
+    """``-log(1 - cos)``, cosines clipped below 1 (monotone increasing)."""
+    return -np.log(np.maximum(1.0 - np.asarray(score, dtype=np.float64), COS_FLOOR))
+
+
+def calibrate(background: np.ndarray, *, trials: int, cosine: bool = False) -> Calibration:
     """Robust summary of (n,) background scores (QueryError if there are none).
+
+    ``cosine``: the scores are cosines; summarise ``-log(1 - cos)`` instead.
 
     The scale is the MAD scaled to a normal sigma; where more than half the
     items tie exactly (MAD below ``MIN_SCALE``) the standard deviation stands
@@ -87,10 +104,12 @@ def calibrate(background: np.ndarray, *, trials: int) -> Calibration:
     b = b[np.isfinite(b)]
     if b.size == 0:
         raise QueryError("calibration needs at least one background score")
+    if cosine:
+        b = _cos_distance(b)
     center = float(np.median(b))
     mad = MAD_TO_SIGMA * float(np.median(np.abs(b - center)))
     scale = mad if mad >= MIN_SCALE else max(float(np.std(b)), MIN_SCALE)
-    return Calibration(center, scale, max(1, int(trials)), int(b.size))
+    return Calibration(center, scale, max(1, int(trials)), int(b.size), cosine)
 
 
 @dataclass(frozen=True, slots=True)

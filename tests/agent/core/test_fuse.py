@@ -154,3 +154,17 @@ def test_bad_arguments_are_query_errors() -> None:
         fuse([], {}, top_k=1, threshold=1.5)
     empty = fuse([], {}, top_k=1)
     assert empty.abstained and empty.moments == []
+
+
+def test_cosines_near_their_ceiling_are_calibrated_on_the_distance_scale() -> None:
+    # Image-to-image cosines as a random ViT gives them: spread over 0.6-0.99, piled against 1.
+    rng = np.random.default_rng(6)
+    bg = 1 - np.exp(rng.normal(np.log(0.08), 0.8, 300))
+    raw, cos = calibrate(bg, trials=50), calibrate(bg, trials=50, cosine=True)
+    exact = 0.9999  # a near-copy of the query
+    assert raw.confidence(exact) < 0.5  # on the raw scale the ceiling hides it
+    assert cos.confidence(exact) > DEFAULT_THRESHOLD
+    assert cos.confidence(float(np.median(bg))) < 0.01
+    scores = np.linspace(0.5, 0.999999, 50)
+    confs = [cos.confidence(float(s)) for s in scores]
+    assert all(a <= b for a, b in itertools.pairwise(confs))
