@@ -116,6 +116,10 @@ class QueryConfig(_Strict):
     max_refine_frames: int = Field(default=64, ge=1)
     """Stored frames re-encoded per query (refine cost is ~all re-encoding)."""
     nms_iou: float = Field(default=0.5, ge=0, le=1)
+    min_confidence: float = Field(default=0.95, ge=0, le=1)
+    """Calibrated confidence a moment needs; below it for every moment, the answer abstains
+    ("no confident match"). 0.95 = a 5 % family-wise false-alarm rate against the stream's
+    own background scores (see agent.core.fuse)."""
     max_text_chars: int = Field(default=2000, ge=1)
     max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
 

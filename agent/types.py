@@ -37,6 +37,13 @@ class Moment:
     evidence: list[float] = field(default_factory=list)
     """Stream times of the frames that support the moment (thumbnails)."""
     answered_by: AnsweredBy = "refine"
+    confidence: float | None = None
+    """Calibrated confidence in [0, 1], comparable across streams and channels
+    (agent.core.fuse); None where no calibration applies (LLM moments)."""
+    channels: list[str] = field(default_factory=list)
+    """Channels whose proposals support the moment (``visual``, later ``speech``...)."""
+    below_threshold: bool = False
+    """The confidence is below the query's threshold: a best guess, not a match."""
 
     @property
     def duration(self) -> float:
@@ -74,3 +81,6 @@ class QueryResult:
     notes: list[str] = field(default_factory=list)
     llm_usage: dict[str, int] | None = None
     """Tokens the LLM stage used (prompt, completion), when it ran."""
+    abstained: bool = False
+    """No moment reached the confidence threshold ("no confident match"); the
+    moments listed are the best candidates, each ``below_threshold``."""

@@ -178,8 +178,11 @@ def _add_charades(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``bench`` (``haystack build``, ``haystack run``, ``charades``) to the ``vmr`` parser."""
+    """Add ``bench`` (``haystack build``, ``haystack run``, ``charades``, ``abstention``) to ``vmr``."""
     bench = subparsers.add_parser("bench", help="benchmarks (results in bench/results/)")
     sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_run(haystack.register(sub))
     _add_charades(sub)
+    from bench import abstention
+
+    abstention.register(sub)

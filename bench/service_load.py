@@ -114,8 +114,8 @@ async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_pho
         elapsed = time.time() - t0
         frames = {k: r.frames_in - before.get(k, 0) for k, r in svc.runners.items()}
         dropped = sum(r.dropped for r in svc.runners.values())
-        first_wall = svc.idx.streams["needle"].ingestor.stats.first_wall
-        first_t = svc.idx.streams["needle"].ingestor.stats.first_time or 0.0
+        first_wall = svc.idx.streams["needle"].stats.first_wall
+        first_t = svc.idx.streams["needle"].stats.first_time or 0.0
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await server.close()

@@ -128,15 +128,14 @@ class _Marks:
             self.sample(self.marks.pop(0))
 
     def sample(self, mark: float) -> None:
-        st = self.idx.streams[STREAM]
-        with st.lock:
-            row: dict[str, Any] = {
-                "hours": round(mark / HOUR, 3),
-                "tokens": st.memory.tokens,
-                "memory_bytes": st.memory.nbytes,
-                "encoder_passes": st.ingestor.stats.superimages,
-                "store_bytes": st.store.nbytes if st.store is not None else 0,
-            }
+        st = self.idx.streams[STREAM]  # on_frame runs in the ingest thread: nothing moves meanwhile
+        row: dict[str, Any] = {
+            "hours": round(mark / HOUR, 3),
+            "tokens": st.memory.tokens,
+            "memory_bytes": st.memory.nbytes,
+            "encoder_passes": st.stats.superimages,
+            "store_bytes": st.store.nbytes if st.store is not None else 0,
+        }
         if self.images:
             t0 = time.perf_counter()
             for refine in (False, True):

@@ -3,10 +3,12 @@
 Synchronous and encoder-agnostic: :meth:`StreamIngestor.push` returns the
 super-images that need an encoder pass, and :meth:`StreamIngestor.commit`
 hands their embeddings back. The CLI encodes inline; the service batches
-super-images from many streams in one shared encoder worker. Either way the
+super-images from many streams in one shared batch worker. Either way the
 memory sees events in stream order: a FIFO holds super-images that wait for
 their embedding together with the "static stretch" extensions the gate
 produced after them, and commit() applies the FIFO's resolved head only.
+A super-image whose encoding was given up is resolved by :meth:`drop`: its
+span is not retained, and nothing behind it waits for it.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ class _Pending:
     si: SuperImage | None
     extend_to: float | None = None
     embedding: np.ndarray | None = None
+    dropped: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.si is None or self.embedding is not None
+        return self.si is None or self.embedding is not None or self.dropped
 
 
 @dataclass(slots=True)
@@ -48,6 +51,7 @@ class IngestStats:
     encoded_frames: int = 0
     gated_frames: int = 0
     superimages: int = 0
+    dropped_superimages: int = 0
     last_time: float | None = None
     first_time: float | None = None
     last_wall: float | None = None
@@ -78,6 +82,8 @@ class StreamIngestor:
         self.stats = IngestStats()
         self._fifo: deque[_Pending] = deque()
         self._by_id: dict[int, _Pending] = {}
+        self._hole = False
+        """A dropped super-image is the newest memory event: do not stretch an anchor over it."""
 
     def push(self, frame: Frame) -> list[SuperImage]:
         """Take one sampled frame; return super-images that now need encoding."""
@@ -128,6 +134,23 @@ class StreamIngestor:
         pending.embedding = np.asarray(embedding, np.float32)
         self._drain()
 
+    def drop(self, si: SuperImage) -> None:
+        """Give up on a super-image returned by push/flush: its span stays unretained.
+
+        The FIFO entry resolves now, so later embeddings reach the memory
+        without waiting (KeyError for a super-image this ingestor did not emit).
+        """
+        pending = self._by_id.pop(id(si), None)
+        if pending is None:
+            raise KeyError("drop() of a super-image this ingestor did not emit")
+        pending.dropped = True
+        self.stats.dropped_superimages += 1
+        self._drain()
+
+    def owns(self, si: SuperImage) -> bool:
+        """Whether ``si`` was emitted here and is still waiting for commit or drop."""
+        return id(si) in self._by_id
+
     @property
     def in_flight(self) -> int:
         """Super-images emitted but not yet committed."""
@@ -166,7 +189,10 @@ class StreamIngestor:
         fifo = self._fifo
         while fifo and fifo[0].ready:
             item = fifo.popleft()
-            if item.si is not None and item.embedding is not None:
+            if item.dropped:
+                self._hole = True
+            elif item.si is not None and item.embedding is not None:
                 self.memory.add(item.si.start, item.si.end, item.embedding)
-            elif item.extend_to is not None and self.memory.tokens > 0:
+                self._hole = False
+            elif item.extend_to is not None and self.memory.tokens > 0 and not self._hole:
                 self.memory.extend(item.extend_to)

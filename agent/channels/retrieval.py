@@ -1,4 +1,4 @@
-"""Retrieval: prescreen the memory, refine where the query points, propose moments.
+"""Visual retrieval: prescreen the memory, refine where the query points, propose moments.
 
 1. **Prescreen**: one matrix product of the query (prescreen encoder) with the
    representatives of all anchors of the stream.
@@ -6,26 +6,40 @@
 3. **Refine**: stored frames of those regions are encoded one by one with the
    refine encoder (a stronger model may go here) giving a per-frame
    similarity curve; frame embeddings are cached across queries.
-4. **Proposals**: the curve becomes moments (boundary snapping to cheap-index
-   scene changes, NMS), the best ``top_k`` returned.
+4. **Proposals**: the curve becomes candidate windows (boundary snapping to
+   cheap-index scene changes, per-curve NMS), scored by their mean cosine.
+5. **Background**: the calibration :func:`agent.core.fuse.fuse` judges them
+   by - the anchor scores (for anchor proposals) and the refine encoder's
+   scores of frames sampled evenly over the stored range (for refined ones).
 
 Where a region's stored frames were already evicted, that region's moments
-come from anchor scores alone (``answered_by="anchor"``) and the result says so.
+come from anchor scores alone (kind ``"anchor"``) and the answer says so.
+Ranking across regions, channels and streams is :func:`agent.core.fuse.fuse`'s.
+These functions read the frame store and run the refine encoder: call them
+from a worker thread, never on an event loop.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from agent.channels.base import ChannelAnswer, ChannelQuery
 from agent.config import QueryConfig
-from agent.core.proposals import Proposal, nms, propose
+from agent.core.cheap_index import CheapIndex
+from agent.core.fuse import Calibration, ChannelProposal, calibrate
+from agent.core.memory import Memory
+from agent.core.proposals import Proposal, propose
 from agent.errors import OversizeQueryError, QueryError
-from agent.index.stream_state import StreamState
 from agent.models.encoder import Encoder
-from agent.types import AnsweredBy, Coverage, Moment, QueryResult, RGBImage
+from agent.store.frame_store import FrameStore
+from agent.types import Coverage, RGBImage
+
+BACKGROUND_FRAMES = 64
+"""Stored frames sampled evenly over the range to calibrate refined scores (cached embeddings)."""
 
 
 @dataclass(slots=True)
@@ -84,15 +98,31 @@ class FrameEmbeddingCache:
             self._items.popitem(last=False)
 
 
-def _clip_range(query: Query, lo: float, hi: float) -> tuple[float, float]:
+class Retained(Protocol):
+    """What visual retrieval reads of a stream (the visual channel offers it)."""
+
+    stream: str
+    name: str
+    memory: Memory
+    cheap: CheapIndex
+    store: FrameStore | None
+
+    @property
+    def frame_seconds(self) -> float: ...
+
+    @property
+    def last_time(self) -> float | None: ...
+
+
+def _clip_range(query: ChannelQuery, lo: float, hi: float) -> tuple[float, float]:
     start = lo if query.start is None else max(lo, query.start)
     end = hi if query.end is None else min(hi, query.end)
     return start, end
 
 
-def prescreen(state: StreamState, qvec: np.ndarray, start: float, end: float) -> tuple[np.ndarray, ...]:
+def prescreen(memory: Memory, qvec: np.ndarray, start: float, end: float) -> tuple[np.ndarray, ...]:
     """Scores of the anchors overlapping [start, end]: (starts, ends, scores)."""
-    starts, ends, reps = state.memory.matrix()
+    starts, ends, reps = memory.matrix()
     keep = (ends > start) & (starts < end)
     return starts[keep], ends[keep], reps[keep] @ qvec
 
@@ -115,125 +145,137 @@ def regions(
     return merged
 
 
+def _frame_vectors(
+    r: Retained,
+    times: np.ndarray,
+    encoder: Encoder,
+    cache: FrameEmbeddingCache,
+    images: dict[float, RGBImage],
+) -> np.ndarray:
+    """(n, dim) refine embeddings of stored frames at ``times`` (cached; missing ones read and encoded)."""
+    assert r.store is not None
+    vecs: list[np.ndarray | None] = [cache.get((r.stream, float(t))) for t in times]
+    missing = [i for i, v in enumerate(vecs) if v is None]
+    if missing:
+        pics = [
+            images[float(times[i])] if float(times[i]) in images else r.store.get(float(times[i]))[1]
+            for i in missing
+        ]
+        fresh = encoder.encode_images(pics)
+        for i, v in zip(missing, fresh, strict=True):
+            cache.put((r.stream, float(times[i])), v)
+            vecs[i] = v
+    return np.stack([v for v in vecs if v is not None])
+
+
 def _refine_region(
-    state: StreamState,
+    r: Retained,
     qvec: np.ndarray,
     span: tuple[float, float],
     max_frames: int,
     encoder: Encoder,
     cache: FrameEmbeddingCache,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    if state.store is None:
+    if r.store is None:
         return None
-    frames = state.store.frames(span[0], span[1], max_frames)
+    frames = r.store.frames(span[0], span[1], max_frames)
     if not frames:
         return None
     times = np.array([t for t, _ in frames], np.float64)
-    vecs: list[np.ndarray | None] = [cache.get((state.stream, float(t))) for t in times]
-    missing = [i for i, v in enumerate(vecs) if v is None]
-    if missing:
-        fresh = encoder.encode_images([frames[i][1] for i in missing])
-        for i, v in zip(missing, fresh, strict=True):
-            cache.put((state.stream, float(times[i])), v)
-            vecs[i] = v
-    mat = np.stack([v for v in vecs if v is not None])
+    mat = _frame_vectors(r, times, encoder, cache, dict(frames))
     return times, mat @ qvec
 
 
-def _to_moment(state: StreamState, p: Proposal, answered_by: AnsweredBy) -> Moment:
-    return Moment(
-        start=p.start,
-        end=p.end,
-        score=p.score,
-        stream=state.stream,
-        wall_start=state.wall_of(p.start),
-        wall_end=state.wall_of(p.end),
-        evidence=[p.peak],
-        answered_by=answered_by,
-    )
+def _background_frames(
+    r: Retained, qvec: np.ndarray, lo: float, hi: float, encoder: Encoder, cache: FrameEmbeddingCache
+) -> np.ndarray:
+    """Refine scores of up to BACKGROUND_FRAMES stored frames spread evenly over [lo, hi]."""
+    if r.store is None:
+        return np.zeros(0, np.float32)
+    times = r.store.times(lo, hi)
+    if len(times) > BACKGROUND_FRAMES:
+        times = times[np.unique(np.linspace(0, len(times) - 1, BACKGROUND_FRAMES).round().astype(np.int64))]
+    if len(times) == 0:
+        return np.zeros(0, np.float32)
+    return _frame_vectors(r, times, encoder, cache, {}) @ qvec
 
 
-def coverage(state: StreamState, start: float, end: float) -> Coverage:
+def coverage(r: Retained, start: float, end: float) -> Coverage:
     """How much of [start, end] the memory and the frame store retain."""
-    retained, spt = state.memory.coverage(start, end)
+    retained, spt = r.memory.coverage(start, end)
     frames_s = 0.0
-    if state.store is not None and state.store.first_time is not None:
-        last = state.ingestor.stats.last_time or start
-        frames_s = max(0.0, min(end, last) - max(start, state.store.first_time))
+    if r.store is not None and r.store.first_time is not None:
+        last = r.last_time or start
+        frames_s = max(0.0, min(end, last) - max(start, r.store.first_time))
     return Coverage(
         start=start, end=end, retained_seconds=retained, seconds_per_token=spt, frames_seconds=frames_s
     )
 
 
-def search_stream(
-    state: StreamState,
-    query: Query,
-    prescreen_vec: np.ndarray,
-    refine_vec: np.ndarray,
+def search_visual(
+    r: Retained,
+    query: ChannelQuery,
     cfg: QueryConfig,
     refine_encoder: Encoder,
     cache: FrameEmbeddingCache,
-) -> QueryResult:
-    """Answer ``query`` over one stream (call with the query already encoded)."""
-    top_k = query.top_k or cfg.top_k
-    with state.lock:
-        spans = state.memory.spans()
-        if not spans:
-            return QueryResult([], None, "anchor", notes=["stream has no retained memory yet"])
-        lo, hi = _clip_range(query, spans[0][0], spans[-1][1])
-        cov = coverage(state, lo, hi)
-        if hi <= lo:
-            return QueryResult([], cov, "anchor", notes=["time range not in retained memory"])
-        starts, ends, scores = prescreen(state, prescreen_vec, lo, hi)
-        if len(scores) == 0:
-            return QueryResult([], cov, "anchor", notes=["time range not in retained memory"])
-        props: list[tuple[Proposal, AnsweredBy]] = []
-        notes: list[str] = []
-        per_region = max(4, cfg.max_refine_frames // max(1, cfg.candidates))
-        for span in regions(starts, ends, scores, cfg, lo, hi):
-            curve = (
-                _refine_region(state, refine_vec, span, per_region, refine_encoder, cache)
-                if cfg.refine
-                else None
-            )
-            if curve is None:
-                props.extend((p, "anchor") for p in _anchor_proposals(starts, ends, scores, span))
-                if cfg.refine:
-                    notes.append(f"frames evicted for {span[0]:.1f}-{span[1]:.1f}s: anchor-level scores")
-                continue
-            times, sims = curve
-            bounds = state.cheap.boundaries(span[0], span[1])
-            found = propose(
-                times,
-                sims,
-                top_k=top_k,
-                boundaries=bounds,
-                nms_iou=cfg.nms_iou,
-                frame_seconds=1.0 / state.cfg.fps,
-            )
-            props.extend((_by_similarity(p), "refine") for p in found)
-    kinds = {id(p): k for p, k in props}
-    best = nms([p for p, _ in props], cfg.nms_iou, top_k)
-    moments = [_to_moment(state, p, kinds[id(p)]) for p in best]
-    answered: AnsweredBy = "refine" if any(m.answered_by == "refine" for m in moments) else "anchor"
-    return QueryResult(moments, cov, answered, meaningless=refine_encoder.meaningless, notes=notes)
+) -> ChannelAnswer:
+    """Visual proposals of one stream for an encoded query, with their calibrations (blocking)."""
+    spans = r.memory.spans()
+    if not spans:
+        return ChannelAnswer([], {}, None, ["stream has no retained memory yet"])
+    lo, hi = _clip_range(query, spans[0][0], spans[-1][1])
+    cov = coverage(r, lo, hi)
+    if hi <= lo:
+        return ChannelAnswer([], {}, cov, ["time range not in retained memory"])
+    pvec, rvec = query.vectors["prescreen"], query.vectors["refine"]
+    starts, ends, scores = prescreen(r.memory, pvec, lo, hi)
+    if len(scores) == 0:
+        return ChannelAnswer([], {}, cov, ["time range not in retained memory"])
+    props: list[ChannelProposal] = []
+    notes: list[str] = []
+    refined = 0
+    per_region = max(4, cfg.max_refine_frames // max(1, cfg.candidates))
+    for span in regions(starts, ends, scores, cfg, lo, hi):
+        curve = _refine_region(r, rvec, span, per_region, refine_encoder, cache) if cfg.refine else None
+        if curve is None:
+            props.extend(_anchor_proposals(r, starts, ends, scores, span))
+            if cfg.refine:
+                notes.append(f"frames evicted for {span[0]:.1f}-{span[1]:.1f}s: anchor-level scores")
+            continue
+        times, sims = curve
+        refined += len(times)
+        found = propose(
+            times,
+            sims,
+            top_k=query.top_k,
+            boundaries=r.cheap.boundaries(span[0], span[1]),
+            nms_iou=cfg.nms_iou,
+            frame_seconds=r.frame_seconds,
+        )
+        props.extend(_refined(r, p) for p in found)
+    cals: dict[str, Calibration] = {"anchor": calibrate(scores, trials=len(scores), cosine=True)}
+    if refined:
+        bg = _background_frames(r, rvec, lo, hi, refine_encoder, cache)
+        # Judged against the stream's own frames; the best of every refined frame is the trial count.
+        cals["refine"] = calibrate(bg if len(bg) else scores, trials=refined, cosine=True)
+    return ChannelAnswer(props, cals, cov, notes)
 
 
 def _anchor_proposals(
-    starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, span: tuple[float, float]
-) -> list[Proposal]:
+    r: Retained, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, span: tuple[float, float]
+) -> list[ChannelProposal]:
     inside = (starts < span[1]) & (ends > span[0])
     return [
-        Proposal(float(s), float(e), float(sc), float((s + e) / 2), similarity=float(sc))
+        ChannelProposal(r.stream, r.name, "anchor", float(s), float(e), float(sc), float((s + e) / 2))
         for s, e, sc in zip(starts[inside], ends[inside], scores[inside], strict=True)
     ]
 
 
-def _by_similarity(p: Proposal) -> Proposal:
-    """Rank by mean cosine inside the window: comparable across regions and with anchors.
+def _refined(r: Retained, p: Proposal) -> ChannelProposal:
+    """Scored by mean cosine inside the window: on the scale of the frame background.
 
     propose()'s own score is a within-curve contrast statistic; it chose the
     windows, but curves of different regions are not on one scale.
     """
     sim = p.similarity if p.similarity is not None else p.score
-    return Proposal(p.start, p.end, float(sim), p.peak, similarity=sim)
+    return ChannelProposal(r.stream, r.name, "refine", p.start, p.end, float(sim), p.peak)

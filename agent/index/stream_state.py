@@ -1,15 +1,21 @@
-"""Everything one stream keeps: memory, cheap index, frame store, clock map.
+"""Everything one stream keeps: its channels, clock map and counters.
 
 Layout under the stream's folder::
 
-    memory.npz    anchors (SVD bases, representatives) - atomic snapshot
-    cheap.npz     cheap-index ring buffer               - atomic snapshot
-    state.json    counters, clock map, format version   - atomic snapshot
-    frames/       frame-store chunk files (append-only, self-healing)
+    memory.npz    visual channel: anchors (SVD bases, representatives) - atomic snapshot
+    cheap.npz     visual channel: cheap-index ring buffer               - atomic snapshot
+    frames/       visual channel: frame-store chunk files (append-only, self-healing)
+    <channel>/    any other channel's files (its own folder)
+    state.json    counters, clock map, format version                  - atomic snapshot
 
 Each snapshot file is replaced atomically, so a crash leaves each one either
-the old or the new complete state; ``state.json`` is written last and names
-the memory generation it belongs with.
+the old or the new complete state; ``state.json`` is written last.
+
+A :class:`StreamState` is the thin shell around its sans-I/O channels: it
+fans media out to every channel, routes worker results and failures back to
+the channel that owns the work item, and serialises every mutation and
+search with its own lock, so callers (the CLI's inline encoder, the
+service's batch workers and query threads) never lock anything themselves.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from agent.channels.ingest import IngestStats, StreamIngestor
+from agent.channels.base import AudioMedia, Channel, ChannelAnswer, ChannelQuery, WorkCounters, WorkItem
+from agent.channels.ingest import IngestStats
+from agent.channels.retrieval import FrameEmbeddingCache
+from agent.channels.visual import VisualChannel
 from agent.config import IndexConfig
-from agent.core.cheap_index import CheapIndex
 from agent.core.memory import Memory
 from agent.errors import IndexStoreError, SnapshotVersionError
-from agent.store.atomic import write_json, write_npz
+from agent.models.encoder import Encoder
+from agent.store.atomic import write_json
 from agent.store.frame_store import FrameStore
-from agent.store.memory_store import load_memory, save_memory
+from agent.types import Frame
 
 STATE_VERSION = 1
 _CLOCK_STEP = 5.0
@@ -37,34 +46,123 @@ _CLOCK_CAP = 200_000
 
 
 class StreamState:
-    """One stream's retained state and its ingestor."""
+    """One stream's channels, clock map and counters (thread-safe facade)."""
 
-    def __init__(self, root: Path, stream: str, cfg: IndexConfig, *, dim: int, image_size: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        stream: str,
+        cfg: IndexConfig,
+        *,
+        dim: int,
+        image_size: int,
+        refine: Encoder | None = None,
+        cache: FrameEmbeddingCache | None = None,
+    ) -> None:
         self.root = Path(root)
         self.stream = stream
         self.cfg = cfg
         self.root.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.RLock()
-        """Held by writers (ingest, snapshot) and readers (queries) of this stream."""
-        self.memory = self._load_memory(dim)
-        self.cheap = self._load_cheap()
-        self.store = (
-            FrameStore(
-                self.root / "frames",
-                max_bytes=cfg.store_bytes,
-                size=cfg.store_size,
-                quality=cfg.store_quality,
-            )
-            if cfg.store_bytes > 0
-            else None
+        self._lock = threading.RLock()
+        visual = VisualChannel(
+            self.root, stream, cfg, dim=dim, image_size=image_size, refine=refine, cache=cache
         )
-        self.ingestor = StreamIngestor(
-            stream, cfg, memory=self.memory, cheap=self.cheap, store=self.store, image_size=image_size
-        )
+        # One line per channel: the speech and text channels are added here.
+        self.channels: dict[str, Channel] = {visual.name: visual}
         self._clock_t: list[float] = []
         self._clock_wall: list[float] = []
         self.meta: dict[str, Any] = {}
         self._load_state()
+
+    # -------------------------------------------------- the visual channel
+    @property
+    def visual(self) -> VisualChannel:
+        channel = self.channels[VisualChannel.name]
+        assert isinstance(channel, VisualChannel)
+        return channel
+
+    @property
+    def memory(self) -> Memory:
+        """The visual channel's memory (read-only use: tokens, spans, info)."""
+        return self.visual.memory
+
+    @property
+    def store(self) -> FrameStore | None:
+        """The stream's stored frames (thumbnails, refinement, captions); None when disabled."""
+        return self.visual.store
+
+    @property
+    def stats(self) -> IngestStats:
+        """Frames, times and encoder passes of the stream (every frame reaches the visual channel)."""
+        return self.visual.stats
+
+    # ---------------------------------------------------------------- ingest
+    def push(self, frame: Frame) -> list[WorkItem]:
+        """Fan one frame out to every channel; returns their work (blocking: JPEG store)."""
+        with self._lock:
+            self.note_clock(frame.t, frame.wall)
+            return [item for ch in self.channels.values() for item in ch.push(frame)]
+
+    def push_audio(self, chunk: AudioMedia) -> list[WorkItem]:
+        """Fan one audio chunk out to every channel (channels without audio ignore it)."""
+        with self._lock:
+            return [item for ch in self.channels.values() for item in ch.push_audio(chunk)]
+
+    def flush(self) -> list[WorkItem]:
+        """End of stream or pause: every channel's held-back work."""
+        with self._lock:
+            return [item for ch in self.channels.values() for item in ch.flush()]
+
+    def commit(self, item: WorkItem, result: np.ndarray) -> None:
+        """Hand a worker's result to the channel that owns ``item`` (KeyError if none does)."""
+        with self._lock:
+            self._channel(item).commit(item, result)
+
+    def fail(self, item: WorkItem, error: str) -> list[WorkItem]:
+        """``item``'s attempt failed: its channel retries (returned items) or drops it."""
+        with self._lock:
+            return self._channel(item).fail(item, error)
+
+    @property
+    def in_flight(self) -> int:
+        """Work items handed out and not yet committed or dropped, all channels."""
+        with self._lock:
+            return sum(ch.in_flight for ch in self.channels.values())
+
+    def counters(self) -> dict[str, WorkCounters]:
+        """Failure counters by channel name (copies)."""
+        with self._lock:
+            return {
+                n: WorkCounters(c.counters.failed, c.counters.retried, c.counters.dropped)
+                for n, c in self.channels.items()
+            }
+
+    def _channel(self, item: WorkItem) -> Channel:
+        channel = self.channels.get(item.channel)
+        if channel is None or item.stream != self.stream:
+            raise KeyError(f"work item of {item.stream}/{item.channel} does not belong to {self.stream}")
+        return channel
+
+    # ---------------------------------------------------------------- search
+    def search(self, query: ChannelQuery) -> dict[str, ChannelAnswer]:
+        """Every channel's proposals for an encoded query (blocking: refine encoder, frame reads)."""
+        with self._lock:
+            return {name: ch.search(query) for name, ch in self.channels.items()}
+
+    def background(self, vector: np.ndarray) -> np.ndarray:
+        """The visual channel's token scores for a prescreen query vector (watch calibration)."""
+        with self._lock:
+            return self.visual.background(vector)
+
+    def resume_time(self) -> float | None:
+        """Latest stream time any part of the snapshot has seen (frames at or before it are skipped)."""
+        with self._lock:
+            v = self.visual
+            times = [v.stats.last_time, v.cheap.last_time]
+            if v.store is not None and len(v.store):
+                times.append(float(v.store.times()[-1]))
+            known = [t for t in times if t is not None]
+            return max(known) if known else None
 
     # ----------------------------------------------------------------- clock
     def note_clock(self, t: float, wall: float | None) -> None:
@@ -89,14 +187,14 @@ class StreamState:
         return float(ws[i] + (t - ts[i]))
 
     # ------------------------------------------------------------ snapshots
-    def save(self) -> None:
-        """Snapshot memory, cheap index and counters atomically."""
-        with self.lock:
-            save_memory(self.memory, self.root / "memory.npz")
-            write_npz(self.root / "cheap.npz", self.cheap.state_dict())
-            if self.store is not None:
-                self.store.flush()
-            st = self.ingestor.stats
+    def save(self, meta: dict[str, Any] | None = None) -> None:
+        """Snapshot every channel, then counters and clock (``meta`` merged first)."""
+        with self._lock:
+            if meta:
+                self.meta.update(meta)
+            for ch in self.channels.values():
+                ch.save(self.root if isinstance(ch, VisualChannel) else self.root / ch.name)
+            st = self.stats
             write_json(
                 self.root / "state.json",
                 {
@@ -107,6 +205,7 @@ class StreamState:
                         "encoded_frames": st.encoded_frames,
                         "gated_frames": st.gated_frames,
                         "superimages": st.superimages,
+                        "dropped_superimages": st.dropped_superimages,
                         "first_time": st.first_time,
                         "last_time": st.last_time,
                         "first_wall": st.first_wall,
@@ -118,36 +217,10 @@ class StreamState:
             )
 
     def close(self) -> None:
-        """Close the frame store (idempotent)."""
-        if self.store is not None:
-            self.store.close()
-
-    def _load_memory(self, dim: int) -> Memory:
-        path = self.root / "memory.npz"
-        if path.exists():
-            mem = load_memory(path)
-            if mem.dim != dim:
-                raise IndexStoreError(f"{path}: memory has dim {mem.dim}, encoder gives {dim}")
-            return mem
-        c = self.cfg
-        return Memory(
-            dim,
-            budget=c.budget,
-            theta=c.theta,
-            rank=c.rank,
-            representative=c.representative,
-            gap_seconds=c.gap_seconds,
-        )
-
-    def _load_cheap(self) -> CheapIndex:
-        path = self.root / "cheap.npz"
-        if not path.exists():
-            return CheapIndex(self.cfg.cheap_capacity)
-        try:
-            with np.load(path) as data:
-                return CheapIndex.from_state({k: data[k] for k in data.files})
-        except (OSError, ValueError, KeyError) as exc:
-            raise IndexStoreError(f"{path}: unreadable cheap index: {exc}") from exc
+        """Close every channel (idempotent)."""
+        with self._lock:
+            for ch in self.channels.values():
+                ch.close()
 
     def _load_state(self) -> None:
         path = self.root / "state.json"
@@ -159,9 +232,10 @@ class StreamState:
             raise IndexStoreError(f"{path}: unreadable stream state: {exc}") from exc
         if data.get("version") != STATE_VERSION:
             raise SnapshotVersionError(f"{path}: state version {data.get('version')} != {STATE_VERSION}")
-        st: IngestStats = self.ingestor.stats
+        st = self.stats
         for key, value in data.get("stats", {}).items():
-            setattr(st, key, value)
+            if hasattr(st, key):
+                setattr(st, key, value)
         clock = data.get("clock") or [[], []]
         self._clock_t, self._clock_wall = list(clock[0]), list(clock[1])
         self.meta = dict(data.get("meta", {}))

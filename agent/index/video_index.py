@@ -7,8 +7,9 @@ Layout::
 
 The same object backs the CLI (one stream per ingested file) and the service
 (many live streams). Encoding is inline here (:meth:`VideoIndex.ingest`); the
-service drives :class:`~agent.channels.ingest.StreamIngestor` itself to batch across
-streams.
+service hands each stream's work items to shared batch workers instead.
+Queries search every channel of every requested stream and rank once, in
+:func:`agent.core.fuse.fuse` (:func:`agent.index.answers.answer`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query, search_stream
+from agent.channels.base import WorkItem
+from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
+from agent.channels.visual import images_of
 from agent.config import Settings
-from agent.core.superimage import SuperImage
 from agent.errors import ConfigError, IndexStoreError, SnapshotVersionError, UnknownStreamError
+from agent.index.answers import answer, channel_query
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
 from agent.store.atomic import write_json
@@ -129,6 +132,8 @@ class VideoIndex:
                     self.settings.index,
                     dim=self.prescreen.dim,
                     image_size=self.prescreen.image_size,
+                    refine=self.refine,
+                    cache=self.cache,
                 )
                 self.streams[stream] = st
             return st
@@ -170,16 +175,14 @@ class VideoIndex:
         on_frame: Callable[[Frame], None] | None = None,
     ) -> None:
         """Encode and store ``frames`` inline (batched by the encoder batch size)."""
-        batch: list[tuple[StreamState, SuperImage]] = []
+        batch: list[tuple[StreamState, WorkItem]] = []
         bs = self.prescreen.batch_size
         touched: set[str] = set()
         try:
             for frame in frames:
                 st = self.stream(frame.stream)
                 touched.add(frame.stream)
-                with st.lock:
-                    st.note_clock(frame.t, frame.wall)
-                    batch.extend((st, si) for si in st.ingestor.push(frame))
+                batch.extend((st, item) for item in st.push(frame))
                 if len(batch) >= bs:
                     self._encode(batch)
                     batch = []
@@ -189,17 +192,15 @@ class VideoIndex:
             # Also on a corrupt tail or Ctrl-C: what was decoded is kept.
             for name in touched:
                 st = self.streams[name]
-                with st.lock:
-                    batch.extend((st, si) for si in st.ingestor.flush())
+                batch.extend((st, item) for item in st.flush())
             self._encode(batch)
 
-    def _encode(self, batch: list[tuple[StreamState, SuperImage]]) -> None:
+    def _encode(self, batch: list[tuple[StreamState, WorkItem]]) -> None:
         if not batch:
             return
-        vecs = self.prescreen.encode_images([si.image for _, si in batch])
-        for (st, si), vec in zip(batch, vecs, strict=True):
-            with st.lock:
-                st.ingestor.commit(si, vec)
+        vecs = self.prescreen.encode_images(images_of([item for _, item in batch]))
+        for (st, item), vec in zip(batch, vecs, strict=True):
+            st.commit(item, vec)
 
     # ----------------------------------------------------------------- query
     def query(self, query: Query) -> dict[str, QueryResult]:
@@ -211,12 +212,10 @@ class VideoIndex:
                 raise UnknownStreamError(f"unknown stream {name!r}")
         pvec = encode_query(query, self.prescreen)
         rvec = pvec if self.refine is self.prescreen else encode_query(query, self.refine)
-        return {
-            name: search_stream(
-                self.streams[name], query, pvec, rvec, self.settings.query, self.refine, self.cache
-            )
-            for name in names
-        }
+        cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
+        states = {name: self.streams[name] for name in names}
+        found = {name: st.search(cq) for name, st in states.items()}
+        return answer(found, states, cq, meaningless=self.refine.meaningless)
 
     def info(self) -> dict[str, Any]:
         """Anchors, tokens, budget, covered seconds, bytes on disk, model."""
@@ -230,9 +229,9 @@ class VideoIndex:
                 "covered_seconds": round(sum(e - s for s, e in spans), 3),
                 "spans": [[round(s, 3), round(e, 3)] for s, e in spans],
                 "memory_bytes": st.memory.nbytes,
-                "frames": st.ingestor.stats.frames,
-                "encoder_passes": st.ingestor.stats.superimages,
-                "gated_frames": st.ingestor.stats.gated_frames,
+                "frames": st.stats.frames,
+                "encoder_passes": st.stats.superimages,
+                "gated_frames": st.stats.gated_frames,
                 "store_bytes": st.store.nbytes if st.store is not None else 0,
             }
         return {

@@ -25,13 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from agent.channels.base import WorkItem
 from agent.channels.retrieval import Query, encode_query
+from agent.channels.visual import images_of
 from agent.config import Settings
 from agent.core.superimage import SuperImage
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError, from_stream_error
 from agent.index.video_index import VideoIndex
+from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec, load_spec
-from agent.service.encoder_worker import EncoderWorker
 from agent.service.llm_handoff import LLMHandoff
 from agent.service.metrics import Exposition, Histogram
 from agent.service.stream_runner import StreamRunner
@@ -54,7 +56,7 @@ class Service:
         self.cfg = cfg
         self.settings = settings
         self.index: VideoIndex | None = None
-        self.worker: EncoderWorker | None = None
+        self.worker: BatchWorker | None = None
         self.runners: dict[str, StreamRunner] = {}
         self.watches: dict[int, Watch] = {}
         self.subscribers: set[Callable[[dict[str, Any]], None]] = set()
@@ -72,7 +74,12 @@ class Service:
         """Open (or create) the index, start the encoder, restore and start streams."""
         self.index = await asyncio.to_thread(VideoIndex.create, self.cfg.index, self.settings)
         enc = self.index.prescreen
-        self.worker = EncoderWorker(enc, batch_size=enc.batch_size, queue_size=self.cfg.encoder_queue)
+        self.worker = BatchWorker(
+            "image",
+            lambda items: enc.encode_images(images_of(items)),
+            batch_size=enc.batch_size,
+            queue_size=self.cfg.encoder_queue,
+        )
         self.worker.listeners.append(self._on_embedding)
         self.worker.start()
         self.whip = self._make_whip()
@@ -166,7 +173,7 @@ class Service:
             on_end=self._on_stream_end,
             hubs={} if self.whip is None else {HUB_WHIP: self.whip},
         )
-        self.worker.open(spec.id, _committer(state))
+        self.worker.open(spec.id, state)
         self.runners[spec.id] = runner
         runner.start()
         return runner
@@ -234,19 +241,19 @@ class Service:
         scores = []
         for name, st in list(self.idx.streams.items()):
             if streams is None or name in streams:
-                with st.lock:
-                    _, _, reps = st.memory.matrix()
-                    scores.append(reps @ qvec)
+                scores.append(st.background(qvec))
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
     def _wall_of(self, stream: str, t: float) -> float | None:
         st = self.idx.streams.get(stream)
         return None if st is None else st.wall_of(t)
 
-    def _on_embedding(self, stream: str, si: SuperImage, vec: np.ndarray) -> None:
+    def _on_embedding(self, item: WorkItem, vec: np.ndarray) -> None:
+        if not isinstance(item.ref, SuperImage):
+            return
         for watch in list(self.watches.values()):
             try:
-                watch.on_embedding(stream, si, vec)
+                watch.on_embedding(item.stream, item.ref, vec)
             except Exception:  # one broken watch must not stop the encoder worker
                 log.exception("watch %s failed", watch.id)
 
@@ -331,6 +338,11 @@ class Service:
         )
         ex.scalar("vmr_encoder_images_total", "counter", "Super-images encoded.", w.images if w else 0)
         ex.scalar("vmr_encoder_errors_total", "counter", "Failed encoder passes.", w.errors if w else 0)
+        work = w.counters() if w else {}
+        for name, field, text in _WORK_FAMILIES:
+            ex.family(name, "counter", text)
+            for (stream, channel), c in sorted(work.items()):
+                ex.sample(name, getattr(c, field), {"stream": stream, "channel": channel})
         ex.scalar("vmr_clients", "gauge", "Connected websocket clients.", clients)
         ex.scalar("vmr_watches", "gauge", "Active standing queries.", len(self.watches))
         ex.scalar(
@@ -340,9 +352,12 @@ class Service:
         return ex.render()
 
 
-def _committer(state: Any) -> Callable[[SuperImage, np.ndarray], None]:
-    def commit(si: SuperImage, vec: np.ndarray) -> None:
-        with state.lock:
-            state.ingestor.commit(si, vec)
-
-    return commit
+_WORK_FAMILIES = (
+    ("vmr_work_failed_total", "failed", "Work item attempts that failed (a failed batch counts each item)."),
+    ("vmr_work_retried_total", "retried", "Failed work items handed back for another attempt."),
+    (
+        "vmr_work_dropped_total",
+        "dropped",
+        "Work items given up after their last attempt (span not retained).",
+    ),
+)

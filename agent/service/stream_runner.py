@@ -5,10 +5,11 @@ registry of ``streams`` (no branch on the kind: the spec says whether the
 stream is paced or repeats, the source declares its queue policy and
 whether its clock restarts), asks the stream's
 :class:`~streams.timeline.Timeline` for each frame's ``(t, wall)`` and
-pushes the frame through :meth:`StreamIngestor.push` in a worker thread
-(cheap index, gate, JPEG frame store, tiler); the super-images it returns
-are submitted to the shared :class:`~agent.service.encoder_worker.EncoderWorker`,
-which commits their embeddings back to this stream's ingestor. Audio chunks
+pushes the frame through :meth:`StreamState.push` in a worker thread
+(every channel: cheap index, gate, JPEG frame store, tiler); the work items
+it returns are submitted to the shared
+:class:`~agent.service.batch_worker.BatchWorker`, which commits their results
+(or reports their failure) back to this stream's channels. Audio chunks
 (specs with ``audio=true``) are counted; the visual path does not use them.
 
 Queue policy per source: live sources (RTSP, WHIP) keep a small latest-wins
@@ -34,11 +35,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
-from agent.core.superimage import SuperImage
+from agent.channels.base import WorkItem
 from agent.errors import VmrError, from_stream_error
 from agent.index.stream_state import StreamState
+from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
-from agent.service.encoder_worker import EncoderWorker
 from agent.types import AudioChunk, Frame
 from streams.errors import StreamError
 from streams.registry import OpenContext, open_source
@@ -56,11 +57,7 @@ SHORT_SIDE = 224
 
 def resume_time(state: StreamState) -> float | None:
     """Latest stream time any part of the snapshot has seen (frames at or before it are skipped)."""
-    times = [state.ingestor.stats.last_time, state.cheap.last_time]
-    if state.store is not None and len(state.store):
-        times.append(float(state.store.times()[-1]))
-    known = [t for t in times if t is not None]
-    return max(known) if known else None
+    return state.resume_time()
 
 
 def saved_token(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -76,7 +73,7 @@ class StreamRunner:
         self,
         spec: StreamSpec,
         state: StreamState,
-        worker: EncoderWorker,
+        worker: BatchWorker,
         cfg: ServiceConfig,
         *,
         fps: float,
@@ -105,7 +102,7 @@ class StreamRunner:
         self.timeline = Timeline(
             resume=resume_time(state),
             offset=float(state.meta.get("offset", 0.0)),
-            last_wall=state.ingestor.stats.last_wall,
+            last_wall=state.stats.last_wall,
             wall_origin=spec.wall_origin(),
             realtime=spec.paced,
         )
@@ -151,7 +148,7 @@ class StreamRunner:
             "frames": self.frames_in,
             "dropped": self.dropped,
             "reconnects": self.reconnects,
-            "last_time": self.state.ingestor.stats.last_time,
+            "last_time": self.state.stats.last_time,
             "progress": self.progress,
             "tokens": self.state.memory.tokens,
         }
@@ -182,12 +179,9 @@ class StreamRunner:
 
     def snapshot(self) -> None:
         """Atomic snapshot of the stream's state (blocking: call in a thread)."""
-        with self.state.lock:
-            self.state.meta["offset"] = self.timeline.offset
-            token = self._token if self.source is None else self.source.resume_token()
-            self.state.meta.pop("segments_position", None)
-            self.state.meta["resume"] = token
-            self.state.save()
+        token = self._token if self.source is None else self.source.resume_token()
+        self.state.meta.pop("segments_position", None)  # superseded by the resume token
+        self.state.save({"offset": self.timeline.offset, "resume": token})
 
     async def _run(self) -> None:
         self.status = "running"
@@ -269,14 +263,11 @@ class StreamRunner:
         finally:
             await source.close()
 
-    def _push(self, frame: Frame) -> list[SuperImage]:
-        with self.state.lock:
-            self.state.note_clock(frame.t, frame.wall)
-            return self.state.ingestor.push(frame)
+    def _push(self, frame: Frame) -> list[WorkItem]:
+        return self.state.push(frame)
 
-    def _flush(self) -> list[SuperImage]:
-        with self.state.lock:
-            return self.state.ingestor.flush()
+    def _flush(self) -> list[WorkItem]:
+        return self.state.flush()
 
     def _maybe_progress(self, now: float) -> None:
         if now - self._progress_at < self.cfg.progress_seconds:
@@ -290,7 +281,7 @@ class StreamRunner:
                 "type": "progress",
                 "stream": self.id,
                 "progress": round(progress, 4),
-                "t": self.state.ingestor.stats.last_time,
+                "t": self.state.stats.last_time,
                 "frames": self.frames_in,
             }
         )

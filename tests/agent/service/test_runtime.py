@@ -139,7 +139,7 @@ async def test_resumed_replay_seeks_instead_of_decoding_from_the_start(tmp_path:
     async with running(tmp_path) as (svc, url), client(url) as ws:
         await add(ws, spec)
         await until(ws, "cam", lambda s: (s["last_time"] or 0.0) >= 2.0, limit=30)
-    resume = svc.runners["cam"].state.ingestor.stats.last_time  # final snapshot at close
+    resume = svc.runners["cam"].state.stats.last_time  # final snapshot at close
     assert resume is not None and 2.0 <= resume < 5.5
 
     async with running(tmp_path) as (svc, url), client(url) as ws:  # same index: restores "cam"

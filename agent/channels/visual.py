@@ -1,0 +1,199 @@
+"""The visual channel: frames -> cheap index, gate, frame store, super-images -> encoder -> memory.
+
+The first :class:`~agent.channels.base.Channel`. Ingest is sans-I/O apart
+from the frame store's appends: :meth:`VisualChannel.push` returns
+super-images as work items for the ``"image"`` batch worker (the prescreen
+encoder), :meth:`VisualChannel.commit` folds their embeddings into the SVD
+memory in stream order (see :mod:`agent.channels.ingest`), and
+:meth:`VisualChannel.fail` retries a failed super-image up to
+``max_attempts`` times, then drops it so nothing behind it waits.
+:meth:`VisualChannel.search` prescreens the memory and refines on stored
+frames (:mod:`agent.channels.retrieval`; blocking: run it in a thread).
+
+Files, in the stream's folder (the layout predates channels, so the visual
+channel keeps the stream folder's top level)::
+
+    memory.npz    anchors (SVD bases, representatives) - atomic snapshot
+    cheap.npz     cheap-index ring buffer               - atomic snapshot
+    frames/       frame-store chunk files (append-only, self-healing)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from agent.channels.base import Channel, ChannelAnswer, ChannelQuery, WorkItem
+from agent.channels.ingest import IngestStats, StreamIngestor
+from agent.channels.retrieval import FrameEmbeddingCache, search_visual
+from agent.config import IndexConfig
+from agent.core.cheap_index import CheapIndex
+from agent.core.memory import Memory
+from agent.core.superimage import SuperImage
+from agent.errors import IndexStoreError
+from agent.models.encoder import Encoder
+from agent.store.atomic import write_npz
+from agent.store.frame_store import FrameStore
+from agent.store.memory_store import load_memory, save_memory
+from agent.types import Frame, RGBImage
+
+IMAGE_WORKER = "image"
+"""The batch worker that encodes super-images (the prescreen encoder)."""
+DEFAULT_ATTEMPTS = 3
+"""Tries per super-image (the first and two retries) before it is dropped."""
+
+
+def images_of(items: list[WorkItem]) -> list[RGBImage]:
+    """The super-images of ``"image"`` work items: the encoder's batch input."""
+    out = []
+    for item in items:
+        if not isinstance(item.payload, np.ndarray):
+            raise TypeError(f"work item of {item.stream}/{item.channel} carries no image")
+        out.append(item.payload)
+    return out
+
+
+class VisualChannel(Channel):
+    """Super-image memory, cheap index and frame store of one stream."""
+
+    name = "visual"
+
+    def __init__(
+        self,
+        folder: Path,
+        stream: str,
+        cfg: IndexConfig,
+        *,
+        dim: int,
+        image_size: int,
+        refine: Encoder | None = None,
+        cache: FrameEmbeddingCache | None = None,
+        max_attempts: int = DEFAULT_ATTEMPTS,
+    ) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.stream = stream
+        self.cfg = cfg
+        self.refine = refine
+        self.cache = cache or FrameEmbeddingCache()
+        self.max_attempts = max(1, max_attempts)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.memory = self._load_memory(dim)
+        self.cheap = self._load_cheap()
+        self.store = (
+            FrameStore(
+                self.folder / "frames",
+                max_bytes=cfg.store_bytes,
+                size=cfg.store_size,
+                quality=cfg.store_quality,
+            )
+            if cfg.store_bytes > 0
+            else None
+        )
+        self.ingestor = StreamIngestor(
+            stream, cfg, memory=self.memory, cheap=self.cheap, store=self.store, image_size=image_size
+        )
+        self._closed = False
+
+    # ---------------------------------------------------------------- ingest
+    @property
+    def stats(self) -> IngestStats:
+        return self.ingestor.stats
+
+    @property
+    def frame_seconds(self) -> float:
+        return 1.0 / self.cfg.fps
+
+    @property
+    def last_time(self) -> float | None:
+        return self.ingestor.stats.last_time
+
+    def push(self, frame: Frame) -> list[WorkItem]:
+        return [self._item(si) for si in self.ingestor.push(frame)]
+
+    def flush(self) -> list[WorkItem]:
+        return [self._item(si) for si in self.ingestor.flush()]
+
+    def commit(self, item: WorkItem, result: np.ndarray) -> None:
+        self.ingestor.commit(self._si(item), result)
+
+    def fail(self, item: WorkItem, error: str) -> list[WorkItem]:
+        si = self._si(item)
+        self.counters.failed += 1
+        if not self.ingestor.owns(si):
+            raise KeyError("fail() of a work item this channel is not waiting for")
+        if item.attempt + 1 < self.max_attempts:
+            self.counters.retried += 1
+            retry = self._item(si)
+            retry.attempt = item.attempt + 1
+            return [retry]
+        self.counters.dropped += 1
+        self.ingestor.drop(si)
+        return []
+
+    @property
+    def in_flight(self) -> int:
+        return self.ingestor.in_flight
+
+    def _item(self, si: SuperImage) -> WorkItem:
+        return WorkItem(self.stream, self.name, IMAGE_WORKER, si.image, si, si.start, si.end)
+
+    def _si(self, item: WorkItem) -> SuperImage:
+        if item.channel != self.name or not isinstance(item.ref, SuperImage):
+            raise KeyError(f"work item of channel {item.channel!r} handed to the visual channel")
+        return item.ref
+
+    # ---------------------------------------------------------------- search
+    def search(self, query: ChannelQuery) -> ChannelAnswer:
+        """Prescreen + refine (blocking; needs the refine encoder given at construction)."""
+        if self.refine is None:
+            raise IndexStoreError("the visual channel was opened without a refine encoder")
+        return search_visual(self, query, query.cfg, self.refine, self.cache)
+
+    def background(self, vector: np.ndarray) -> np.ndarray:
+        _, _, reps = self.memory.matrix()
+        scores: np.ndarray = reps @ vector
+        return scores
+
+    # ------------------------------------------------------------- snapshots
+    def save(self, folder: Path | None = None) -> None:
+        root = self.folder if folder is None else Path(folder)
+        save_memory(self.memory, root / "memory.npz")
+        write_npz(root / "cheap.npz", self.cheap.state_dict())
+        if self.store is not None:
+            self.store.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.store is not None:
+            self.store.close()
+
+    def _load_memory(self, dim: int) -> Memory:
+        path = self.folder / "memory.npz"
+        if path.exists():
+            mem = load_memory(path)
+            if mem.dim != dim:
+                raise IndexStoreError(f"{path}: memory has dim {mem.dim}, encoder gives {dim}")
+            return mem
+        c = self.cfg
+        return Memory(
+            dim,
+            budget=c.budget,
+            theta=c.theta,
+            rank=c.rank,
+            representative=c.representative,
+            gap_seconds=c.gap_seconds,
+        )
+
+    def _load_cheap(self) -> CheapIndex:
+        path = self.folder / "cheap.npz"
+        if not path.exists():
+            return CheapIndex(self.cfg.cheap_capacity)
+        try:
+            with np.load(path) as data:
+                return CheapIndex.from_state({k: data[k] for k in data.files})
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexStoreError(f"{path}: unreadable cheap index: {exc}") from exc

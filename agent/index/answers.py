@@ -1,0 +1,112 @@
+"""From channel answers to per-stream query results: fuse once, then split by stream.
+
+:func:`answer` is the only path from proposals to :class:`~agent.types.QueryResult`
+(the CLI, the service and the benchmarks all come through
+:meth:`agent.index.video_index.VideoIndex.query`): every channel of every
+searched stream is calibrated and ranked together by
+:func:`agent.core.fuse.fuse`, so a moment's ``confidence`` means the same on
+every stream and channel, and a stream with no confident moment abstains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from agent.channels.base import ChannelAnswer, ChannelQuery
+from agent.channels.retrieval import Query
+from agent.config import QueryConfig
+from agent.core.fuse import Calibration, ChannelProposal, FusedMoment, fuse
+from agent.types import AnsweredBy, Coverage, Moment, QueryResult
+
+MERGE_IOU = 0.5
+"""Proposals of two channels overlapping this much are one moment."""
+
+
+class Clocked(Protocol):
+    """A stream that maps stream seconds to wall-clock time (a StreamState)."""
+
+    def wall_of(self, t: float) -> float | None: ...
+
+
+def channel_query(
+    query: Query, cfg: QueryConfig, *, prescreen: np.ndarray, refine: np.ndarray
+) -> ChannelQuery:
+    """The encoded form of ``query`` that channels search."""
+    return ChannelQuery(
+        {"prescreen": prescreen, "refine": refine},
+        start=query.start,
+        end=query.end,
+        top_k=query.top_k or cfg.top_k,
+        cfg=cfg,
+    )
+
+
+def answer(
+    found: Mapping[str, Mapping[str, ChannelAnswer]],
+    states: Mapping[str, Clocked],
+    query: ChannelQuery,
+    *,
+    meaningless: bool = False,
+) -> dict[str, QueryResult]:
+    """Fuse every stream's channel answers; one result per stream, moments best first.
+
+    ``found`` maps stream -> channel -> answer. A stream's result abstains when
+    none of its moments reaches ``query.cfg.min_confidence``.
+    """
+    proposals: list[ChannelProposal] = []
+    cals: dict[tuple[str, str, str], Calibration] = {}
+    for stream, channels in found.items():
+        for channel, ans in channels.items():
+            proposals.extend(ans.proposals)
+            cals.update({(stream, channel, kind): cal for kind, cal in ans.calibrations.items()})
+    fused = fuse(
+        proposals,
+        cals,
+        top_k=query.top_k,
+        nms_iou=query.cfg.nms_iou,
+        merge_iou=MERGE_IOU,
+        threshold=query.cfg.min_confidence,
+    )
+    out: dict[str, QueryResult] = {}
+    for stream, channels in found.items():
+        moments = [_moment(m, states[stream]) for m in fused.for_stream(stream)]
+        notes = [n for ans in channels.values() for n in ans.notes]
+        coverage = _coverage(channels)
+        if not moments:
+            out[stream] = QueryResult([], coverage, "anchor", meaningless, notes)
+            continue
+        abstained = all(m.below_threshold for m in moments)
+        if abstained:
+            best = moments[0].confidence or 0.0
+            notes.append(f"no confident match: best confidence {best:.3f} < {query.cfg.min_confidence:g}")
+        by: AnsweredBy = "refine" if any(m.answered_by == "refine" for m in moments) else "anchor"
+        out[stream] = QueryResult(moments, coverage, by, meaningless, notes, abstained=abstained)
+    return out
+
+
+def _coverage(channels: Mapping[str, ChannelAnswer]) -> Coverage | None:
+    # The visual channel's coverage is the stream's (other channels follow the same frames).
+    for ans in channels.values():
+        if ans.coverage is not None:
+            return ans.coverage
+    return None
+
+
+def _moment(m: FusedMoment, state: Clocked) -> Moment:
+    by: AnsweredBy = "refine" if m.kind == "refine" else "anchor"
+    return Moment(
+        start=m.start,
+        end=m.end,
+        score=m.score,
+        stream=m.stream,
+        wall_start=state.wall_of(m.start),
+        wall_end=state.wall_of(m.end),
+        evidence=list(m.evidence),
+        answered_by=by,
+        confidence=m.confidence,
+        channels=list(m.channels),
+        below_threshold=m.below_threshold,
+    )

@@ -1,0 +1,84 @@
+"""The batch worker with real stream states and a numpy batch function (one event loop, no model)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from agent.channels.base import WorkItem
+from agent.config import IndexConfig
+from agent.index.stream_state import StreamState
+from agent.service.batch_worker import BatchWorker
+from agent.types import Frame
+
+DIM = 8
+
+
+def state(tmp_path: Path, name: str) -> StreamState:
+    cfg = IndexConfig(fps=2.0, grid=1, gate=False, theta=0.999, store_bytes=0)
+    return StreamState(tmp_path / name, name, cfg, dim=DIM, image_size=16)
+
+
+def frame(stream: str, k: int) -> Frame:
+    return Frame(stream, k * 0.5, np.full((16, 16, 3), k * 13 % 255, np.uint8))
+
+
+def embed(items: list[WorkItem]) -> np.ndarray:
+    """A distinct vector per item (seeded by its time): no two items merge into one anchor."""
+    return np.stack([np.random.default_rng(int(i.start * 10)).normal(size=DIM) for i in items]).astype(
+        np.float32
+    )
+
+
+async def test_batches_are_shared_round_robin_between_streams(tmp_path: Path) -> None:
+    a, b = state(tmp_path, "a"), state(tmp_path, "b")
+    batches: list[list[str]] = []
+
+    def record(items: list[WorkItem]) -> np.ndarray:
+        batches.append([i.stream for i in items])
+        return embed(items)
+
+    worker = BatchWorker("image", record, batch_size=4, queue_size=8)
+    worker.open("a", a)
+    worker.open("b", b)
+    for k in range(8):  # queued before the worker runs: the first batch sees both lanes full
+        await worker.submit("a", a.push(frame("a", k)))
+    for k in range(2):
+        await worker.submit("b", b.push(frame("b", k)))
+    async with worker:
+        await worker.drain("a")
+        await worker.drain("b")
+    assert sorted(batches[0]) == ["a", "a", "b", "b"]  # b's two items are not starved by a's eight
+    assert a.memory.tokens == 8 and b.memory.tokens == 2
+    assert worker.depths() == {"a": 0, "b": 0} and a.in_flight == b.in_flight == 0
+    a.close()
+    b.close()
+
+
+async def test_a_poisoned_item_fails_alone_and_its_batchmates_go_through(tmp_path: Path) -> None:
+    s = state(tmp_path, "s")
+    sizes: list[int] = []
+
+    def poisoned(items: list[WorkItem]) -> np.ndarray:
+        sizes.append(len(items))
+        if any(i.start == 1.0 for i in items):
+            raise RuntimeError("bad input")
+        return embed(items)
+
+    worker = BatchWorker("image", poisoned, batch_size=4, queue_size=8)
+    worker.open("s", s)
+    for k in range(4):
+        await worker.submit("s", s.push(frame("s", k)))
+    async with worker:
+        await worker.drain("s")
+        forgotten = asyncio.create_task(worker.drain("nobody"))
+        await forgotten
+    attempts = s.visual.max_attempts
+    assert sizes[0] == 4 and all(n == 1 for n in sizes[1:])  # retries run alone
+    c = worker.counters()[("s", "visual")]
+    assert c.dropped == 1 and c.failed == 4 + attempts - 1 and worker.errors == attempts
+    assert s.memory.tokens == 3 and s.in_flight == 0 and worker.depth("s") == 0
+    await worker.close()  # idempotent
+    s.close()
