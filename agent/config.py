@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agent.errors import ConfigError
 
 Representative = Literal["smore", "mean"]
+Backend = Literal["auto", "torch", "openvino"]
 
 
 def env_int(name: str, default: int) -> int:
@@ -47,27 +48,37 @@ class _Strict(BaseModel):
 
 
 class EncoderConfig(_Strict):
-    """Which open_clip model encodes frames and queries.
+    """Which open_clip model encodes frames and queries, with what weights, on what backend.
 
     ``model`` is an open_clip architecture name (``MobileCLIP2-S0``,
     ``ViT-B-32``...) or ``tiny-random``: a small seeded ViT with random
     weights whose answers are *meaningless* (tests and offline demos only).
+    ``random_weights`` builds ``model`` itself with seeded random weights (speed
+    and capacity runs): it costs what the real model costs, and its answers are
+    meaningless too.
     """
 
     model: str = "MobileCLIP2-S0"
     pretrained: str | None = "dfndr2b"
-    """open_clip pretrained tag (downloaded where a network exists)."""
+    """open_clip pretrained tag (downloaded where a network exists); unused with ``random_weights``."""
     checkpoint: Path | None = None
     """Local checkpoint file; wins over ``pretrained``."""
     threads: int = Field(default_factory=lambda: env_int("VMR_THREADS", 2), ge=1, le=256)
     batch_size: int = Field(default=16, ge=1, le=1024)
     allow_random: bool = False
     """Permit ``tiny-random``. The CLI sets it only when the user names it."""
+    random_weights: bool = False
+    """Seeded random weights for ``model`` (meaningless answers). Never set implicitly."""
+    backend: Backend = "auto"
+    """``torch``, ``openvino`` (CPU; converted at load, cached on disk), or ``auto``: torch
+    where CUDA is available, else OpenVINO where importable, else torch."""
 
     @model_validator(mode="after")
     def _random_needs_consent(self) -> EncoderConfig:
-        if self.model == "tiny-random" and not self.allow_random:
+        if self.model == "tiny-random" and not (self.allow_random or self.random_weights):
             raise ValueError("model 'tiny-random' has random weights; pass allow_random=True")
+        if self.random_weights and self.checkpoint is not None:
+            raise ValueError("random_weights and checkpoint exclude each other")
         return self
 
 

@@ -54,7 +54,14 @@ def _command_line(args: argparse.Namespace) -> str:
 def _encoder(args: argparse.Namespace) -> Any:
     from agent.cli.options import encoder_config
 
-    return encoder_config(args.model, args.pretrained, args.checkpoint, args.threads)
+    return encoder_config(
+        args.model,
+        args.pretrained,
+        args.checkpoint,
+        args.threads,
+        random_weights=args.random_weights,
+        backend=args.backend,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     with VideoIndex.create(Path(a.index), settings) as idx:
         t0 = time.perf_counter()
         if idx.prescreen.meaningless:
-            print("WARNING: tiny-random encoder: random weights, answers are MEANINGLESS", file=sys.stderr)
+            print(f"WARNING: {idx.prescreen.note}; answers are MEANINGLESS", file=sys.stderr)
         frames = decode_frames(
             video,
             stream=sid,
@@ -83,6 +83,9 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         "elapsed_seconds": round(elapsed, 3),
         "x_realtime": round(info.duration / elapsed, 2) if elapsed > 0 else None,
         "frames": done[1],
+        "encoder": idx.prescreen.name,
+        "backend": idx.prescreen.backend.name,
+        "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
     }
     print(json.dumps(summary) if a.json else " ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
@@ -128,7 +131,7 @@ def cmd_query(a: argparse.Namespace) -> int:
         print(json.dumps(_results_json(results, meaningless), indent=2))
         return 0
     if meaningless:
-        print("WARNING: tiny-random encoder: these scores are MEANINGLESS")
+        print("WARNING: random encoder weights: these scores are MEANINGLESS")
     print(f"{'#':>2}  {'stream':<20} {'start':>9} {'end':>9} {'score':>7}  path")
     for i, m in enumerate(rows[: a.top_k or 5], 1):
         print(f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f}  {m.answered_by}")
@@ -176,7 +179,7 @@ def _remote_query(a: argparse.Namespace) -> int:
         print(json.dumps(reply, indent=2))
         return 0
     if reply.get("meaningless"):
-        print("WARNING: tiny-random encoder: these scores are MEANINGLESS")
+        print("WARNING: random encoder weights: these scores are MEANINGLESS")
     print(f"{'#':>2}  {'stream':<16} {'start':>9} {'end':>9} {'score':>7}  {'wall start':<25} path")
     for i, m in enumerate(reply.get("moments", []), 1):
         print(
@@ -250,7 +253,7 @@ def cmd_eval_charades(a: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         if report["meaningless"]:
-            print("WARNING: tiny-random encoder: these metrics are MEANINGLESS")
+            print("WARNING: random encoder weights: these metrics are MEANINGLESS")
         for k, v in report["metrics"].items():
             print(f"{k}: {v}")
     return 0

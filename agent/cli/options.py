@@ -10,17 +10,41 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings
+from agent.errors import ConfigError
 
 T = TypeVar("T")
 
 
+def add_random_weights_option(g: argparse._ActionsContainer) -> None:
+    """``--random-weights``: the named architecture with seeded random weights (explicit only)."""
+    g.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build --model with seeded random weights: real speed, MEANINGLESS answers (speed runs)",
+    )
+
+
+def add_backend_option(g: argparse._ActionsContainer) -> None:
+    """``--backend auto|torch|openvino``."""
+    g.add_argument(
+        "--backend",
+        choices=["auto", "torch", "openvino"],
+        default="auto",
+        help="where the encoder runs: torch, openvino (CPU), or auto (torch on CUDA, else openvino)",
+    )
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    """Encoder choice; ``tiny-random`` must be named explicitly."""
+    """Encoder choice; ``tiny-random`` and ``--random-weights`` must be named explicitly."""
     g = p.add_argument_group("encoder")
     g.add_argument(
         "--model", default="MobileCLIP2-S0", help="open_clip model, or tiny-random (meaningless, tests/demo)"
     )
+    add_random_weights_option(g)
+    add_backend_option(g)
     g.add_argument(
         "--pretrained", default=None, help="open_clip pretrained tag (default: the model's recommended tag)"
     )
@@ -52,24 +76,38 @@ _DEFAULT_TAGS = {"MobileCLIP2-S0": "dfndr2b", "ViT-B-32": "laion2b_s34b_b79k"}
 
 
 def encoder_config(
-    model: str, pretrained: str | None, checkpoint: Path | None, threads: int | None
+    model: str,
+    pretrained: str | None,
+    checkpoint: Path | None,
+    threads: int | None,
+    *,
+    random_weights: bool = False,
+    backend: str = "auto",
 ) -> EncoderConfig:
+    """Validated encoder settings from the command-line flags (ConfigError on bad values)."""
     data: dict[str, Any] = {
         "model": model,
-        "pretrained": pretrained or _DEFAULT_TAGS.get(model, "openai"),
+        # Random weights use no pretrained tag: record none rather than one never loaded.
+        "pretrained": None if random_weights else pretrained or _DEFAULT_TAGS.get(model, "openai"),
         "checkpoint": checkpoint,
         "allow_random": model == "tiny-random",
+        "random_weights": random_weights,
+        "backend": backend,
     }
     if threads is not None:
         data["threads"] = threads
-    return EncoderConfig.model_validate(data)
+    try:
+        return EncoderConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def settings_from_args(a: argparse.Namespace) -> Settings:
     """Validate every option before any model loads."""
-    pre = encoder_config(a.model, a.pretrained, a.checkpoint, a.threads)
+    extra: dict[str, Any] = {"random_weights": a.random_weights, "backend": a.backend}
+    pre = encoder_config(a.model, a.pretrained, a.checkpoint, a.threads, **extra)
     ref = (
-        encoder_config(a.refine_model, a.refine_pretrained, a.refine_checkpoint, a.threads)
+        encoder_config(a.refine_model, a.refine_pretrained, a.refine_checkpoint, a.threads, **extra)
         if a.refine_model
         else None
     )

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli.options import add_random_weights_option
 from agent.config import Settings, env_str
 from agent.errors import ConfigError
 from agent.service.config import ServeFile, StreamSpec, load_serve_file, parse_serve_data, parse_spec
@@ -36,6 +37,8 @@ def register(subparsers: Any) -> None:
     ps.add_argument("--pretrained", default=None)
     ps.add_argument("--checkpoint", type=Path, default=None)
     ps.add_argument("--threads", type=int, default=None)
+    add_random_weights_option(ps)
+    ps.add_argument("--backend", choices=["auto", "torch", "openvino"], default=None)
     ps.add_argument("--snapshot-seconds", type=float, default=None)
     ps.add_argument("--file", type=Path, action="append", default=[], help="add a file stream (repeatable)")
     ps.add_argument("--realtime", action="store_true", help="replay --file streams at stream pace")
@@ -65,15 +68,22 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
         if value is not None:
             service[key] = value
     settings = base.settings
-    if a.model is not None:
+    if a.model is not None or a.random_weights or a.backend is not None:
         from agent.cli.main import encoder_config
 
-        settings = Settings.model_validate(
-            {
-                **settings.model_dump(),
-                "prescreen": encoder_config(a.model, a.pretrained, a.checkpoint, a.threads),
-            }
+        # Flags override the file's [settings.prescreen]; --model starts from that model's defaults.
+        pre, named = settings.prescreen, a.model is not None
+        prescreen = encoder_config(
+            a.model if named else pre.model,
+            a.pretrained if named else pre.pretrained,
+            a.checkpoint if named else pre.checkpoint,
+            a.threads if a.threads is not None else pre.threads,
+            random_weights=a.random_weights or (pre.random_weights and not named),
+            backend=a.backend or pre.backend,
         )
+        if not named:
+            prescreen = prescreen.model_copy(update={"batch_size": pre.batch_size})
+        settings = Settings.model_validate({**settings.model_dump(), "prescreen": prescreen})
     streams = list(base.streams)
     for path in a.file:
         from agent.cli.main import stream_id_for
@@ -96,8 +106,9 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     cfg = serve_config(a)
-    if cfg.settings.prescreen.model == "tiny-random":
-        print("WARNING: tiny-random encoder: random weights, answers are MEANINGLESS", file=sys.stderr)
+    pre = cfg.settings.prescreen
+    if pre.model == "tiny-random" or pre.random_weights:
+        print(f"WARNING: {pre.model} encoder: random weights, answers are MEANINGLESS", file=sys.stderr)
     asyncio.run(serve(cfg))
     return 0
 

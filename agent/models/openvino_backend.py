@@ -1,0 +1,183 @@
+"""OpenVINO on the CPU: the torch towers converted at load, the IR cached on disk.
+
+The visual and text towers of a CLIP model are traced with example inputs
+(``openvino.convert_model``) into two OpenVINO models with a dynamic batch
+dimension, then compiled for the CPU with the configured thread count and
+float32 precision (bf16, the default on some CPUs, would break equality with
+torch). Outputs equal torch's within 1e-4 cosine (tests/agent/models).
+
+Conversion takes seconds to tens of seconds, so the IR is cached under
+``cache_dir()/openvino/<arch>-<key>/`` where ``key`` hashes the architecture,
+the weights (:func:`~agent.models.weights.weights_digest`), the OpenVINO
+version and the input sizes: a second load reads the cache and converts
+nothing. A cache entry appears whole or not at all (written to a temporary
+folder, then renamed); a cache that cannot be written only costs the
+conversion next time.
+
+Every failure (OpenVINO missing, a conversion or compile error) is raised as
+:class:`~agent.errors.ConfigError`, the one boundary where OpenVINO's errors are
+translated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent.config import cache_dir
+from agent.errors import ConfigError
+from agent.models.weights import BuiltModel, weights_digest
+
+log = logging.getLogger(__name__)
+
+# Bump when the towers or the conversion change: old cache entries are then ignored.
+_FORMAT = 1
+_TOWERS = ("image", "text")
+
+
+class _Tower(torch.nn.Module):
+    """One tower of a CLIP model as a module with a single forward (what tracing needs)."""
+
+    def __init__(self, model: torch.nn.Module, which: str) -> None:
+        super().__init__()
+        self.model = model
+        self.which = which
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = self.model.encode_image if self.which == "image" else self.model.encode_text
+        return fn(x)  # type: ignore[operator, no-any-return]
+
+
+def cache_key(built: BuiltModel, ov_version: str, digest: str) -> str:
+    """Hex key of a converted model: architecture, weights, OpenVINO version, input sizes."""
+    parts = (built.arch, digest, ov_version, built.image_size, built.context_length, _FORMAT)
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def cache_folder(built: BuiltModel, ov_version: str, digest: str, root: Path | None = None) -> Path:
+    """Where the IR of ``built`` lives (``root`` defaults to ``cache_dir()/openvino``)."""
+    base = root if root is not None else cache_dir() / "openvino"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", built.arch)
+    return base / f"{safe}-{cache_key(built, ov_version, digest)}"
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise ConfigError(f"the openvino backend needs the openvino package: {exc}") from exc
+    return openvino
+
+
+def _convert(ov: Any, built: BuiltModel) -> dict[str, Any]:
+    size, ctx = built.image_size, built.context_length
+    examples = {
+        "image": (torch.zeros(2, 3, size, size), ov.PartialShape([-1, 3, size, size]), ov.Type.f32),
+        "text": (torch.zeros(2, ctx, dtype=torch.int64), ov.PartialShape([-1, ctx]), ov.Type.i64),
+    }
+    models = {}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns that torch.jit.trace is deprecated: noise for every load.
+        warnings.simplefilter("ignore")
+        for which in _TOWERS:
+            example, shape, dtype = examples[which]
+            models[which] = ov.convert_model(
+                _Tower(built.model, which), example_input=example, input=[(shape, dtype)]
+            )
+    return models
+
+
+def _save(ov: Any, models: dict[str, Any], folder: Path, meta: dict[str, Any]) -> None:
+    """Write the IR into ``folder`` atomically (temporary folder, then rename)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for which, model in models.items():
+            # fp16 compression (save_model's default) would cost the 1e-4 equality.
+            ov.save_model(model, str(tmp / f"{which}.xml"), compress_to_fp16=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():
+                raise
+            # Another process wrote the same entry first: theirs is as good as ours.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read(ov: Any, folder: Path) -> dict[str, Any] | None:
+    if not (folder / "meta.json").is_file():
+        return None
+    core = ov.Core()
+    return {which: core.read_model(str(folder / f"{which}.xml")) for which in _TOWERS}
+
+
+class OpenVINOBackend:
+    """Forward passes through two compiled OpenVINO models (CPU).
+
+    ``cache_hit`` says whether the IR came from the disk cache; ``folder`` is
+    the cache entry. Not thread-safe: the caller serialises calls (ClipEncoder
+    holds a lock around every forward).
+    """
+
+    name = "openvino"
+
+    def __init__(self, compiled: dict[str, Any], *, folder: Path, cache_hit: bool) -> None:
+        self._image = compiled["image"]
+        self._text = compiled["text"]
+        self.folder = folder
+        self.cache_hit = cache_hit
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, S, S) float32 normalised pixels -> (n, dim) float32, not normalised."""
+        return torch.from_numpy(np.asarray(self._image(pixels.numpy())[0]))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, context_length) int64 tokens -> (n, dim) float32, not normalised."""
+        return torch.from_numpy(np.asarray(self._text(tokens.numpy())[0]))
+
+
+def load_openvino(built: BuiltModel, *, threads: int, root: Path | None = None) -> OpenVINOBackend:
+    """Compile ``built`` for the CPU, converting it unless the disk cache holds it.
+
+    ``threads``: OpenVINO inference threads. ``root``: the cache folder
+    (default ``cache_dir()/openvino``). Raises :class:`ConfigError` when
+    OpenVINO is missing or the model cannot be converted or compiled.
+    """
+    ov = _import_openvino()
+    try:
+        folder = cache_folder(built, ov.__version__, weights_digest(built.model), root)
+        models = _read(ov, folder)
+        cache_hit = models is not None
+        if models is None:
+            log.info("openvino: converting %s (cached in %s)", built.arch, folder)
+            models = _convert(ov, built)
+            meta = {"arch": built.arch, "name": built.name, "openvino": ov.__version__, "format": _FORMAT}
+            try:
+                _save(ov, models, folder, meta)
+            except OSError as exc:
+                log.warning("openvino: could not cache the converted %s in %s: %s", built.arch, folder, exc)
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        compiled = {which: core.compile_model(models[which], "CPU", config) for which in _TOWERS}
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"openvino backend failed for {built.arch}: {type(exc).__name__}: {exc}") from exc
+    return OpenVINOBackend(compiled, folder=folder, cache_hit=cache_hit)

@@ -1,0 +1,172 @@
+"""Building the torch CLIP model an :class:`~agent.config.EncoderConfig` names.
+
+Three kinds of weights:
+
+- **pretrained**: an open_clip architecture with weights from a pretrained tag
+  (downloaded from the Hugging Face hub where a network exists) or a local
+  checkpoint;
+- **random** (``random_weights=True``): the same architecture built from a fixed
+  seed, for speed and capacity runs: it costs what the real model costs, and
+  every process builds the very same weights, so an index written by one
+  process can be queried by another;
+- ``tiny-random``: a 4-layer, 256-wide ViT from a fixed seed, for tests and the
+  offline demo.
+
+Random weights make every similarity **meaningless**; :class:`BuiltModel`
+carries that flag so every answer can say so. MobileCLIP models are
+reparameterised (MobileOne branches folded) after building, real or random,
+which is how they reach their published CPU speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from agent.config import EncoderConfig
+from agent.errors import ConfigError, WeightsUnavailableError
+
+TINY_RANDOM = "tiny-random"
+# One seed for every random build: identical weights in every process.
+_SEED = 20240607
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A torch CLIP model in eval mode and what it takes to feed it.
+
+    ``arch`` names the architecture (the open_clip name, or ``tiny-random``);
+    ``image_size`` is the square input side in pixels; ``context_length`` the
+    token count per text row; ``mean``/``std`` the per-channel normalisation of
+    pixels in [0, 1].
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    arch: str
+    name: str
+    image_size: int
+    context_length: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    meaningless: bool
+
+
+@contextmanager
+def _seeded() -> Iterator[None]:
+    # fork_rng keeps the caller's global RNG untouched while the fixed seed
+    # makes the weights identical in every process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        yield
+
+
+def _tiny_random() -> BuiltModel:
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    with _seeded():
+        model = open_clip.CLIP(
+            embed_dim=256,
+            vision_cfg=CLIPVisionCfg(layers=4, width=256, head_width=64, patch_size=32, image_size=224),
+            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=256, heads=4, layers=4),
+        )
+    return BuiltModel(
+        model=model.eval(),
+        tokenizer=open_clip.get_tokenizer("ViT-B-32"),
+        arch=TINY_RANDOM,
+        name=TINY_RANDOM,
+        image_size=224,
+        context_length=77,
+        mean=_OPENAI_MEAN,
+        std=_OPENAI_STD,
+        meaningless=True,
+    )
+
+
+def _weights_message(cfg: EncoderConfig, exc: BaseException) -> str:
+    return (
+        f"could not load weights for {cfg.model!r} "
+        f"({'checkpoint ' + str(cfg.checkpoint) if cfg.checkpoint else 'pretrained tag ' + repr(cfg.pretrained)}): "
+        f"{exc}. Supply real weights: either run once where the Hugging Face hub is reachable "
+        f"(open_clip caches them), or download the checkpoint elsewhere and pass "
+        f"--checkpoint PATH (EncoderConfig.checkpoint). For speed runs only, --random-weights "
+        f"builds this architecture with random weights; for an offline demo, --model tiny-random. "
+        f"Answers from either are meaningless."
+    )
+
+
+def _open_clip_model(cfg: EncoderConfig) -> torch.nn.Module:
+    import open_clip
+
+    if cfg.model not in open_clip.list_models():
+        raise ConfigError(f"unknown open_clip model {cfg.model!r}; see open_clip.list_models()")
+    if cfg.random_weights:
+        with _seeded():
+            return open_clip.create_model(cfg.model, pretrained=None)
+    source: str | None = str(cfg.checkpoint) if cfg.checkpoint else cfg.pretrained
+    if source is None:
+        raise WeightsUnavailableError(_weights_message(cfg, ValueError("no pretrained tag or checkpoint")))
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
+        raise WeightsUnavailableError(_weights_message(cfg, FileNotFoundError(str(cfg.checkpoint))))
+    try:
+        return open_clip.create_model(cfg.model, pretrained=source, require_pretrained=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(_weights_message(cfg, exc)) from exc
+
+
+def _pair(value: object, default: Sequence[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in value) if isinstance(value, tuple | list) else tuple(default)
+
+
+def build_model(cfg: EncoderConfig) -> BuiltModel:
+    """The torch model ``cfg`` names, in eval mode, on the CPU.
+
+    Raises :class:`ConfigError` for an unknown architecture and
+    :class:`WeightsUnavailableError` (with instructions) when real weights
+    cannot be had; never falls back to random weights silently.
+    """
+    if cfg.model == TINY_RANDOM:
+        return _tiny_random()
+    import open_clip
+
+    model = _open_clip_model(cfg)
+    if "MobileCLIP" in cfg.model:
+        from timm.utils import reparameterize_model
+
+        model = reparameterize_model(model)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    size = pp.get("size", 224)
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    weights = "random-weights" if cfg.random_weights else str(cfg.checkpoint or cfg.pretrained)
+    return BuiltModel(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        arch=cfg.model,
+        name=f"{cfg.model}:{weights}",
+        image_size=int(size[0] if isinstance(size, tuple | list) else size),
+        context_length=int(getattr(tokenizer, "context_length", 77)),
+        mean=_pair(pp.get("mean"), _OPENAI_MEAN),
+        std=_pair(pp.get("std"), _OPENAI_STD),
+        meaningless=cfg.random_weights,
+    )
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (hex) of the state dict: names, dtypes, shapes and bytes, in order.
+
+    Identifies the weights a converted model was made from (~0.5 s per 300 MB).
+    """
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()

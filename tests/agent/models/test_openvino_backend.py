@@ -1,0 +1,102 @@
+"""OpenVINO backend: equal to torch within 1e-4 cosine, converted once, cached on disk by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino
+import pytest
+import torch
+
+from agent.config import EncoderConfig
+from agent.models.backends import TorchBackend
+from agent.models.encoder import ClipEncoder
+from agent.models.openvino_backend import OpenVINOBackend, cache_folder, load_openvino
+from agent.models.weights import BuiltModel, build_model, weights_digest
+from tests.agent.models.samples import DEFAULT_RANDOM, TEXTS, TINY, sample_images
+
+COSINE_TOL = 1e-4
+
+
+def _pair(built: BuiltModel, cfg: EncoderConfig, root: Path) -> tuple[ClipEncoder, ClipEncoder]:
+    """The same built model behind torch and behind OpenVINO."""
+    ov = ClipEncoder.from_built(built, load_openvino(built, threads=cfg.threads, root=root), cfg)
+    pt = ClipEncoder.from_built(built, TorchBackend(built.model, "cpu"), cfg)
+    return pt, ov
+
+
+def _assert_same_embeddings(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+    cos = (a * b).sum(axis=1)  # rows are L2-normalised
+    assert cos.min() >= 1 - COSINE_TOL, cos
+
+
+def _assert_equal_to_torch(built: BuiltModel, cfg: EncoderConfig, root: Path) -> None:
+    pt, ov = _pair(built, cfg, root)
+    assert (pt.dim, pt.image_size) == (ov.dim, ov.image_size)
+    # 5 images with batch_size 3: a full batch and a partial one (the batch dimension is dynamic).
+    images = sample_images(5)
+    _assert_same_embeddings(pt.encode_images(images), ov.encode_images(images))
+    _assert_same_embeddings(pt.encode_text(TEXTS), ov.encode_text(TEXTS))
+    # A single row through the converted model too.
+    _assert_same_embeddings(pt.encode_images(images[:1]), ov.encode_images(images[:1]))
+
+
+def test_openvino_equals_torch_on_tiny_random(tmp_path: Path) -> None:
+    cfg = TINY.model_copy(update={"batch_size": 3})
+    _assert_equal_to_torch(build_model(cfg), cfg, tmp_path)
+
+
+def test_openvino_equals_torch_on_default_architecture(
+    default_random: BuiltModel, shared_cache: Path
+) -> None:
+    cfg = DEFAULT_RANDOM.model_copy(update={"batch_size": 3})
+    _assert_equal_to_torch(default_random, cfg, shared_cache / "openvino")
+
+
+def test_second_load_reuses_the_cache_without_converting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = build_model(TINY)
+    first = load_openvino(built, threads=1, root=tmp_path)
+    assert not first.cache_hit and first.folder.parent == tmp_path
+    files = sorted(p for p in first.folder.iterdir())
+    assert {p.name for p in files} >= {"image.xml", "image.bin", "text.xml", "text.bin", "meta.json"}
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+
+    def no_conversion(*args: object, **kwargs: object) -> None:
+        raise AssertionError("convert_model called although the IR is cached")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    second = load_openvino(build_model(TINY), threads=1, root=tmp_path)
+    assert second.cache_hit and second.folder == first.folder
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing rewritten
+    assert [p.name for p in tmp_path.iterdir()] == [first.folder.name]  # no stray temporary folders
+    images = sample_images(2)
+    cfg = TINY
+    a = ClipEncoder.from_built(built, first, cfg).encode_images(images)
+    b = ClipEncoder.from_built(built, second, cfg).encode_images(images)
+    _assert_same_embeddings(a, b)
+
+
+def test_cache_key_follows_weights_and_openvino_version(tmp_path: Path) -> None:
+    built = build_model(TINY)
+    digest = weights_digest(built.model)
+    assert digest == weights_digest(build_model(TINY).model)  # seeded: the same weights again
+    version = openvino.__version__
+    here = cache_folder(built, version, digest, tmp_path)
+    assert here == cache_folder(built, version, digest, tmp_path)
+    assert here != cache_folder(built, version + "-other", digest, tmp_path)
+    with torch.no_grad():
+        next(built.model.parameters()).add_(1e-3)
+    changed = weights_digest(built.model)
+    assert changed != digest and cache_folder(built, version, changed, tmp_path) != here
+
+
+def test_unwritable_cache_still_loads(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    backend = load_openvino(build_model(TINY), threads=1, root=blocker)
+    assert isinstance(backend, OpenVINOBackend) and not backend.cache_hit
+    assert blocker.is_file()  # only the conversion is lost next time
