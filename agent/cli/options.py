@@ -56,7 +56,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--refine-pretrained", default=None)
     g.add_argument("--refine-checkpoint", type=Path, default=None)
-    g.add_argument("--threads", type=int, default=None, help="torch threads (default VMR_THREADS or 2)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="encoder threads, torch or OpenVINO (default VMR_THREADS or 2)",
+    )
 
 
 def add_index_options(p: argparse.ArgumentParser) -> None:

@@ -34,11 +34,12 @@ def test_auto_on_cpu_is_openvino(vmr_cache: Path, cpu_only: None) -> None:
     assert backend.folder.parent == vmr_cache / "openvino"  # under the project's cache dir
 
 
-def test_torch_when_asked(vmr_cache: Path) -> None:
+def test_torch_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMR_CACHE", str(tmp_path))
     cfg = TINY.model_copy(update={"backend": "torch"})
     backend = make_backend(cfg, build_model(cfg))
     assert isinstance(backend, TorchBackend) and backend.name == "torch"
-    assert not (vmr_cache / "openvino").exists()  # nothing converted
+    assert not (tmp_path / "openvino").exists()  # nothing converted
 
 
 @pytest.mark.parametrize("failure", ["import", "conversion"])

@@ -43,9 +43,9 @@ def _assert_equal_to_torch(built: BuiltModel, cfg: EncoderConfig, root: Path) ->
     _assert_same_embeddings(pt.encode_images(images[:1]), ov.encode_images(images[:1]))
 
 
-def test_openvino_equals_torch_on_tiny_random(tmp_path: Path) -> None:
+def test_openvino_equals_torch_on_tiny_random(shared_cache: Path) -> None:
     cfg = TINY.model_copy(update={"batch_size": 3})
-    _assert_equal_to_torch(build_model(cfg), cfg, tmp_path)
+    _assert_equal_to_torch(build_model(cfg), cfg, shared_cache / "openvino")
 
 
 def test_openvino_equals_torch_on_default_architecture(

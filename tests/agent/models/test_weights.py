@@ -31,7 +31,7 @@ def test_flags_reach_every_command() -> None:
     for argv in (
         ["ingest", "v.mp4", "--index", "i"],
         ["serve"],
-        ["bench", "run"],
+        ["bench", "haystack", "run"],
         ["bench", "charades"],
         ["eval", "charades", "--annotations", "a.jsonl"],
     ):
