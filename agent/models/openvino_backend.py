@@ -162,7 +162,9 @@ def load_openvino(built: BuiltModel, *, threads: int, root: Path | None = None) 
         models = _read(ov, folder)
         cache_hit = models is not None
         if models is None:
-            log.info("openvino: converting %s (cached in %s)", built.arch, folder)
+            log.warning(
+                "openvino: converting %s once (seconds to a minute); cached in %s", built.arch, folder
+            )
             models = _convert(ov, built)
             meta = {"arch": built.arch, "name": built.name, "openvino": ov.__version__, "format": _FORMAT}
             try:
