@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,11 +40,11 @@ def test_flags_reach_every_command() -> None:
         assert (a.random_weights, a.backend) == (True, "openvino"), argv
 
 
-def test_random_weights_exclude_a_checkpoint(tmp_path: object) -> None:
+def test_random_weights_exclude_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="exclude"):
         EncoderConfig(random_weights=True, checkpoint="w.pt")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="exclude"):
-        encoder_config("ViT-B-32", None, tmp_path, None, random_weights=True)  # type: ignore[arg-type]
+        encoder_config("ViT-B-32", None, tmp_path, None, random_weights=True)
 
 
 def test_unknown_architecture_is_a_config_error() -> None:
@@ -77,3 +78,46 @@ def test_default_architecture_with_random_weights(default_random: BuiltModel) ->
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == weights_digest(default_random.model)
+
+
+def test_serve_flags_override_the_encoder_settings() -> None:
+    from agent.cli.serve import serve_config
+
+    parser = build_parser()
+    pre = serve_config(parser.parse_args(["serve", "--random-weights"])).settings.prescreen
+    assert (pre.model, pre.random_weights, pre.pretrained, pre.backend) == (
+        "MobileCLIP2-S0",
+        True,
+        None,
+        "auto",
+    )
+    argv = ["serve", "--model", "tiny-random", "--threads", "1", "--backend", "torch"]
+    pre = serve_config(parser.parse_args(argv)).settings.prescreen
+    assert (pre.model, pre.allow_random, pre.random_weights, pre.backend, pre.threads) == (
+        "tiny-random",
+        True,
+        False,
+        "torch",
+        1,
+    )
+    assert serve_config(parser.parse_args(["serve"])).settings.prescreen.random_weights is False
+
+
+def test_serve_config_file_carries_weights_and_backend(tmp_path: Path) -> None:
+    from agent.cli.serve import serve_config
+
+    conf = tmp_path / "vmr.toml"
+    conf.write_text(
+        '[settings.prescreen]\nmodel = "ViT-B-32"\nrandom_weights = true\nbackend = "openvino"\nbatch_size = 4\n'
+    )
+    parser = build_parser()
+    pre = serve_config(parser.parse_args(["serve", "--config", str(conf)])).settings.prescreen
+    assert (pre.model, pre.random_weights, pre.backend, pre.batch_size) == ("ViT-B-32", True, "openvino", 4)
+    # A flag overrides one field and keeps the file's others.
+    pre = serve_config(
+        parser.parse_args(["serve", "--config", str(conf), "--backend", "torch"])
+    ).settings.prescreen
+    assert (pre.model, pre.random_weights, pre.backend, pre.batch_size) == ("ViT-B-32", True, "torch", 4)
+    conf.write_text('[settings.prescreen]\nbackend = "tensorrt"\n')
+    with pytest.raises(ConfigError, match="backend"):
+        serve_config(parser.parse_args(["serve", "--config", str(conf)]))
