@@ -22,11 +22,13 @@ translated.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -74,13 +76,43 @@ def cache_folder(built: BuiltModel, ov_version: str, digest: str, root: Path | N
 
 def _import_openvino() -> Any:
     try:
+        if "openvino" not in sys.modules:
+            _telemetry_opt_in_only("OpenVINO", "")  # the name the import uses
         import openvino
     except ImportError as exc:
         raise ConfigError(f"the openvino backend needs the openvino package: {exc}") from exc
     return openvino
 
 
+def _telemetry_opt_in_only(app_name: str, tid: str) -> None:
+    """Keep OpenVINO from sending usage telemetry unless the user opted in.
+
+    ``import openvino`` and every ``convert_model`` send usage events unless the
+    user opted out (``opt_in_out --opt_out``) or runs in CI. Both go through one
+    process-wide telemetry object that OpenVINO reuses when it exists under the
+    same application name; initialising it first in opt-in mode means nothing
+    is sent unless the user ran ``opt_in_out --opt_in``.
+    """
+    try:
+        import openvino_telemetry
+    except ImportError:
+        return  # nothing could send anything
+    params: dict[str, Any] = {
+        "app_name": app_name,
+        "app_version": importlib.metadata.version("openvino"),
+        "tid": tid,
+        "backend": "ga4",
+        "enable_opt_in_dialog": True,
+        "disable_in_ci": True,
+    }
+    # The constructor returns an existing instance unchanged: init() re-decides consent.
+    openvino_telemetry.Telemetry(**params).init(**params)
+
+
 def _convert(ov: Any, built: BuiltModel) -> dict[str, Any]:
+    from openvino.tools.ovc.telemetry_utils import get_tid
+
+    _telemetry_opt_in_only("OVC", get_tid())  # the name convert_model uses
     size, ctx = built.image_size, built.context_length
     examples = {
         "image": (torch.zeros(2, 3, size, size), ov.PartialShape([-1, 3, size, size]), ov.Type.f32),

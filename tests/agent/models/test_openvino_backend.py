@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +103,24 @@ def test_unwritable_cache_still_loads(tmp_path: Path) -> None:
     backend = load_openvino(build_model(TINY), threads=1, root=blocker)
     assert isinstance(backend, OpenVINOBackend) and not backend.cache_hit
     assert blocker.is_file()  # only the conversion is lost next time
+
+
+def test_import_and_conversion_send_no_telemetry(tmp_path: Path) -> None:
+    """A fresh process (openvino not yet imported) loads and converts: no usage event leaves it."""
+    opted_in = Path.home() / "intel" / "openvino_telemetry"
+    if opted_in.is_file() and opted_in.read_text().strip() == "1":
+        pytest.skip("this user opted in to OpenVINO telemetry")
+    code = (
+        "import sys;from openvino_telemetry.utils.sender import TelemetrySender;sent=[];"
+        "TelemetrySender.send=lambda self,*a,**k: sent.append(a);"
+        "from pathlib import Path;from agent.config import EncoderConfig;"
+        "from agent.models.weights import build_model;from agent.models.openvino_backend import load_openvino;"
+        "cfg=EncoderConfig(model='tiny-random',allow_random=True);"
+        "b=load_openvino(build_model(cfg),threads=1,root=Path(sys.argv[1]));"
+        "print(int(b.cache_hit),len(sent))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["0", "0"]  # converted, and nothing sent
