@@ -105,8 +105,11 @@ def _telemetry_opt_in_only(app_name: str, tid: str) -> None:
         "enable_opt_in_dialog": True,
         "disable_in_ci": True,
     }
-    # The constructor returns an existing instance unchanged: init() re-decides consent.
-    openvino_telemetry.Telemetry(**params).init(**params)
+    try:
+        # The constructor returns an existing instance unchanged: init() re-decides consent.
+        openvino_telemetry.Telemetry(**params).init(**params)
+    except Exception as exc:  # a changed telemetry API must not stop the encoder
+        log.warning("could not set OpenVINO telemetry to opt-in only: %s", exc)
 
 
 def _convert(ov: Any, built: BuiltModel) -> dict[str, Any]:
