@@ -193,13 +193,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from agent.cli.options import encoder_config
-    from bench.cli import _command_line
+    from bench.cli import _command_line, _encoder
 
     params = haystack.make_params(
         duration=args.duration, fps=args.fps, height=args.height, needles=args.needles, seed=args.seed
     )
-    enc = encoder_config(args.model, args.pretrained, args.checkpoint, args.threads)
+    enc = _encoder(args)  # every encoder flag, --random-weights and --backend included
     report = run(
         params,
         enc,

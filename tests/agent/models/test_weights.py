@@ -33,6 +33,7 @@ def test_flags_reach_every_command() -> None:
         ["ingest", "v.mp4", "--index", "i"],
         ["serve"],
         ["bench", "haystack", "run"],
+        ["bench", "abstention"],
         ["bench", "charades"],
         ["eval", "charades", "--annotations", "a.jsonl"],
     ):
