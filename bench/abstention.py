@@ -36,6 +36,7 @@ from agent.index.video_index import VideoIndex
 from agent.store.atomic import write_json
 from agent.types import QueryResult, RGBImage
 from bench import haystack
+from bench.args import command_line, encoder_from_args
 from bench.run_haystack import DEFAULT_RESULTS, git_commit, machine_info
 from streams.file import decode_frames
 
@@ -193,19 +194,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from bench.cli import _command_line, _encoder
-
     params = haystack.make_params(
         duration=args.duration, fps=args.fps, height=args.height, needles=args.needles, seed=args.seed
     )
-    enc = _encoder(args)  # every encoder flag, --random-weights and --backend included
+    enc = encoder_from_args(args)  # every encoder flag, --random-weights and --backend included
     report = run(
         params,
         enc,
         data=Path(args.data),
         cache=Path(args.cache),
         negatives=args.negatives,
-        command=_command_line(args),
+        command=command_line(args),
     )
     write_json(Path(args.out), report)
     print(json.dumps({"summary": report["summary"], "file": args.out}, indent=1))

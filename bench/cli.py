@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import haystack
+from bench.args import command_line, encoder_from_args
 from bench.fidelity import ALL_STRATEGIES
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, RunOptions, run
 
@@ -45,25 +45,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _command_line(args: argparse.Namespace) -> str:
-    """The command as typed: ``agent.cli.main`` records its argv on ``args``."""
-    argv = getattr(args, "argv", None)
-    return "vmr " + " ".join(sys.argv[1:] if argv is None else argv)
-
-
-def _encoder(args: argparse.Namespace) -> Any:
-    from agent.cli.options import encoder_config
-
-    return encoder_config(
-        args.model,
-        args.pretrained,
-        args.checkpoint,
-        args.threads,
-        random_weights=args.random_weights,
-        backend=args.backend,
-    )
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench import report
 
@@ -72,7 +53,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     opts = RunOptions(
         params=params,
-        encoder=_encoder(args),
+        encoder=encoder_from_args(args),
         data=Path(args.data),
         cache=Path(args.cache),
         results=Path(args.out),
@@ -92,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         strategies=args.strategies,
         threads=args.build_threads,
         progress=not args.quiet,
-        command=_command_line(args),
+        command=command_line(args),
         tag=args.tag,
     )
     rep = run(opts)
@@ -111,7 +92,7 @@ def _cmd_charades(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = charades_eval(Path(args.annotations), settings)
     out = {
-        "command": _command_line(args),
+        "command": command_line(args),
         "annotations": str(args.annotations),
         "settings": settings.model_dump(mode="json"),
         "machine": machine_info(),
