@@ -184,8 +184,22 @@ class Timeline:
         self.last_t = st if self.last_t is None else max(self.last_t, st)
         if self._pacer is not None:
             await self._pacer.wait(st)
+        return st, self._wall(st, wall)
+
+    def place(self, t: float, wall: float | None) -> tuple[float, float | None] | None:
+        """Stream ``(t, wall)`` of media that rides along with the frames (audio chunks).
+
+        Same offset, resume point and wall rule as :meth:`stamp`, but no
+        pacing and no effect on the clock: the frames own the timeline.
+        """
+        st = t + self.offset
+        if self.resume is not None and st <= self.resume:
+            return None
+        return st, self._wall(st, wall)
+
+    def _wall(self, st: float, wall: float | None) -> float | None:
         if self._wall_origin is not None:
-            wall = self._wall_origin + st
-        elif self._realtime:
-            wall = self._now()  # a paced replay is "live" now
-        return st, wall
+            return self._wall_origin + st
+        if self._realtime:
+            return self._now()  # a paced replay is "live" now
+        return wall

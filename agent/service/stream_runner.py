@@ -249,8 +249,7 @@ class StreamRunner:
         try:
             async for item in source:
                 if isinstance(item, AudioChunk):
-                    self.audio_chunks += 1
-                    self.audio_seconds += item.duration
+                    await self._audio(item)
                     continue
                 stamped = await self.timeline.stamp(item.t, item.wall)
                 if stamped is None:
@@ -262,6 +261,17 @@ class StreamRunner:
                 self._maybe_progress(loop.time())
         finally:
             await source.close()
+
+    async def _audio(self, chunk: AudioChunk) -> None:
+        """Place an audio chunk on the stream's timeline and hand it to the channels that take audio."""
+        self.audio_chunks += 1
+        self.audio_seconds += chunk.duration
+        placed = self.timeline.place(chunk.t, chunk.wall)
+        if placed is None:
+            return  # stored before a restart
+        items = await asyncio.to_thread(self.state.push_audio, replace(chunk, t=placed[0], wall=placed[1]))
+        if items:
+            await self.worker.submit(self.id, items)
 
     def _push(self, frame: Frame) -> list[WorkItem]:
         return self.state.push(frame)

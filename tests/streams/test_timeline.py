@@ -111,3 +111,12 @@ async def test_wall_from_the_recording_origin_or_the_release_time_of_a_paced_rep
     assert await paced.stamp(0.0, None) == (0.0, 5.0)
     plain = Timeline()
     assert await plain.stamp(1.0, 77.0) == (1.0, 77.0)
+
+
+async def test_audio_is_placed_like_frames_without_pacing_or_moving_the_clock() -> None:
+    tl = Timeline(resume=4.0, offset=1.5, wall_origin=1000.0, realtime=True, pace_clock=lambda: 0.0)
+    assert tl.place(2.0, None) is None  # stored before the restart, like a frame
+    assert tl.place(3.0, 5.0) == (pytest.approx(4.5), pytest.approx(1004.5))  # the recording's wall rule
+    assert tl.last_t == 4.0  # frames own the clock: audio does not move it
+    live = Timeline(now=lambda: 50.0)
+    assert live.place(1.0, 7.0) == (pytest.approx(1.0), 7.0)  # a live source's own wall time is kept

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -22,6 +23,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
+from agent.index.stream_state import StreamState
 from tests.agent.service.helpers import (
     BACKGROUND,
     NEEDLE,
@@ -199,8 +201,18 @@ async def test_segment_folder_filled_by_a_live_ffmpeg_segmenter(tmp_path: Path) 
         assert best["stream"] == "rec" and best["start"] < 4.0 and best["end"] > 2.0, best
 
 
-async def test_file_with_audio_is_ingested_and_its_sound_counted(tmp_path: Path) -> None:
+async def test_file_with_audio_is_ingested_and_its_sound_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     video = make_video_with_tone(tmp_path / "tone.mp4", seconds=4.0)
+    heard: list[tuple[str, float]] = []  # what reached the stream's channels, in stream time
+    real_push_audio = StreamState.push_audio
+
+    def push_audio(state: StreamState, chunk: Any) -> Any:
+        heard.append((state.stream, chunk.t))
+        return real_push_audio(state, chunk)
+
+    monkeypatch.setattr(StreamState, "push_audio", push_audio)
     async with running(tmp_path) as (svc, url), client(url) as ws:
         await add(ws, {"id": "loud", "kind": "file", "path": str(video), "audio": True})
         await add(ws, {"id": "mute", "kind": "file", "path": str(video)})
@@ -211,3 +223,6 @@ async def test_file_with_audio_is_ingested_and_its_sound_counted(tmp_path: Path)
         assert svc.runners["loud"].audio_chunks == 4  # 4 s of sound in ~1 s chunks
         assert svc.runners["loud"].audio_seconds == pytest.approx(4.0, abs=0.1)
         assert svc.runners["mute"].audio_chunks == 0  # off by default
+        times = [t for name, t in heard if name == "loud"]
+        assert len(times) == 4 and not [1 for name, _ in heard if name == "mute"]
+        assert times == sorted(times) and times[0] == pytest.approx(0.0, abs=0.05)
