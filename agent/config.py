@@ -43,11 +43,13 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Base of every config and wire model: unknown fields are errors, instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EncoderConfig(_Strict):
+class EncoderConfig(Strict):
     """Which open_clip model encodes frames and queries, with what weights, on what backend.
 
     ``model`` is an open_clip architecture name (``MobileCLIP2-S0``,
@@ -82,7 +84,7 @@ class EncoderConfig(_Strict):
         return self
 
 
-class IndexConfig(_Strict):
+class IndexConfig(Strict):
     """How footage becomes memory."""
 
     fps: float = Field(default=2.0, gt=0, le=60)
@@ -115,7 +117,7 @@ class IndexConfig(_Strict):
     """Cheap-index entries kept (ring buffer)."""
 
 
-class QueryConfig(_Strict):
+class QueryConfig(Strict):
     """How queries are answered."""
 
     top_k: int = Field(default=5, ge=1, le=100)
@@ -135,7 +137,7 @@ class QueryConfig(_Strict):
     max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
 
 
-class LLMConfig(_Strict):
+class LLMConfig(Strict):
     """The optional LLM stage (an OpenAI-compatible server: vLLM, llama.cpp, ...).
 
     Off unless ``url`` is set. On a CPU box the embedded 0.5B model is slow
@@ -160,7 +162,7 @@ class LLMConfig(_Strict):
     frames_per_region: int = Field(default=3, ge=1, le=16)
 
 
-class Settings(_Strict):
+class Settings(Strict):
     """Everything one ingest or service run needs."""
 
     prescreen: EncoderConfig = Field(default_factory=EncoderConfig)
@@ -170,7 +172,7 @@ class Settings(_Strict):
     query: QueryConfig = Field(default_factory=QueryConfig)
 
 
-def validate(model: type[_Strict], data: dict[str, object]) -> _Strict:
+def validate(model: type[Strict], data: dict[str, object]) -> Strict:
     """Validate ``data`` as ``model``, translating pydantic's error."""
     try:
         return model.model_validate(data)

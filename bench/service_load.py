@@ -95,7 +95,7 @@ async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_pho
     arrivals: list[float] = []
     async with Service(cfg, _settings()) as svc:
         await svc.start()
-        server = Server(svc, cfg)
+        server = Server(svc.serving, cfg)
         port = await server.start()
         await svc.add_stream(
             FileSpec(id="needle", kind="file", path=str(needle_video), realtime=True, loop=True)

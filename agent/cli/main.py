@@ -91,20 +91,21 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load_image(path: Path) -> Any:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+def _load_image(path: Path, max_bytes: int) -> Any:
+    """A query image file decoded by the service's decoder (ConfigError when unreadable)."""
+    from agent.models.images import decode_image
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise ConfigError(f"cannot read query image {path}: {exc}") from exc
+    return decode_image(data, max_bytes=max_bytes)
 
 
 def cmd_query(a: argparse.Namespace) -> int:
     from agent.channels.retrieval import Query
     from agent.index.video_index import VideoIndex
+    from agent.service.answer import query_answer
 
     if a.url:
         return _remote_query(a)
@@ -113,32 +114,38 @@ def cmd_query(a: argparse.Namespace) -> int:
     if a.index is None:
         raise ConfigError("give an index directory, or --url ws://HOST:PORT for a running service")
     idx = VideoIndex.open(Path(a.index))
+    limits = idx.settings.query
     q = Query(
         text=a.text if a.image is None else None,
-        image=_load_image(a.image) if a.image else None,
+        image=_load_image(a.image, limits.max_image_bytes) if a.image else None,
         streams=[a.stream] if a.stream else None,
         start=a.start,
         end=a.end,
         top_k=a.top_k,
     )
-    results = idx.query(q)
+    results = idx.query(q)  # checks the query against the index's limits
     if a.llm and q.text is not None:
         results = _llm_refine(a, idx, q.text, results)
-    rows = [m for r in results.values() for m in r.moments]
-    rows.sort(key=lambda m: -m.score)
-    meaningless = any(r.meaningless for r in results.values())
+    answer = query_answer(results, a.top_k or limits.top_k)
     if a.json:
-        print(json.dumps(_results_json(results, meaningless), indent=2))
+        print(answer.model_dump_json(indent=2))
         return 0
-    if meaningless:
-        print("WARNING: random encoder weights: these scores are MEANINGLESS")
-    print(f"{'#':>2}  {'stream':<20} {'start':>9} {'end':>9} {'score':>7}  path")
-    for i, m in enumerate(rows[: a.top_k or 5], 1):
-        print(f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f}  {m.answered_by}")
-    for name, r in results.items():
-        for note in r.notes:
-            print(f"note [{name}]: {note}")
+    _print_answer(answer, wall=False)
     return 0
+
+
+def _print_answer(answer: Any, *, wall: bool) -> None:
+    """The table of a :class:`~agent.service.answer.QueryAnswer` (local or remote)."""
+    if answer.meaningless:
+        print("WARNING: random encoder weights: these scores are MEANINGLESS")
+    head = f"{'#':>2}  {'stream':<20} {'start':>9} {'end':>9} {'score':>7}  "
+    print(head + (f"{'wall start':<30} " if wall else "") + "path")
+    for i, m in enumerate(answer.moments, 1):
+        row = f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f}  "
+        print(row + (f"{m.wall_start or '-':<30} " if wall else "") + m.answered_by)
+    for name, st in answer.streams.items():
+        for note in st.notes:
+            print(f"note [{name}]: {note}")
 
 
 def _llm_refine(a: argparse.Namespace, idx: Any, text: str, results: dict[str, Any]) -> dict[str, Any]:
@@ -176,49 +183,10 @@ def _remote_query(a: argparse.Namespace) -> int:
         )
     )
     if a.json:
-        print(json.dumps(reply, indent=2))
+        print(reply.model_dump_json(indent=2))
         return 0
-    if reply.get("meaningless"):
-        print("WARNING: random encoder weights: these scores are MEANINGLESS")
-    print(f"{'#':>2}  {'stream':<16} {'start':>9} {'end':>9} {'score':>7}  {'wall start':<25} path")
-    for i, m in enumerate(reply.get("moments", []), 1):
-        print(
-            f"{i:>2}  {m.get('stream', ''):<16} {m['start']:>9.2f} {m['end']:>9.2f} {m['score']:>7.4f}  "
-            f"{m.get('wall_start') or '-':<25} {m.get('answered_by', '')}"
-        )
+    _print_answer(reply, wall=True)
     return 0
-
-
-def _results_json(results: dict[str, Any], meaningless: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"meaningless": meaningless, "streams": {}}
-    for name, r in results.items():
-        cov = r.coverage
-        out["streams"][name] = {
-            "answered_by": r.answered_by,
-            "notes": r.notes,
-            "llm_usage": r.llm_usage,
-            "coverage": None
-            if cov is None
-            else {
-                "start": cov.start,
-                "end": cov.end,
-                "retained_seconds": cov.retained_seconds,
-                "retained_fraction": cov.retained_fraction,
-                "seconds_per_token": cov.seconds_per_token,
-                "frames_seconds": cov.frames_seconds,
-            },
-            "moments": [
-                {
-                    "start": round(m.start, 3),
-                    "end": round(m.end, 3),
-                    "score": round(float(m.score), 6),
-                    "evidence": m.evidence,
-                    "answered_by": m.answered_by,
-                }
-                for m in r.moments
-            ],
-        }
-    return out
 
 
 def cmd_info(a: argparse.Namespace) -> int:

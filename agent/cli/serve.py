@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -125,7 +124,7 @@ async def serve(cfg: ServeFile, streams: list[StreamSpec] | None = None) -> None
             loop.add_signal_handler(sig, stop.set)
     async with Service(cfg.service, cfg.settings) as service:
         await service.start(streams if streams is not None else cfg.streams)
-        server = Server(service, cfg.service)
+        server = Server(service.serving, cfg.service)
         try:
             port = await server.start()
             print(
@@ -148,7 +147,7 @@ def cmd_watch(a: argparse.Namespace) -> int:
         async for event in watch(
             a.url, text=a.text, image_path=a.image, streams=a.stream, threshold=a.threshold, token=token
         ):
-            print(json.dumps(event), flush=True)
+            print(event.model_dump_json(), flush=True)
 
     try:
         asyncio.run(run())

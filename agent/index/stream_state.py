@@ -20,7 +20,6 @@ service's batch workers and query threads) never lock anything themselves.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,10 @@ from agent.channels.retrieval import FrameEmbeddingCache
 from agent.channels.visual import VisualChannel
 from agent.config import IndexConfig
 from agent.core.memory import Memory
-from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.models.encoder import Encoder
 from agent.store.atomic import write_json
 from agent.store.frame_store import FrameStore
+from agent.store.versioned import read_versioned
 from agent.types import Frame
 
 STATE_VERSION = 1
@@ -223,15 +222,9 @@ class StreamState:
                 ch.close()
 
     def _load_state(self) -> None:
-        path = self.root / "state.json"
-        if not path.exists():
+        data = read_versioned(self.root / "state.json", STATE_VERSION, what="stream state")
+        if data is None:
             return
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise IndexStoreError(f"{path}: unreadable stream state: {exc}") from exc
-        if data.get("version") != STATE_VERSION:
-            raise SnapshotVersionError(f"{path}: state version {data.get('version')} != {STATE_VERSION}")
         st = self.stats
         for key, value in data.get("stats", {}).items():
             if hasattr(st, key):

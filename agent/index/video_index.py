@@ -14,7 +14,6 @@ Queries search every channel of every requested stream and rank once, in
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -25,11 +24,12 @@ from agent.channels.base import WorkItem
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
 from agent.channels.visual import images_of
 from agent.config import Settings
-from agent.errors import ConfigError, IndexStoreError, SnapshotVersionError, UnknownStreamError
+from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import answer, channel_query
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
 from agent.store.atomic import write_json
+from agent.store.versioned import read_versioned
 from agent.types import Frame, QueryResult
 
 INDEX_VERSION = 1
@@ -84,15 +84,9 @@ class VideoIndex:
 
     @staticmethod
     def read_manifest(root: Path) -> dict[str, Any]:
-        path = Path(root) / "index.json"
-        if not path.exists():
+        data = read_versioned(Path(root) / "index.json", INDEX_VERSION, what="index")
+        if data is None:
             raise IndexStoreError(f"no index at {root} (missing index.json)")
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise IndexStoreError(f"{path}: unreadable: {exc}") from exc
-        if data.get("version") != INDEX_VERSION:
-            raise SnapshotVersionError(f"{path}: index version {data.get('version')} != {INDEX_VERSION}")
         return data
 
     def write_manifest(self) -> None:

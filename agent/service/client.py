@@ -1,38 +1,48 @@
-"""A small websocket client of the service (the ``websockets`` package).
+"""A small websocket client of the service (the ``websockets`` package), speaking the protocol models.
 
 :func:`remote_query` sends one ``query`` and returns the ``moments`` event;
 :func:`watch` yields the events of a standing query until cancelled.
 Both start with ``hello`` (carrying the token when one is given) and turn
 ``error`` events into the typed :mod:`agent.errors` exception of their code.
+Every message sent is a request model, every message received is parsed
+into an event model (:mod:`agent.service.protocol`).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from agent import errors
 from agent.errors import ConfigError, ProtocolError, VmrError
-from agent.service.protocol import PROTOCOL_VERSION
+from agent.service.protocol import (
+    ClientMessage,
+    ErrorEvent,
+    Hello,
+    HelloEvent,
+    MomentsEvent,
+    QueryMsg,
+    ServerEvent,
+    WatchMsg,
+    encode,
+    parse_event,
+)
 
 _BY_CODE: dict[str, type[VmrError]] = {
     cls.code: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, VmrError)
 }
 
 
-def error_from(event: dict[str, Any]) -> VmrError:
+def error_from(event: ErrorEvent) -> VmrError:
     """The typed exception of an ``error`` event (ProtocolError for codes without a class)."""
-    cls = _BY_CODE.get(str(event.get("code")), ProtocolError)
-    exc = cls(f"[{event.get('code')}] {event.get('message')}")
-    return exc
+    cls = _BY_CODE.get(event.code, ProtocolError)
+    return cls(f"[{event.code}] {event.message}")
 
 
 def ws_url(url: str) -> str:
@@ -52,63 +62,48 @@ async def connect(
     except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
         raise ProtocolError(f"cannot connect to {url}: {exc}") from exc
     try:
-        await ws.send(
-            json.dumps({"type": "hello", "id": "hello", "protocol": PROTOCOL_VERSION, "token": token})
-        )
-        reply = await _recv_for(ws, "hello")
-        if reply["type"] != "hello":
-            raise ProtocolError(f"unexpected answer to hello: {reply}")
+        await send(ws, Hello(id="hello", token=token))
+        reply = await recv_for(ws, "hello")
+        if not isinstance(reply, HelloEvent):
+            raise ProtocolError(f"unexpected answer to hello: {reply.type}")
         yield ws
     finally:
         await ws.close()
 
 
-async def _recv(ws: ClientConnection) -> dict[str, Any]:
+async def send(ws: ClientConnection, msg: ClientMessage) -> None:
+    """Send one request model."""
     try:
-        data: dict[str, Any] = json.loads(await ws.recv())
+        await ws.send(encode(msg))
     except websockets.ConnectionClosed as exc:
         raise ProtocolError(f"connection closed: {exc}") from exc
-    return data
 
 
-async def _recv_for(ws: ClientConnection, rid: str) -> dict[str, Any]:
+async def recv(ws: ClientConnection) -> ServerEvent:
+    """The next event of any kind, parsed (ProtocolError when closed or not an event)."""
+    try:
+        raw = await ws.recv()
+    except websockets.ConnectionClosed as exc:
+        raise ProtocolError(f"connection closed: {exc}") from exc
+    return parse_event(raw)
+
+
+async def recv_for(ws: ClientConnection, rid: str) -> ServerEvent:
     """Next event answering request ``rid`` (broadcast events are skipped); raises on ``error``."""
     while True:
-        event = await _recv(ws)
-        if event.get("id") == rid or (event["type"] == "error" and event.get("id") is None):
-            if event["type"] == "error":
+        event = await recv(ws)
+        if event.id == rid or (isinstance(event, ErrorEvent) and event.id is None):
+            if isinstance(event, ErrorEvent):
                 raise error_from(event)
             return event
 
 
-def query_message(
-    rid: str,
-    kind: str,
-    *,
-    text: str | None,
-    image_path: Path | None,
-    streams: list[str] | None,
-    start: float | None,
-    end: float | None,
-    top_k: int | None,
-) -> dict[str, Any]:
-    """A ``query``/``watch`` message; an image file is sent as base64."""
-    msg: dict[str, Any] = {
-        "type": kind,
-        "id": rid,
-        "streams": streams,
-        "start": start,
-        "end": end,
-        "top_k": top_k,
-    }
-    if image_path is not None:
-        try:
-            msg["image"] = base64.b64encode(Path(image_path).read_bytes()).decode()
-        except OSError as exc:
-            raise ConfigError(f"cannot read query image {image_path}: {exc}") from exc
-    else:
-        msg["text"] = text
-    return msg
+def read_image_b64(path: Path) -> str:
+    """A query image file as base64 (ConfigError when unreadable)."""
+    try:
+        return base64.b64encode(Path(path).read_bytes()).decode()
+    except OSError as exc:
+        raise ConfigError(f"cannot read query image {path}: {exc}") from exc
 
 
 async def remote_query(
@@ -121,15 +116,23 @@ async def remote_query(
     end: float | None = None,
     top_k: int | None = None,
     token: str | None = None,
-) -> dict[str, Any]:
+) -> MomentsEvent:
     """Ask a running service one query; returns its ``moments`` event."""
     async with connect(url, token) as ws:
-        rid = uuid.uuid4().hex
-        msg = query_message(
-            rid, "query", text=text, image_path=image_path, streams=streams, start=start, end=end, top_k=top_k
+        msg = QueryMsg(
+            id=uuid.uuid4().hex,
+            text=None if image_path is not None else text,
+            image=None if image_path is None else read_image_b64(image_path),
+            streams=streams,
+            start=start,
+            end=end,
+            top_k=top_k,
         )
-        await ws.send(json.dumps(msg))
-        return await _recv_for(ws, rid)
+        await send(ws, msg)
+        reply = await recv_for(ws, msg.id or "")
+        if not isinstance(reply, MomentsEvent):
+            raise ProtocolError(f"unexpected answer to query: {reply.type}")
+        return reply
 
 
 async def watch(
@@ -141,14 +144,17 @@ async def watch(
     threshold: float | None = None,
     backward: bool = True,
     token: str | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[ServerEvent]:
     """Yield the events of a standing query (``watching``, ``moments``, ``moment``, ``moment.update``)."""
     async with connect(url, token) as ws:
-        rid = uuid.uuid4().hex
-        msg = query_message(
-            rid, "watch", text=text, image_path=image_path, streams=streams, start=None, end=None, top_k=None
+        msg = WatchMsg(
+            id=uuid.uuid4().hex,
+            text=None if image_path is not None else text,
+            image=None if image_path is None else read_image_b64(image_path),
+            streams=streams,
+            threshold=threshold,
+            backward=backward,
         )
-        msg.update(threshold=threshold, backward=backward)
-        await ws.send(json.dumps(msg))
+        await send(ws, msg)
         while True:
-            yield await _recv_for(ws, rid)
+            yield await recv_for(ws, msg.id or "")

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
     SerializeAsAny,
@@ -31,15 +29,11 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config import LLMConfig, Settings, env_str
+from agent.config import LLMConfig, Settings, Strict, env_str
 from agent.errors import ConfigError
 from agent.index.video_index import check_stream_id
 from streams import registry
 from streams.source import SourceSpec
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _check_spec(value: Any) -> SourceSpec:
@@ -58,7 +52,7 @@ discriminated on ``kind`` (``file``, ``rtsp``, ``segments``, ``whip``, ...); per
 ``INDEX/service_streams.json``."""
 
 
-class WatchConfig(_Strict):
+class WatchConfig(Strict):
     """Defaults of standing queries (a ``watch`` message may override them)."""
 
     sigma: float = Field(default=3.0, ge=0)
@@ -69,7 +63,7 @@ class WatchConfig(_Strict):
     """A match closes after this many stream seconds of non-matching samples."""
 
 
-class ServiceConfig(_Strict):
+class ServiceConfig(Strict):
     """Everything ``vmr serve`` needs besides the model settings."""
 
     host: str = "127.0.0.1"
@@ -101,7 +95,7 @@ class ServiceConfig(_Strict):
         return v
 
 
-class ServeFile(_Strict):
+class ServeFile(Strict):
     """The whole config file."""
 
     service: ServiceConfig = Field(default_factory=ServiceConfig)

@@ -1,90 +1,134 @@
-"""Prometheus text exposition (format 0.0.4) of the service, written by hand.
+"""Prometheus metrics of the service, through ``prometheus_client``.
 
-A dozen gauges and counters do not justify a dependency; the format is a few
-lines per family (``# HELP``, ``# TYPE``, samples with escaped labels).
-Families: frames ingested and dropped per stream, encoder passes and images,
-encoder queue depth per stream, stream status, connected clients, active
-watches, and a query latency histogram.
+Each :class:`ServiceMetrics` has its own :class:`CollectorRegistry` (not the
+process-global one), so several services in one process — tests, benches —
+do not collide. The query latency is a real histogram observed as queries
+finish; everything else is read at scrape time from the shards' statistics
+by :class:`_StatsCollector`: frames ingested and dropped, reconnects, stream
+up, memory tokens and encoder queue depth per stream (label ``stream``),
+encoder passes, images and errors, failed / retried / dropped work items per
+stream and channel (labels ``stream``, ``channel``), connected clients, active watches and
+uptime.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from agent.channels.base import WorkCounters
+from agent.service.shard import ShardStats, StreamStats
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""``generate_latest`` writes the 0.0.4 text format; say so (not the library's newer default)."""
 
 
-class Histogram:
-    """A cumulative-bucket histogram of observations (seconds)."""
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    """Everything the collector reports besides the latency histogram, at one instant."""
 
-    def __init__(self, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
-        self.buckets = tuple(sorted(buckets))
-        self._counts = [0] * (len(self.buckets) + 1)
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._counts[bisect.bisect_left(self.buckets, value)] += 1
-            self._sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self._counts)
-
-    def samples(self, name: str) -> list[str]:
-        """``name_bucket{le=...}``, ``name_sum`` and ``name_count`` lines."""
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        lines, running = [], 0
-        for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
-            running += n
-            lines.append(f'{name}_bucket{{le="{_num(bound)}"}} {running}')
-        lines += [f"{name}_sum {_num(total)}", f"{name}_count {running}"]
-        return lines
+    shards: Sequence[ShardStats]
+    clients: int
+    watches: int
+    uptime: float
 
 
-def _num(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+_PER_STREAM: tuple[tuple[str, str, str, str], ...] = (
+    ("vmr_frames_total", "counter", "Sampled frames ingested.", "frames"),
+    ("vmr_frames_dropped_total", "counter", "Live frames dropped (latest wins).", "dropped"),
+    (
+        "vmr_stream_reconnects_total",
+        "counter",
+        "Live source sessions after the first (RTSP reconnects, WHIP republishes).",
+        "reconnects",
+    ),
+    ("vmr_stream_up", "gauge", "1 while the stream runs, 0 when done, failed or stopped.", "up"),
+    ("vmr_memory_tokens", "gauge", "Tokens retained in memory.", "tokens"),
+    ("vmr_encoder_queue_depth", "gauge", "Super-images waiting for or in the encoder.", "encoder_queue"),
+)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+_WORK: tuple[tuple[str, str, str], ...] = (
+    ("vmr_work_failed_total", "failed", "Work item attempts that failed (a failed batch counts each item)."),
+    ("vmr_work_retried_total", "retried", "Failed work items handed back for another attempt."),
+    (
+        "vmr_work_dropped_total",
+        "dropped",
+        "Work items given up after their last attempt (span not retained).",
+    ),
+)
 
 
-class Exposition:
-    """Collects metric families and renders them."""
+class _StatsCollector:
+    """Turns the latest :class:`ServiceStats` into metric families at scrape time."""
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
+        self.stats = ServiceStats((), 0, 0, 0.0)
 
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self._lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    def collect(self) -> Iterable[Metric]:
+        st = self.stats
+        streams: dict[str, StreamStats] = {}
+        for shard in st.shards:
+            streams.update(shard.streams)
+        for name, kind, help_text, attr in _PER_STREAM:
+            fam: CounterMetricFamily | GaugeMetricFamily
+            if kind == "counter":
+                fam = CounterMetricFamily(name, help_text, labels=["stream"])
+            else:
+                fam = GaugeMetricFamily(name, help_text, labels=["stream"])
+            for stream, s in sorted(streams.items()):
+                fam.add_metric([stream], float(getattr(s, attr)))
+            yield fam
+        yield CounterMetricFamily(
+            "vmr_encoder_passes_total",
+            "Encoder forward passes (batches).",
+            value=sum(s.encoder_passes for s in st.shards),
+        )
+        yield CounterMetricFamily(
+            "vmr_encoder_images_total",
+            "Super-images encoded.",
+            value=sum(s.encoder_images for s in st.shards),
+        )
+        yield CounterMetricFamily(
+            "vmr_encoder_errors_total",
+            "Failed encoder passes.",
+            value=sum(s.encoder_errors for s in st.shards),
+        )
+        work: dict[tuple[str, str], WorkCounters] = {}
+        for shard in st.shards:
+            work.update(shard.work)
+        for name, attr, help_text in _WORK:
+            fam = CounterMetricFamily(name, help_text, labels=["stream", "channel"])
+            for (stream, channel), c in sorted(work.items()):
+                fam.add_metric([stream, channel], float(getattr(c, attr)))
+            yield fam
+        yield GaugeMetricFamily("vmr_clients", "Connected websocket clients.", value=st.clients)
+        yield GaugeMetricFamily("vmr_watches", "Active standing queries.", value=st.watches)
+        yield GaugeMetricFamily("vmr_uptime_seconds", "Seconds since the service started.", value=st.uptime)
 
-    def sample(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        lab = ""
-        if labels:
-            lab = "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}"
-        self._lines.append(f"{name}{lab} {_num(value)}")
 
-    def per_stream(self, name: str, kind: str, help_text: str, values: Mapping[str, float]) -> None:
-        self.family(name, kind, help_text)
-        for stream, v in sorted(values.items()):
-            self.sample(name, v, {"stream": stream})
+class ServiceMetrics:
+    """The metrics registry of one service: a latency histogram and the stats collector."""
 
-    def scalar(self, name: str, kind: str, help_text: str, value: float) -> None:
-        self.family(name, kind, help_text)
-        self.sample(name, value)
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.query_latency = Histogram(
+            "vmr_query_latency_seconds",
+            "One-shot query latency.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._collector = _StatsCollector()
+        self.registry.register(self._collector)
+        self.started = time.time()
 
-    def histogram(self, name: str, help_text: str, hist: Histogram) -> None:
-        self.family(name, "histogram", help_text)
-        self._lines += hist.samples(name)
-
-    def render(self) -> str:
-        return "\n".join(self._lines) + "\n"
+    def render(self, shards: Sequence[ShardStats], *, clients: int, watches: int) -> bytes:
+        """Prometheus text of everything, with ``shards`` as read just now."""
+        self._collector.stats = ServiceStats(shards, clients, watches, time.time() - self.started)
+        return generate_latest(self.registry)

@@ -1,40 +1,33 @@
-"""Websocket protocol, version 1: client requests as pydantic models, server events as dicts.
+"""Websocket protocol, version 1: every request and every event as a pydantic model.
 
 Every message is one JSON object with a ``type``. Requests carry an ``id``
-(any string the client picks); every event answering a request repeats it.
+(any string the client picks); every event answering a request repeats it;
+broadcast events (``progress``, ``stream`` status changes) have ``id: null``.
 See ``docs/protocol.md`` for the full reference and an example session.
 
-Client -> server: ``hello``, ``streams.list``, ``streams.add``,
-``streams.remove``, ``query``, ``watch``, ``cancel``.
-Server -> client: ``hello``, ``streams``, ``stream``, ``moments``,
-``moment``, ``moment.update``, ``watching``, ``progress``, ``cancelled``,
-``error``.
+Client -> server (:data:`ClientMessage`): ``hello``, ``streams.list``,
+``streams.add``, ``streams.remove``, ``query``, ``watch``, ``cancel``.
+Server -> client (:data:`ServerEvent`): ``hello``, ``streams``, ``stream``,
+``stream.removed``, ``moments``, ``moment``, ``moment.update``, ``watching``,
+``progress``, ``cancelled``, ``error``.
+
+One codec both ways: :func:`encode` writes any message, :func:`parse_message`
+reads a request (server side), :func:`parse_event` an event (client side);
+both raise :class:`~agent.errors.ProtocolError` with a readable reason.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.channels.retrieval import Query
-from agent.config import QueryConfig
-from agent.errors import (
-    OversizeQueryError,
-    ProtocolError,
-    QueryError,
-    SlowClientError,
-    UnauthorizedError,
-    VmrError,
-)
-from agent.types import Coverage, Moment, QueryResult, RGBImage
+from agent.config import QueryConfig, Strict
+from agent.errors import ProtocolError, SlowClientError, UnauthorizedError, VmrError
+from agent.models.images import decode_image_b64
+from agent.service.answer import MomentOut, QueryAnswer
 
 PROTOCOL_VERSION = 1
 SLOW_CLIENT = SlowClientError.code
@@ -43,30 +36,29 @@ UNAUTHORIZED = UnauthorizedError.code
 """Error code of a wrong or missing token (the connection is then closed)."""
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+class _Msg(Strict):
     id: str | None = Field(default=None, max_length=200)
 
 
+# ---------------------------------------------------------------- client -> server
 class Hello(_Msg):
-    type: Literal["hello"]
+    type: Literal["hello"] = "hello"
     protocol: int = PROTOCOL_VERSION
     token: str | None = None
 
 
 class StreamsList(_Msg):
-    type: Literal["streams.list"]
+    type: Literal["streams.list"] = "streams.list"
 
 
 class StreamsAdd(_Msg):
-    type: Literal["streams.add"]
+    type: Literal["streams.add"] = "streams.add"
     stream: dict[str, Any]
-    """A stream spec: ``{"id", "kind", "url" | "path", "fps", "realtime", ...}``."""
+    """A stream spec: ``{"id", "kind", "url" | "path", "fps", "realtime", ...}`` (validated by the service)."""
 
 
 class StreamsRemove(_Msg):
-    type: Literal["streams.remove"]
+    type: Literal["streams.remove"] = "streams.remove"
     stream: str
 
 
@@ -84,11 +76,11 @@ class _QueryFields(_Msg):
 
 
 class QueryMsg(_QueryFields):
-    type: Literal["query"]
+    type: Literal["query"] = "query"
 
 
 class WatchMsg(_QueryFields):
-    type: Literal["watch"]
+    type: Literal["watch"] = "watch"
     threshold: float | None = Field(default=None, ge=-1, le=1)
     """Absolute cosine threshold; None: relative to the backward scan (see WatchConfig)."""
     close_seconds: float | None = Field(default=None, gt=0)
@@ -97,7 +89,7 @@ class WatchMsg(_QueryFields):
 
 
 class Cancel(_Msg):
-    type: Literal["cancel"]
+    type: Literal["cancel"] = "cancel"
     target: str
     """The id of the query or watch to end."""
 
@@ -106,7 +98,154 @@ ClientMessage = Annotated[
     Hello | StreamsList | StreamsAdd | StreamsRemove | QueryMsg | WatchMsg | Cancel,
     Field(discriminator="type"),
 ]
-_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+# ---------------------------------------------------------------- server -> client
+class ErrorInfo(Strict):
+    code: str
+    message: str
+
+
+class StreamStatus(BaseModel):
+    """A stream's status (``streams.list``, ``stream`` events).
+
+    Open to fields the runner adds (source statistics of new source kinds):
+    clients must ignore what they do not know.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str
+    kind: str
+    url: str | None = None
+    path: str | None = None
+    status: Literal["starting", "running", "done", "failed", "stopped"]
+    error: ErrorInfo | None = None
+    frames: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    """Live-source sessions after the first (RTSP reconnects, WHIP republishes)."""
+    last_time: float | None = None
+    progress: float | None = None
+    tokens: int = 0
+
+
+class HelloEvent(_Msg):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    server: str = "vmr"
+    model: dict[str, Any]
+    meaningless: bool
+
+
+class StreamsEvent(_Msg):
+    type: Literal["streams"] = "streams"
+    streams: list[StreamStatus]
+
+
+class StreamEvent(_Msg):
+    type: Literal["stream"] = "stream"
+    stream: StreamStatus
+
+
+class StreamRemovedEvent(_Msg):
+    type: Literal["stream.removed"] = "stream.removed"
+    stream: str
+
+
+class MomentsEvent(QueryAnswer):
+    """The answer to a ``query`` (and a watch's backward scan): a :class:`QueryAnswer` with its id."""
+
+    type: Literal["moments"] = "moments"
+    id: str | None = None
+
+    @classmethod
+    def of(cls, rid: str | None, answer: QueryAnswer) -> MomentsEvent:
+        return cls(id=rid, moments=answer.moments, streams=answer.streams, meaningless=answer.meaningless)
+
+
+class MomentEvent(_Msg):
+    """A standing query's match opened."""
+
+    type: Literal["moment"] = "moment"
+    match: int
+    closed: bool = False
+    moment: MomentOut
+
+
+class MomentUpdateEvent(_Msg):
+    """A match extended (``closed`` false) or closed (true, final ``end``)."""
+
+    type: Literal["moment.update"] = "moment.update"
+    match: int
+    closed: bool
+    moment: MomentOut
+
+
+class WatchingEvent(_Msg):
+    type: Literal["watching"] = "watching"
+    threshold: float | None
+    calibrating: bool
+
+
+class ProgressEvent(_Msg):
+    type: Literal["progress"] = "progress"
+    stream: str
+    progress: float
+    t: float | None
+    frames: int
+
+
+class CancelledEvent(_Msg):
+    type: Literal["cancelled"] = "cancelled"
+    target: str
+
+
+class ErrorEvent(_Msg):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, rid: str | None, exc: VmrError) -> ErrorEvent:
+        """The error event of a vmr error: its stable code and message, never a traceback."""
+        return cls(id=rid, code=exc.code, message=str(exc))
+
+
+class Health(Strict):
+    """``GET /healthz``."""
+
+    status: Literal["ok"] = "ok"
+    protocol: int = PROTOCOL_VERSION
+    streams: int
+    failed: list[str]
+    """Ids of streams whose source failed."""
+
+
+ServerEvent = Annotated[
+    HelloEvent
+    | StreamsEvent
+    | StreamEvent
+    | StreamRemovedEvent
+    | MomentsEvent
+    | MomentEvent
+    | MomentUpdateEvent
+    | WatchingEvent
+    | ProgressEvent
+    | CancelledEvent
+    | ErrorEvent,
+    Field(discriminator="type"),
+]
+
+# ---------------------------------------------------------------- codec
+_REQUESTS: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+_EVENTS: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
+_T = TypeVar("_T")
+
+
+def encode(msg: BaseModel) -> str:
+    """The JSON text of a request or event (every field, ``null`` included)."""
+    return msg.model_dump_json()
 
 
 def request_id(raw: str | bytes) -> str | None:
@@ -121,119 +260,47 @@ def request_id(raw: str | bytes) -> str | None:
 
 def parse_message(raw: str | bytes) -> ClientMessage:
     """Validate one client message; raise :class:`ProtocolError` with a readable reason."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from exc
+    return _parse(_REQUESTS, raw)
+
+
+def parse_event(raw: str | bytes | dict[str, Any]) -> ServerEvent:
+    """Validate one server event: JSON text, or a dict built by a lower layer (runner status, progress)."""
+    return _parse(_EVENTS, raw)
+
+
+def _parse(adapter: TypeAdapter[_T], raw: str | bytes | dict[str, Any]) -> _T:
+    if isinstance(raw, dict):
+        data: Any = raw
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"malformed JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
     if "type" not in data:
         raise ProtocolError("a message needs a 'type'")
     try:
-        return _ADAPTER.validate_python(data)
+        return adapter.validate_python(data)
     except ValidationError as exc:
-        if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
-            raise ProtocolError(f"unknown message type {data.get('type')!r}") from exc
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ProtocolError(f"invalid {data.get('type')!r} message: {reasons}") from exc
+        raise ProtocolError(validation_reason(exc, data.get("type"))) from exc
 
 
-def decode_image(b64: str, cfg: QueryConfig) -> RGBImage:
-    """A base64 JPEG/PNG to an RGB array, checking the size limit before decoding."""
-    if len(b64) * 3 // 4 > cfg.max_image_bytes:
-        raise OversizeQueryError(f"query image is over {cfg.max_image_bytes} bytes")
-    try:
-        data = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise QueryError(f"query image is not valid base64: {exc}") from exc
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > 64_000_000:
-                raise OversizeQueryError("query image has too many pixels")
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise QueryError(f"query image is not a readable picture: {exc}") from exc
+def validation_reason(exc: ValidationError, kind: object) -> str:
+    """A one-line reason of a pydantic error about a message of type ``kind``."""
+    if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
+        return f"unknown message type {kind!r}"
+    reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return f"invalid {kind!r} message: {reasons}"
 
 
 def to_query(msg: QueryMsg | WatchMsg, cfg: QueryConfig) -> Query:
-    """The core :class:`Query` of a query/watch message (checked against the limits)."""
-    if msg.text is not None and len(msg.text) > cfg.max_text_chars:
-        raise OversizeQueryError(f"query text has {len(msg.text)} characters; limit {cfg.max_text_chars}")
-    image = decode_image(msg.image, cfg) if msg.image is not None else None
+    """The core :class:`Query` of a query/watch message, checked once against the limits.
+
+    Decodes the image (blocking: the service calls this in a thread). Raises
+    QueryError / OversizeQueryError.
+    """
+    image = None if msg.image is None else decode_image_b64(msg.image, max_bytes=cfg.max_image_bytes)
     q = Query(text=msg.text, image=image, streams=msg.streams, start=msg.start, end=msg.end, top_k=msg.top_k)
     q.check(cfg)
     return q
-
-
-# ------------------------------------------------------------------ server events
-def iso(wall: float | None) -> str | None:
-    """ISO 8601 (UTC) of a Unix time, or None."""
-    return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
-
-
-def thumbnail_url(stream: str, t: float) -> str:
-    """Where ``/thumbnails`` serves the stored frame nearest ``t``."""
-    return f"/thumbnails/{stream}/{t:.3f}.jpg"
-
-
-def moment_json(m: Moment) -> dict[str, Any]:
-    """One moment: stream seconds, wall-clock ISO 8601, score, thumbnail, path that answered."""
-    peak = m.evidence[0] if m.evidence else (m.start + m.end) / 2
-    return {
-        "stream": m.stream,
-        "start": round(m.start, 3),
-        "end": round(m.end, 3),
-        "wall_start": iso(m.wall_start),
-        "wall_end": iso(m.wall_end),
-        "score": round(float(m.score), 6),
-        "thumbnail": thumbnail_url(m.stream, peak),
-        "answered_by": m.answered_by,
-    }
-
-
-def coverage_json(c: Coverage | None) -> dict[str, Any] | None:
-    """Coverage of the asked range; ``in_memory`` false means "not in retained memory"."""
-    if c is None:
-        return None
-    return {
-        "start": round(c.start, 3),
-        "end": round(c.end, 3),
-        "retained_seconds": round(c.retained_seconds, 3),
-        "retained_fraction": round(c.retained_fraction, 4),
-        "seconds_per_token": None if c.seconds_per_token == float("inf") else round(c.seconds_per_token, 3),
-        "frames_seconds": round(c.frames_seconds, 3),
-        "in_memory": c.retained_seconds > 0,
-    }
-
-
-def moments_event(rid: str | None, results: dict[str, QueryResult], top_k: int) -> dict[str, Any]:
-    """The answer to a ``query``: the best moments over all streams plus per-stream coverage."""
-    moments = sorted((m for r in results.values() for m in r.moments), key=lambda m: -m.score)[:top_k]
-    return {
-        "type": "moments",
-        "id": rid,
-        "moments": [moment_json(m) for m in moments],
-        "streams": {
-            name: {
-                "answered_by": r.answered_by,
-                "coverage": coverage_json(r.coverage),
-                "in_memory": r.coverage is not None and r.coverage.retained_seconds > 0,
-                "notes": r.notes,
-                "llm_usage": r.llm_usage,
-            }
-            for name, r in results.items()
-        },
-        "meaningless": any(r.meaningless for r in results.values()),
-    }
-
-
-def error_event(
-    rid: str | None, exc: VmrError | None = None, *, code: str = "", message: str = ""
-) -> dict[str, Any]:
-    """An ``error`` with the stable code of ``exc`` (or the given code), never a traceback."""
-    return {
-        "type": "error",
-        "id": rid,
-        "code": exc.code if exc is not None else code,
-        "message": str(exc) if exc is not None else message,
-    }

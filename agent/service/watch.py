@@ -22,16 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from agent.core.superimage import SuperImage
+from agent.service.answer import MomentOut
 from agent.service.config import WatchConfig
-from agent.service.protocol import moment_json
+from agent.service.protocol import MomentEvent, MomentUpdateEvent, ServerEvent, WatchingEvent
 from agent.types import Moment
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[ServerEvent], None]
 WallOf = Callable[[str, float], float | None]
 
 
@@ -105,7 +105,7 @@ class Watch:
             self._calibration.append(score)
             if len(self._calibration) >= self.cfg.min_anchors:
                 self.threshold = relative_threshold(np.asarray(self._calibration), self.cfg.sigma)
-                self._emit({"type": "watching", "id": self.id, "threshold": round(self.threshold, 6)})
+                self._emit(WatchingEvent(id=self.id, threshold=round(self.threshold, 6), calibrating=False))
             return
         match = self._open.get(stream)
         if score >= self.threshold:
@@ -115,12 +115,12 @@ class Watch:
                 self.matches += 1
                 match = _Match(self._seq, si.start, si.end, score, peak)
                 self._open[stream] = match
-                self._emit(self._event("moment", stream, match, closed=False))
+                self._emit(MomentEvent(id=self.id, match=match.seq, moment=self._moment(stream, match)))
                 return
             match.end = max(match.end, si.end)
             if score > match.score:
                 match.score, match.peak = score, peak
-            self._emit(self._event("moment.update", stream, match, closed=False))
+            self._emit(self._update(stream, match, closed=False))
         elif match is not None and si.end - match.end >= self.close_seconds:
             self._close(stream)
 
@@ -136,23 +136,23 @@ class Watch:
     # ----------------------------------------------------------- events out
     def _close(self, stream: str) -> None:
         match = self._open.pop(stream)
-        self._emit(self._event("moment.update", stream, match, closed=True))
+        self._emit(self._update(stream, match, closed=True))
 
-    def _event(self, kind: str, stream: str, match: _Match, *, closed: bool) -> dict[str, Any]:
-        moment = Moment(
-            start=match.start,
-            end=match.end,
-            score=match.score,
-            stream=stream,
-            wall_start=self._wall_of(stream, match.start),
-            wall_end=self._wall_of(stream, match.end),
-            evidence=[match.peak],
-            answered_by="anchor",
+    def _update(self, stream: str, match: _Match, *, closed: bool) -> MomentUpdateEvent:
+        return MomentUpdateEvent(
+            id=self.id, match=match.seq, closed=closed, moment=self._moment(stream, match)
         )
-        return {
-            "type": kind,
-            "id": self.id,
-            "match": match.seq,
-            "closed": closed,
-            "moment": moment_json(moment),
-        }
+
+    def _moment(self, stream: str, match: _Match) -> MomentOut:
+        return MomentOut.of(
+            Moment(
+                start=match.start,
+                end=match.end,
+                score=match.score,
+                stream=stream,
+                wall_start=self._wall_of(stream, match.start),
+                wall_end=self._wall_of(stream, match.end),
+                evidence=[match.peak],
+                answered_by="anchor",
+            )
+        )

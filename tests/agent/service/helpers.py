@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
 from agent.config import EncoderConfig, IndexConfig, Settings
@@ -59,7 +60,7 @@ async def running(tmp_path: Path, **service: Any) -> AsyncIterator[tuple[Service
     )
     async with Service(cfg, tiny_settings()) as svc:
         await svc.start()
-        server = Server(svc, cfg)
+        server = Server(svc.serving, cfg)
         port = await server.start()
         try:
             yield svc, f"ws://127.0.0.1:{port}"
@@ -117,3 +118,12 @@ async def add(ws: ClientConnection, spec: dict[str, Any]) -> dict[str, Any]:
     added = await request(ws, {"type": "streams.add", "id": f"add-{spec['id']}", "stream": spec})
     assert added["type"] == "stream" and added["stream"]["id"] == spec["id"], added
     return added
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` text parsed by prometheus_client: (sample name, sorted labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

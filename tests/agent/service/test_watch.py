@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pytest
 
 from agent.core.superimage import SuperImage
 from agent.service.config import WatchConfig
+from agent.service.protocol import (
+    MomentEvent,
+    MomentUpdateEvent,
+    ServerEvent,
+    WatchingEvent,
+    encode,
+    parse_event,
+)
 from agent.service.watch import Watch, relative_threshold
 from tests.agent.service.helpers import client, needle_b64, needle_video, request, running, wait_for
 
@@ -18,7 +26,7 @@ def _si(t: float) -> SuperImage:
 
 
 def test_watch_opens_extends_and_closes() -> None:
-    events: list[dict[str, Any]] = []
+    events: list[ServerEvent] = []
     q = np.array([1.0, 0.0], np.float32)
     hit, miss = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
     w = Watch(
@@ -32,16 +40,22 @@ def test_watch_opens_extends_and_closes() -> None:
     )
     for t, v in [(0, miss), (2, hit), (4, hit), (6, miss), (8, miss)]:
         w.on_embedding("s", _si(t), v)
-    kinds = [(e["type"], e["closed"]) for e in events]
+    assert all(isinstance(e, MomentEvent | MomentUpdateEvent) for e in events)
+    kinds = [(e.type, getattr(e, "closed", None)) for e in events]
     assert kinds == [("moment", False), ("moment.update", False), ("moment.update", True)]
-    final = events[-1]["moment"]
-    assert (final["start"], final["end"]) == (2.0, 6.0)
-    assert final["wall_start"].startswith("1970-01-01T00:16:42")
-    assert events[0]["match"] == events[-1]["match"] == 1
+    last = events[-1]
+    assert isinstance(last, MomentUpdateEvent)
+    final = last.moment
+    assert (final.start, final.end) == (2.0, 6.0)
+    assert final.wall_start is not None and final.wall_start.startswith("1970-01-01T00:16:42")
+    first = events[0]
+    assert isinstance(first, MomentEvent) and first.match == last.match == 1
+    # What goes on the wire parses back into the same event.
+    assert parse_event(encode(last)) == last
 
 
 def test_watch_calibrates_relative_threshold_on_forward_scores() -> None:
-    events: list[dict[str, Any]] = []
+    events: list[ServerEvent] = []
     rng = np.random.default_rng(0)
     q = np.array([1.0, 0.0], np.float32)
     w = Watch(
@@ -57,11 +71,13 @@ def test_watch_calibrates_relative_threshold_on_forward_scores() -> None:
     background = [np.array([0.2 + 0.02 * rng.standard_normal(), 0.98], np.float32) for _ in range(8)]
     for k, v in enumerate(background):
         w.on_embedding("s", _si(2.0 * k), v)
-    assert not w.calibrating and events[-1]["type"] == "watching"
+    assert not w.calibrating and isinstance(events[-1], WatchingEvent)
+    assert events[-1].threshold == pytest.approx(w.threshold, abs=1e-6) and not events[-1].calibrating
     assert w.threshold is not None and 0.2 < w.threshold < 0.5
     w.on_embedding("other", _si(20.0), q)  # not a watched stream
     w.on_embedding("s", _si(20.0), q)
-    assert events[-1]["type"] == "moment" and events[-1]["moment"]["stream"] == "s"
+    opened = events[-1]
+    assert isinstance(opened, MomentEvent) and opened.moment.stream == "s"
     assert relative_threshold(np.array([0.1, 0.3]), 1.0) == 0.3
 
 

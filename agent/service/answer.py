@@ -1,0 +1,125 @@
+"""One result model for a query: what ``vmr query --json`` prints and what the ``moments`` event carries.
+
+:func:`query_answer` turns the per-stream :class:`~agent.types.QueryResult`
+of a search into a :class:`QueryAnswer`: the best moments over every stream
+at top level (sorted by score, at most ``top_k``), and per stream the
+coverage of the asked range, notes, which path answered and the LLM usage.
+Times are stream seconds (rounded to ms); ``wall_*`` are ISO 8601 UTC or
+null; ``thumbnail`` is the service route of the stored frame nearest the
+moment's best evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from pydantic import Field
+
+from agent.config import Strict
+from agent.types import AnsweredBy, Coverage, Moment, QueryResult
+
+
+def iso(wall: float | None) -> str | None:
+    """ISO 8601 (UTC, milliseconds) of a Unix time, or None."""
+    return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
+def thumbnail_url(stream: str, t: float) -> str:
+    """Where ``/thumbnails`` serves the stored frame nearest stream second ``t``."""
+    return f"/thumbnails/{stream}/{t:.3f}.jpg"
+
+
+class MomentOut(Strict):
+    """One moment: a span of one stream with its score and evidence."""
+
+    stream: str
+    start: float
+    end: float
+    wall_start: str | None = None
+    wall_end: str | None = None
+    score: float
+    evidence: list[float] = Field(default_factory=list)
+    """Stream seconds of the frames supporting the moment (best first)."""
+    thumbnail: str
+    answered_by: AnsweredBy
+
+    @classmethod
+    def of(cls, m: Moment) -> MomentOut:
+        peak = m.evidence[0] if m.evidence else (m.start + m.end) / 2
+        return cls(
+            stream=m.stream,
+            start=round(m.start, 3),
+            end=round(m.end, 3),
+            wall_start=iso(m.wall_start),
+            wall_end=iso(m.wall_end),
+            score=round(float(m.score), 6),
+            evidence=[round(float(t), 3) for t in m.evidence],
+            thumbnail=thumbnail_url(m.stream, peak),
+            answered_by=m.answered_by,
+        )
+
+
+class CoverageOut(Strict):
+    """What the memory retains of the asked range; ``in_memory`` false: not in retained memory."""
+
+    start: float
+    end: float
+    retained_seconds: float
+    retained_fraction: float
+    seconds_per_token: float | None
+    """None where no anchor overlaps the range (infinitely coarse)."""
+    frames_seconds: float
+    in_memory: bool
+
+    @classmethod
+    def of(cls, c: Coverage) -> CoverageOut:
+        spt = c.seconds_per_token
+        return cls(
+            start=round(c.start, 3),
+            end=round(c.end, 3),
+            retained_seconds=round(c.retained_seconds, 3),
+            retained_fraction=round(c.retained_fraction, 4),
+            seconds_per_token=None if spt == float("inf") else round(spt, 3),
+            frames_seconds=round(c.frames_seconds, 3),
+            in_memory=c.retained_seconds > 0,
+        )
+
+
+class StreamAnswer(Strict):
+    """Per stream: how it was answered and what its memory covers."""
+
+    answered_by: AnsweredBy
+    coverage: CoverageOut | None
+    in_memory: bool
+    notes: list[str] = Field(default_factory=list)
+    llm_usage: dict[str, int] | None = None
+
+
+class QueryAnswer(Strict):
+    """The answer to one query over one or more streams."""
+
+    moments: list[MomentOut]
+    """Best first, over every stream, at most ``top_k``."""
+    streams: dict[str, StreamAnswer]
+    meaningless: bool
+    """True when the encoder has random weights: scores carry no semantics."""
+
+
+def query_answer(results: Mapping[str, QueryResult], top_k: int) -> QueryAnswer:
+    """The :class:`QueryAnswer` of per-stream results (moments merged, sorted, cut to ``top_k``)."""
+    best = sorted((m for r in results.values() for m in r.moments), key=lambda m: -m.score)[:top_k]
+    return QueryAnswer(
+        moments=[MomentOut.of(m) for m in best],
+        streams={
+            name: StreamAnswer(
+                answered_by=r.answered_by,
+                coverage=None if r.coverage is None else CoverageOut.of(r.coverage),
+                in_memory=r.coverage is not None and r.coverage.retained_seconds > 0,
+                notes=list(r.notes),
+                llm_usage=r.llm_usage,
+            )
+            for name, r in results.items()
+        },
+        meaningless=any(r.meaningless for r in results.values()),
+    )

@@ -1,0 +1,251 @@
+"""The in-process shard: one VideoIndex, one shared encoder worker, one runner per stream.
+
+:class:`LocalShard` owns every task it starts — the stream runners and the
+encoder worker — and :meth:`LocalShard.close` (idempotent) cancels the
+sources, lets the encoder finish what was submitted, takes a final snapshot
+and closes the index. Streams can be added and removed while others run;
+each has its own task, source and encoder lane, so one stream's failure or
+removal does not touch the others. Blocking work (opening the index,
+searching, snapshots, JPEG reads) runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from agent.channels.base import WorkItem
+from agent.channels.retrieval import Query, encode_query
+from agent.channels.visual import images_of
+from agent.config import Settings
+from agent.core.superimage import SuperImage
+from agent.errors import ConfigError, IndexStoreError, UnknownStreamError, VmrError, from_stream_error
+from agent.index.video_index import VideoIndex
+from agent.service.batch_worker import BatchWorker
+from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.llm_handoff import LLMHandoff
+from agent.service.protocol import StreamStatus, parse_event
+from agent.service.shard import ShardListener, ShardStats, StreamShard, StreamStats
+from agent.service.stream_runner import StreamRunner
+from agent.types import QueryResult
+from streams.errors import StreamError
+from streams.registry import HUB_WHIP
+
+log = logging.getLogger(__name__)
+
+
+class LocalShard(StreamShard):
+    """Streams ingested in this process into one index directory."""
+
+    def __init__(self, cfg: ServiceConfig, settings: Settings) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.index: VideoIndex | None = None
+        self.worker: BatchWorker | None = None
+        self.runners: dict[str, StreamRunner] = {}
+        self.whip: Any = None
+        self.llm: LLMHandoff | None = None
+        """The LLM stage when ``cfg.llm.url`` is set."""
+        self._listener: ShardListener | None = None
+        self._closed = False
+
+    @property
+    def idx(self) -> VideoIndex:
+        if self.index is None:
+            raise IndexStoreError("the shard is not started")
+        return self.index
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, specs: Iterable[StreamSpec], listener: ShardListener) -> None:
+        self._listener = listener
+        self.index = await asyncio.to_thread(VideoIndex.create, self.cfg.index, self.settings)
+        enc = self.index.prescreen
+        self.worker = BatchWorker(
+            "image",
+            lambda items: enc.encode_images(images_of(items)),
+            batch_size=enc.batch_size,
+            queue_size=self.cfg.encoder_queue,
+        )
+        self.worker.listeners.append(self._on_result)
+        self.worker.start()
+        self.whip = self._make_whip()
+        if self.cfg.llm.url:
+            self.llm = LLMHandoff(self.cfg.llm, self.index)
+        for spec in specs:
+            self._start_runner(spec)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        if self.worker is not None:
+            for name in list(self.runners):
+                await self.worker.drain(name)
+            await self.worker.close()
+        if self.whip is not None:
+            await self.whip.close()
+        if self.llm is not None:
+            await self.llm.close()
+        if self.index is not None:
+            await asyncio.to_thread(self._final_snapshot, self.index)
+
+    def _final_snapshot(self, index: VideoIndex) -> None:
+        for runner in self.runners.values():
+            runner.snapshot()
+        index.close()
+
+    # -------------------------------------------------------------- streams
+    async def add(self, spec: StreamSpec) -> StreamStatus:
+        if spec.id in self.runners:
+            raise ConfigError(f"stream {spec.id!r} already exists")
+        try:
+            await asyncio.to_thread(spec.check_input)
+        except StreamError as exc:
+            raise from_stream_error(exc) from exc
+        return StreamStatus.model_validate(self._start_runner(spec).info())
+
+    async def remove(self, stream: str) -> None:
+        runner = self.runners.get(stream)
+        if runner is None:
+            raise UnknownStreamError(f"unknown stream {stream!r}")
+        await runner.stop()
+        if self.worker is not None:
+            await self.worker.drain(stream)
+            self.worker.forget(stream)
+        del self.runners[stream]
+        await asyncio.to_thread(runner.snapshot)
+        await asyncio.to_thread(self.idx.remove, stream)
+
+    async def statuses(self) -> list[StreamStatus]:
+        return [StreamStatus.model_validate(r.info()) for r in self.runners.values()]
+
+    def specs(self) -> list[StreamSpec]:
+        return [r.spec for r in self.runners.values()]
+
+    async def stream_ids(self) -> set[str]:
+        return set(self.idx.streams)
+
+    def _start_runner(self, spec: StreamSpec) -> StreamRunner:
+        assert self.worker is not None and self._listener is not None
+        state = self.idx.stream(spec.id)
+        runner = StreamRunner(
+            spec,
+            state,
+            self.worker,
+            self.cfg,
+            fps=self.settings.index.fps,
+            emit=self._emit,
+            on_end=self._listener.on_stream_end,
+            hubs={} if self.whip is None else {HUB_WHIP: self.whip},
+        )
+        self.worker.open(spec.id, state)
+        self.runners[spec.id] = runner
+        runner.start()
+        return runner
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Runner events arrive as dicts: validated into event models here, at the seam."""
+        assert self._listener is not None
+        try:
+            self._listener.on_event(parse_event(event))
+        except VmrError:  # a runner event outside the protocol is a bug: log it, keep ingesting
+            log.exception("dropped a malformed stream event %r", event.get("type"))
+
+    def _on_result(self, item: WorkItem, vec: np.ndarray) -> None:
+        """Encoded super-images go on to the watches (other channels' results do not)."""
+        if isinstance(item.ref, SuperImage) and self._listener is not None:
+            self._listener.on_embedding(item.stream, item.ref, vec)
+
+    def _make_whip(self) -> Any:
+        try:
+            from streams.whip import WhipIngest
+        except ImportError as exc:  # aiortc missing: everything but WHIP still works
+            log.warning("WHIP ingest unavailable: %s", exc)
+            return None
+        return WhipIngest(fps=self.settings.index.fps, queue_size=self.cfg.source_queue)
+
+    def routes(self) -> list[web.RouteDef]:
+        if self.whip is None:
+            return []
+        from streams.whip import whip_routes
+
+        return whip_routes(self.whip, token=self.cfg.token)
+
+    # -------------------------------------------------------------- queries
+    async def search(self, query: Query) -> dict[str, QueryResult]:
+        try:
+            results = await asyncio.to_thread(self.idx.query, query)
+        except KeyError as exc:  # removed between the caller's check and the search
+            raise UnknownStreamError(f"unknown stream {exc}") from exc
+        if self.llm is not None and query.text is not None:
+            results = await self._llm_answer(query, results)
+        return results
+
+    async def _llm_answer(self, query: Query, results: dict[str, QueryResult]) -> dict[str, QueryResult]:
+        assert query.text is not None and self.llm is not None
+        return await self.llm.refine(query.text, results, query.top_k or self.settings.query.top_k)
+
+    async def embed_query(self, query: Query) -> np.ndarray:
+        return await asyncio.to_thread(encode_query, query, self.idx.prescreen)
+
+    async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
+        return await asyncio.to_thread(self._background_scores, qvec, streams)
+
+    def _background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
+        scores = []
+        for name, st in list(self.idx.streams.items()):
+            if streams is None or name in streams:
+                scores.append(st.background(qvec))
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def wall_of(self, stream: str, t: float) -> float | None:
+        st = self.idx.streams.get(stream)
+        return None if st is None else st.wall_of(t)
+
+    async def thumbnail(self, stream: str, t: float) -> tuple[float, bytes]:
+        st = self.idx.streams.get(stream)
+        if st is None or st.store is None or len(st.store) == 0:
+            raise UnknownStreamError(f"no stored frames for stream {stream!r}")
+        return await asyncio.to_thread(st.store.get_jpeg, t)
+
+    # ----------------------------------------------------- state and health
+    async def snapshot(self) -> None:
+        for runner in list(self.runners.values()):
+            try:
+                await asyncio.to_thread(runner.snapshot)
+            except IndexStoreError:
+                log.exception("snapshot of %s failed; the previous one stays", runner.id)
+
+    async def stats(self) -> ShardStats:
+        w = self.worker
+        depths = w.depths() if w else {}
+        return ShardStats(
+            streams={
+                name: StreamStats(
+                    frames=r.frames_in,
+                    dropped=r.dropped,
+                    reconnects=r.reconnects,
+                    up=r.status in ("starting", "running"),
+                    tokens=r.state.memory.tokens,
+                    encoder_queue=depths.get(name, 0),
+                )
+                for name, r in self.runners.items()
+            },
+            encoder_passes=w.passes if w else 0,
+            encoder_images=w.images if w else 0,
+            encoder_errors=w.errors if w else 0,
+            work=w.counters() if w else {},
+        )
+
+    async def model_info(self) -> dict[str, Any]:
+        idx = self.idx  # encoder identity only: VideoIndex.info() would walk the whole directory
+        return {
+            "model": {"prescreen": idx.prescreen.name, "refine": idx.refine.name, "dim": idx.prescreen.dim},
+            "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
+        }

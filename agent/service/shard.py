@@ -1,0 +1,139 @@
+"""The shard seam: the only way the service reaches streams.
+
+A :class:`StreamShard` holds some streams — their sources, state and
+encoder — and answers for them: add, remove, list, search a query into
+per-stream results, the scores a watch needs (background scores for its
+relative threshold; every newly encoded super-image forwarded to a
+:class:`ShardListener`), snapshots, statistics, close. Every call the
+service makes is async so that a shard in another process or on another
+machine (a Ray actor, a later issue) fits behind the same interface; today
+:class:`~agent.service.local_shard.LocalShard` (in process) is the only one.
+
+The serving façade holds a list of shards and merges their answers; stream
+ids are unique across shards.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from aiohttp import web
+
+from agent.channels.base import WorkCounters
+from agent.channels.retrieval import Query
+from agent.core.superimage import SuperImage
+from agent.service.config import StreamSpec
+from agent.service.protocol import ServerEvent, StreamStatus
+from agent.types import QueryResult
+
+
+class ShardListener(Protocol):
+    """What a shard tells the service; every call on the event loop, none may block."""
+
+    def on_event(self, event: ServerEvent) -> None:
+        """A broadcast event: a stream's status changed, a replay's progress."""
+
+    def on_embedding(self, stream: str, si: SuperImage, vec: np.ndarray) -> None:
+        """A super-image of ``stream`` was encoded to the unit vector ``vec`` (dim,)."""
+
+    def on_stream_end(self, stream: str) -> None:
+        """``stream`` ended, failed or was stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """Counters of one stream at one instant (the ``/metrics`` families with a ``stream`` label)."""
+
+    frames: int
+    dropped: int
+    reconnects: int
+    up: bool
+    tokens: int
+    encoder_queue: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStats:
+    """Counters of one shard at one instant."""
+
+    streams: dict[str, StreamStats] = field(default_factory=dict)
+    encoder_passes: int = 0
+    encoder_images: int = 0
+    encoder_errors: int = 0
+    work: dict[tuple[str, str], WorkCounters] = field(default_factory=dict)
+    """Failure accounting per (stream, channel): failed, retried, dropped work items."""
+
+
+class StreamShard(ABC):
+    """Streams behind one interface; see the module docstring."""
+
+    @abstractmethod
+    async def start(self, specs: Iterable[StreamSpec], listener: ShardListener) -> None:
+        """Open the shard's state and start ``specs`` (restored or configured streams)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop every stream, flush the encoder, take a final snapshot (idempotent)."""
+
+    # -------------------------------------------------------------- streams
+    @abstractmethod
+    async def add(self, spec: StreamSpec) -> StreamStatus:
+        """Start a new stream (ConfigError if its id is taken here, SourceError if its input is missing)."""
+
+    @abstractmethod
+    async def remove(self, stream: str) -> None:
+        """Stop ``stream`` and forget it (its stored files stay); UnknownStreamError if not here."""
+
+    @abstractmethod
+    async def statuses(self) -> list[StreamStatus]:
+        """Status of every running (or ended) stream of this shard."""
+
+    @abstractmethod
+    def specs(self) -> list[StreamSpec]:
+        """Specs of the streams this shard runs (what the registry persists)."""
+
+    @abstractmethod
+    async def stream_ids(self) -> set[str]:
+        """Streams this shard can answer queries about (running or restored from disk)."""
+
+    # -------------------------------------------------------------- queries
+    @abstractmethod
+    async def search(self, query: Query) -> dict[str, QueryResult]:
+        """Per-stream results of ``query`` over ``query.streams`` (all of this shard's when None)."""
+
+    @abstractmethod
+    async def embed_query(self, query: Query) -> np.ndarray:
+        """The (dim,) unit vector of ``query`` under the encoder whose embeddings watches receive."""
+
+    @abstractmethod
+    async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
+        """Scores of ``qvec`` against every retained anchor of ``streams`` (all when None)."""
+
+    @abstractmethod
+    def wall_of(self, stream: str, t: float) -> float | None:
+        """Wall-clock time of stream second ``t`` (None for recordings or unknown streams)."""
+
+    @abstractmethod
+    async def thumbnail(self, stream: str, t: float) -> tuple[float, bytes]:
+        """(time, JPEG) of the stored frame nearest ``t``; UnknownStreamError / IndexStoreError."""
+
+    # ----------------------------------------------------- state and health
+    @abstractmethod
+    async def snapshot(self) -> None:
+        """Snapshot every stream now (atomic per file); a failed one is logged, the old one stays."""
+
+    @abstractmethod
+    async def stats(self) -> ShardStats:
+        """Counters for ``/metrics``."""
+
+    @abstractmethod
+    async def model_info(self) -> dict[str, Any]:
+        """``{"model": {...}, "meaningless": bool}`` of the shard's encoders."""
+
+    def routes(self) -> list[web.RouteDef]:
+        """Ingest routes this shard serves on the service's port (WHIP); none by default."""
+        return []
