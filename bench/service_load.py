@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import sys
 import tempfile
@@ -30,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import websockets
 
 from agent.config import EncoderConfig, IndexConfig, Settings
+from agent.service.client import watch
 from agent.service.config import ServiceConfig
 from agent.service.pipeline import Service
+from agent.service.protocol import MomentEvent, WatchingEvent
 from agent.service.server import Server
 from streams.file import FileSpec
 
@@ -70,23 +70,15 @@ def _needle_video(path: Path) -> Path:
     return path
 
 
-async def _watch(url: str, needle_b64: str, arrivals: list[float], ready: asyncio.Event) -> None:
-    async with websockets.connect(url + "/ws", max_size=2**26) as ws:
-        msg = {
-            "type": "watch",
-            "id": "w",
-            "image": needle_b64,
-            "streams": ["needle"],
-            "threshold": 0.93,
-            "backward": False,
-        }
-        await ws.send(json.dumps(msg))
-        while True:
-            event = json.loads(await ws.recv())
-            if event.get("type") == "watching":
-                ready.set()
-            if event.get("type") == "moment":
-                arrivals.append(time.time())
+async def _watch(url: str, needle_photo: Path, arrivals: list[float], ready: asyncio.Event) -> None:
+    events = watch(
+        url, text=None, image_path=needle_photo, streams=["needle"], threshold=0.93, backward=False
+    )
+    async for event in events:
+        if isinstance(event, WatchingEvent):
+            ready.set()
+        if isinstance(event, MomentEvent):
+            arrivals.append(time.time())
 
 
 async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_photo: Path) -> dict[str, Any]:
@@ -101,19 +93,19 @@ async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_pho
             FileSpec(id="needle", kind="file", path=str(needle_video), realtime=True, loop=True)
         )
         ready = asyncio.Event()
-        b64 = base64.b64encode(await asyncio.to_thread(needle_photo.read_bytes)).decode()
-        watcher = asyncio.create_task(_watch(f"ws://127.0.0.1:{port}", b64, arrivals, ready))
+        watcher = asyncio.create_task(_watch(f"ws://127.0.0.1:{port}", needle_photo, arrivals, ready))
         await ready.wait()
         for spec in specs:
             await svc.add_stream(spec)
         # Measure a steady-state window: stream start-up (opening, first keyframe) is not throughput.
         await asyncio.sleep(WARMUP)
-        before = {k: r.frames_in for k, r in svc.runners.items()}
+        before = (await svc.shard.stats()).streams
         t0 = time.time()
         await asyncio.sleep(seconds)
         elapsed = time.time() - t0
-        frames = {k: r.frames_in - before.get(k, 0) for k, r in svc.runners.items()}
-        dropped = sum(r.dropped for r in svc.runners.values())
+        after = (await svc.shard.stats()).streams
+        frames = {k: s.frames - (before[k].frames if k in before else 0) for k, s in after.items()}
+        dropped = sum(s.dropped for s in after.values())
         first_wall = svc.idx.streams["needle"].stats.first_wall
         first_t = svc.idx.streams["needle"].stats.first_time or 0.0
         watcher.cancel()

@@ -10,6 +10,7 @@ into an event model (:mod:`agent.service.protocol`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator
@@ -118,11 +119,12 @@ async def remote_query(
     token: str | None = None,
 ) -> MomentsEvent:
     """Ask a running service one query; returns its ``moments`` event."""
+    image = None if image_path is None else await asyncio.to_thread(read_image_b64, image_path)
     async with connect(url, token) as ws:
         msg = QueryMsg(
             id=uuid.uuid4().hex,
-            text=None if image_path is not None else text,
-            image=None if image_path is None else read_image_b64(image_path),
+            text=None if image is not None else text,
+            image=image,
             streams=streams,
             start=start,
             end=end,
@@ -146,11 +148,12 @@ async def watch(
     token: str | None = None,
 ) -> AsyncIterator[ServerEvent]:
     """Yield the events of a standing query (``watching``, ``moments``, ``moment``, ``moment.update``)."""
+    image = None if image_path is None else await asyncio.to_thread(read_image_b64, image_path)
     async with connect(url, token) as ws:
         msg = WatchMsg(
             id=uuid.uuid4().hex,
-            text=None if image_path is not None else text,
-            image=None if image_path is None else read_image_b64(image_path),
+            text=None if image is not None else text,
+            image=image,
             streams=streams,
             threshold=threshold,
             backward=backward,
