@@ -155,7 +155,8 @@ def test_cli_ingest_info_query(
     answer = json.loads(capsys.readouterr().out)
     assert answer["meaningless"] is True
     (res,) = answer["streams"].values()
-    assert res["moments"] and res["coverage"]["retained_fraction"] == pytest.approx(1.0)
+    # One result model (agent.service.answer.QueryAnswer): moments at top level, coverage per stream.
+    assert answer["moments"] and res["coverage"]["retained_fraction"] == pytest.approx(1.0)
 
 
 def test_real_model_without_weights_fails_with_instructions(
