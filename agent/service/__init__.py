@@ -5,7 +5,7 @@ Bottom up: :mod:`~agent.service.config` (ServiceConfig, StreamSpec),
 :mod:`~agent.service.protocol` (every request and event as a model, one codec),
 :mod:`~agent.service.batch_worker` (fair cross-stream batching, failure path),
 :mod:`~agent.service.stream_runner` (one stream's task),
-:mod:`~agent.service.watch` (standing queries),
+:mod:`~agent.service.watch` (standing queries), :mod:`~agent.service.llm_handoff` (the LLM stage),
 :mod:`~agent.service.shard` (the StreamShard seam) and
 :mod:`~agent.service.local_shard` (the in-process shard),
 :mod:`~agent.service.registry` (persisted stream list, snapshot loop),
