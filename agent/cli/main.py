@@ -138,10 +138,13 @@ def _print_answer(answer: Any, *, wall: bool) -> None:
     """The table of a :class:`~agent.service.answer.QueryAnswer` (local or remote)."""
     if answer.meaningless:
         print("WARNING: random encoder weights: these scores are MEANINGLESS")
-    head = f"{'#':>2}  {'stream':<20} {'start':>9} {'end':>9} {'score':>7}  "
+    if answer.abstained:
+        print("no confident match: the best candidates, all below the confidence threshold")
+    head = f"{'#':>2}  {'stream':<20} {'start':>9} {'end':>9} {'score':>7} {'conf':>5}  "
     print(head + (f"{'wall start':<30} " if wall else "") + "path")
     for i, m in enumerate(answer.moments, 1):
-        row = f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f}  "
+        conf = "-" if m.confidence is None else f"{m.confidence:.2f}"
+        row = f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f} {conf:>5}  "
         print(row + (f"{m.wall_start or '-':<30} " if wall else "") + m.answered_by)
     for name, st in answer.streams.items():
         for note in st.notes:

@@ -2,7 +2,7 @@
 
 :func:`query_answer` turns the per-stream :class:`~agent.types.QueryResult`
 of a search into a :class:`QueryAnswer`: the best moments over every stream
-at top level (sorted by score, at most ``top_k``), and per stream the
+at top level (confident ones first, by calibrated confidence; at most ``top_k``), and per stream the
 coverage of the asked range, notes, which path answered and the LLM usage.
 Times are stream seconds (rounded to ms); ``wall_*`` are ISO 8601 UTC or
 null; ``thumbnail`` is the service route of the stored frame nearest the
@@ -43,6 +43,12 @@ class MomentOut(Strict):
     """Stream seconds of the frames supporting the moment (best first)."""
     thumbnail: str
     answered_by: AnsweredBy
+    confidence: float | None = None
+    """Calibrated confidence in [0, 1], comparable across streams and channels; None for LLM moments."""
+    channels: list[str] = Field(default_factory=list)
+    """Channels whose proposals support the moment (``visual``, ...)."""
+    below_threshold: bool = False
+    """A best guess listed while the answer abstains, not a match."""
 
     @classmethod
     def of(cls, m: Moment) -> MomentOut:
@@ -57,6 +63,9 @@ class MomentOut(Strict):
             evidence=[round(float(t), 3) for t in m.evidence],
             thumbnail=thumbnail_url(m.stream, peak),
             answered_by=m.answered_by,
+            confidence=None if m.confidence is None else round(float(m.confidence), 6),
+            channels=list(m.channels),
+            below_threshold=m.below_threshold,
         )
 
 
@@ -94,6 +103,8 @@ class StreamAnswer(Strict):
     in_memory: bool
     notes: list[str] = Field(default_factory=list)
     llm_usage: dict[str, int] | None = None
+    abstained: bool = False
+    """No moment of this stream reached the confidence threshold."""
 
 
 class QueryAnswer(Strict):
@@ -104,11 +115,19 @@ class QueryAnswer(Strict):
     streams: dict[str, StreamAnswer]
     meaningless: bool
     """True when the encoder has random weights: scores carry no semantics."""
+    abstained: bool = False
+    """"No confident match": no listed moment reached the confidence threshold (each is
+    ``below_threshold``, a best candidate); false when any stream has a confident moment."""
+
+
+def _rank(m: Moment) -> tuple[bool, float]:
+    """Confident moments first, then by calibrated confidence (the score where there is none)."""
+    return (m.below_threshold, -(m.confidence if m.confidence is not None else m.score))
 
 
 def query_answer(results: Mapping[str, QueryResult], top_k: int) -> QueryAnswer:
     """The :class:`QueryAnswer` of per-stream results (moments merged, sorted, cut to ``top_k``)."""
-    best = sorted((m for r in results.values() for m in r.moments), key=lambda m: -m.score)[:top_k]
+    best = sorted((m for r in results.values() for m in r.moments), key=_rank)[:top_k]
     return QueryAnswer(
         moments=[MomentOut.of(m) for m in best],
         streams={
@@ -118,8 +137,10 @@ def query_answer(results: Mapping[str, QueryResult], top_k: int) -> QueryAnswer:
                 in_memory=r.coverage is not None and r.coverage.retained_seconds > 0,
                 notes=list(r.notes),
                 llm_usage=r.llm_usage,
+                abstained=r.abstained,
             )
             for name, r in results.items()
         },
         meaningless=any(r.meaningless for r in results.values()),
+        abstained=bool(best) and all(m.below_threshold for m in best),
     )

@@ -17,7 +17,7 @@ from agent.cli.main import main as vmr
 from agent.errors import IndexStoreError, ProtocolError, SnapshotVersionError, UnknownStreamError
 from agent.service.answer import QueryAnswer
 from agent.service.client import remote_query, watch
-from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.config import ServiceConfig, parse_spec
 from agent.service.connection import Connection
 from agent.service.errors import INTERNAL, error_event
 from agent.service.metrics import ServiceMetrics
@@ -201,11 +201,11 @@ def test_metrics_registries_are_per_service() -> None:
 
 def test_registry_restores_persisted_then_new_configured_streams(tmp_path: Path) -> None:
     reg = StreamRegistry(tmp_path, snapshot_seconds=30.0)
-    cam = StreamSpec(id="cam", kind="rtsp", url="rtsp://127.0.0.1:1/x")
+    cam = parse_spec({"id": "cam", "kind": "rtsp", "url": "rtsp://127.0.0.1:1/x"})
     assert reg.restore([cam]) == [cam]  # nothing persisted yet
     reg.save([cam])
-    other = StreamSpec(id="other", kind="rtsp", url="rtsp://127.0.0.1:1/y")
-    changed = StreamSpec(id="cam", kind="rtsp", url="rtsp://127.0.0.1:1/changed")
+    other = parse_spec({"id": "other", "kind": "rtsp", "url": "rtsp://127.0.0.1:1/y"})
+    changed = parse_spec({"id": "cam", "kind": "rtsp", "url": "rtsp://127.0.0.1:1/changed"})
     assert reg.restore([changed, other]) == [cam, other]  # the persisted spec wins for a known id
 
     (tmp_path / STREAMS_FILE).write_text(json.dumps({"version": 99, "streams": []}))
