@@ -21,7 +21,7 @@ from aiohttp import web
 
 from agent.channels.base import WorkItem
 from agent.channels.retrieval import Query, encode_query
-from agent.channels.visual import images_of
+from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.core.superimage import SuperImage
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError, VmrError, from_stream_error
@@ -32,6 +32,7 @@ from agent.service.llm_handoff import LLMHandoff
 from agent.service.protocol import StreamStatus, parse_event
 from agent.service.shard import ShardListener, ShardStats, StreamShard, StreamStats
 from agent.service.stream_runner import StreamRunner
+from agent.service.workers import Workers
 from agent.types import QueryResult
 from streams.errors import StreamError
 from streams.registry import HUB_WHIP
@@ -46,13 +47,18 @@ class LocalShard(StreamShard):
         self.cfg = cfg
         self.settings = settings
         self.index: VideoIndex | None = None
-        self.worker: BatchWorker | None = None
+        self.workers: Workers | None = None
         self.runners: dict[str, StreamRunner] = {}
         self.whip: Any = None
         self.llm: LLMHandoff | None = None
         """The LLM stage when ``cfg.llm.url`` is set."""
         self._listener: ShardListener | None = None
         self._closed = False
+
+    @property
+    def worker(self) -> BatchWorker | None:
+        """The image (prescreen encoder) worker, once started."""
+        return None if self.workers is None else self.workers[IMAGE_WORKER]
 
     @property
     def idx(self) -> VideoIndex:
@@ -65,14 +71,16 @@ class LocalShard(StreamShard):
         self._listener = listener
         self.index = await asyncio.to_thread(VideoIndex.create, self.cfg.index, self.settings)
         enc = self.index.prescreen
-        self.worker = BatchWorker(
-            "image",
+        image = BatchWorker(
+            IMAGE_WORKER,
             lambda items: enc.encode_images(images_of(items)),
             batch_size=enc.batch_size,
             queue_size=self.cfg.encoder_queue,
         )
-        self.worker.listeners.append(self._on_result)
-        self.worker.start()
+        image.listeners.append(self._on_result)
+        # One entry per kind of work the channels hand out (speech, OCR: one more line each).
+        self.workers = Workers({IMAGE_WORKER: image})
+        self.workers.start()
         self.whip = self._make_whip()
         if self.cfg.llm.url:
             self.llm = LLMHandoff(self.cfg.llm, self.index)
@@ -84,10 +92,10 @@ class LocalShard(StreamShard):
             return
         self._closed = True
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
-        if self.worker is not None:
+        if self.workers is not None:
             for name in list(self.runners):
-                await self.worker.drain(name)
-            await self.worker.close()
+                await self.workers.drain(name)
+            await self.workers.close()
         if self.whip is not None:
             await self.whip.close()
         if self.llm is not None:
@@ -115,9 +123,9 @@ class LocalShard(StreamShard):
         if runner is None:
             raise UnknownStreamError(f"unknown stream {stream!r}")
         await runner.stop()
-        if self.worker is not None:
-            await self.worker.drain(stream)
-            self.worker.forget(stream)
+        if self.workers is not None:
+            await self.workers.drain(stream)
+            self.workers.forget(stream)
         del self.runners[stream]
         await asyncio.to_thread(runner.snapshot)
         await asyncio.to_thread(self.idx.remove, stream)
@@ -132,19 +140,19 @@ class LocalShard(StreamShard):
         return set(self.idx.streams)
 
     def _start_runner(self, spec: StreamSpec) -> StreamRunner:
-        assert self.worker is not None and self._listener is not None
+        assert self.workers is not None and self._listener is not None
         state = self.idx.stream(spec.id)
         runner = StreamRunner(
             spec,
             state,
-            self.worker,
+            self.workers,
             self.cfg,
             fps=self.settings.index.fps,
             emit=self._emit,
             on_end=self._listener.on_stream_end,
             hubs={} if self.whip is None else {HUB_WHIP: self.whip},
         )
-        self.worker.open(spec.id, state)
+        self.workers.open(spec.id, state)
         self.runners[spec.id] = runner
         runner.start()
         return runner
@@ -240,7 +248,7 @@ class LocalShard(StreamShard):
             encoder_passes=w.passes if w else 0,
             encoder_images=w.images if w else 0,
             encoder_errors=w.errors if w else 0,
-            work=w.counters() if w else {},
+            work=self.workers.counters() if self.workers else {},
         )
 
     async def model_info(self) -> dict[str, Any]:

@@ -7,9 +7,9 @@ whether its clock restarts), asks the stream's
 :class:`~streams.timeline.Timeline` for each frame's ``(t, wall)`` and
 pushes the frame through :meth:`StreamState.push` in a worker thread
 (every channel: cheap index, gate, JPEG frame store, tiler); the work items
-it returns are submitted to the shared
-:class:`~agent.service.batch_worker.BatchWorker`, which commits their results
-(or reports their failure) back to this stream's channels. Audio chunks
+it returns are submitted to the batch worker
+each names (:class:`~agent.service.workers.Workers`), which commits their
+results (or reports their failure) back to this stream's channels. Audio chunks
 (specs with ``audio=true``) are counted; the visual path does not use them.
 
 Queue policy per source: live sources (RTSP, WHIP) keep a small latest-wins
@@ -38,8 +38,8 @@ from typing import Any, Literal
 from agent.channels.base import WorkItem
 from agent.errors import VmrError, from_stream_error
 from agent.index.stream_state import StreamState
-from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.workers import Workers
 from agent.types import AudioChunk, Frame
 from streams.errors import StreamError
 from streams.registry import OpenContext, open_source
@@ -73,7 +73,7 @@ class StreamRunner:
         self,
         spec: StreamSpec,
         state: StreamState,
-        worker: BatchWorker,
+        worker: Workers,
         cfg: ServiceConfig,
         *,
         fps: float,
