@@ -161,7 +161,8 @@ class MomentsEvent(QueryAnswer):
 
     @classmethod
     def of(cls, rid: str | None, answer: QueryAnswer) -> MomentsEvent:
-        return cls(id=rid, moments=answer.moments, streams=answer.streams, meaningless=answer.meaningless)
+        # Every field of the answer, so the event and `vmr query --json` never drift apart.
+        return cls(id=rid, **{name: getattr(answer, name) for name in QueryAnswer.model_fields})
 
 
 class MomentEvent(_Msg):
@@ -252,7 +253,7 @@ def request_id(raw: str | bytes) -> str | None:
     """The ``id`` of a message, best effort, for errors about a message that did not validate."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     rid = data.get("id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str) else None
@@ -276,6 +277,8 @@ def _parse(adapter: TypeAdapter[_T], raw: str | bytes | dict[str, Any]) -> _T:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"malformed JSON: {exc}") from exc
+        except RecursionError as exc:  # "[" * 100000: nested deeper than the parser goes
+            raise ProtocolError("malformed JSON: nested too deeply") from exc
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
     if "type" not in data:

@@ -136,10 +136,11 @@ class Router:
 
     async def handle(self, conn: Connection, raw: str) -> None:
         """Validate one text message and run its handler; every failure becomes an ``error`` event."""
-        rid = request_id(raw)
+        rid: str | None = None
         try:
             if len(raw.encode()) > self.cfg.max_message_bytes:
                 raise ProtocolError(f"message over {self.cfg.max_message_bytes} bytes")
+            rid = request_id(raw)  # for the error event if the message does not validate
             msg = parse_message(raw)
             if not conn.authed and not isinstance(msg, Hello):
                 conn.kick(ErrorEvent(id=rid, code=UNAUTHORIZED, message="send hello with the token first"))
@@ -179,6 +180,7 @@ class Router:
     async def spawn(self, conn: Connection, msg: QueryMsg | WatchMsg) -> None:
         """Run a query or watch as a task of the connection (its id must be free)."""
         rid = msg.id or uuid.uuid4().hex
+        conn.check_free(rid)  # before the task exists: a refused duplicate must not run unowned
         conn.own(rid, asyncio.create_task(self._answer(conn, rid, msg), name=f"request-{rid}"))
 
     async def _answer(self, conn: Connection, rid: str, msg: QueryMsg | WatchMsg) -> None:

@@ -149,6 +149,48 @@ async def test_cli_json_and_websocket_moments_validate_against_one_model(
     assert set(local.streams) == set(remote_answer.streams) == {"cam"}
     assert [(m.start, m.end) for m in local.moments] == [(m.start, m.end) for m in remote_answer.moments]
     assert local.moments[0].thumbnail == remote_answer.moments[0].thumbnail
+    # Same values, not only the same shape: abstention and confidence travel unchanged.
+    assert local.abstained == remote_answer.abstained
+    assert [(m.confidence, m.below_threshold) for m in local.moments] == [
+        (m.confidence, m.below_threshold) for m in remote_answer.moments
+    ]
+    assert {k: v.abstained for k, v in local.streams.items()} == {
+        k: v.abstained for k, v in remote_answer.streams.items()
+    }
+
+
+def test_moments_event_carries_every_field_of_the_answer() -> None:
+    answer = QueryAnswer(moments=[], streams={}, meaningless=True, abstained=True)
+    event = MomentsEvent.of("q", answer)
+    assert {k: getattr(event, k) for k in QueryAnswer.model_fields} == answer.__dict__
+    assert event.abstained and event.id == "q"
+
+
+async def test_a_reused_request_id_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    video = needle_video(tmp_path / "v.mp4", before=2.0, needle=2.0, after=2.0)
+    async with running(tmp_path) as (svc, url):
+        async with client(url) as ws:
+            await add(ws, {"id": "cam", "kind": "file", "path": str(video)})
+            await wait_for(ws, lambda e: e["type"] == "stream" and e["stream"]["status"] == "done")
+            for _ in range(3):  # sent back to back: the first is still running when the others arrive
+                await ws.send(
+                    json.dumps({"type": "watch", "id": "w", "image": needle_b64(), "threshold": 0.5})
+                )
+            for _ in range(3):
+                await ws.send(json.dumps({"type": "query", "id": "dup", "image": needle_b64()}))
+            seen: list[tuple[str, str | None]] = []
+            while sum(1 for t, _ in seen if t in ("moments", "error")) < 6:  # 2 answers + 4 refusals
+                event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if event.get("id") in ("w", "dup"):
+                    seen.append((event["type"], event.get("code")))
+            assert seen.count(("error", "bad_message")) == 4
+            assert seen.count(("moments", None)) == 2 and seen.count(("watching", None)) == 1
+            assert len(svc.watches) == 1
+        for _ in range(50):  # the client left: its one watch goes with it
+            if not svc.watches:
+                break
+            await asyncio.sleep(0.1)
+        assert not svc.watches
 
 
 async def test_client_speaks_the_models(tmp_path: Path) -> None:
