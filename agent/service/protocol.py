@@ -221,6 +221,8 @@ class Health(Strict):
     streams: int
     failed: list[str]
     """Ids of streams whose source failed."""
+    unloadable: dict[str, str] = Field(default_factory=dict)
+    """Persisted streams this process cannot load (id -> reason), kept for when their kind returns."""
 
 
 ServerEvent = Annotated[

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from agent.errors import IndexStoreError
-from agent.service.config import StreamSpec, load_spec
+from agent.errors import ConfigError, IndexStoreError
+from agent.service.config import StreamSpec, parse_spec
 from agent.service.shard import StreamShard
 from agent.store.atomic import write_json
 from agent.store.versioned import read_versioned
@@ -28,6 +30,19 @@ STREAMS_FILE = "service_streams.json"
 STREAMS_VERSION = 1
 
 
+@dataclass(frozen=True)
+class Unloadable:
+    """A persisted stream spec this process cannot load (kept, reported, not started)."""
+
+    id: str
+    reason: str
+    raw: Any
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
 class StreamRegistry:
     """Persisted stream specs and the periodic snapshot task of a set of shards."""
 
@@ -35,25 +50,40 @@ class StreamRegistry:
         self.path = Path(index) / STREAMS_FILE
         self.snapshot_seconds = snapshot_seconds
         self.snapshots_taken = 0
+        self.unloadable: list[Unloadable] = []
         self._task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------- stream list
     def restore(self, configured: Iterable[StreamSpec] = ()) -> list[StreamSpec]:
         """Streams to start: the persisted ones, then configured ones with a new id (blocking read).
 
-        Raises IndexStoreError when the file is unreadable or of another version.
+        Raises IndexStoreError when the file itself is unreadable or of another
+        version. One persisted spec that no longer loads (its kind's module is
+        missing here — WHIP without aiortc — or was removed) does not stop the
+        others: it is logged, listed in :attr:`unloadable` (id, reason; shown
+        by ``/healthz``) and written back unchanged by :meth:`save`, so it
+        returns when its kind does.
         """
         data = read_versioned(self.path, STREAMS_VERSION, what="stream list")
-        try:
-            restored = [] if data is None else [load_spec(s) for s in data["streams"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IndexStoreError(f"{self.path}: unreadable stream list: {exc}") from exc
-        known = {s.id for s in restored}
+        entries = [] if data is None else data.get("streams")
+        if not isinstance(entries, list):
+            raise IndexStoreError(f"{self.path}: unreadable stream list: 'streams' is not a list")
+        restored: list[StreamSpec] = []
+        self.unloadable = []
+        for raw in entries:
+            try:
+                restored.append(parse_spec(raw))
+            except (ConfigError, KeyError, TypeError) as exc:
+                sid = raw.get("id") if isinstance(raw, dict) else None
+                log.error("%s: stream %r not restored (kept in the list): %s", self.path, sid, exc)
+                self.unloadable.append(Unloadable(str(sid), _first_line(exc), raw))
+        known = {s.id for s in restored} | {u.id for u in self.unloadable}
         return [*restored, *(s for s in configured if s.id not in known)]
 
     def save(self, specs: Iterable[StreamSpec]) -> None:
-        """Write the stream list atomically (blocking: call in a thread)."""
+        """Write the stream list atomically, unloadable entries included (blocking: call in a thread)."""
         data = [s.model_dump(mode="json", exclude_defaults=True) for s in specs]
+        data += [u.raw for u in self.unloadable if u.id not in {d.get("id") for d in data}]
         write_json(self.path, {"version": STREAMS_VERSION, "streams": data})
 
     # ------------------------------------------------------------ snapshots

@@ -228,6 +228,7 @@ class Serving:
             protocol=PROTOCOL_VERSION,
             streams=len(streams),
             failed=[s.id for s in streams if s.status == "failed"],
+            unloadable={u.id: u.reason for u in self.registry.unloadable},
         )
 
     async def render_metrics(self, clients: int) -> bytes:

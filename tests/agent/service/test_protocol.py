@@ -250,6 +250,16 @@ def test_registry_restores_persisted_then_new_configured_streams(tmp_path: Path)
     changed = parse_spec({"id": "cam", "kind": "rtsp", "url": "rtsp://127.0.0.1:1/changed"})
     assert reg.restore([changed, other]) == [cam, other]  # the persisted spec wins for a known id
 
+    # A persisted stream whose kind this process cannot load (a plug-in gone, WHIP without aiortc)
+    # stops neither the others nor the service: reported, kept, written back unchanged.
+    gone = {"id": "gone", "kind": "thermal-camera", "url": "x"}
+    data = json.loads((tmp_path / STREAMS_FILE).read_text())
+    (tmp_path / STREAMS_FILE).write_text(json.dumps({**data, "streams": [*data["streams"], gone]}))
+    assert reg.restore([other]) == [cam, other]
+    assert [u.id for u in reg.unloadable] == ["gone"] and "thermal-camera" in reg.unloadable[0].reason
+    reg.save([cam, other])
+    assert gone in json.loads((tmp_path / STREAMS_FILE).read_text())["streams"]
+
     (tmp_path / STREAMS_FILE).write_text(json.dumps({"version": 99, "streams": []}))
     with pytest.raises(SnapshotVersionError):
         reg.restore()
