@@ -117,10 +117,14 @@ class IndexConfig(Strict):
     """Cheap-index entries kept (ring buffer)."""
 
 
+MAX_TOP_K = 100
+"""Most moments one query may ask for (protocol, CLI and settings alike)."""
+
+
 class QueryConfig(Strict):
     """How queries are answered."""
 
-    top_k: int = Field(default=5, ge=1, le=100)
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K)
     candidates: int = Field(default=8, ge=1, le=256)
     """Anchors kept by the prescreen for refinement."""
     context_seconds: float = Field(default=10.0, ge=0)

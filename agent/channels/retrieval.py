@@ -21,6 +21,7 @@ from a worker thread, never on an event loop.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from agent.channels.base import ChannelAnswer, ChannelQuery
-from agent.config import QueryConfig
+from agent.config import MAX_TOP_K, QueryConfig
 from agent.core.cheap_index import CheapIndex
 from agent.core.fuse import Calibration, ChannelProposal, calibrate
 from agent.core.memory import Memory
@@ -66,8 +67,17 @@ class Query:
                 )
         if self.image is not None and self.image.nbytes > cfg.max_image_bytes * 4:
             raise OversizeQueryError("query image is too large")
+        for name, value in (("start", self.start), ("end", self.end)):
+            if value is not None and not math.isfinite(value):
+                raise QueryError(f"time range {name} must be a finite number of stream seconds")
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise QueryError("time range end must be after start")
+        if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
+            raise QueryError(f"top_k must be between 1 and {MAX_TOP_K}")
+
+    def __post_init__(self) -> None:
+        if self.streams is not None and not self.streams:
+            self.streams = None  # an empty list means every stream, as the protocol has always said
 
 
 def encode_query(query: Query, encoder: Encoder) -> np.ndarray:
@@ -224,9 +234,14 @@ def search_visual(
     if not spans:
         return ChannelAnswer([], {}, None, ["stream has no retained memory yet"])
     lo, hi = _clip_range(query, spans[0][0], spans[-1][1])
-    cov = coverage(r, lo, hi)
-    if hi <= lo:
+    if hi <= lo:  # the asked range lies wholly outside what is retained
+        start = lo if query.start is None else query.start
+        end = max(start, hi if query.end is None else query.end)
+        cov = Coverage(
+            start=start, end=end, retained_seconds=0.0, seconds_per_token=math.inf, frames_seconds=0.0
+        )
         return ChannelAnswer([], {}, cov, ["time range not in retained memory"])
+    cov = coverage(r, lo, hi)
     pvec, rvec = query.vectors["prescreen"], query.vectors["refine"]
     starts, ends, scores = prescreen(r.memory, pvec, lo, hi)
     if len(scores) == 0:

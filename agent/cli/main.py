@@ -109,14 +109,14 @@ def cmd_query(a: argparse.Namespace) -> int:
 
     if a.url:
         return _remote_query(a)
-    if a.text is None and a.image is None:
-        raise ConfigError("give a query text or --image PATH")
+    if (a.text is None) == (a.image is None):
+        raise ConfigError("give a query text or --image PATH (one of them)")
     if a.index is None:
         raise ConfigError("give an index directory, or --url ws://HOST:PORT for a running service")
     idx = VideoIndex.open(Path(a.index))
     limits = idx.settings.query
     q = Query(
-        text=a.text if a.image is None else None,
+        text=a.text,
         image=_load_image(a.image, limits.max_image_bytes) if a.image else None,
         streams=[a.stream] if a.stream else None,
         start=a.start,
@@ -159,7 +159,13 @@ def _llm_refine(a: argparse.Namespace, idx: Any, text: str, results: dict[str, A
     from agent.service.llm_handoff import refine_once
 
     return asyncio.run(
-        refine_once(LLMConfig(url=a.llm, timeout=a.llm_timeout), idx, text, results, a.top_k or 5)
+        refine_once(
+            LLMConfig(url=a.llm, timeout=a.llm_timeout),
+            idx,
+            text,
+            results,
+            a.top_k or idx.settings.query.top_k,
+        )
     )
 
 
@@ -171,8 +177,8 @@ def _remote_query(a: argparse.Namespace) -> int:
 
     # With --url the positional slot holds the text: `vmr query --url ws://h:p "a van"`.
     text = a.text if a.text is not None else a.index
-    if text is None and a.image is None:
-        raise ConfigError("give a query text or --image PATH")
+    if (text is None) == (a.image is None):
+        raise ConfigError("give a query text or --image PATH (one of them)")
     reply = asyncio.run(
         remote_query(
             a.url,

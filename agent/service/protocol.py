@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.channels.retrieval import Query
-from agent.config import QueryConfig, Strict
+from agent.config import MAX_TOP_K, QueryConfig, Strict
 from agent.errors import ProtocolError, SlowClientError, UnauthorizedError, VmrError
 from agent.models.images import decode_image_b64
 from agent.service.answer import MomentOut, QueryAnswer
@@ -72,7 +72,7 @@ class _QueryFields(_Msg):
     streams added after it was placed."""
     start: float | None = None
     end: float | None = None
-    top_k: int | None = Field(default=None, ge=1, le=100)
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
 
 
 class QueryMsg(_QueryFields):

@@ -1,0 +1,54 @@
+"""A query is checked once, where it is built: typed errors for every bad field, no 'internal'."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.channels.retrieval import Query
+from agent.config import MAX_TOP_K, QueryConfig
+from agent.errors import QueryError
+from agent.index.video_index import VideoIndex
+from tests.agent.index.test_index import ingest, settings
+from tests.videos import make_video, photos
+
+LIMITS = QueryConfig()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"start": math.nan},
+        {"end": math.inf},
+        {"start": -math.inf, "end": 3.0},
+        {"start": 5.0, "end": 5.0},
+        {"top_k": 0},
+        {"top_k": MAX_TOP_K + 1},
+        {"text": None},
+        {"image": np.zeros((4, 4, 3), np.uint8)},
+    ],
+)
+def test_bad_fields_are_query_errors(fields: dict[str, object]) -> None:
+    query = Query(**{"text": "a van", **fields})  # type: ignore[arg-type]
+    with pytest.raises(QueryError):
+        query.check(LIMITS)
+
+
+def test_an_empty_stream_list_means_every_stream() -> None:
+    assert Query(text="a van", streams=[]).streams is None
+    assert Query(text="a van", streams=["cam"]).streams == ["cam"]
+
+
+def test_ranges_outside_what_is_retained_answer_empty_with_a_note(tmp_path: Path) -> None:
+    video = tmp_path / "scenes.mp4"
+    make_video(video, [(4.0, p) for p in photos(2, offset=40)], fps=10, size=(320, 240))
+    idx: VideoIndex = ingest(tmp_path / "idx", video, settings(grid=2, budget=8))
+    image = np.zeros((64, 64, 3), np.uint8)
+    for start, end in ((-50.0, -10.0), (5000.0, None), (1e12, None)):
+        result = idx.query(Query(image=image, start=start, end=end))["cam"]
+        assert result.moments == [] and "time range not in retained memory" in result.notes
+        assert result.coverage is not None and result.coverage.retained_seconds == 0.0
+    idx.close()
