@@ -25,6 +25,7 @@ from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.core.superimage import SuperImage
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError, VmrError, from_stream_error
+from agent.index.stream_state import StreamState
 from agent.index.video_index import VideoIndex
 from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
@@ -85,7 +86,7 @@ class LocalShard(StreamShard):
         if self.cfg.llm.url:
             self.llm = LLMHandoff(self.cfg.llm, self.index)
         for spec in specs:
-            self._start_runner(spec)
+            self._start_runner(spec, await asyncio.to_thread(self.idx.stream, spec.id))
 
     async def close(self) -> None:
         if self._closed:
@@ -116,7 +117,9 @@ class LocalShard(StreamShard):
             await asyncio.to_thread(spec.check_input)
         except StreamError as exc:
             raise from_stream_error(exc) from exc
-        return StreamStatus.model_validate(self._start_runner(spec).info())
+        # Opening the state reads its snapshot (memory, cheap index, frame store): off the loop.
+        state = await asyncio.to_thread(self.idx.stream, spec.id)
+        return StreamStatus.model_validate(self._start_runner(spec, state).info())
 
     async def remove(self, stream: str) -> None:
         runner = self.runners.get(stream)
@@ -139,9 +142,8 @@ class LocalShard(StreamShard):
     async def stream_ids(self) -> set[str]:
         return set(self.idx.streams)
 
-    def _start_runner(self, spec: StreamSpec) -> StreamRunner:
+    def _start_runner(self, spec: StreamSpec, state: StreamState) -> StreamRunner:
         assert self.workers is not None and self._listener is not None
-        state = self.idx.stream(spec.id)
         runner = StreamRunner(
             spec,
             state,

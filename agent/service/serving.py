@@ -68,6 +68,8 @@ class Serving:
         self.subscribers: set[Subscriber] = set()
         """Receive broadcast events (``progress``, ``stream``)."""
         self.metrics = ServiceMetrics()
+        self._adding: set[str] = set()
+        """Ids whose ``streams.add`` is under way."""
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -126,16 +128,20 @@ class Serving:
     async def add_stream(self, raw: dict[str, Any] | StreamSpec) -> StreamStatus:
         """Validate and start a stream (ConfigError: invalid or taken id; SourceError: missing input)."""
         spec = raw if isinstance(raw, SourceSpec) else parse_spec(raw)
-        if any(spec.id in {s.id for s in shard.specs()} for shard in self.shards):
+        if spec.id in self._adding or any(spec.id in {s.id for s in shard.specs()} for shard in self.shards):
             raise ConfigError(f"stream {spec.id!r} already exists")
-        # Persisted before the runner starts: once it runs, nothing may await before the caller
-        # answers, so that the answer to ``streams.add`` precedes the stream's own status events.
-        await self._save_specs(spec)
+        self._adding.add(spec.id)  # reserved before the first await: two adds of one id cannot both pass
         try:
-            return await self.shards[0].add(spec)
-        except BaseException:
-            await self._save_specs()
-            raise
+            # Persisted before the runner starts: once it runs, nothing may await before the caller
+            # answers, so that the answer to ``streams.add`` precedes the stream's own status events.
+            await self._save_specs(spec)
+            try:
+                return await self.shards[0].add(spec)
+            except BaseException:
+                await self._save_specs()
+                raise
+        finally:
+            self._adding.discard(spec.id)
 
     async def remove_stream(self, stream: str) -> None:
         """Stop ``stream`` and forget it here; its stored files stay on disk."""

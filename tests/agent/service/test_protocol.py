@@ -286,3 +286,16 @@ def test_slow_client_policy_drops_progress_coalesces_updates_then_disconnects() 
     assert conn.kicked and len(conn.queue) == 1
     last = conn.queue[0]
     assert isinstance(last, ErrorEvent) and last.code == "slow_client"
+
+
+async def test_two_clients_adding_one_id_at_once_get_one_stream_and_one_config_error(tmp_path: Path) -> None:
+    video = needle_video(tmp_path / "v.mp4", before=2.0, needle=2.0, after=2.0)
+    spec = {"id": "race", "kind": "file", "path": str(video)}
+    async with running(tmp_path) as (svc, url), client(url) as a, client(url) as b:
+        answers = await asyncio.gather(
+            request(a, {"type": "streams.add", "id": "a", "stream": spec}),
+            request(b, {"type": "streams.add", "id": "b", "stream": spec}),
+        )
+        kinds = sorted((e["type"], e.get("code")) for e in answers)
+        assert kinds == [("error", "config"), ("stream", None)]
+        assert list(svc.runners) == ["race"]
