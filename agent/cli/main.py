@@ -7,9 +7,11 @@ import json
 import logging
 import sys
 import time
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
+from agent.cli import serve
 from agent.cli.options import (
     add_index_options,
     add_model_options,
@@ -286,21 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_options(pc)
     pc.set_defaults(func=cmd_eval_charades)
 
-    for module in ("bench.cli", "llm_server.cli", "agent.cli.serve"):
-        _register(module, sub)
+    serve.register(sub)
+    for entry in entry_points(group=COMMANDS_GROUP):
+        _register(entry, sub)
     return p
 
 
-def _register(module: str, sub: Any) -> None:
-    import importlib
+COMMANDS_GROUP = "vmr.commands"
+"""Entry-point group of sub-commands other packages add (``bench``, ``llm``; see pyproject.toml).
 
+Plug-ins, not imports: the CLI names no module above it (``bench`` imports the CLI's options),
+so the layers stay a one-way street and an optional part missing from a build is just absent.
+"""
+
+
+def _register(entry: EntryPoint, sub: Any) -> None:
     try:
-        mod = importlib.import_module(module)
+        register = entry.load()
     except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
+        if exc.name and entry.value.startswith(exc.name):
             return  # optional part not present in this build
         raise
-    mod.register(sub)
+    register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
             service[key] = value
     settings = base.settings
     if a.model is not None or a.random_weights or a.backend is not None:
-        from agent.cli.main import encoder_config
+        from agent.cli.options import encoder_config
 
         # Flags override the file's [settings.prescreen]; --model starts from that model's defaults.
         pre, named = settings.prescreen, a.model is not None
@@ -85,7 +85,7 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
         settings = Settings.model_validate({**settings.model_dump(), "prescreen": prescreen})
     streams = list(base.streams)
     for path in a.file:
-        from agent.cli.main import stream_id_for
+        from agent.cli.options import stream_id_for
 
         streams.append(
             parse_spec(
