@@ -36,8 +36,9 @@ from typing import Literal
 import av
 import numpy as np
 from PIL import Image, ImageEnhance
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from agent.config import Strict
 from agent.errors import ConfigError, SourceError
 from bench.footage import Grain, Motion, Scene, Shot, blend
 
@@ -49,14 +50,12 @@ WIDTHS = {480: 854, 720: 1280}
 MIN_SCENE, MAX_SCENE = 5.0, 120.0
 
 
-class HaystackParams(BaseModel):
+class HaystackParams(Strict):
     """Everything that determines a haystack video (and its cache key).
 
     The benchmark range is 10 min to 24 h; durations down to 1 min are
     accepted so tests can build small videos with the same code.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     duration: float = Field(default=3600.0, ge=60.0, le=86400.0)
     fps: Literal[2, 3, 4, 5, 25] = 2
