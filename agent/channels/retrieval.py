@@ -249,8 +249,10 @@ def search_visual(
     props: list[ChannelProposal] = []
     notes: list[str] = []
     refined = 0
-    per_region = max(4, cfg.max_refine_frames // max(1, cfg.candidates))
-    for span in regions(starts, ends, scores, cfg, lo, hi):
+    spans_to_refine = regions(starts, ends, scores, cfg, lo, hi)
+    # The refine budget is shared by the regions there are (one wide region gets all of it).
+    per_region = max(4, cfg.max_refine_frames // max(1, len(spans_to_refine)))
+    for span in spans_to_refine:
         curve = _refine_region(r, rvec, span, per_region, refine_encoder, cache) if cfg.refine else None
         if curve is None:
             props.extend(_anchor_proposals(r, starts, ends, scores, span))

@@ -135,7 +135,8 @@ def load_serve_file(path: Path) -> ServeFile:
         data = tomllib.loads(raw.decode()) if Path(path).suffix == ".toml" else json.loads(raw)
     except (tomllib.TOMLDecodeError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid {Path(path).suffix.lstrip('.') or 'JSON'}: {exc}") from exc
-    return parse_serve_data(data, base=Path(path).parent)
+    # Absolute: the paths are persisted with the stream list and must not depend on the cwd.
+    return parse_serve_data(data, base=Path(path).resolve().parent)
 
 
 def parse_serve_data(data: dict[str, Any], *, base: Path | None = None) -> ServeFile:

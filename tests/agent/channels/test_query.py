@@ -52,3 +52,37 @@ def test_ranges_outside_what_is_retained_answer_empty_with_a_note(tmp_path: Path
         assert result.moments == [] and "time range not in retained memory" in result.notes
         assert result.coverage is not None and result.coverage.retained_seconds == 0.0
     idx.close()
+
+
+def test_one_wide_region_gets_the_whole_refine_budget(tmp_path: Path) -> None:
+    # A fixed camera: the random encoder merges the whole clip into one anchor, so there is one
+    # region to refine. It must be sampled with the full budget, not a per-candidate share, or
+    # the frame a query was taken from is missed (seen on vtest.avi: best at 67.5 s for 30 s).
+    import av
+
+    from streams.file import decode_frames
+    from tests.videos import VIDEOS
+
+    video = VIDEOS / "vtest.avi"
+    cfg = settings(grid=1, budget=4)
+    idx = VideoIndex.create(tmp_path / "idx", cfg)
+    idx.ingest(decode_frames(video, stream="cam", fps=cfg.index.fps, short_side=idx.prescreen.image_size))
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        query = next(f for f in container.decode(stream) if f.time is not None and f.time >= 30.0)
+        t = float(query.time)
+        image = query.to_ndarray(format="rgb24")
+    assert len(idx.streams["cam"].memory.spans()) >= 1
+    best = idx.query(Query(image=image, top_k=3))["cam"].moments[0]
+    assert best.start - 1.5 <= t <= best.end + 1.5, (t, best)
+    idx.close()
+
+
+def test_config_paths_are_absolute_whatever_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.service.config import load_serve_file
+
+    root = Path(__file__).resolve().parents[3]
+    monkeypatch.chdir(root)
+    cfg = load_serve_file(Path("examples/vmr.toml"))  # relative to the cwd, as `vmr serve --config` gets it
+    assert cfg.service.index.is_absolute()
+    assert all(Path(s.path).is_absolute() for s in cfg.streams if getattr(s, "path", None))
