@@ -19,6 +19,7 @@ both raise :class:`~agent.errors.ProtocolError` with a readable reason.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -259,6 +260,15 @@ def request_id(raw: str | bytes) -> str | None:
         return None
     rid = data.get("id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str) else None
+
+
+_LEADING_ID = re.compile(r'^\s*\{(?:[^{}\[\]]{0,2048}?[,\s])?"id"\s*:\s*"([^"\\]{0,200})"')
+
+
+def leading_id(raw: str) -> str | None:
+    """The ``id`` of a message too large to parse, when it is a top-level key near the start (best effort)."""
+    match = _LEADING_ID.match(raw[:4096])
+    return match.group(1) if match else None
 
 
 def parse_message(raw: str | bytes) -> ClientMessage:

@@ -46,6 +46,7 @@ from agent.service.protocol import (
     StreamsRemove,
     WatchingEvent,
     WatchMsg,
+    leading_id,
     parse_message,
     request_id,
 )
@@ -139,6 +140,7 @@ class Router:
         rid: str | None = None
         try:
             if len(raw.encode()) > self.cfg.max_message_bytes:
+                rid = leading_id(raw)  # not parsed whole: the id is read from the message's head
                 raise ProtocolError(f"message over {self.cfg.max_message_bytes} bytes")
             rid = request_id(raw)  # for the error event if the message does not validate
             msg = parse_message(raw)

@@ -299,3 +299,12 @@ async def test_two_clients_adding_one_id_at_once_get_one_stream_and_one_config_e
         kinds = sorted((e["type"], e.get("code")) for e in answers)
         assert kinds == [("error", "config"), ("stream", None)]
         assert list(svc.runners) == ["race"]
+
+
+def test_the_id_of_a_message_too_large_to_parse_is_read_from_its_head() -> None:
+    from agent.service.protocol import leading_id
+
+    assert leading_id(json.dumps({"type": "query", "id": "big", "text": "y" * 100_000})) == "big"
+    assert leading_id(json.dumps({"id": "first", "type": "query"})) == "first"
+    assert leading_id('{"type": "q", "x": {"id": "inner"}, "id": "late"}') is None  # nested: not guessed
+    assert leading_id("[" * 10_000) is None
