@@ -130,7 +130,9 @@ def _load_builtins() -> None:
 
 def plugin_modules() -> list[str]:
     """Modules named by the installed ``vmr.sources`` entry points (see the module docstring)."""
-    return [ep.value.split(":", 1)[0].strip() for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    return [
+        ep.value.split(":", 1)[0].strip() for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    ]
 
 
 def kinds() -> dict[str, Kind]:

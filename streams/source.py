@@ -26,7 +26,8 @@ from streams.media import Media
 
 SourceState = Literal["connecting", "streaming", "backoff", "done", "closed"]
 """connecting (opening, or waiting for input) / streaming / backoff (live, before a
-reconnect) / done (a finite source delivered everything) / closed."""
+reconnect) / done (a finite source ended: everything delivered, or failed with
+``last_error`` set) / closed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,13 @@ and segment folders apply backpressure and never drop. A source error
 (:func:`agent.errors.from_stream_error`) and marks the stream ``failed``
 with the typed error; what it had stored stays queryable.
 
-Resume after a restart: the snapshot keeps the source's resume token (a
+Status: :meth:`StreamRunner.info` is what ``streams.list`` shows, with the
+source's own statistics (state, last error, queue policy, damaged packets,
+the kind's extras) under ``source``.
+
+Resume after a restart: the task first finds, in a thread (it takes the
+stream's lock, which query threads hold while they refine), the latest time
+the snapshot stored; then the snapshot keeps the source's resume token (a
 file's last second, a segment folder's position) and the timeline's offset;
 a new source of the same spec continues from the token (a file seeks:
 decoding resumes at the keyframe before it), frames at or before the last

@@ -118,7 +118,7 @@ async def test_factories_build_each_kind_from_its_spec(tmp_path: Path) -> None:
         await ingest.close()
 
 
-PLUGIN = '''
+PLUGIN = """
 from typing import Literal
 
 from streams import registry
@@ -135,7 +135,7 @@ def open_pigeon(spec, ctx):
 
 
 registry.register(PigeonSpec, open_pigeon)
-'''
+"""
 
 
 def _distribution(site: Path, name: str, entry_points: str) -> None:
