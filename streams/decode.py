@@ -9,7 +9,9 @@ Damage tolerance, the same for every recording:
 * A packet that fails in ``avcodec_send_packet`` (``InvalidDataError``:
   garbage inside an intact container) is skipped, counted and logged (the
   first one, then a total at the end); decoding resumes at the next good
-  picture. More than :data:`MAX_BAD_PACKETS_IN_A_ROW` in a row abort with
+  picture; the caller's :class:`Damage` counts them, so a source can report
+  that a recording which ended well was not intact. More than
+  :data:`MAX_BAD_PACKETS_IN_A_ROW` in a row abort with
   :class:`~streams.errors.CorruptMediaError`.
 * A demux error aborts at once, after the frames already yielded.
 * When the packets end well before the duration the container declares
@@ -43,6 +45,17 @@ MAX_BAD_PACKETS_IN_A_ROW = 50
 # Matroska stores the segment's *end* time as its duration (FFmpeg's muxer
 # writes the largest timestamp), so a stream that starts late looks longer.
 _DURATION_IS_END = ("matroska",)
+
+
+@dataclass(slots=True)
+class Damage:
+    """Packets :func:`decode` skipped as undecodable, summed over every call it is given to.
+
+    Written by the decoding thread, read by the source's ``stats()`` (a plain
+    int: one writer, readers tolerate a stale value).
+    """
+
+    packets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +153,7 @@ def decode(
     end: float | None = None,
     stop: threading.Event | None = None,
     check_truncation: bool = True,
+    damage: Damage | None = None,
 ) -> Iterator[Picture | Sound]:
     """Yield every decoded picture (and sound frame, with ``audio``) of an open container.
 
@@ -148,7 +162,8 @@ def decode(
     ``pts * time_base`` (a recorder's running clock). Pictures before
     ``start`` (seconds; seeks first) are dropped, decoding ends at ``end``;
     ``stop`` (checked per packet) ends the generator early and quietly.
-    ``keyframes_only`` makes FFmpeg skip every non-key frame.
+    ``keyframes_only`` makes FFmpeg skip every non-key frame. ``damage``
+    (optional) counts the packets skipped as undecodable.
 
     Raises :class:`CorruptMediaError` after the good frames; see the module docstring.
     """
@@ -179,6 +194,8 @@ def decode(
             except av.InvalidDataError as exc:
                 bad_in_row += 1
                 bad_total += 1
+                if damage is not None:
+                    damage.packets += 1
                 # One line for the first, the count at the end: a damaged file can have thousands.
                 level = logging.WARNING if bad_total == 1 else logging.DEBUG
                 log.log(level, "%s: damaged packet near %.2fs skipped (%s)", label, reached, exc)

@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Literal
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
-from streams.decode import MAX_BAD_PACKETS_IN_A_ROW, Picture, declared_duration, decode, open_media
+from streams.decode import MAX_BAD_PACKETS_IN_A_ROW, Damage, Picture, declared_duration, decode, open_media
 from streams.errors import SourceUnavailableError
 from streams.media import AudioChunk, Frame, Media
 from streams.registry import OpenContext, register
@@ -102,8 +102,12 @@ def decode_media(
     end: float | None = None,
     stop: threading.Event | None = None,
     audio: bool = False,
+    damage: Damage | None = None,
 ) -> Iterator[Media]:
-    """Like :func:`decode_frames`, plus :class:`AudioChunk` items (mono 16 kHz, ~1 s) with ``audio``."""
+    """Like :func:`decode_frames`, plus :class:`AudioChunk` items (mono 16 kHz, ~1 s) with ``audio``.
+
+    ``damage`` (optional) counts the packets skipped as undecodable.
+    """
     container, vstream = open_media(path)
     sampler = Sampler(fps)
     chunker = AudioChunker(stream) if audio else None
@@ -117,6 +121,7 @@ def decode_media(
             start=start,
             end=end,
             stop=stop,
+            damage=damage,
         ):
             if isinstance(item, Picture):
                 if sampler.take(item.t):
@@ -180,7 +185,8 @@ class FileSource(Source):
     ``start``), so resuming a long archive costs no decoding of what came
     before; ``resume`` (a :meth:`resume_token`) does the same and also skips
     the frame at exactly that second, which was already handed out.
-    :attr:`progress` is the share of the declared duration decoded so far.
+    :attr:`progress` is the share of the declared duration decoded so far;
+    ``stats().damaged_packets`` counts the packets skipped as undecodable.
     Errors from the decoder (:class:`~streams.errors.CorruptMediaError`) reach the consumer
     after the good frames.
 
@@ -232,14 +238,18 @@ class FileSource(Source):
         self._last_t: float | None = after
         self._state: SourceState = "connecting"
         self._error: str | None = None
+        self._damage = Damage()
         self.frames_out = 0
         """Frames handed to the consumer so far."""
         self.audio_out = 0
 
     @property
     def progress(self) -> float:
-        """Seconds decoded / declared duration, in [0, 1]; 1 once the file is done."""
-        if self._state == "done":
+        """Seconds decoded / declared duration, in [0, 1]; 1 once the file ended without error.
+
+        A file that failed keeps the share it reached (0 when nothing decoded).
+        """
+        if self._state == "done" and self._error is None:
             return 1.0
         if self._duration <= 0:
             return 0.0
@@ -251,7 +261,8 @@ class FileSource(Source):
             frames=self.frames_out,
             last_error=self._error,
             audio_chunks=self.audio_out,
-            extra={"progress": round(self.progress, 4)},
+            progress=round(self.progress, 4),
+            damaged_packets=self._damage.packets,
         )
 
     def resume_token(self) -> dict[str, Any] | None:
@@ -283,6 +294,7 @@ class FileSource(Source):
                 start=self.start,
                 stop=self._stop,
                 audio=self._audio,
+                damage=self._damage,
             ):
                 if isinstance(item, Frame):
                     if self._after is not None and item.t <= self._after:

@@ -1,14 +1,31 @@
 """Source kinds by name: spec class + factory, and the discriminated union of specs.
 
 Each kind's module ends with one line, ``register(TheSpec, open_the_source)``;
-a new kind is one module plus that line (plus, for a kind shipped with the
-library, its module name in :data:`BUILTIN`). :func:`parse_spec` validates a
-dict against the union of every registered spec, discriminated on ``kind``.
+a new kind is one module plus that line. :func:`parse_spec` validates a dict
+against the union of every registered spec, discriminated on ``kind``.
+
+Where kinds come from (all imported on first use of the registry):
+
+* the kinds shipped with the library: their module names in :data:`BUILTIN`;
+* plug-in kinds of other packages, with no edit to this library: a package
+  declares an entry point in the group :data:`ENTRY_POINT_GROUP`
+  (``vmr.sources``) whose value is the module to import, e.g. in its
+  ``pyproject.toml``::
+
+      [project.entry-points."vmr.sources"]
+      toy = "toy_camera.source"
+
+  Importing that module runs its ``register(...)`` line. The entry point's
+  name is only a label (the kind's name is the spec's ``kind`` literal). A
+  plug-in that fails to import is logged and skipped, like a built-in kind
+  whose optional dependency is missing: the other kinds stay usable;
+* anything that calls :func:`register` itself (tests, applications).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -27,6 +44,9 @@ HUB_WHIP = "whip-ingest"
 
 BUILTIN = ("streams.file", "streams.rtsp", "streams.segments", "streams.whip")
 """Modules of the kinds shipped with the library (imported on first use)."""
+
+ENTRY_POINT_GROUP = "vmr.sources"
+"""Entry-point group of plug-in kinds: each entry's value names a module to import."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,7 @@ def _kind_name(spec: type[SourceSpec]) -> str:
 
 
 def _load_builtins() -> None:
+    """Import the built-in kind modules, then the plug-ins' (once per process)."""
     global _builtins_loaded
     if _builtins_loaded:
         return
@@ -100,6 +121,18 @@ def _load_builtins() -> None:
             importlib.import_module(module)
         except ImportError as exc:  # an optional dependency missing (aiortc for WHIP): that kind only
             log.warning("source kind module %s unavailable: %s", module, exc)
+    for module in plugin_modules():
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # someone else's package: one broken plug-in must not hide every kind
+            log.warning("source kind plug-in %s unavailable: %s", module, exc)
+
+
+def plugin_modules() -> list[str]:
+    """Modules named by the installed ``vmr.sources`` entry points (see the module docstring)."""
+    return [
+        ep.value.split(":", 1)[0].strip() for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    ]
 
 
 def kinds() -> dict[str, Kind]:

@@ -60,7 +60,7 @@ from typing import Any, ClassVar, Literal
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
-from streams.decode import Picture, Sound, decode, open_media
+from streams.decode import Damage, Picture, Sound, decode, open_media
 from streams.errors import CorruptMediaError, SourceUnavailableError
 from streams.media import AudioChunk, Frame, Media
 from streams.registry import OpenContext, register
@@ -104,7 +104,9 @@ class SegmentFolderSource(Source):
     ends; the default follows the folder until :meth:`close`.
     Counters: :attr:`frames_in`, :attr:`frames_out`, :attr:`dropped`
     (always 0: backpressure), :attr:`reconnects` (always 0),
-    :attr:`segments_done`, :attr:`segments_corrupt`.
+    :attr:`segments_done`, :attr:`segments_corrupt`, and in :meth:`stats`
+    ``damaged_packets`` (skipped as undecodable, over every segment). A
+    followed folder has no end: ``progress`` is None.
     """
 
     queue_policy: ClassVar[QueuePolicy] = "block"
@@ -158,6 +160,7 @@ class SegmentFolderSource(Source):
         self.reconnects = 0
         self.segments_done = 0
         self.segments_corrupt = 0
+        self._damage = Damage()
 
     @property
     def position(self) -> SegmentPosition:
@@ -184,6 +187,7 @@ class SegmentFolderSource(Source):
             frames=self.frames_out,
             last_error=self._error,
             audio_chunks=self.audio_out,
+            damaged_packets=self._damage.packets,
             extra={"segments_done": self.segments_done, "segments_corrupt": self.segments_corrupt},
         )
 
@@ -329,6 +333,7 @@ class SegmentFolderSource(Source):
                 relative=False,
                 audio=self._chunker is not None,
                 stop=self._stop,
+                damage=self._damage,
             ):
                 if not isinstance(item, Picture):
                     if first_t is None:

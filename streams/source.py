@@ -26,18 +26,26 @@ from streams.media import Media
 
 SourceState = Literal["connecting", "streaming", "backoff", "done", "closed"]
 """connecting (opening, or waiting for input) / streaming / backoff (live, before a
-reconnect) / done (a finite source delivered everything) / closed."""
+reconnect) / done (a finite source ended: everything delivered, or failed with
+``last_error`` set) / closed."""
 
 
 @dataclass(frozen=True, slots=True)
 class SourceStats:
     """A snapshot of a source's counters (JSON-able through :meth:`to_dict`).
 
-    ``frames``: frames handed to the consumer. ``drops``: frames discarded
-    because the consumer fell behind (latest-wins sources only).
-    ``reconnects``: sessions after the first. ``audio_chunks``: audio chunks
-    handed out. ``extra``: kind-specific values (``progress`` of a file,
-    ``segments_done``/``segments_corrupt`` of a segment folder, ...).
+    ``state``: see :data:`SourceState`; a finite source that failed is
+    ``done`` with ``last_error`` set. ``frames``: frames handed to the
+    consumer. ``drops``: frames discarded because the consumer fell behind
+    (latest-wins sources only). ``reconnects``: sessions after the first.
+    ``last_error``: the latest failure as text (None: none so far).
+    ``audio_chunks``: audio chunks handed out. ``progress``: share in [0, 1]
+    of a finite source delivered (1.0 only once it ended without error);
+    None for sources without an end (live, followed folders).
+    ``damaged_packets``: packets skipped as undecodable (a recording damaged
+    mid-way still ends ``done``; this says it was not intact).
+    ``extra``: kind-specific values (``segments_done``/``segments_corrupt``
+    of a segment folder, ``failures`` of RTSP, ...).
     """
 
     state: SourceState
@@ -46,18 +54,22 @@ class SourceStats:
     reconnects: int = 0
     last_error: str | None = None
     audio_chunks: int = 0
+    progress: float | None = None
+    damaged_packets: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able copy."""
+        """A JSON-able copy: the fields, then ``extra``'s keys beside them (fields win on a clash)."""
         return {
+            **self.extra,
             "state": self.state,
             "frames": self.frames,
             "drops": self.drops,
             "reconnects": self.reconnects,
             "last_error": self.last_error,
             "audio_chunks": self.audio_chunks,
-            **self.extra,
+            "progress": self.progress,
+            "damaged_packets": self.damaged_packets,
         }
 
 

@@ -20,6 +20,15 @@ Rules every channel keeps:
 - a channel is not thread-safe; its owner serialises calls (one lock per
   stream in :class:`~agent.index.stream_state.StreamState`).
 
+Snapshots: a channel saves and restores itself, in its own folder (the
+stream's folder / the channel's name) unless it declares
+:attr:`Channel.keeps_root` (the visual channel, whose files predate
+channels, keeps the stream folder's top level). The owner builds a channel
+fresh, calls :meth:`Channel.restore` with that folder once before any media
+(nothing there: the fresh state stays), and :meth:`Channel.save` with the
+same folder at every snapshot; the stream's ``state.json`` is written after
+every channel saved.
+
 Adding a channel = one module here implementing :class:`Channel`, and one
 line where the stream's channels are built (``agent.index.stream_state``);
 a new kind of work (whisper, OCR) also needs its batch function registered
@@ -32,7 +41,7 @@ import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -129,6 +138,10 @@ class Channel(ABC):
     name: str
     """Unique within a stream; used in metrics, proposals and folder names."""
 
+    keeps_root: ClassVar[bool] = False
+    """True: the channel's files live at the top of the stream's folder (the
+    visual channel's historical layout); False: in ``<stream folder>/<name>/``."""
+
     def __init__(self) -> None:
         self.counters = WorkCounters()
 
@@ -161,13 +174,33 @@ class Channel(ABC):
     def search(self, query: ChannelQuery) -> ChannelAnswer:
         """Scored proposals of this channel for an encoded query (no ranking across channels)."""
 
-    @abstractmethod
     def background(self, vector: np.ndarray) -> np.ndarray:
-        """(n,) scores of the channel's retained tokens for a prescreen query vector."""
+        """(n,) scores of the channel's retained tokens for a prescreen query vector.
+
+        The distribution a watch calibrates this channel's scores against;
+        channels whose tokens a prescreen vector does not score have none (0,).
+        """
+        return np.zeros(0, np.float32)
+
+    def resume_time(self) -> float | None:
+        """Latest stream second whose media this channel has stored, or None (nothing, or no notion of it).
+
+        The stream resumes after the latest of its channels' times.
+        """
+        return None
 
     @abstractmethod
     def save(self, folder: Path) -> None:
-        """Snapshot the channel's state under ``folder`` (each file atomic)."""
+        """Snapshot the channel's state under ``folder`` (each file atomic; the folder may not exist yet)."""
+
+    @abstractmethod
+    def restore(self, folder: Path) -> None:
+        """Load the state a :meth:`save` left under ``folder`` into this fresh channel.
+
+        Called once, before any media; a missing folder or file means a new
+        stream (the fresh state stays). Unreadable files raise
+        :class:`~agent.errors.IndexStoreError`.
+        """
 
     @abstractmethod
     def close(self) -> None:

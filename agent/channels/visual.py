@@ -11,16 +11,23 @@ memory in stream order (see :mod:`agent.channels.ingest`), and
 frames (:mod:`agent.channels.retrieval`; blocking: run it in a thread).
 
 Files, in the stream's folder (the layout predates channels, so the visual
-channel keeps the stream folder's top level)::
+channel keeps the stream folder's top level: :attr:`VisualChannel.keeps_root`)::
 
     memory.npz    anchors (SVD bases, representatives) - atomic snapshot
     cheap.npz     cheap-index ring buffer               - atomic snapshot
+    ingest.json   ingest counters (frames, times, encoder passes) - atomic snapshot
     frames/       frame-store chunk files (append-only, self-healing)
+
+Snapshots written before channels saved their own counters have no
+``ingest.json``: :meth:`VisualChannel.restore` then reads the counters from
+the ``stats`` of the stream's ``state.json``, where they used to be.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,15 +40,20 @@ from agent.core.memory import Memory
 from agent.core.superimage import SuperImage
 from agent.errors import IndexStoreError
 from agent.models.encoder import Encoder
-from agent.store.atomic import write_npz
+from agent.store.atomic import write_json, write_npz
 from agent.store.frame_store import FrameStore
 from agent.store.memory_store import load_memory, save_memory
+from agent.store.versioned import read_versioned
 from agent.types import Frame, RGBImage
 
 IMAGE_WORKER = "image"
 """The batch worker that encodes super-images (the prescreen encoder)."""
 DEFAULT_ATTEMPTS = 3
 """Tries per super-image (the first and two retries) before it is dropped."""
+COUNTERS_VERSION = 1
+_LEGACY_STATE_VERSION = 1
+"""Version of the stream ``state.json`` files that held these counters before ``ingest.json``."""
+_COUNTERS = tuple(f.name for f in fields(IngestStats) if f.name != "extra")
 
 
 def images_of(items: list[WorkItem]) -> list[RGBImage]:
@@ -55,9 +67,14 @@ def images_of(items: list[WorkItem]) -> list[RGBImage]:
 
 
 class VisualChannel(Channel):
-    """Super-image memory, cheap index and frame store of one stream."""
+    """Super-image memory, cheap index and frame store of one stream.
+
+    Built fresh (empty memory and cheap index; the frame store opens what is
+    in ``folder/frames``); :meth:`restore` then loads a snapshot.
+    """
 
     name = "visual"
+    keeps_root: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -79,8 +96,10 @@ class VisualChannel(Channel):
         self.cache = cache or FrameEmbeddingCache()
         self.max_attempts = max(1, max_attempts)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.memory = self._load_memory(dim)
-        self.cheap = self._load_cheap()
+        self.dim = dim
+        self.image_size = image_size
+        self.memory = self._new_memory()
+        self.cheap = CheapIndex(cfg.cheap_capacity)
         self.store = (
             FrameStore(
                 self.folder / "frames",
@@ -91,10 +110,18 @@ class VisualChannel(Channel):
             if cfg.store_bytes > 0
             else None
         )
-        self.ingestor = StreamIngestor(
-            stream, cfg, memory=self.memory, cheap=self.cheap, store=self.store, image_size=image_size
-        )
+        self.ingestor = self._ingestor()
         self._closed = False
+
+    def _ingestor(self) -> StreamIngestor:
+        return StreamIngestor(
+            self.stream,
+            self.cfg,
+            memory=self.memory,
+            cheap=self.cheap,
+            store=self.store,
+            image_size=self.image_size,
+        )
 
     # ---------------------------------------------------------------- ingest
     @property
@@ -156,13 +183,43 @@ class VisualChannel(Channel):
         scores: np.ndarray = reps @ vector
         return scores
 
+    def resume_time(self) -> float | None:
+        """Latest of the memory's, the cheap index's and the frame store's last times."""
+        times = [self.stats.last_time, self.cheap.last_time]
+        if self.store is not None and len(self.store):
+            times.append(float(self.store.times()[-1]))
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
+
     # ------------------------------------------------------------- snapshots
     def save(self, folder: Path | None = None) -> None:
+        """Snapshot memory, cheap index and counters under ``folder`` (default: the channel's own)."""
         root = self.folder if folder is None else Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
         save_memory(self.memory, root / "memory.npz")
         write_npz(root / "cheap.npz", self.cheap.state_dict())
+        st = self.stats
+        write_json(
+            root / "ingest.json",
+            {"version": COUNTERS_VERSION, "stats": {k: getattr(st, k) for k in _COUNTERS}},
+        )
         if self.store is not None:
             self.store.flush()
+
+    def restore(self, folder: Path | None = None) -> None:
+        """Load memory, cheap index and counters saved under ``folder`` (default: the channel's own).
+
+        Raises IndexStoreError for unreadable files or a memory of another
+        dimension than the encoder's. The frame store is not part of it: it
+        opened its append-only files at construction.
+        """
+        root = self.folder if folder is None else Path(folder)
+        self.memory = self._load_memory(root / "memory.npz")
+        self.cheap = self._load_cheap(root / "cheap.npz")
+        self.ingestor = self._ingestor()
+        for key, value in self._load_counters(root).items():
+            if key in _COUNTERS:
+                setattr(self.stats, key, value)
 
     def close(self) -> None:
         if self._closed:
@@ -171,16 +228,10 @@ class VisualChannel(Channel):
         if self.store is not None:
             self.store.close()
 
-    def _load_memory(self, dim: int) -> Memory:
-        path = self.folder / "memory.npz"
-        if path.exists():
-            mem = load_memory(path)
-            if mem.dim != dim:
-                raise IndexStoreError(f"{path}: memory has dim {mem.dim}, encoder gives {dim}")
-            return mem
+    def _new_memory(self) -> Memory:
         c = self.cfg
         return Memory(
-            dim,
+            self.dim,
             budget=c.budget,
             theta=c.theta,
             rank=c.rank,
@@ -188,8 +239,15 @@ class VisualChannel(Channel):
             gap_seconds=c.gap_seconds,
         )
 
-    def _load_cheap(self) -> CheapIndex:
-        path = self.folder / "cheap.npz"
+    def _load_memory(self, path: Path) -> Memory:
+        if not path.exists():
+            return self._new_memory()
+        mem = load_memory(path)
+        if mem.dim != self.dim:
+            raise IndexStoreError(f"{path}: memory has dim {mem.dim}, encoder gives {self.dim}")
+        return mem
+
+    def _load_cheap(self, path: Path) -> CheapIndex:
         if not path.exists():
             return CheapIndex(self.cfg.cheap_capacity)
         try:
@@ -197,3 +255,13 @@ class VisualChannel(Channel):
                 return CheapIndex.from_state({k: data[k] for k in data.files})
         except (OSError, ValueError, KeyError) as exc:
             raise IndexStoreError(f"{path}: unreadable cheap index: {exc}") from exc
+
+    @staticmethod
+    def _load_counters(root: Path) -> dict[str, Any]:
+        data = read_versioned(root / "ingest.json", COUNTERS_VERSION, what="visual ingest counters")
+        if data is None:  # a snapshot from before channels saved their own counters
+            data = read_versioned(root / "state.json", _LEGACY_STATE_VERSION, what="stream state")
+        stats = {} if data is None else data.get("stats", {})
+        if not isinstance(stats, dict):
+            raise IndexStoreError(f"{root}: unreadable visual ingest counters: not an object")
+        return stats

@@ -1,15 +1,20 @@
-"""Everything one stream keeps: its channels, clock map and counters.
+"""Everything one stream keeps: its channels, clock map and meta.
 
 Layout under the stream's folder::
 
     memory.npz    visual channel: anchors (SVD bases, representatives) - atomic snapshot
     cheap.npz     visual channel: cheap-index ring buffer               - atomic snapshot
+    ingest.json   visual channel: ingest counters                       - atomic snapshot
     frames/       visual channel: frame-store chunk files (append-only, self-healing)
     <channel>/    any other channel's files (its own folder)
-    state.json    counters, clock map, format version                  - atomic snapshot
+    state.json    clock map, meta (resume token, offset), a counter summary, version - atomic snapshot
 
-Each snapshot file is replaced atomically, so a crash leaves each one either
-the old or the new complete state; ``state.json`` is written last.
+Each channel saves and restores itself (:meth:`Channel.save`,
+:meth:`Channel.restore`) in its own folder, or at the top level when it
+declares :attr:`Channel.keeps_root` (the visual channel, whose layout
+predates channels). Each snapshot file is replaced atomically, so a crash
+leaves each one either the old or the new complete state; ``state.json`` is
+written last.
 
 A :class:`StreamState` is the thin shell around its sans-I/O channels: it
 fans media out to every channel, routes worker results and failures back to
@@ -21,6 +26,7 @@ service's batch workers and query threads) never lock anything themselves.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,18 @@ from agent.store.versioned import read_versioned
 from agent.types import Frame
 
 STATE_VERSION = 1
+SUMMARY_KEYS = (
+    "frames",
+    "encoded_frames",
+    "gated_frames",
+    "superimages",
+    "dropped_superimages",
+    "first_time",
+    "last_time",
+    "first_wall",
+    "last_wall",
+)
+"""The stream's counters written into ``state.json`` as a summary (the same keys as ever)."""
 _CLOCK_STEP = 5.0
 """Seconds between (stream time, wall clock) pairs kept for live streams."""
 _CLOCK_CAP = 200_000
@@ -57,28 +75,53 @@ class StreamState:
         image_size: int,
         refine: Encoder | None = None,
         cache: FrameEmbeddingCache | None = None,
+        channels: Sequence[Channel] = (),
     ) -> None:
+        """``channels``: more channels besides the visual one (fresh; each is restored here).
+
+        Raises IndexStoreError / SnapshotVersionError for an unreadable
+        snapshot, ValueError for two channels of one name.
+        """
         self.root = Path(root)
         self.stream = stream
         self.cfg = cfg
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        visual = VisualChannel(
-            self.root, stream, cfg, dim=dim, image_size=image_size, refine=refine, cache=cache
-        )
-        # One line per channel: the speech and text channels are added here.
-        self.channels: dict[str, Channel] = {visual.name: visual}
+        self.channels: dict[str, Channel] = {}
         self._clock_t: list[float] = []
         self._clock_wall: list[float] = []
         self.meta: dict[str, Any] = {}
         self._load_state()
+        # One line per channel: the speech and text channels are added here.
+        self._visual = VisualChannel(
+            self.root, stream, cfg, dim=dim, image_size=image_size, refine=refine, cache=cache
+        )
+        try:
+            self.add_channel(self._visual)
+            for channel in channels:
+                self.add_channel(channel)
+        except BaseException:  # an unreadable snapshot: release the files opened so far
+            self._visual.close()
+            self.close()
+            raise
+
+    def add_channel(self, channel: Channel) -> None:
+        """Restore a fresh ``channel`` from its folder and let it take the stream's media from now on."""
+        with self._lock:
+            if channel.name in self.channels:
+                raise ValueError(f"stream {self.stream!r} already has a channel {channel.name!r}")
+            channel.restore(self.folder_of(channel))
+            self.channels[channel.name] = channel
+
+    def folder_of(self, channel: Channel) -> Path:
+        """Where ``channel`` keeps its files: the stream's folder, or its own sub-folder."""
+        return self.root if channel.keeps_root else self.root / channel.name
 
     # -------------------------------------------------- the visual channel
     @property
     def visual(self) -> VisualChannel:
-        channel = self.channels[VisualChannel.name]
-        assert isinstance(channel, VisualChannel)
-        return channel
+        """Every stream's first channel: frames, memory and stored frames (thumbnails, captions)."""
+        return self._visual
 
     @property
     def memory(self) -> Memory:
@@ -92,7 +135,12 @@ class StreamState:
 
     @property
     def stats(self) -> IngestStats:
-        """Frames, times and encoder passes of the stream (every frame reaches the visual channel)."""
+        """Frames, times and encoder passes of the stream: the visual channel's ingest counters.
+
+        Every stream has a visual channel and it sees every frame, so its
+        frame counts and times are the stream's; other channels keep their
+        own counters (:meth:`counters` for work failures).
+        """
         return self.visual.stats
 
     # ---------------------------------------------------------------- ingest
@@ -148,19 +196,25 @@ class StreamState:
         with self._lock:
             return {name: ch.search(query) for name, ch in self.channels.items()}
 
-    def background(self, vector: np.ndarray) -> np.ndarray:
-        """The visual channel's token scores for a prescreen query vector (watch calibration)."""
+    def background(self, vector: np.ndarray, channel: str = VisualChannel.name) -> np.ndarray:
+        """(n,) scores of one channel's retained tokens for a prescreen query vector (watch calibration).
+
+        Per channel: score distributions of different channels are not
+        comparable, so they are never pooled (:meth:`backgrounds` gives each).
+        KeyError for a channel the stream does not have.
+        """
         with self._lock:
-            return self.visual.background(vector)
+            return self.channels[channel].background(vector)
+
+    def backgrounds(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Every channel's background scores for a prescreen query vector, by channel name."""
+        with self._lock:
+            return {name: ch.background(vector) for name, ch in self.channels.items()}
 
     def resume_time(self) -> float | None:
-        """Latest stream time any part of the snapshot has seen (frames at or before it are skipped)."""
+        """Latest stream time any channel has stored (frames at or before it are skipped); None: nothing."""
         with self._lock:
-            v = self.visual
-            times = [v.stats.last_time, v.cheap.last_time]
-            if v.store is not None and len(v.store):
-                times.append(float(v.store.times()[-1]))
-            known = [t for t in times if t is not None]
+            known = [t for ch in self.channels.values() if (t := ch.resume_time()) is not None]
             return max(known) if known else None
 
     # ----------------------------------------------------------------- clock
@@ -192,24 +246,15 @@ class StreamState:
             if meta:
                 self.meta.update(meta)
             for ch in self.channels.values():
-                ch.save(self.root if isinstance(ch, VisualChannel) else self.root / ch.name)
-            st = self.stats
+                ch.save(self.folder_of(ch))
             write_json(
                 self.root / "state.json",
                 {
                     "version": STATE_VERSION,
                     "stream": self.stream,
-                    "stats": {
-                        "frames": st.frames,
-                        "encoded_frames": st.encoded_frames,
-                        "gated_frames": st.gated_frames,
-                        "superimages": st.superimages,
-                        "dropped_superimages": st.dropped_superimages,
-                        "first_time": st.first_time,
-                        "last_time": st.last_time,
-                        "first_wall": st.first_wall,
-                        "last_wall": st.last_wall,
-                    },
+                    # A summary for readers of this file (tools, older versions); on load
+                    # the channels restore their own counters (the visual one: ingest.json).
+                    "stats": {k: getattr(self.stats, k) for k in SUMMARY_KEYS},
                     "clock": [self._clock_t, self._clock_wall],
                     "meta": self.meta,
                 },
@@ -225,10 +270,7 @@ class StreamState:
         data = read_versioned(self.root / "state.json", STATE_VERSION, what="stream state")
         if data is None:
             return
-        st = self.stats
-        for key, value in data.get("stats", {}).items():
-            if hasattr(st, key):
-                setattr(st, key, value)
+        # "stats" is a summary; the channels restore their own counters (old snapshots: from it).
         clock = data.get("clock") or [[], []]
         self._clock_t, self._clock_wall = list(clock[0]), list(clock[1])
         self.meta = dict(data.get("meta", {}))

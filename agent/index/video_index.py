@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent.channels.base import WorkItem
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
-from agent.channels.visual import images_of
+from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import answer, channel_query
@@ -53,6 +55,10 @@ class VideoIndex:
         self.refine: ClipEncoder = load_encoder(settings.refine) if settings.refine else self.prescreen
         self.streams: dict[str, StreamState] = {}
         self.cache = FrameEmbeddingCache()
+        self._workers: dict[str, Callable[[list[WorkItem]], list[np.ndarray]]] = {
+            IMAGE_WORKER: self._encode_images
+        }
+        """Inline batch functions by worker name (:attr:`WorkItem.worker`)."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -190,11 +196,28 @@ class VideoIndex:
             self._encode(batch)
 
     def _encode(self, batch: list[tuple[StreamState, WorkItem]]) -> None:
-        if not batch:
-            return
-        vecs = self.prescreen.encode_images(images_of([item for _, item in batch]))
-        for (st, item), vec in zip(batch, vecs, strict=True):
-            st.commit(item, vec)
+        """Run each work item through the worker it names and commit the results.
+
+        Inline, the index runs one worker, ``"image"`` (the prescreen
+        encoder); an item naming another is a configuration bug, raised as
+        :class:`ConfigError` before anything of the batch is encoded (as the
+        service's :class:`~agent.service.workers.Workers` does).
+        """
+        by_worker: dict[str, list[tuple[StreamState, WorkItem]]] = {}
+        for st, item in batch:
+            if item.worker not in self._workers:
+                raise ConfigError(
+                    f"channel {item.channel!r} of stream {item.stream!r} needs a {item.worker!r} worker; "
+                    f"this index runs {sorted(self._workers)}"
+                )
+            by_worker.setdefault(item.worker, []).append((st, item))
+        for name, group in by_worker.items():
+            vecs = self._workers[name]([item for _, item in group])
+            for (st, item), vec in zip(group, vecs, strict=True):
+                st.commit(item, vec)
+
+    def _encode_images(self, items: list[WorkItem]) -> list[np.ndarray]:
+        return list(self.prescreen.encode_images(images_of(items)))
 
     # ----------------------------------------------------------------- query
     def query(self, query: Query) -> dict[str, QueryResult]:

@@ -19,7 +19,13 @@ and segment folders apply backpressure and never drop. A source error
 (:func:`agent.errors.from_stream_error`) and marks the stream ``failed``
 with the typed error; what it had stored stays queryable.
 
-Resume after a restart: the snapshot keeps the source's resume token (a
+Status: :meth:`StreamRunner.info` is what ``streams.list`` shows, with the
+source's own statistics (state, last error, queue policy, damaged packets,
+the kind's extras) under ``source``.
+
+Resume after a restart: the task first finds, in a thread (it takes the
+stream's lock, which query threads hold while they refine), the latest time
+the snapshot stored; then the snapshot keeps the source's resume token (a
 file's last second, a segment folder's position) and the timeline's offset;
 a new source of the same spec continues from the token (a file seeks:
 decoding resumes at the keyframe before it), frames at or before the last
@@ -99,13 +105,10 @@ class StreamRunner:
         self._dropped_before = 0  # drops of sources replaced by a loop restart
         self._reconnects_before = 0
         self._task: asyncio.Task[None] | None = None
-        self.timeline = Timeline(
-            resume=resume_time(state),
-            offset=float(state.meta.get("offset", 0.0)),
-            last_wall=state.stats.last_wall,
-            wall_origin=spec.wall_origin(),
-            realtime=spec.paced,
-        )
+        # The resume point needs the stream's lock (held by query threads during
+        # refinement): the task finds it in a thread (:meth:`_resume`) before the
+        # first source opens. Until then the timeline knows only the stored offset.
+        self.timeline = self._timeline(None)
         self._token = saved_token(state.meta)
         self._progress_at = 0.0
         self._stopping = False
@@ -129,14 +132,29 @@ class StreamRunner:
 
     @property
     def progress(self) -> float | None:
-        """Share of a finite source decoded so far (None for sources without an end)."""
-        value = None if self.source is None else self.source.stats().extra.get("progress")
+        """Share of a finite source delivered so far (:attr:`SourceStats.progress`).
+
+        None for sources without an end, except once the stream ended well
+        (``done``: everything there was is ingested, 1.0).
+        """
+        value = None if self.source is None else self.source.stats().progress
         if value is None:
             return 1.0 if self.status == "done" else None
         return float(value)
 
+    def source_info(self) -> dict[str, Any] | None:
+        """The current source's statistics and queue policy (None before a source opened).
+
+        ``state``, ``last_error``, ``frames``, ``drops``, ``reconnects``,
+        ``audio_chunks``, ``progress``, ``damaged_packets``, ``queue_policy``
+        and the kind's extras (:meth:`SourceStats.to_dict`).
+        """
+        if self.source is None:
+            return None
+        return {**self.source.stats().to_dict(), "queue_policy": self.source.queue_policy}
+
     def info(self) -> dict[str, Any]:
-        """JSON-able status for ``streams.list`` and events."""
+        """JSON-able status for ``streams.list`` and events (``source``: :meth:`source_info`)."""
         where = self.spec.location()
         return {
             "id": self.id,
@@ -151,6 +169,7 @@ class StreamRunner:
             "last_time": self.state.stats.last_time,
             "progress": self.progress,
             "tokens": self.state.memory.tokens,
+            "source": self.source_info(),
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -183,9 +202,23 @@ class StreamRunner:
         self.state.meta.pop("segments_position", None)  # superseded by the resume token
         self.state.save({"offset": self.timeline.offset, "resume": token})
 
+    def _timeline(self, resume: float | None) -> Timeline:
+        return Timeline(
+            resume=resume,
+            offset=float(self.state.meta.get("offset", 0.0)),
+            last_wall=self.state.stats.last_wall,
+            wall_origin=self.spec.wall_origin(),
+            realtime=self.spec.paced,
+        )
+
+    async def _resume(self) -> None:
+        """Place the timeline after what the snapshot holds (the lock-taking part in a thread)."""
+        self.timeline = self._timeline(await asyncio.to_thread(resume_time, self.state))
+
     async def _run(self) -> None:
         self.status = "running"
         try:
+            await self._resume()
             while not self._stopping:
                 await self._pass()
                 if not self.spec.repeats:

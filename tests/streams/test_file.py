@@ -161,6 +161,34 @@ def test_garbage_mid_file_is_skipped_and_counted(tmp_path: Path, caplog: pytest.
     assert got[-1].image[..., 2].mean() > 150  # the blue scene after the damage is intact
 
 
+async def test_file_source_counts_damage_and_a_failed_file_is_not_complete(tmp_path: Path) -> None:
+    scenes: list[SceneLike] = [(3.0, (200, 0, 0)), Scene(3.0, photos(1)[0], moving=True), (3.0, (0, 0, 200))]
+    spec = make_video(tmp_path / "m.mp4", scenes, fps=10)
+    data = bytearray(spec.path.read_bytes())
+    lo, hi = int(len(data) * 0.3), int(len(data) * 0.6)
+    data[lo:hi] = np.random.default_rng(0).integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    async with FileSource(damaged, fps=1000.0) as src:
+        got = [item async for item in src]
+    stats = src.stats()
+    assert 0 < len(got) < len(spec.times) and stats.frames == len(got)
+    assert stats.state == "done" and stats.last_error is None  # it ended, but not intact:
+    assert stats.damaged_packets > 0 and stats.to_dict()["damaged_packets"] == stats.damaged_packets
+
+    async with FileSource(spec.path, fps=2.0) as intact:
+        assert [item async for item in intact]
+    assert intact.stats().damaged_packets == 0 and intact.stats().progress == 1.0
+
+    junk = FileSource(random_bytes_file(tmp_path / "junk.mp4"))
+    with pytest.raises(CorruptMediaError):
+        await anext(junk)
+    failed = junk.stats()
+    assert failed.state == "done" and failed.last_error and failed.frames == 0
+    assert failed.progress == 0.0
+    await junk.close()
+
+
 def test_megamind_bugy_decodes_despite_its_name() -> None:
     """OpenCV's 'bugy' clip is a lossy re-encode, not a broken file: it decodes fully."""
     bugy = VIDEOS / "Megamind_bugy.avi"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,3 +116,56 @@ async def test_factories_build_each_kind_from_its_spec(tmp_path: Path) -> None:
             open_source(SegmentsSpec(id="s2", kind="segments", path=str(tmp_path / "nope")), ctx)
     finally:
         await ingest.close()
+
+
+PLUGIN = """
+from typing import Literal
+
+from streams import registry
+from streams.source import SourceSpec
+
+
+class PigeonSpec(SourceSpec):
+    kind: Literal["pigeon"]
+    loft: str
+
+
+def open_pigeon(spec, ctx):
+    raise NotImplementedError
+
+
+registry.register(PigeonSpec, open_pigeon)
+"""
+
+
+def _distribution(site: Path, name: str, entry_points: str) -> None:
+    """An installed distribution as pip leaves it: a dist-info folder with METADATA and entry_points.txt."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_plugin_kinds_come_from_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "vmr_pigeon_source.py").write_text(PLUGIN)
+    _distribution(site, "vmr_pigeon", f"[{registry.ENTRY_POINT_GROUP}]\npigeon = vmr_pigeon_source\n")
+    _distribution(site, "vmr_broken", f"[{registry.ENTRY_POINT_GROUP}]\nbroken = vmr_no_such_module\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "vmr_pigeon_source", raising=False)
+    # A fresh registry (restored after the test): kinds are loaded on first use.
+    monkeypatch.setattr(registry, "_kinds", dict(registry._kinds))
+    monkeypatch.setattr(registry, "_adapter", None)
+    monkeypatch.setattr(registry, "_builtins_loaded", False)
+
+    assert {"vmr_pigeon_source", "vmr_no_such_module"} <= set(registry.plugin_modules())
+    with caplog.at_level(logging.WARNING, logger="streams.registry"):
+        kinds = registry.kinds()
+    assert "pigeon" in kinds and {"file", "rtsp", "segments"} <= set(kinds)  # built-ins still there
+    assert any("vmr_no_such_module" in r.getMessage() for r in caplog.records)  # the broken one is logged
+    spec = parse_spec({"id": "p", "kind": "pigeon", "loft": "roof"})
+    assert type(spec) is kinds["pigeon"].spec and spec.model_dump()["loft"] == "roof"
+    sys.modules.pop("vmr_pigeon_source", None)  # the module lives in tmp_path only

@@ -192,3 +192,21 @@ def test_natural_order_and_bad_arguments(tmp_path: Path) -> None:
         SegmentPosition.from_dict({"next_t": "soon"})
     pos = SegmentPosition(done="out7.ts", next_t=14.0, shift=-1.4, last_duration=2.0, last_t=13.5)
     assert SegmentPosition.from_dict(json.loads(json.dumps(pos.to_dict()))) == pos
+
+
+async def test_damaged_packets_of_every_segment_are_counted(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for k, color in enumerate([(200, 0, 0), (0, 0, 200)]):
+        spec = make_video(tmp_path / f"in{k}.mp4", [(3.0, color, True)], fps=10)
+        data = bytearray(spec.path.read_bytes())
+        lo, hi = int(len(data) * 0.4), int(len(data) * 0.6)
+        data[lo:hi] = np.random.default_rng(k).integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+        (rec / f"seg{k}.mp4").write_bytes(bytes(data))
+    src = SegmentFolderSource(rec, stream="s", follow=False, fps=10.0)
+    async with src:
+        frames = [item async for item in src if isinstance(item, Frame)]
+        stats = src.stats()
+    assert frames and stats.state == "done"
+    assert stats.extra["segments_done"] + stats.extra["segments_corrupt"] == 2
+    assert stats.damaged_packets >= 2  # at least one per segment: decoded past, but counted

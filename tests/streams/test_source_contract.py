@@ -36,7 +36,8 @@ async def test_file_stats_and_resume_token_continue_without_loss_or_repeat(tmp_p
         part = [(await anext(first)).t for _ in range(5)]
         stats = first.stats()
         assert stats.state == "streaming" and stats.frames == 5 and stats.drops == 0
-        assert 0.0 < stats.extra["progress"] < 1.0
+        assert stats.progress is not None and 0.0 < stats.progress < 1.0
+        assert stats.damaged_packets == 0 and "progress" not in stats.extra
     token = first.resume_token()
     assert first.stats().state == "closed"
     assert token == {"seconds": part[-1]} and json.loads(json.dumps(token)) == token
@@ -48,7 +49,7 @@ async def test_file_stats_and_resume_token_continue_without_loss_or_repeat(tmp_p
     assert part + rest == pytest.approx(full)
     done = second.stats()
     assert done.state == "done" and done.frames == len(rest)  # closed after the end: still done
-    assert done.extra["progress"] == 1.0
+    assert done.progress == 1.0 and done.to_dict()["progress"] == 1.0
 
 
 async def test_file_stats_report_the_error_after_the_good_frames(tmp_path: Path) -> None:
@@ -56,6 +57,7 @@ async def test_file_stats_report_the_error_after_the_good_frames(tmp_path: Path)
     with pytest.raises(Exception, match="no such file"):
         await anext(src)
     assert src.stats().state == "done" and "no such file" in (src.stats().last_error or "")
+    assert src.stats().progress == 0.0  # failed before any frame: not reported as complete
     await src.close()
     await src.close()
 
@@ -76,7 +78,8 @@ async def test_segments_stats_and_resume_token(tmp_path: Path) -> None:
         part = [(await anext(first)).t for _ in range(6)]
         stats = first.stats()
         assert stats.frames == 6 and stats.drops == 0 and stats.reconnects == 0
-        assert stats.extra["segments_corrupt"] == 0
+        assert stats.extra["segments_corrupt"] == 0 and stats.damaged_packets == 0
+        assert stats.progress is None  # a followed folder has no end
     token = first.resume_token()
     assert token is not None and token["done"] == "seg000.mp4" and token["last_t"] == part[-1]
     assert json.loads(json.dumps(token)) == token
@@ -102,7 +105,7 @@ async def test_rtsp_stats_while_the_server_is_unreachable() -> None:
             break
         await asyncio.sleep(0.02)
     stats = src.stats()
-    assert stats.state in ("connecting", "backoff")
+    assert stats.state in ("connecting", "backoff") and stats.progress is None
     assert "open failed" in (stats.last_error or "") and stats.frames == 0
     await src.close()
     await src.close()

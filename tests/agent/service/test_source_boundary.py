@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.errors import (
@@ -17,10 +19,14 @@ from agent.errors import (
     from_stream_error,
     translating_stream_errors,
 )
+from agent.index.stream_state import StreamState
+from agent.service import stream_runner
 from agent.service.config import load_spec, parse_serve_data, parse_spec
 from agent.service.stream_runner import saved_token
 from streams import errors as se
 from streams.file import probe
+from streams.registry import OpenContext
+from streams.source import Source, SourceSpec
 from tests.agent.service.helpers import add, client, request, running, until
 from tests.videos import make_video, random_bytes_file
 
@@ -112,3 +118,50 @@ async def test_typed_errors_reach_clients_with_the_same_codes(tmp_path: Path) ->
         await add(ws, {"id": "junk", "kind": "file", "path": str(junk)})
         failed = await until(ws, "junk", lambda s: s["status"] not in ("starting", "running"), limit=30)
         assert failed["status"] == "failed" and failed["error"]["code"] == "corrupt_video"
+        assert failed["progress"] == 0.0 and failed["frames"] == 0  # failed at once: not "complete"
+        source = failed["source"]
+        assert source["state"] == "done" and "cannot open" in source["last_error"]
+        assert source["queue_policy"] == "block" and source["damaged_packets"] == 0
+
+
+async def test_a_file_damaged_mid_way_ends_done_with_its_damage_counted(tmp_path: Path) -> None:
+    spec = make_video(tmp_path / "v.mp4", [(3.0, (200, 30, 30), True), (3.0, (30, 30, 200), True)], fps=10)
+    data = bytearray(spec.path.read_bytes())
+    lo, hi = int(len(data) * 0.4), int(len(data) * 0.6)
+    data[lo:hi] = np.random.default_rng(0).integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    async with running(tmp_path) as (_svc, url), client(url) as ws:
+        await add(ws, {"id": "dmg", "kind": "file", "path": str(damaged)})
+        done = await until(ws, "dmg", lambda s: s["status"] not in ("starting", "running"), limit=60)
+        assert done["status"] == "done" and done["progress"] == 1.0 and done["frames"] > 0
+        assert done["source"]["damaged_packets"] > 0  # decoded past the damage, and it says so
+        assert done["source"]["state"] == "done" and done["source"]["last_error"] is None
+
+
+async def test_the_resume_point_is_found_off_the_loop_before_the_source_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_resume, real_open = stream_runner.resume_time, stream_runner.open_source
+
+    def resume(state: StreamState) -> float | None:
+        try:
+            asyncio.get_running_loop()
+            events.append("resume on the loop")
+        except RuntimeError:
+            events.append("resume in a thread")
+        return real_resume(state)
+
+    def open_source(spec: SourceSpec, context: OpenContext) -> Source:
+        events.append("open")
+        return real_open(spec, context)
+
+    monkeypatch.setattr(stream_runner, "resume_time", resume)
+    monkeypatch.setattr(stream_runner, "open_source", open_source)
+    video = make_video(tmp_path / "v.mp4", [(2.0, (200, 30, 30), True)], fps=10)
+    async with running(tmp_path) as (_svc, url), client(url) as ws:
+        await add(ws, {"id": "cam", "kind": "file", "path": str(video.path)})
+        done = await until(ws, "cam", lambda s: s["status"] not in ("starting", "running"), limit=60)
+    assert done["status"] == "done" and done["frames"] == 4
+    assert events == ["resume in a thread", "open"]

@@ -58,7 +58,12 @@ class ToySource(Source):
             self.state = "closed"
 
     def stats(self) -> SourceStats:
-        return SourceStats(self.state, frames=self.sent, extra={"progress": self.sent / self.spec.frames})
+        return SourceStats(
+            self.state,
+            frames=self.sent,
+            progress=self.sent / self.spec.frames,
+            extra={"seed": self.spec.seed},
+        )
 
 
 registry.register(ToySpec, ToySource)
@@ -74,6 +79,10 @@ async def test_a_toy_source_kind_streams_through_the_service(tmp_path: Path) -> 
         assert done["frames"] == 24  # every generated frame reached ingest
         assert done["tokens"] > 0  # and the encoder committed them to memory
         assert done["progress"] == 1.0
+        source = done["source"]  # the source's own statistics reach streams.list
+        assert source["state"] == "done" and source["last_error"] is None
+        assert source["queue_policy"] == "block" and source["frames"] == 24 and source["progress"] == 1.0
+        assert source["seed"] == 3  # the kind's extras too
         assert done["last_time"] == 23 * 0.5  # the service's default 2 fps
         runner = svc.runners["toy1"]
         assert isinstance(runner.source, ToySource) and runner.source.stats().state == "done"
