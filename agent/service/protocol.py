@@ -129,6 +129,10 @@ class StreamStatus(BaseModel):
     last_time: float | None = None
     progress: float | None = None
     tokens: int = 0
+    source: dict[str, Any] | None = None
+    """The source's own statistics (``streams.source.SourceStats``: state connecting/streaming/backoff/
+    done/closed, last_error, frames, drops, reconnects, progress, damaged_packets, kind-specific extras)
+    and its queue policy; None before a source opens."""
 
 
 class HelloEvent(_Msg):
