@@ -23,7 +23,10 @@ Method, in order:
    Scores are unitless, any sign, and comparable across curves of similar noise.
 5. **Extent.** A window runs from its first frame's time to its last frame's time plus
    ``frame_seconds`` (the frame's own duration). Each end is then snapped to the nearest scene
-   change in ``boundaries`` within ``snap_seconds``, when that keeps ``start < end``.
+   change in ``boundaries`` within ``snap_seconds``, when that keeps ``start < end`` — but a
+   start never moves past the window's first frame and an end never before its last frame:
+   snapping may widen a window to a cut or trim the empty tail of its last frame, never cut off
+   evidence, so the peak always lies inside the moment.
 6. **Temporal NMS.** Candidates are taken by score (ties: earlier, then shorter first); any with
    IoU above ``nms_iou`` to one already kept is dropped, until ``top_k`` are kept.
 
@@ -117,7 +120,16 @@ def propose(
     starts = t[first]
     ends = t[last] + frame_seconds
     if boundaries is not None:
-        starts, ends = _snap(starts, ends, boundaries, snap_seconds, lo=t[0], hi=t[-1] + frame_seconds)
+        starts, ends = _snap(
+            starts,
+            ends,
+            boundaries,
+            snap_seconds,
+            lo=t[0],
+            hi=t[-1] + frame_seconds,
+            first=t[first],
+            last=t[last],
+        )
     peaks = t[_peak_index(curve, first, last)]
     raw_sum = np.concatenate([[0.0], np.cumsum(s)])
     mean_raw = (raw_sum[last + 1] - raw_sum[first]) / (last - first + 1)
@@ -277,15 +289,27 @@ def _peak_index(curve: FloatArray, first: IntArray, last: IntArray) -> IntArray:
 
 
 def _snap(
-    starts: FloatArray, ends: FloatArray, boundaries: np.ndarray, radius: float, *, lo: float, hi: float
+    starts: FloatArray,
+    ends: FloatArray,
+    boundaries: np.ndarray,
+    radius: float,
+    *,
+    lo: float,
+    hi: float,
+    first: FloatArray,
+    last: FloatArray,
 ) -> tuple[FloatArray, FloatArray]:
-    """Move each end to the nearest boundary within ``radius`` if the window stays valid."""
+    """Move each end to the nearest boundary within ``radius`` if the window stays valid.
+
+    ``first``/``last``: times of each window's first and last frame. A start is never moved
+    after its first frame nor an end before its last frame (no evidence is cut off).
+    """
     b = np.asarray(boundaries, dtype=np.float64).ravel()
     b = np.sort(b[np.isfinite(b) & (b >= lo) & (b <= hi)])
     if b.size == 0 or radius <= 0:
         return starts, ends
-    new_starts = _nearest(starts, b, radius)
-    new_ends = _nearest(ends, b, radius)
+    new_starts = np.minimum(_nearest(starts, b, radius), first)
+    new_ends = np.maximum(_nearest(ends, b, radius), last)
     both = new_starts < new_ends
     only_start = ~both & (new_starts < ends)
     only_end = ~both & ~only_start & (starts < new_ends)
