@@ -59,6 +59,7 @@ from streams.registry import OpenContext, register
 from streams.sampler import Sampler, to_rgb, tune_decoder
 from streams.source import Source, SourceSpec, SourceState, SourceStats
 from streams.timeline import Gap, LiveClock
+from streams.urls import mask_text, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class RTSPSource(Source):
         audio: bool = False,
     ) -> None:
         if not url.startswith(("rtsp://", "rtsps://")):
-            raise SourceUnavailableError(f"not an RTSP URL: {url!r}")
+            raise SourceUnavailableError(f"not an RTSP URL: {mask_url(url)!r}")
         if transport not in ("tcp", "udp"):
             raise SourceUnavailableError(f"transport must be 'tcp' or 'udp', not {transport!r}")
         if backoff_initial <= 0 or backoff_max < backoff_initial:
@@ -230,7 +231,7 @@ class RTSPSource(Source):
                 failed_in_row = 1 if delivered else failed_in_row + 1
                 self.failures += 1
                 if self.retries is not None and failed_in_row > self.retries:
-                    error = DisconnectedError(f"{self.url}: {self.last_error or 'disconnected'}")
+                    error = DisconnectedError(f"{mask_url(self.url)}: {self.last_error or 'disconnected'}")
                     self._bridge.finish(error)
                     return
                 self._state = "backoff"
@@ -250,7 +251,7 @@ class RTSPSource(Source):
         try:
             container = av.open(self.url, options=self._options, timeout=self._timeouts)
         except (av.FFmpegError, OSError) as exc:
-            self.last_error = f"open failed: {exc}"
+            self.last_error = mask_text(f"open failed: {exc}")  # FFmpeg quotes the URL
             return None
         try:
             if not container.streams.video:
@@ -261,7 +262,7 @@ class RTSPSource(Source):
             self._clock.new_session()
             return self._pump(container)
         except (av.FFmpegError, OSError) as exc:
-            self.last_error = f"read failed: {exc}"
+            self.last_error = mask_text(f"read failed: {exc}")
             return 0
         finally:
             if self._chunker is not None:
@@ -349,7 +350,7 @@ class RTSPSpec(SourceSpec):
         return True
 
     def location(self) -> dict[str, str | None]:
-        return {"url": self.url, "path": None}
+        return {"url": mask_url(self.url), "path": None}
 
 
 def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
