@@ -3,11 +3,11 @@
 ``--model classical-hog`` (:data:`CLASSICAL`) is a second *proxy* encoder for
 benchmarks and tests where no CLIP weights exist. It has no weights at all and a
 geometry unlike a random ViT's (whose cosines between unrelated scenes are mostly
-above 0.9): unrelated pictures score near 0.1, a jittered copy of the same
-picture near 0.8-0.9. It is **not** a semantic model: it compares pictures with
-pictures (layout, colour, edges) and has no text side, so every answer it gives
-carries the note :data:`NOTE` and text queries raise
-:class:`~agent.errors.QueryError`.
+above 0.9): on ImageNet photos, unrelated pictures score about 0.13 (median),
+a jittered copy of the same picture about 0.88. It is **not** a semantic
+model: it compares pictures with pictures (layout, colour, edges) and has no
+text side, so it is ``meaningless``, every answer it gives carries the note
+:data:`NOTE`, and text queries raise :class:`~agent.errors.QueryError`.
 
 It runs as a :class:`~agent.models.backends.Backend` inside
 :class:`~agent.models.encoder.ClipEncoder`, which squashes each picture to
@@ -38,7 +38,8 @@ each level normalised as a whole (flat cells stay small), square-rooted
 pictures score near 0 rather than near the histograms' common positive mean.
 
 Numpy only, deterministic (no seed, no threads): the same picture gives the
-same bytes in every process. About 2-4 ms per 64 x 64 picture on one core.
+same bytes in every process. Under 1 ms per picture on one core (about 1400
+small frames/s; about 240 full 480p photos/s including the resize).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 names (:mod:`agent.models.weights`: pretrained, seeded random weights, or
 ``tiny-random``) and runs it on a backend (:mod:`agent.models.backends`: torch,
 or OpenVINO on the CPU); ``classical-hog`` runs a classical descriptor
-(:mod:`agent.models.classical`) as its backend instead of a network. An encoder with random weights is ``meaningless``:
+(:mod:`agent.models.classical`) as its backend instead of a network. An encoder
+with random weights (or no semantics, as the descriptor) is ``meaningless``:
 every answer it contributes to says so. A random network still separates
 scenes image-to-image (same scene ~0.98 cosine, different scenes much lower),
 which is what the tests and the offline demo rely on; text queries against it
@@ -60,7 +61,10 @@ class ClipEncoder:
     """An open_clip model on a backend (torch on CPU or GPU, OpenVINO on CPU), batched.
 
     ``backend`` runs the forward passes; this class resizes, tokenises,
-    batches, normalises and serialises them (one forward at a time).
+    batches, normalises and serialises them (one forward at a time). ``dim``
+    skips the text probe that otherwise measures the embedding width (a backend
+    without a text side has none to probe); ``note`` replaces the random-weights
+    warning of a ``meaningless`` encoder.
     """
 
     def __init__(
