@@ -57,7 +57,10 @@ class EncoderConfig(Strict):
     weights whose answers are *meaningless* (tests and offline demos only).
     ``random_weights`` builds ``model`` itself with seeded random weights (speed
     and capacity runs): it costs what the real model costs, and its answers are
-    meaningless too.
+    meaningless too. ``classical-hog`` is no network at all: a classical descriptor
+    (colour thumbnails + gradient histograms, :mod:`agent.models.classical`) for
+    image-to-image benchmarks; it has no text side and ignores ``pretrained`` and
+    ``backend``.
     """
 
     model: str = "MobileCLIP2-S0"
@@ -81,6 +84,8 @@ class EncoderConfig(Strict):
             raise ValueError("model 'tiny-random' has random weights; pass allow_random=True")
         if self.random_weights and self.checkpoint is not None:
             raise ValueError("random_weights and checkpoint exclude each other")
+        if self.model == "classical-hog" and (self.random_weights or self.checkpoint is not None):
+            raise ValueError("model 'classical-hog' has no weights: no random_weights, no checkpoint")
         return self
 
 

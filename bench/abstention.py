@@ -131,6 +131,7 @@ def run(
                 )
             info = idx.info()["streams"][STREAM]
             meaningless = idx.prescreen.meaningless
+            note = idx.prescreen.note
         finally:
             idx.close()
     return {
@@ -141,12 +142,7 @@ def run(
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "haystack": {"params": params.model_dump(), "root": str(hs.root), "cached": hs.cached},
         "encoder": {"name": idx.prescreen.name, "meaningless": meaningless},
-        "note": (
-            "tiny-random: a seeded ViT with random weights. Image-to-image similarity still separates "
-            "scenes, so image-query figures are informative; text queries are not used here."
-            if meaningless
-            else ""
-        ),
+        "note": _note(idx.prescreen.name, note) if meaningless else "",
         "threshold": {
             "min_confidence": settings.query.min_confidence,
             "how_chosen": (
@@ -163,6 +159,16 @@ def run(
         "queries": rows,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _note(name: str, note: str | None) -> str:
+    """What the encoder's figures mean: image queries only, never text."""
+    if name == "tiny-random":
+        return (
+            "tiny-random: a seeded ViT with random weights. Image-to-image similarity still separates "
+            "scenes, so image-query figures are informative; text queries are not used here."
+        )
+    return f"{note}. Only image queries are used here." if note else ""
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 :func:`load_encoder` builds the model an :class:`~agent.config.EncoderConfig`
 names (:mod:`agent.models.weights`: pretrained, seeded random weights, or
 ``tiny-random``) and runs it on a backend (:mod:`agent.models.backends`: torch,
-or OpenVINO on the CPU). An encoder with random weights is ``meaningless``:
+or OpenVINO on the CPU); ``classical-hog`` runs a classical descriptor
+(:mod:`agent.models.classical`) as its backend instead of a network. An encoder
+with random weights (or no semantics, as the descriptor) is ``meaningless``:
 every answer it contributes to says so. A random network still separates
 scenes image-to-image (same scene ~0.98 cosine, different scenes much lower),
 which is what the tests and the offline demo rely on; text queries against it
@@ -26,11 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from agent.config import EncoderConfig
+from agent.models import classical
 from agent.models.backends import Backend, make_backend
+from agent.models.classical import CLASSICAL, ClassicalBackend
 from agent.models.weights import TINY_RANDOM, BuiltModel, build_model
 from agent.types import RGBImage
 
-__all__ = ["TINY_RANDOM", "ClipEncoder", "Encoder", "load_encoder"]
+__all__ = ["CLASSICAL", "TINY_RANDOM", "ClipEncoder", "Encoder", "load_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,10 @@ class ClipEncoder:
     """An open_clip model on a backend (torch on CPU or GPU, OpenVINO on CPU), batched.
 
     ``backend`` runs the forward passes; this class resizes, tokenises,
-    batches, normalises and serialises them (one forward at a time).
+    batches, normalises and serialises them (one forward at a time). ``dim``
+    skips the text probe that otherwise measures the embedding width (a backend
+    without a text side has none to probe); ``note`` replaces the random-weights
+    warning of a ``meaningless`` encoder.
     """
 
     def __init__(
@@ -72,6 +79,8 @@ class ClipEncoder:
         batch_size: int = 16,
         threads: int | None = None,
         meaningless: bool = False,
+        dim: int | None = None,
+        note: str | None = None,
     ) -> None:
         self.name = name
         self.image_size = image_size
@@ -85,9 +94,11 @@ class ClipEncoder:
         # One forward at a time: torch's intra-op pool is already using the cores.
         self._lock = threading.Lock()
         self.passes = 0
-        with torch.inference_mode():
-            probe = backend.encode_text(self._tokenize(["x"]))
-        self.dim = int(probe.shape[-1])
+        self._note = note
+        if dim is None:
+            with torch.inference_mode():
+                dim = int(backend.encode_text(self._tokenize(["x"])).shape[-1])
+        self.dim = dim
 
     @classmethod
     def from_built(cls, built: BuiltModel, backend: Backend, cfg: EncoderConfig) -> ClipEncoder:
@@ -107,6 +118,8 @@ class ClipEncoder:
     @property
     def note(self) -> str | None:
         """A warning to show with every answer, or None."""
+        if self._note is not None:
+            return self._note
         return f"{self.name} has random weights: similarities carry no meaning" if self.meaningless else None
 
     def _tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -163,6 +176,27 @@ class ClipEncoder:
         return self._run(self.backend.encode_text, batches)
 
 
+def _classical(cfg: EncoderConfig) -> ClipEncoder:
+    """The classical descriptor (:mod:`agent.models.classical`): no weights, numpy on the CPU.
+
+    ``backend`` is not consulted (nothing to convert); pixels reach the
+    descriptor in [0, 1] (mean 0, std 1).
+    """
+    return ClipEncoder(
+        ClassicalBackend(),
+        classical.tokenize,
+        name=CLASSICAL,
+        image_size=classical.IMAGE_SIZE,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+        meaningless=True,
+        dim=ClassicalBackend.dim,
+        note=classical.NOTE,
+    )
+
+
 _CACHE: dict[EncoderConfig, ClipEncoder] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -179,8 +213,11 @@ def load_encoder(cfg: EncoderConfig) -> ClipEncoder:
         enc = _CACHE.get(cfg)
         if enc is None:
             torch.set_num_threads(cfg.threads)
-            built = build_model(cfg)
-            enc = ClipEncoder.from_built(built, make_backend(cfg, built), cfg)
+            if cfg.model == CLASSICAL:
+                enc = _classical(cfg)
+            else:
+                built = build_model(cfg)
+                enc = ClipEncoder.from_built(built, make_backend(cfg, built), cfg)
             if enc.meaningless:
                 log.warning("encoder: %s", enc.note)
             log.info("encoder %s on %s, %d threads", enc.name, enc.backend.name, cfg.threads)
