@@ -273,8 +273,11 @@ def search_visual(
     cals: dict[str, Calibration] = {"anchor": calibrate(scores, trials=len(scores), cosine=True)}
     if refined:
         bg = _background_frames(r, rvec, lo, hi, refine_encoder, cache)
-        # Judged against the stream's own frames; the best of every refined frame is the trial count.
-        cals["refine"] = calibrate(bg if len(bg) else scores, trials=refined, cosine=True)
+        # Judged against the stream's own frames. The prescreen chose where to refine from the whole
+        # range, so the best refined frame is in effect the best of every frame in it: that is the
+        # trial count (counting only the refined frames let ~40 % of absent photos pass at 0.95).
+        in_range = int((hi - lo) / r.frame_seconds) if r.frame_seconds > 0 else refined
+        cals["refine"] = calibrate(bg if len(bg) else scores, trials=max(refined, in_range), cosine=True)
     return ChannelAnswer(props, cals, cov, notes)
 
 
