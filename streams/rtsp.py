@@ -52,13 +52,14 @@ import av
 import av.container
 
 from streams.audio import AudioChunker
-from streams.bridge import Bridge, BridgeClosed, QueuePolicy
+from streams.bridge import Bridge, QueuePolicy
 from streams.errors import DisconnectedError, SourceUnavailableError
-from streams.media import AudioChunk, Frame, Media
+from streams.live_source import LiveSource
+from streams.media import Frame, Media
 from streams.registry import OpenContext, register
 from streams.sampler import Sampler, to_rgb, tune_decoder
-from streams.source import Source, SourceSpec, SourceState, SourceStats
-from streams.timeline import Gap, LiveClock
+from streams.source import SourceSpec, SourceState, SourceStats
+from streams.timeline import LiveClock
 from streams.urls import mask_text, mask_url
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) 
     return step / 2.0 + rng.uniform(0.0, step / 2.0)
 
 
-class RTSPSource(Source):
+class RTSPSource(LiveSource):
     """Async iterator of :class:`Frame` (and :class:`AudioChunk` with ``audio``) from an RTSP URL.
 
     ``async with RTSPSource(url, stream="cam1") as src: async for frame in src``.
@@ -156,16 +157,6 @@ class RTSPSource(Source):
         """connecting / streaming / backoff / closed (idle before the first read)."""
         return self._state
 
-    @property
-    def dropped(self) -> int:
-        """Sampled frames discarded because the consumer fell behind."""
-        return self._bridge.dropped
-
-    @property
-    def gaps(self) -> list[Gap]:
-        """Holes in the timeline left by reconnects."""
-        return list(self._clock.gaps)
-
     def stats(self) -> SourceStats:
         state: SourceState = "connecting" if self._state == "idle" else self._state
         return SourceStats(
@@ -192,15 +183,7 @@ class RTSPSource(Source):
 
     async def __anext__(self) -> Media:
         self.start()
-        try:
-            item = await self._bridge.get()
-        except BridgeClosed:
-            raise StopAsyncIteration from None
-        if isinstance(item, AudioChunk):
-            self.audio_out += 1
-        else:
-            self.frames_out += 1
-        return item
+        return await self._next_item()
 
     async def close(self) -> None:
         """Stop the thread and end iteration. Idempotent; waits for the thread."""

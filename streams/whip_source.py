@@ -16,11 +16,12 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streams.audio import AudioChunker
-from streams.bridge import Bridge, BridgeClosed, QueuePolicy
-from streams.media import AudioChunk, Frame, Media
+from streams.bridge import Bridge, QueuePolicy
+from streams.live_source import LiveSource
+from streams.media import Frame, Media
 from streams.sampler import Sampler, to_rgb
-from streams.source import Source, SourceStats
-from streams.timeline import Gap, LiveClock
+from streams.source import SourceStats
+from streams.timeline import LiveClock
 
 
 class SessionOwner(Protocol):
@@ -29,7 +30,7 @@ class SessionOwner(Protocol):
     async def end_sessions(self, stream: str) -> None: ...
 
 
-class WhipSource(Source):
+class WhipSource(LiveSource):
     """Media of one WHIP stream across publisher sessions (async iterator).
 
     Counters: :attr:`frames_in` (decoded frames received), :attr:`frames_out`,
@@ -73,16 +74,6 @@ class WhipSource(Source):
     def closed(self) -> bool:
         return self._bridge.closed
 
-    @property
-    def dropped(self) -> int:
-        """Sampled frames discarded because the consumer fell behind."""
-        return self._bridge.dropped
-
-    @property
-    def gaps(self) -> list[Gap]:
-        """Holes in the timeline left by publisher changes."""
-        return list(self._clock.gaps)
-
     def stats(self) -> SourceStats:
         if self.closed:
             state: Literal["connecting", "streaming", "closed"] = "closed"
@@ -98,15 +89,7 @@ class WhipSource(Source):
         )
 
     async def __anext__(self) -> Media:
-        try:
-            item = await self._bridge.get()
-        except BridgeClosed:
-            raise StopAsyncIteration from None
-        if isinstance(item, AudioChunk):
-            self.audio_out += 1
-        else:
-            self.frames_out += 1
-        return item
+        return await self._next_item()
 
     async def __aenter__(self) -> WhipSource:
         return self
