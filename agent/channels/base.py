@@ -39,14 +39,16 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from agent.config import QueryConfig
 from agent.core.fuse import Calibration, ChannelProposal
+from agent.errors import ConfigError
 from agent.types import Coverage, Frame
 
 _ids = itertools.count(1)
@@ -86,6 +88,30 @@ class WorkItem:
     attempt: int = 0
     """0 for the first try, then 1, 2... for retries."""
     id: int = field(default_factory=lambda: next(_ids))
+
+
+_E = TypeVar("_E")
+
+
+def group_by_worker(
+    entries: Iterable[_E], item_of: Callable[[_E], WorkItem], known: Collection[str], *, runner: str
+) -> dict[str, list[_E]]:
+    """``entries`` grouped by the worker their work item names, order kept within a group.
+
+    An item naming a worker that ``runner`` (e.g. "this service") does not run is a
+    configuration bug: :class:`~agent.errors.ConfigError` before anything is grouped out,
+    never work queued for nobody.
+    """
+    groups: dict[str, list[_E]] = {}
+    for entry in entries:
+        item = item_of(entry)
+        if item.worker not in known:
+            raise ConfigError(
+                f"channel {item.channel!r} of stream {item.stream!r} needs a {item.worker!r} worker; "
+                f"{runner} runs {sorted(known)}"
+            )
+        groups.setdefault(item.worker, []).append(entry)
+    return groups
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.channels.base import WorkItem
+from agent.channels.base import WorkItem, group_by_worker
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
@@ -203,14 +203,7 @@ class VideoIndex:
         :class:`ConfigError` before anything of the batch is encoded (as the
         service's :class:`~agent.service.workers.Workers` does).
         """
-        by_worker: dict[str, list[tuple[StreamState, WorkItem]]] = {}
-        for st, item in batch:
-            if item.worker not in self._workers:
-                raise ConfigError(
-                    f"channel {item.channel!r} of stream {item.stream!r} needs a {item.worker!r} worker; "
-                    f"this index runs {sorted(self._workers)}"
-                )
-            by_worker.setdefault(item.worker, []).append((st, item))
+        by_worker = group_by_worker(batch, lambda entry: entry[1], self._workers, runner="this index")
         for name, group in by_worker.items():
             vecs = self._workers[name]([item for _, item in group])
             for (st, item), vec in zip(group, vecs, strict=True):

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from agent.channels.base import WorkCounters, WorkItem
-from agent.errors import ConfigError
+from agent.channels.base import WorkCounters, WorkItem, group_by_worker
 from agent.service.batch_worker import BatchWorker, Sink
 
 
@@ -54,14 +53,7 @@ class Workers:
 
     async def submit(self, stream: str, items: list[WorkItem]) -> None:
         """Queue each item on the worker it names (order kept per worker; backpressure as BatchWorker)."""
-        by_worker: dict[str, list[WorkItem]] = {}
-        for item in items:
-            if item.worker not in self._workers:
-                raise ConfigError(
-                    f"channel {item.channel!r} of stream {stream!r} needs a {item.worker!r} worker; "
-                    f"this service runs {sorted(self._workers)}"
-                )
-            by_worker.setdefault(item.worker, []).append(item)
+        by_worker = group_by_worker(items, lambda item: item, self._workers, runner="this service")
         for name, batch in by_worker.items():
             await self._workers[name].submit(stream, batch)
 
