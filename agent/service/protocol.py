@@ -256,12 +256,18 @@ def encode(msg: BaseModel) -> str:
     return msg.model_dump_json()
 
 
-def request_id(raw: str | bytes) -> str | None:
-    """The ``id`` of a message, best effort, for errors about a message that did not validate."""
+def load_json(raw: str | bytes) -> Any:
+    """Decode one message's JSON text (parsed once per message); ProtocolError when it is not JSON."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # "[" * 100000: nested deeper than the parser goes
+        raise ProtocolError("malformed JSON: nested too deeply") from exc
+
+
+def id_of(data: Any) -> str | None:
+    """The ``id`` of decoded message data, best effort, for errors about a message that did not validate."""
     rid = data.get("id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str) else None
 
@@ -276,25 +282,21 @@ def leading_id(raw: str) -> str | None:
 
 
 def parse_message(raw: str | bytes) -> ClientMessage:
-    """Validate one client message; raise :class:`ProtocolError` with a readable reason."""
-    return _parse(_REQUESTS, raw)
+    """Validate one client message's JSON text; raise :class:`ProtocolError` with a readable reason."""
+    return validate_message(load_json(raw))
+
+
+def validate_message(data: Any) -> ClientMessage:
+    """Validate one client message already decoded by :func:`load_json` (any JSON value)."""
+    return _validate(_REQUESTS, data)
 
 
 def parse_event(raw: str | bytes | dict[str, Any]) -> ServerEvent:
     """Validate one server event: JSON text, or a dict built by a lower layer (runner status, progress)."""
-    return _parse(_EVENTS, raw)
+    return _validate(_EVENTS, raw if isinstance(raw, dict) else load_json(raw))
 
 
-def _parse(adapter: TypeAdapter[_T], raw: str | bytes | dict[str, Any]) -> _T:
-    if isinstance(raw, dict):
-        data: Any = raw
-    else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProtocolError(f"malformed JSON: {exc}") from exc
-        except RecursionError as exc:  # "[" * 100000: nested deeper than the parser goes
-            raise ProtocolError("malformed JSON: nested too deeply") from exc
+def _validate(adapter: TypeAdapter[_T], data: Any) -> _T:
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
     if "type" not in data:

@@ -46,9 +46,10 @@ from agent.service.protocol import (
     StreamsRemove,
     WatchingEvent,
     WatchMsg,
+    id_of,
     leading_id,
-    parse_message,
-    request_id,
+    load_json,
+    validate_message,
 )
 from agent.service.serving import Serving
 
@@ -142,8 +143,9 @@ class Router:
             if len(raw.encode()) > self.cfg.max_message_bytes:
                 rid = leading_id(raw)  # not parsed whole: the id is read from the message's head
                 raise ProtocolError(f"message over {self.cfg.max_message_bytes} bytes")
-            rid = request_id(raw)  # for the error event if the message does not validate
-            msg = parse_message(raw)
+            data = load_json(raw)
+            rid = id_of(data)  # for the error event if the message does not validate
+            msg = validate_message(data)
             if not conn.authed and not isinstance(msg, Hello):
                 conn.kick(ErrorEvent(id=rid, code=UNAUTHORIZED, message="send hello with the token first"))
                 return

@@ -308,3 +308,13 @@ def test_the_id_of_a_message_too_large_to_parse_is_read_from_its_head() -> None:
     assert leading_id(json.dumps({"id": "first", "type": "query"})) == "first"
     assert leading_id('{"type": "q", "x": {"id": "inner"}, "id": "late"}') is None  # nested: not guessed
     assert leading_id("[" * 10_000) is None
+
+
+async def test_any_json_value_that_is_not_an_object_is_a_typed_error(tmp_path: Path) -> None:
+    async with running(tmp_path) as (_svc, url), client(url) as ws:
+        for raw in ("[1, 2]", '"text"', "null", "3", "[" * 100_000 + "]" * 100_000):
+            await ws.send(raw)
+            err = await wait_for(ws, lambda e: e["type"] == "error")
+            assert err["code"] == "bad_message" and err["id"] is None, (raw[:10], err)
+        answer = await request(ws, {"type": "streams.list", "id": "still-open"})
+        assert answer["type"] == "streams"
