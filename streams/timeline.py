@@ -1,8 +1,10 @@
 """Stream time, owned in one place.
 
 * :class:`LiveClock` — inside a live source: maps each session's raw
-  timestamps onto one monotonic timeline that survives reconnects and frames
-  without pts (a reconnect leaves a gap as long as it really took).
+  timestamps onto one monotonic timeline that survives reconnects, frames
+  without pts (a reconnect leaves a gap as long as it really took), stray
+  sender timestamps (clamped to arrival, counted) and sender clocks that
+  jump or restart (a new piece continuing at real elapsed time).
 * :class:`Pacer` — real-time pacing of a replay: wait until a frame's time
   has come on the loop's clock. Written once; used by
   :class:`~streams.file.FileSource` (``realtime=True``) and by
@@ -45,37 +47,73 @@ class LiveClock:
 
     Each session reports raw times (seconds from its own first pts) or None
     when a frame has no pts. The first frame of the first session is at 0.
-    A new session (or a raw time going backwards) is re-anchored so that it
-    continues after the last emitted time by the *wall-clock time that
-    really passed* — a reconnect that took 4 s leaves a 4 s gap, recorded in
-    :attr:`gaps`. A frame without pts gets the previous time plus the
-    elapsed arrival time, so it is never placed before its predecessor.
+
+    Rules (arrival time is the judge of a sender's timestamp):
+
+    * **Fits.** A frame's raw time fits the current piece of timeline when,
+      measured from the last frame that fitted, it went forward (or back by
+      at most :attr:`max_back`, reordering jitter) and did not run ahead of
+      the arrival time that passed by more than :attr:`max_lead` seconds.
+      Running *behind* arrival is allowed: a stall delivers late footage.
+      A fitting frame gets ``raw + offset``, so stream time follows the
+      footage and never runs faster than it.
+    * **Stray.** A frame that does not fit (a camera stamping one frame an
+      hour away from its neighbours) is *clamped*: placed by arrival, at the
+      previous time plus the arrival time that passed. Counted in
+      :attr:`clamped`; the next fitting frame is judged against the last
+      fitting one, so one stray moves nothing.
+    * **Jump.** When :attr:`persist` stray frames in a row fit each other,
+      the sender's clock really jumped (or restarted): a new piece of
+      timeline starts there, continuing at the real elapsed (arrival) time.
+      Counted in :attr:`jumps`. No frame is dropped because its pts is below
+      an old maximum.
+    * **Session.** A new session (:meth:`new_session`) re-anchors so that it
+      continues after the last emitted time by the *wall-clock time that
+      really passed* — a reconnect that took 4 s leaves a 4 s gap, recorded
+      in :attr:`gaps`.
+    * **No pts.** A frame without pts is placed by arrival (previous time plus
+      the elapsed arrival time), never before its predecessor.
+
+    Emitted times are strictly increasing (at least 1 ms apart).
     """
 
+    max_lead: float = 2.0
+    """Seconds a sender's clock may run ahead of arrival time between two fitting frames."""
+    max_back: float = 0.5
+    """Seconds a sender's clock may step back and still fit (placed just after its predecessor)."""
+    persist: int = 3
+    """Stray frames in a row, fitting each other, that make a new piece of timeline."""
     last_t: float | None = None
     gaps: list[Gap] = field(default_factory=list)
+    clamped: int = 0
+    """Frames whose sender timestamp was stray, placed by arrival instead."""
+    jumps: int = 0
+    """New pieces of timeline started because a sender's clock jumped and stayed there."""
     _offset: float | None = None
+    _ref: tuple[float, float] | None = None  # (raw, arrival) of the last frame that fitted
+    _stray: list[tuple[float, float]] = field(default_factory=list)  # strays in a row, fitting each other
     _last_arrival: float | None = None
     _new_session: bool = False
 
     def new_session(self) -> None:
         """A new connection starts: its raw times restart from anything."""
         self._offset = None
+        self._ref = None
+        self._stray.clear()
         self._new_session = self.last_t is not None
 
+    def fits(self, raw: float, arrival: float, ref: tuple[float, float]) -> bool:
+        """Whether raw time ``raw`` arriving at ``arrival`` continues the frame ``ref`` = (raw, arrival)."""
+        d_raw = raw - ref[0]
+        return d_raw >= -self.max_back and d_raw - (arrival - ref[1]) <= self.max_lead
+
     def map(self, raw: float | None, arrival: float) -> float:
-        """Stream time of a frame with raw session time ``raw`` arriving at ``arrival``."""
+        """Stream time of a frame with raw session time ``raw`` arriving at ``arrival`` (monotonic s)."""
         if self.last_t is None or self._last_arrival is None:
             expected = 0.0
         else:
             expected = self.last_t + max(arrival - self._last_arrival, _MIN_STEP)
-        if raw is None:
-            t = expected
-        else:
-            if self._offset is None or (self.last_t is not None and raw + self._offset <= self.last_t):
-                # New session, or the sender restarted its clock: continue from here.
-                self._offset = expected - raw
-            t = raw + self._offset
+        t = expected if raw is None else self._place(raw, arrival, expected)
         if self.last_t is not None:
             if self._new_session:
                 self.gaps.append(Gap(self.last_t, t))
@@ -84,6 +122,30 @@ class LiveClock:
         self.last_t = t
         self._last_arrival = arrival
         return t
+
+    def _place(self, raw: float, arrival: float, expected: float) -> float:
+        if self._offset is None or self._ref is None:  # first frame of a session: anchor here
+            self._anchor(raw, arrival, expected)
+            return expected
+        if self.fits(raw, arrival, self._ref):
+            self._ref = (raw, arrival)
+            self._stray.clear()
+            return raw + self._offset
+        if self._stray and self.fits(raw, arrival, self._stray[-1]):
+            self._stray.append((raw, arrival))
+        else:
+            self._stray = [(raw, arrival)]
+        if len(self._stray) >= self.persist:
+            self.jumps += 1
+            self._anchor(raw, arrival, expected)
+        else:
+            self.clamped += 1
+        return expected
+
+    def _anchor(self, raw: float, arrival: float, t: float) -> None:
+        self._offset = t - raw
+        self._ref = (raw, arrival)
+        self._stray.clear()
 
 
 class Pacer:

@@ -120,3 +120,64 @@ async def test_audio_is_placed_like_frames_without_pacing_or_moving_the_clock() 
     assert tl.last_t == 4.0  # frames own the clock: audio does not move it
     live = Timeline(now=lambda: 50.0)
     assert live.place(1.0, 7.0) == (pytest.approx(1.0), 7.0)  # a live source's own wall time is kept
+
+
+def feed(clock: LiveClock, frames: list[tuple[float | None, float]]) -> list[float]:
+    return [clock.map(raw, arrival) for raw, arrival in frames]
+
+
+def test_one_stray_timestamp_in_35_moves_nothing() -> None:
+    # Issue 16 kind 1: 40 s at 10 fps, every 35th frame stamped an hour away (ahead, then behind).
+    clock = LiveClock()
+    frames: list[tuple[float | None, float]] = []
+    for i in range(400):
+        raw = 500.0 + i * 0.1
+        if i % 35 == 34:
+            raw += 3600.0 if (i // 35) % 2 == 0 else -3600.0
+        frames.append((raw, 20.0 + i * 0.1))
+    times = feed(clock, frames)
+    assert times[-1] == pytest.approx(39.9, abs=1e-6)  # not 18037 s
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a < 0.2 for a, b in zip(times, times[1:], strict=False))  # never faster than the footage
+    assert clock.clamped == 11 and clock.jumps == 0
+    stray = times[34]
+    assert stray == pytest.approx(3.4)  # placed by its arrival
+
+
+def test_a_jump_that_persists_starts_a_new_piece_at_real_elapsed_time() -> None:
+    clock = LiveClock()
+    before = feed(clock, [(100.0 + i * 0.5, i * 0.5) for i in range(10)])  # 0 .. 4.5
+    after = feed(clock, [(9000.0 + i * 0.5, 5.0 + i * 0.5) for i in range(10)])  # sender clock +2 h
+    assert before[-1] == pytest.approx(4.5)
+    assert after == pytest.approx([5.0 + i * 0.5 for i in range(10)])
+    assert clock.jumps == 1 and clock.clamped == clock.persist - 1
+    assert clock.gaps == []
+
+
+def test_clock_restarting_at_zero_keeps_stream_time_going_and_drops_nothing() -> None:
+    # Issue 10 kind 1, live half: the sender's clock restarts (same session, or after a reconnect).
+    clock = LiveClock()
+    first = feed(clock, [(i * 0.5, i * 0.5) for i in range(10)])
+    restarted = feed(clock, [(i * 0.5, 5.0 + i * 0.5) for i in range(10)])  # pts below the old maximum
+    assert len(first + restarted) == 20
+    assert restarted == pytest.approx([5.0 + i * 0.5 for i in range(10)])
+    clock.new_session()
+    again = feed(clock, [(i * 0.5, 12.0 + i * 0.5) for i in range(4)])  # reconnect after 2.5 s
+    assert again == pytest.approx([12.0, 12.5, 13.0, 13.5])
+    assert [(g.start, g.end) for g in clock.gaps] == [(pytest.approx(9.5), pytest.approx(12.0))]
+
+
+def test_stalled_footage_arriving_late_is_kept_on_the_sender_clock() -> None:
+    # A stall delivers frames late, then in a burst: running behind arrival is not stray.
+    clock = LiveClock()
+    frames: list[tuple[float | None, float]] = [(i * 0.5, i * 0.5) for i in range(4)]
+    frames += [(2.0 + i * 0.5, 8.0 + i * 0.01) for i in range(6)]  # 6 s late, then all at once
+    times = feed(clock, frames)
+    assert times == pytest.approx([i * 0.5 for i in range(10)])
+    assert clock.clamped == 0 and clock.jumps == 0
+
+
+def test_slow_camera_without_pts_is_placed_by_arrival() -> None:
+    clock = LiveClock()
+    times = feed(clock, [(None, 100.0 + i * 10.0) for i in range(4)])  # one frame every 10 s, no pts
+    assert times == pytest.approx([0.0, 10.0, 20.0, 30.0])
