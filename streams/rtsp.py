@@ -18,30 +18,42 @@ exponential backoff with jitter and reconnects. Only when the caller limits
 :class:`~streams.errors.DisconnectedError` once they are used up.
 
 Time: ``Frame.t`` is one monotonic timeline across reconnects
-(:class:`~streams.timeline.LiveClock`; each reconnect leaves a gap equal to the
-wall-clock time it took, listed in :attr:`RTSPSource.gaps`). Frames whose pts
-is None — GStreamer's RTSP server sends the very first frame that way — are
-placed by arrival time after their predecessor. ``Frame.wall`` comes from the
-server's RTCP sender reports: FFmpeg's RTSP demuxer turns the first report's
-NTP time into ``AVFormatContext.start_time_realtime`` (the wall time of pts
-0), which PyAV exposes, so ``wall = start_time_realtime + pts * time_base``.
-That is the capture clock of the sender, and it is right even for the frames
-FFmpeg buffered while probing (seconds before they reach us). When no report
-has arrived, or the sender's clock is off from ours by more than
-``max_clock_skew`` seconds, the wall time is the arrival time of the
-session's first frame plus its pts offset (:attr:`RTSPSource.wall_source`
-tells which).
+(:class:`~streams.timeline.LiveClock`: each reconnect leaves a gap equal to the
+wall-clock time it took, listed in :attr:`RTSPSource.gaps`; a stray sender
+timestamp is placed by arrival and counted, ``clock_clamped`` in stats; a
+sender clock that jumps and stays starts a new piece at real elapsed time,
+``clock_jumps``). Frames whose pts is None — GStreamer's RTSP server sends
+the very first frame that way — are placed by arrival time after their
+predecessor.
 
-Timeouts: ``av.open(timeout=(open, read))`` interrupts a server that accepts
-the connection and then stalls, and the RTSP ``timeout`` option (socket I/O
-timeout, microseconds; FFmpeg >= 5 renamed the old ``stimeout`` to it) covers
-the transport. :meth:`RTSPSource.close` therefore returns within about
-``read_timeout`` seconds even when the server hangs.
+Wall clock — one clock per session, chosen at its first frame and shown as
+``wall_source`` in stats: ``"rtcp"`` when a sender report has come by then
+and is within ``max_clock_skew`` seconds of our clock (FFmpeg's RTSP demuxer
+turns the first report's NTP time into ``start_time_realtime``, the wall time
+of pts 0, so ``wall = start_time_realtime + pts`` is the sender's capture
+clock, right even for frames FFmpeg buffered while probing); ``"arrival"``
+otherwise (our clock when the frames arrive: the least delayed frame so far,
+as the frames FFmpeg buffered while probing come late, in a burst). Every
+frame of the session is ``t + offset``: a skewed camera never carries two
+clocks in one session, and a stray timestamp never a stray wall.
+
+Timeouts adapt to the camera (:mod:`streams.liveness`: socket silence with
+RTCP counted as liveness, a frame deadline of three frame intervals, an open
+deadline that doubles after each timeout and covers two keyframe intervals);
+``open_timeout``/``read_timeout`` (also in :class:`RTSPSpec`) are the
+floors. Packets that do not decode (a stream joined between keyframes whose
+SDP lacks SPS/PPS, loss) are skipped and counted (``damaged_packets``); a
+session with no decodable picture for the picture deadline ends. Why the
+latest attempt ended is ``last_error``; a source that gives up
+(``retries``) says so there and in its :class:`DisconnectedError`.
+:meth:`RTSPSource.close` returns within about the frame deadline even when
+the server hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import threading
@@ -50,11 +62,13 @@ from typing import ClassVar, Literal
 
 import av
 import av.container
+from pydantic import Field
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, QueuePolicy
 from streams.errors import DisconnectedError, SourceUnavailableError
 from streams.live_source import LiveSource
+from streams.liveness import Deadlines
 from streams.media import Frame, Media
 from streams.registry import OpenContext, register
 from streams.sampler import Sampler, to_rgb, tune_decoder
@@ -125,13 +139,18 @@ class RTSPSource(LiveSource):
         self._sampler = Sampler(fps)
         self._short_side = short_side
         self._backoff = (backoff_initial, backoff_max)
-        self._timeouts = (open_timeout, read_timeout)
+        try:
+            self._deadlines = Deadlines(open_timeout, read_timeout)
+        except ValueError as exc:
+            raise SourceUnavailableError(str(exc)) from exc
         self._max_skew = max_clock_skew
         self._options = {
             "rtsp_transport": transport,
             # FFmpeg probes up to 5 s by default; a live H.264 stream's parameters come within 1 s.
             "analyzeduration": "1000000",
-            "timeout": str(int(read_timeout * 1_000_000)),
+            # Estimating the frame rate while probing waits for ~20 frames: minutes for a slow
+            # camera. Live time comes from pts and arrival, so the estimate is not needed.
+            "fpsprobesize": "0",
             **(options or {}),
         }
         self._bridge: Bridge[Media] = Bridge(queue_size, "latest")
@@ -149,6 +168,9 @@ class RTSPSource(LiveSource):
         self.audio_out = 0
         self.reconnects = 0
         self.failures = 0
+        self.damaged_packets = 0
+        """Packets skipped as undecodable (before the first keyframe, after loss)."""
+        self._session_frames = 0
         self.last_error: str | None = None
         """Why the latest connection attempt or session ended, for /metrics and logs."""
 
@@ -166,7 +188,14 @@ class RTSPSource(LiveSource):
             reconnects=self.reconnects,
             last_error=self.last_error,
             audio_chunks=self.audio_out,
-            extra={"failures": self.failures, "wall_source": self.wall_source},
+            damaged_packets=self.damaged_packets,
+            extra={
+                "failures": self.failures,
+                "wall_source": self.wall_source,
+                "clock_clamped": self._clock.clamped,
+                "clock_jumps": self._clock.jumps,
+                **self._deadlines.to_dict(),
+            },
         )
 
     async def __aenter__(self) -> RTSPSource:
@@ -214,7 +243,10 @@ class RTSPSource(LiveSource):
                 failed_in_row = 1 if delivered else failed_in_row + 1
                 self.failures += 1
                 if self.retries is not None and failed_in_row > self.retries:
-                    error = DisconnectedError(f"{mask_url(self.url)}: {self.last_error or 'disconnected'}")
+                    reason = self.last_error or "disconnected"
+                    self.last_error = f"gave up after {failed_in_row} failed attempt(s) in a row: {reason}"
+                    log.warning("%s: %s", self.stream, self.last_error)
+                    error = DisconnectedError(f"{mask_url(self.url)}: {self.last_error}")
                     self._bridge.finish(error)
                     return
                 self._state = "backoff"
@@ -231,11 +263,24 @@ class RTSPSource(LiveSource):
 
     def _session(self, sessions: int) -> int | None:
         """One connection: None if it did not open, else the number of frames delivered."""
+        deadlines = self._deadlines
+        opened = time.monotonic()
+        options = {"timeout": str(int(deadlines.socket_timeout * 1_000_000)), **self._options}
         try:
-            container = av.open(self.url, options=self._options, timeout=self._timeouts)
+            container = av.open(
+                self.url, options=options, timeout=(deadlines.open_timeout, deadlines.frame_timeout)
+            )
         except (av.FFmpegError, OSError) as exc:
-            self.last_error = mask_text(f"open failed: {exc}")  # FFmpeg quotes the URL
+            if _timed_out(exc) or time.monotonic() - opened >= deadlines.open_timeout:
+                waited = deadlines.open_timeout
+                deadlines.open_timed_out()
+                self.last_error = (
+                    f"open timed out after {waited:.1f}s (next try allows {deadlines.open_timeout:.1f}s)"
+                )
+            else:
+                self.last_error = mask_text(f"open failed: {exc}")  # FFmpeg quotes the URL
             return None
+        self._session_frames = 0
         try:
             if not container.streams.video:
                 self.last_error = "no video stream"
@@ -243,10 +288,20 @@ class RTSPSource(LiveSource):
             if sessions:
                 self.reconnects += 1
             self._clock.new_session()
+            deadlines.new_session()
             return self._pump(container)
         except (av.FFmpegError, OSError) as exc:
-            self.last_error = mask_text(f"read failed: {exc}")
-            return 0
+            if _timed_out(exc):
+                waited = deadlines.frame_timeout
+                if self._session_frames:
+                    deadlines.read_timed_out()
+                self.last_error = (
+                    f"read timed out: no media for {waited:.1f}s "
+                    f"(next session allows {deadlines.frame_timeout:.1f}s)"
+                )
+            else:
+                self.last_error = mask_text(f"read failed: {exc}")
+            return self._session_frames
         finally:
             if self._chunker is not None:
                 for chunk in self._chunker.flush():
@@ -260,29 +315,48 @@ class RTSPSource(LiveSource):
         astream = (
             container.streams.audio[0] if self._chunker is not None and container.streams.audio else None
         )
-        wall_offset: float | None = None  # wall - t for this session, once known
+        wall_offset: float | None = None  # wall - t for this session, fixed by its first frame
         session_offset: float | None = None  # t - raw for this session, once known (places audio)
         delivered = 0
+        last_picture = time.monotonic()
         self._state = "streaming"
         self.last_error = "end of stream"
         packets = container.demux(vstream) if astream is None else container.demux(vstream, astream)
         for packet in packets:
             if self._stop.is_set():
                 break
-            for frame in packet.decode():
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                # Before the first keyframe (no SPS/PPS yet) or after loss: wait for a decodable one.
+                self.damaged_packets += 1
+                frames = []
+            if not frames and time.monotonic() - last_picture > self._deadlines.picture_timeout:
+                waited = self._deadlines.picture_timeout
+                self.last_error = f"no decodable picture for {waited:.1f}s"
+                return delivered
+            for frame in frames:
                 if isinstance(frame, av.AudioFrame):
                     self._audio(frame, session_offset, wall_offset)
                     continue
                 if not isinstance(frame, av.VideoFrame):
                     continue
                 now_wall, now_mono = time.time(), time.monotonic()
+                last_picture = now_mono
                 self.frames_in += 1
+                self._session_frames += 1
+                self._deadlines.frame(now_mono, bool(frame.key_frame))
                 raw = float(frame.pts * tb) if frame.pts is not None and tb is not None else None
                 t = self._clock.map(raw, now_mono)
                 if raw is not None:
                     session_offset = t - raw
-                    wall_offset = self._wall_offset(container, raw, t, now_wall, wall_offset)
-                wall = now_wall if wall_offset is None else t + wall_offset
+                if wall_offset is None:
+                    wall_offset = self._session_wall_offset(container, raw, t, now_wall)
+                elif self.wall_source == "arrival":
+                    # Frames FFmpeg buffered while probing arrive in a burst, late: the least
+                    # delayed frame dates the session (the offset only moves earlier).
+                    wall_offset = min(wall_offset, now_wall - t)
+                wall = t + wall_offset
                 if not self._sampler.take(t):
                     continue
                 image = to_rgb(frame, self._short_side)
@@ -300,25 +374,29 @@ class RTSPSource(LiveSource):
         for chunk in self._chunker.push(frame, t, wall):
             self._bridge.put(chunk)
 
-    def _wall_offset(
-        self,
-        container: av.container.InputContainer,
-        raw: float,
-        t: float,
-        now_wall: float,
-        current: float | None,
+    def _session_wall_offset(
+        self, container: av.container.InputContainer, raw: float | None, t: float, now_wall: float
     ) -> float:
-        """wall - t for the session: from RTCP sender reports when sane, else first arrival."""
+        """wall - t for the whole session, chosen at its first frame (one clock per session).
+
+        The sender's clock (RTCP sender reports: FFmpeg's ``start_time_realtime``
+        is the wall time of pts 0) when a report has come and it is within
+        ``max_clock_skew`` of our clock; else our arrival time of this frame.
+        """
         realtime = container.start_time_realtime
         if realtime is not None and realtime > 0:
-            wall = realtime / 1_000_000 + raw
+            # A session's first frame without pts (GStreamer's, FFmpeg's first RTP packet) is pts 0.
+            wall = realtime / 1_000_000 + (raw or 0.0)
             if abs(wall - now_wall) <= self._max_skew:
                 self.wall_source = "rtcp"
                 return wall - t
-        if current is not None:
-            return current
         self.wall_source = "arrival"
         return now_wall - t
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a PyAV error is a deadline (PyAV's interrupt: ExitError) or a socket timeout."""
+    return isinstance(exc, av.ExitError | TimeoutError) or getattr(exc, "errno", None) == errno.ETIMEDOUT
 
 
 class RTSPSpec(SourceSpec):
@@ -327,6 +405,10 @@ class RTSPSpec(SourceSpec):
     kind: Literal["rtsp"]
     url: str
     transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds an open may take at first (doubled after each open that timed out)."""
+    read_timeout: float = Field(default=5.0, gt=0, le=300)
+    """Floor of the read deadlines: silence (no byte, RTCP included) and no media (see streams.liveness)."""
 
     @property
     def live(self) -> bool:
@@ -345,6 +427,8 @@ def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
         short_side=ctx.short_side,
         transport=spec.transport,
         queue_size=ctx.queue_size,
+        open_timeout=spec.open_timeout,
+        read_timeout=spec.read_timeout,
         audio=spec.audio,
     )
 
