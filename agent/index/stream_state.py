@@ -59,6 +59,8 @@ SUMMARY_KEYS = (
 """The stream's counters written into ``state.json`` as a summary (the same keys as ever)."""
 _CLOCK_STEP = 5.0
 """Seconds between (stream time, wall clock) pairs kept for live streams."""
+_CLOCK_TOLERANCE = 0.5
+"""Seconds the stream-to-wall offset may move before a new (stream time, wall clock) pair is kept."""
 _CLOCK_CAP = 200_000
 
 
@@ -219,11 +221,19 @@ class StreamState:
 
     # ----------------------------------------------------------------- clock
     def note_clock(self, t: float, wall: float | None) -> None:
-        """Remember (stream time, wall clock) pairs every few seconds."""
+        """Remember (stream time, wall clock) pairs: every few seconds, and at once when the offset moves.
+
+        A new point whenever ``wall - t`` differs from the last point's by more
+        than :data:`_CLOCK_TOLERANCE` seconds (a recorder that was off, a
+        back-filled segment, a new RTSP session's clock), else one per
+        :data:`_CLOCK_STEP` seconds of stream time.
+        """
         if wall is None:
             return
-        if self._clock_t and t - self._clock_t[-1] < _CLOCK_STEP:
-            return
+        if self._clock_t:
+            moved = abs((wall - t) - (self._clock_wall[-1] - self._clock_t[-1])) > _CLOCK_TOLERANCE
+            if not moved and t - self._clock_t[-1] < _CLOCK_STEP:
+                return
         self._clock_t.append(t)
         self._clock_wall.append(wall)
         if len(self._clock_t) > _CLOCK_CAP:
