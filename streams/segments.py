@@ -27,9 +27,28 @@ timestamp is checked against where the previous one ended: if it continues
 the running clock (within a tolerance, or forward by less than ``max_gap``
 seconds, which then is a real gap) the recorder's clock is kept; otherwise
 the segment is appended right after the previous one. The first segment
-starts at 0. ``Frame.wall`` is estimated from the segment file's mtime (its
-end) minus its declared duration, as recorders do not write wall clocks
-into segments portably.
+starts at 0. ``Frame.wall`` is the segment's own time: the date and time in
+its name when there is one (:func:`~streams.segment_folder.wall_from_name`),
+else the file's mtime (its end) minus its declared duration, as recorders do
+not write wall clocks into segments portably.
+
+Recorders restart, rename, prune and back-fill (see
+:mod:`streams.segment_folder` for how a new segment is told from a finished
+one, by identity rather than name):
+
+* a *late* segment — its own wall time starts before the end of the latest
+  segment read, e.g. ``seg003`` back-filled after ``seg004`` — is ingested:
+  appended to the stream timeline (stream time only goes forward) and dated
+  by its own wall time, so answers give when it was recorded; it does not
+  move the recorder clock kept for the segments after it. Logged, counted
+  (``segments_late``);
+* a recorder that restarts numbering from ``000`` writes new files: read as
+  new segments (its clock restarted, so they are appended);
+* a pending segment renamed is read under its new name (``segments_renamed``);
+* a pending segment deleted (retention) before it was read is logged at
+  WARNING and counted (``segments_lost``), like corrupt ones
+  (``segments_corrupt``); all of these are in :meth:`stats` and so in the
+  stream's status.
 
 Resume: :attr:`SegmentFolderSource.position` (a :class:`SegmentPosition`,
 JSON-able; :meth:`~SegmentFolderSource.resume_token` is its dict) says which
@@ -65,7 +84,7 @@ from streams.errors import CorruptMediaError, SourceUnavailableError
 from streams.media import AudioChunk, Frame, Media
 from streams.registry import OpenContext, register
 from streams.sampler import Sampler, to_rgb
-from streams.segment_folder import SegmentFolder, SegmentPosition, natural_key
+from streams.segment_folder import SegmentFolder, SegmentPosition, natural_key, wall_from_name
 from streams.source import RecordingSpec, Source, SourceState, SourceStats
 
 __all__ = ["DEFAULT_PATTERNS", "SegmentFolderSource", "SegmentPosition", "SegmentsSpec", "natural_key"]
@@ -73,6 +92,8 @@ __all__ = ["DEFAULT_PATTERNS", "SegmentFolderSource", "SegmentPosition", "Segmen
 log = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = ("*.mp4", "*.ts", "*.mkv")
+LATE_TOLERANCE = 2.0
+"""Seconds a segment's own start may precede the last segment's end before it counts as late."""
 State = Literal["waiting", "reading", "done", "closed"]
 _STATS_STATE: dict[State, SourceState] = {
     "waiting": "connecting",
@@ -139,8 +160,12 @@ class SegmentFolderSource(Source):
         self._short_side = short_side
         self._poll = poll_interval
         self._max_gap = max_gap
-        self._work = position.model_copy() if position is not None else SegmentPosition()  # the thread's
-        self._pos = self._work.model_copy()  # as of the items handed out
+        self._work = (
+            position.model_copy(deep=True) if position is not None else SegmentPosition()
+        )  # the thread's
+        if self._work.finished is None and self._work.done is None:
+            self._work.finished = []
+        self._pos = self._work.model_copy(deep=True)  # as of the items handed out
         self._resumed_at = self._work.last_t  # sound up to here was handed out before a restart
         if self._work.last_t is not None:
             self._sampler.take(self._work.last_t)  # continue the sampling grid where it stopped
@@ -160,6 +185,9 @@ class SegmentFolderSource(Source):
         self.reconnects = 0
         self.segments_done = 0
         self.segments_corrupt = 0
+        self.segments_late = 0
+        self.segments_lost = 0
+        self.segments_renamed = 0
         self._damage = Damage()
 
     @property
@@ -188,7 +216,13 @@ class SegmentFolderSource(Source):
             last_error=self._error,
             audio_chunks=self.audio_out,
             damaged_packets=self._damage.packets,
-            extra={"segments_done": self.segments_done, "segments_corrupt": self.segments_corrupt},
+            extra={
+                "segments_done": self.segments_done,
+                "segments_corrupt": self.segments_corrupt,
+                "segments_late": self.segments_late,
+                "segments_lost": self.segments_lost,
+                "segments_renamed": self.segments_renamed,
+            },
         )
 
     async def __aenter__(self) -> SegmentFolderSource:
@@ -210,7 +244,7 @@ class SegmentFolderSource(Source):
             except BridgeClosed:
                 break
             if isinstance(item, _Mark):
-                self._pos = item.position.model_copy(update={"last_t": self._pos.last_t})
+                self._pos = item.position.model_copy(update={"last_t": self._pos.last_t}, deep=True)
             elif isinstance(item, _End):
                 self._finished = True
                 if item.error is not None:
@@ -259,7 +293,15 @@ class SegmentFolderSource(Source):
 
     def _next_segment(self) -> str | None:
         """The next complete segment, or None (then :attr:`state` is done when nothing will come)."""
-        pending = self._folder.pending(self._work.done)
+        scan = self._folder.scan(self._work)
+        for name in scan.lost:
+            self.segments_lost += 1
+            self._error = f"segment {name} deleted before it was read"
+            log.warning("%s: %s", self.stream, self._error)
+        for old, new in scan.renamed:
+            self.segments_renamed += 1
+            log.info("%s: pending segment %s renamed to %s", self.stream, old, new)
+        pending = scan.pending
         if not pending:
             if not self.follow:
                 self._state = "done"
@@ -276,16 +318,27 @@ class SegmentFolderSource(Source):
         self._state, self._segment = "reading", name
         seen_frames = False
         try:
+            ident = self._folder.identity(name)
+        except FileNotFoundError:
+            self.segments_lost += 1
+            self._error = f"segment {name} deleted before it was read"
+            log.warning("%s: %s", self.stream, self._error)
+            self._folder.forget(name)
+            self._state, self._segment = "waiting", None
+            return True
+        try:
             for item in self._segment_media(self.folder / name):
                 seen_frames = True
                 if not self._bridge.put(item):
                     return False
         except CorruptMediaError as exc:
-            self._segment_failed(name, exc, seen_frames)
+            if self._segment_failed(name, exc, seen_frames):
+                self._finish(ident)
         else:
             if self._stop.is_set():
                 return False
             self._work.done = name
+            self._finish(ident)
             self.segments_done += 1
         finally:
             self._folder.forget(name)
@@ -294,16 +347,22 @@ class SegmentFolderSource(Source):
                 self._state = "waiting"
         return self._bridge.put(_Mark(self._work.model_copy()))
 
-    def _segment_failed(self, name: str, exc: CorruptMediaError, seen_frames: bool) -> None:
+    def _finish(self, ident: str) -> None:
+        finished = self._work.finished if self._work.finished is not None else []
+        self._work.finished = [*finished, ident]
+
+    def _segment_failed(self, name: str, exc: CorruptMediaError, seen_frames: bool) -> bool:
+        """Count a segment that failed; False when it is to be retried (the newest, maybe unfinished)."""
         if not seen_frames and self.follow:
             if self._folder.newest() == name:
                 # The newest segment may still be written (MP4 before its index): retry later.
                 self._folder.defer(name)
                 log.info("%s: newest segment %s not readable yet (%s)", self.stream, name, exc)
-                return
+                return False
         log.warning("%s: corrupt segment %s skipped: %s", self.stream, name, exc)
         self.segments_corrupt += 1
         self._work.done = name
+        return True
 
     def _segment_media(self, path: Path) -> Iterator[_Item]:
         """Sampled frames (and sound) of one segment on the stream's timeline, plus its start mark."""
@@ -319,8 +378,16 @@ class SegmentFolderSource(Source):
     def _decode(self, container: Any, path: Path) -> Iterator[_Item]:
         vstream = container.streams.video[0]
         declared = float(container.duration / 1_000_000) if container.duration else None
-        wall_start = os.stat(path).st_mtime - declared if declared else None
+        wall_start = wall_from_name(path.name)
+        if wall_start is None and declared:
+            wall_start = os.stat(path).st_mtime - declared
         p = self._work
+        late = (
+            wall_start is not None
+            and p.last_wall_end is not None
+            and wall_start < p.last_wall_end - LATE_TOLERANCE
+        )
+        kept_shift = p.shift  # a late segment does not move the recorder clock of the ones after it
         first_t: float | None = None
         end = p.next_t
         finished = False  # False when the consumer closed us mid-segment: keep the resume point
@@ -342,6 +409,10 @@ class SegmentFolderSource(Source):
                         yield from self._sound(item, first_t, wall_start)
                     continue
                 if first_t is None:
+                    if late:
+                        p.shift = None  # appended after what was read, dated by its own time
+                        self.segments_late += 1
+                        log.info("%s: late segment %s ingested at its own wall time", self.stream, path.name)
                     self._begin_segment(item.t)
                     yield _Mark(p.model_copy())
                     assert p.shift is not None
@@ -365,8 +436,13 @@ class SegmentFolderSource(Source):
             raise
         finally:
             if finished and first_t is not None:
-                p.last_duration = max(0.0, end - first_t)
                 p.next_t = end
+                if late:
+                    p.shift = kept_shift
+                else:
+                    p.last_duration = max(0.0, end - first_t)
+                    if wall_start is not None:
+                        p.last_wall_end = wall_start + (end - first_t)
         if first_t is None:
             raise CorruptMediaError(f"{path}: cannot read segment (no decodable frame)")
 
