@@ -13,10 +13,14 @@ the same stream) replaces the old session, counts as a reconnect and
 continues the same monotonic timeline (:class:`~streams.timeline.LiveClock`,
 gaps recorded). Frames: aiortc decodes in its own thread and hands
 ``av.VideoFrame`` objects to the event loop; we map their RTP timestamps
-(90 kHz, wrapping every 13 h — a wrap re-anchors the clock) to stream time,
-sample to ``fps`` and convert only the kept frames, in a worker thread.
-``Frame.wall`` is the arrival time of the session's first frame plus the
-RTP time since (aiortc does not expose the RTCP sender reports).
+(90 kHz, wrapping every 13 h) to stream time with the same rules as RTSP:
+a stray timestamp is placed by arrival and counted (``clock_clamped``), a
+wrap or any jump that persists starts a new piece of timeline at real
+elapsed time (``clock_jumps``); then we sample to ``fps`` and convert only
+the kept frames, in a worker thread. ``Frame.wall`` is one clock per
+session: the arrival time of its first frame plus the stream time since
+(aiortc does not expose the RTCP sender reports; ``wall_source`` is
+``"arrival"``).
 Delivery uses a :class:`~streams.bridge.Bridge` with queue policy
 ``"latest"``: latest wins, drops counted.
 

@@ -85,7 +85,12 @@ class WhipSource(LiveSource):
             drops=self.dropped,
             reconnects=self.reconnects,
             audio_chunks=self.audio_out,
-            extra={"publishing": self.publishing},
+            extra={
+                "publishing": self.publishing,
+                "wall_source": "arrival",
+                "clock_clamped": self._clock.clamped,
+                "clock_jumps": self._clock.jumps,
+            },
         )
 
     async def __anext__(self) -> Media:
