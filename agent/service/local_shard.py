@@ -244,6 +244,7 @@ class LocalShard(StreamShard):
                     up=r.status in ("starting", "running"),
                     tokens=r.state.memory.tokens,
                     encoder_queue=depths.get(name, 0),
+                    source_events=source_events(r.source_info()),
                 )
                 for name, r in self.runners.items()
             },
@@ -259,3 +260,23 @@ class LocalShard(StreamShard):
             "model": {"prescreen": idx.prescreen.name, "refine": idx.refine.name, "dim": idx.prescreen.dim},
             "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
         }
+
+
+SOURCE_EVENTS = (
+    "damaged_packets",
+    "failures",
+    "clock_clamped",
+    "clock_jumps",
+    "segments_corrupt",
+    "segments_late",
+    "segments_lost",
+    "segments_renamed",
+)
+"""Source counters exported per stream as ``vmr_source_events_total{event=...}``."""
+
+
+def source_events(info: dict[str, Any] | None) -> dict[str, int]:
+    """The counters of :data:`SOURCE_EVENTS` a source's statistics carry."""
+    if info is None:
+        return {}
+    return {k: int(info[k]) for k in SOURCE_EVENTS if isinstance(info.get(k), int)}

@@ -6,7 +6,9 @@ do not collide. The query latency is a real histogram observed as queries
 finish; everything else is read at scrape time from the shards' statistics
 by :class:`_StatsCollector`: frames ingested and dropped, reconnects, stream
 up, memory tokens and encoder queue depth per stream (label ``stream``),
-encoder passes, images and errors, failed / retried / dropped work items per
+source events per stream and kind (segments lost or late, stray timestamps
+clamped, ...: label ``event``), encoder passes, images and errors, failed /
+retried / dropped work items per
 stream and channel (labels ``stream``, ``channel``), connected clients, active watches and
 uptime.
 """
@@ -85,6 +87,16 @@ class _StatsCollector:
             for stream, s in sorted(streams.items()):
                 fam.add_metric([stream], float(getattr(s, attr)))
             yield fam
+        events = CounterMetricFamily(
+            "vmr_source_events_total",
+            "Source events by kind: segments lost, late, renamed or corrupt; stray timestamps clamped; "
+            "clock jumps; undecodable packets; failed connections.",
+            labels=["stream", "event"],
+        )
+        for stream, s in sorted(streams.items()):
+            for event, count in sorted(s.source_events.items()):
+                events.add_metric([stream, event], float(count))
+        yield events
         yield CounterMetricFamily(
             "vmr_encoder_passes_total",
             "Encoder forward passes (batches).",

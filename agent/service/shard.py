@@ -54,6 +54,8 @@ class StreamStats:
     up: bool
     tokens: int
     encoder_queue: int
+    source_events: dict[str, int] = field(default_factory=dict)
+    """The source's own counters by name (segments lost or late, clamped timestamps, ...)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from agent.service.client import remote_query, watch
 from agent.service.config import ServiceConfig, parse_spec
 from agent.service.connection import Connection
 from agent.service.errors import INTERNAL, error_event
+from agent.service.local_shard import source_events
 from agent.service.metrics import ServiceMetrics
 from agent.service.pipeline import Service
 from agent.service.protocol import (
@@ -318,3 +319,18 @@ async def test_any_json_value_that_is_not_an_object_is_a_typed_error(tmp_path: P
             assert err["code"] == "bad_message" and err["id"] is None, (raw[:10], err)
         answer = await request(ws, {"type": "streams.list", "id": "still-open"})
         assert answer["type"] == "streams"
+
+
+def test_source_events_are_metrics() -> None:
+    # Issue 16 kind 2: segments skipped or lost are counted in /metrics, not only in a log line.
+    events = source_events({"segments_lost": 2, "segments_late": 1, "wall_source": "rtcp", "frames": 9})
+    assert events == {"segments_lost": 2, "segments_late": 1}
+    stats = ShardStats(streams={"rec": StreamStats(5, 0, 0, True, 3, 0, source_events=events)})
+    text = ServiceMetrics().render([stats], clients=0, watches=0).decode()
+    found = {
+        s.labels["event"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "vmr_source_events_total"
+    }
+    assert found == {"segments_lost": 2, "segments_late": 1}
