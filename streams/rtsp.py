@@ -347,8 +347,9 @@ class RTSPSource(LiveSource):
                 self._session_frames += 1
                 self._deadlines.frame(now_mono, bool(frame.key_frame))
                 raw = float(frame.pts * tb) if frame.pts is not None and tb is not None else None
+                clamped = self._clock.clamped
                 t = self._clock.map(raw, now_mono)
-                if raw is not None:
+                if raw is not None and self._clock.clamped == clamped:  # a stray pts places no audio
                     session_offset = t - raw
                 if wall_offset is None:
                     wall_offset = self._session_wall_offset(container, raw, t, now_wall)
