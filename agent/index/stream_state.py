@@ -247,7 +247,12 @@ class StreamState:
         ts = np.asarray(self._clock_t)
         ws = np.asarray(self._clock_wall)
         i = int(np.clip(np.searchsorted(ts, t, side="right") - 1, 0, len(ts) - 1))
-        return float(ws[i] + (t - ts[i]))
+        wall = float(ws[i] + (t - ts[i]))
+        if i + 1 < len(ts) and t < ts[i + 1]:
+            # Before a point whose offset is smaller (a late first frame re-dated): never past it,
+            # so wall times stay in stream order.
+            wall = min(wall, float(ws[i + 1]))
+        return wall
 
     # ------------------------------------------------------------ snapshots
     def save(self, meta: dict[str, Any] | None = None) -> None:

@@ -257,3 +257,5 @@ def test_wall_map_keeps_a_point_whenever_the_offset_moves(tmp_path: Path, enc: C
     assert state.wall_of(3.0) == pytest.approx(1003.0)
     state.note_clock(9.2, 1069.3)  # jitter below the tolerance: no new point
     assert state.wall_of(9.2) == pytest.approx(1069.2)
+    state.note_clock(12.0, 1070.0)  # the offset moved back by 2 s (a late first frame re-dated)
+    assert state.wall_of(11.5) <= state.wall_of(12.0) == pytest.approx(1070.0)  # stays in stream order
