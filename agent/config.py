@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agent.errors import ConfigError
 
 Representative = Literal["smore", "mean"]
+MergeRule = Literal["cosine", "ward", "subspace"]
+"""Which adjacent anchors a full memory merges (:func:`agent.core.svd.merge_cost`)."""
+Scorer = Literal["rep", "energy", "projection", "peak"]
+"""How a query scores an anchor (:meth:`agent.core.memory.Memory.scores`)."""
 Backend = Literal["auto", "torch", "openvino"]
 
 
@@ -105,6 +109,12 @@ class IndexConfig(Strict):
     rank: int = Field(default=4, ge=1, le=64)
     """Rank k of each anchor's truncated SVD."""
     representative: Representative = "smore"
+    merge: MergeRule = "ward"
+    """Merge rule under budget pressure: ``ward`` (least squared error added; issue #15's winner),
+    ``cosine`` (SMORE's most similar pair) or ``subspace`` (least energy off the rank-k span)."""
+    scorer: Scorer = "peak"
+    """Prescreen scorer: ``peak`` (mean + spread of member cosines, from the SVD; issue #15's
+    winner), ``rep`` (cosine to the token), ``energy`` or ``projection``."""
     gap_seconds: float = Field(default=5.0, gt=0)
     """A jump in stream time larger than this is a gap in coverage."""
     gate: bool = True

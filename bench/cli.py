@@ -166,7 +166,7 @@ def _add_charades(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``bench`` (``haystack build``, ``haystack run``, ``charades``, ``abstention``) to ``vmr``."""
+    """Add ``bench`` (``haystack build``, ``haystack run``, ``charades``, ``abstention``, ``compression``)."""
     bench = subparsers.add_parser("bench", help="benchmarks (results in bench/results/)")
     sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_run(haystack.register(sub))
@@ -174,3 +174,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from bench import abstention
 
     abstention.register(sub)
+    from bench import compression
+
+    compression.register(sub)

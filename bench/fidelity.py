@@ -42,10 +42,11 @@ from agent.config import Representative
 from agent.core.proposals import Proposal, nms, propose
 from agent.core.qvh import load_jsonl, qvh_metrics, temporal_iou
 from agent.core.superimage import SuperImage, Tiler
+from agent.core.svd import MergeRule, Scorer
 from agent.errors import ConfigError, IndexStoreError
 from agent.models.encoder import Encoder
 from agent.store.atomic import write_npz
-from bench.strategies import STRATEGIES, Items, check, svd
+from bench.strategies import STRATEGIES, Compressed, Items, check, svd
 from streams.file import decode_frames
 
 F32 = npt.NDArray[np.float32]
@@ -59,18 +60,32 @@ FIDELITY_IOU = 0.5
 CACHE_VERSION = 1
 
 
-def _svd_fill(representative: Representative) -> Callable[[Items, int], Items]:
+def _svd_fill(
+    representative: Representative, merge: MergeRule = "cosine", scorer: Scorer = "rep"
+) -> Callable[[Items, int], Compressed]:
     # theta above 1 means no embedding ever joins online: every merge is a budget merge of the
-    # most similar adjacent pair, so the memory always fills its budget (SMORE's theta rule off).
-    return lambda items, budget: svd(items, budget, representative, theta=1.01)
+    # cheapest adjacent pair, so the memory always fills its budget (SMORE's theta rule off).
+    return lambda items, budget: svd(items, budget, representative, theta=1.01, merge=merge, scorer=scorer)
 
 
-ALL_STRATEGIES: dict[str, Callable[[Items, int], Items]] = {
+ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     **STRATEGIES,
     "svd-smore-fill": _svd_fill("smore"),
     "svd-mean-fill": _svd_fill("mean"),
+    # Scoring what the SVD kept, with SMORE's most-similar-pair merging.
+    "svd-mean-peak-fill": _svd_fill("mean", scorer="peak"),
+    "svd-mean-energy-fill": _svd_fill("mean", scorer="energy"),
+    "svd-mean-proj-fill": _svd_fill("mean", scorer="projection"),
+    # Merging by reconstruction loss (Ward: around the mean; subspace: off the rank-k span).
+    "svd-ward-fill": _svd_fill("mean", merge="ward"),
+    "svd-ward-smore-fill": _svd_fill("smore", merge="ward"),
+    "svd-ward-peak-fill": _svd_fill("mean", merge="ward", scorer="peak"),
+    "svd-ward-energy-fill": _svd_fill("mean", merge="ward", scorer="energy"),
+    "svd-subspace-fill": _svd_fill("mean", merge="subspace"),
+    "svd-subspace-proj-fill": _svd_fill("mean", merge="subspace", scorer="projection"),
 }
-"""The issue's strategies plus SVD merging with the online theta rule switched off."""
+"""The issue's strategies plus SVD merging with the online theta rule switched off (``*-fill``):
+SMORE's rules (most similar pair, representative token) and the new merge rules and scorers."""
 
 METRIC_KEYS = {
     "R1@0.5": "MR-full-R1@0.5",
@@ -195,14 +210,15 @@ def load_queries(gt_path: Path, encoder: Encoder) -> tuple[list[dict[str, Any]],
     return rows, np.asarray(vecs, np.float32)
 
 
-def score_curve(memory: Items, qvecs: F32, times: F64) -> F64:
+def score_curve(memory: Compressed, qvecs: F32, times: F64) -> F64:
     """(Q, T) curves: each grid time takes the score of the token whose span starts last before it."""
     idx = np.clip(np.searchsorted(memory.starts, times, side="right") - 1, 0, memory.starts.shape[0] - 1)
-    scores = qvecs.astype(np.float64) @ memory.embs.astype(np.float64).T  # (Q, n)
-    return scores[:, idx]
+    return memory.scores(qvecs)[:, idx]  # (Q, n) token scores spread over time
 
 
-def answer(memory: Items, qvecs: F32, times: F64, frame_seconds: float, top_k: int = TOP_K) -> list[Windows]:
+def answer(
+    memory: Compressed, qvecs: F32, times: F64, frame_seconds: float, top_k: int = TOP_K
+) -> list[Windows]:
     """Ranked ``[start, end, score]`` windows of every query against one memory."""
     curves = score_curve(memory, qvecs, times)
     out: list[Windows] = []
@@ -266,6 +282,8 @@ def compare(
         n = int(items.starts.shape[0])
         reference = {k: answer(items, q, times, 1.0 / fps) for k, (_, q) in query_sets.items()}
         rows.append(_row(grid, "dense", 1.0, n, n, 0.0, query_sets, reference, reference))
+        rows[-1]["bytes"] = items.bytes_held
+        rows[-1]["bytes_per_hour"] = round(items.bytes_held * 3600.0 / duration)
         for fraction, budget in budgets_for(n, fractions):
             for name in strategies:
                 if name == "dense":
@@ -276,6 +294,8 @@ def compare(
                 preds = {k: answer(mem, q, times, 1.0 / fps) for k, (_, q) in query_sets.items()}
                 tokens = int(mem.starts.shape[0])
                 rows.append(_row(grid, name, fraction, budget, tokens, took, query_sets, preds, reference))
+                rows[-1]["bytes"] = mem.bytes_held
+                rows[-1]["bytes_per_hour"] = round(mem.bytes_held * 3600.0 / duration)
                 if on_row is not None:
                     on_row(rows[-1])
     return rows

@@ -20,6 +20,8 @@ Online or not:
   whole stream: an offline tuning a live deployment could not do, which
   favours them in this comparison;
 * ``svd`` (ours) is :class:`agent.core.memory.Memory`: online with a hard budget.
+  With a scorer other than ``"rep"`` its queries read each anchor's retained
+  SVD, so the memory carries its own ``score`` function (:attr:`Items.score`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.config import Representative
+from agent.core.svd import MergeRule, Scorer
 from agent.errors import ConfigError
 
 F32 = npt.NDArray[np.float32]
@@ -49,6 +52,16 @@ class Items(NamedTuple):
     ends: F64
     embs: F32
 
+    def scores(self, queries: F32) -> F64:
+        """(Q, n) cosines of unit queries (Q, d) with the tokens."""
+        return np.asarray(queries.astype(np.float64) @ self.embs.astype(np.float64).T, np.float64)
+
+    @property
+    def bytes_held(self) -> int:
+        """What the tokens (float32) and their times take."""
+        n, d = self.embs.shape
+        return int(n * (4 * d + 16))
+
     @classmethod
     def of(cls, items: Iterable[tuple[float, float, npt.ArrayLike]]) -> Items:
         """Collect ``(start, end, embedding)`` tuples, checking order and shapes."""
@@ -59,6 +72,33 @@ class Items(NamedTuple):
         ends = np.array([r[1] for r in rows], np.float64)
         embs = np.stack([np.asarray(r[2], np.float32) for r in rows])
         return check(cls(starts, ends, embs))
+
+
+class MemoryItems(NamedTuple):
+    """A compressed memory that scores queries its own way (the SVD memory's scorer)."""
+
+    starts: F64
+    ends: F64
+    embs: F32
+    """(n, d) the tokens handed on (one per anchor)."""
+    score: Callable[[F32], F64] | None
+    """(Q, d) unit queries -> (Q, n) scores; None: cosine with ``embs``."""
+    nbytes: int
+    """Bytes the memory holds (bases, sigmas, sums, tokens, bookkeeping)."""
+
+    def scores(self, queries: F32) -> F64:
+        """(Q, n) scores of unit queries (Q, d)."""
+        if self.score is not None:
+            return self.score(queries)
+        return Items(self.starts, self.ends, self.embs).scores(queries)
+
+    @property
+    def bytes_held(self) -> int:
+        return self.nbytes
+
+
+Compressed = Items | MemoryItems
+"""What a strategy returns."""
 
 
 def check(items: Items) -> Items:
@@ -180,22 +220,55 @@ def avgpool(items: Items, budget: int) -> Items:
 
 
 def svd(
-    items: Items, budget: int, representative: Representative = "smore", *, theta: float = 0.95, rank: int = 4
-) -> Items:
-    """SVD merging (ours): the stream fed through :class:`agent.core.memory.Memory`."""
+    items: Items,
+    budget: int,
+    representative: Representative = "smore",
+    *,
+    theta: float = 0.95,
+    rank: int = 4,
+    merge: MergeRule = "cosine",
+    scorer: Scorer = "rep",
+) -> MemoryItems:
+    """SVD merging (ours): the stream fed through :class:`agent.core.memory.Memory`.
+
+    The defaults are SMORE's rules as first built (theta 0.95, most-similar
+    pair merged, representative scored); the engine's defaults are
+    :data:`agent.core.memory.DEFAULT_MERGE` and ``DEFAULT_SCORER``.
+    """
     from agent.core.memory import Memory  # the core engine; imported late so the other strategies stand alone
 
     if representative not in ("smore", "mean"):
         raise ConfigError(f"representative must be 'smore' or 'mean', got {representative!r}")
     starts, ends, embs = check(items)
-    mem = Memory(embs.shape[1], budget=_budget(budget), theta=theta, rank=rank, representative=representative)
+    try:
+        mem = Memory(
+            embs.shape[1],
+            budget=_budget(budget),
+            theta=theta,
+            rank=rank,
+            representative=representative,
+            merge=merge,
+            scorer=scorer,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     for s, e, v in zip(starts, ends, embs, strict=True):
         mem.add(float(s), float(e), v)
     m_starts, m_ends, reps = mem.matrix()
-    return Items(np.array(m_starts, np.float64), np.array(m_ends, np.float64), _unit(reps))
+
+    def score(queries: F32) -> F64:
+        return np.stack([mem.scores(q) for q in np.asarray(queries, np.float64)])
+
+    return MemoryItems(
+        np.array(m_starts, np.float64),
+        np.array(m_ends, np.float64),
+        _unit(reps),
+        None if scorer == "rep" else score,
+        mem.nbytes,
+    )
 
 
-STRATEGIES: dict[str, Callable[[Items, int], Items]] = {
+STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "dense": dense,
     "uniform": uniform,
     "selection": selection,

@@ -1,7 +1,7 @@
 """Visual retrieval: prescreen the memory, refine where the query points, propose moments.
 
-1. **Prescreen**: one matrix product of the query (prescreen encoder) with the
-   representatives of all anchors of the stream.
+1. **Prescreen**: the query (prescreen encoder) scored against every anchor of
+   the stream by the memory's scorer (:meth:`agent.core.memory.Memory.scores`).
 2. **Regions**: the top anchors, widened by ``context_seconds`` and merged.
 3. **Refine**: stored frames of those regions are encoded one by one with the
    refine encoder (a stronger model may go here) giving a per-frame
@@ -132,9 +132,9 @@ def _clip_range(query: ChannelQuery, lo: float, hi: float) -> tuple[float, float
 
 def prescreen(memory: Memory, qvec: np.ndarray, start: float, end: float) -> tuple[np.ndarray, ...]:
     """Scores of the anchors overlapping [start, end]: (starts, ends, scores)."""
-    starts, ends, reps = memory.matrix()
+    starts, ends, _ = memory.matrix()
     keep = (ends > start) & (starts < end)
-    return starts[keep], ends[keep], reps[keep] @ qvec
+    return starts[keep], ends[keep], memory.scores(qvec)[keep]
 
 
 def regions(

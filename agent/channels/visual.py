@@ -179,9 +179,8 @@ class VisualChannel(Channel):
         return search_visual(self, query, query.cfg, self.refine, self.cache)
 
     def background(self, vector: np.ndarray) -> np.ndarray:
-        _, _, reps = self.memory.matrix()
-        scores: np.ndarray = reps @ vector
-        return scores
+        # The prescreen's own scores (the memory's scorer), so calibration sees what ranks.
+        return self.memory.scores(vector)
 
     def resume_time(self) -> float | None:
         """Latest of the memory's, the cheap index's and the frame store's last times."""
@@ -236,6 +235,8 @@ class VisualChannel(Channel):
             theta=c.theta,
             rank=c.rank,
             representative=c.representative,
+            merge=c.merge,
+            scorer=c.scorer,
             gap_seconds=c.gap_seconds,
         )
 

@@ -3,13 +3,24 @@
 Embeddings arrive in time order. Each joins the newest anchor when it is
 similar enough (cosine >= theta) and follows it without a gap; otherwise it
 opens a new anchor. Each anchor is one *token* (its representative vector).
-Whenever tokens exceed the budget, the most similar adjacent pair is merged.
+Whenever tokens exceed the budget, the adjacent pair that costs least under
+the merge rule is merged, and queries score anchors with the scorer:
+
+* merge rule ``"ward"`` (default): the pair whose merge adds least squared
+  error around the anchors' means (:func:`agent.core.svd.merge_cost`). Cost
+  grows with the shorter anchor's length times its distance, so a short,
+  distinct stretch (a needle) outlives long near-identical ones; ``"cosine"``
+  is SMORE's size-blind most-similar pair, ``"subspace"`` the pair whose
+  merged rank-k subspace drops least energy;
+* scorer: ``"rep"`` is the cosine to the representative token, the others
+  read the retained SVD (:func:`agent.core.svd.score_anchors`). The LLM still
+  gets one token per anchor; the bases count in :attr:`Memory.nbytes`.
 
 Bookkeeping that keeps ``add`` at O(d*k + log B):
 
 * anchors form a doubly linked list (merges unlink in O(1));
 * closed adjacent pairs sit in a heap keyed by (crosses a gap, -cosine) with
-  lazy invalidation: each node carries a version bumped whenever its right
+  lazy invalidation (the cost of a pair changes only when one side does): each node carries a version bumped whenever its right
   pair changes, and stale entries are skipped when popped. The pair ending at
   the newest (open) anchor changes on every join, so it is scored on demand
   instead of being pushed each time; the heap is rebuilt when stale entries
@@ -28,7 +39,19 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.core.svd import F32, F64, Representative, TruncatedSVD, pack_svds
+from agent.core.svd import (
+    F32,
+    F64,
+    MERGE_RULES,
+    SCORERS,
+    MergeRule,
+    Representative,
+    Scorer,
+    TruncatedSVD,
+    merge_cost,
+    pack_svds,
+    score_anchors,
+)
 
 _HEAP_SLACK = 4
 """Rebuild the pair heap when it holds more than this many entries per token."""
@@ -67,7 +90,12 @@ class _Node:
 
 
 _Entry = tuple[int, float, int, int, _Node]
-"""(crosses a gap, -cosine, sequence, version of left node, left node)."""
+"""(crosses a gap, merge cost, sequence, version of left node, left node)."""
+_Views = tuple[list[Anchor], F64, F64, F32]
+_Packed = tuple[F32, F32, F64, npt.NDArray[np.int64]]
+
+DEFAULT_MERGE: MergeRule = "ward"
+DEFAULT_SCORER: Scorer = "peak"
 
 
 class Memory:
@@ -84,6 +112,8 @@ class Memory:
         rank: int = 4,
         representative: Representative = "smore",
         gap_seconds: float = 5.0,
+        merge: MergeRule = DEFAULT_MERGE,
+        scorer: Scorer = DEFAULT_SCORER,
     ) -> None:
         if dim < 1 or budget < 1 or rank < 1:
             raise ValueError("dim, budget and rank must be >= 1")
@@ -91,6 +121,10 @@ class Memory:
             raise ValueError("theta must be finite and gap_seconds positive")
         if representative not in ("smore", "mean"):
             raise ValueError(f"unknown representative {representative!r}")
+        if merge not in MERGE_RULES or scorer not in SCORERS:
+            raise ValueError(f"unknown merge rule {merge!r} or scorer {scorer!r}")
+        self.merge: MergeRule = merge
+        self.scorer: Scorer = scorer
         self.dim = dim
         self.budget = budget
         self.theta = float(theta)
@@ -105,7 +139,8 @@ class Memory:
         self._spans: list[list[float]] = []
         self._forgotten_gaps = 0.0
         self._last_start = -math.inf
-        self._cache: tuple[list[Anchor], F64, F64, F32] | None = None
+        self._cache: _Views | None = None
+        self._packed: _Packed | None = None
 
     # ---------------------------------------------------------------- ingest
 
@@ -201,14 +236,17 @@ class Memory:
         right = left.next
         if right is None or right is self._tail:
             return
-        gap, neg_cos = self._pair_key(left, right)
+        gap, cost = self._pair_key(left, right)
         self._seq += 1
-        heapq.heappush(self._heap, (gap, neg_cos, self._seq, left.version, left))
+        heapq.heappush(self._heap, (gap, cost, self._seq, left.version, left))
 
-    @staticmethod
-    def _pair_key(left: _Node, right: _Node) -> tuple[int, float]:
-        gap = int(left.anchor.end < right.anchor.start)
-        return gap, -float(left.anchor.rep @ right.anchor.rep)
+    def _pair_key(self, left: _Node, right: _Node) -> tuple[int, float]:
+        """(crosses a gap, cost): pairs across a gap merge last, then the cheapest first."""
+        a, b = left.anchor, right.anchor
+        gap = int(a.end < b.start)
+        if self.merge == "cosine":
+            return gap, -float(a.rep @ b.rep)
+        return gap, merge_cost(a.svd, b.svd, self.merge)
 
     def _valid(self, entry: _Entry) -> bool:
         node = entry[4]
@@ -276,8 +314,9 @@ class Memory:
         """Seconds of gaps counted as covered because the interval list hit its bound."""
         return self._forgotten_gaps
 
-    def _views(self) -> tuple[list[Anchor], F64, F64, F32]:
+    def _views(self) -> _Views:
         if self._cache is None:
+            self._packed = None
             anchors: list[Anchor] = []
             node = self._head
             while node is not None:
@@ -304,6 +343,26 @@ class Memory:
         """(starts (n,), ends (n,), reps (n, d)); read-only, cached until the next change."""
         _, starts, ends, reps = self._views()
         return starts, ends, reps
+
+    def scores(self, query: npt.ArrayLike) -> F64:
+        """Scores (n,) of the anchors in time order for a unit query (d,), by ``scorer``.
+
+        ``"rep"``: cosine to each representative token; the others read each
+        anchor's retained SVD (:func:`agent.core.svd.score_anchors`). Raises
+        ValueError for a query of another shape.
+        """
+        vec = np.asarray(query, np.float64)
+        if vec.shape != (self.dim,):
+            raise ValueError(f"query must have shape ({self.dim},), got {vec.shape}")
+        anchors, _, _, reps = self._views()
+        if self.scorer == "rep" or not anchors:
+            return np.asarray(reps.astype(np.float64) @ vec, np.float64)
+        if self._packed is None:
+            packed = pack_svds([a.svd for a in anchors], self.rank, self.dim)
+            counts = packed["counts"]
+            self._packed = (packed["basis"], packed["sigma"], packed["totals"] / counts[:, None], counts)
+        basis, sigma, means, counts = self._packed
+        return score_anchors(vec, basis, sigma, means, counts, self.scorer)
 
     def spans(self) -> list[tuple[float, float]]:
         """Ingested coverage intervals in time order; the holes between them are gaps."""
@@ -356,6 +415,8 @@ class Memory:
             "theta": np.array(self.theta, np.float64),
             "gap_seconds": np.array(self.gap_seconds, np.float64),
             "representative": np.array(self.representative),
+            "merge": np.array(self.merge),
+            "scorer": np.array(self.scorer),
             "starts": starts.copy(),
             "ends": ends.copy(),
             "reps": reps.copy(),

@@ -23,6 +23,12 @@ F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 
 Representative = Literal["smore", "mean"]
+Scorer = Literal["rep", "energy", "projection", "peak"]
+"""How a query scores an anchor (see :func:`score_anchors`)."""
+MergeRule = Literal["cosine", "ward", "subspace"]
+"""Which adjacent pair a full memory merges (see :func:`merge_cost`)."""
+SCORERS: tuple[Scorer, ...] = ("rep", "energy", "projection", "peak")
+MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "subspace")
 
 _RHO_TOL = 1e-5
 """A new row whose residual off the basis is below this fraction of its norm
@@ -255,6 +261,69 @@ def unpack_svds(arrays: Mapping[str, np.ndarray], n: int, rank: int, dim: int) -
         )
         for i in range(n)
     ]
+
+
+def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
+    """What merging ``a`` and ``b`` costs under ``rule`` (lower merges first; O(d) or O(d*k^2)).
+
+    * ``"ward"``: the increase of the members' squared error around their
+      anchor's mean, ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2`` (Ward's
+      criterion). A short anchor far from its neighbours costs its length times
+      its squared distance, so distinct stretches survive while long,
+      near-identical ones pool;
+    * ``"subspace"``: the energy of the members that the merged rank-k
+      subspace no longer holds, i.e. the discarded squared singular values of
+      ``vstack(S_a B_a, S_b B_b)`` (exact for the retained components);
+    * ``"cosine"``: ``1 -`` the cosine of the two means (the size-blind rule
+      of SMORE; the memory itself keys it on the representatives).
+    """
+    if rule == "ward":
+        diff = a.mean() - b.mean()
+        return float(a.count * b.count / (a.count + b.count) * (diff @ diff))
+    if rule == "subspace":
+        sa, sb = a.sigma.astype(np.float64), b.sigma.astype(np.float64)
+        stacked = np.vstack([sa[:, None] * a.basis, sb[:, None] * b.basis])
+        if stacked.shape[0] <= a.rank:
+            return 0.0
+        s = np.linalg.svd(stacked, compute_uv=False)
+        return float(np.sum(s[a.rank :] ** 2))
+    if rule == "cosine":
+        ma, mb = a.mean(), b.mean()
+        den = float(np.linalg.norm(ma) * np.linalg.norm(mb))
+        return 1.0 - (float(ma @ mb) / den if den > 0 else 0.0)
+    raise ValueError(f"unknown merge rule {rule!r}")
+
+
+def score_anchors(
+    q: npt.ArrayLike, basis: F32, sigma: F32, means: F64, counts: npt.NDArray[np.int64], kind: Scorer
+) -> F64:
+    """Scores (n,) of n anchors for one query ``q`` (d,), from what each SVD kept.
+
+    ``basis`` (n, k, d) and ``sigma`` (n, k) are zero-padded to rank k,
+    ``means`` (n, d) are the exact member means, ``counts`` (n,) the members.
+    With unit members, ``sum_i sigma_i^2 (b_i . q)^2 / n`` is the mean of the
+    members' squared cosines to q (over the retained components), so:
+
+    * ``"energy"``: its square root, the RMS member cosine;
+    * ``"peak"``: mean member cosine plus the members' standard deviation of
+      cosine, an upper-tail estimate that lets a short stretch matching q lift
+      the long anchor it was merged into;
+    * ``"projection"``: ``|B q|``, the best cosine any direction of the
+      retained subspace reaches (an upper bound of the best member);
+    * ``"rep"`` is not computed here (it is the representative's cosine).
+    """
+    vec = np.asarray(q, np.float64)
+    proj = basis.astype(np.float64) @ vec  # (n, k)
+    if kind == "projection":
+        return np.asarray(np.sqrt(np.sum(proj**2, axis=1)), np.float64)
+    n = np.maximum(counts, 1).astype(np.float64)
+    second = np.sum((sigma.astype(np.float64) * proj) ** 2, axis=1) / n
+    if kind == "energy":
+        return np.asarray(np.sqrt(second), np.float64)
+    if kind == "peak":
+        first = means @ vec
+        return np.asarray(first + np.sqrt(np.clip(second - first**2, 0.0, None)), np.float64)
+    raise ValueError(f"unknown scorer {kind!r}")
 
 
 def batch_svd(x: npt.ArrayLike, rank: int) -> TruncatedSVD:

@@ -14,11 +14,12 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from agent.core.memory import Anchor, Memory
-from agent.core.svd import unpack_svds
+from agent.core.svd import MERGE_RULES, SCORERS, MergeRule, Scorer, unpack_svds
 from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.store import atomic
 
@@ -49,6 +50,11 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
     rep_kind = str(np.asarray(state["representative"]))
     if rep_kind not in ("smore", "mean"):
         raise ValueError(f"unknown representative {rep_kind!r}")
+    # Snapshots older than the merge rule and scorer keys were built by SMORE's rules.
+    merge = str(np.asarray(state["merge"])) if "merge" in state else "cosine"
+    scorer = str(np.asarray(state["scorer"])) if "scorer" in state else "rep"
+    if merge not in MERGE_RULES or scorer not in SCORERS:
+        raise ValueError(f"unknown merge rule {merge!r} or scorer {scorer!r}")
     mem = Memory(
         int(np.asarray(state["dim"])),
         budget=int(np.asarray(state["budget"])),
@@ -56,6 +62,8 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
         rank=int(np.asarray(state["rank"])),
         representative="smore" if rep_kind == "smore" else "mean",
         gap_seconds=float(np.asarray(state["gap_seconds"])),
+        merge=cast(MergeRule, merge),
+        scorer=cast(Scorer, scorer),
     )
     d, k = mem.dim, mem.rank
     starts, ends = _field(state, "starts", (-1,)), _field(state, "ends", (-1,))

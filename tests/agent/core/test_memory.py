@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.memory import Memory
-from agent.core.svd import TruncatedSVD
+from agent.core.svd import MergeRule, TruncatedSVD, merge_cost
 from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.store.memory_store import load_memory, memory_from_state, save_memory
 
@@ -101,8 +101,8 @@ def test_invariants_hold_after_every_add(
 class ScanMemory:
     """Reference: the same policy with a linear scan over adjacent pairs instead of a heap."""
 
-    def __init__(self, budget: int, theta: float, rank: int, gap: float) -> None:
-        self.budget, self.theta, self.rank, self.gap = budget, theta, rank, gap
+    def __init__(self, budget: int, theta: float, rank: int, gap: float, merge: MergeRule = "cosine") -> None:
+        self.budget, self.theta, self.rank, self.gap, self.merge = budget, theta, rank, gap, merge
         self.anchors: list[list] = []  # [start, end, svd, rep]
 
     def add(self, start: float, end: float, v: np.ndarray) -> None:
@@ -122,7 +122,10 @@ class ScanMemory:
         self.anchors.append([start, end, svd, svd.representative("smore")])
         while len(self.anchors) > self.budget:
             keys = [
-                (int(a[1] < b[0]), -float(a[3] @ b[3]))
+                (
+                    int(a[1] < b[0]),
+                    -float(a[3] @ b[3]) if self.merge == "cosine" else merge_cost(a[2], b[2], self.merge),
+                )
                 for a, b in zip(self.anchors, self.anchors[1:], strict=False)
             ]
             i = min(range(len(keys)), key=keys.__getitem__)
@@ -138,13 +141,17 @@ class ScanMemory:
     budget=st.integers(1, 8),
     theta=st.sampled_from([0.6, 0.95]),
     seed=st.integers(0, 2**16),
+    merge=st.sampled_from(["cosine", "ward"]),
 )
-def test_heap_merges_match_a_linear_scan(n: int, budget: int, theta: float, seed: int) -> None:
+def test_heap_merges_match_a_linear_scan(
+    n: int, budget: int, theta: float, seed: int, merge: MergeRule
+) -> None:
     # Long random streams (numpy-drawn) so merges keep re-scoring neighbours of merged anchors.
+    # (The subspace rule is left out: its many zero-cost ties may be broken in another order.)
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((4, DIM))
-    mem = Memory(DIM, budget=budget, theta=theta, rank=2, gap_seconds=5.0)
-    ref = ScanMemory(budget, theta, 2, 5.0)
+    mem = Memory(DIM, budget=budget, theta=theta, rank=2, gap_seconds=5.0, merge=merge)
+    ref = ScanMemory(budget, theta, 2, 5.0, merge)
     t = 0.0
     for _ in range(n):
         t += float(rng.choice([0.0, 0.5, 1.0, 2.0, 7.0]))
@@ -174,7 +181,7 @@ def test_similar_items_join_and_dissimilar_open_anchors() -> None:
 
 
 def test_budget_merges_the_most_similar_adjacent_pair() -> None:
-    mem = Memory(DIM, budget=3, theta=0.999, rank=2)
+    mem = Memory(DIM, budget=3, theta=0.999, rank=2, merge="cosine")
     a, b = basis_vector(0), basis_vector(1)
     near_b = unit(basis_vector(1) + 0.2 * basis_vector(2))
     for i, e in enumerate([a, b, near_b, a]):

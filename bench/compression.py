@@ -1,0 +1,227 @@
+"""``vmr bench compression``: memory strategies at 1/3 .. 1/100 of dense tokens, image queries only.
+
+The strategy comparison of ``vmr bench haystack run`` without the speed passes and the text
+queries, so that it also runs with encoders that have no text side (``classical-hog``) and takes
+minutes: dense items per grid are encoded once and cached next to the haystack build. One run
+writes ``<name>.json`` (every row, the command, the machine), ``<name>.md`` (fidelity, R1@0.5 and
+bytes per hour of footage per grid, strategy and budget, and the issue's targets checked for
+:data:`CHOSEN`) and ``<name>-fidelity.png`` (fidelity against budget, one panel per grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.models.encoder import load_encoder
+from agent.store.atomic import write_bytes, write_json
+from bench import fidelity, haystack
+from bench.args import command_line, encoder_from_args
+from bench.report import plot_fidelity
+from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
+
+CHOSEN = "svd-ward-peak-fill"
+"""The engine's default rules (Ward merging, peak scorer) with the budget filled."""
+PEERS = ("avgpool", "selection")
+"""What the chosen method must beat at every budget <= 1/10 (issue #15)."""
+DEFAULT_STRATEGIES = (
+    "uniform",
+    "selection",
+    "avgpool",
+    "svd-smore-fill",
+    "svd-mean-fill",
+    "svd-mean-peak-fill",
+    "svd-mean-energy-fill",
+    "svd-mean-proj-fill",
+    "svd-ward-fill",
+    "svd-ward-peak-fill",
+    "svd-ward-energy-fill",
+    "svd-subspace-fill",
+)
+
+
+def run(
+    params: haystack.HaystackParams,
+    encoder_cfg: Any,
+    *,
+    data: Path,
+    cache: Path,
+    grids: Sequence[int],
+    fractions: Sequence[float],
+    strategies: Sequence[str],
+    command: str,
+) -> dict[str, Any]:
+    """Build (cached), encode dense items (cached), compare strategies; the report dict."""
+    t0 = time.perf_counter()
+    machine = machine_info()
+    hs = haystack.build(params, data, cache)
+    enc = load_encoder(encoder_cfg)
+    fps = float(params.fps) if params.fps <= 5 else 2.0
+    items, stats = fidelity.dense_items(hs.video, fps=fps, grids=grids, encoder=enc, cache_dir=hs.root)
+    queries = {"image": fidelity.load_queries(hs.gt_image, enc)}
+    rows = fidelity.compare(
+        items, queries, duration=params.duration, fps=fps, fractions=fractions, strategies=strategies
+    )
+    machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return {
+        "name": f"compression-{run_name(params)}-{fidelity._slug(enc.name)}",
+        "command": command,
+        "machine": machine,
+        "git": git_commit(),
+        "encoder": {"name": enc.name, "dim": enc.dim, "meaningless": enc.meaningless},
+        "haystack": {"params": params.model_dump(), "root": str(hs.root), "sample_fps": fps},
+        "items": {str(g): int(it.starts.shape[0]) for g, it in items.items()},
+        "item_stats": stats,
+        "queries": len(queries["image"][0]),
+        "procedure": fidelity.__doc__,
+        "chosen": CHOSEN,
+        "targets": targets(rows),
+        "rows": rows,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _at(rows: Sequence[dict[str, Any]], grid: int, name: str, fraction: float) -> dict[str, Any] | None:
+    for r in rows:
+        if r["grid"] == grid and r["strategy"] == name and abs(r["fraction"] - fraction) < 1e-9:
+            return r
+    return None
+
+
+def targets(rows: Sequence[dict[str, Any]], chosen: str = CHOSEN) -> dict[str, Any]:
+    """Issue #15's targets per grid for ``chosen``: fidelity >= 95 % at 1/10 and >= 85 % at 1/30,
+    ahead of (>=) avgpool and selection at every budget <= 1/10, R1@0.5 at 1/30 >= 90 % of dense."""
+    out: dict[str, Any] = {}
+    for grid in sorted({r["grid"] for r in rows}):
+        dense = _at(rows, grid, "dense", 1.0)
+        f10, f30 = _at(rows, grid, chosen, 1 / 10), _at(rows, grid, chosen, 1 / 30)
+        if dense is None or f10 is None or f30 is None:
+            continue
+        ahead = []
+        for r in rows:
+            if r["grid"] == grid and r["strategy"] == chosen and r["fraction"] <= 1 / 10 + 1e-9:
+                peers = [_at(rows, grid, p, r["fraction"]) for p in PEERS]
+                best = max((p["image"]["fidelity"] for p in peers if p is not None), default=0.0)
+                ahead.append(r["image"]["fidelity"] >= best)
+        dense_r1 = dense["image"]["R1@0.5"]
+        out[str(grid)] = {
+            "fidelity_1/10": f10["image"]["fidelity"],
+            "fidelity_1/10_met": f10["image"]["fidelity"] >= 95.0,
+            "fidelity_1/30": f30["image"]["fidelity"],
+            "fidelity_1/30_met": f30["image"]["fidelity"] >= 85.0,
+            "ahead_of_avgpool_and_selection_met": bool(ahead) and all(ahead),
+            "dense_R1@0.5": dense_r1,
+            "R1@0.5_1/30": f30["image"]["R1@0.5"],
+            "R1_within_10pct_met": f30["image"]["R1@0.5"] >= 0.9 * dense_r1,
+        }
+    return out
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    """Per grid: one row per strategy, fidelity / R1@0.5 / KiB per hour at each budget."""
+    rows = rep["rows"]
+    fractions = sorted({r["fraction"] for r in rows if r["strategy"] != "dense"}, reverse=True)
+    lines = [
+        f"# {rep['name']}",
+        "",
+        f"Command: `{rep['command']}`",
+        "",
+        f"Encoder {rep['encoder']['name']}; dense items per grid {rep['items']}; {rep['queries']} image "
+        f"queries; load average {rep['machine']['loadavg_start']} -> {rep['machine']['loadavg_end']} "
+        "(shared machine). Cells: fidelity to dense top-1 % / R1@0.5 % / KiB per hour of footage.",
+        "",
+    ]
+    for grid in sorted({r["grid"] for r in rows}):
+        dense = _at(rows, grid, "dense", 1.0)
+        assert dense is not None
+        lines += [
+            f"## grid {grid} (dense: R1@0.5 {dense['image']['R1@0.5']:.0f} %, "
+            f"{dense['bytes_per_hour'] / 1024:.0f} KiB/h, {dense['tokens']} tokens)",
+            "",
+            "| strategy | " + " | ".join(f"1/{round(1 / f)}" for f in fractions) + " |",
+            "|---" * (len(fractions) + 1) + "|",
+        ]
+        for name in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "dense"):
+            cells = []
+            for f in fractions:
+                r = _at(rows, grid, name, f)
+                cells.append(
+                    "-"
+                    if r is None
+                    else f"{r['image']['fidelity']:.0f} / {r['image']['R1@0.5']:.0f} / "
+                    f"{r['bytes_per_hour'] / 1024:.0f}"
+                )
+            bold = "**" if name == rep["chosen"] else ""
+            lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## Targets (issue #15) for " + rep["chosen"],
+        "",
+        "```",
+        json.dumps(rep["targets"], indent=1),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(rep: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """``<name>.json``, ``<name>.md`` and ``<name>-fidelity.png`` under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = rep["name"]
+    paths = {
+        "json": folder / f"{name}.json",
+        "md": folder / f"{name}.md",
+        "png": folder / f"{name}-fidelity.png",
+    }
+    plot_fidelity(rep["rows"], paths["png"], title=name)
+    rep["files"] = {k: p.name for k, p in paths.items()}
+    write_json(paths["json"], rep)
+    write_bytes(paths["md"], markdown(rep).encode())
+    return paths
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from bench.cli import _csv, _fraction
+
+    params = haystack.make_params(
+        duration=args.duration, fps=args.fps, height=args.height, needles=args.needles, seed=args.seed
+    )
+    rep = run(
+        params,
+        encoder_from_args(args),
+        data=Path(args.data),
+        cache=Path(args.cache),
+        grids=_csv(int, {1, 2, 3, 4})(args.grids),
+        fractions=_csv(_fraction)(args.fractions),
+        strategies=_csv(str, set(fidelity.ALL_STRATEGIES))(args.strategies),
+        command=command_line(args),
+    )
+    paths = write(rep, Path(args.out))
+    print(json.dumps({"targets": rep["targets"], **{k: str(v) for k, v in paths.items()}}, indent=1))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``compression`` to the ``bench`` subparsers."""
+    from agent.cli.options import add_model_options
+
+    c = sub.add_parser("compression", help="memory strategies at equal token budgets, image queries")
+    c.add_argument("--duration", type=haystack._duration_arg, default=3600.0, help="e.g. 20m, 1h")
+    c.add_argument("--fps", type=int, default=2, choices=[2, 3, 4, 5, 25])
+    c.add_argument("--height", type=int, default=480, choices=[480, 720])
+    c.add_argument("--needles", type=int, default=20)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--data", default=str(haystack.DEFAULT_DATA), help="photo folder like ../shared/data")
+    c.add_argument("--cache", default=str(haystack.DEFAULT_CACHE), help="build and embedding cache")
+    c.add_argument("--out", default=str(DEFAULT_RESULTS))
+    c.add_argument("--grids", default="1,2,3,4", help="super-image grids compared")
+    default_fractions = ",".join(f"1/{round(1 / f)}" for f in DEFAULT_FRACTIONS)
+    c.add_argument("--fractions", default=default_fractions, help="budgets as fractions of dense tokens")
+    c.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
+    add_model_options(c)
+    c.set_defaults(func=_cmd)
