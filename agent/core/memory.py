@@ -12,8 +12,12 @@ the merge rule is merged, and queries score anchors with the scorer:
   distinct stretch (a needle) outlives long near-identical ones; ``"cosine"``
   is SMORE's size-blind most-similar pair, ``"subspace"`` the pair whose
   merged rank-k subspace drops least energy;
-* scorer: ``"rep"`` is the cosine to the representative token, the others
-  read the retained SVD (:func:`agent.core.svd.score_anchors`). The LLM still
+* scorer ``"peak"`` (default): the mean cosine of the anchor's members to the
+  query plus their standard deviation, both read from the retained SVD (the
+  exact member sum and ``sum sigma_i^2 (b_i . q)^2 / n``), so a short stretch
+  matching the query lifts the anchor it was merged into; ``"rep"`` is the
+  cosine to the representative token, ``"energy"`` and ``"projection"``
+  other reads of the SVD (:func:`agent.core.svd.score_anchors`). The LLM still
   gets one token per anchor; the bases count in :attr:`Memory.nbytes`.
 
 Bookkeeping that keeps ``add`` at O(d*k + log B):

@@ -35,6 +35,8 @@ _RHO_TOL = 1e-5
 lies in the span: float32 bases cannot resolve finer directions anyway."""
 _SIGMA_TOL = 1e-6
 """Singular values below this fraction of the largest are numerical zeros."""
+_VAR_TOL = 1e-5
+"""A spread of member cosines below this fraction of their mean square is rounding residue."""
 _REORTH_EVERY = 64
 """Updates between exact re-orthonormalisations (bounds float32 drift)."""
 
@@ -304,10 +306,12 @@ def score_anchors(
     With unit members, ``sum_i sigma_i^2 (b_i . q)^2 / n`` is the mean of the
     members' squared cosines to q (over the retained components), so:
 
-    * ``"energy"``: its square root, the RMS member cosine;
+    * ``"energy"``: its square root, the RMS member cosine (unsigned: an
+      anchor anti-aligned with q scores high too);
     * ``"peak"``: mean member cosine plus the members' standard deviation of
-      cosine, an upper-tail estimate that lets a short stretch matching q lift
-      the long anchor it was merged into;
+      cosine, an upper-tail estimate that keeps the sign, equals the cosine
+      for a one-member anchor, and lets a short stretch matching q lift the
+      long anchor it was merged into;
     * ``"projection"``: ``|B q|``, the best cosine any direction of the
       retained subspace reaches (an upper bound of the best member);
     * ``"rep"`` is not computed here (it is the representative's cosine).
@@ -318,11 +322,14 @@ def score_anchors(
         return np.asarray(np.sqrt(np.sum(proj**2, axis=1)), np.float64)
     n = np.maximum(counts, 1).astype(np.float64)
     second = np.sum((sigma.astype(np.float64) * proj) ** 2, axis=1) / n
+    first = means @ vec
     if kind == "energy":
         return np.asarray(np.sqrt(second), np.float64)
     if kind == "peak":
-        first = means @ vec
-        return np.asarray(first + np.sqrt(np.clip(second - first**2, 0.0, None)), np.float64)
+        var = second - first**2
+        # float32 bases leave ~1e-7 relative residue: below that the members do not spread.
+        var[var < _VAR_TOL * second] = 0.0
+        return np.asarray(first + np.sqrt(var), np.float64)
     raise ValueError(f"unknown scorer {kind!r}")
 
 

@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.memory import Memory
-from agent.core.svd import MergeRule, TruncatedSVD, merge_cost
+from agent.core.svd import (
+    MERGE_RULES,
+    SCORERS,
+    MergeRule,
+    Scorer,
+    TruncatedSVD,
+    merge_cost,
+    pack_svds,
+    score_anchors,
+)
 from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.store.memory_store import load_memory, memory_from_state, save_memory
 
@@ -72,13 +81,19 @@ item = st.tuples(
     theta=st.sampled_from([0.5, 0.9, 0.99]),
     rank=st.integers(1, 3),
     seed=st.integers(0, 2**16),
+    merge=st.sampled_from(MERGE_RULES),
 )
 def test_invariants_hold_after_every_add(
-    items: list[tuple[float, float, int, bool]], budget: int, theta: float, rank: int, seed: int
+    items: list[tuple[float, float, int, bool]],
+    budget: int,
+    theta: float,
+    rank: int,
+    seed: int,
+    merge: MergeRule,
 ) -> None:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((4, DIM))
-    mem = Memory(DIM, budget=budget, theta=theta, rank=rank, gap_seconds=5.0)
+    mem = Memory(DIM, budget=budget, theta=theta, rank=rank, gap_seconds=5.0, merge=merge)
     ingested: list[tuple[float, float]] = []
     t = 0.0
     for delay, dur, cluster, static in items:
@@ -408,3 +423,89 @@ def test_failed_save_keeps_the_old_snapshot(tmp_path: Path, monkeypatch: pytest.
         np.testing.assert_array_equal(got, want)
     save_memory(mem, path)
     np.testing.assert_array_equal(load_memory(path).matrix()[2], mem.matrix()[2])
+
+
+@pytest.mark.parametrize("merge", MERGE_RULES)
+def test_nbytes_stay_flat_under_every_merge_rule(merge: MergeRule) -> None:
+    rng = np.random.default_rng(4)
+    mem = Memory(32, budget=32, theta=1.01, rank=4, merge=merge)  # theta off: every add merges
+    # Bytes swing with stale heap entries until the heap is rebuilt (an O(budget) bound), so
+    # "flat" means: what later hours hold never exceeds what the first full hours held.
+    t, early = 0.0, 0
+    for _ in range(4):
+        t = feed(mem, 3 * 32, rng, t0=t, gap_every=7)
+        early = max(early, mem.nbytes)
+    for _ in range(12):
+        t = feed(mem, 3 * 32, rng, t0=t, gap_every=7)
+        assert mem.tokens == 32
+        assert mem.nbytes <= 1.1 * early
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), budget=st.integers(1, 8), scorer=st.sampled_from(SCORERS))
+def test_scores_follow_the_scorer(seed: int, budget: int, scorer: Scorer) -> None:
+    rng = np.random.default_rng(seed)
+    mem = Memory(DIM, budget=budget, theta=0.9, rank=3, scorer=scorer)
+    feed(mem, 30, rng)
+    q = unit(rng.standard_normal(DIM)).astype(np.float64)
+    got = mem.scores(q)
+    _, _, reps = mem.matrix()
+    if scorer == "rep":
+        want = reps.astype(np.float64) @ q
+    else:
+        p = pack_svds([a.svd for a in mem.anchors], 3, DIM)
+        want = score_anchors(
+            q, p["basis"], p["sigma"], p["totals"] / p["counts"][:, None], p["counts"], scorer
+        )
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert got.shape == (mem.tokens,)
+    mem.add(1e6, 1e6 + 1.0, unit(rng.standard_normal(DIM)))  # the cached stack follows changes
+    assert mem.scores(q).shape == (mem.tokens,)
+    with pytest.raises(ValueError):
+        mem.scores(np.ones(DIM + 1))
+
+
+def test_defaults_are_ward_merging_and_peak_scoring() -> None:
+    mem = Memory(DIM, budget=4, theta=0.9)
+    assert (mem.merge, mem.scorer) == ("ward", "peak")
+    with pytest.raises(ValueError):
+        Memory(DIM, budget=4, theta=0.9, merge="median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Memory(DIM, budget=4, theta=0.9, scorer="median")  # type: ignore[arg-type]
+
+
+def test_a_needle_merged_away_still_ranks_first_under_the_peak_scorer() -> None:
+    # Issue #15: under budget pressure the prescreen sent refinement to the wrong anchor. A
+    # 2-second needle (e0) inside a long e1 scene, next to a scene moderately close to the
+    # query; the budget forces the needle into its scene. Scoring SMORE's representative ranks
+    # the other scene first; scoring what the SVD kept (mean + spread) ranks the needle's first.
+    e = np.eye(DIM)
+    near = unit(0.35 * e[0] + np.sqrt(1 - 0.35**2) * e[2])
+    stream = [e[1]] * 9 + [e[0]] * 2 + [e[1]] * 9 + [near] * 20
+    ranked = {}
+    for scorer in ("rep", "peak"):
+        mem = Memory(DIM, budget=2, theta=1.01, rank=4, scorer=scorer)  # type: ignore[arg-type]
+        for i, v in enumerate(stream):
+            mem.add(float(i), float(i + 1), v)
+        starts, _, _ = mem.matrix()
+        np.testing.assert_array_equal(starts, [0.0, 20.0])  # the needle sits inside anchor 0
+        ranked[scorer] = int(np.argmax(mem.scores(e[0])))
+    assert ranked == {"rep": 1, "peak": 0}
+
+
+def test_merge_rule_and_scorer_survive_a_snapshot(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    mem = Memory(DIM, budget=4, theta=0.5, merge="subspace", scorer="peak")
+    feed(mem, 20, rng)
+    save_memory(mem, tmp_path / "m.npz")
+    back = load_memory(tmp_path / "m.npz")
+    assert (back.merge, back.scorer) == ("subspace", "peak")
+    q = unit(rng.standard_normal(DIM))
+    np.testing.assert_allclose(back.scores(q), mem.scores(q), atol=1e-6)
+    # Snapshots written before these keys existed were built by SMORE's rules.
+    state = {k: v for k, v in mem.state_dict().items() if k not in ("merge", "scorer")}
+    old = memory_from_state(state)
+    assert (old.merge, old.scorer) == ("cosine", "rep")
+    bad = {**mem.state_dict(), "merge": np.array("median")}
+    with pytest.raises(IndexStoreError):
+        memory_from_state(bad)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.svd import TruncatedSVD, batch_svd, pack_svds, unpack_svds
+from agent.core.svd import TruncatedSVD, batch_svd, merge_cost, pack_svds, score_anchors, unpack_svds
 
 FAST = settings(max_examples=50, deadline=None)
 
@@ -194,3 +194,90 @@ def test_pack_unpack_round_trip() -> None:
     arrays["rows"][0] = 9
     with pytest.raises(ValueError):
         unpack_svds(arrays, 3, 3, 8)
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)) + 2.0 * rng.standard_normal(d)  # a shared component, like CLIP
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def scores_of(svds: list[TruncatedSVD], q: np.ndarray, kind: str) -> np.ndarray:
+    rank = svds[0].rank
+    p = pack_svds(svds, rank, q.shape[0])
+    return score_anchors(q, p["basis"], p["sigma"], p["totals"] / p["counts"][:, None], p["counts"], kind)  # type: ignore[arg-type]
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 6), d=st.integers(3, 16))
+def test_svd_scorers_equal_member_statistics_when_nothing_is_truncated(seed: int, n: int, d: int) -> None:
+    # rank >= members: the SVD keeps X^T X exactly, so the scorers are statistics of the members' cosines.
+    rng = np.random.default_rng(seed)
+    x = unit_rows(rng, n, d)
+    q = unit_rows(rng, 1, d)[0]
+    svd = incremental(x, rank=n)
+    cos = x @ q
+    assert scores_of([svd], q, "energy")[0] == pytest.approx(np.sqrt(np.mean(cos**2)), abs=1e-5)
+    assert scores_of([svd], q, "peak")[0] == pytest.approx(cos.mean() + cos.std(), abs=1e-4)
+    # The best direction of the span is at least as close as the best member.
+    assert scores_of([svd], q, "projection")[0] >= cos.max() - 1e-5
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), d=st.integers(3, 16))
+def test_single_member_anchors_score_their_cosine_under_every_scorer(seed: int, d: int) -> None:
+    rng = np.random.default_rng(seed)
+    v, q = unit_rows(rng, 2, d)
+    svd = TruncatedSVD.from_vector(v, 4)
+    for kind in ("energy", "peak", "projection"):
+        want = v @ q if kind == "peak" else abs(v @ q)  # energy and projection drop the sign
+        assert scores_of([svd], q, kind)[0] == pytest.approx(want, abs=1e-5)
+
+
+def test_a_short_matching_stretch_lifts_its_anchor_under_peak_and_energy() -> None:
+    # A needle (2 of 20 members) inside a long anchor, against a homogeneous anchor that is
+    # moderately close to the query: the mean ranks the homogeneous one first; mean + spread
+    # (peak) and the RMS cosine (energy) rank the anchor holding the needle first.
+    e = np.eye(8)
+    needle = e[0]
+    mixed = np.vstack([np.repeat(e[1][None], 18, 0), np.repeat(needle[None], 2, 0)])
+    plain = np.repeat((0.2 * e[0] + np.sqrt(1 - 0.04) * e[2])[None], 20, 0)
+    svds = [incremental(mixed, 4), incremental(plain, 4)]
+    means = np.stack([s.mean() / np.linalg.norm(s.mean()) for s in svds])
+    assert np.argmax(means @ needle) == 1
+    assert np.argmax(scores_of(svds, needle, "energy")) == 0
+    assert np.argmax(scores_of(svds, needle, "peak")) == 0
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), na=st.integers(1, 5), nb=st.integers(1, 5), d=st.integers(2, 12))
+def test_ward_cost_is_the_squared_error_the_merge_adds(seed: int, na: int, nb: int, d: int) -> None:
+    rng = np.random.default_rng(seed)
+    xa, xb = unit_rows(rng, na, d), unit_rows(rng, nb, d)
+
+    def sse(x: np.ndarray) -> float:
+        return float(np.sum((x - x.mean(axis=0)) ** 2))
+
+    added = sse(np.vstack([xa, xb])) - sse(xa) - sse(xb)
+    assert merge_cost(incremental(xa, 2), incremental(xb, 2), "ward") == pytest.approx(added, abs=1e-6)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3), d=st.integers(4, 12))
+def test_subspace_cost_is_the_energy_the_merged_rank_k_span_drops(seed: int, k: int, d: int) -> None:
+    # Each side has <= k members (kept exactly), so the stack is the batch of all members.
+    rng = np.random.default_rng(seed)
+    xa, xb = unit_rows(rng, k, d), unit_rows(rng, k, d)
+    s = np.linalg.svd(np.vstack([xa, xb]), compute_uv=False)
+    cost = merge_cost(incremental(xa, k), incremental(xb, k), "subspace")
+    assert cost == pytest.approx(float(np.sum(s[k:] ** 2)), abs=1e-5)
+    assert cost >= 0.0
+
+
+def test_cosine_cost_orders_like_the_cosine_of_the_means() -> None:
+    e = np.eye(4)
+    a, near, far = (TruncatedSVD.from_vector(v, 2) for v in (e[0], e[0] + 0.1 * e[1], e[1]))
+    assert merge_cost(a, near, "cosine") < merge_cost(a, far, "cosine")
+    with pytest.raises(ValueError):
+        merge_cost(a, near, "median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        scores_of([a], e[0], "median")
