@@ -42,6 +42,7 @@ DEFAULT_STRATEGIES = (
     "svd-ward-peak-fill",
     "svd-ward-energy-fill",
     "svd-subspace-fill",
+    "svd-ward-peak-2res-fill",
 )
 
 

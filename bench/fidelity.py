@@ -61,11 +61,16 @@ CACHE_VERSION = 1
 
 
 def _svd_fill(
-    representative: Representative, merge: MergeRule = "cosine", scorer: Scorer = "rep"
+    representative: Representative, merge: MergeRule = "cosine", scorer: Scorer = "rep", detail: int = 0
 ) -> Callable[[Items, int], Compressed]:
     # theta above 1 means no embedding ever joins online: every merge is a budget merge of the
     # cheapest adjacent pair, so the memory always fills its budget (SMORE's theta rule off).
-    return lambda items, budget: svd(items, budget, representative, theta=1.01, merge=merge, scorer=scorer)
+    # ``detail`` = 8 gives the finer level budget // 8 of the tokens (at least 1 left coarse).
+    def run(items: Items, budget: int) -> Compressed:
+        fine = min(budget // detail, budget - 1) if detail else 0
+        return svd(items, budget, representative, theta=1.01, merge=merge, scorer=scorer, detail=fine)
+
+    return run
 
 
 ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
@@ -83,6 +88,8 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "svd-ward-energy-fill": _svd_fill("mean", merge="ward", scorer="energy"),
     "svd-subspace-fill": _svd_fill("mean", merge="subspace"),
     "svd-subspace-proj-fill": _svd_fill("mean", merge="subspace", scorer="projection"),
+    # Two resolutions: 1/8 of the budget keeps the most distinctive stretches merged away.
+    "svd-ward-peak-2res-fill": _svd_fill("mean", merge="ward", scorer="peak", detail=8),
 }
 """The issue's strategies plus SVD merging with the online theta rule switched off (``*-fill``):
 SMORE's rules (most similar pair, representative token) and the new merge rules and scorers."""
@@ -213,7 +220,15 @@ def load_queries(gt_path: Path, encoder: Encoder) -> tuple[list[dict[str, Any]],
 def score_curve(memory: Compressed, qvecs: F32, times: F64) -> F64:
     """(Q, T) curves: each grid time takes the score of the token whose span starts last before it."""
     idx = np.clip(np.searchsorted(memory.starts, times, side="right") - 1, 0, memory.starts.shape[0] - 1)
-    return memory.scores(qvecs)[:, idx]  # (Q, n) token scores spread over time
+    curves = memory.scores(qvecs)[:, idx]  # (Q, n) token scores spread over time
+    overlay = getattr(memory, "overlay", None)
+    if overlay is not None:
+        # Two resolutions: each finer stretch speaks for its span, the most distinctive last.
+        starts, ends, fine = overlay(qvecs)
+        for j in range(starts.shape[0]):
+            inside = (times >= starts[j]) & (times < max(ends[j], starts[j] + 1e-9))
+            curves[:, inside] = fine[:, j : j + 1]
+    return curves
 
 
 def answer(

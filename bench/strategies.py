@@ -85,6 +85,9 @@ class MemoryItems(NamedTuple):
     """(Q, d) unit queries -> (Q, n) scores; None: cosine with ``embs``."""
     nbytes: int
     """Bytes the memory holds (bases, sigmas, sums, tokens, bookkeeping)."""
+    overlay: Callable[[F32], tuple[F64, F64, F64]] | None = None
+    """The finer level: (Q, d) queries -> (starts (m,), ends (m,), scores (Q, m)), least
+    distinctive first; each stretch speaks for its span over the coarse tokens."""
 
     def scores(self, queries: F32) -> F64:
         """(Q, n) scores of unit queries (Q, d)."""
@@ -228,12 +231,14 @@ def svd(
     rank: int = 4,
     merge: MergeRule = "cosine",
     scorer: Scorer = "rep",
+    detail: int = 0,
 ) -> MemoryItems:
     """SVD merging (ours): the stream fed through :class:`agent.core.memory.Memory`.
 
     The defaults are SMORE's rules as first built (theta 0.95, most-similar
     pair merged, representative scored); the engine's defaults are
-    :data:`agent.core.memory.DEFAULT_MERGE` and ``DEFAULT_SCORER``.
+    :data:`agent.core.memory.DEFAULT_MERGE` and ``DEFAULT_SCORER``. ``detail`` tokens of the
+    budget go to the finer level (two resolutions), the rest to the coarse anchors.
     """
     from agent.core.memory import Memory  # the core engine; imported late so the other strategies stand alone
 
@@ -243,12 +248,13 @@ def svd(
     try:
         mem = Memory(
             embs.shape[1],
-            budget=_budget(budget),
+            budget=_budget(budget - detail),
             theta=theta,
             rank=rank,
             representative=representative,
             merge=merge,
             scorer=scorer,
+            detail=detail,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -259,12 +265,18 @@ def svd(
     def score(queries: F32) -> F64:
         return np.stack([mem.scores(q) for q in np.asarray(queries, np.float64)])
 
+    def overlay(queries: F32) -> tuple[F64, F64, F64]:
+        found = [mem.detail_scores(q) for q in np.asarray(queries, np.float64)]
+        starts, ends, _ = found[0]
+        return starts, ends, np.stack([f[2] for f in found])
+
     return MemoryItems(
         np.array(m_starts, np.float64),
         np.array(m_ends, np.float64),
         _unit(reps),
         None if scorer == "rep" else score,
         mem.nbytes,
+        overlay if detail else None,
     )
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.core.detail import DetailLevel
 from agent.core.svd import (
     F32,
     F64,
@@ -118,6 +119,7 @@ class Memory:
         gap_seconds: float = 5.0,
         merge: MergeRule = DEFAULT_MERGE,
         scorer: Scorer = DEFAULT_SCORER,
+        detail: int = 0,
     ) -> None:
         if dim < 1 or budget < 1 or rank < 1:
             raise ValueError("dim, budget and rank must be >= 1")
@@ -129,6 +131,8 @@ class Memory:
             raise ValueError(f"unknown merge rule {merge!r} or scorer {scorer!r}")
         self.merge: MergeRule = merge
         self.scorer: Scorer = scorer
+        self.detail = DetailLevel(detail)
+        """The finer level (:mod:`agent.core.detail`): up to ``detail`` merged-away stretches."""
         self.dim = dim
         self.budget = budget
         self.theta = float(theta)
@@ -280,6 +284,13 @@ class Memory:
         right = left.next
         assert right is not None
         a, b = left.anchor, right.anchor
+        if self.detail.bound:
+            # The shorter side loses its identity; its SVD is no longer changed after this merge.
+            # Distinctiveness is the squared distance of the means, blind to length: Ward's cost
+            # (length x distance) is what made the merge cheap, and a needle is short by nature.
+            short = a if a.svd.count <= b.svd.count else b
+            diff = a.svd.mean() - b.svd.mean()
+            self.detail.offer(float(diff @ diff), short.start, short.end, short.svd)
         a.svd = a.svd.merge(b.svd)
         a.rep = a.svd.representative(self.representative)
         a.end = max(a.end, b.end)
@@ -368,6 +379,20 @@ class Memory:
         basis, sigma, means, counts = self._packed
         return score_anchors(vec, basis, sigma, means, counts, self.scorer)
 
+    def detail_scores(self, query: npt.ArrayLike) -> tuple[F64, F64, F64]:
+        """(starts, ends, scores) of the finer level's stretches, least distinctive first."""
+        vec = np.asarray(query, np.float64)
+        kept = self.detail.stretches()
+        starts, ends = self.detail.spans()
+        if not kept:
+            return starts, ends, np.zeros(0, np.float64)
+        if self.scorer == "rep":
+            reps = np.stack([s.svd.representative(self.representative) for s in kept]).astype(np.float64)
+            return starts, ends, np.asarray(reps @ vec, np.float64)
+        p = pack_svds([s.svd for s in kept], self.rank, self.dim)
+        means = p["totals"] / p["counts"][:, None]
+        return starts, ends, score_anchors(vec, p["basis"], p["sigma"], means, p["counts"], self.scorer)
+
     def spans(self) -> list[tuple[float, float]]:
         """Ingested coverage intervals in time order; the holes between them are gaps."""
         return [(s, e) for s, e in self._spans]
@@ -399,11 +424,11 @@ class Memory:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays held: every anchor's SVD and token, the heap, the spans."""
+        """Bytes of the arrays held: every anchor's SVD and token, the heap, the spans, the finer level."""
         total = _ENTRY_BYTES * len(self._heap) + 16 * len(self._spans)
         for a in self._views()[0]:
             total += a.svd.nbytes + a.rep.nbytes + 16
-        return total
+        return total + self.detail.nbytes
 
     # ---------------------------------------------------------------- persistence
 
@@ -428,6 +453,7 @@ class Memory:
             "spans": np.asarray(self._spans, np.float64).reshape(-1, 2),
             "last_start": np.array(self._last_start, np.float64),
             "forgotten_gap_seconds": np.array(self._forgotten_gaps, np.float64),
+            **(self.detail.state_dict(self.rank, self.dim) if self.detail.bound else {}),
         }
 
     def restore(

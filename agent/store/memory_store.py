@@ -18,6 +18,7 @@ from typing import cast
 
 import numpy as np
 
+from agent.core.detail import DetailLevel
 from agent.core.memory import Anchor, Memory
 from agent.core.svd import MERGE_RULES, SCORERS, MergeRule, Scorer, unpack_svds
 from agent.errors import IndexStoreError, SnapshotVersionError
@@ -80,6 +81,7 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
     last_start = float(np.asarray(state["last_start"]))
     forgotten = float(np.asarray(state["forgotten_gap_seconds"]))
     mem.restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten)
+    mem.detail = DetailLevel.from_state(state, k, d)
     return mem
 
 

@@ -509,3 +509,65 @@ def test_merge_rule_and_scorer_survive_a_snapshot(tmp_path: Path) -> None:
     bad = {**mem.state_dict(), "merge": np.array("median")}
     with pytest.raises(IndexStoreError):
         memory_from_state(bad)
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), budget=st.integers(1, 6), bound=st.integers(0, 4), n=st.integers(1, 60))
+def test_the_finer_level_stays_bounded_and_keeps_the_most_distinctive(
+    seed: int, budget: int, bound: int, n: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, DIM))
+    mem = Memory(DIM, budget=budget, theta=0.95, rank=2, detail=bound)
+    offered: list[float] = []
+    original = mem.detail.offer
+
+    def spy(cost: float, start: float, end: float, svd: TruncatedSVD) -> None:
+        offered.append(cost)
+        original(cost, start, end, svd)
+
+    mem.detail.offer = spy  # type: ignore[method-assign]
+    for i in range(n):
+        mem.add(float(i), float(i + 1), unit(centres[rng.integers(4)] + 0.3 * rng.standard_normal(DIM)))
+        assert len(mem.detail) <= bound and mem.tokens <= budget
+    kept = [s.cost for s in mem.detail.stretches()]
+    assert kept == sorted(offered)[len(offered) - len(kept) :] if bound else kept == []
+    starts, ends, scores = mem.detail_scores(unit(rng.standard_normal(DIM)))
+    assert scores.shape == starts.shape == ends.shape == (len(kept),)
+    assert np.all(ends >= starts) and (len(kept) == 0 or (starts[0] >= 0.0 and ends.max() <= n))
+
+
+def test_a_needle_merged_away_is_kept_at_the_finer_level_and_survives_a_snapshot(tmp_path: Path) -> None:
+    e = np.eye(DIM)
+    # One coarse token: every needle item is merged into the long scene as it arrives (the
+    # shorter side); the finer level keeps the most distinctive of them at its own resolution.
+    stream = [e[1]] * 9 + [e[0]] * 2 + [e[1]] * 9
+    mem = Memory(DIM, budget=1, theta=0.9, rank=4, detail=1)
+    for i, v in enumerate(stream):
+        mem.add(float(i), float(i + 1), v)
+    starts, ends, scores = mem.detail_scores(e[0])
+    assert starts[0] >= 9.0 and ends[0] <= 11.0
+    assert scores[0] == pytest.approx(1.0, abs=1e-6)
+    assert mem.scores(e[0])[0] < 0.5  # the coarse token alone barely sees it
+    save_memory(mem, tmp_path / "m.npz")
+    back = load_memory(tmp_path / "m.npz")
+    assert back.detail.bound == 1
+    for got, want in zip(back.detail_scores(e[0]), (starts, ends, scores), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert back.nbytes == mem.nbytes
+    broken = {**mem.state_dict(), "detail_spans": np.array([[5.0, 1.0]])}
+    with pytest.raises(IndexStoreError):
+        memory_from_state(broken)
+
+
+def test_nbytes_stay_flat_with_a_finer_level() -> None:
+    rng = np.random.default_rng(6)
+    mem = Memory(32, budget=32, theta=1.01, rank=4, detail=8)
+    t, early = 0.0, 0
+    for _ in range(4):
+        t = feed(mem, 3 * 32, rng, t0=t, gap_every=7)
+        early = max(early, mem.nbytes)
+    for _ in range(12):
+        t = feed(mem, 3 * 32, rng, t0=t, gap_every=7)
+        assert len(mem.detail) == 8
+        assert mem.nbytes <= 1.1 * early
