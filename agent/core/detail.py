@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from agent.core.svd import F64, TruncatedSVD, pack_svds, unpack_svds
+from agent.core.svd import F64, Representative, Scorer, TruncatedSVD, pack_svds, score_anchors, unpack_svds
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,22 @@ class DetailLevel:
         for cost, (start, end), svd in zip(costs, spans, svds, strict=True):
             level.offer(float(cost), float(start), float(end), svd)
         return level
+
+    def scores(
+        self, query: npt.ArrayLike, scorer: Scorer, representative: Representative, rank: int
+    ) -> tuple[F64, F64, F64]:
+        """(starts, ends, scores) of the kept stretches for a unit query, least distinctive first."""
+        vec = np.asarray(query, np.float64)
+        kept = self.stretches()
+        starts, ends = self.spans()
+        if not kept:
+            return starts, ends, np.zeros(0, np.float64)
+        if scorer == "rep":
+            reps = np.stack([s.svd.representative(representative) for s in kept]).astype(np.float64)
+            return starts, ends, np.asarray(reps @ vec, np.float64)
+        p = pack_svds([s.svd for s in kept], rank, vec.shape[0])
+        means = p["totals"] / p["counts"][:, None]
+        return starts, ends, score_anchors(vec, p["basis"], p["sigma"], means, p["counts"], scorer)
 
     def spans(self) -> tuple[F64, F64]:
         """(starts, ends) of the kept stretches, in :meth:`stretches` order."""

@@ -2,35 +2,28 @@
 
 Embeddings arrive in time order. Each joins the newest anchor when it is
 similar enough (cosine >= theta) and follows it without a gap; otherwise it
-opens a new anchor. Each anchor is one *token* (its representative vector).
-Whenever tokens exceed the budget, the adjacent pair that costs least under
-the merge rule is merged, and queries score anchors with the scorer:
+opens a new anchor. Each anchor is one *token* (its representative, the vector
+handed to the LLM). Whenever tokens exceed the budget, the adjacent pair that
+costs least under the merge rule is merged; queries score anchors by the
+scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
 
-* merge rule ``"ward"`` (default): the pair whose merge adds least squared
-  error around the anchors' means (:func:`agent.core.svd.merge_cost`). Cost
-  grows with the shorter anchor's length times its distance, so a short,
-  distinct stretch (a needle) outlives long near-identical ones; ``"cosine"``
-  is SMORE's size-blind most-similar pair, ``"subspace"`` the pair whose
-  merged rank-k subspace drops least energy;
-* scorer ``"peak"`` (default): the mean cosine of the anchor's members to the
-  query plus their standard deviation, both read from the retained SVD (the
-  exact member sum and ``sum sigma_i^2 (b_i . q)^2 / n``), so a short stretch
-  matching the query lifts the anchor it was merged into; ``"rep"`` is the
-  cosine to the representative token, ``"energy"`` and ``"projection"``
-  other reads of the SVD (:func:`agent.core.svd.score_anchors`). The LLM still
-  gets one token per anchor; the bases count in :attr:`Memory.nbytes`.
+* merge ``"ward"``: the least squared error added around the means, so long
+  near-identical stretches pool and distinct ones survive (``"cosine"``:
+  SMORE's most similar pair; ``"subspace"``: least energy off the rank-k span);
+* scorer ``"peak"``: mean + standard deviation of the members' cosines, read
+  from the retained SVD, so a short stretch matching the query lifts the
+  anchor it was merged into (``"rep"``: cosine to the token);
+* an optional finer level (``detail`` > 0, :mod:`agent.core.detail`) keeps the
+  most distinctive stretches that merges folded away.
 
-Bookkeeping that keeps ``add`` at O(d*k + log B):
-
-* anchors form a doubly linked list (merges unlink in O(1));
-* closed adjacent pairs sit in a heap keyed by (crosses a gap, -cosine) with
-  lazy invalidation (the cost of a pair changes only when one side does): each node carries a version bumped whenever its right
-  pair changes, and stale entries are skipped when popped. The pair ending at
-  the newest (open) anchor changes on every join, so it is scored on demand
-  instead of being pushed each time; the heap is rebuilt when stale entries
-  pile up, so it stays O(B);
-* ingested coverage (``spans``) is kept apart from the anchors, so a merge
-  forced across a gap never makes the memory claim footage it never saw.
+Bookkeeping that keeps ``add`` at O(d*k + log B): anchors form a doubly
+linked list (merges unlink in O(1)); closed adjacent pairs sit in a heap keyed
+by (crosses a gap, cost) with lazy invalidation (each node's version is bumped
+whenever its right pair changes; stale entries are skipped when popped, and
+the heap is rebuilt when they pile up, so it stays O(B)); the pair ending at
+the open anchor changes on every join, so it is scored on demand; ingested
+coverage (:mod:`agent.core.coverage`) is kept apart from the anchors, so a
+merge forced across a gap never claims footage the memory never saw.
 """
 
 from __future__ import annotations
@@ -43,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.core.coverage import Coverage
 from agent.core.detail import DetailLevel
 from agent.core.svd import (
     F32,
@@ -60,8 +54,6 @@ from agent.core.svd import (
 
 _HEAP_SLACK = 4
 """Rebuild the pair heap when it holds more than this many entries per token."""
-_SPAN_SLACK = 4
-"""Keep at most this many coverage intervals per token (see ``forgotten_gap_seconds``)."""
 _ENTRY_BYTES = 40
 """Payload of one heap entry (five 8-byte numbers), for ``nbytes``."""
 
@@ -144,8 +136,7 @@ class Memory:
         self._count = 0
         self._heap: list[_Entry] = []
         self._seq = 0
-        self._spans: list[list[float]] = []
-        self._forgotten_gaps = 0.0
+        self._coverage = Coverage(budget)
         self._last_start = -math.inf
         self._cache: _Views | None = None
         self._packed: _Packed | None = None
@@ -174,12 +165,12 @@ class Memory:
         self._cache = None
         tail = self._tail
         if tail is None:
-            self._spans.append([start, end])
+            self._coverage.cover(start, end, True)
             self._append(start, end, vec)
             return
         last = tail.anchor
         gap = start - last.end > self.gap_seconds
-        self._cover(start, end, gap)
+        self._coverage.cover(start, end, gap)
         if not gap and float(last.rep @ vec) >= self.theta * norm:
             last.svd.update(vec)
             last.rep = last.svd.representative(self.representative)
@@ -202,26 +193,8 @@ class Memory:
         if t <= last.end:
             return
         self._cache = None
-        self._cover(t, t, t - last.end > self.gap_seconds)
+        self._coverage.cover(t, t, t - last.end > self.gap_seconds)
         last.end = t
-
-    def _cover(self, start: float, end: float, gap: bool) -> None:
-        """Record ingested time: a new interval after a gap, else stretch the last one."""
-        if gap:
-            self._spans.append([start, end])
-            if len(self._spans) > max(16, _SPAN_SLACK * self.budget):
-                self._forget_shortest_gap()
-        else:
-            self._spans[-1][1] = max(self._spans[-1][1], end)
-
-    def _forget_shortest_gap(self) -> None:
-        # Bounded bookkeeping: the shortest gap is counted as covered, and the
-        # overstatement is reported instead of hidden.
-        arr = np.asarray(self._spans)
-        i = int(np.argmin(arr[1:, 0] - arr[:-1, 1]))
-        self._forgotten_gaps += float(arr[i + 1, 0] - arr[i, 1])
-        self._spans[i][1] = self._spans[i + 1][1]
-        del self._spans[i + 1]
 
     def _append(self, start: float, end: float, vec: F64) -> None:
         svd = TruncatedSVD.from_vector(vec, self.rank)
@@ -327,7 +300,7 @@ class Memory:
     @property
     def forgotten_gap_seconds(self) -> float:
         """Seconds of gaps counted as covered because the interval list hit its bound."""
-        return self._forgotten_gaps
+        return self._coverage.forgotten
 
     def _views(self) -> _Views:
         if self._cache is None:
@@ -380,22 +353,12 @@ class Memory:
         return score_anchors(vec, basis, sigma, means, counts, self.scorer)
 
     def detail_scores(self, query: npt.ArrayLike) -> tuple[F64, F64, F64]:
-        """(starts, ends, scores) of the finer level's stretches, least distinctive first."""
-        vec = np.asarray(query, np.float64)
-        kept = self.detail.stretches()
-        starts, ends = self.detail.spans()
-        if not kept:
-            return starts, ends, np.zeros(0, np.float64)
-        if self.scorer == "rep":
-            reps = np.stack([s.svd.representative(self.representative) for s in kept]).astype(np.float64)
-            return starts, ends, np.asarray(reps @ vec, np.float64)
-        p = pack_svds([s.svd for s in kept], self.rank, self.dim)
-        means = p["totals"] / p["counts"][:, None]
-        return starts, ends, score_anchors(vec, p["basis"], p["sigma"], means, p["counts"], self.scorer)
+        """(starts, ends, scores) of the finer level's stretches by ``scorer``, least distinctive first."""
+        return self.detail.scores(query, self.scorer, self.representative, self.rank)
 
     def spans(self) -> list[tuple[float, float]]:
         """Ingested coverage intervals in time order; the holes between them are gaps."""
-        return [(s, e) for s, e in self._spans]
+        return [(s, e) for s, e in self._coverage.spans]
 
     def coverage(self, start: float, end: float) -> tuple[float, float]:
         """(retained seconds of [start, end], mean seconds per token of the anchors overlapping it).
@@ -407,12 +370,7 @@ class Memory:
         """
         if not (math.isfinite(start) and math.isfinite(end)) or end < start:
             raise ValueError(f"bad time range [{start}, {end}]")
-        if self._spans:
-            spans = np.asarray(self._spans, dtype=np.float64)
-            overlap = np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)
-            retained = float(np.clip(overlap, 0.0, None).sum())
-        else:
-            retained = 0.0
+        retained = self._coverage.retained(start, end)
         _, starts, ends, _ = self._views()
         if end > start:
             hit = (starts < end) & (ends > start)
@@ -425,7 +383,7 @@ class Memory:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays held: every anchor's SVD and token, the heap, the spans, the finer level."""
-        total = _ENTRY_BYTES * len(self._heap) + 16 * len(self._spans)
+        total = _ENTRY_BYTES * len(self._heap) + self._coverage.nbytes
         for a in self._views()[0]:
             total += a.svd.nbytes + a.rep.nbytes + 16
         return total + self.detail.nbytes
@@ -450,9 +408,9 @@ class Memory:
             "ends": ends.copy(),
             "reps": reps.copy(),
             **pack_svds([a.svd for a in anchors], self.rank, self.dim),
-            "spans": np.asarray(self._spans, np.float64).reshape(-1, 2),
+            "spans": np.asarray(self._coverage.spans, np.float64).reshape(-1, 2),
             "last_start": np.array(self._last_start, np.float64),
-            "forgotten_gap_seconds": np.array(self._forgotten_gaps, np.float64),
+            "forgotten_gap_seconds": np.array(self._coverage.forgotten, np.float64),
             **(self.detail.state_dict(self.rank, self.dim) if self.detail.bound else {}),
         }
 
@@ -468,8 +426,8 @@ class Memory:
                 self._tail.next = node
             self._tail = node
         self._count = len(anchors)
-        self._spans = spans
+        self._coverage.spans = spans
         self._last_start = last_start
-        self._forgotten_gaps = forgotten
+        self._coverage.forgotten = forgotten
         self._cache = None
         self._rebuild_heap()
