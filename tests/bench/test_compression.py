@@ -1,0 +1,85 @@
+"""``vmr bench compression`` end to end on a tiny haystack, the finer level's overlay, the targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.cli.main import main
+from bench import compression, fidelity
+from bench.haystack import DEFAULT_DATA
+from bench.strategies import Items, svd
+
+needs_data = pytest.mark.skipif(not (DEFAULT_DATA / "coco").is_dir(), reason="shared data folder missing")
+STRATEGIES = ("selection", "avgpool", "svd-mean-fill", compression.CHOSEN, "svd-ward-peak-2res-fill")
+
+
+@needs_data
+def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
+    argv = ["bench", "compression", "--duration", "2m", "--needles", "3", "--model", "classical-hog"]
+    argv += ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--grids", "1,2"]
+    argv += ["--fractions", "1/10,1/30", "--strategies", ",".join(STRATEGIES)]
+    assert main(argv) == 0
+    files = {p.suffix: p for p in (tmp_path / "out").iterdir()}
+    assert set(files) == {".json", ".md", ".png"}
+    rep: dict[str, Any] = json.loads(files[".json"].read_text())
+    assert rep["command"].startswith("vmr bench compression") and rep["items"] == {"1": 240, "2": 60}
+    rows = rep["rows"]
+    assert {r["strategy"] for r in rows} == {"dense", *STRATEGIES}
+    for r in rows:
+        assert r["tokens"] <= r["budget"] and r["bytes_per_hour"] > 0
+        assert 0.0 <= r["image"]["fidelity"] <= 100.0
+    # SVD anchors carry their bases: more bytes per token than a bare token.
+    by = {(r["grid"], r["strategy"], r["budget"]): r for r in rows}
+    assert by[(1, compression.CHOSEN, 24)]["bytes"] > by[(1, "avgpool", 24)]["bytes"]
+    assert set(rep["targets"]) == {"1", "2"}
+    assert all(
+        isinstance(v, bool) for t in rep["targets"].values() for k, v in t.items() if k.endswith("_met")
+    )
+    table = files[".md"].read_text()
+    assert f"**{compression.CHOSEN}**" in table and "| 1/10 | 1/30 |" in table
+
+
+def needle_stream(dim: int = 8) -> tuple[Items, np.ndarray]:
+    # 40 one-second items of one scene, a 2-second needle at [18, 20), drifting background.
+    rng = np.random.default_rng(0)
+    e = np.eye(dim)
+    embs = np.repeat(e[1][None], 40, 0) + 0.05 * rng.standard_normal((40, dim))
+    embs[18:20] = e[0]
+    embs /= np.linalg.norm(embs, axis=1, keepdims=True)
+    t = np.arange(40, dtype=np.float64)
+    return Items(t, t + 1.0, embs.astype(np.float32)), e[0][None].astype(np.float32)
+
+
+def test_the_finer_level_paints_its_stretch_over_the_coarse_curve() -> None:
+    items, q = needle_stream()
+    times = np.arange(80, dtype=np.float64) / 2
+    coarse = svd(items, 1, "mean", theta=1.01, merge="ward", scorer="rep")
+    two = svd(items, 2, "mean", theta=1.01, merge="ward", scorer="rep", detail=1)
+    assert coarse.starts.shape[0] == 1 and two.starts.shape[0] == 1 and two.overlay is not None
+    flat = fidelity.score_curve(coarse, q, times)[0]
+    assert np.ptp(flat) == 0.0  # one coarse token: no place stands out
+    curve = fidelity.score_curve(two, q, times)[0]
+    starts, ends, _ = two.overlay(q)
+    assert starts[0] >= 18.0 and ends[0] <= 20.0
+    assert curve[(times >= starts[0]) & (times < ends[0])].min() == pytest.approx(1.0, abs=1e-5)
+    top = fidelity.answer(two, q, times, 0.5)[0][0]
+    assert 17.5 <= top[0] and top[1] <= 20.5
+
+
+def _row(strategy: str, fraction: float, fid: float, r1: float) -> dict[str, Any]:
+    return {"grid": 1, "strategy": strategy, "fraction": fraction, "image": {"fidelity": fid, "R1@0.5": r1}}
+
+
+def test_targets_follow_the_issue() -> None:
+    rows = [_row("dense", 1.0, 100.0, 50.0)]
+    for f, fid in ((1 / 10, 95.0), (1 / 30, 85.0), (1 / 100, 40.0)):
+        rows += [_row(compression.CHOSEN, f, fid, 45.0), _row("avgpool", f, fid - 5, 40.0)]
+        rows.append(_row("selection", f, 90.0 if f < 0.02 else 50.0, 40.0))
+    got = compression.targets(rows)["1"]
+    assert got["fidelity_1/10_met"] and got["fidelity_1/30_met"] and got["R1_within_10pct_met"]
+    assert not got["ahead_of_avgpool_and_selection_met"]  # selection is ahead at 1/100
