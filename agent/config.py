@@ -112,9 +112,9 @@ class IndexConfig(Strict):
     merge: MergeRule = "ward"
     """Merge rule under budget pressure: ``ward`` (least squared error added; issue #15's winner),
     ``cosine`` (SMORE's most similar pair) or ``subspace`` (least energy off the rank-k span)."""
-    scorer: Scorer = "peak"
-    """Prescreen scorer: ``peak`` (mean + standard deviation of the members' cosines, read from the
-    SVD; issue #15's choice), ``rep`` (cosine to the token), ``energy`` (RMS) or ``projection``."""
+    scorer: Scorer = "energy"
+    """Prescreen scorer: ``energy`` (RMS of the members' cosines, read from the SVD; issue #15's
+    winner), ``rep`` (cosine to the token), ``peak`` (mean + spread) or ``projection``."""
     gap_seconds: float = Field(default=5.0, gt=0)
     """A jump in stream time larger than this is a gap in coverage."""
     gate: bool = True

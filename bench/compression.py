@@ -25,8 +25,8 @@ from bench.args import command_line, encoder_from_args
 from bench.report import plot_fidelity
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
 
-CHOSEN = "svd-ward-peak-fill"
-"""The engine's default rules (Ward merging, peak scorer) with the budget filled."""
+CHOSEN = "svd-ward-energy-fill"
+"""The engine's default rules (Ward merging, energy scorer) with the budget filled."""
 PEERS = ("avgpool", "selection")
 """What the chosen method must beat at every budget <= 1/10 (issue #15)."""
 DEFAULT_STRATEGIES = (

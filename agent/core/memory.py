@@ -10,9 +10,9 @@ scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
 * merge ``"ward"``: the least squared error added around the means, so long
   near-identical stretches pool and distinct ones survive (``"cosine"``:
   SMORE's most similar pair; ``"subspace"``: least energy off the rank-k span);
-* scorer ``"peak"``: mean + standard deviation of the members' cosines, read
-  from the retained SVD, so a short stretch matching the query lifts the
-  anchor it was merged into (``"rep"``: cosine to the token);
+* scorer ``"energy"``: the RMS of the members' cosines to the query, read from
+  the retained SVD, so a short stretch matching the query lifts the anchor it
+  was merged into (``"rep"``: cosine to the token; ``"peak"``: mean + spread);
 * an optional finer level (``detail`` > 0, :mod:`agent.core.detail`) keeps the
   most distinctive stretches that merges folded away.
 
@@ -92,7 +92,7 @@ _Views = tuple[list[Anchor], F64, F64, F32]
 _Packed = tuple[F32, F32, F64, npt.NDArray[np.int64]]
 
 DEFAULT_MERGE: MergeRule = "ward"
-DEFAULT_SCORER: Scorer = "peak"
+DEFAULT_SCORER: Scorer = "energy"
 
 
 class Memory:

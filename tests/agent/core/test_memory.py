@@ -465,32 +465,32 @@ def test_scores_follow_the_scorer(seed: int, budget: int, scorer: Scorer) -> Non
         mem.scores(np.ones(DIM + 1))
 
 
-def test_defaults_are_ward_merging_and_peak_scoring() -> None:
+def test_defaults_are_ward_merging_and_energy_scoring() -> None:
     mem = Memory(DIM, budget=4, theta=0.9)
-    assert (mem.merge, mem.scorer) == ("ward", "peak")
+    assert (mem.merge, mem.scorer) == ("ward", "energy")
     with pytest.raises(ValueError):
         Memory(DIM, budget=4, theta=0.9, merge="median")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Memory(DIM, budget=4, theta=0.9, scorer="median")  # type: ignore[arg-type]
 
 
-def test_a_needle_merged_away_still_ranks_first_under_the_peak_scorer() -> None:
+def test_a_needle_merged_away_still_ranks_first_when_scoring_what_the_svd_kept() -> None:
     # Issue #15: under budget pressure the prescreen sent refinement to the wrong anchor. A
     # 2-second needle (e0) inside a long e1 scene, next to a scene moderately close to the
-    # query; the budget forces the needle into its scene. Scoring SMORE's representative ranks
-    # the other scene first; scoring what the SVD kept (mean + spread) ranks the needle's first.
+    # query; the budget forces the needle into its scene. Scoring the mean token ranks the other
+    # scene first; scoring what the SVD kept (RMS, or mean + spread) ranks the needle's first.
     e = np.eye(DIM)
-    near = unit(0.35 * e[0] + np.sqrt(1 - 0.35**2) * e[2])
+    near = unit(0.2 * e[0] + np.sqrt(1 - 0.2**2) * e[2])
     stream = [e[1]] * 9 + [e[0]] * 2 + [e[1]] * 9 + [near] * 20
     ranked = {}
-    for scorer in ("rep", "peak"):
-        mem = Memory(DIM, budget=2, theta=1.01, rank=4, scorer=scorer)  # type: ignore[arg-type]
+    for scorer in ("rep", "energy", "peak"):
+        mem = Memory(DIM, budget=2, theta=1.01, rank=4, representative="mean", scorer=scorer)  # type: ignore[arg-type]
         for i, v in enumerate(stream):
             mem.add(float(i), float(i + 1), v)
         starts, _, _ = mem.matrix()
         np.testing.assert_array_equal(starts, [0.0, 20.0])  # the needle sits inside anchor 0
         ranked[scorer] = int(np.argmax(mem.scores(e[0])))
-    assert ranked == {"rep": 1, "peak": 0}
+    assert ranked == {"rep": 1, "energy": 0, "peak": 0}
 
 
 def test_merge_rule_and_scorer_survive_a_snapshot(tmp_path: Path) -> None:
