@@ -22,7 +22,7 @@ from agent.models.encoder import load_encoder
 from agent.store.atomic import write_bytes, write_json
 from bench import fidelity, haystack
 from bench.args import command_line, encoder_from_args
-from bench.report import plot_fidelity
+from bench.report import _pyplot
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
 
 CHOSEN = "svd-ward-energy-fill"
@@ -170,6 +170,42 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: Sequence[dict[str, Any]], path: Path, *, title: str, chosen: str) -> None:
+    """Fidelity against budget per grid: the chosen method bold, the old SVD rules dashed,
+    the other SVD variants thin, the peers (uniform, selection, avgpool) dotted."""
+    plt = _pyplot()
+    grids = sorted({r["grid"] for r in rows})
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 3.8), squeeze=False, sharey=True)
+    names = list(dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "dense"))
+    colours = plt.get_cmap("tab20")
+    for ax, grid in zip(axes[0], grids, strict=True):
+        for i, name in enumerate(names):
+            pts = sorted(
+                (r["fraction"], r["image"]["fidelity"])
+                for r in rows
+                if r["grid"] == grid and r["strategy"] == name
+            )
+            style: dict[str, Any] = {"color": colours(i % 20), "linewidth": 1.0, "marker": "."}
+            if name == chosen:
+                style.update(color="black", linewidth=2.6, marker="o")
+            elif name in ("svd-smore-fill", "svd-mean-fill"):
+                style.update(linestyle="--", linewidth=1.6)
+            elif not name.startswith("svd"):
+                style.update(linestyle=":", linewidth=1.8)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
+        ax.set_xscale("log")
+        ax.set_title(f"grid {grid}")
+        ax.set_xlabel("budget / dense tokens")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("fidelity to dense top-1 (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.suptitle(f"{title}: image queries", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(rep: dict[str, Any], folder: Path) -> dict[str, Path]:
     """``<name>.json``, ``<name>.md`` and ``<name>-fidelity.png`` under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +215,7 @@ def write(rep: dict[str, Any], folder: Path) -> dict[str, Path]:
         "md": folder / f"{name}.md",
         "png": folder / f"{name}-fidelity.png",
     }
-    plot_fidelity(rep["rows"], paths["png"], title=name)
+    plot(rep["rows"], paths["png"], title=name, chosen=rep["chosen"])
     rep["files"] = {k: p.name for k, p in paths.items()}
     write_json(paths["json"], rep)
     write_bytes(paths["md"], markdown(rep).encode())
