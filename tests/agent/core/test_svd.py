@@ -217,7 +217,8 @@ def test_svd_scorers_equal_member_statistics_when_nothing_is_truncated(seed: int
     svd = incremental(x, rank=n)
     cos = x @ q
     assert scores_of([svd], q, "energy")[0] == pytest.approx(np.sqrt(np.mean(cos**2)), abs=1e-5)
-    assert scores_of([svd], q, "peak")[0] == pytest.approx(cos.mean() + cos.std(), abs=1e-4)
+    # The spread is the square root of a difference of float32-rounded moments: ~sqrt(eps) precise.
+    assert scores_of([svd], q, "peak")[0] == pytest.approx(cos.mean() + cos.std(), abs=2e-3)
     # The best direction of the span is at least as close as the best member.
     assert scores_of([svd], q, "projection")[0] >= cos.max() - 1e-5
 
