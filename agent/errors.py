@@ -18,7 +18,8 @@ websocket API sends to clients instead of a traceback::
     ├── ProtocolError               malformed websocket message
     │   ├── UnknownStreamError      a request names a stream id that does not exist
     │   ├── UnauthorizedError       missing or wrong auth token
-    │   └── SlowClientError         a client fell too far behind its event queue
+    │   ├── SlowClientError         a client fell too far behind its event queue
+    │   └── BusyError               a client already has its limit of requests in flight
     └── LLMError                    the LLM stage failed
         ├── LLMUnavailableError     server down, not started, or port unavailable
         ├── LLMTimeoutError         no answer in time
@@ -115,6 +116,12 @@ class SlowClientError(ProtocolError):
     """A client did not read its events fast enough and was disconnected."""
 
     code = "slow_client"
+
+
+class BusyError(ProtocolError):
+    """A client sent a request while its limit of requests in flight was reached (retry later)."""
+
+    code = "busy"
 
 
 class LLMError(VmrError):

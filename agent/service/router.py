@@ -8,8 +8,10 @@ routes of the shards (WHIP: ``POST /whip/{stream}``...).
 Each websocket text message is validated into a request model and handed
 to the handler of its ``type`` (:attr:`Router.handlers`). ``query`` and
 ``watch`` run as tasks owned by the connection so that a slow query does not
-hold up the next message; everything else is answered in order. Any failure
-becomes one ``error`` event (:func:`agent.service.errors.error_event`).
+hold up the next message, at most ``max_in_flight`` of them per connection
+(one more is answered ``busy`` at once); everything else is answered in
+order. Any failure becomes one ``error`` event
+(:func:`agent.service.errors.error_event`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from agent.service.protocol import (
     StreamsRemove,
     WatchingEvent,
     WatchMsg,
+    clip,
     id_of,
     leading_id,
     load_json,
@@ -110,7 +113,13 @@ class Router:
         # aiohttp's own cap sits above ours, so an oversize message gets a typed error, not a close.
         ws = web.WebSocketResponse(max_msg_size=2 * self.cfg.max_message_bytes, heartbeat=30.0)
         await ws.prepare(request)
-        conn = Connection(ws, self.cfg.client_queue, authed=self.cfg.token is None)
+        conn = Connection(
+            ws,
+            self.cfg.client_queue,
+            authed=self.cfg.token is None,
+            max_bytes=self.cfg.client_queue_bytes,
+            max_in_flight=self.cfg.max_in_flight,
+        )
         self.connections.add(conn)
         writer = asyncio.create_task(conn.writer(), name="ws-writer")
         if conn.authed:
@@ -182,9 +191,9 @@ class Router:
         conn.send(StreamRemovedEvent(id=msg.id, stream=msg.stream))
 
     async def spawn(self, conn: Connection, msg: QueryMsg | WatchMsg) -> None:
-        """Run a query or watch as a task of the connection (its id must be free)."""
+        """Run a query or watch as a task of the connection (its id free, its client not ``busy``)."""
         rid = msg.id or uuid.uuid4().hex
-        conn.check_free(rid)  # before the task exists: a refused duplicate must not run unowned
+        conn.admit(rid)  # before the task exists: a refused request must not run unowned
         conn.own(rid, asyncio.create_task(self._answer(conn, rid, msg), name=f"request-{rid}"))
 
     async def _answer(self, conn: Connection, rid: str, msg: QueryMsg | WatchMsg) -> None:
@@ -206,7 +215,7 @@ class Router:
         task = conn.tasks.pop(msg.target, None)
         watch = conn.watches.pop(msg.target, None)
         if task is None and watch is None:
-            raise ProtocolError(f"nothing to cancel with id {msg.target!r}")
+            raise ProtocolError(f"nothing to cancel with id {clip(repr(msg.target))}")
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
