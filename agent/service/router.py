@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +31,7 @@ from agent.service.connection import Connection
 from agent.service.errors import error_event
 from agent.service.metrics import CONTENT_TYPE
 from agent.service.protocol import (
+    ERROR_CHARS,
     PROTOCOL_VERSION,
     UNAUTHORIZED,
     Cancel,
@@ -101,11 +103,13 @@ class Router:
         try:
             t = float(request.match_info["t"])
         except ValueError:
-            raise web.HTTPBadRequest(text="time must be a number of stream seconds") from None
+            t = math.nan
+        if not math.isfinite(t):
+            raise web.HTTPBadRequest(text="time must be a finite number of stream seconds")
         try:
             found, jpeg = await self.serving.thumbnail(request.match_info["stream"], t)
         except VmrError as exc:
-            raise web.HTTPNotFound(text=str(exc)) from exc
+            raise web.HTTPNotFound(text=clip(str(exc), ERROR_CHARS)) from exc
         return web.Response(body=jpeg, content_type="image/jpeg", headers={"X-Stream-Time": f"{found:.3f}"})
 
     # ------------------------------------------------------------ websocket

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import pytest
 import websockets
 from PIL import Image
@@ -229,3 +230,13 @@ async def test_a_range_outside_retained_memory_answers_empty_with_a_caveat(
                     "type"
                 ] == "cancelled"
     assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
+async def test_thumbnails_refuse_non_finite_times_and_cut_what_they_echo(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (_server, url), aiohttp.ClientSession() as http:
+        base = url.replace("ws://", "http://")
+        for t in ("nan", "inf", "1e400", "later"):
+            async with http.get(f"{base}/thumbnails/cam/{t}.jpg") as response:
+                assert response.status == 400 and "finite" in await response.text()
+        async with http.get(f"{base}/thumbnails/{'y' * 3000}/1.0.jpg") as response:
+            assert response.status == 404 and len(await response.text()) <= ERROR_CHARS
