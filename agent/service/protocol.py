@@ -293,11 +293,14 @@ def load_json(raw: str | bytes) -> Any:
     parsing: a 12 MB message of tiny arrays would hold the event loop, and
     the GIL, for seconds in the parser).
     """
-    shape = json_shape(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
-    if shape.depth > MAX_DEPTH:
-        raise ProtocolError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
-    if shape.items > MAX_ITEMS:
-        raise ProtocolError(f"malformed JSON: more than {MAX_ITEMS} values in arrays and objects")
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    opens = data.count(b"[") + data.count(b"{")  # bounds on the shape, strings included: cheap
+    if opens > MAX_DEPTH or opens + data.count(b",") > MAX_ITEMS:
+        shape = json_shape(data.decode("utf-8", "replace"))
+        if shape.depth > MAX_DEPTH:
+            raise ProtocolError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
+        if shape.items > MAX_ITEMS:
+            raise ProtocolError(f"malformed JSON: more than {MAX_ITEMS} values in arrays and objects")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
