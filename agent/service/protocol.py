@@ -15,21 +15,14 @@ One codec both ways: :func:`encode` writes any message, :func:`parse_message`
 reads a request (server side), :func:`parse_event` an event (client side);
 both raise :class:`~agent.errors.ProtocolError` with a readable reason.
 
-Limits of the codec, each answered with a ``bad_message`` error (the
-connection stays up): JSON nested deeper than :data:`MAX_DEPTH`, or with more
-than :data:`MAX_ITEMS` values, is refused before it is parsed; an ``id`` over :data:`ID_CHARS` is not echoed. Values
-quoted back in a reason are cut to :data:`ECHO_CHARS` and an error's whole
-message to :data:`ERROR_CHARS`, so a 10 MB input never comes back as a 10 MB
-error.
+Messages are read within the limits of :mod:`agent.service.json_text`
+(depth, values, echoed text).
 """
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.channels.retrieval import Query
@@ -37,6 +30,7 @@ from agent.config import MAX_TOP_K, QueryConfig, Strict
 from agent.errors import BusyError, ProtocolError, SlowClientError, UnauthorizedError, VmrError
 from agent.models.images import decode_image_b64
 from agent.service.answer import MomentOut, QueryAnswer
+from agent.service.json_text import ERROR_CHARS, ID_CHARS, clip, load_json
 
 PROTOCOL_VERSION = 1
 SLOW_CLIENT = SlowClientError.code
@@ -45,24 +39,8 @@ UNAUTHORIZED = UnauthorizedError.code
 """Error code of a wrong or missing token (the connection is then closed)."""
 BUSY = BusyError.code
 """Error code of a request refused because its client has its limit of requests in flight."""
-
-MAX_DEPTH = 32
-"""Deepest nesting of arrays and objects accepted in a message (the protocol's own use 4 levels)."""
-MAX_ITEMS = 10_000
-"""Most values in the arrays and objects of one message (a picture travels as one string)."""
-ID_CHARS = 200
-"""Longest request ``id``."""
-ECHO_CHARS = 200
-"""A client's value quoted in an error reason is cut to this many characters."""
-ERROR_CHARS = 1000
-"""An error event's whole message is cut to this many characters."""
 _MAX_REASONS = 5
 """Validation errors listed in one reason (the rest are counted)."""
-
-
-def clip(text: str, limit: int = ECHO_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Msg(Strict):
@@ -283,83 +261,6 @@ _T = TypeVar("_T")
 def encode(msg: BaseModel) -> str:
     """The JSON text of a request or event (every field, ``null`` included)."""
     return msg.model_dump_json()
-
-
-def load_json(raw: str | bytes) -> Any:
-    """Decode one message's JSON text (parsed once per message).
-
-    ProtocolError when it is not JSON, nests deeper than :data:`MAX_DEPTH` or
-    holds more than :data:`MAX_ITEMS` values (both checked first, without
-    parsing: a 12 MB message of tiny arrays would hold the event loop, and
-    the GIL, for seconds in the parser).
-    """
-    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
-    opens = data.count(b"[") + data.count(b"{")  # bounds on the shape, strings included: cheap
-    if opens > MAX_DEPTH or opens + data.count(b",") > MAX_ITEMS:
-        shape = json_shape(data.decode("utf-8", "replace"))
-        if shape.depth > MAX_DEPTH:
-            raise ProtocolError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
-        if shape.items > MAX_ITEMS:
-            raise ProtocolError(f"malformed JSON: more than {MAX_ITEMS} values in arrays and objects")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from exc
-    except RecursionError as exc:  # "[" * 100000: nested deeper than the parser goes
-        raise ProtocolError("malformed JSON: nested too deeply") from exc
-
-
-_STRING = re.compile(r'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
-"""A JSON string literal, or an unterminated one to the end (brackets and commas inside are text).
-Every quote starts a match that cannot fail and nothing backtracks: linear on any input."""
-_STEP = np.zeros(256, np.int8)
-_STEP[[ord("["), ord("{")]] = 1
-_STEP[[ord("]"), ord("}")]] = -1
-_CHUNK = 1 << 20
-
-
-class JsonShape(NamedTuple):
-    depth: int
-    """Deepest nesting of arrays and objects (0 for a scalar)."""
-    items: int
-    """At least the values in arrays and members of objects: commas plus containers."""
-
-
-def json_shape(text: str) -> JsonShape:
-    """The nesting depth and item count of JSON ``text``, without parsing it.
-
-    Linear, in C and numpy with bounded memory: string literals are removed
-    by a regular expression, then a running sum of +1 per opening and -1 per
-    closing bracket is taken over the UTF-8 bytes by chunks. Invalid text gets
-    a shape all the same (the parser refuses it next).
-    """
-    data = _STRING.sub("", text).encode("utf-8", "replace")
-    deepest = level = 0
-    items = data.count(b",") + data.count(b"[") + data.count(b"{")
-    for at in range(0, len(data), _CHUNK):
-        steps = _STEP[np.frombuffer(data, np.uint8, count=min(_CHUNK, len(data) - at), offset=at)]
-        running = np.cumsum(steps, dtype=np.int32) + level
-        deepest = max(deepest, int(running.max()))
-        level = int(running[-1])
-    return JsonShape(deepest, items)
-
-
-def id_of(data: Any) -> str | None:
-    """The ``id`` of decoded message data, best effort, for errors about a message that did not validate.
-
-    None when absent, not a string or over :data:`ID_CHARS` (never echoed).
-    """
-    rid = data.get("id") if isinstance(data, dict) else None
-    return rid if isinstance(rid, str) and len(rid) <= ID_CHARS else None
-
-
-_LEADING_ID = re.compile(r'^\s*\{(?:[^{}\[\]]{0,2048}?[,\s])?"id"\s*:\s*"([^"\\]{0,200})"')
-
-
-def leading_id(raw: str) -> str | None:
-    """The ``id`` of a message too large to parse, when it is a top-level key near the start (best effort)."""
-    match = _LEADING_ID.match(raw[:4096])
-    return match.group(1) if match else None
 
 
 def parse_message(raw: str | bytes) -> ClientMessage:

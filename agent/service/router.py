@@ -29,9 +29,9 @@ from agent.errors import ProtocolError, VmrError
 from agent.service.config import ServiceConfig
 from agent.service.connection import Connection
 from agent.service.errors import error_event
+from agent.service.json_text import ERROR_CHARS, clip, id_of, leading_id, load_json
 from agent.service.metrics import CONTENT_TYPE
 from agent.service.protocol import (
-    ERROR_CHARS,
     PROTOCOL_VERSION,
     UNAUTHORIZED,
     Cancel,
@@ -50,10 +50,6 @@ from agent.service.protocol import (
     StreamsRemove,
     WatchingEvent,
     WatchMsg,
-    clip,
-    id_of,
-    leading_id,
-    load_json,
     validate_message,
 )
 from agent.service.serving import Serving

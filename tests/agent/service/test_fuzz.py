@@ -30,8 +30,8 @@ from websockets.sync.client import ClientConnection, connect
 from agent.config import QueryConfig
 from agent.errors import ProtocolError, VmrError
 from agent.service.errors import INTERNAL, error_event
+from agent.service.json_text import ERROR_CHARS
 from agent.service.protocol import (
-    ERROR_CHARS,
     ClientMessage,
     ErrorEvent,
     QueryMsg,

@@ -21,8 +21,9 @@ from PIL import Image
 
 from agent.service.config import ServiceConfig
 from agent.service.connection import Connection
+from agent.service.json_text import ERROR_CHARS, MAX_DEPTH
 from agent.service.pipeline import Service
-from agent.service.protocol import ERROR_CHARS, MAX_DEPTH, ErrorEvent, ProgressEvent, ServerEvent, encode
+from agent.service.protocol import ErrorEvent, ProgressEvent, ServerEvent, encode
 from agent.service.server import Server
 from tests.agent.service.helpers import (
     add,
