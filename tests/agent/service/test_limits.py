@@ -59,9 +59,10 @@ async def ingested(ws: websockets.ClientConnection, tmp_path: Path) -> None:
 
 
 def bomb_b64() -> str:
-    """A PNG of 8000x8000 pixels in a few KB (decoded to RGB: 192 MB), base64."""
+    """The issue's picture: an RGB PNG of 8000x8000 pixels in under 200 KB (decoded: 192 MB), base64."""
     out = io.BytesIO()
-    Image.new("1", (8000, 8000)).save(out, "PNG")
+    Image.new("RGB", (8000, 8000)).save(out, "PNG")
+    assert len(out.getvalue()) < 200 * 1024  # far below the byte cap: only the pixel cap refuses it
     return base64.b64encode(out.getvalue()).decode()
 
 
