@@ -420,7 +420,7 @@ class RTSPSpec(SourceSpec):
 
 
 def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
-    """Factory: a fresh session (live: nothing to resume)."""
+    """Factory: a fresh session (live: nothing to resume), giving up after ``ctx.retries`` failures in a row."""
     return RTSPSource(
         spec.url,
         stream=spec.id,
@@ -431,6 +431,7 @@ def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
         open_timeout=spec.open_timeout,
         read_timeout=spec.read_timeout,
         audio=spec.audio,
+        retries=ctx.retries,
     )
 
 

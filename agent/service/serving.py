@@ -28,7 +28,7 @@ import numpy as np
 from agent.channels.retrieval import Query
 from agent.config import Settings
 from agent.core.superimage import SuperImage
-from agent.errors import ConfigError, UnknownStreamError
+from agent.errors import ConfigError, LimitExceededError, UnknownStreamError
 from agent.service.answer import QueryAnswer, query_answer
 from agent.service.config import ServiceConfig, StreamSpec, parse_spec
 from agent.service.metrics import ServiceMetrics
@@ -126,10 +126,14 @@ class Serving:
         return [status for shard in self.shards for status in await shard.statuses()]
 
     async def add_stream(self, raw: dict[str, Any] | StreamSpec) -> StreamStatus:
-        """Validate and start a stream (ConfigError: invalid or taken id; SourceError: missing input)."""
+        """Validate and start a stream (ConfigError: invalid or taken id; SourceError: missing input;
+        LimitExceededError: ``sources.max_streams`` are running or being added)."""
         spec = raw if isinstance(raw, SourceSpec) else parse_spec(raw)
         if spec.id in self._adding or any(spec.id in {s.id for s in shard.specs()} for shard in self.shards):
             raise ConfigError(f"stream {spec.id!r} already exists")
+        cap = self.cfg.sources.max_streams
+        if len(self._adding) + sum(len(shard.specs()) for shard in self.shards) >= cap:
+            raise LimitExceededError(f"the service runs at most {cap} streams (sources.max_streams)")
         self._adding.add(spec.id)  # reserved before the first await: two adds of one id cannot both pass
         try:
             # Persisted before the runner starts: once it runs, nothing may await before the caller
