@@ -128,7 +128,8 @@ class SourcePolicy:
 
     # ---------------------------------------------------------------- paths
     def _admit_recording(self, spec: RecordingSpec) -> StreamSpec:
-        refused = SourceError(f"{_shown(spec.path)!r}: no such media under the allowed roots")
+        # Not even the path is echoed: the answer is byte for byte the same for every refused path.
+        refused = SourceError("no such file or folder under the allowed media roots")
         real = self._media_path(spec.path)
         if real is None:
             raise refused
