@@ -14,12 +14,12 @@ from agent.service.access import TokenBucket
 from agent.service.config import SourcesConfig
 from tests.agent.service.helpers import add, client, request, running, until
 from tests.streams.servers import free_port
-from tests.videos import make_video
+from tests.videos import Scene, make_video
 
 
 def _video(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_video(path, [(1.0, (200, 30, 30), True)], fps=10)
+    make_video(path, [Scene(1.0, (200, 30, 30), True)], fps=10)
     return path
 
 

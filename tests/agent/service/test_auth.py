@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -86,7 +87,7 @@ async def test_foreign_browser_origins_are_refused(tmp_path: Path) -> None:
             assert (await http.get("/metrics")).status_code == 200  # no Origin: not a browser
 
 
-async def _hello(url: str, token: str) -> tuple[dict[str, object], int | None, str]:
+async def _hello(url: str, token: str) -> tuple[dict[str, Any], int | None, str | None]:
     async with client(url, hello=False) as ws:
         await ws.send(json.dumps({"type": "hello", "id": "h", "token": token}))
         answer = json.loads(await ws.recv())
@@ -111,9 +112,9 @@ async def test_wrong_tokens_lock_the_address_out(tmp_path: Path) -> None:
             assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
 
 
-async def _until_closed(ws: ClientConnection) -> list[dict[str, object]]:
+async def _until_closed(ws: ClientConnection) -> list[dict[str, Any]]:
     """Every event until the server closes the socket (bounded in time)."""
-    events: list[dict[str, object]] = []
+    events: list[dict[str, Any]] = []
     async with asyncio.timeout(30):
         try:
             while True:
