@@ -41,6 +41,7 @@ they are.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -131,8 +132,8 @@ class SourcePolicy:
         # Not even the path is echoed: the answer is byte for byte the same for every refused path.
         refused = SourceError("no such file or folder under the allowed media roots")
         real = self._media_path(spec.path)
-        if real is None:
-            raise refused
+        if real is None or not os.access(real, os.R_OK | (os.X_OK if real.is_dir() else 0)):
+            raise refused  # unreadable too: the same answer as missing
         admitted = spec.model_copy(update={"path": str(real)})
         try:
             admitted.check_input()  # the kind's own check: a file for ``file``, a folder for ``segments``

@@ -136,9 +136,10 @@ class ServiceConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     index: Path = Path("vmr-index")
-    token: str | None = Field(default_factory=lambda: env_str("VMR_TOKEN"))
+    token: str | None = Field(default_factory=lambda: env_str("VMR_TOKEN"), min_length=1, pattern=r"^\S+$")
     """Shared secret: websocket clients send it in ``hello`` (or as below), HTTP clients as
-    ``Authorization: Bearer TOKEN``; None disables auth (loopback only, see ``vmr serve``)."""
+    ``Authorization: Bearer TOKEN``; None disables auth (loopback only, see ``vmr serve``).
+    Not empty, no whitespace (it travels in a header)."""
     snapshot_seconds: float = Field(default=30.0, gt=0)
     """Period of the atomic memory snapshots (a kill -9 loses at most this much)."""
     max_message_bytes: int = Field(default=12 * 1024**2, ge=1024)
