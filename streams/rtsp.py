@@ -401,7 +401,7 @@ def _timed_out(exc: BaseException) -> bool:
 
 
 class RTSPSpec(SourceSpec):
-    """An RTSP camera or server, pulled and reconnected forever."""
+    """An RTSP camera or server, pulled and reconnected (giving up after ``OpenContext.retries`` failures in a row)."""
 
     kind: Literal["rtsp"]
     url: str

@@ -149,10 +149,7 @@ class Router:
     async def handle(self, conn: Connection, raw: str) -> None:
         """Validate one text message and run its handler; every failure becomes an ``error`` event."""
         rid: str | None = None
-        if not conn.authed and len(raw) > self.cfg.auth.preauth_max_bytes:  # chars <= bytes: a lower bound
-            limit = self.cfg.auth.preauth_max_bytes
-            error = ErrorEvent(code=ProtocolError.code, message=f"message over {limit} bytes before hello")
-            conn.kick(error, "message too big before authentication", code=1009)
+        if self._too_big_before_auth(conn, raw):
             return
         try:
             if len(raw.encode()) > self.cfg.max_message_bytes:
@@ -169,11 +166,22 @@ class Router:
             await self.dispatch(conn, msg)
         except Exception as exc:  # the one error mapper: typed code, never a traceback
             conn.send(error_event(rid, exc))
-            if conn.strike(self.cfg.auth.preauth_max_invalid):
-                message = f"{conn.invalid} invalid messages and no valid one; disconnecting"
-                conn.kick(
-                    ErrorEvent(code=LimitExceededError.code, message=message), "too many invalid messages"
-                )
+            self._strike(conn)
+
+    def _too_big_before_auth(self, conn: Connection, raw: str) -> bool:
+        """Disconnect an unauthenticated client whose message exceeds the pre-auth cap (close 1009)."""
+        limit = self.cfg.auth.preauth_max_bytes
+        if conn.authed or len(raw) <= limit:  # chars <= bytes: len(raw) is a lower bound
+            return False
+        error = ErrorEvent(code=ProtocolError.code, message=f"message over {limit} bytes before hello")
+        conn.kick(error, "message too big before authentication", code=1009)
+        return True
+
+    def _strike(self, conn: Connection) -> None:
+        """Count an invalid message; disconnect a client that has sent only invalid ones."""
+        if conn.strike(self.cfg.auth.preauth_max_invalid):
+            message = f"{conn.invalid} invalid messages and no valid one; disconnecting"
+            conn.kick(ErrorEvent(code=LimitExceededError.code, message=message), "too many invalid messages")
 
     async def dispatch(self, conn: Connection, msg: ClientMessage) -> None:
         await self.handlers[msg.type](conn, msg)
