@@ -93,6 +93,8 @@ class AuthConfig(Strict):
     """Largest message accepted before a client is authenticated (a ``hello`` is tiny)."""
     preauth_max_invalid: int = Field(default=3, ge=1)
     """Invalid messages a client may send before its first valid one; then it is disconnected."""
+    hello_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """A websocket client not authenticated this long after connecting is disconnected."""
 
 
 class SourcesConfig(Strict):

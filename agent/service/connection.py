@@ -12,7 +12,8 @@ Before authentication (see :mod:`agent.service.auth`): a client that has
 sent no valid message yet is disconnected after ``preauth_max_invalid``
 invalid ones (:meth:`Connection.strike`), and every disconnection says why
 in its close frame (``unauthorized``, ``too many invalid messages``,
-``message too big before authentication``, ``slow client``).
+``message too big before authentication``, ``no hello in time``,
+``slow client``).
 """
 
 from __future__ import annotations

@@ -125,17 +125,25 @@ class Router:
         writer = asyncio.create_task(conn.writer(), name="ws-writer")
         if conn.authed:
             self.serving.subscribers.add(conn.send)
+        late = (
+            None
+            if conn.authed
+            else asyncio.get_running_loop().call_later(self.cfg.auth.hello_seconds, self._no_hello, conn)
+        )
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     await self.handle(conn, msg.data)
-                elif msg.type == WSMsgType.BINARY:
+                elif msg.type == WSMsgType.BINARY and not self._too_big_before_auth(conn, len(msg.data)):
                     conn.send(
                         error_event(None, ProtocolError("binary messages are not part of the protocol"))
                     )
+                    self._strike(conn)
                 if conn.kicked or ws.closed:
                     break
         finally:
+            if late is not None:
+                late.cancel()
             await self._drop(conn, writer)
         return ws
 
@@ -149,7 +157,7 @@ class Router:
     async def handle(self, conn: Connection, raw: str) -> None:
         """Validate one text message and run its handler; every failure becomes an ``error`` event."""
         rid: str | None = None
-        if self._too_big_before_auth(conn, raw):
+        if self._too_big_before_auth(conn, len(raw)):  # chars <= bytes: a lower bound
             return
         try:
             if len(raw.encode()) > self.cfg.max_message_bytes:
@@ -168,14 +176,20 @@ class Router:
             conn.send(error_event(rid, exc))
             self._strike(conn)
 
-    def _too_big_before_auth(self, conn: Connection, raw: str) -> bool:
+    def _too_big_before_auth(self, conn: Connection, size: int) -> bool:
         """Disconnect an unauthenticated client whose message exceeds the pre-auth cap (close 1009)."""
         limit = self.cfg.auth.preauth_max_bytes
-        if conn.authed or len(raw) <= limit:  # chars <= bytes: len(raw) is a lower bound
+        if conn.authed or size <= limit:
             return False
         error = ErrorEvent(code=ProtocolError.code, message=f"message over {limit} bytes before hello")
         conn.kick(error, "message too big before authentication", code=1009)
         return True
+
+    def _no_hello(self, conn: Connection) -> None:
+        """Disconnect a client still unauthenticated ``auth.hello_seconds`` after connecting."""
+        if not conn.authed:
+            message = f"no hello with the token within {self.cfg.auth.hello_seconds:g} s"
+            conn.kick(ErrorEvent(code=UNAUTHORIZED, message=message), "no hello in time")
 
     def _strike(self, conn: Connection) -> None:
         """Count an invalid message; disconnect a client that has sent only invalid ones."""

@@ -141,10 +141,27 @@ async def test_pre_hello_abuse_is_disconnected_with_its_reason(tmp_path: Path) -
             events = await _until_closed(ws)
             assert [e["code"] for e in events] == ["unauthorized"]
             assert (ws.close_code, ws.close_reason) == (1008, "unauthorized")  # not "slow client"
+        async with client(url, hello=False) as ws:
+            await ws.send(b"\x00" * 100)
+            await ws.send(b"\x00" * 20_000)
+            events = await _until_closed(ws)
+            assert [e["code"] for e in events] == ["bad_message", "bad_message"]
+            assert (ws.close_code, ws.close_reason) == (1009, "message too big before authentication")
         async with client(url, token=TOKEN) as ws:  # after hello: invalid messages are answered, not struck
             for i in range(5):
                 err = await request(ws, {"type": "frobnicate", "id": str(i)})
                 assert err["code"] == "bad_message"
+            assert (await request(ws, {"type": "streams.list", "id": "l"}))["type"] == "streams"
+
+
+async def test_a_client_without_hello_is_disconnected_in_time(tmp_path: Path) -> None:
+    async with running(tmp_path, token=TOKEN, auth=AuthConfig(hello_seconds=0.5)) as (_svc, url):
+        async with client(url, hello=False) as ws:
+            events = await _until_closed(ws)  # says nothing; the server ends it
+            assert [e["code"] for e in events] == ["unauthorized"] and "no hello" in events[0]["message"]
+            assert (ws.close_code, ws.close_reason) == (1008, "no hello in time")
+        async with client(url, token=TOKEN) as ws:  # a client that said hello stays past the limit
+            await asyncio.sleep(1.0)
             assert (await request(ws, {"type": "streams.list", "id": "l"}))["type"] == "streams"
 
 
