@@ -410,6 +410,9 @@ class RTSPSpec(SourceSpec):
     """Seconds an open may take at first (doubled after each open that timed out)."""
     read_timeout: float = Field(default=5.0, gt=0, le=300)
     """Floor of the read deadlines: silence (no byte, RTCP included) and no media (see streams.liveness)."""
+    retries: int | None = Field(default=None, ge=0)
+    """Failed connection attempts in a row before the source gives up; None: ``OpenContext.retries``
+    (the operator's cameras: forever unless the service says otherwise)."""
 
     @property
     def live(self) -> bool:
@@ -431,7 +434,7 @@ def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
         open_timeout=spec.open_timeout,
         read_timeout=spec.read_timeout,
         audio=spec.audio,
-        retries=ctx.retries,
+        retries=spec.retries if spec.retries is not None else ctx.retries,
     )
 
 

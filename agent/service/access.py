@@ -125,7 +125,17 @@ class SourcePolicy:
             return await asyncio.to_thread(self._admit_recording, spec)
         if isinstance(spec, RTSPSpec):
             self._check_rtsp(spec.url)
+            return self._capped(spec)
         return spec
+
+    def _capped(self, spec: RTSPSpec) -> RTSPSpec:
+        """A client's camera gives up after ``reconnect_attempts`` failures in a row (its own
+        ``retries`` may only be lower); written into the spec so the cap survives restarts."""
+        cap = self.cfg.reconnect_attempts
+        if cap is None:
+            return spec
+        retries = cap if spec.retries is None else min(spec.retries, cap)
+        return spec.model_copy(update={"retries": retries})
 
     # ---------------------------------------------------------------- paths
     def _admit_recording(self, spec: RecordingSpec) -> StreamSpec:

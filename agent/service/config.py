@@ -115,7 +115,9 @@ class SourcesConfig(Strict):
     max_streams: int = Field(default=32, ge=1)
     """Streams the service runs at most (each holds a thread); ``streams.add`` beyond is refused."""
     reconnect_attempts: int | None = Field(default=20, ge=0)
-    """Failed RTSP connection attempts in a row before the stream goes ``failed`` (None: forever)."""
+    """Failed RTSP connection attempts in a row before a client's stream goes ``failed`` (None: forever).
+    The operator's streams (config file) retry forever unless their spec sets ``retries``: a camera
+    down for an hour must come back by itself; a client's URL must not be dialled forever."""
     adds_per_minute: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     """Sustained ``streams.add`` rate of one connection ..."""
     add_burst: int = Field(default=10, ge=1)

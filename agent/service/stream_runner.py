@@ -264,7 +264,6 @@ class StreamRunner:
             resume_token=self._token,
             resume_at=self.timeline.source_start(),
             hubs=self._hubs,
-            retries=self.cfg.sources.reconnect_attempts,
         )
         source = open_source(self.spec, context)
         self.timeline.open_source(restarts_clock=source.restarts_clock)

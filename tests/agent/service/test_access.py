@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from agent.service.access import TokenBucket
+from agent.service.access import SourcePolicy, TokenBucket
 from agent.service.config import SourcesConfig
 from tests.agent.service.helpers import add, client, request, running, until
 from tests.streams.servers import free_port
@@ -137,6 +137,32 @@ async def test_reconnect_attempts_are_capped_then_the_stream_fails_with_a_reason
         assert (
             failed["error"]["code"] == "stream_disconnected" and "open failed" in failed["error"]["message"]
         )
+
+
+async def test_the_reconnect_cap_binds_clients_streams_and_not_the_operators() -> None:
+    # A client's URL gets the cap written into its spec (it survives restarts); its own
+    # ``retries`` may only be lower. The operator's cameras (config file) keep retrying: a
+    # camera down for an hour comes back by itself.
+    from streams.registry import OpenContext
+    from streams.rtsp import RTSPSpec, open_rtsp
+
+    policy = SourcePolicy(SourcesConfig(reconnect_attempts=3))
+    url = "rtsp://cam.example/live"
+    asked = [None, 100, 1]
+    admitted = [
+        await policy.admit({"id": f"c{i}", "kind": "rtsp", "url": url, "retries": r})
+        for i, r in enumerate(asked)
+    ]
+    assert [s.retries for s in admitted if isinstance(s, RTSPSpec)] == [3, 3, 1]
+    unlimited = SourcePolicy(SourcesConfig(reconnect_attempts=None))
+    free = await unlimited.admit({"id": "u", "kind": "rtsp", "url": url})
+    assert isinstance(free, RTSPSpec) and free.retries is None
+    operator = RTSPSpec(id="op", kind="rtsp", url=url)
+    source = open_rtsp(operator, OpenContext(fps=2.0))
+    try:
+        assert source.retries is None
+    finally:
+        await source.close()
 
 
 async def test_caps_on_streams_and_on_the_add_rate(tmp_path: Path) -> None:
