@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from agent.channels.refine import DEFAULT_REFINE_BUDGET_S
 from agent.errors import LimitExceededError, ProtocolError, VmrError
 from agent.service.access import SourcePolicy
 from agent.service.auth import AUTHED, Auth
@@ -39,6 +40,7 @@ from agent.service.protocol import (
     Hello,
     HelloEvent,
     MomentsEvent,
+    MomentsUpdateEvent,
     QueryMsg,
     StreamEvent,
     StreamRemovedEvent,
@@ -246,7 +248,14 @@ class Router:
                 conn.send(WatchingEvent(id=rid, threshold=watch.threshold, calibrating=watch.calibrating))
                 if not msg.backward:
                     return
-            conn.send(MomentsEvent.of(rid, await self.serving.query(query)))
+            if isinstance(msg, WatchMsg):  # the backward scan: one ``moments`` event, refined
+                conn.send(MomentsEvent.of(rid, await self.serving.query(query)))
+                return
+            budget = DEFAULT_REFINE_BUDGET_S if msg.budget is None else msg.budget
+            final = await self.serving.query(
+                query, budget=budget, on_first=lambda first: conn.send(MomentsEvent.of(rid, first))
+            )
+            conn.send(MomentsUpdateEvent.of(rid, final))
         except Exception as exc:  # same mapper as above: this runs as its own task
             conn.send(error_event(rid, exc))
 

@@ -88,6 +88,18 @@ async def request(ws: ClientConnection, msg: dict[str, Any]) -> dict[str, Any]:
     return await wait_for(ws, lambda e: e.get("id") == msg.get("id"))
 
 
+async def refined(ws: ClientConnection, msg: dict[str, Any]) -> dict[str, Any]:
+    """Send a ``query`` and return its last event: the refined ``moments.update`` (or an ``error``).
+
+    Its first answer, the ``moments`` event, must come before the update.
+    """
+    first = await request(ws, msg)
+    if first["type"] == "error":
+        return first
+    assert first["type"] == "moments", first
+    return await wait_for(ws, lambda e: e.get("id") == msg.get("id"))
+
+
 async def wait_for(ws: ClientConnection, pred: Any, limit: float = 60.0) -> dict[str, Any]:
     async with asyncio.timeout(limit):
         while True:
