@@ -85,8 +85,8 @@ class _QueryFields(_Msg):
 class QueryMsg(_QueryFields):
     type: Literal["query"] = "query"
     budget: float | None = Field(default=None, ge=0, le=MAX_REFINE_BUDGET_S)
-    """Seconds the refinement after the first answer may take (progressive answers); None: the
-    server's default; 0: the update repeats the first answer."""
+    """Seconds of re-encoding the refinement after the first answer may take (progressive answers);
+    None: the server's default; 0: refine only from frame embeddings already cached."""
 
 
 class WatchMsg(_QueryFields):
