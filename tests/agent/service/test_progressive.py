@@ -86,8 +86,9 @@ async def test_ingest_goes_on_while_many_queries_are_stuck_refining(
         try:
             for i in range(12):  # more queries than the default executor has threads
                 await ws.send(json.dumps({"type": "query", "id": f"q{i}", "image": needle_b64()}))
-            async with asyncio.timeout(30):  # polled: a thread waiting for it could itself be starved
-                while not entered.is_set():
+            # Polled, not awaited in a thread: on a starved executor that thread would never run.
+            async with asyncio.timeout(30):
+                while not entered.is_set():  # noqa: ASYNC110 - a threading.Event, set by a worker thread
                     await asyncio.sleep(0.05)
             # A new stream is checked, decoded, encoded and committed while the queries wait.
             await add(ws, {"id": "later", "kind": "file", "path": str(later)})
