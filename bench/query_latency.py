@@ -76,10 +76,10 @@ def _photos(data: Path, n: int, size: int) -> list[np.ndarray]:
         raise SystemExit(f"no photos under {data / 'imagenet_sample'}: pass --data")
     out = []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            out.append(np.asarray(im, np.uint8).copy())
+        with Image.open(f) as src:
+            rgb = src.convert("RGB")
+        rgb.thumbnail((size, size))
+        out.append(np.asarray(rgb, np.uint8).copy())
     return out
 
 
