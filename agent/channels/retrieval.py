@@ -5,7 +5,10 @@
 2. **Regions**: the top anchors, widened by ``context_seconds`` and merged.
 3. **Refine**: stored frames of those regions are encoded one by one with the
    refine encoder (a stronger model may go here) giving a per-frame
-   similarity curve; frame embeddings are cached across queries.
+   similarity curve; frame embeddings are cached across queries. Progressive:
+   :func:`plan_visual` gives the anchor-level first answer and the plan (under
+   the stream's lock, no encoder), :func:`agent.channels.refine.refine_plans`
+   refines it by expected gain within a time budget (outside the lock).
 4. **Proposals**: the curve becomes candidate windows (boundary snapping to
    cheap-index scene changes, per-curve NMS), scored by their mean cosine.
 5. **Background**: the calibration :func:`agent.core.fuse.fuse` judges them
@@ -15,8 +18,8 @@
 Where a region's stored frames were already evicted, that region's moments
 come from anchor scores alone (kind ``"anchor"``) and the answer says so.
 Ranking across regions, channels and streams is :func:`agent.core.fuse.fuse`'s.
-These functions read the frame store and run the refine encoder: call them
-from a worker thread, never on an event loop.
+:func:`search_visual` and the refinement read the frame store and run the
+refine encoder: call them from a worker thread, never on an event loop.
 """
 
 from __future__ import annotations
