@@ -20,8 +20,10 @@ Rules chosen:
   first :data:`MIN_BACKGROUND` of them (an evenly spread prefix) are encoded
   before a stream's first region; the rest after every region, budget
   permitting. Warm queries find them in the cache.
-- **Budget** is checked between encoder calls of at most
-  :data:`REFINE_BATCH` frames, so it is overrun by at most one call.
+- **Budget**: an encoder call is started only for as many frames (at most
+  :data:`REFINE_BATCH`) as are expected to fit before the deadline, at the
+  seconds per frame this query's previous call took (its first call takes
+  one frame), so a loaded machine shrinks the calls instead of overrunning.
 - **Cache**: refine embeddings are kept across queries in a
   :class:`FrameEmbeddingCache` bounded in bytes (LRU).
 """
@@ -154,23 +156,38 @@ class _Encoded:
         self.clock = clock
         self.encoded = 0
         """Frames re-encoded by this query (cache misses)."""
+        self.per_frame: float | None = None
+        """Seconds per frame (read and encode) of this query's last call: sizes the next one."""
 
-    def expired(self) -> bool:
-        return self.deadline is not None and self.clock() >= self.deadline
+    def _room(self) -> int:
+        """Frames the next call may take: as many as are expected to fit before the deadline."""
+        if self.deadline is None:
+            return 1 << 30  # no budget: one call for everything, the encoder batches it
+        left = self.deadline - self.clock()
+        if left <= 0:
+            return 0
+        if self.per_frame is None:
+            return 1  # the first call measures the cost of one frame on this machine, now
+        if self.per_frame <= 0:
+            return REFINE_BATCH
+        return min(REFINE_BATCH, int(left / self.per_frame))
 
     def vectors(self, plan: VisualPlan, times: np.ndarray) -> np.ndarray | None:
         """(n, dim) embeddings of the frames at ``times``; None when the deadline came first."""
         vecs: list[np.ndarray | None] = [self.cache.get((plan.stream, float(t))) for t in times]
         missing = [i for i, v in enumerate(vecs) if v is None]
-        for lo in range(0, len(missing), REFINE_BATCH):
-            if self.expired():
+        while missing:
+            room = self._room()
+            if room <= 0:
                 return None
-            part = missing[lo : lo + REFINE_BATCH]
+            part, missing = missing[:room], missing[room:]
             assert plan.store is not None
+            t0 = self.clock()
             pics = [plan.store.get(float(times[i]))[1] for i in part]
             for i, v in zip(part, self.encoder.encode_images(pics), strict=True):
                 self.cache.put((plan.stream, float(times[i])), v)
                 vecs[i] = v
+            self.per_frame = max(self.clock() - t0, 0.0) / len(part)
             self.encoded += len(part)
         return np.stack([v for v in vecs if v is not None]) if vecs else None
 

@@ -136,8 +136,8 @@ class PendingQuery:
         """The answer after refining for at most ``budget`` seconds (None: everything planned).
 
         Blocking (frame reads, refine encoder): run it in a worker thread.
-        The budget is overrun by at most one encoder call
-        (:data:`agent.channels.refine.REFINE_BATCH` frames).
+        An encoder call starts only when its frames are expected to fit in
+        what is left of the budget (see :mod:`agent.channels.refine`).
         """
         if not self.refinable:
             return self.first

@@ -49,7 +49,7 @@ def _photo(path: Path) -> RGBImage:
 
 
 class CountingEncoder:
-    """The refine encoder, counting the frames it encodes; ``tick`` is called after each call."""
+    """The refine encoder, counting the frames it encodes; ``tick(n)`` is called after each call of n."""
 
     def __init__(self, inner: Encoder, tick: object = None) -> None:
         self.inner = inner
@@ -62,7 +62,7 @@ class CountingEncoder:
         self.calls.append(len(images))
         out = self.inner.encode_images(images)
         if callable(self.tick):
-            self.tick()
+            self.tick(len(images))
         return out
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -139,20 +139,19 @@ def test_refinement_goes_by_expected_gain_and_stops_at_the_deadline(
     gains = {name: max(r.gain for r in p.regions) for name, p in plans.items()}  # type: ignore[attr-defined]
     assert gains["cam"] > gains["other"]  # the query's own photo is in "cam"
     best = max(plans["cam"].regions, key=lambda r: r.gain)  # type: ignore[attr-defined]
-    # The clock moves one second per encoder call: the deadline falls after the calibration prefix
-    # and the best region's calls, so exactly that region is refined, and nothing of "other".
-    calls_needed = -(-MIN_BACKGROUND // REFINE_BATCH) + -(-len(best.times) // REFINE_BATCH)
+    # The clock moves 10 ms per frame encoded: the deadline falls just after the calibration
+    # prefix and the best region's frames, so exactly that region is refined, nothing of "other".
     now = [0.0]
-    enc = CountingEncoder(index.refine, tick=lambda: now.__setitem__(0, now[0] + 1.0))
+    enc = CountingEncoder(index.refine, tick=lambda n: now.__setitem__(0, now[0] + 0.01 * n))
     out = refine_plans(
         plans,  # type: ignore[arg-type]
         enc,
         FrameEmbeddingCache(),
-        deadline=float(calls_needed),
+        deadline=0.01 * (MIN_BACKGROUND + len(best.times)) + 0.005,
         clock=lambda: now[0],
     )
     assert enc.frames == MIN_BACKGROUND + len(best.times)
-    assert max(enc.calls) <= REFINE_BATCH  # the budget is checked between calls of this size
+    assert enc.calls[0] == 1 and max(enc.calls) <= REFINE_BATCH  # the first call measures one frame
     cam = out["cam"]
     refined = [p for p in cam.proposals if p.kind == "refine"]
     assert refined and all(best.span[0] <= p.start and p.end <= best.span[1] for p in refined)
