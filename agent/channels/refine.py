@@ -12,9 +12,12 @@ Rules chosen:
 
 - **Expected gain** of a region = the best anchor score inside it (the
   prescreen's own estimate of where the answer is). Regions of every
-  searched stream are refined in one order, highest gain first; a region is
-  used only when all its frames were encoded (a half-refined curve would
-  bias its proposals), otherwise its anchor-level proposals stand.
+  searched stream are refined in one order, highest gain first. A region's
+  frames are encoded coarse to fine (every prefix evenly spread), so one the
+  budget cuts short still gets a coarser curve over its whole span (from
+  :data:`MIN_REGION_FRAMES` frames; never a curve over part of the span,
+  which would bias its proposals); regions not reached keep their
+  anchor-level proposals.
 - **Calibration first**: refined scores are judged against the stream's
   own frames (:data:`BACKGROUND_FRAMES` spread evenly over the range). The
   first :data:`MIN_BACKGROUND` of them (an evenly spread prefix) are encoded
@@ -52,6 +55,9 @@ BACKGROUND_FRAMES = 64
 MIN_BACKGROUND = 16
 """Background frames encoded before a stream's first refined region (an evenly spread prefix)."""
 REFINE_BATCH = 8
+"""Most frames per refine encoder call under a budget (smaller when less time is left)."""
+MIN_REGION_FRAMES = 4
+"""Fewest frames (evenly spread over the region) a region cut short by the budget is refined with."""
 """Frames per refine encoder call: the budget is checked between calls."""
 DEFAULT_CACHE_BYTES = 64 * 1024**2
 """Refine embeddings kept across queries: 64 MiB is ~32 000 frames of a 512-d encoder."""
@@ -172,14 +178,18 @@ class _Encoded:
             return REFINE_BATCH
         return min(REFINE_BATCH, int(left / self.per_frame))
 
-    def vectors(self, plan: VisualPlan, times: np.ndarray) -> np.ndarray | None:
-        """(n, dim) embeddings of the frames at ``times``; None when the deadline came first."""
+    def vectors(self, plan: VisualPlan, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into ``times`` that have an embedding, their (m, dim) embeddings).
+
+        Every index unless the deadline came first; frames are encoded in the
+        order given, so a prefix of ``times`` is what a short budget gets.
+        """
         vecs: list[np.ndarray | None] = [self.cache.get((plan.stream, float(t))) for t in times]
         missing = [i for i, v in enumerate(vecs) if v is None]
         while missing:
             room = self._room()
             if room <= 0:
-                return None
+                break
             part, missing = missing[:room], missing[room:]
             assert plan.store is not None
             t0 = self.clock()
@@ -189,7 +199,10 @@ class _Encoded:
                 vecs[i] = v
             self.per_frame = max(self.clock() - t0, 0.0) / len(part)
             self.encoded += len(part)
-        return np.stack([v for v in vecs if v is not None]) if vecs else None
+        done = [i for i, v in enumerate(vecs) if v is not None]
+        if not done:
+            return np.zeros(0, np.int64), np.zeros((0, len(plan.rvec)), np.float32)
+        return np.array(done, np.int64), np.stack([v for v in vecs if v is not None])
 
 
 @dataclass(slots=True)
@@ -197,9 +210,9 @@ class _Progress:
     """What refinement got done for one stream."""
 
     curves: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    """Region index -> (times, scores)."""
-    background: list[np.ndarray] = field(default_factory=list)
-    bg_done: int = 0
+    """Region index -> (times, scores), in time order."""
+    background: dict[float, float] = field(default_factory=dict)
+    """Calibration frame time -> refine score."""
 
 
 def refine_plans(
@@ -227,11 +240,15 @@ def refine_plans(
         plan, prog = plans[name], done[name]
         if not _background(enc, plan, prog, MIN_BACKGROUND):
             break
-        region = plan.regions[i]
-        vecs = enc.vectors(plan, region.times)
-        if vecs is None:
-            break
-        prog.curves[i] = (region.times, vecs @ plan.rvec)
+        # Coarse to fine: a region the budget cuts short keeps an evenly spread, coarser curve.
+        times = plan.regions[i].times
+        times = times[spread_order(len(times))]
+        got, vecs = enc.vectors(plan, times)
+        if len(got) >= min(MIN_REGION_FRAMES, len(times)):
+            order = np.argsort(times[got], kind="stable")
+            prog.curves[i] = (times[got][order], (vecs @ plan.rvec)[order])
+        if len(got) < len(times):
+            break  # the deadline came
     for name, prog in done.items():  # the rest of each calibration, budget permitting
         if prog.curves:
             _background(enc, plans[name], prog, BACKGROUND_FRAMES)
@@ -239,16 +256,11 @@ def refine_plans(
 
 
 def _background(enc: _Encoded, plan: VisualPlan, prog: _Progress, upto: int) -> bool:
-    """Encode background frames up to ``upto`` of them; False when the deadline came first."""
-    want = plan.background[prog.bg_done : upto]
-    if len(want) == 0:
-        return True
-    vecs = enc.vectors(plan, want)
-    if vecs is None:
-        return False
-    prog.background.append(vecs @ plan.rvec)
-    prog.bg_done += len(want)
-    return True
+    """Encode background frames up to the first ``upto``; False when the deadline came first."""
+    want = plan.background[:upto]
+    got, vecs = enc.vectors(plan, want)
+    prog.background.update(zip(want[got].tolist(), (vecs @ plan.rvec).tolist(), strict=True))
+    return len(got) == len(want)
 
 
 def _answer(plan: VisualPlan, prog: _Progress) -> ChannelAnswer:
@@ -283,7 +295,7 @@ def _answer(plan: VisualPlan, prog: _Progress) -> ChannelAnswer:
             "(the others anchor-level)"
         )
     cals: dict[str, Calibration] = dict(plan.first.calibrations)
-    bg = np.concatenate(prog.background) if prog.background else np.zeros(0, np.float32)
+    bg = np.fromiter(prog.background.values(), np.float32, len(prog.background))
     # Judged against the stream's own frames. The prescreen chose where to refine from the whole
     # range, so the best refined frame is in effect the best of every frame in it: that is the
     # trial count (counting only the refined frames let ~40 % of absent photos pass at 0.95).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 from agent.channels.base import ChannelQuery
 from agent.channels.refine import (
     MIN_BACKGROUND,
+    MIN_REGION_FRAMES,
     REFINE_BATCH,
     FrameEmbeddingCache,
     refine_plans,
@@ -139,18 +141,22 @@ def test_refinement_goes_by_expected_gain_and_stops_at_the_deadline(
     gains = {name: max(r.gain for r in p.regions) for name, p in plans.items()}  # type: ignore[attr-defined]
     assert gains["cam"] > gains["other"]  # the query's own photo is in "cam"
     best = max(plans["cam"].regions, key=lambda r: r.gain)  # type: ignore[attr-defined]
-    # The clock moves 10 ms per frame encoded: the deadline falls just after the calibration
-    # prefix and the best region's frames, so exactly that region is refined, nothing of "other".
+    cache = FrameEmbeddingCache()
+    _warm_backgrounds(index, {"cam": plans["cam"]}, cache)  # "other" would need its calibration first
+    fresh = [t for t in best.times if cache.get(("cam", float(t))) is None]
+    assert fresh
+    # The clock moves 10 ms per frame encoded: the deadline falls just after the best region's
+    # frames (its calibration is cached), so exactly that region is refined, nothing of "other".
     now = [0.0]
     enc = CountingEncoder(index.refine, tick=lambda n: now.__setitem__(0, now[0] + 0.01 * n))
     out = refine_plans(
         plans,  # type: ignore[arg-type]
         enc,
-        FrameEmbeddingCache(),
-        deadline=0.01 * (MIN_BACKGROUND + len(best.times)) + 0.005,
+        cache,
+        deadline=0.01 * len(fresh) + 0.005,
         clock=lambda: now[0],
     )
-    assert enc.frames == MIN_BACKGROUND + len(best.times)
+    assert enc.frames == len(fresh)
     assert enc.calls[0] == 1 and max(enc.calls) <= REFINE_BATCH  # the first call measures one frame
     cam = out["cam"]
     refined = [p for p in cam.proposals if p.kind == "refine"]
@@ -158,6 +164,20 @@ def test_refinement_goes_by_expected_gain_and_stops_at_the_deadline(
     assert "refine" in cam.calibrations
     assert {p.kind for p in out["other"].proposals} == {"anchor"}  # its region's turn never came
     assert any("refine budget spent: 0 of" in n for n in out["other"].notes), out["other"].notes
+
+
+def _warm_backgrounds(index: VideoIndex, plans: dict[str, Any], cache: FrameEmbeddingCache) -> None:
+    """Cut calibrations to their first MIN_BACKGROUND frames and put those in ``cache``.
+
+    A test's budget then goes to regions only (on these short clips the full calibration
+    would hold most of a region's frames).
+    """
+    for name, plan in plans.items():
+        plan.background = plan.background[:MIN_BACKGROUND]
+        store = index.streams[name].store
+        assert store is not None
+        for t in plan.background:
+            cache.put((name, float(t)), index.refine.encode_images([store.get(float(t))[1]])[0])
 
 
 def test_warm_queries_reencode_nothing(index: VideoIndex, scenes: tuple[Path, list[Path]]) -> None:
@@ -203,3 +223,28 @@ def test_ingest_is_not_held_up_by_a_query_refining_the_same_stream(
         query.join(30)
         idx.refine.encode_images = original  # type: ignore[method-assign]
         idx.close()
+
+
+def test_a_region_cut_short_keeps_a_coarser_curve_over_its_whole_span(
+    index: VideoIndex, scenes: tuple[Path, list[Path]]
+) -> None:
+    plan = _plan(index, _photo(scenes[1][3]))
+    region = max(plan.regions, key=lambda r: r.gain)  # type: ignore[attr-defined]
+    assert len(region.times) >= 2 * MIN_REGION_FRAMES
+    cache = FrameEmbeddingCache()
+    _warm_backgrounds(index, {"cam": plan}, cache)
+    before = {t for t in region.times if cache.get(("cam", float(t))) is not None}
+    fresh = len(region.times) - len(before)
+    assert fresh > MIN_REGION_FRAMES + 1
+    now = [0.0]
+    enc = CountingEncoder(index.refine, tick=lambda n: now.__setitem__(0, now[0] + 0.01 * n))
+    # Room for MIN_REGION_FRAMES + 1 of the region's frames only.
+    deadline = 0.01 * (MIN_REGION_FRAMES + 1) + 0.005
+    answer = refine_plans({"cam": plan}, enc, cache, deadline=deadline, clock=lambda: now[0])["cam"]  # type: ignore[dict-item]
+    assert enc.frames == MIN_REGION_FRAMES + 1
+    assert [p for p in answer.proposals if p.kind == "refine"], answer.proposals
+    got = [t for t in region.times if t not in before and cache.get(("cam", float(t))) is not None]
+    assert len(got) == MIN_REGION_FRAMES + 1
+    # Coarse to fine: the frames encoded reach both halves of the region, not only its start.
+    mid = (region.times[0] + region.times[-1]) / 2
+    assert min(got) < mid < max(got)
