@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DEFAULT_DATA.exists():  # the layout of this project's worktrees
+    DEFAULT_DATA = Path("/work/shared/data")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -39,7 +39,9 @@ from PIL import Image
 HOUR = 3600.0
 STEP = 2.0
 """Seconds per super-image (grid 2 at 2 fps): one memory item and one stored frame each."""
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DEFAULT_DATA.exists():  # the layout of this project's worktrees
+    DEFAULT_DATA = Path("/work/shared/data")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
