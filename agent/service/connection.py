@@ -21,6 +21,13 @@ Requests in flight: at most ``max_in_flight`` queries and watches of one
 client run at once (:meth:`Connection.admit`); one more is answered at once
 with an ``error`` of code ``busy`` and nothing runs. Other requests are
 answered in order by the read loop, one at a time.
+
+Before authentication (see :mod:`agent.service.auth`): a client that has
+sent no valid message yet is disconnected after ``preauth_max_invalid``
+invalid ones (:meth:`Connection.strike`), and every disconnection says why
+in its close frame (``unauthorized``, ``too many invalid messages``,
+``message too big before authentication``, ``no hello in time``,
+``slow client``).
 """
 
 from __future__ import annotations
@@ -67,10 +74,13 @@ class Connection:
         limit: int,
         *,
         authed: bool,
+        address: str = "",
         max_bytes: int = QUEUE_BYTES,
         max_in_flight: int = IN_FLIGHT,
     ) -> None:
         self.ws = ws
+        self.address = address
+        """The client's IP address (the key of the failed-token backoff)."""
         self.high = limit
         self.low = max(1, limit // 2)
         self.high_bytes = max_bytes
@@ -81,8 +91,6 @@ class Connection:
         """The JSON text of each queued event (same order as :attr:`queue`)."""
         self.queued_bytes = 0
         """Memory of :attr:`texts`, in bytes (``sys.getsizeof`` of each)."""
-        self.close_reason = "policy violation"
-        """Sent with the 1008 close after a kick."""
         self.ready = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.watches: dict[str, Watch] = {}
@@ -91,6 +99,13 @@ class Connection:
         """Progress events dropped above the low watermark."""
         self.kicked = False
         """Set once the client is to be disconnected (slow, or unauthorized)."""
+        self.close_code = 1008
+        self.close_reason = "policy violation"
+        """Close frame sent after the last event of a kicked client (the reason, at most 123 bytes)."""
+        self.valid_seen = False
+        """Whether the client has sent one valid message (before that, invalid ones are struck)."""
+        self.invalid = 0
+        """Invalid messages received before the first valid one."""
         self.closing = False
         """Set when the connection ends: the writer sends what is queued, then returns."""
 
@@ -124,7 +139,10 @@ class Connection:
         self.queued_bytes += size
 
     def _disconnect_slow(self, unread: int) -> None:
-        self.close_reason = f"slow client: {unread} events ({self.queued_bytes} bytes) unread"
+        self.close_code, self.close_reason = (
+            1008,
+            f"slow client: {unread} events ({self.queued_bytes} bytes) unread",
+        )
         self.kicked = True
         self.queue.clear()
         self.texts.clear()
@@ -133,10 +151,19 @@ class Connection:
         text = encode(last)
         self._append(last, text, sys.getsizeof(text))
 
-    def kick(self, event: ErrorEvent) -> None:
-        """Send ``event`` as the last one, then close the socket (policy violation, 1008)."""
+    def kick(self, event: ErrorEvent, reason: str, code: int = 1008) -> None:
+        """Send ``event`` as the last one, then close the socket with ``code`` and ``reason``."""
         self.send(event)
+        if not self.kicked:
+            self.close_code, self.close_reason = code, reason
         self.kicked = True
+
+    def strike(self, limit: int) -> bool:
+        """Count an invalid message; True when a client without any valid one reached ``limit``."""
+        if self.valid_seen:
+            return False
+        self.invalid += 1
+        return self.invalid >= limit
 
     async def writer(self) -> None:
         """Send queued events in order; closes the socket after a slow-client or auth error."""
@@ -151,7 +178,7 @@ class Connection:
             self.queued_bytes -= sys.getsizeof(text)
             await self.ws.send_str(text)
             if self.kicked and not self.queue:
-                await self.ws.close(code=1008, message=self.close_reason.encode()[:123])
+                await self.ws.close(code=self.close_code, message=self.close_reason.encode()[:123])
                 return
 
     # ------------------------------------------------------------- requests
