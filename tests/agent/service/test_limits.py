@@ -19,7 +19,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from agent.service.config import ServiceConfig
+from agent.service.config import ServiceConfig, SourcesConfig
 from agent.service.connection import Connection
 from agent.service.json_text import ERROR_CHARS, MAX_DEPTH
 from agent.service.pipeline import Service
@@ -30,6 +30,7 @@ from tests.agent.service.helpers import (
     client,
     needle_b64,
     needle_video,
+    refined,
     request,
     tiny_settings,
     until,
@@ -40,6 +41,7 @@ from tests.agent.service.helpers import (
 @asynccontextmanager
 async def serving(tmp_path: Path, **service: Any) -> AsyncIterator[tuple[Server, str]]:
     """Like ``helpers.running``, but yields the server too (its router holds the connections)."""
+    service.setdefault("sources", SourcesConfig(media_roots=[tmp_path]))
     cfg = ServiceConfig(host="127.0.0.1", port=0, index=tmp_path / "index", token=None, **service)
     async with Service(cfg, tiny_settings()) as svc:
         await svc.start()
@@ -109,9 +111,11 @@ async def test_requests_over_the_in_flight_limit_are_answered_busy_before_anythi
         ]
         assert "2 requests in flight" in answers[0]["message"]
         assert sorted((e["id"], e["type"]) for e in answers[3:]) == [("q0", "moments"), ("q1", "moments")]
-        # Once answered, the slots are free again.
-        again = await request(ws, {"type": "query", "id": "q5", "text": "a photo", "streams": ["cam"]})
-        assert again["type"] == "moments"
+        # Each query is in flight until its refined answer; then its slot is free again.
+        updates = [await wait_for(ws, lambda e: e["type"] == "moments.update") for _ in range(2)]
+        assert sorted(e["id"] for e in updates) == ["q0", "q1"]
+        again = await refined(ws, {"type": "query", "id": "q5", "text": "a photo", "streams": ["cam"]})
+        assert again["type"] == "moments.update"
 
 
 def test_the_outbound_queue_is_bounded_in_bytes() -> None:
@@ -223,6 +227,9 @@ async def test_a_range_outside_retained_memory_answers_empty_with_a_caveat(
             await ws.send(json.dumps({"type": kind, "id": "r", "text": "a photo", **window}))
             answer = await wait_for(ws, lambda e: e.get("id") == "r" and e["type"] != "watching")
             assert answer["type"] == "moments" and answer["moments"] == [], answer
+            if kind == "query":  # a query's refined answer follows its first: empty as well
+                update = await wait_for(ws, lambda e: e.get("id") == "r")
+                assert update["type"] == "moments.update" and update["moments"] == [], update
             cam = answer["streams"]["cam"]
             assert cam["coverage"]["in_memory"] is False and "not in retained memory" in " ".join(
                 cam["notes"]
