@@ -117,6 +117,12 @@ class SlowClientError(ProtocolError):
     code = "slow_client"
 
 
+class EncodingError(VmrError):
+    """Every encoder pass of a stream failed: it ingested frames but retained nothing."""
+
+    code = "encoding_failed"
+
+
 class LLMError(VmrError):
     """The LLM stage failed."""
 

@@ -121,7 +121,7 @@ class Router:
                     await self.handle(conn, msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     conn.send(
-                        error_event(None, ProtocolError("binary messages are not part of the protocol"))
+                        self._error(None, ProtocolError("binary messages are not part of the protocol"))
                     )
                 if conn.kicked or ws.closed:
                     break
@@ -151,7 +151,13 @@ class Router:
                 return
             await self.dispatch(conn, msg)
         except Exception as exc:  # the one error mapper: typed code, never a traceback
-            conn.send(error_event(rid, exc))
+            conn.send(self._error(rid, exc))
+
+    def _error(self, rid: str | None, exc: BaseException) -> ErrorEvent:
+        """The error event answering ``exc``, counted by code (``vmr_errors_total{scope="request"}``)."""
+        event = error_event(rid, exc)
+        self.serving.metrics.count_error(event.code)
+        return event
 
     async def dispatch(self, conn: Connection, msg: ClientMessage) -> None:
         await self.handlers[msg.type](conn, msg)
@@ -200,7 +206,7 @@ class Router:
                     return
             conn.send(MomentsEvent.of(rid, await self.serving.query(query)))
         except Exception as exc:  # same mapper as above: this runs as its own task
-            conn.send(error_event(rid, exc))
+            conn.send(self._error(rid, exc))
 
     async def cancel(self, conn: Connection, msg: Cancel) -> None:
         task = conn.tasks.pop(msg.target, None)
