@@ -5,15 +5,20 @@ A reliability run, not a speed figure: the default encoder is ``tiny-random``
 real). One service runs in this process on a loopback port with ``--streams``
 live streams: file replays paced at real time and looped by the service
 (``kind: file, realtime, loop``) or, with ``--rtsp K``, K of them pulled from
-the RTSP test server of ``tests/streams/servers`` (GStreamer, loopback).
+the RTSP test server of ``tests/streams/servers`` (GStreamer, loopback; it
+does not loop: each session ends with the file and the source reconnects,
+which shows as ``reconnects``, ``gaps`` and a ``reconnecting`` health reason,
+not as errors).
 ``--clients`` websocket clients each hold a standing image ``watch`` over every
 stream and send a ``query`` every ``--query-every`` seconds (text and image
 queries alternately, every fifth request a ``streams.list``).
 
 Reported, in ``bench/results/soak.json`` with the exact command:
 
-* dropped frames (``vmr_frames_dropped_total``; file replays apply
-  backpressure and never drop, live sources drop when ingest falls behind);
+* frames ingested against those real time allows (``frames_expected``:
+  2 fps x streams x elapsed; a replay that falls behind is slowed by
+  backpressure, it does not drop) and dropped frames
+  (``vmr_frames_dropped_total``: live sources drop when ingest falls behind);
 * errors by code: error events the clients received, client-side failures
   (``client_timeout``, ``client_closed``), the service's
   ``vmr_errors_total`` by code and scope, work items given up
@@ -22,14 +27,15 @@ Reported, in ``bench/results/soak.json`` with the exact command:
   queries sent after the warm-up;
 * RSS of this process (service and clients) at the end of the warm-up and
   at the end, and the drift in percent, with samples every
-  ``--sample-every`` seconds. ``--budget`` (tokens per stream) is small by
+  ``--sample-every`` seconds; each of the two is the median of the last
+  :data:`RSS_WINDOW` samples up to that instant (one sample is noisy). ``--budget`` (tokens per stream) is small by
   default so that memories reach their bound during the warm-up: the drift
   then measures leaks, not the memory filling up as designed.
 
 ``ok`` is true when there were no errors and the drift is under
 ``--max-drift`` percent (target of issue 9: 30 min, 8 streams, 8 clients).
 
-    python -m bench.soak --streams 8 --clients 8 --seconds 1800 --warmup 120
+    python -m bench.soak --streams 8 --clients 8 --seconds 1800 --warmup 300
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ RESULTS = ROOT / "bench" / "results" / "soak.json"
 TEXTS = ("a person riding a bike", "a car on a street", "people walking", "a dog")
 ANSWER_LIMIT = 60.0
 """Seconds a client waits for an answer before counting ``client_timeout``."""
+RSS_WINDOW = 3
+"""Samples whose median is the RSS at the end of the warm-up and at the end."""
+FPS = 2.0
 
 
 @dataclass
@@ -179,6 +188,11 @@ def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def _recent_rss(samples: list[list[float]]) -> float:
+    """Median RSS (MiB) of the last :data:`RSS_WINDOW` samples."""
+    return float(np.median([rss for _, rss in samples[-RSS_WINDOW:]]))
+
+
 def _server_errors(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> Counter[str]:
     errors: Counter[str] = Counter()
     for (name, labels), value in samples.items():
@@ -209,7 +223,7 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
     )
     settings = Settings(
         prescreen=EncoderConfig(model=args.model, allow_random=True, batch_size=16),
-        index=IndexConfig(fps=2.0, grid=2, budget=args.budget, store_bytes=args.store_mb * 1024**2),
+        index=IndexConfig(fps=FPS, grid=2, budget=args.budget, store_bytes=args.store_mb * 1024**2),
     )
     photos = sorted((DATA / "imagenet_sample").glob("*.jpg"))[: max(1, args.clients)]
     tally, stop, samples = Tally(), asyncio.Event(), []
@@ -230,17 +244,17 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
             asyncio.create_task(c.run(stop, measure_from), name=f"soak-client-{i}")
             for i, c in enumerate(clients)
         ]
-        rss_warm: int | None = None
+        rss_warm: float | None = None
         tokens_warm = 0
         async with httpx.AsyncClient(base_url=url) as http:
             while (elapsed := time.monotonic() - t0) < args.warmup + args.seconds:
                 await asyncio.sleep(min(args.sample_every, args.warmup + args.seconds - elapsed))
-                rss = rss_bytes()
-                samples.append([round(time.monotonic() - t0, 1), round(rss / 2**20, 1)])
+                samples.append([round(time.monotonic() - t0, 1), round(rss_bytes() / 2**20, 1)])
                 if rss_warm is None and time.monotonic() >= measure_from:
-                    rss_warm = rss
+                    rss_warm = _recent_rss(samples)
                     tokens_warm = sum(r.state.memory.tokens for r in svc.runners.values())
-            rss_end = rss_bytes()
+            rss_end = _recent_rss(samples)
+            elapsed = time.monotonic() - t0
             stop.set()
             async with asyncio.timeout(ANSWER_LIMIT + 10):
                 await asyncio.gather(*tasks)
@@ -253,6 +267,7 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
         if st["status"] != "running":
             errors[f"stream_{st['status']}"] += 1
     rss_warm = rss_warm or rss_end
+    frames = int(sum(st["frames"] for st in statuses))
     lat = np.asarray(tally.latencies)
     drift = 100.0 * (rss_end - rss_warm) / rss_warm
     return {
@@ -261,8 +276,10 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
         "clients": args.clients,
         "seconds": args.seconds,
         "warmup_seconds": args.warmup,
-        "frames": int(sum(st["frames"] for st in statuses)),
+        "frames": frames,
+        "frames_expected": round(FPS * args.streams * elapsed),
         "frames_dropped": int(sum(v for (n, _), v in metrics.items() if n == "vmr_frames_dropped_total")),
+        "reconnects": int(sum(st["reconnects"] for st in statuses)),
         "gaps": int(sum(st["gaps"]["count"] for st in statuses)),
         "queries": tally.queries,
         "watch_moments": tally.moments,
@@ -272,11 +289,12 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
         "latency_queries": len(lat),
         "tokens_warm": tokens_warm,
         "tokens_end": int(sum(st["tokens"] for st in statuses)),
-        "rss_warm_mib": round(rss_warm / 2**20, 1),
-        "rss_end_mib": round(rss_end / 2**20, 1),
+        "rss_warm_mib": round(rss_warm, 1),
+        "rss_end_mib": round(rss_end, 1),
         "rss_drift_pct": round(drift, 2),
         "rss_samples_mib": samples,
         "health": health["status"],
+        "health_reasons": health.get("reasons", []),
         "load_average": {
             "start": [round(x, 2) for x in load_start],
             "end": [round(x, 2) for x in os.getloadavg()],
@@ -290,7 +308,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=1800.0, help="measured duration after the warm-up")
-    p.add_argument("--warmup", type=float, default=120.0)
+    p.add_argument("--warmup", type=float, default=300.0, help="seconds before RSS and latency count")
     p.add_argument("--rtsp", type=int, default=0, help="streams pulled from the RTSP test server")
     p.add_argument("--video", type=Path, default=DATA / "videos" / "bikes.mp4")
     p.add_argument("--model", default="tiny-random")

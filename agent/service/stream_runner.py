@@ -291,7 +291,8 @@ class StreamRunner:
 
     def _check_retained(self) -> None:
         """EncodingError when frames came in, every encoding was given up and nothing is retained."""
-        dropped = sum(c.dropped for c in self.state.counters().values())
+        # Lock-free reads of counters (the stream lock may be held by a refining query thread).
+        dropped = self.state.visual.counters.dropped
         if not self._stopping and self.frames_in and dropped and not self.state.memory.tokens:
             reason = self.state.last_work_error or "unknown"
             raise EncodingError(f"every batch of this stream failed; nothing retained (last: {reason})")
