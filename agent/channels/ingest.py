@@ -13,7 +13,8 @@ span is not retained, and nothing behind it waits for it.
 Gaps: a jump in stream time larger than ``cfg.gap_seconds`` (a source
 outage, a reconnect, frames dropped upstream) closes the filling grid
 before the frame after it, so no super-image spans the jump and the memory
-records the hole as a gap in coverage (:meth:`Memory.coverage`).
+records the hole as a gap in coverage (:meth:`Memory.coverage`). A dropped
+super-image's span is a gap too, however short (:meth:`Memory.break_coverage`).
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ class StreamIngestor:
             item = fifo.popleft()
             if item.dropped:
                 self._hole = True
+                self.memory.break_coverage()  # its span is a gap, not retained
             elif item.si is not None and item.embedding is not None:
                 self.memory.add(item.si.start, item.si.end, item.embedding)
                 self._hole = False

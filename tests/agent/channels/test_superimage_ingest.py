@@ -140,3 +140,17 @@ def test_no_grid_and_no_coverage_span_a_time_jump(gate: bool) -> None:
     retained, _ = ing.memory.coverage(0.0, 26.5)
     assert retained == pytest.approx(26.5 - 19.5)  # [0, 3.5) and [23, 26.5): the 19.5 s hole is a gap
     assert len(ing.memory.spans()) == 2
+
+
+def test_a_dropped_superimage_is_a_gap_in_coverage_however_short() -> None:
+    ing = make_ingestor(grid=2)
+    rng = np.random.default_rng(2)
+    emitted = []
+    for k in range(12):  # three super-images of 2 s each: [0, 2), [2, 4), [4, 6)
+        emitted += ing.push(Frame("s", k * 0.5, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    assert [si.start for si in emitted] == [0.0, 2.0, 4.0]
+    ing.commit(emitted[0], rng.normal(size=3).astype(np.float32))
+    ing.drop(emitted[1])  # its encoding was given up
+    ing.commit(emitted[2], rng.normal(size=3).astype(np.float32))
+    assert ing.memory.spans() == [(0.0, 2.0), (4.0, 6.0)]
+    assert ing.memory.coverage(0.0, 6.0)[0] == pytest.approx(4.0)
