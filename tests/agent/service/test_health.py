@@ -97,6 +97,8 @@ async def test_dead_rtsp_source_is_reconnecting_down_degraded_and_its_outage_is_
             answer = await request(ws, {"type": "query", "id": "q", "text": "people", "streams": ["cam"]})
             coverage = answer["streams"]["cam"]["coverage"]
             assert answer["type"] == "moments" and coverage["retained_fraction"] < 1.0, answer
+            # Nor are stored frames claimed across it (frames are stored up to the outage and after it).
+            assert coverage["frames_seconds"] <= coverage["end"] - coverage["start"] - 2 * GAP, coverage
             holes = svc.idx.streams["cam"].gaps()
             assert any(end - start >= 2 * GAP for start, end in holes), holes
     finally:
