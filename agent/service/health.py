@@ -2,11 +2,12 @@
 
 The rules, one place for the stream status, ``/metrics`` and ``/healthz``:
 
-* **reconnecting**: the stream runs and its live source is in ``backoff``,
-  or is ``connecting`` again after a session ended or failed (its
-  ``last_error`` is set). A source that never had a session and has no
-  error yet (a WHIP endpoint waiting for its first publisher) is only
-  connecting.
+* **reconnecting**: the stream runs and its live source (latest-wins
+  queue: RTSP, WHIP) is in ``backoff``, or is ``connecting`` again after a
+  session ended or failed (its ``last_error`` is set). A source that never
+  had a session and has no error yet (a WHIP endpoint waiting for its first
+  publisher) is only connecting; a followed segment folder waiting for its
+  next segment is not live and never reconnecting.
 * **up** (``vmr_stream_up``): the stream starts or runs and is not
   reconnecting. A done, failed or stopped stream is not up.
 * **snapshot stale**: a running stream whose last good snapshot (or, before
@@ -49,9 +50,9 @@ class StreamHealth:
     """Why this stream degrades the service; empty when it does not."""
 
 
-def is_reconnecting(status: str, source: SourceStats | None) -> bool:
-    """Whether a running stream's live source is between sessions (see the module docstring)."""
-    if status != "running" or source is None:
+def is_reconnecting(status: str, source: SourceStats | None, *, live: bool = True) -> bool:
+    """Whether a running stream's ``live`` source is between sessions (see the module docstring)."""
+    if status != "running" or source is None or not live:
         return False
     return source.state == "backoff" or (source.state == "connecting" and source.last_error is not None)
 
@@ -66,12 +67,13 @@ def assess(
     error_code: str | None,
     source: SourceStats | None,
     *,
+    live: bool = True,
     snapshot_age: float,
     snapshot_seconds: float,
     gaps: tuple[int, float],
 ) -> StreamHealth:
     """The :class:`StreamHealth` of a stream in lifecycle ``status`` (see the module docstring)."""
-    reconnecting = is_reconnecting(status, source)
+    reconnecting = is_reconnecting(status, source, live=live)
     stale = status == "running" and snapshot_age > STALE_PERIODS * snapshot_seconds
     reasons: list[str] = []
     if status == "failed":

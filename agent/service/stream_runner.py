@@ -175,6 +175,7 @@ class StreamRunner:
             self.status,
             None if self.error is None else self.error.code,
             source,
+            live=self.source is not None and self.source.queue_policy == "latest",
             snapshot_age=time.time() - (self.snapshot_at or self.started_at),
             snapshot_seconds=self.cfg.snapshot_seconds,
             gaps=gap_totals(self.state.gaps(), self.state.memory.forgotten_gap_seconds),

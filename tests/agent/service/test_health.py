@@ -178,6 +178,12 @@ def live(state: str, error: str | None = None) -> SourceStats:
     return SourceStats(state, last_error=error)  # type: ignore[arg-type]
 
 
+def test_a_waiting_segment_folder_is_not_reconnecting() -> None:
+    waiting = live("connecting", "segment 3 corrupt")
+    h = assess("running", None, waiting, live=False, snapshot_age=0.0, snapshot_seconds=10.0, gaps=(0, 0.0))
+    assert h.up and not h.reconnecting and h.reasons == ()
+
+
 @pytest.mark.parametrize(
     ("status", "source", "age", "up", "reasons"),
     [
