@@ -138,7 +138,7 @@ class StreamStatus(BaseModel):
     source_state: str | None = None
     source_error: str | None = None
     """The source's state and latest failure (also under ``source``); None before a source opens."""
-    gaps: dict[str, float] = Field(default_factory=dict)
+    gaps: dict[str, int | float] = Field(default_factory=dict)
     """Holes in the memory's coverage: ``count`` and ``seconds``."""
     snapshot_age: float | None = None
     """Seconds since the stream's last good snapshot (since its start before the first)."""
