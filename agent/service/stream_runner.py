@@ -26,9 +26,10 @@ the kind's extras) under ``source``, and the stream's health
 reconnects), ``source_state``/``source_error``, coverage ``gaps``, the age
 of the last good snapshot and the ``reasons`` it degrades the service.
 
-A stream that ingested frames but retained nothing because every
-super-image's encoding failed does not end ``done``: it ends ``failed``
-with :class:`~agent.errors.EncodingError` and the last failure's reason.
+A stream that ingested frames but whose every super-image's encoding
+failed (in this run: a restored memory does not hide it) does not end
+``done``: it ends ``failed`` with :class:`~agent.errors.EncodingError` and
+the last failure's reason.
 
 Resume after a restart: the task first finds, in a thread (it takes the
 stream's lock, which query threads hold while they refine), the latest time
@@ -126,6 +127,7 @@ class StreamRunner:
         self.started_at = time.time()
         self.snapshot_at: float | None = None
         """Wall time of the last good snapshot (None: none yet in this process)."""
+        self._superimages_before = state.stats.superimages  # a restored snapshot's count
         self.errors: Counter[str] = Counter()
         """Failures of this stream by error code: the stream's own and its snapshots'."""
 
@@ -291,10 +293,11 @@ class StreamRunner:
             self._emit({"type": "stream", "stream": self.info()})
 
     def _check_retained(self) -> None:
-        """EncodingError when frames came in, every encoding was given up and nothing is retained."""
+        """EncodingError when frames came in and every super-image of this run was given up."""
         # Lock-free reads of counters (the stream lock may be held by a refining query thread).
         dropped = self.state.visual.counters.dropped
-        if not self._stopping and self.frames_in and dropped and not self.state.memory.tokens:
+        emitted = self.state.stats.superimages - self._superimages_before
+        if not self._stopping and self.frames_in and dropped and dropped >= emitted:
             reason = self.state.last_work_error or "unknown"
             raise EncodingError(f"every batch of this stream failed; nothing retained (last: {reason})")
 
