@@ -10,7 +10,8 @@ websocket API sends to clients instead of a traceback::
     │   └── WeightsUnavailableError real weights requested but not obtainable
     ├── SourceError                 a video source failed (from_stream_error maps the streams library's)
     │   ├── CorruptVideoError       undecodable or damaged input
-    │   └── StreamDisconnectedError a live source dropped (reconnect may follow)
+    │   ├── StreamDisconnectedError a live source dropped (reconnect may follow)
+    │   └── SourceNotAllowedError   a client named a format or host the operator does not allow
     ├── IndexStoreError             an index / snapshot on disk is missing or invalid
     │   └── SnapshotVersionError    snapshot written by an incompatible format version
     ├── QueryError                  a query that cannot be answered as asked
@@ -18,7 +19,8 @@ websocket API sends to clients instead of a traceback::
     ├── ProtocolError               malformed websocket message
     │   ├── UnknownStreamError      a request names a stream id that does not exist
     │   ├── UnauthorizedError       missing or wrong auth token
-    │   └── SlowClientError         a client fell too far behind its event queue
+    │   ├── SlowClientError         a client fell too far behind its event queue
+    │   └── LimitExceededError      a cap on streams or a rate of requests was reached
     └── LLMError                    the LLM stage failed
         ├── LLMUnavailableError     server down, not started, or port unavailable
         ├── LLMTimeoutError         no answer in time
@@ -67,6 +69,16 @@ class StreamDisconnectedError(SourceError):
     """A live source dropped; the owner may reconnect."""
 
     code = "stream_disconnected"
+
+
+class SourceNotAllowedError(SourceError):
+    """A client named a container format or an RTSP host outside what the operator allows.
+
+    (A path outside the media roots gets the plain :class:`SourceError` of a
+    missing input, same message, so clients cannot learn which paths exist.)
+    """
+
+    code = "source_not_allowed"
 
 
 class IndexStoreError(VmrError):
@@ -121,6 +133,12 @@ class EncodingError(VmrError):
     """Every encoder pass of a stream failed: it ingested frames but retained nothing."""
 
     code = "encoding_failed"
+
+
+class LimitExceededError(ProtocolError):
+    """A configured cap (streams, ``streams.add`` rate, invalid messages) was reached."""
+
+    code = "limit_exceeded"
 
 
 class LLMError(VmrError):

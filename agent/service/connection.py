@@ -7,6 +7,13 @@ of it (the low watermark) ``progress`` events are dropped and a non-final
 ``slow_client`` and is disconnected (close code 1008). Opening and closing
 events of matches are never dropped while the client is connected; nothing
 the service stores depends on a client keeping up.
+
+Before authentication (see :mod:`agent.service.auth`): a client that has
+sent no valid message yet is disconnected after ``preauth_max_invalid``
+invalid ones (:meth:`Connection.strike`), and every disconnection says why
+in its close frame (``unauthorized``, ``too many invalid messages``,
+``message too big before authentication``, ``no hello in time``,
+``slow client``).
 """
 
 from __future__ import annotations
@@ -42,8 +49,10 @@ def _essential(event: ServerEvent) -> bool:
 class Connection:
     """A connected client; :meth:`send` never blocks, :meth:`writer` drains the queue to the socket."""
 
-    def __init__(self, ws: web.WebSocketResponse, limit: int, *, authed: bool) -> None:
+    def __init__(self, ws: web.WebSocketResponse, limit: int, *, authed: bool, address: str = "") -> None:
         self.ws = ws
+        self.address = address
+        """The client's IP address (the key of the failed-token backoff)."""
         self.high = limit
         self.low = max(1, limit // 2)
         self.queue: deque[ServerEvent] = deque()
@@ -55,6 +64,13 @@ class Connection:
         """Progress events dropped above the low watermark."""
         self.kicked = False
         """Set once the client is to be disconnected (slow, or unauthorized)."""
+        self.close_code = 1008
+        self.close_reason = "policy violation"
+        """Close frame sent after the last event of a kicked client (the reason, at most 123 bytes)."""
+        self.valid_seen = False
+        """Whether the client has sent one valid message (before that, invalid ones are struck)."""
+        self.invalid = 0
+        """Invalid messages received before the first valid one."""
         self.closing = False
         """Set when the connection ends: the writer sends what is queued, then returns."""
 
@@ -75,16 +91,26 @@ class Connection:
                 return
         if n >= self.high:
             self.kicked = True
+            self.close_code, self.close_reason = 1008, "slow client"
             self.queue.clear()
             self.queue.append(ErrorEvent(code=SLOW_CLIENT, message="client too slow; disconnecting"))
         else:
             self.queue.append(event)
         self.ready.set()
 
-    def kick(self, event: ErrorEvent) -> None:
-        """Send ``event`` as the last one, then close the socket (policy violation, 1008)."""
+    def kick(self, event: ErrorEvent, reason: str, code: int = 1008) -> None:
+        """Send ``event`` as the last one, then close the socket with ``code`` and ``reason``."""
         self.send(event)
+        if not self.kicked:
+            self.close_code, self.close_reason = code, reason
         self.kicked = True
+
+    def strike(self, limit: int) -> bool:
+        """Count an invalid message; True when a client without any valid one reached ``limit``."""
+        if self.valid_seen:
+            return False
+        self.invalid += 1
+        return self.invalid >= limit
 
     async def writer(self) -> None:
         """Send queued events in order; closes the socket after a slow-client or auth error."""
@@ -97,7 +123,7 @@ class Connection:
             event = self.queue.popleft()
             await self.ws.send_str(encode(event))
             if self.kicked and not self.queue:
-                await self.ws.close(code=1008, message=b"policy violation")
+                await self.ws.close(code=self.close_code, message=self.close_reason.encode()[:123])
                 return
 
     # ------------------------------------------------------------- requests

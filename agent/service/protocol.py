@@ -8,8 +8,13 @@ See ``docs/protocol.md`` for the full reference and an example session.
 Client -> server (:data:`ClientMessage`): ``hello``, ``streams.list``,
 ``streams.add``, ``streams.remove``, ``query``, ``watch``, ``cancel``.
 Server -> client (:data:`ServerEvent`): ``hello``, ``streams``, ``stream``,
-``stream.removed``, ``moments``, ``moment``, ``moment.update``, ``watching``,
-``progress``, ``cancelled``, ``error``.
+``stream.removed``, ``moments``, ``moments.update``, ``moment``,
+``moment.update``, ``watching``, ``progress``, ``cancelled``, ``error``.
+
+A ``query`` is answered progressively: ``moments`` (the prescreen's
+anchor-level answer, milliseconds) then ``moments.update`` with the same id
+(the answer refined within the query's ``budget``); the update is always
+sent, and is the last event of the query.
 
 One codec both ways: :func:`encode` writes any message, :func:`parse_message`
 reads a request (server side), :func:`parse_event` an event (client side);
@@ -24,6 +29,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from agent.channels.refine import MAX_REFINE_BUDGET_S
 from agent.channels.retrieval import Query
 from agent.config import MAX_TOP_K, QueryConfig, Strict
 from agent.errors import ProtocolError, SlowClientError, UnauthorizedError, VmrError
@@ -78,6 +84,9 @@ class _QueryFields(_Msg):
 
 class QueryMsg(_QueryFields):
     type: Literal["query"] = "query"
+    budget: float | None = Field(default=None, ge=0, le=MAX_REFINE_BUDGET_S)
+    """Seconds of re-encoding the refinement after the first answer may take (progressive answers);
+    None: the server's default; 0: refine only from frame embeddings already cached."""
 
 
 class WatchMsg(_QueryFields):
@@ -181,6 +190,19 @@ class MomentsEvent(QueryAnswer):
         return cls(id=rid, **{name: getattr(answer, name) for name in QueryAnswer.model_fields})
 
 
+# ------------------------------------------------- progressive answers (issue 11)
+class MomentsUpdateEvent(QueryAnswer):
+    """A query's refined answer, after its ``moments`` (same id): the last event of the query."""
+
+    type: Literal["moments.update"] = "moments.update"
+    id: str | None = None
+
+    @classmethod
+    def of(cls, rid: str | None, answer: QueryAnswer) -> MomentsUpdateEvent:
+        return cls(id=rid, **{name: getattr(answer, name) for name in QueryAnswer.model_fields})
+
+
+# ---------------------------------------------------------------- watches
 class MomentEvent(_Msg):
     """A standing query's match opened."""
 
@@ -249,6 +271,7 @@ ServerEvent = Annotated[
     | StreamEvent
     | StreamRemovedEvent
     | MomentsEvent
+    | MomentsUpdateEvent
     | MomentEvent
     | MomentUpdateEvent
     | WatchingEvent
