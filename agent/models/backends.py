@@ -62,22 +62,30 @@ class TorchBackend:
         return feats.float().cpu()  # type: ignore[no-any-return]
 
 
-def make_backend(cfg: EncoderConfig, built: BuiltModel) -> Backend:
+def make_backend(cfg: EncoderConfig, built: BuiltModel, *, release_torch: bool = False) -> Backend:
     """The backend ``cfg.backend`` asks for, for ``built``.
 
-    Raises :class:`ConfigError` when ``openvino`` is asked for explicitly and
-    cannot be had; under ``auto`` that failure is a warning and torch runs.
+    ``release_torch``: on OpenVINO, free ``built.model``'s weights once the IR
+    is in hand (one copy of the weights in memory, not two; ``built.model`` is
+    unusable afterwards). Raises :class:`ConfigError` when ``openvino`` is
+    asked for explicitly and cannot be had; under ``auto`` that failure is a
+    warning and torch runs (on a rebuilt model if the weights were released).
     """
     from agent.models.openvino_backend import load_openvino
 
     if cfg.backend == "torch":
         return TorchBackend(built.model)
     if cfg.backend == "openvino":
-        return load_openvino(built, threads=cfg.threads)
+        return load_openvino(built, threads=cfg.threads, release_torch=release_torch)
     if torch.cuda.is_available():
         return TorchBackend(built.model)
     try:
-        return load_openvino(built, threads=cfg.threads)
+        return load_openvino(built, threads=cfg.threads, release_torch=release_torch)
     except ConfigError as exc:
         log.warning("encoder %s: OpenVINO unavailable, running on torch instead: %s", built.name, exc)
-        return TorchBackend(built.model)
+        model = built.model
+        if any(p.is_meta for p in model.parameters()):
+            from agent.models.weights import build_model
+
+            model = build_model(cfg).model  # released before the failure: build it again
+        return TorchBackend(model)

@@ -217,7 +217,8 @@ def load_encoder(cfg: EncoderConfig) -> ClipEncoder:
                 enc = _classical(cfg)
             else:
                 built = build_model(cfg)
-                enc = ClipEncoder.from_built(built, make_backend(cfg, built), cfg)
+                # The encoder owns this module: OpenVINO may free its weights (peak memory).
+                enc = ClipEncoder.from_built(built, make_backend(cfg, built, release_torch=True), cfg)
             if enc.meaningless:
                 log.warning("encoder: %s", enc.note)
             log.info("encoder %s on %s, %d threads", enc.name, enc.backend.name, cfg.threads)

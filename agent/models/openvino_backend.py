@@ -14,6 +14,13 @@ nothing. A cache entry appears whole or not at all (written to a temporary
 folder, then renamed); a cache that cannot be written only costs the
 conversion next time.
 
+Peak memory: with ``release_torch`` (what :func:`~agent.models.encoder.load_encoder`
+asks for) the torch weights are dropped (the module moved to the meta device)
+and the freed heap handed back to the system *before* compiling, so the torch
+module and the compiled model never sit in memory together; the towers are then
+compiled from the cached IR on disk (``convert_model`` shares the torch
+tensors, so its output cannot outlive them).
+
 Every failure (OpenVINO missing, a conversion or compile error) is raised as
 :class:`~agent.errors.ConfigError`, the one boundary where OpenVINO's errors are
 translated.
@@ -21,6 +28,9 @@ translated.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import importlib.metadata
 import json
@@ -184,12 +194,39 @@ class OpenVINOBackend:
         return torch.from_numpy(np.asarray(self._text(tokens.numpy())[0]))
 
 
-def load_openvino(built: BuiltModel, *, threads: int, root: Path | None = None) -> OpenVINOBackend:
+def release_torch_weights(model: torch.nn.Module) -> None:
+    """Free ``model``'s weights in place (it moves to the meta device) and trim the heap.
+
+    The module object stays (whoever holds it sees meta tensors, no data);
+    glibc keeps freed blocks in its arenas, so ``malloc_trim`` hands them back
+    to the system (a no-op off glibc).
+    """
+    model.to_empty(device="meta")
+    gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``; elsewhere nothing)."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc: its allocator decides when to give memory back
+
+
+def load_openvino(
+    built: BuiltModel, *, threads: int, root: Path | None = None, release_torch: bool = False
+) -> OpenVINOBackend:
     """Compile ``built`` for the CPU, converting it unless the disk cache holds it.
 
     ``threads``: OpenVINO inference threads. ``root``: the cache folder
-    (default ``cache_dir()/openvino``). Raises :class:`ConfigError` when
-    OpenVINO is missing or the model cannot be converted or compiled.
+    (default ``cache_dir()/openvino``). ``release_torch``: free ``built.model``'s
+    weights before compiling (:func:`release_torch_weights`; the caller must not
+    run it afterwards) so that peak memory holds one copy of the weights, not
+    two; kept when the IR could not be cached (the converted model shares the
+    torch tensors then). Raises :class:`ConfigError` when OpenVINO is missing or
+    the model cannot be converted or compiled.
     """
     ov = _import_openvino()
     try:
@@ -206,6 +243,11 @@ def load_openvino(built: BuiltModel, *, threads: int, root: Path | None = None) 
                 _save(ov, models, folder, meta)
             except OSError as exc:
                 log.warning("openvino: could not cache the converted %s in %s: %s", built.arch, folder, exc)
+                release_torch = False  # the converted model still reads the torch tensors
+        cached = _read(ov, folder) if release_torch else None
+        if cached is not None:
+            models = cached  # read from disk: nothing refers to the torch tensors any more
+            release_torch_weights(built.model)
         core = ov.Core()
         config = {
             "INFERENCE_NUM_THREADS": threads,
@@ -213,6 +255,8 @@ def load_openvino(built: BuiltModel, *, threads: int, root: Path | None = None) 
             "PERFORMANCE_HINT": "LATENCY",
         }
         compiled = {which: core.compile_model(models[which], "CPU", config) for which in _TOWERS}
+        del models  # the compiled models hold their own copy
+        trim_heap()
     except ConfigError:
         raise
     except Exception as exc:

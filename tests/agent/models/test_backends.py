@@ -86,3 +86,22 @@ def test_load_encoder_keeps_the_encoder_contract(vmr_cache: Path, cpu_only: None
     vecs = enc.encode_text(TEXTS)
     assert vecs.shape == (len(TEXTS), 256) and abs(float((vecs**2).sum(axis=1).min()) - 1) < 1e-5
     assert enc.encode_images([]).shape == (0, 256)
+
+
+def test_auto_fallback_after_released_weights_rebuilds_torch(
+    vmr_cache: Path, cpu_only: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenVINO failing after the torch weights were freed still leaves a working torch encoder."""
+
+    def broken_compile(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no CPU plugin")
+
+    monkeypatch.setattr(openvino.Core, "compile_model", broken_compile)
+    built = build_model(TINY)
+    backend = make_backend(TINY, built, release_torch=True)
+    assert all(p.is_meta for p in built.model.parameters())  # released before compiling
+    assert isinstance(backend, TorchBackend)
+    reference = TorchBackend(build_model(TINY).model, "cpu")
+    tokens = torch.zeros(2, 77, dtype=torch.int64)
+    with torch.inference_mode():
+        assert torch.allclose(backend.encode_text(tokens), reference.encode_text(tokens))

@@ -124,3 +124,33 @@ def test_import_and_conversion_send_no_telemetry(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.split() == ["0", "0"]  # converted, and nothing sent
+
+
+@pytest.mark.parametrize("cached_first", [False, True], ids=["converting", "from-cache"])
+def test_release_torch_frees_the_weights_and_keeps_the_answers(tmp_path: Path, cached_first: bool) -> None:
+    """Peak memory: the torch weights are gone before compiling, the answers are torch's."""
+    if cached_first:
+        load_openvino(build_model(TINY), threads=1, root=tmp_path)
+    built = build_model(TINY)
+    backend = load_openvino(built, threads=1, root=tmp_path, release_torch=True)
+    assert backend.cache_hit is cached_first
+    assert all(p.is_meta for p in built.model.parameters())  # no weight bytes left in torch
+    reference = ClipEncoder.from_built(build_model(TINY), TorchBackend(build_model(TINY).model, "cpu"), TINY)
+    released = ClipEncoder.from_built(built, backend, TINY)
+    images = sample_images(3)
+    _assert_same_embeddings(reference.encode_images(images), released.encode_images(images))
+    _assert_same_embeddings(reference.encode_text(TEXTS), released.encode_text(TEXTS))
+
+
+def test_release_torch_keeps_the_weights_when_the_ir_could_not_be_cached(tmp_path: Path) -> None:
+    """An uncached conversion still reads the torch tensors: they must stay."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    built = build_model(TINY)
+    backend = load_openvino(built, threads=1, root=blocker, release_torch=True)
+    assert not any(p.is_meta for p in built.model.parameters())
+    images = sample_images(2)
+    torch_side = ClipEncoder.from_built(built, TorchBackend(built.model, "cpu"), TINY)
+    _assert_same_embeddings(
+        torch_side.encode_images(images), ClipEncoder.from_built(built, backend, TINY).encode_images(images)
+    )
