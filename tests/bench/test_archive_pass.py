@@ -1,0 +1,44 @@
+"""The archive-pass bench runs end to end (tiny-random, a 1 min 480p25 clip) and records CPU use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import archive_pass
+from tests.videos import DATA, IMAGENET
+
+COCO = DATA / "coco"
+
+
+@pytest.mark.skipif(not (IMAGENET.is_dir() and COCO.is_dir()), reason="needs the shared photos")
+def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: Path) -> None:
+    out = tmp_path / "archive.json"
+    argv = ["--model", "tiny-random", "--seconds", "60", "--height", "480", "--serial", "--repeat", "1"]
+    assert archive_pass.main([*argv, "--data", str(DATA), "--cache", str(tmp_path), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m bench.archive_pass --model tiny-random")
+    assert report["encoder"]["meaningless"] is True and "loadavg_end" in report["machine"]
+    assert (report["clip"]["seconds"], report["clip"]["height"], report["clip"]["fps"]) == (60.0, 480, 25)
+    passes = report["passes"]
+    assert set(passes) == {
+        "decode_keyframes",
+        "ingest_coarse",
+        "decode_full",
+        "ingest_full",
+        "ingest_full_serial",
+    }
+    # Keyframes every 2 s against 2 fps sampling: the coarse pass sees a quarter of the frames.
+    assert passes["decode_keyframes"]["frames"] == passes["ingest_coarse"]["frames"] == 30
+    assert passes["decode_full"]["frames"] == passes["ingest_full"]["frames"] == 120
+    assert passes["ingest_full"]["decode_in_thread"] and not passes["ingest_full_serial"]["decode_in_thread"]
+    for row in passes.values():
+        assert row["wall_s"] > 0 and row["cpu_s"] > 0
+        assert 0 < row["cpu_utilisation"] <= 1.05  # CPU seconds cannot exceed wall x cores
+    summary = report["summary"]
+    assert summary["full_vs_decode_only"] == round(
+        passes["decode_full"]["wall_s"] / passes["ingest_full"]["wall_s"], 3
+    )
+    assert summary["full_overlap_speedup"] > 0
