@@ -14,7 +14,18 @@ Latency: one extra realtime 720p stream shows a needle photo for 3 s every
 event at the client - wall time the needle's first frame was due on the
 stream (its realtime pacing clock). Results: ``bench/results/service_load.json``.
 
+Encoder flags as every bench (``--model``, ``--random-weights``, ``--backend``, ``--device``);
+the default stays tiny-random for plumbing. Each row also records peak RSS (VmHWM, reset
+before each N), process CPU utilisation (CPU seconds / wall / cores) and the encoder's duty
+cycle (seconds inside the encoder worker's batch function / window seconds): a duty cycle near
+1 means encoding bounds the stream count; decode is the rest of the CPU. ``--profile`` writes
+a pyinstrument profile of the last N (every thread's Python frames sampled from the event loop
+thread are not enough: decode and encode run in worker threads, so the duty cycle and CPU
+split are the figures that name the bound).
+
     python -m bench.service_load --streams 4 8 16 24 --seconds 30
+    python -m bench.service_load --model MobileCLIP2-S0 --random-weights --backend openvino \
+        --streams 2 4 --seconds 20 --out bench/results/service-load-MobileCLIP2-S0-openvino.json
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -45,11 +57,18 @@ WARMUP = 10.0
 """Seconds after the streams are added before the measured window starts."""
 
 
-def _settings() -> Settings:
+def _settings(prescreen: EncoderConfig | None = None) -> Settings:
     return Settings(
-        prescreen=EncoderConfig(model="tiny-random", allow_random=True, batch_size=16),
+        prescreen=prescreen or EncoderConfig(model="tiny-random", allow_random=True, batch_size=16),
         index=IndexConfig(fps=2.0, grid=2, store_bytes=256 * 1024**2),
     )
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _needle_video(path: Path) -> Path:
@@ -81,11 +100,21 @@ async def _watch(url: str, needle_photo: Path, arrivals: list[float], ready: asy
             arrivals.append(time.time())
 
 
-async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_photo: Path) -> dict[str, Any]:
+async def run(
+    n: int,
+    seconds: float,
+    work: Path,
+    needle_video: Path,
+    needle_photo: Path,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    from bench.speed import reset_peak_rss, rss_mb
+
     cfg = ServiceConfig(port=0, index=work / f"index-{n}", snapshot_seconds=3600.0)
     specs = [FileSpec(id=f"cam{i}", kind="file", path=str(BUNNY), realtime=True, loop=True) for i in range(n)]
     arrivals: list[float] = []
-    async with Service(cfg, _settings()) as svc:
+    reset_peak_rss()
+    async with Service(cfg, settings or _settings()) as svc:
         await svc.start()
         server = Server(svc.serving, cfg)
         port = await server.start()
@@ -100,9 +129,12 @@ async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_pho
         # Measure a steady-state window: stream start-up (opening, first keyframe) is not throughput.
         await asyncio.sleep(WARMUP)
         before = (await svc.shard.stats()).streams
-        t0 = time.time()
+        worker = svc.shard.worker
+        busy0 = worker.busy_seconds if worker is not None else 0.0
+        t0, c0 = time.time(), time.process_time()
         await asyncio.sleep(seconds)
-        elapsed = time.time() - t0
+        elapsed, cpu = time.time() - t0, time.process_time() - c0
+        busy = (worker.busy_seconds if worker is not None else 0.0) - busy0
         after = (await svc.shard.stats()).streams
         frames = {k: s.frames - (before[k].frames if k in before else 0) for k, s in after.items()}
         dropped = sum(s.dropped for s in after.values())
@@ -131,28 +163,65 @@ async def run(n: int, seconds: float, work: Path, needle_video: Path, needle_pho
         "needle_matches": len(latencies),
         "latency_p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
         "latency_p95_s": round(float(np.percentile(lat, 95)), 3) if len(lat) else None,
+        "cpu_utilisation": round(cpu / (elapsed * _cores()), 3),
+        "encoder_duty_cycle": round(busy / elapsed, 3),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        **rss_mb(),
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from agent.cli.options import add_model_options
+    from bench.args import encoder_from_args
+    from bench.run_haystack import git_commit, machine_info
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="cpu hides CUDA")
     p.add_argument("--streams", type=int, nargs="+", default=[4, 8, 16, 24])
     p.add_argument("--seconds", type=float, default=30.0)
-    a = p.parse_args()
+    p.add_argument("--profile", type=Path, default=None, help="pyinstrument HTML of the last N")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    if a.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    explicit = "--model" in (sys.argv[1:] if argv is None else argv)  # else tiny-random, as before
+    prescreen = encoder_from_args(a).model_copy(update={"batch_size": 16}) if explicit else None
+    settings = _settings(prescreen)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         needle_video = _needle_video(work / "needle.mp4")
         from tests.videos import photos
 
-        for n in a.streams:
-            row = asyncio.run(run(n, a.seconds, work, needle_video, photos(1)[0]))
+        for i, n in enumerate(a.streams):
+            coro = run(n, a.seconds, work, needle_video, photos(1)[0], settings)
+            if a.profile is not None and i == len(a.streams) - 1:
+                from pyinstrument import Profiler
+
+                with Profiler(async_mode="disabled") as prof:
+                    row = asyncio.run(coro)
+                a.profile.parent.mkdir(parents=True, exist_ok=True)
+                a.profile.write_text(prof.output_html())
+            else:
+                row = asyncio.run(coro)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps({"bench": "service_load", "model": "tiny-random", "fps": 2.0, "rows": rows}, indent=2)
-    )
+    argv_used = sys.argv[1:] if argv is None else argv
+    report = {
+        "bench": "service_load",
+        "command": " ".join(["python", "-m", "bench.service_load", *argv_used]),
+        "model": settings.prescreen.model,
+        "random_weights": settings.prescreen.random_weights,
+        "backend": settings.prescreen.backend,
+        "threads": settings.prescreen.threads,
+        "fps": 2.0,
+        "machine": machine_info(),
+        "git": git_commit(),
+        "rows": rows,
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

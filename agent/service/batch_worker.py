@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class BatchWorker:
         """Items processed successfully."""
         self.errors = 0
         """Batches whose batch function raised."""
+        self.busy_seconds = 0.0
+        """Wall seconds spent in the batch function and commits (busy / elapsed = duty cycle)."""
         self._counters: dict[tuple[str, str], WorkCounters] = {}
         self._lanes: dict[str, _Lane] = {}
         self._order: list[str] = []
@@ -222,6 +225,13 @@ class BatchWorker:
 
     def _process(self, batch: list[tuple[str, _Lane, WorkItem]]) -> list[np.ndarray | None]:
         """Run the batch function and commit each result (worker thread)."""
+        t0 = time.perf_counter()
+        try:
+            return self._run_and_commit(batch)
+        finally:
+            self.busy_seconds += time.perf_counter() - t0
+
+    def _run_and_commit(self, batch: list[tuple[str, _Lane, WorkItem]]) -> list[np.ndarray | None]:
         results = list(self.fn([item for _, _, item in batch]))
         if len(results) != len(batch):
             raise ValueError(f"{self.name}: {len(results)} results for {len(batch)} items")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,23 @@ async def test_a_poisoned_item_fails_alone_and_its_batchmates_go_through(tmp_pat
     assert s.memory.tokens == 3 and s.in_flight == 0 and worker.depth("s") == 0
     await worker.close()  # idempotent
     s.close()
+
+
+async def test_busy_seconds_cover_the_batch_function(tmp_path: Path) -> None:
+    """The duty-cycle figure of bench/service_load: at least the time the batch function blocked."""
+    a = state(tmp_path, "a")
+    pause = 0.05
+
+    def slow(items: list[WorkItem]) -> np.ndarray:
+        threading.Event().wait(pause)  # blocking, as an encoder forward is (worker thread)
+        return embed(items)
+
+    worker = BatchWorker("image", slow, batch_size=2, queue_size=8)
+    worker.open("a", a)
+    assert worker.busy_seconds == 0.0
+    async with worker:
+        for k in range(4):
+            await worker.submit("a", a.push(frame("a", k)))
+        await asyncio.wait_for(worker.drain("a"), timeout=30)
+    assert worker.passes >= 2 and worker.busy_seconds >= worker.passes * pause
+    a.close()
