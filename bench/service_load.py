@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     explicit = "--model" in (sys.argv[1:] if argv is None else argv)  # else tiny-random, as before
     prescreen = encoder_from_args(a).model_copy(update={"batch_size": 16}) if explicit else None
     settings = _settings(prescreen)
+    machine = machine_info()  # load average at the start
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         "backend": settings.prescreen.backend,
         "threads": settings.prescreen.threads,
         "fps": 2.0,
-        "machine": machine_info(),
+        "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
         "rows": rows,
     }
