@@ -30,8 +30,9 @@ def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: P
         "ingest_full",
         "ingest_full_serial",
     }
-    # Keyframes every 2 s against 2 fps sampling: the coarse pass sees a quarter of the frames.
-    assert passes["decode_keyframes"]["frames"] == passes["ingest_coarse"]["frames"] == 30
+    # A keyframe at least every 2 s (x264 may add some at cuts) against 2 fps sampling.
+    coarse = passes["decode_keyframes"]["frames"]
+    assert coarse == passes["ingest_coarse"]["frames"] and 30 <= coarse < 120
     assert passes["decode_full"]["frames"] == passes["ingest_full"]["frames"] == 120
     assert passes["ingest_full"]["decode_in_thread"] and not passes["ingest_full_serial"]["decode_in_thread"]
     for row in passes.values():
