@@ -143,6 +143,8 @@ class ChannelQuery:
     """Search settings (candidates, refinement, NMS within a channel)."""
     text: str = ""
     """The query's words, for channels that search text (speech, on-screen text); empty: none."""
+    channels: frozenset[str] | None = None
+    """Only these channels answer (None: every channel of the stream)."""
 
 
 @dataclass(slots=True)

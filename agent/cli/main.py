@@ -126,6 +126,7 @@ def cmd_query(a: argparse.Namespace) -> int:
         start=a.start,
         end=a.end,
         top_k=a.top_k,
+        channels=a.channels,
     )
     pending = idx.start_query(q)  # checks the query against the index's limits
     # Progressive: the prescreen's answer (--fast), or the one refined within --budget seconds.
@@ -290,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_budget,
         default=DEFAULT_REFINE_BUDGET_S,
         help=f"seconds of refinement after the first answer (default {DEFAULT_REFINE_BUDGET_S:g})",
+    )
+    pq.add_argument(
+        "--channels",
+        type=lambda s: [c for c in s.split(",") if c] or None,
+        default=None,
+        help="only these channels answer, comma-separated (visual,speech,ocr); default: all",
     )
     pq.add_argument("--json", action="store_true")
     pq.set_defaults(func=cmd_query)

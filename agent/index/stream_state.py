@@ -209,10 +209,16 @@ class StreamState:
 
         The plan holds no reference to mutable channel state but the frame
         store (thread-safe): refine it with :meth:`VisualChannel.refine_plans`
-        without this lock.
+        without this lock. ``query.channels`` restricts which other channels
+        answer (a name the stream lacks is not an error: other streams may
+        have it); the visual answer is dropped later, where it is assembled.
         """
         with self._lock:
-            answers = {name: ch.search(query) for name, ch in self.channels.items() if ch is not self.visual}
+            answers = {
+                name: ch.search(query)
+                for name, ch in self.channels.items()
+                if ch is not self.visual and (query.channels is None or name in query.channels)
+            }
             return answers, self.visual.plan(query)
 
     def background(self, vector: np.ndarray, channel: str = VisualChannel.name) -> np.ndarray:
