@@ -181,6 +181,24 @@ class LLMConfig(Strict):
     frames_per_region: int = Field(default=3, ge=1, le=16)
 
 
+class SpeechConfig(Strict):
+    """The speech channel (``agent.channels.speech``): off unless ``enabled``; rules in that module."""
+
+    enabled: bool = False
+    model: str = "base"
+    """``base``: the packaged model (assembled, checked); another whisper name needs a network."""
+    language: str | None = "en"
+    """None: detected per window."""
+    window_seconds: float = Field(default=30.0, gt=1.0, le=30.0)
+    budget_bytes: int = Field(default=2_000_000, ge=1_000)
+    max_no_speech_prob: float = Field(default=0.6, ge=0.0, le=1.0)
+    min_avg_logprob: float = Field(default=-1.0, le=0.0)
+    max_compression_ratio: float = Field(default=2.4, gt=1.0)
+    min_word_prob: float = Field(default=0.3, ge=0.0, le=1.0)
+    repeat_memory: int = Field(default=3, ge=0)
+    retries: int = Field(default=1, ge=0)
+
+
 class Settings(Strict):
     """Everything one ingest or service run needs."""
 
@@ -189,6 +207,7 @@ class Settings(Strict):
     """Refine encoder; None means the prescreen encoder does both."""
     index: IndexConfig = Field(default_factory=IndexConfig)
     query: QueryConfig = Field(default_factory=QueryConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
 
 
 def validate(model: type[Strict], data: dict[str, object]) -> Strict:

@@ -35,35 +35,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from agent.channels.base import AudioMedia, Channel, ChannelAnswer, ChannelQuery, WorkItem
 from agent.channels.text_search import LEXICAL_CALIBRATION, LEXICAL_KIND, TimedText, search_spans
-from agent.config import Strict
+from agent.config import SpeechConfig
 from agent.errors import IndexStoreError
 from agent.models.whisper import SAMPLE_RATE, WORD_DTYPE
 from agent.store.atomic import write_json
 from agent.store.versioned import read_versioned
 from agent.types import Frame
 
+__all__ = ["SpeechChannel", "SpeechConfig", "guarded_segments"]
+
 SPEECH_WORKER = "speech"
 SPEECH_VERSION = 1
 _JUMP = 0.25
 """Seconds between the buffer's end and a chunk's time that count as a gap."""
 _WORD_TIME_BYTES = 12
-
-
-class SpeechConfig(Strict):
-    """Settings of the speech channel (validated before any model loads)."""
-
-    window_seconds: float = Field(default=30.0, gt=1.0, le=30.0)
-    budget_bytes: int = Field(default=2_000_000, ge=1_000)
-    max_no_speech_prob: float = Field(default=0.6, ge=0.0, le=1.0)
-    min_avg_logprob: float = Field(default=-1.0, le=0.0)
-    max_compression_ratio: float = Field(default=2.4, gt=1.0)
-    min_word_prob: float = Field(default=0.3, ge=0.0, le=1.0)
-    repeat_memory: int = Field(default=3, ge=0)
-    retries: int = Field(default=1, ge=0)
 
 
 @dataclass(slots=True)
@@ -230,6 +218,19 @@ class SpeechChannel(Channel):
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    def info(self) -> dict[str, float | int]:
+        """Size and work of the channel, for ``vmr info`` and metrics."""
+        return {
+            "utterances": len(self.utterances),
+            "bytes": self._nbytes,
+            "budget_bytes": self.cfg.budget_bytes,
+            "windows": self.speech.windows,
+            "audio_seconds": round(self.speech.seconds, 3),
+            "segments_dropped": self.speech.segments_dropped,
+            "evicted": self.speech.evicted,
+            "last_said": round(self.utterances[-1].end, 3) if self.utterances else 0.0,
+        }
 
     @property
     def nbytes(self) -> int:

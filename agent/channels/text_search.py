@@ -5,7 +5,10 @@ spans; :func:`search_spans` turns a query's words into proposals:
 
 - **Tokens.** Lower-cased words (letters, digits, apostrophes); number words
   up to twenty become digits, so "gate four" matches whisper's "gate 4";
-  English stop words are dropped (they carry no evidence of *which* moment).
+  English stop words are dropped (they carry no evidence of *which* moment);
+  in the query, so are the words that name the channel rather than the
+  content ("say", "mentioned", "shown", "screen"...: "when was gate four
+  mentioned" asks for "gate 4").
 - **Rank.** BM25 (``bm25s``, k1 = 1.5, b = 0.75) over the spans picks the
   candidates, best first.
 - **Score.** A candidate's score is the share of the query's IDF mass its
@@ -28,10 +31,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import bm25s
 import numpy as np
 
 from agent.core.fuse import Calibration, ChannelProposal
+from agent.errors import ConfigError
 
 LEXICAL_KIND = "lexical"
 LEXICAL_CALIBRATION = Calibration(center=0.5, scale=0.15, trials=1, samples=0)
@@ -49,6 +52,13 @@ _STOP = frozenset(
     "a an the and or but of to in on at by for with from is are was were be been it its this that "
     "these those i you he she we they me him her us them my your our their do does did when where "
     "what which who whom how why there here as so not no".split()
+)
+
+
+_ASKING = frozenset(
+    "say says said saying mention mentions mentioned talk talks talked speak speaks spoke spoken "
+    "hear heard announce announced tell told show shows showed shown display displayed screen "
+    "written write wrote read sign".split()
 )
 
 
@@ -84,9 +94,13 @@ def search_spans(
     Empty when the query has no search term or nothing matches. Proposal
     ``score`` is the matched IDF share in [0, 1]; ``quote`` the matched words.
     """
-    q = list(dict.fromkeys(tokens(query)))
+    q = [t for t in dict.fromkeys(tokens(query)) if t not in _ASKING]
     if not q or not spans:
         return []
+    try:
+        import bm25s  # the speech extra; imported here so a visual-only install never needs it
+    except ImportError as exc:
+        raise ConfigError("text search needs bm25s: pip install -e '.[speech]'") from exc
     docs = [tokens(s.text) for s in spans]
     retriever = bm25s.BM25(k1=1.5, b=0.75)
     retriever.index([d or [""] for d in docs], show_progress=False)

@@ -41,7 +41,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from agent.index.video_index import VideoIndex
-    from streams.file import decode_frames, probe
+    from streams.file import decode_media, probe
 
     settings = settings_from_args(a)
     video = Path(a.video)
@@ -53,12 +53,13 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         if idx.prescreen.meaningless:
             print(f"WARNING: {idx.prescreen.note}; answers are MEANINGLESS", file=sys.stderr)
-        frames = decode_frames(
+        frames = decode_media(
             video,
             stream=sid,
             fps=settings.index.fps,
             keyframes_only=settings.index.keyframes_only,
             short_side=idx.prescreen.image_size,
+            audio=settings.speech.enabled,
         )
         bar = tqdm(
             total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5
@@ -152,7 +153,8 @@ def _print_answer(answer: Any, *, wall: bool) -> None:
     for i, m in enumerate(answer.moments, 1):
         conf = "-" if m.confidence is None else f"{m.confidence:.2f}"
         row = f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f} {conf:>5}  "
-        print(row + (f"{m.wall_start or '-':<30} " if wall else "") + m.answered_by)
+        said = "".join(f'  {ch}: "{q}"' for ch, q in m.quotes.items())
+        print(row + (f"{m.wall_start or '-':<30} " if wall else "") + m.answered_by + said)
     for name, st in answer.streams.items():
         for note in st.notes:
             print(f"note [{name}]: {note}")

@@ -22,18 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from agent.channels.base import ChannelAnswer, WorkItem, group_by_worker
+from agent.channels.base import Channel, ChannelAnswer, WorkItem, group_by_worker
 from agent.channels.refine import VisualPlan, refine_plans
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
+from agent.channels.speech import SPEECH_WORKER, SpeechChannel
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
+from agent.models.whisper import WhisperSettings, WhisperTranscriber
 from agent.store.atomic import write_json
 from agent.store.versioned import read_versioned
-from agent.types import Frame, QueryResult
+from agent.types import AudioChunk, Frame, QueryResult
 
 INDEX_VERSION = 1
 _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -60,6 +62,17 @@ class VideoIndex:
             IMAGE_WORKER: self._encode_images
         }
         """Inline batch functions by worker name (:attr:`WorkItem.worker`)."""
+        self.transcriber: WhisperTranscriber | None = None
+        if settings.speech.enabled:
+            # Loaded on the first window (assembly and model load take seconds).
+            self.transcriber = WhisperTranscriber(
+                WhisperSettings(
+                    model=settings.speech.model,
+                    language=settings.speech.language,
+                    threads=settings.prescreen.threads,
+                )
+            )
+            self._workers[SPEECH_WORKER] = self._transcribe
         self._lock = threading.Lock()
         self._closed = False
 
@@ -70,7 +83,9 @@ class VideoIndex:
         root = Path(root)
         if (root / "index.json").exists():
             existing = cls.read_manifest(root)
-            if existing["settings"] != settings.model_dump(mode="json"):
+            # Through the model: an index written before a settings field existed has its default.
+            known = Settings.model_validate(existing["settings"]).model_dump(mode="json")
+            if known != settings.model_dump(mode="json"):
                 raise ConfigError(f"{root} was built with other settings; use a new --index directory")
         idx = cls(root, settings)
         idx._open_streams()
@@ -135,9 +150,14 @@ class VideoIndex:
                     image_size=self.prescreen.image_size,
                     refine=self.refine,
                     cache=self.cache,
+                    channels=self._extra_channels(stream),
                 )
                 self.streams[stream] = st
             return st
+
+    def _extra_channels(self, stream: str) -> list[Channel]:
+        """The channels a stream has besides the visual one, as the settings ask."""
+        return [SpeechChannel(stream, self.settings.speech)] if self.settings.speech.enabled else []
 
     def remove(self, stream: str) -> None:
         """Forget a stream in this process (its files stay on disk)."""
@@ -171,11 +191,15 @@ class VideoIndex:
     # ---------------------------------------------------------------- ingest
     def ingest(
         self,
-        frames: Iterable[Frame],
+        frames: Iterable[Frame | AudioChunk],
         *,
         on_frame: Callable[[Frame], None] | None = None,
     ) -> None:
-        """Encode and store ``frames`` inline (batched by the encoder batch size)."""
+        """Encode and store ``frames`` inline (batched by the encoder batch size).
+
+        Audio chunks among them go to the stream's audio channels (speech,
+        when enabled); a whole window is transcribed at once.
+        """
         batch: list[tuple[StreamState, WorkItem]] = []
         bs = self.prescreen.batch_size
         touched: set[str] = set()
@@ -183,6 +207,9 @@ class VideoIndex:
             for frame in frames:
                 st = self.stream(frame.stream)
                 touched.add(frame.stream)
+                if isinstance(frame, AudioChunk):
+                    batch.extend((st, item) for item in st.push_audio(frame))
+                    continue
                 batch.extend((st, item) for item in st.push(frame))
                 if len(batch) >= bs:
                     self._encode(batch)
@@ -209,6 +236,10 @@ class VideoIndex:
             vecs = self._workers[name]([item for _, item in group])
             for (st, item), vec in zip(group, vecs, strict=True):
                 st.commit(item, vec)
+
+    def _transcribe(self, items: list[WorkItem]) -> list[np.ndarray]:
+        assert self.transcriber is not None
+        return self.transcriber.transcribe_batch([np.asarray(item.payload) for item in items])
 
     def _encode_images(self, items: list[WorkItem]) -> list[np.ndarray]:
         return list(self.prescreen.encode_images(images_of(items)))
@@ -261,6 +292,9 @@ class VideoIndex:
                 "gated_frames": st.stats.gated_frames,
                 "store_bytes": st.store.nbytes if st.store is not None else 0,
             }
+            speech = st.channels.get(SpeechChannel.name)
+            if isinstance(speech, SpeechChannel):
+                streams[name]["speech"] = speech.info()
         return {
             "index": str(self.root),
             "model": {
