@@ -24,6 +24,7 @@ from aiohttp import web
 
 from agent.channels.base import WorkItem
 from agent.channels.retrieval import Query, encode_query
+from agent.channels.speech import SPEECH_WORKER
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.core.superimage import SuperImage
@@ -89,7 +90,17 @@ class LocalShard(StreamShard):
         )
         image.listeners.append(self._on_result)
         # One entry per kind of work the channels hand out (speech, OCR: one more line each).
-        self.workers = Workers({IMAGE_WORKER: image})
+        kinds = {IMAGE_WORKER: image}
+        transcriber = self.index.transcriber
+        if transcriber is not None:
+            # One 30 s window a batch: whisper gains nothing from batching on a CPU.
+            kinds[SPEECH_WORKER] = BatchWorker(
+                SPEECH_WORKER,
+                lambda items: transcriber.transcribe_batch([np.asarray(i.payload) for i in items]),
+                batch_size=1,
+                queue_size=self.cfg.encoder_queue,
+            )
+        self.workers = Workers(kinds)
         self.workers.start()
         self.whip = self._make_whip()
         if self.cfg.llm.url:
