@@ -199,6 +199,23 @@ class SpeechConfig(Strict):
     retries: int = Field(default=1, ge=0)
 
 
+class OcrConfig(Strict):
+    """The on-screen text channel (``agent.channels.ocr``): off unless ``enabled``; rules in that module."""
+
+    enabled: bool = False
+    language: str = "eng"
+    """Tesseract language data (Debian: tesseract-ocr-LANG)."""
+    min_interval: float = Field(default=2.0, gt=0.0)
+    """Seconds between two reads at least."""
+    max_interval: float = Field(default=10.0, gt=0.0)
+    """Seconds between two reads at most (text on a still background)."""
+    change: float = Field(default=6.0, ge=0.0, le=255.0)
+    """Mean absolute difference of 16x16 grey thumbnails (0..255) that counts as a new picture."""
+    min_conf: float = Field(default=60.0, ge=0.0, le=100.0)
+    same_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
+    budget_bytes: int = Field(default=1_000_000, ge=1_000)
+
+
 class Settings(Strict):
     """Everything one ingest or service run needs."""
 
@@ -208,6 +225,7 @@ class Settings(Strict):
     index: IndexConfig = Field(default_factory=IndexConfig)
     query: QueryConfig = Field(default_factory=QueryConfig)
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    ocr: OcrConfig = Field(default_factory=OcrConfig)
 
 
 def validate(model: type[Strict], data: dict[str, object]) -> Strict:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings, SpeechConfig
+from agent.config import EncoderConfig, IndexConfig, OcrConfig, QueryConfig, Settings, SpeechConfig
 from agent.errors import ConfigError
 
 T = TypeVar("T")
@@ -80,6 +80,7 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="speech channel: transcribe the sound (faster-whisper, the packaged base model)",
     )
+    g.add_argument("--ocr", action="store_true", help="on-screen text channel: Tesseract on changed pictures")
 
 
 _DEFAULT_TAGS = {"MobileCLIP2-S0": "dfndr2b", "ViT-B-32": "laion2b_s34b_b79k"}
@@ -133,7 +134,8 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         store_bytes=int(a.store_mb * 1024 * 1024),
     )
     speech = SpeechConfig(enabled=bool(getattr(a, "speech", False)))
-    return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig(), speech=speech)
+    ocr = OcrConfig(enabled=bool(getattr(a, "ocr", False)))
+    return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig(), speech=speech, ocr=ocr)
 
 
 def stream_id_for(path: Path) -> str:

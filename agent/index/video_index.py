@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from agent.channels.base import Channel, ChannelAnswer, WorkItem, group_by_worker
+from agent.channels.ocr import OCR_WORKER, OcrChannel
 from agent.channels.refine import VisualPlan, refine_plans
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
 from agent.channels.speech import SPEECH_WORKER, SpeechChannel
@@ -32,6 +33,7 @@ from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
+from agent.models.ocr import TesseractReader
 from agent.models.whisper import WhisperSettings, WhisperTranscriber
 from agent.store.atomic import write_json
 from agent.store.versioned import read_versioned
@@ -73,6 +75,10 @@ class VideoIndex:
                 )
             )
             self._workers[SPEECH_WORKER] = self._transcribe
+        self.reader: TesseractReader | None = None
+        if settings.ocr.enabled:
+            self.reader = TesseractReader(settings.ocr.language)
+            self._workers[OCR_WORKER] = self._read_text
         self._lock = threading.Lock()
         self._closed = False
 
@@ -157,7 +163,12 @@ class VideoIndex:
 
     def _extra_channels(self, stream: str) -> list[Channel]:
         """The channels a stream has besides the visual one, as the settings ask."""
-        return [SpeechChannel(stream, self.settings.speech)] if self.settings.speech.enabled else []
+        more: list[Channel] = []
+        if self.settings.speech.enabled:
+            more.append(SpeechChannel(stream, self.settings.speech))
+        if self.settings.ocr.enabled:
+            more.append(OcrChannel(stream, self.settings.ocr))
+        return more
 
     def remove(self, stream: str) -> None:
         """Forget a stream in this process (its files stay on disk)."""
@@ -241,6 +252,10 @@ class VideoIndex:
         assert self.transcriber is not None
         return self.transcriber.transcribe_batch([np.asarray(item.payload) for item in items])
 
+    def _read_text(self, items: list[WorkItem]) -> list[np.ndarray]:
+        assert self.reader is not None
+        return self.reader.read_batch([np.asarray(item.payload) for item in items])
+
     def _encode_images(self, items: list[WorkItem]) -> list[np.ndarray]:
         return list(self.prescreen.encode_images(images_of(items)))
 
@@ -295,6 +310,9 @@ class VideoIndex:
             speech = st.channels.get(SpeechChannel.name)
             if isinstance(speech, SpeechChannel):
                 streams[name]["speech"] = speech.info()
+            ocr = st.channels.get(OcrChannel.name)
+            if isinstance(ocr, OcrChannel):
+                streams[name]["ocr"] = ocr.info()
         return {
             "index": str(self.root),
             "model": {

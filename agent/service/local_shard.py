@@ -23,6 +23,7 @@ import numpy as np
 from aiohttp import web
 
 from agent.channels.base import WorkItem
+from agent.channels.ocr import OCR_WORKER
 from agent.channels.retrieval import Query, encode_query
 from agent.channels.speech import SPEECH_WORKER
 from agent.channels.visual import IMAGE_WORKER, images_of
@@ -97,6 +98,14 @@ class LocalShard(StreamShard):
             kinds[SPEECH_WORKER] = BatchWorker(
                 SPEECH_WORKER,
                 lambda items: transcriber.transcribe_batch([np.asarray(i.payload) for i in items]),
+                batch_size=1,
+                queue_size=self.cfg.encoder_queue,
+            )
+        reader = self.index.reader
+        if reader is not None:
+            kinds[OCR_WORKER] = BatchWorker(
+                OCR_WORKER,
+                lambda items: reader.read_batch([np.asarray(i.payload) for i in items]),
                 batch_size=1,
                 queue_size=self.cfg.encoder_queue,
             )

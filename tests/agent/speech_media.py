@@ -1,4 +1,4 @@
-"""Test media with speech: espeak-ng sentences in noise, muxed under moving pictures with PyAV."""
+"""Test media with words: espeak-ng sentences in noise, text drawn with Pillow, muxed with PyAV."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 RATE = 16_000
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
@@ -37,10 +38,27 @@ def noise_with(
     return np.clip(out, -1.0, 1.0)
 
 
+def picture(k: int, size: tuple[int, int], shown: list[tuple[float, float, str]], t: float) -> np.ndarray:
+    """Frame ``k`` (a grey that drifts) with each (start, end, text) of ``shown`` drawn while on screen."""
+    im = Image.new("RGB", size, (60 + (k * 7) % 120,) * 3)
+    draw = ImageDraw.Draw(im)
+    for i, (a, b, text) in enumerate(shown):
+        if a <= t < b:
+            draw.text(
+                (12, 20 + 60 * i), text, fill=(255, 255, 0), font=ImageFont.load_default(size=size[1] // 7)
+            )
+    return np.asarray(im)
+
+
 def make_video_with_sound(
-    path: Path, sound: np.ndarray, *, fps: int = 5, size: tuple[int, int] = (160, 120)
+    path: Path,
+    sound: np.ndarray,
+    *,
+    fps: int = 5,
+    size: tuple[int, int] = (320, 240),
+    shown: list[tuple[float, float, str]] | None = None,
 ) -> Path:
-    """Moving grey pictures (H.264) for as long as ``sound`` (16 kHz mono, AAC)."""
+    """Moving grey pictures (H.264) for as long as ``sound`` (16 kHz mono, AAC), ``shown`` text drawn on them."""
     seconds = len(sound) / RATE
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=Fraction(fps))
@@ -53,7 +71,7 @@ def make_video_with_sound(
         v_done = a_done = 0
         while v_done < frames or a_done < blocks:
             if v_done < frames and (a_done >= blocks or v_done / fps <= a_done * block / RATE):
-                pixels = np.full((size[1], size[0], 3), 60 + (v_done * 7) % 120, np.uint8)
+                pixels = picture(v_done, size, shown or [], v_done / fps)
                 frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
                 frame.pts, frame.time_base = v_done, Fraction(1, fps)
                 container.mux(video.encode(frame))

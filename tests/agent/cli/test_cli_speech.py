@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,27 @@ def test_a_spoken_phrase_is_found_through_ingest_and_query(
     assert main(["info", str(index), "--json"]) == 0
     speech = json.loads(capsys.readouterr().out)["streams"]["yard"]["speech"]
     assert speech["utterances"] == 2 and speech["windows"] == 1 and speech["bytes"] > 0
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract-ocr not installed")
+def test_on_screen_text_is_found_through_ingest_and_query(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = [(2.0, 5.0, "Gate 2"), (6.0, 10.0, "ERROR 503")]
+    video = make_video_with_sound(tmp_path / "screen.mp4", noise_with(14.0, []), shown=shown)
+    index = tmp_path / "idx"
+    argv = ["ingest", str(video), "--index", str(index), "--stream", "screen", "--ocr", "--quiet", "--json"]
+    assert main([*argv, "--model", "tiny-random", "--random-weights"]) == 0
+    capsys.readouterr()
+
+    assert (
+        main(["query", str(index), "when did the screen show error 503", "--channels", "ocr", "--json"]) == 0
+    )
+    top = json.loads(capsys.readouterr().out)["moments"][0]
+    assert top["channels"] == ["ocr"] and top["quotes"]["ocr"] == "ERROR 503", top
+    # Read at a low rate: the span starts within one read interval of the text's appearance.
+    assert 6.0 <= top["start"] <= 8.0 and 9.0 <= top["end"] <= 12.5 and not top["below_threshold"]
+
+    assert main(["info", str(index), "--json"]) == 0
+    ocr = json.loads(capsys.readouterr().out)["streams"]["screen"]["ocr"]
+    assert ocr["spans"] >= 2 and 2 <= ocr["reads"] <= 10  # a few reads, not one per frame (28 frames)

@@ -1,13 +1,14 @@
-"""A spoken phrase asked for over the websocket: a file stream with sound, the speech channel on, real whisper."""
+"""Spoken and shown words asked for over the websocket: a file stream with sound and text, real whisper and Tesseract."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
 
-from agent.config import SpeechConfig
+from agent.config import OcrConfig, SpeechConfig
 from agent.service.config import ServiceConfig
 from agent.service.pipeline import Service
 from agent.service.server import Server
@@ -18,10 +19,12 @@ pytest.importorskip("faster_whisper")
 pytestmark = [pytest.mark.timeout(240), needs_espeak]
 
 
-async def test_a_spoken_phrase_is_found_over_the_websocket(tmp_path: Path) -> None:
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract-ocr not installed")
+async def test_spoken_and_shown_words_are_found_over_the_websocket(tmp_path: Path) -> None:
     sound = noise_with(16.0, [(9.0, spoken("the truck is waiting at gate four", tmp_path))])
-    video = make_video_with_sound(tmp_path / "yard.mp4", sound)
-    settings = tiny_settings().model_copy(update={"speech": SpeechConfig(enabled=True)})
+    video = make_video_with_sound(tmp_path / "yard.mp4", sound, shown=[(2.0, 6.0, "ERROR 503")])
+    update = {"speech": SpeechConfig(enabled=True), "ocr": OcrConfig(enabled=True)}
+    settings = tiny_settings().model_copy(update=update)
     cfg = ServiceConfig(host="127.0.0.1", port=0, index=tmp_path / "index")
     async with Service(cfg, settings) as svc:
         await svc.start()
@@ -49,5 +52,10 @@ async def test_a_spoken_phrase_is_found_over_the_websocket(tmp_path: Path) -> No
                 # Visual only: the same words find no quote.
                 visual = await request(ws, {**query, "id": "v", "channels": ["visual"]})
                 assert all(not m["quotes"] for m in visual["moments"])
+                # Shown, not said.
+                shown = await request(ws, {**query, "id": "o", "text": "error 503", "channels": ["ocr"]})
+                top = shown["moments"][0]
+                assert top["channels"] == ["ocr"] and top["quotes"] == {"ocr": "ERROR 503"}, top
+                assert 2.0 <= top["start"] <= 4.5 and not top["below_threshold"]
         finally:
             await server.close()
