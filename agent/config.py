@@ -189,6 +189,8 @@ class SpeechConfig(Strict):
     """``base``: the packaged model (assembled, checked); another whisper name needs a network."""
     language: str | None = "en"
     """None: detected per window."""
+    semantic: bool = True
+    """Also search by meaning (MiniLM sentence vectors), not only by words."""
     window_seconds: float = Field(default=30.0, gt=1.0, le=30.0)
     budget_bytes: int = Field(default=2_000_000, ge=1_000)
     max_no_speech_prob: float = Field(default=0.6, ge=0.0, le=1.0)
@@ -205,6 +207,8 @@ class OcrConfig(Strict):
     enabled: bool = False
     language: str = "eng"
     """Tesseract language data (Debian: tesseract-ocr-LANG)."""
+    semantic: bool = True
+    """Also search by meaning (MiniLM sentence vectors), not only by words."""
     min_interval: float = Field(default=2.0, gt=0.0)
     """Seconds between two reads at least."""
     max_interval: float = Field(default=10.0, gt=0.0)

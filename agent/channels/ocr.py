@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.channels.base import Channel, ChannelAnswer, ChannelQuery, WorkItem
-from agent.channels.text_search import LEXICAL_CALIBRATION, LEXICAL_KIND, TimedText, search_spans
+from agent.channels.text_search import Embed, TextSearch, TimedText
 from agent.config import OcrConfig
 from agent.errors import IndexStoreError
 from agent.models.ocr import LINE_DTYPE
@@ -86,8 +86,10 @@ class OcrChannel(Channel):
 
     name = "ocr"
 
-    def __init__(self, stream: str, cfg: OcrConfig | None = None) -> None:
+    def __init__(self, stream: str, cfg: OcrConfig | None = None, *, embed: Embed | None = None) -> None:
+        """``embed``: MiniLM sentence vectors for semantic search (None: lexical only)."""
         super().__init__()
+        self.text_search = TextSearch(embed)
         self.stream = stream
         self.cfg = cfg or OcrConfig()
         self.spans: list[TextSpan] = []
@@ -208,14 +210,8 @@ class OcrChannel(Channel):
         return out
 
     def search(self, query: ChannelQuery) -> ChannelAnswer:
-        """Spans sharing words with ``query.text`` (kind ``"lexical"``, fixed calibration)."""
-        spans = [
-            s
-            for s in self.timed()
-            if (query.start is None or s.end >= query.start) and (query.end is None or s.start <= query.end)
-        ]
-        found = search_spans(spans, query.text, stream=self.stream, channel=self.name, top_k=query.top_k)
-        return ChannelAnswer(found, {LEXICAL_KIND: LEXICAL_CALIBRATION})
+        """Spans matching ``query.text`` by words (BM25) and, with MiniLM, by meaning."""
+        return self.text_search.answer(self.timed(), query, stream=self.stream, channel=self.name)
 
     # ---------------------------------------------------------- snapshots
     def save(self, folder: Path) -> None:

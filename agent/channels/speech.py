@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from agent.channels.base import AudioMedia, Channel, ChannelAnswer, ChannelQuery, WorkItem
-from agent.channels.text_search import LEXICAL_CALIBRATION, LEXICAL_KIND, TimedText, search_spans
+from agent.channels.text_search import Embed, TextSearch, TimedText
 from agent.config import SpeechConfig
 from agent.errors import IndexStoreError
 from agent.models.whisper import SAMPLE_RATE, WORD_DTYPE
@@ -98,8 +98,10 @@ class SpeechChannel(Channel):
 
     name = "speech"
 
-    def __init__(self, stream: str, cfg: SpeechConfig | None = None) -> None:
+    def __init__(self, stream: str, cfg: SpeechConfig | None = None, *, embed: Embed | None = None) -> None:
+        """``embed``: MiniLM sentence vectors for semantic search (None: lexical only)."""
         super().__init__()
+        self.text_search = TextSearch(embed)
         self.stream = stream
         self.cfg = cfg or SpeechConfig()
         self.speech = SpeechCounters()
@@ -239,14 +241,8 @@ class SpeechChannel(Channel):
 
     # ------------------------------------------------------------- search
     def search(self, query: ChannelQuery) -> ChannelAnswer:
-        """Utterances sharing words with ``query.text`` (kind ``"lexical"``, fixed calibration)."""
-        spans = [
-            u
-            for u in self.utterances
-            if (query.start is None or u.end >= query.start) and (query.end is None or u.start <= query.end)
-        ]
-        found = search_spans(spans, query.text, stream=self.stream, channel=self.name, top_k=query.top_k)
-        return ChannelAnswer(found, {LEXICAL_KIND: LEXICAL_CALIBRATION})
+        """Utterances matching ``query.text`` by words (BM25) and, with MiniLM, by meaning."""
+        return self.text_search.answer(self.utterances, query, stream=self.stream, channel=self.name)
 
     # ---------------------------------------------------------- snapshots
     def save(self, folder: Path) -> None:

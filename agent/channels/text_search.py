@@ -21,24 +21,40 @@ spans; :func:`search_spans` turns a query's words into proposals:
 - **Quote.** Each proposal quotes the span's words that matched (``evidence``
   holds their times).
 
-Numeric and pure: no I/O.
+**Semantic** (optional, :func:`semantic_spans`): MiniLM cosines between the
+query and each span (a paraphrase, a question), calibrated per query against
+the stream's own spans other than the proposed ones (a match must not be its
+own background): ``center`` = their median cosine (:data:`SEMANTIC_PRIOR_CENTER`
+when a stream holds one span), ``scale`` = their MAD as a sigma, floored at
+:data:`SEMANTIC_MIN_SCALE` (MiniLM's spread for unrelated sentences, so a
+handful of spans cannot make every cosine look extreme), ``trials`` = the
+number of spans (the best of many is no match).
+
+Numeric and pure: no I/O (vectors come in computed).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from agent.core.fuse import Calibration, ChannelProposal
+from agent.channels.base import ChannelAnswer, ChannelQuery
+from agent.core.fuse import MAD_TO_SIGMA, Calibration, ChannelProposal
 from agent.errors import ConfigError
 
 LEXICAL_KIND = "lexical"
 LEXICAL_CALIBRATION = Calibration(center=0.5, scale=0.15, trials=1, samples=0)
 """The fixed calibration of matched IDF mass (see the module docstring)."""
+
+SEMANTIC_KIND = "semantic"
+SEMANTIC_MIN_SCALE = 0.15
+SEMANTIC_PRIOR_CENTER = 0.1
+"""MiniLM cosine of unrelated English sentences, typically 0..0.2 (the background of a lone span)."""
+"""Floor of the cosine spread (see the module docstring)."""
 
 _WORD = re.compile(r"[a-z0-9']+")
 _NUMBERS = {
@@ -131,3 +147,93 @@ def search_spans(
             )
         )
     return out
+
+
+def semantic_spans(
+    spans: Sequence[TimedText],
+    span_vecs: np.ndarray,
+    query_vec: np.ndarray,
+    *,
+    stream: str,
+    channel: str,
+    top_k: int,
+) -> tuple[list[ChannelProposal], Calibration | None]:
+    """Up to ``top_k`` proposals (kind :data:`SEMANTIC_KIND`) by cosine, and their calibration.
+
+    ``span_vecs`` (n, d) and ``query_vec`` (d,) are unit vectors; none when there are no spans.
+    """
+    if not spans:
+        return [], None
+    cos = np.asarray(span_vecs, np.float64) @ np.asarray(query_vec, np.float64)
+    order = np.argsort(-cos, kind="stable")
+    background = (
+        cos[order[min(max(1, top_k), len(cos) - 1) :]] if len(cos) > 1 else np.array([SEMANTIC_PRIOR_CENTER])
+    )
+    center = float(np.median(background))
+    scale = max(MAD_TO_SIGMA * float(np.median(np.abs(background - center))), SEMANTIC_MIN_SCALE)
+    cal = Calibration(center, scale, trials=len(spans), samples=len(spans))
+    out = [
+        ChannelProposal(
+            stream=stream,
+            channel=channel,
+            kind=SEMANTIC_KIND,
+            start=spans[int(i)].start,
+            end=spans[int(i)].end,
+            score=float(cos[i]),
+            peak=spans[int(i)].start,
+            evidence=(spans[int(i)].start,),
+            quote=spans[int(i)].text,
+        )
+        for i in order[: max(1, top_k)]
+    ]
+    return out, cal
+
+
+SENTENCE_ROLE = "sentence"
+"""Key of the query's MiniLM vector in :attr:`ChannelQuery.vectors`."""
+Embed = Callable[[list[str]], np.ndarray]
+"""Texts -> (n, d) unit vectors (``agent.models.sentences.SentenceEncoder.encode``)."""
+
+
+class TextSearch:
+    """What a text channel searches with: BM25 always, MiniLM when given ``embed`` (vectors cached by text)."""
+
+    def __init__(self, embed: Embed | None = None, cache_size: int = 50_000) -> None:
+        self.embed = embed
+        self._vecs: dict[str, np.ndarray] = {}
+        self._cache_size = cache_size
+
+    def answer(
+        self, spans: Sequence[TimedText], query: ChannelQuery, *, stream: str, channel: str
+    ) -> ChannelAnswer:
+        """Lexical proposals, plus semantic ones when the query has a sentence vector and ``embed`` is set."""
+        spans = [
+            s
+            for s in spans
+            if (query.start is None or s.end >= query.start) and (query.end is None or s.start <= query.end)
+        ]
+        found = search_spans(spans, query.text, stream=stream, channel=channel, top_k=query.top_k)
+        cals = {LEXICAL_KIND: LEXICAL_CALIBRATION}
+        qvec = query.vectors.get(SENTENCE_ROLE)
+        if self.embed is not None and qvec is not None and spans:
+            more, cal = semantic_spans(
+                spans,
+                self._vectors([s.text for s in spans]),
+                qvec,
+                stream=stream,
+                channel=channel,
+                top_k=query.top_k,
+            )
+            found += more
+            if cal is not None:
+                cals[SEMANTIC_KIND] = cal
+        return ChannelAnswer(found, cals)
+
+    def _vectors(self, texts: list[str]) -> np.ndarray:
+        assert self.embed is not None
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vecs))
+        if missing:
+            if len(self._vecs) + len(missing) > self._cache_size:
+                self._vecs.clear()  # evicted spans leave stale entries; start over rather than track them
+            self._vecs.update(zip(missing, self.embed(missing), strict=True))
+        return np.stack([self._vecs[t] for t in texts])

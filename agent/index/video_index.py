@@ -27,6 +27,7 @@ from agent.channels.ocr import OCR_WORKER, OcrChannel
 from agent.channels.refine import VisualPlan, refine_plans
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
 from agent.channels.speech import SPEECH_WORKER, SpeechChannel
+from agent.channels.text_search import SENTENCE_ROLE
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
@@ -34,6 +35,7 @@ from agent.index.answers import PendingQuery, channel_query
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
 from agent.models.ocr import TesseractReader
+from agent.models.sentences import SentenceEncoder
 from agent.models.whisper import WhisperSettings, WhisperTranscriber
 from agent.store.atomic import write_json
 from agent.store.versioned import read_versioned
@@ -75,6 +77,11 @@ class VideoIndex:
                 )
             )
             self._workers[SPEECH_WORKER] = self._transcribe
+        sp, oc = settings.speech, settings.ocr
+        # One MiniLM for every text channel that searches by meaning; loaded on the first query.
+        self.sentences = (
+            SentenceEncoder() if (sp.enabled and sp.semantic) or (oc.enabled and oc.semantic) else None
+        )
         self.reader: TesseractReader | None = None
         if settings.ocr.enabled:
             self.reader = TesseractReader(settings.ocr.language)
@@ -163,11 +170,13 @@ class VideoIndex:
 
     def _extra_channels(self, stream: str) -> list[Channel]:
         """The channels a stream has besides the visual one, as the settings ask."""
+        sp, oc = self.settings.speech, self.settings.ocr
+        embed = self.sentences.encode if self.sentences is not None else None
         more: list[Channel] = []
-        if self.settings.speech.enabled:
-            more.append(SpeechChannel(stream, self.settings.speech))
-        if self.settings.ocr.enabled:
-            more.append(OcrChannel(stream, self.settings.ocr))
+        if sp.enabled:
+            more.append(SpeechChannel(stream, sp, embed=embed if sp.semantic else None))
+        if oc.enabled:
+            more.append(OcrChannel(stream, oc, embed=embed if oc.semantic else None))
         return more
 
     def remove(self, stream: str) -> None:
@@ -278,6 +287,8 @@ class VideoIndex:
         pvec = encode_query(query, self.prescreen)
         rvec = pvec if self.refine is self.prescreen else encode_query(query, self.refine)
         cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
+        if self.sentences is not None and query.text is not None:
+            cq.vectors[SENTENCE_ROLE] = self.sentences.encode([query.text])[0]
         states = {name: self.streams[name] for name in names}
         others: dict[str, dict[str, ChannelAnswer]] = {}
         plans = {}

@@ -53,6 +53,11 @@ def test_a_spoken_phrase_is_found_through_ingest_and_query(
     assert top["channels"] == ["speech"] and "gate" in top["quotes"]["speech"].lower()
     assert abs(top["start"] - 12.0) < 0.6 and not top["below_threshold"]
 
+    # A paraphrase, found by meaning (MiniLM).
+    assert main(["query", str(index), "the lorry stood by the fourth gate", "--channels", "speech", "--json"]) == 0
+    para = json.loads(capsys.readouterr().out)["moments"][0]
+    assert abs(para["start"] - 12.0) < 0.6 and not para["below_threshold"], para
+
     # Every channel: the spoken moment still leads the random-weight visual ones, quoted.
     assert main(["query", str(index), "when was gate four mentioned", "--top-k", "3"]) == 0
     table = capsys.readouterr().out
