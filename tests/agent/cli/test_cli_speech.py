@@ -54,7 +54,10 @@ def test_a_spoken_phrase_is_found_through_ingest_and_query(
     assert abs(top["start"] - 12.0) < 0.6 and not top["below_threshold"]
 
     # A paraphrase, found by meaning (MiniLM).
-    assert main(["query", str(index), "the lorry stood by the fourth gate", "--channels", "speech", "--json"]) == 0
+    assert (
+        main(["query", str(index), "the lorry stood by the fourth gate", "--channels", "speech", "--json"])
+        == 0
+    )
     para = json.loads(capsys.readouterr().out)["moments"][0]
     assert abs(para["start"] - 12.0) < 0.6 and not para["below_threshold"], para
 
