@@ -213,8 +213,8 @@ class OcrConfig(Strict):
     """Seconds between two reads at least."""
     max_interval: float = Field(default=10.0, gt=0.0)
     """Seconds between two reads at most (text on a still background)."""
-    change: float = Field(default=6.0, ge=0.0, le=255.0)
-    """Mean absolute difference of 16x16 grey thumbnails (0..255) that counts as a new picture."""
+    change: float = Field(default=12.0, ge=0.0, le=255.0)
+    """Change of a 16x16 block-mean grey cell (0..255) that counts as a new picture."""
     min_conf: float = Field(default=60.0, ge=0.0, le=100.0)
     same_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
     budget_bytes: int = Field(default=1_000_000, ge=1_000)

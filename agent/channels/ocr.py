@@ -9,9 +9,10 @@ Frames in, a few pictures out, lines back::
 Rules chosen:
 
 - **Low rate, gated.** A frame is read when at least ``min_interval`` seconds
-  passed since the last read *and* the picture changed (mean absolute
-  difference of a 16x16 grey thumbnail above ``change``, 0..255) or it is a
-  keyframe; and in any case every ``max_interval`` seconds (text can appear
+  passed since the last read *and* the picture changed (some cell of a 16x16
+  grid of block-mean greys moved by more than ``change``, 0..255: a line of
+  text appearing moves the cells it covers, which a whole-picture mean
+  would dilute) or it is a keyframe; and in any case every ``max_interval`` seconds (text can appear
   on a still background). The thumbnail is this channel's own: a channel
   never reads another's state.
 - **Lines kept** when Tesseract's confidence reaches ``min_conf`` and they
@@ -74,11 +75,14 @@ def _numbers(norm: str) -> list[str]:
 
 
 def _thumb(image: np.ndarray) -> np.ndarray:
+    """(16, 16) block means of the grey picture (edges cropped to whole blocks; tiny pictures repeated)."""
     grey = np.asarray(image, np.float32).mean(axis=2)
     h, w = grey.shape
-    ys = (np.arange(_THUMB) * h) // _THUMB
-    xs = (np.arange(_THUMB) * w) // _THUMB
-    return grey[np.ix_(ys, xs)]
+    if h < _THUMB or w < _THUMB:
+        grey = np.repeat(np.repeat(grey, -(-_THUMB // h), axis=0), -(-_THUMB // w), axis=1)
+        h, w = grey.shape
+    bh, bw = h // _THUMB, w // _THUMB
+    return grey[: bh * _THUMB, : bw * _THUMB].reshape(_THUMB, bh, _THUMB, bw).mean(axis=(1, 3))
 
 
 class OcrChannel(Channel):
@@ -109,7 +113,7 @@ class OcrChannel(Channel):
             return []
         thumb = _thumb(frame.image)
         changed = (
-            self._last_thumb is None or float(np.mean(np.abs(thumb - self._last_thumb))) > self.cfg.change
+            self._last_thumb is None or float(np.max(np.abs(thumb - self._last_thumb))) > self.cfg.change
         )
         due = since is None or since >= self.cfg.max_interval
         if not (changed or frame.keyframe or due):
