@@ -191,7 +191,9 @@ class SpeechConfig(Strict):
     """None: detected per window."""
     semantic: bool = True
     """Also search by meaning (MiniLM sentence vectors), not only by words."""
-    window_seconds: float = Field(default=30.0, gt=1.0, le=30.0)
+    window_seconds: float = Field(default=30.0, gt=1.0, le=600.0)
+    """Seconds of sound per whisper call: 30 keeps live latency low; longer windows let the VAD pack
+    sparse speech into fewer encoder passes (recorded footage)."""
     budget_bytes: int = Field(default=2_000_000, ge=1_000)
     max_no_speech_prob: float = Field(default=0.6, ge=0.0, le=1.0)
     min_avg_logprob: float = Field(default=-1.0, le=0.0)

@@ -10,7 +10,9 @@ Rules chosen:
 
 - **Resampled once.** ``streams`` already delivers 16 kHz mono; a chunk at
   another rate is resampled here (linear interpolation), never twice.
-- **Windows.** Whisper's 30 s context; a jump in the chunk times (a gap, a
+- **Windows.** ``window_seconds`` of sound per whisper call: 30 s (whisper's
+  context) by default, for live latency; longer windows let the VAD pack
+  sparse speech into fewer encoder passes (recorded footage). A jump in the chunk times (a gap, a
   reconnect) ends the window early so no window spans a hole; ``flush`` sends
   the rest. A word straddling a window edge may be cut (whisper's own
   behaviour on long audio).
