@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import OcrConfig, SpeechConfig
-from agent.service.config import ServiceConfig
+from agent.service.config import ServiceConfig, SourcesConfig
 from agent.service.pipeline import Service
 from agent.service.server import Server
 from tests.agent.service.helpers import add, client, request, tiny_settings, until
@@ -25,7 +25,9 @@ async def test_spoken_and_shown_words_are_found_over_the_websocket(tmp_path: Pat
     video = make_video_with_sound(tmp_path / "yard.mp4", sound, shown=[(2.0, 6.0, "ERROR 503")])
     update = {"speech": SpeechConfig(enabled=True), "ocr": OcrConfig(enabled=True)}
     settings = tiny_settings().model_copy(update=update)
-    cfg = ServiceConfig(host="127.0.0.1", port=0, index=tmp_path / "index")
+    cfg = ServiceConfig(
+        host="127.0.0.1", port=0, index=tmp_path / "index", sources=SourcesConfig(media_roots=[tmp_path])
+    )
     async with Service(cfg, settings) as svc:
         await svc.start()
         server = Server(svc.serving, cfg)
