@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import numpy as np
@@ -68,9 +68,13 @@ class LocalShard(StreamShard):
         return self.index
 
     # ------------------------------------------------------------ lifecycle
-    async def start(self, specs: Iterable[StreamSpec], listener: ShardListener) -> None:
+    async def start(
+        self, specs: Iterable[StreamSpec], listener: ShardListener, *, removed: Collection[str] = ()
+    ) -> None:
         self._listener = listener
-        self.index = await asyncio.to_thread(VideoIndex.create, self.cfg.index, self.settings)
+        self.index = await asyncio.to_thread(
+            lambda: VideoIndex.create(self.cfg.index, self.settings, skip=removed, isolate=True)
+        )
         enc = self.index.prescreen
         image = BatchWorker(
             IMAGE_WORKER,
@@ -121,17 +125,21 @@ class LocalShard(StreamShard):
         state = await asyncio.to_thread(self.idx.stream, spec.id)
         return StreamStatus.model_validate(self._start_runner(spec, state).info())
 
-    async def remove(self, stream: str) -> None:
+    async def remove(self, stream: str, *, purge: bool = False) -> None:
         runner = self.runners.get(stream)
         if runner is None:
-            raise UnknownStreamError(f"unknown stream {stream!r}")
+            if not purge:
+                raise UnknownStreamError(f"unknown stream {stream!r}")
+            await asyncio.to_thread(lambda: self.idx.remove(stream, purge=True))
+            return
         await runner.stop()
         if self.workers is not None:
             await self.workers.drain(stream)
             self.workers.forget(stream)
         del self.runners[stream]
-        await asyncio.to_thread(runner.snapshot)
-        await asyncio.to_thread(self.idx.remove, stream)
+        if not purge:
+            await asyncio.to_thread(runner.snapshot)
+        await asyncio.to_thread(lambda: self.idx.remove(stream, purge=purge))
 
     async def statuses(self) -> list[StreamStatus]:
         return [StreamStatus.model_validate(r.info()) for r in self.runners.values()]
@@ -156,7 +164,11 @@ class LocalShard(StreamShard):
         )
         self.workers.open(spec.id, state)
         self.runners[spec.id] = runner
-        runner.start()
+        bad_snapshot = self.idx.load_errors.pop(spec.id, None)
+        if bad_snapshot is None:
+            runner.start()
+        else:  # isolation: this stream starts failed (its files set aside), the others run
+            runner.status, runner.error = "failed", bad_snapshot
         return runner
 
     def _emit(self, event: dict[str, Any]) -> None:
@@ -226,15 +238,19 @@ class LocalShard(StreamShard):
 
     # ----------------------------------------------------- state and health
     async def snapshot(self) -> None:
+        failed = []
         for runner in list(self.runners.values()):
             try:
                 await asyncio.to_thread(runner.snapshot)
-            except IndexStoreError:
-                log.exception("snapshot of %s failed; the previous one stays", runner.id)
+            except Exception as exc:  # every stream is tried; the caller logs (rate-limited)
+                failed.append(f"{runner.id}: {exc}")
+        if failed:
+            raise IndexStoreError(f"snapshot failed for {len(failed)} stream(s): " + "; ".join(failed))
 
     async def stats(self) -> ShardStats:
         w = self.worker
         depths = w.depths() if w else {}
+        stores = {name: r.state.store.status() for name, r in self.runners.items() if r.state.store}
         return ShardStats(
             streams={
                 name: StreamStats(
@@ -245,6 +261,8 @@ class LocalShard(StreamShard):
                     tokens=r.state.memory.tokens,
                     encoder_queue=depths.get(name, 0),
                     source_events=source_events(r.source_info()),
+                    store_writing=stores[name].writing if name in stores else True,
+                    store_skipped=stores[name].skipped if name in stores else 0,
                 )
                 for name, r in self.runners.items()
             },

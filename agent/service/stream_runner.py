@@ -170,6 +170,8 @@ class StreamRunner:
             "progress": self.progress,
             "tokens": self.state.memory.tokens,
             "source": self.source_info(),
+            # Frame store: writing or paused after a write failure (disk full), frames skipped.
+            "store": None if self.state.store is None else self.state.store.status().to_dict(),
         }
 
     # ------------------------------------------------------------ lifecycle
