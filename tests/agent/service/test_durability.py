@@ -6,6 +6,7 @@ import asyncio
 import errno
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -158,7 +159,7 @@ class _Disk:
 
 
 async def test_a_full_disk_pauses_stored_frames_while_the_memory_keeps_ingesting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The issue: disk full marked the stream failed for good although the memory needs no disk,
     # and after one ENOSPC the snapshot loop never snapshotted again.
@@ -173,6 +174,7 @@ async def test_a_full_disk_pauses_stored_frames_while_the_memory_keeps_ingesting
         assert store is not None
         await _until(lambda: len(store) >= 4 and runner.state.last_snapshot is not None)
 
+        caplog.set_level(logging.WARNING, logger="agent")
         disk.full = True
         frames, failures = runner.frames_in, svc.registry.snapshot_failures
         await _until(lambda: store.status().skipped >= 6 and svc.registry.snapshot_failures >= failures + 2)
@@ -192,3 +194,10 @@ async def test_a_full_disk_pauses_stored_frames_while_the_memory_keeps_ingesting
         await _until(lambda: store.status().writing and runner.state.last_snapshot != last_good, limit=30)
         assert runner.state.snapshot_error is None and runner.status == "running"
         assert store.times()[-1] > runner.state.memory.spans()[0][0]
+
+        def logged() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name == "agent.service.registry"]
+
+        await _until(lambda: "snapshots succeed again" in logged())
+        failed = [m for m in logged() if m.startswith("snapshot failed")]
+        assert len(failed) == 1 and "No space left" in failed[0]  # every failure seen, logged once
