@@ -13,7 +13,8 @@ record that is short, fails its CRC or goes back in time is skipped by
 searching for the next magic at which a valid record starts, so one damaged
 byte costs one record, not everything after it (the rule chosen). A
 magic-like byte pattern inside a JPEG cannot pass for a record: its CRC
-would have to match as well.
+would have to match as well. :class:`RecordIndex` holds what the scans and
+appends found, as columns.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 MAGIC_V1 = b"VFR1"
 MAGIC = b"VFR2"
@@ -96,3 +100,53 @@ def scan(data: bytes, last_t: float = -math.inf) -> ScanResult:
         last_t = rec.t
         pos = out.end = rec.offset + rec.length
     return out
+
+
+class RecordIndex:
+    """The store's in-memory index: growable columns (time, wall, chunk, offset, length).
+
+    Rows are appended in time order; eviction drops a prefix (the oldest chunk's rows).
+    """
+
+    def __init__(self) -> None:
+        self.t = np.zeros(256, np.float64)
+        self.wall = np.zeros(256, np.float64)
+        self.chunk = np.zeros(256, np.int64)
+        self.offset = np.zeros(256, np.int64)
+        self.length = np.zeros(256, np.int64)
+        self.lo = 0  # first live row
+        self.hi = 0  # one past the last row
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def append(self, t: float, wall: float, chunk: int, offset: int, length: int) -> None:
+        if self.hi == len(self.t):
+            self._compact_or_grow()
+        i = self.hi
+        self.t[i], self.wall[i], self.chunk[i], self.offset[i], self.length[i] = (
+            t,
+            wall,
+            chunk,
+            offset,
+            length,
+        )
+        self.hi += 1
+
+    def _compact_or_grow(self) -> None:
+        n = len(self)
+        size = len(self.t) if n <= len(self.t) // 2 else 2 * len(self.t)
+        for name in ("t", "wall", "chunk", "offset", "length"):
+            old = getattr(self, name)
+            new = np.zeros(size, old.dtype)
+            new[:n] = old[self.lo : self.hi]
+            setattr(self, name, new)
+        self.lo, self.hi = 0, n
+
+    def drop_chunk(self, chunk: int) -> None:
+        """Drop the leading rows that live in ``chunk`` (the oldest one)."""
+        live = self.chunk[self.lo : self.hi]
+        self.lo += int(np.searchsorted(live, chunk, side="right"))
+
+    def times(self) -> npt.NDArray[np.float64]:
+        return self.t[self.lo : self.hi]

@@ -53,7 +53,7 @@ from PIL import Image
 
 from agent.errors import ConfigError, IndexStoreError
 from agent.store import frame_records
-from agent.store.frame_records import HEADER, MAGIC
+from agent.store.frame_records import HEADER, MAGIC, RecordIndex
 from agent.types import RGBImage
 
 log = logging.getLogger(__name__)
@@ -66,53 +66,6 @@ _CHUNK_RE = re.compile(r"^chunk-(\d{8})\.vfs$")
 def _open_chunk(path: Path) -> io.FileIO:
     """A new chunk file, unbuffered (the write boundary: tests inject disk faults here)."""
     return io.FileIO(path, "xb")
-
-
-class _Index:
-    """Growable columns (time, wall, chunk, offset, length); a prefix is dropped on eviction."""
-
-    def __init__(self) -> None:
-        self.t = np.zeros(256, np.float64)
-        self.wall = np.zeros(256, np.float64)
-        self.chunk = np.zeros(256, np.int64)
-        self.offset = np.zeros(256, np.int64)
-        self.length = np.zeros(256, np.int64)
-        self.lo = 0  # first live row
-        self.hi = 0  # one past the last row
-
-    def __len__(self) -> int:
-        return self.hi - self.lo
-
-    def append(self, t: float, wall: float, chunk: int, offset: int, length: int) -> None:
-        if self.hi == len(self.t):
-            self._compact_or_grow()
-        i = self.hi
-        self.t[i], self.wall[i], self.chunk[i], self.offset[i], self.length[i] = (
-            t,
-            wall,
-            chunk,
-            offset,
-            length,
-        )
-        self.hi += 1
-
-    def _compact_or_grow(self) -> None:
-        n = len(self)
-        size = len(self.t) if n <= len(self.t) // 2 else 2 * len(self.t)
-        for name in ("t", "wall", "chunk", "offset", "length"):
-            old = getattr(self, name)
-            new = np.zeros(size, old.dtype)
-            new[:n] = old[self.lo : self.hi]
-            setattr(self, name, new)
-        self.lo, self.hi = 0, n
-
-    def drop_chunk(self, chunk: int) -> None:
-        """Drop the leading rows that live in ``chunk`` (the oldest one)."""
-        live = self.chunk[self.lo : self.hi]
-        self.lo += int(np.searchsorted(live, chunk, side="right"))
-
-    def times(self) -> npt.NDArray[np.float64]:
-        return self.t[self.lo : self.hi]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +124,7 @@ class FrameStore:
         # Small chunks relative to the bound: eviction then frees ~1/8 at a time.
         self.chunk_bytes = max(1, min(chunk_bytes, max_bytes // 8))
         self._lock = threading.RLock()
-        self._index = _Index()
+        self._index = RecordIndex()
         self._chunks: dict[int, int] = {}  # chunk id -> bytes, oldest first
         self._writer: io.FileIO | None = None  # unbuffered: a failed write can be rolled back
         self._writer_id = -1
