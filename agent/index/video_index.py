@@ -210,13 +210,15 @@ class VideoIndex:
         self.write_manifest()
 
     def close(self) -> None:
-        """Save and close (idempotent)."""
+        """Save and close (idempotent); the streams are closed even when saving fails (then raised)."""
         if self._closed:
             return
         self._closed = True
-        self.save()
-        for st in self.streams.values():
-            st.close()
+        try:
+            self.save()
+        finally:
+            for st in self.streams.values():
+                st.close()
 
     def __enter__(self) -> VideoIndex:
         return self

@@ -110,8 +110,14 @@ class LocalShard(StreamShard):
 
     def _final_snapshot(self, index: VideoIndex) -> None:
         for runner in self.runners.values():
-            runner.snapshot()
-        index.close()
+            try:
+                runner.snapshot()
+            except IndexStoreError as exc:  # disk full at shutdown: the previous generation stays
+                log.error("final snapshot of %s failed: %s", runner.id, exc)
+        try:
+            index.close()
+        except (IndexStoreError, OSError) as exc:  # the streams are closed all the same
+            log.error("final save of the index failed: %s", exc)
 
     # -------------------------------------------------------------- streams
     async def add(self, spec: StreamSpec) -> StreamStatus:
@@ -138,7 +144,10 @@ class LocalShard(StreamShard):
             self.workers.forget(stream)
         del self.runners[stream]
         if not purge:
-            await asyncio.to_thread(runner.snapshot)
+            try:
+                await asyncio.to_thread(runner.snapshot)
+            except IndexStoreError as exc:  # removed all the same; the previous generation stays
+                log.error("stream %s removed without a final snapshot: %s", stream, exc)
         await asyncio.to_thread(lambda: self.idx.remove(stream, purge=purge))
 
     async def statuses(self) -> list[StreamStatus]:

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from agent.errors import UnknownStreamError
+from agent.errors import IndexStoreError, UnknownStreamError
 from agent.service.config import ServiceConfig, parse_spec
 from agent.service.pipeline import Service
 from agent.store import atomic, frame_store
@@ -201,3 +202,6 @@ async def test_a_full_disk_pauses_stored_frames_while_the_memory_keeps_ingesting
         await _until(lambda: "snapshots succeed again" in logged())
         failed = [m for m in logged() if m.startswith("snapshot failed")]
         assert len(failed) == 1 and "No space left" in failed[0]  # every failure seen, logged once
+        disk.full = True  # full again at shutdown: the service still closes cleanly
+    with pytest.raises(IndexStoreError, match="closed"):
+        store.put(1e6, np.zeros((8, 8, 3), np.uint8))  # the store was closed all the same
