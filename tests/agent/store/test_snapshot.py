@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.errors import IndexStoreError
 from agent.store import atomic, snapshot
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _generation(folder: Path, n: int, *, crash_after: int | None = None) -> None:
@@ -105,3 +111,35 @@ def test_quarantine_moves_everything_but_what_is_kept(tmp_path: Path) -> None:
     assert sorted(p.name for p in first.iterdir()) == ["a.bin", "b.bin", "reason.txt", "state.json", "sub"]
     assert (first / "reason.txt").read_text() == "bad cheap.npz\n"
     assert snapshot.read_committed(tmp_path, 1, what="test") is None  # nothing left to load
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from agent.store import atomic, snapshot
+folder, n = Path(sys.argv[1]), 0
+while True:
+    n += 1
+    staged = snapshot.stage(folder)
+    for rel in ["a.bin", "b.bin", "sub/c.bin"]:
+        atomic.write_bytes(staged / rel, (str(n) + " ").encode() * 20_000)
+    snapshot.commit(folder, staged, {"version": 1, "generation": n})
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.45, 0.6, 0.75])
+def test_kill_9_while_snapshotting_never_leaves_two_generations(tmp_path: Path, delay: float) -> None:
+    # The issue: kill -9 during a snapshot left a stream's files from two generations; nothing noticed.
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "state.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)  # somewhere inside a later generation
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    data = snapshot.read_committed(tmp_path, 1, what="test")
+    assert data is not None and data["generation"] >= 1
+    generations = {(tmp_path / rel).read_text().split(" ", 1)[0] for rel in ["a.bin", "b.bin", "sub/c.bin"]}
+    assert generations == {str(data["generation"])}
