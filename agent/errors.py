@@ -10,7 +10,8 @@ websocket API sends to clients instead of a traceback::
     │   └── WeightsUnavailableError real weights requested but not obtainable
     ├── SourceError                 a video source failed (from_stream_error maps the streams library's)
     │   ├── CorruptVideoError       undecodable or damaged input
-    │   └── StreamDisconnectedError a live source dropped (reconnect may follow)
+    │   ├── StreamDisconnectedError a live source dropped (reconnect may follow)
+    │   └── SourceNotAllowedError   a client named a format or host the operator does not allow
     ├── IndexStoreError             an index / snapshot on disk is missing or invalid
     │   └── SnapshotVersionError    snapshot written by an incompatible format version
     ├── QueryError                  a query that cannot be answered as asked
@@ -18,7 +19,9 @@ websocket API sends to clients instead of a traceback::
     ├── ProtocolError               malformed websocket message
     │   ├── UnknownStreamError      a request names a stream id that does not exist
     │   ├── UnauthorizedError       missing or wrong auth token
-    │   └── SlowClientError         a client fell too far behind its event queue
+    │   ├── SlowClientError         a client fell too far behind its event queue
+    │   ├── BusyError               a client already has its limit of requests in flight
+    │   └── LimitExceededError      a cap on streams or a rate of requests was reached
     └── LLMError                    the LLM stage failed
         ├── LLMUnavailableError     server down, not started, or port unavailable
         ├── LLMTimeoutError         no answer in time
@@ -69,6 +72,16 @@ class StreamDisconnectedError(SourceError):
     code = "stream_disconnected"
 
 
+class SourceNotAllowedError(SourceError):
+    """A client named a container format or an RTSP host outside what the operator allows.
+
+    (A path outside the media roots gets the plain :class:`SourceError` of a
+    missing input, same message, so clients cannot learn which paths exist.)
+    """
+
+    code = "source_not_allowed"
+
+
 class IndexStoreError(VmrError):
     """An index directory or snapshot is missing or invalid."""
 
@@ -115,6 +128,18 @@ class SlowClientError(ProtocolError):
     """A client did not read its events fast enough and was disconnected."""
 
     code = "slow_client"
+
+
+class BusyError(ProtocolError):
+    """A client sent a request while its limit of requests in flight was reached (retry later)."""
+
+    code = "busy"
+
+
+class LimitExceededError(ProtocolError):
+    """A configured cap (streams, ``streams.add`` rate, invalid messages) was reached."""
+
+    code = "limit_exceeded"
 
 
 class LLMError(VmrError):

@@ -59,7 +59,9 @@ class OpenContext:
     source of the same spec (:meth:`Source.resume_token`). ``resume_at``:
     the source's own second up to which everything is stored (used when there
     is no token). ``hubs``: shared services by name (:data:`HUB_WHIP`: the
-    :class:`~streams.whip.WhipIngest`).
+    :class:`~streams.whip.WhipIngest`). ``retries``: failed connection
+    attempts in a row a reconnecting source makes before it gives up
+    (None: forever).
     """
 
     fps: float = 2.0
@@ -68,6 +70,7 @@ class OpenContext:
     resume_token: dict[str, Any] | None = None
     resume_at: float | None = None
     hubs: Mapping[str, object] = field(default_factory=dict)
+    retries: int | None = None
 
     def fps_of(self, spec: SourceSpec) -> float:
         """The spec's rate, else the default."""

@@ -401,7 +401,7 @@ def _timed_out(exc: BaseException) -> bool:
 
 
 class RTSPSpec(SourceSpec):
-    """An RTSP camera or server, pulled and reconnected forever."""
+    """An RTSP camera or server, pulled and reconnected (giving up after ``OpenContext.retries`` failures in a row)."""
 
     kind: Literal["rtsp"]
     url: str
@@ -410,6 +410,9 @@ class RTSPSpec(SourceSpec):
     """Seconds an open may take at first (doubled after each open that timed out)."""
     read_timeout: float = Field(default=5.0, gt=0, le=300)
     """Floor of the read deadlines: silence (no byte, RTCP included) and no media (see streams.liveness)."""
+    retries: int | None = Field(default=None, ge=0)
+    """Failed connection attempts in a row before the source gives up; None: ``OpenContext.retries``
+    (the operator's cameras: forever unless the service says otherwise)."""
 
     @property
     def live(self) -> bool:
@@ -420,7 +423,7 @@ class RTSPSpec(SourceSpec):
 
 
 def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
-    """Factory: a fresh session (live: nothing to resume)."""
+    """Factory: a fresh session (live: nothing to resume), giving up after ``ctx.retries`` failures in a row."""
     return RTSPSource(
         spec.url,
         stream=spec.id,
@@ -431,6 +434,7 @@ def open_rtsp(spec: RTSPSpec, ctx: OpenContext) -> RTSPSource:
         open_timeout=spec.open_timeout,
         read_timeout=spec.read_timeout,
         audio=spec.audio,
+        retries=spec.retries if spec.retries is not None else ctx.retries,
     )
 
 

@@ -5,7 +5,10 @@
 2. **Regions**: the top anchors, widened by ``context_seconds`` and merged.
 3. **Refine**: stored frames of those regions are encoded one by one with the
    refine encoder (a stronger model may go here) giving a per-frame
-   similarity curve; frame embeddings are cached across queries.
+   similarity curve; frame embeddings are cached across queries. Progressive:
+   :func:`plan_visual` gives the anchor-level first answer and the plan (under
+   the stream's lock, no encoder), :func:`agent.channels.refine.refine_plans`
+   refines it by expected gain within a time budget (outside the lock).
 4. **Proposals**: the curve becomes candidate windows (boundary snapping to
    cheap-index scene changes, per-curve NMS), scored by their mean cosine.
 5. **Background**: the calibration :func:`agent.core.fuse.fuse` judges them
@@ -15,32 +18,35 @@
 Where a region's stored frames were already evicted, that region's moments
 come from anchor scores alone (kind ``"anchor"``) and the answer says so.
 Ranking across regions, channels and streams is :func:`agent.core.fuse.fuse`'s.
-These functions read the frame store and run the refine encoder: call them
-from a worker thread, never on an event loop.
+:func:`search_visual` and the refinement read the frame store and run the
+refine encoder: call them from a worker thread, never on an event loop.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from agent.channels.base import ChannelAnswer, ChannelQuery
+from agent.channels.refine import (
+    BACKGROUND_FRAMES,
+    FrameEmbeddingCache,
+    RegionWork,
+    VisualPlan,
+    refine_plans,
+    spread_order,
+)
 from agent.config import MAX_TOP_K, QueryConfig
 from agent.core.cheap_index import CheapIndex
-from agent.core.fuse import Calibration, ChannelProposal, calibrate
+from agent.core.fuse import ChannelProposal, calibrate
 from agent.core.memory import Memory
-from agent.core.proposals import Proposal, propose
 from agent.errors import OversizeQueryError, QueryError
 from agent.models.encoder import Encoder
 from agent.store.frame_store import FrameStore
 from agent.types import Coverage, RGBImage
-
-BACKGROUND_FRAMES = 64
-"""Stored frames sampled evenly over the range to calibrate refined scores (cached embeddings)."""
 
 
 @dataclass(slots=True)
@@ -86,26 +92,6 @@ def encode_query(query: Query, encoder: Encoder) -> np.ndarray:
         return encoder.encode_text([query.text])[0]
     assert query.image is not None
     return encoder.encode_images([query.image])[0]
-
-
-class FrameEmbeddingCache:
-    """LRU of refine-encoder embeddings keyed by (stream, frame time)."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
-
-    def get(self, key: tuple[str, float]) -> np.ndarray | None:
-        vec = self._items.get(key)
-        if vec is not None:
-            self._items.move_to_end(key)
-        return vec
-
-    def put(self, key: tuple[str, float], vec: np.ndarray) -> None:
-        self._items[key] = vec
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
 
 
 class Retained(Protocol):
@@ -155,61 +141,6 @@ def regions(
     return merged
 
 
-def _frame_vectors(
-    r: Retained,
-    times: np.ndarray,
-    encoder: Encoder,
-    cache: FrameEmbeddingCache,
-    images: dict[float, RGBImage],
-) -> np.ndarray:
-    """(n, dim) refine embeddings of stored frames at ``times`` (cached; missing ones read and encoded)."""
-    assert r.store is not None
-    vecs: list[np.ndarray | None] = [cache.get((r.stream, float(t))) for t in times]
-    missing = [i for i, v in enumerate(vecs) if v is None]
-    if missing:
-        pics = [
-            images[float(times[i])] if float(times[i]) in images else r.store.get(float(times[i]))[1]
-            for i in missing
-        ]
-        fresh = encoder.encode_images(pics)
-        for i, v in zip(missing, fresh, strict=True):
-            cache.put((r.stream, float(times[i])), v)
-            vecs[i] = v
-    return np.stack([v for v in vecs if v is not None])
-
-
-def _refine_region(
-    r: Retained,
-    qvec: np.ndarray,
-    span: tuple[float, float],
-    max_frames: int,
-    encoder: Encoder,
-    cache: FrameEmbeddingCache,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    if r.store is None:
-        return None
-    frames = r.store.frames(span[0], span[1], max_frames)
-    if not frames:
-        return None
-    times = np.array([t for t, _ in frames], np.float64)
-    mat = _frame_vectors(r, times, encoder, cache, dict(frames))
-    return times, mat @ qvec
-
-
-def _background_frames(
-    r: Retained, qvec: np.ndarray, lo: float, hi: float, encoder: Encoder, cache: FrameEmbeddingCache
-) -> np.ndarray:
-    """Refine scores of up to BACKGROUND_FRAMES stored frames spread evenly over [lo, hi]."""
-    if r.store is None:
-        return np.zeros(0, np.float32)
-    times = r.store.times(lo, hi)
-    if len(times) > BACKGROUND_FRAMES:
-        times = times[np.unique(np.linspace(0, len(times) - 1, BACKGROUND_FRAMES).round().astype(np.int64))]
-    if len(times) == 0:
-        return np.zeros(0, np.float32)
-    return _frame_vectors(r, times, encoder, cache, {}) @ qvec
-
-
 def coverage(r: Retained, start: float, end: float) -> Coverage:
     """How much of [start, end] the memory and the frame store retain."""
     retained, spt = r.memory.coverage(start, end)
@@ -229,10 +160,22 @@ def search_visual(
     refine_encoder: Encoder,
     cache: FrameEmbeddingCache,
 ) -> ChannelAnswer:
-    """Visual proposals of one stream for an encoded query, with their calibrations (blocking)."""
+    """Visual proposals of one stream for an encoded query, refined without a time limit (blocking)."""
+    plan = plan_visual(r, query, cfg)
+    return refine_plans({r.stream: plan}, refine_encoder, cache)[r.stream]
+
+
+def plan_visual(r: Retained, query: ChannelQuery, cfg: QueryConfig) -> VisualPlan:
+    """The prescreen's answer and refine plan of one stream (fast: no encoder, no frame decode).
+
+    Reads the memory and the cheap index: call it under the stream's lock.
+    The plan then refines outside it (:func:`agent.channels.refine.refine_plans`).
+    """
     spans = r.memory.spans()
     if not spans:
-        return ChannelAnswer([], {}, None, ["stream has no retained memory yet"])
+        return VisualPlan(
+            r.stream, r.name, ChannelAnswer([], {}, None, ["stream has no retained memory yet"])
+        )
     lo, hi = _clip_range(query, spans[0][0], spans[-1][1])
     if hi <= lo:  # the asked range lies wholly outside what is retained
         start = lo if query.start is None else query.start
@@ -240,45 +183,51 @@ def search_visual(
         cov = Coverage(
             start=start, end=end, retained_seconds=0.0, seconds_per_token=math.inf, frames_seconds=0.0
         )
-        return ChannelAnswer([], {}, cov, ["time range not in retained memory"])
+        return VisualPlan(r.stream, r.name, ChannelAnswer([], {}, cov, ["time range not in retained memory"]))
     cov = coverage(r, lo, hi)
-    pvec, rvec = query.vectors["prescreen"], query.vectors["refine"]
-    starts, ends, scores = prescreen(r.memory, pvec, lo, hi)
+    starts, ends, scores = prescreen(r.memory, query.vectors["prescreen"], lo, hi)
     if len(scores) == 0:
-        return ChannelAnswer([], {}, cov, ["time range not in retained memory"])
-    props: list[ChannelProposal] = []
-    notes: list[str] = []
-    refined = 0
+        return VisualPlan(r.stream, r.name, ChannelAnswer([], {}, cov, ["time range not in retained memory"]))
+    plan = VisualPlan(
+        r.stream,
+        r.name,
+        ChannelAnswer([], {"anchor": calibrate(scores, trials=len(scores), cosine=True)}, cov, []),
+        store=r.store,
+        rvec=query.vectors["refine"],
+        top_k=query.top_k,
+        nms_iou=cfg.nms_iou,
+        frame_seconds=r.frame_seconds,
+        # Frames of the searched range: see refine_plans' calibration note.
+        trials=int((hi - lo) / r.frame_seconds) if r.frame_seconds > 0 else 0,
+        scores=scores,
+    )
     spans_to_refine = regions(starts, ends, scores, cfg, lo, hi)
     # The refine budget is shared by the regions there are (one wide region gets all of it).
     per_region = max(4, cfg.max_refine_frames // max(1, len(spans_to_refine)))
     for span in spans_to_refine:
-        curve = _refine_region(r, rvec, span, per_region, refine_encoder, cache) if cfg.refine else None
-        if curve is None:
-            props.extend(_anchor_proposals(r, starts, ends, scores, span))
+        anchors = _anchor_proposals(r, starts, ends, scores, span)
+        plan.first.proposals.extend(anchors)
+        times = _even(r.store.times(span[0], span[1]), per_region) if cfg.refine and r.store else None
+        if times is None or len(times) == 0:
+            plan.fixed.extend(anchors)
             if cfg.refine:
-                notes.append(f"frames evicted for {span[0]:.1f}-{span[1]:.1f}s: anchor-level scores")
+                plan.first.notes.append(
+                    f"frames evicted for {span[0]:.1f}-{span[1]:.1f}s: anchor-level scores"
+                )
             continue
-        times, sims = curve
-        refined += len(times)
-        found = propose(
-            times,
-            sims,
-            top_k=query.top_k,
-            boundaries=r.cheap.boundaries(span[0], span[1]),
-            nms_iou=cfg.nms_iou,
-            frame_seconds=r.frame_seconds,
-        )
-        props.extend(_refined(r, p) for p in found)
-    cals: dict[str, Calibration] = {"anchor": calibrate(scores, trials=len(scores), cosine=True)}
-    if refined:
-        bg = _background_frames(r, rvec, lo, hi, refine_encoder, cache)
-        # Judged against the stream's own frames. The prescreen chose where to refine from the whole
-        # range, so the best refined frame is in effect the best of every frame in it: that is the
-        # trial count (counting only the refined frames let ~40 % of absent photos pass at 0.95).
-        in_range = int((hi - lo) / r.frame_seconds) if r.frame_seconds > 0 else refined
-        cals["refine"] = calibrate(bg if len(bg) else scores, trials=max(refined, in_range), cosine=True)
-    return ChannelAnswer(props, cals, cov, notes)
+        gain = max((a.score for a in anchors), default=-math.inf)
+        plan.regions.append(RegionWork(span, gain, times, r.cheap.boundaries(span[0], span[1]), anchors))
+    if plan.regions and r.store is not None:
+        bg = _even(r.store.times(lo, hi), BACKGROUND_FRAMES)
+        plan.background = bg[spread_order(len(bg))]
+    return plan
+
+
+def _even(times: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of ``times``, evenly subsampled (the frame store's rule)."""
+    if len(times) <= n:
+        return times
+    return times[np.unique(np.linspace(0, len(times) - 1, n).round().astype(np.int64))]
 
 
 def _anchor_proposals(
@@ -289,13 +238,3 @@ def _anchor_proposals(
         ChannelProposal(r.stream, r.name, "anchor", float(s), float(e), float(sc), float((s + e) / 2))
         for s, e, sc in zip(starts[inside], ends[inside], scores[inside], strict=True)
     ]
-
-
-def _refined(r: Retained, p: Proposal) -> ChannelProposal:
-    """Scored by mean cosine inside the window: on the scale of the frame background.
-
-    propose()'s own score is a within-curve contrast statistic; it chose the
-    windows, but curves of different regions are not on one scale.
-    """
-    sim = p.similarity if p.similarity is not None else p.score
-    return ChannelProposal(r.stream, r.name, "refine", p.start, p.end, float(sim), p.peak)

@@ -33,7 +33,8 @@ import numpy as np
 
 from agent.channels.base import Channel, ChannelAnswer, ChannelQuery, WorkItem
 from agent.channels.ingest import IngestStats, StreamIngestor
-from agent.channels.retrieval import FrameEmbeddingCache, search_visual
+from agent.channels.refine import VisualPlan, refine_plans
+from agent.channels.retrieval import FrameEmbeddingCache, plan_visual
 from agent.config import IndexConfig
 from agent.core.cheap_index import CheapIndex
 from agent.core.memory import Memory
@@ -173,10 +174,20 @@ class VisualChannel(Channel):
 
     # ---------------------------------------------------------------- search
     def search(self, query: ChannelQuery) -> ChannelAnswer:
-        """Prescreen + refine (blocking; needs the refine encoder given at construction)."""
+        """Prescreen + refine without a time limit (blocking; needs the refine encoder given at construction)."""
+        return self.refine_plans({self.stream: self.plan(query)})[self.stream]
+
+    def plan(self, query: ChannelQuery) -> VisualPlan:
+        """The prescreen's anchor-level answer and what refining it takes (fast; reads memory and cheap index)."""
+        return plan_visual(self, query, query.cfg)
+
+    def refine_plans(
+        self, plans: dict[str, VisualPlan], deadline: float | None = None
+    ) -> dict[str, ChannelAnswer]:
+        """Refine ``plans`` (of this channel's streams sharing its encoder) until ``deadline`` (time.monotonic)."""
         if self.refine is None:
             raise IndexStoreError("the visual channel was opened without a refine encoder")
-        return search_visual(self, query, query.cfg, self.refine, self.cache)
+        return refine_plans(plans, self.refine, self.cache, deadline=deadline)
 
     def background(self, vector: np.ndarray) -> np.ndarray:
         # The prescreen's own scores (the memory's scorer), so calibration sees what ranks.

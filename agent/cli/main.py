@@ -12,6 +12,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
+from agent.channels.refine import DEFAULT_REFINE_BUDGET_S, MAX_REFINE_BUDGET_S
 from agent.cli import serve
 from agent.cli.options import (
     add_index_options,
@@ -126,7 +127,9 @@ def cmd_query(a: argparse.Namespace) -> int:
         end=a.end,
         top_k=a.top_k,
     )
-    results = idx.query(q)  # checks the query against the index's limits
+    pending = idx.start_query(q)  # checks the query against the index's limits
+    # Progressive: the prescreen's answer (--fast), or the one refined within --budget seconds.
+    results = pending.first if a.fast else pending.refine(a.budget)
     if a.llm and q.text is not None:
         results = _llm_refine(a, idx, q.text, results)
     answer = query_answer(results, a.top_k or limits.top_k)
@@ -192,6 +195,8 @@ def _remote_query(a: argparse.Namespace) -> int:
             end=a.end,
             top_k=a.top_k,
             token=env_str("VMR_TOKEN"),
+            budget=a.budget,
+            fast=a.fast,
         )
     )
     if a.json:
@@ -240,6 +245,17 @@ def cmd_eval_charades(a: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
+def _budget(text: str) -> float:
+    """A refine budget in seconds: 0 to MAX_REFINE_BUDGET_S."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= MAX_REFINE_BUDGET_S:
+        raise argparse.ArgumentTypeError(f"budget must be between 0 and {MAX_REFINE_BUDGET_S:g} seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmr", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -266,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--start", type=float, default=None)
     pq.add_argument("--end", type=float, default=None)
     pq.add_argument("--top-k", type=int, default=5)
+    pq.add_argument(
+        "--fast", action="store_true", help="print the first (prescreen, anchor-level) answer, unrefined"
+    )
+    pq.add_argument(
+        "--budget",
+        type=_budget,
+        default=DEFAULT_REFINE_BUDGET_S,
+        help=f"seconds of refinement after the first answer (default {DEFAULT_REFINE_BUDGET_S:g})",
+    )
     pq.add_argument("--json", action="store_true")
     pq.set_defaults(func=cmd_query)
 

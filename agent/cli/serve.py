@@ -5,6 +5,11 @@ SIGTERM (then snapshots and exits cleanly); flags override the file:
 ``vmr serve --model tiny-random --index /tmp/vmr --port 0 --file video.mp4 --realtime``.
 ``vmr watch --url ws://HOST:PORT "text"`` prints a standing query's events
 as JSON lines until Ctrl-C.
+
+Exposure: ``vmr serve`` refuses to listen on anything but a loopback address
+without a token (``service.token`` or ``VMR_TOKEN``): anyone who reaches the
+port could add and remove streams and read stored frames. ``--insecure``
+overrides this, with a warning logged at every start.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +26,17 @@ from typing import Any
 from agent.cli.options import add_random_weights_option
 from agent.config import Settings, env_str
 from agent.errors import ConfigError
-from agent.service.config import ServeFile, StreamSpec, load_serve_file, parse_serve_data, parse_spec
+from agent.service.config import (
+    ServeFile,
+    ServiceConfig,
+    StreamSpec,
+    is_loopback,
+    load_serve_file,
+    parse_serve_data,
+    parse_spec,
+)
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -42,6 +58,18 @@ def register(subparsers: Any) -> None:
     ps.add_argument("--file", type=Path, action="append", default=[], help="add a file stream (repeatable)")
     ps.add_argument("--realtime", action="store_true", help="replay --file streams at stream pace")
     ps.add_argument("--loop", action="store_true", help="loop --file streams")
+    ps.add_argument(
+        "--media-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder clients may add file/segment streams from (repeatable; adds to the config's)",
+    )
+    ps.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without a token (anyone reaching the port controls the service)",
+    )
     ps.set_defaults(func=cmd_serve)
 
     pw = subparsers.add_parser("watch", help="print a standing query's events from a running service")
@@ -66,6 +94,10 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
     ):
         if value is not None:
             service[key] = value
+    if a.media_root:
+        sources = base.service.sources
+        roots = [*sources.media_roots, *(p.resolve() for p in a.media_root)]
+        service["sources"] = sources.model_copy(update={"media_roots": roots})
     settings = base.settings
     if a.model is not None or a.random_weights or a.backend is not None:
         from agent.cli.options import encoder_config
@@ -103,8 +135,26 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
     )
 
 
+def check_exposure(cfg: ServiceConfig, *, insecure: bool) -> None:
+    """ConfigError for a non-loopback bind without a token, unless ``insecure`` (then warn loudly)."""
+    if cfg.token is not None or is_loopback(cfg.host):
+        return
+    if not insecure:
+        raise ConfigError(
+            f"refusing to listen on {cfg.host or 'every interface'} without a token: set service.token "
+            "or VMR_TOKEN, bind 127.0.0.1, or pass --insecure"
+        )
+    message = (
+        f"INSECURE: listening on {cfg.host or 'every interface'} WITHOUT A TOKEN: anyone who reaches "
+        "this port can add and remove streams and read stored frames"
+    )
+    log.warning(message)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     cfg = serve_config(a)
+    check_exposure(cfg.service, insecure=a.insecure)
     pre = cfg.settings.prescreen
     if pre.model == "tiny-random" or pre.random_weights:
         print(f"WARNING: {pre.model} encoder: random weights, answers are MEANINGLESS", file=sys.stderr)

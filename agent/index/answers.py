@@ -2,20 +2,29 @@
 
 :func:`answer` is the only path from proposals to :class:`~agent.types.QueryResult`
 (the CLI, the service and the benchmarks all come through
-:meth:`agent.index.video_index.VideoIndex.query`): every channel of every
+:meth:`agent.index.video_index.VideoIndex.query` or
+:meth:`~agent.index.video_index.VideoIndex.start_query`): every channel of every
 searched stream is calibrated and ranked together by
 :func:`agent.core.fuse.fuse`, so a moment's ``confidence`` means the same on
 every stream and channel, and a stream with no confident moment abstains.
+
+A :class:`PendingQuery` is a query answered progressively: its ``first``
+results come from the prescreen alone (anchor-level moments, milliseconds),
+:meth:`PendingQuery.refine` then re-encodes stored frames within a time
+budget and answers again (see :mod:`agent.channels.refine`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from agent.channels.base import ChannelAnswer, ChannelQuery
+from agent.channels.refine import VisualPlan
 from agent.channels.retrieval import Query
 from agent.config import QueryConfig
 from agent.core.fuse import Calibration, ChannelProposal, FusedMoment, fuse
@@ -85,6 +94,62 @@ def answer(
         by: AnsweredBy = "refine" if any(m.answered_by == "refine" for m in moments) else "anchor"
         out[stream] = QueryResult(moments, coverage, by, meaningless, notes, abstained=abstained)
     return out
+
+
+Refiner = Callable[[dict[str, VisualPlan], float | None], dict[str, ChannelAnswer]]
+"""Refines the plans of several streams until a deadline (time.monotonic seconds; None: no limit)."""
+
+
+@dataclass(slots=True)
+class PendingQuery:
+    """A query with its first (prescreen) answer, whose refinement is still to run.
+
+    ``others``: stream -> the other channels' answers (already final);
+    ``plans``: stream -> the visual channel's prescreen plan. Every refine
+    plan goes through ``refiner`` at once, so the refine order (expected
+    gain) spans every searched stream.
+    """
+
+    query: ChannelQuery
+    states: Mapping[str, Clocked]
+    others: dict[str, dict[str, ChannelAnswer]]
+    plans: dict[str, VisualPlan]
+    refiner: Refiner
+    meaningless: bool = False
+    first: dict[str, QueryResult] = field(init=False)
+    """Per stream, the anchor-level answer (computed at construction)."""
+
+    def __post_init__(self) -> None:
+        self.first = answer(
+            self._found({n: p.first for n, p in self.plans.items()}),
+            self.states,
+            self.query,
+            meaningless=self.meaningless,
+        )
+
+    @property
+    def refinable(self) -> bool:
+        """Whether refining may change the answer (some region has stored frames to re-encode)."""
+        return any(p.regions for p in self.plans.values())
+
+    def refine(self, budget: float | None = None) -> dict[str, QueryResult]:
+        """The answer after refining for at most ``budget`` seconds (None: everything planned).
+
+        Blocking (frame reads, refine encoder): run it in a worker thread.
+        An encoder call starts only when its frames are expected to fit in
+        what is left of the budget (see :mod:`agent.channels.refine`).
+        """
+        if not self.refinable:
+            return self.first
+        deadline = None if budget is None else time.monotonic() + budget
+        refined = self.refiner(self.plans, deadline)
+        return answer(self._found(refined), self.states, self.query, meaningless=self.meaningless)
+
+    def _found(self, visual: Mapping[str, ChannelAnswer]) -> dict[str, dict[str, ChannelAnswer]]:
+        found: dict[str, dict[str, ChannelAnswer]] = {}
+        for stream, plan in self.plans.items():
+            found[stream] = {plan.channel: visual[stream], **self.others.get(stream, {})}
+        return found
 
 
 def _coverage(channels: Mapping[str, ChannelAnswer]) -> Coverage | None:

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.channels.base import AudioMedia, Channel, ChannelAnswer, ChannelQuery, WorkCounters, WorkItem
 from agent.channels.ingest import IngestStats
+from agent.channels.refine import VisualPlan
 from agent.channels.retrieval import FrameEmbeddingCache
 from agent.channels.visual import VisualChannel
 from agent.config import IndexConfig
@@ -225,9 +226,25 @@ class StreamState:
 
     # ---------------------------------------------------------------- search
     def search(self, query: ChannelQuery) -> dict[str, ChannelAnswer]:
-        """Every channel's proposals for an encoded query (blocking: refine encoder, frame reads)."""
+        """Every channel's proposals for an encoded query, fully refined (blocking: refine encoder, frame reads).
+
+        The prescreen runs under the stream's lock; refinement does not, so
+        ingest never waits for a query's encoder work.
+        """
+        answers, plan = self.plan(query)
+        answers[self.visual.name] = self.visual.refine_plans({self.stream: plan})[self.stream]
+        return answers
+
+    def plan(self, query: ChannelQuery) -> tuple[dict[str, ChannelAnswer], VisualPlan]:
+        """Under the lock: every other channel's answer, and the visual channel's prescreen and refine plan.
+
+        The plan holds no reference to mutable channel state but the frame
+        store (thread-safe): refine it with :meth:`VisualChannel.refine_plans`
+        without this lock.
+        """
         with self._lock:
-            return {name: ch.search(query) for name, ch in self.channels.items()}
+            answers = {name: ch.search(query) for name, ch in self.channels.items() if ch is not self.visual}
+            return answers, self.visual.plan(query)
 
     def background(self, vector: np.ndarray, channel: str = VisualChannel.name) -> np.ndarray:
         """(n,) scores of one channel's retained tokens for a prescreen query vector (watch calibration).

@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.channels.base import WorkItem, group_by_worker
+from agent.channels.base import ChannelAnswer, WorkItem, group_by_worker
+from agent.channels.refine import VisualPlan, refine_plans
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
-from agent.index.answers import answer, channel_query
+from agent.index.answers import PendingQuery, channel_query
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
 from agent.store.atomic import write_json
@@ -273,7 +274,15 @@ class VideoIndex:
 
     # ----------------------------------------------------------------- query
     def query(self, query: Query) -> dict[str, QueryResult]:
-        """Answer ``query`` on each requested stream (all streams by default)."""
+        """Answer ``query`` on each requested stream (all streams by default), fully refined."""
+        return self.start_query(query).refine(None)
+
+    def start_query(self, query: Query) -> PendingQuery:
+        """Check and encode ``query`` and prescreen every requested stream (each under its own lock).
+
+        The returned query's ``first`` is the anchor-level answer;
+        :meth:`PendingQuery.refine` refines it outside every stream lock.
+        """
         query.check(self.settings.query)
         names = query.streams or sorted(self.streams)
         for name in names:
@@ -283,8 +292,16 @@ class VideoIndex:
         rvec = pvec if self.refine is self.prescreen else encode_query(query, self.refine)
         cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
         states = {name: self.streams[name] for name in names}
-        found = {name: st.search(cq) for name, st in states.items()}
-        return answer(found, states, cq, meaningless=self.refine.meaningless)
+        others: dict[str, dict[str, ChannelAnswer]] = {}
+        plans = {}
+        for name, st in states.items():
+            others[name], plans[name] = st.plan(cq)
+        return PendingQuery(
+            cq, states, others, plans, self._refine_plans, meaningless=self.refine.meaningless
+        )
+
+    def _refine_plans(self, plans: dict[str, VisualPlan], deadline: float | None) -> dict[str, ChannelAnswer]:
+        return refine_plans(plans, self.refine, self.cache, deadline=deadline)
 
     def info(self) -> dict[str, Any]:
         """Anchors, tokens, budget, covered seconds, bytes on disk, model."""

@@ -28,6 +28,7 @@ from agent.service.protocol import (
     Hello,
     HelloEvent,
     MomentsEvent,
+    MomentsUpdateEvent,
     QueryMsg,
     ServerEvent,
     WatchMsg,
@@ -117,8 +118,15 @@ async def remote_query(
     end: float | None = None,
     top_k: int | None = None,
     token: str | None = None,
-) -> MomentsEvent:
-    """Ask a running service one query; returns its ``moments`` event."""
+    budget: float | None = None,
+    fast: bool = False,
+) -> MomentsEvent | MomentsUpdateEvent:
+    """Ask a running service one query; returns its refined answer (``moments.update``).
+
+    ``fast``: return the first (anchor-level) ``moments`` event instead and
+    leave (the service then stops refining). ``budget``: refine seconds
+    (None: the service's default).
+    """
     image = None if image_path is None else await asyncio.to_thread(read_image_b64, image_path)
     async with connect(url, token) as ws:
         msg = QueryMsg(
@@ -129,12 +137,18 @@ async def remote_query(
             start=start,
             end=end,
             top_k=top_k,
+            budget=budget,
         )
         await send(ws, msg)
         reply = await recv_for(ws, msg.id or "")
         if not isinstance(reply, MomentsEvent):
             raise ProtocolError(f"unexpected answer to query: {reply.type}")
-        return reply
+        if fast:
+            return reply
+        update = await recv_for(ws, msg.id or "")
+        if not isinstance(update, MomentsUpdateEvent):
+            raise ProtocolError(f"unexpected update of query: {update.type}")
+        return update
 
 
 async def watch(

@@ -3,6 +3,8 @@
 A service config is a TOML or JSON file (see ``examples/vmr.toml``)::
 
     [service]          host, port, index, token, snapshot_seconds, limits
+    [service.auth]     browser origins, failed-token backoff, pre-hello caps
+    [service.sources]  what clients may add: media roots, formats, RTSP hosts, caps
     [settings]         agent.config.Settings: encoder, memory, query
     [[streams]]        streams started at boot (kind, id, url or path, options;
                        each kind's spec is in its streams/ module)
@@ -14,6 +16,7 @@ read here is ``VMR_TOKEN`` (the websocket auth token), through
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import tomllib
@@ -63,20 +66,95 @@ class WatchConfig(Strict):
     """A match closes after this many stream seconds of non-matching samples."""
 
 
+VIDEO_FORMATS = (
+    "mov", "mp4", "3gp", "matroska", "webm", "avi", "mpegts", "mpeg", "mpegvideo", "flv",
+    "asf", "ogg", "mxf", "nut", "ivf", "dv", "h264", "hevc", "m4v",
+)  # fmt: skip
+"""FFmpeg demuxer names of video containers and elementary streams. Text, picture and
+playlist demuxers (``tty``, ``image2``, ``png_pipe``, ``jpeg_pipe``, ``concat``, ``hls``...) are
+absent: FFmpeg would render a text file or a photo as video."""
+
+
+class AuthConfig(Strict):
+    """``[service.auth]``: who may talk to the service (the token itself is ``service.token``)."""
+
+    origins: list[str] = Field(default_factory=list)
+    """Browser ``Origin`` values allowed besides the service's own (same origin), e.g.
+    ``"https://ops.example.com"``; ``"*"`` allows any (not advised: cross-site websocket hijacking)."""
+    free_failures: int = Field(default=3, ge=0)
+    """Wrong tokens from one client address before the backoff starts."""
+    backoff_seconds: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    """First lockout after ``free_failures``; it doubles with each further failure ..."""
+    backoff_max_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    """... up to this. A right token resets the address."""
+    backoff_table: int = Field(default=4096, ge=16)
+    """Client addresses remembered (least recently failed forgotten first)."""
+    preauth_max_bytes: int = Field(default=16 * 1024, ge=256)
+    """Largest message accepted before a client is authenticated (a ``hello`` is tiny)."""
+    preauth_max_invalid: int = Field(default=3, ge=1)
+    """Invalid messages a client may send before its first valid one; then it is disconnected."""
+    hello_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """A websocket client not authenticated this long after connecting is disconnected."""
+
+
+class SourcesConfig(Strict):
+    """``[service.sources]``: what ``streams.add`` from a client may name, and the caps on streams.
+
+    Streams in the config file (``[[streams]]``) are the operator's own: they are
+    not checked against ``media_roots``, ``video_formats`` or ``rtsp_hosts``.
+    """
+
+    media_roots: list[Path] = Field(default_factory=list)
+    """Folders under which clients may name files and segment folders (symlinks resolved,
+    ``..`` refused). Empty (the default): clients may not add file or segment streams."""
+    video_formats: list[str] = Field(default_factory=lambda: list(VIDEO_FORMATS))
+    """FFmpeg demuxer names a client's file may be read with (probed before it is added)."""
+    rtsp_hosts: list[str] | None = None
+    """``host`` or ``host:port`` entries an RTSP URL of a client must match; None: any host.
+    Either way the service's own port is refused unless listed as ``host:port``."""
+    max_streams: int = Field(default=32, ge=1)
+    """Streams the service runs at most (each holds a thread); ``streams.add`` beyond is refused."""
+    reconnect_attempts: int | None = Field(default=20, ge=0)
+    """Failed RTSP connection attempts in a row before a client's stream goes ``failed`` (None: forever).
+    The operator's streams (config file) retry forever unless their spec sets ``retries``: a camera
+    down for an hour must come back by itself; a client's URL must not be dialled forever."""
+    adds_per_minute: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    """Sustained ``streams.add`` rate of one connection ..."""
+    add_burst: int = Field(default=10, ge=1)
+    """... and the burst it may spend at once (a token bucket)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` listens on this machine only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name, "" or 0.0.0.0: may be reachable from elsewhere
+
+
 class ServiceConfig(Strict):
     """Everything ``vmr serve`` needs besides the model settings."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     index: Path = Path("vmr-index")
-    token: str | None = Field(default_factory=lambda: env_str("VMR_TOKEN"))
-    """Shared secret every client sends in ``hello``; None disables auth."""
+    token: str | None = Field(default_factory=lambda: env_str("VMR_TOKEN"), min_length=1, pattern=r"^\S+$")
+    """Shared secret: websocket clients send it in ``hello`` (or as below), HTTP clients as
+    ``Authorization: Bearer TOKEN``; None disables auth (loopback only, see ``vmr serve``).
+    Not empty, no whitespace (it travels in a header)."""
     snapshot_seconds: float = Field(default=30.0, gt=0)
     """Period of the atomic memory snapshots (a kill -9 loses at most this much)."""
     max_message_bytes: int = Field(default=12 * 1024**2, ge=1024)
     """Largest websocket message accepted (a base64 image query must fit)."""
     client_queue: int = Field(default=256, ge=8)
     """Events buffered per client before the slow-client policy applies."""
+    client_queue_bytes: int = Field(default=8 * 1024**2, ge=64 * 1024)
+    """Bytes of events buffered per client before the slow-client policy applies (also bounded by
+    ``client_queue`` events; see ``agent.service.connection``)."""
+    max_in_flight: int = Field(default=8, ge=1)
+    """Queries and watches one client may have running at once; one more gets ``busy``."""
     encoder_queue: int = Field(default=8, ge=1)
     """Super-images queued per stream in front of the shared encoder."""
     source_queue: int = Field(default=8, ge=1)
@@ -84,6 +162,8 @@ class ServiceConfig(Strict):
     progress_seconds: float = Field(default=1.0, gt=0)
     """Interval of ``progress`` events for file replays."""
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     """Optional LLM stage for text queries (off unless ``llm.url`` is set)."""
 
@@ -150,6 +230,10 @@ def parse_serve_data(data: dict[str, Any], *, base: Path | None = None) -> Serve
     service = cfg.service
     if not service.index.is_absolute():
         service = service.model_copy(update={"index": base / service.index})
+    roots = [root if root.is_absolute() else base / root for root in service.sources.media_roots]
+    service = service.model_copy(
+        update={"sources": service.sources.model_copy(update={"media_roots": roots})}
+    )
     streams = [s.rebased(base) for s in cfg.streams]
     return cfg.model_copy(update={"service": service, "streams": streams})
 

@@ -6,15 +6,18 @@ sources, lets the encoder finish what was submitted, takes a final snapshot
 and closes the index. Streams can be added and removed while others run;
 each has its own task, source and encoder lane, so one stream's failure or
 removal does not touch the others. Blocking work (opening the index,
-searching, snapshots, JPEG reads) runs in threads.
+snapshots, JPEG reads) runs in threads; queries (encoding, prescreen,
+refinement) run on the shard's own query executor, so a burst of queries
+never queues ingest's work behind it, and refinement holds no stream lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import web
@@ -31,7 +34,7 @@ from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.llm_handoff import LLMHandoff
 from agent.service.protocol import StreamStatus, parse_event
-from agent.service.shard import ShardListener, ShardStats, StreamShard, StreamStats
+from agent.service.shard import FirstAnswer, ShardListener, ShardStats, StreamShard, StreamStats
 from agent.service.stream_runner import StreamRunner
 from agent.service.workers import Workers
 from agent.types import QueryResult
@@ -39,6 +42,10 @@ from streams.errors import StreamError
 from streams.registry import HUB_WHIP
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+QUERY_THREADS = 2
+"""Threads of the query executor: queries run concurrently with each other, never in ingest's pool."""
 
 
 class LocalShard(StreamShard):
@@ -54,6 +61,8 @@ class LocalShard(StreamShard):
         self.llm: LLMHandoff | None = None
         """The LLM stage when ``cfg.llm.url`` is set."""
         self._listener: ShardListener | None = None
+        self._queries = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="vmr-query")
+        """Queries' blocking work (encode, prescreen, refine): apart from ingest's default executor."""
         self._closed = False
 
     @property
@@ -105,6 +114,8 @@ class LocalShard(StreamShard):
             await self.whip.close()
         if self.llm is not None:
             await self.llm.close()
+        # Queries still running finish before the final snapshot (their refine reads the frame store).
+        await asyncio.to_thread(self._queries.shutdown, wait=True, cancel_futures=True)
         if self.index is not None:
             await asyncio.to_thread(self._final_snapshot, self.index)
 
@@ -209,11 +220,20 @@ class LocalShard(StreamShard):
         return whip_routes(self.whip, token=self.cfg.token)
 
     # -------------------------------------------------------------- queries
-    async def search(self, query: Query) -> dict[str, QueryResult]:
+    async def _in_query_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn`` on the query executor: ingest (the default executor) never queues behind it."""
+        return await asyncio.get_running_loop().run_in_executor(self._queries, fn, *args)
+
+    async def search(
+        self, query: Query, *, budget: float | None = None, on_first: FirstAnswer | None = None
+    ) -> dict[str, QueryResult]:
         try:
-            results = await asyncio.to_thread(self.idx.query, query)
+            pending = await self._in_query_thread(self.idx.start_query, query)
         except KeyError as exc:  # removed between the caller's check and the search
             raise UnknownStreamError(f"unknown stream {exc}") from exc
+        if on_first is not None:
+            on_first(pending.first)
+        results = await self._in_query_thread(pending.refine, budget)
         if self.llm is not None and query.text is not None:
             results = await self._llm_answer(query, results)
         return results
@@ -223,10 +243,10 @@ class LocalShard(StreamShard):
         return await self.llm.refine(query.text, results, query.top_k or self.settings.query.top_k)
 
     async def embed_query(self, query: Query) -> np.ndarray:
-        return await asyncio.to_thread(encode_query, query, self.idx.prescreen)
+        return await self._in_query_thread(encode_query, query, self.idx.prescreen)
 
     async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
-        return await asyncio.to_thread(self._background_scores, qvec, streams)
+        return await self._in_query_thread(self._background_scores, qvec, streams)
 
     def _background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
         scores = []

@@ -145,7 +145,13 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.query_latency = Histogram(
             "vmr_query_latency_seconds",
-            "One-shot query latency.",
+            "One-shot query latency (to the refined answer).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_answer_latency = Histogram(
+            "vmr_query_first_answer_seconds",
+            "One-shot query latency to the first (prescreen, anchor-level) answer.",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -8,37 +8,49 @@ See ``docs/protocol.md`` for the full reference and an example session.
 Client -> server (:data:`ClientMessage`): ``hello``, ``streams.list``,
 ``streams.add``, ``streams.remove``, ``query``, ``watch``, ``cancel``.
 Server -> client (:data:`ServerEvent`): ``hello``, ``streams``, ``stream``,
-``stream.removed``, ``moments``, ``moment``, ``moment.update``, ``watching``,
-``progress``, ``cancelled``, ``error``.
+``stream.removed``, ``moments``, ``moments.update``, ``moment``,
+``moment.update``, ``watching``, ``progress``, ``cancelled``, ``error``.
+
+A ``query`` is answered progressively: ``moments`` (the prescreen's
+anchor-level answer, milliseconds) then ``moments.update`` with the same id
+(the answer refined within the query's ``budget``); the update is always
+sent, and is the last event of the query.
 
 One codec both ways: :func:`encode` writes any message, :func:`parse_message`
 reads a request (server side), :func:`parse_event` an event (client side);
 both raise :class:`~agent.errors.ProtocolError` with a readable reason.
+
+Messages are read within the limits of :mod:`agent.service.json_text`
+(depth, values, echoed text).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from agent.channels.refine import MAX_REFINE_BUDGET_S
 from agent.channels.retrieval import Query
 from agent.config import MAX_TOP_K, QueryConfig, Strict
-from agent.errors import ProtocolError, SlowClientError, UnauthorizedError, VmrError
+from agent.errors import BusyError, ProtocolError, SlowClientError, UnauthorizedError, VmrError
 from agent.models.images import decode_image_b64
 from agent.service.answer import MomentOut, QueryAnswer
+from agent.service.json_text import ERROR_CHARS, ID_CHARS, clip, load_json
 
 PROTOCOL_VERSION = 1
 SLOW_CLIENT = SlowClientError.code
 """Error code sent before a client that cannot keep up is disconnected."""
 UNAUTHORIZED = UnauthorizedError.code
 """Error code of a wrong or missing token (the connection is then closed)."""
+BUSY = BusyError.code
+"""Error code of a request refused because its client has its limit of requests in flight."""
+_MAX_REASONS = 5
+"""Validation errors listed in one reason (the rest are counted)."""
 
 
 class _Msg(Strict):
-    id: str | None = Field(default=None, max_length=200)
+    id: str | None = Field(default=None, max_length=ID_CHARS)
 
 
 # ---------------------------------------------------------------- client -> server
@@ -80,6 +92,9 @@ class _QueryFields(_Msg):
 
 class QueryMsg(_QueryFields):
     type: Literal["query"] = "query"
+    budget: float | None = Field(default=None, ge=0, le=MAX_REFINE_BUDGET_S)
+    """Seconds of re-encoding the refinement after the first answer may take (progressive answers);
+    None: the server's default; 0: refine only from frame embeddings already cached."""
 
 
 class WatchMsg(_QueryFields):
@@ -172,6 +187,19 @@ class MomentsEvent(QueryAnswer):
         return cls(id=rid, **{name: getattr(answer, name) for name in QueryAnswer.model_fields})
 
 
+# ------------------------------------------------- progressive answers (issue 11)
+class MomentsUpdateEvent(QueryAnswer):
+    """A query's refined answer, after its ``moments`` (same id): the last event of the query."""
+
+    type: Literal["moments.update"] = "moments.update"
+    id: str | None = None
+
+    @classmethod
+    def of(cls, rid: str | None, answer: QueryAnswer) -> MomentsUpdateEvent:
+        return cls(id=rid, **{name: getattr(answer, name) for name in QueryAnswer.model_fields})
+
+
+# ---------------------------------------------------------------- watches
 class MomentEvent(_Msg):
     """A standing query's match opened."""
 
@@ -212,7 +240,8 @@ class CancelledEvent(_Msg):
 class ErrorEvent(_Msg):
     type: Literal["error"] = "error"
     code: str
-    message: str
+    message: Annotated[str, AfterValidator(lambda text: clip(text, ERROR_CHARS))]
+    """At most :data:`ERROR_CHARS` characters, whoever builds the event."""
 
     @classmethod
     def of(cls, rid: str | None, exc: VmrError) -> ErrorEvent:
@@ -238,6 +267,7 @@ ServerEvent = Annotated[
     | StreamEvent
     | StreamRemovedEvent
     | MomentsEvent
+    | MomentsUpdateEvent
     | MomentEvent
     | MomentUpdateEvent
     | WatchingEvent
@@ -256,31 +286,6 @@ _T = TypeVar("_T")
 def encode(msg: BaseModel) -> str:
     """The JSON text of a request or event (every field, ``null`` included)."""
     return msg.model_dump_json()
-
-
-def load_json(raw: str | bytes) -> Any:
-    """Decode one message's JSON text (parsed once per message); ProtocolError when it is not JSON."""
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from exc
-    except RecursionError as exc:  # "[" * 100000: nested deeper than the parser goes
-        raise ProtocolError("malformed JSON: nested too deeply") from exc
-
-
-def id_of(data: Any) -> str | None:
-    """The ``id`` of decoded message data, best effort, for errors about a message that did not validate."""
-    rid = data.get("id") if isinstance(data, dict) else None
-    return rid if isinstance(rid, str) else None
-
-
-_LEADING_ID = re.compile(r'^\s*\{(?:[^{}\[\]]{0,2048}?[,\s])?"id"\s*:\s*"([^"\\]{0,200})"')
-
-
-def leading_id(raw: str) -> str | None:
-    """The ``id`` of a message too large to parse, when it is a top-level key near the start (best effort)."""
-    match = _LEADING_ID.match(raw[:4096])
-    return match.group(1) if match else None
 
 
 def parse_message(raw: str | bytes) -> ClientMessage:
@@ -310,11 +315,20 @@ def _validate(adapter: TypeAdapter[_T], data: Any) -> _T:
 
 
 def validation_reason(exc: ValidationError, kind: object) -> str:
-    """A one-line reason of a pydantic error about a message of type ``kind``."""
-    if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
-        return f"unknown message type {kind!r}"
-    reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return f"invalid {kind!r} message: {reasons}"
+    """A one-line reason of a pydantic error about a message of type ``kind``.
+
+    Echoed parts (the type, field names) are cut to :data:`ECHO_CHARS`; at most
+    five errors are listed, the others counted.
+    """
+    errors = exc.errors(include_url=False, include_input=False)
+    shown = clip(repr(kind))
+    if any(e["type"] == "union_tag_invalid" for e in errors):
+        return f"unknown message type {shown}"
+    reasons = "; ".join(
+        f"{clip('.'.join(map(str, e['loc'])))}: {clip(e['msg'])}" for e in errors[:_MAX_REASONS]
+    )
+    more = f" (and {len(errors) - _MAX_REASONS} more)" if len(errors) > _MAX_REASONS else ""
+    return f"invalid {shown} message: {reasons}{more}"
 
 
 def to_query(msg: QueryMsg | WatchMsg, cfg: QueryConfig) -> Query:

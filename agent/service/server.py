@@ -8,7 +8,9 @@ its own examples. ``websockets`` remains the client library.
 
 The routes and the websocket dispatch live in :mod:`agent.service.router`,
 the per-client queue in :mod:`agent.service.connection`, the answers in
-:mod:`agent.service.serving`.
+:mod:`agent.service.serving`; the token, origin and backoff middleware of
+every route in :mod:`agent.service.auth`, what clients may add in
+:mod:`agent.service.access`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Server:
         server = site._server  # aiohttp exposes the bound sockets only here
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.cfg.port
+        self.router.access.own_ports.add(self.port)  # clients may not point an RTSP stream at us
         return self.port
 
     async def close(self) -> None:

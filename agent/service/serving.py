@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from agent.channels.refine import DEFAULT_REFINE_BUDGET_S
 from agent.channels.retrieval import Query
 from agent.config import Settings
 from agent.core.superimage import SuperImage
-from agent.errors import ConfigError, UnknownStreamError
+from agent.errors import ConfigError, LimitExceededError, UnknownStreamError
 from agent.service.answer import QueryAnswer, query_answer
 from agent.service.config import ServiceConfig, StreamSpec, parse_spec
 from agent.service.metrics import ServiceMetrics
@@ -126,10 +127,14 @@ class Serving:
         return [status for shard in self.shards for status in await shard.statuses()]
 
     async def add_stream(self, raw: dict[str, Any] | StreamSpec) -> StreamStatus:
-        """Validate and start a stream (ConfigError: invalid or taken id; SourceError: missing input)."""
+        """Validate and start a stream (ConfigError: invalid or taken id; SourceError: missing input;
+        LimitExceededError: ``sources.max_streams`` are running or being added)."""
         spec = raw if isinstance(raw, SourceSpec) else parse_spec(raw)
         if spec.id in self._adding or any(spec.id in {s.id for s in shard.specs()} for shard in self.shards):
             raise ConfigError(f"stream {spec.id!r} already exists")
+        cap = self.cfg.sources.max_streams
+        if len(self._adding) + sum(len(shard.specs()) for shard in self.shards) >= cap:
+            raise LimitExceededError(f"the service runs at most {cap} streams (sources.max_streams)")
         self._adding.add(spec.id)  # reserved before the first await: two adds of one id cannot both pass
         try:
             # Persisted before the runner starts: once it runs, nothing may await before the caller
@@ -170,20 +175,49 @@ class Serving:
         """The checked :class:`Query` of a message (image decoded in a thread)."""
         return await asyncio.to_thread(to_query, msg, self.settings.query)
 
-    async def query(self, query: Query) -> QueryAnswer:
-        """Answer a one-shot query: every shard searches its streams, the answers merge."""
+    async def query(
+        self,
+        query: Query,
+        *,
+        budget: float | None = DEFAULT_REFINE_BUDGET_S,
+        on_first: Callable[[QueryAnswer], None] | None = None,
+    ) -> QueryAnswer:
+        """Answer a one-shot query: every shard searches its streams, the answers merge.
+
+        Progressive: ``on_first`` receives the prescreen's anchor-level answer
+        (once every shard has given its part); the return value is the answer
+        refined for at most ``budget`` seconds (None: no limit).
+        """
         owners = await self._owners(query.streams)
+        top_k = query.top_k or self.settings.query.top_k
         t0 = time.perf_counter()
+        firsts: dict[str, QueryResult] = {}
+        waiting = len(owners)
+
+        def first_part(part: dict[str, QueryResult]) -> None:
+            nonlocal waiting
+            firsts.update(part)
+            waiting -= 1
+            if waiting == 0:
+                self.metrics.first_answer_latency.observe(time.perf_counter() - t0)
+                if on_first is not None:
+                    on_first(query_answer(firsts, top_k))
+
         try:
             parts = await asyncio.gather(
-                *(shard.search(dataclasses.replace(query, streams=names)) for shard, names in owners)
+                *(
+                    shard.search(
+                        dataclasses.replace(query, streams=names), budget=budget, on_first=first_part
+                    )
+                    for shard, names in owners
+                )
             )
         finally:
             self.metrics.query_latency.observe(time.perf_counter() - t0)
         results: dict[str, QueryResult] = {}
         for part in parts:
             results.update(part)
-        return query_answer(results, query.top_k or self.settings.query.top_k)
+        return query_answer(results, top_k)
 
     async def _owners(self, streams: list[str] | None) -> list[tuple[StreamShard, list[str] | None]]:
         """Which shard answers which of ``streams`` (all of its own for None); UnknownStreamError."""

@@ -16,7 +16,7 @@ ids are unique across shards.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +74,10 @@ class ShardStats:
     """Failure accounting per (stream, channel): failed, retried, dropped work items."""
 
 
+FirstAnswer = Callable[[dict[str, QueryResult]], None]
+"""Receives a query's first (prescreen) per-stream results, on the event loop."""
+
+
 class StreamShard(ABC):
     """Streams behind one interface; see the module docstring."""
 
@@ -120,8 +124,15 @@ class StreamShard(ABC):
 
     # -------------------------------------------------------------- queries
     @abstractmethod
-    async def search(self, query: Query) -> dict[str, QueryResult]:
-        """Per-stream results of ``query`` over ``query.streams`` (all of this shard's when None)."""
+    async def search(
+        self, query: Query, *, budget: float | None = None, on_first: FirstAnswer | None = None
+    ) -> dict[str, QueryResult]:
+        """Per-stream results of ``query`` over ``query.streams`` (all of this shard's when None).
+
+        Progressive: ``on_first`` (when given) receives the prescreen's
+        anchor-level results as soon as they exist; the return value is the
+        answer refined for at most ``budget`` seconds (None: no limit).
+        """
 
     @abstractmethod
     async def embed_query(self, query: Query) -> np.ndarray:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
 from agent.config import EncoderConfig, IndexConfig, Settings
-from agent.service.config import ServiceConfig
+from agent.service.config import ServiceConfig, SourcesConfig
 from agent.service.pipeline import Service
 from agent.service.server import Server
 from tests.videos import Scene, make_video, photos
@@ -54,7 +54,11 @@ def needle_b64() -> str:
 
 @asynccontextmanager
 async def running(tmp_path: Path, **service: Any) -> AsyncIterator[tuple[Service, str]]:
-    """A started service and server on a free loopback port; yields (service, ws url)."""
+    """A started service and server on a free loopback port; yields (service, ws url).
+
+    Clients may add files under ``tmp_path`` (its media root) unless ``sources`` says otherwise.
+    """
+    service.setdefault("sources", SourcesConfig(media_roots=[tmp_path]))
     cfg = ServiceConfig(
         host="127.0.0.1", port=0, index=tmp_path / "index", token=service.pop("token", None), **service
     )
@@ -81,6 +85,18 @@ async def client(url: str, token: str | None = None, hello: bool = True) -> Asyn
 async def request(ws: ClientConnection, msg: dict[str, Any]) -> dict[str, Any]:
     """Send ``msg`` and return the first event answering its id (broadcasts skipped)."""
     await ws.send(json.dumps(msg))
+    return await wait_for(ws, lambda e: e.get("id") == msg.get("id"))
+
+
+async def refined(ws: ClientConnection, msg: dict[str, Any]) -> dict[str, Any]:
+    """Send a ``query`` and return its last event: the refined ``moments.update`` (or an ``error``).
+
+    Its first answer, the ``moments`` event, must come before the update.
+    """
+    first = await request(ws, msg)
+    if first["type"] == "error":
+        return first
+    assert first["type"] == "moments", first
     return await wait_for(ws, lambda e: e.get("id") == msg.get("id"))
 
 

@@ -31,6 +31,7 @@ from tests.agent.service.helpers import (
     metric_samples,
     needle_b64,
     needle_video,
+    refined,
     request,
     running,
     status,
@@ -69,10 +70,10 @@ async def test_rtsp_stream_ingests_reconnects_after_server_restart_and_spares_ot
             cam = await until(ws, "cam", lambda s: s["frames"] >= 6)
             assert cam["kind"] == "rtsp" and cam["reconnects"] == 0 and cam["error"] is None
 
-            answer = await request(
+            answer = await refined(
                 ws, {"type": "query", "id": "q", "text": "people walking", "streams": ["cam"]}
             )
-            assert answer["type"] == "moments" and answer["moments"], answer
+            assert answer["type"] == "moments.update" and answer["moments"], answer
             now = time.time()
             for m in answer["moments"]:
                 assert m["stream"] == "cam" and m["wall_start"] is not None and m["wall_end"] is not None
@@ -158,8 +159,8 @@ async def test_whip_publisher_on_the_service_port_reaches_memory(
             assert pub["kind"] == "whip" and pub["error"] is None
             await until(ws, "bg", lambda s: s["status"] == "done" or s["frames"] >= 8, limit=30)
 
-            answer = await request(ws, {"type": "query", "id": "q", "image": needle_b64(), "top_k": 3})
-            assert answer["type"] == "moments", answer
+            answer = await refined(ws, {"type": "query", "id": "q", "image": needle_b64(), "top_k": 3})
+            assert answer["type"] == "moments.update", answer
             best = answer["moments"][0]
             # The published picture is the needle, the file stream is not: the WHIP footage wins.
             assert best["stream"] == "pub", answer
@@ -196,7 +197,7 @@ async def test_segment_folder_filled_by_a_live_ffmpeg_segmenter(tmp_path: Path) 
         assert rec["status"] == "running" and rec["dropped"] == 0 and rec["error"] is None
         assert rec["frames"] >= 11  # 6 s at 2 fps, nothing skipped at segment boundaries
 
-        answer = await request(ws, {"type": "query", "id": "q", "image": needle_b64(), "streams": ["rec"]})
+        answer = await refined(ws, {"type": "query", "id": "q", "image": needle_b64(), "streams": ["rec"]})
         best = answer["moments"][0]
         assert best["stream"] == "rec" and best["start"] < 4.0 and best["end"] > 2.0, best
 

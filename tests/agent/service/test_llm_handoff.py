@@ -36,7 +36,7 @@ from llm_server import errors as llm_errors
 from llm_server.models import cache_dir as llm_cache_dir
 from llm_server.types import StageConfig
 from streams.file import decode_frames
-from tests.agent.service.helpers import add, client, needle_video, request, running, wait_for
+from tests.agent.service.helpers import add, client, needle_video, refined, running, wait_for
 from tests.llm_server.recording_server import RecordingServer
 from tests.streams.servers import free_port
 from tests.videos import make_video, photos
@@ -180,9 +180,9 @@ async def test_service_text_query_goes_through_the_handoff(tmp_path: Path) -> No
         assert isinstance(svc.llm, LLMHandoff)
         await add(ws, {"id": "cam", "kind": "file", "path": str(video)})
         await wait_for(ws, lambda e: e["type"] == "stream" and e["stream"]["status"] == "done")
-        answer = await request(ws, {"type": "query", "id": "q", "text": TEXT, "top_k": 2})
+        answer = await refined(ws, {"type": "query", "id": "q", "text": TEXT, "top_k": 2})
         asked = len(srv.bodies("/v1/chat/completions"))
-    assert answer["type"] == "moments", answer
+    assert answer["type"] == "moments.update", answer  # the LLM stage answers the refined moments
     assert [(m["start"], m["end"], m["answered_by"]) for m in answer["moments"]] == [(1.0, 4.0, "llm")]
     assert asked >= 1
 

@@ -28,6 +28,7 @@ from agent.service.protocol import (
     ErrorEvent,
     MomentOut,
     MomentsEvent,
+    MomentsUpdateEvent,
     MomentUpdateEvent,
     ProgressEvent,
     StreamStatus,
@@ -43,6 +44,7 @@ from tests.agent.service.helpers import (
     client,
     needle_b64,
     needle_video,
+    refined,
     request,
     running,
     tiny_settings,
@@ -130,16 +132,27 @@ async def test_cli_json_and_websocket_moments_validate_against_one_model(
     async with running(tmp_path) as (_svc, url), client(url) as ws:
         await add(ws, {"id": "cam", "kind": "file", "path": str(video)})
         await wait_for(ws, lambda e: e["type"] == "stream" and e["stream"]["status"] == "done")
-        event = await request(ws, {"type": "query", "id": "q", "image": needle_b64(), "top_k": 3})
+        # No limit on refinement (the largest budget) on either side: the same work, the same answer.
+        msg = {"type": "query", "id": "q", "image": needle_b64(), "top_k": 3, "budget": 60}
+        event = await refined(ws, msg)
     capsys.readouterr()
     # The same index, now closed, queried by the CLI without a service.
-    rc = await asyncio.to_thread(
-        vmr, ["query", str(tmp_path / "index"), "--image", str(NEEDLE), "--top-k", "3", "--json"]
-    )
+    cli = [
+        "query",
+        str(tmp_path / "index"),
+        "--image",
+        str(NEEDLE),
+        "--top-k",
+        "3",
+        "--json",
+        "--budget",
+        "60",
+    ]
+    rc = await asyncio.to_thread(vmr, cli)
     assert rc == 0
     local = QueryAnswer.model_validate_json(capsys.readouterr().out)
 
-    remote = MomentsEvent.model_validate(event)
+    remote = MomentsUpdateEvent.model_validate(event)
     assert isinstance(remote, QueryAnswer)
     fields = set(QueryAnswer.model_fields)
     remote_answer = QueryAnswer.model_validate({k: v for k, v in event.items() if k in fields})
@@ -202,7 +215,9 @@ async def test_client_speaks_the_models(tmp_path: Path) -> None:
         await add(ws, {"id": "cam", "kind": "file", "path": str(video)})
         await wait_for(ws, lambda e: e["type"] == "stream" and e["stream"]["status"] == "done")
         answer = await remote_query(url, text=None, image_path=photo, top_k=2)
-        assert isinstance(answer, MomentsEvent) and 1 <= len(answer.moments) <= 2
+        assert isinstance(answer, MomentsUpdateEvent) and 1 <= len(answer.moments) <= 2  # the refined one
+        fast = await remote_query(url, text=None, image_path=photo, top_k=2, fast=True)
+        assert isinstance(fast, MomentsEvent) and {m.answered_by for m in fast.moments} == {"anchor"}
         assert isinstance(answer.moments[0], MomentOut) and answer.streams["cam"].in_memory
 
         events = watch(url, text="a photo", streams=["cam"], threshold=0.5)
@@ -303,7 +318,7 @@ async def test_two_clients_adding_one_id_at_once_get_one_stream_and_one_config_e
 
 
 def test_the_id_of_a_message_too_large_to_parse_is_read_from_its_head() -> None:
-    from agent.service.protocol import leading_id
+    from agent.service.json_text import leading_id
 
     assert leading_id(json.dumps({"type": "query", "id": "big", "text": "y" * 100_000})) == "big"
     assert leading_id(json.dumps({"id": "first", "type": "query"})) == "first"

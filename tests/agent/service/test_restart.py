@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.service.helpers import BACKGROUND, NEEDLE, client, needle_b64, request
+from tests.agent.service.helpers import BACKGROUND, NEEDLE, client, needle_b64, refined, request
 from tests.videos import Scene, make_video
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -87,7 +87,7 @@ async def test_kill_9_then_restart_resumes_and_keeps_memory(tmp_path: Path) -> N
         async with client(url) as ws:
             listed = await request(ws, {"type": "streams.list", "id": "l"})
             assert [s["id"] for s in listed["streams"]] == ["cam"]  # the stream list was restored
-            answer = await request(
+            answer = await refined(
                 ws, {"type": "query", "id": "q", "image": needle_b64(), "streams": ["cam"]}
             )
             best = answer["moments"][0]

@@ -88,10 +88,15 @@ async def test_cli_query_against_a_running_service(
         out = capsys.readouterr().out
         assert rc == 0
         reply = json.loads(out)
-        assert reply["type"] == "moments" and reply["meaningless"] is True
+        assert reply["type"] == "moments.update" and reply["meaningless"] is True  # the refined answer
         assert 1 <= len(reply["moments"]) <= 2
         assert {m["stream"] for m in reply["moments"]} == {"cam"}
         assert reply["streams"]["cam"]["coverage"]["in_memory"]
+
+        rc = await asyncio.to_thread(vmr, ["query", "--url", url, "a photo", "--json", "--fast"])
+        fast = json.loads(capsys.readouterr().out)
+        assert rc == 0 and fast["type"] == "moments"  # --fast: the first, anchor-level answer
+        assert {m["answered_by"] for m in fast["moments"]} == {"anchor"}
 
         rc = await asyncio.to_thread(vmr, ["query", "--url", url, "a photo", "--stream", "ghost"])
         captured = capsys.readouterr()

@@ -13,6 +13,7 @@ from tests.agent.service.helpers import (
     metric_samples,
     needle_b64,
     needle_video,
+    refined,
     request,
     running,
     wait_for,
@@ -31,8 +32,8 @@ async def test_file_stream_query_thumbnail_health_metrics(tmp_path: Path) -> Non
         assert done["stream"]["status"] == "done", done
         assert done["stream"]["frames"] >= 20
 
-        answer = await request(ws, {"type": "query", "id": "q", "image": needle_b64(), "top_k": 3})
-        assert answer["type"] == "moments", answer
+        answer = await refined(ws, {"type": "query", "id": "q", "image": needle_b64(), "top_k": 3})
+        assert answer["type"] == "moments.update", answer
         best = answer["moments"][0]
         assert best["stream"] == "cam"
         assert best["start"] < 8.0 and best["end"] > 4.0, best  # overlaps the needle scene [4, 8)

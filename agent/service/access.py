@@ -1,0 +1,202 @@
+"""What a client may ask the service to read: the source policy of ``streams.add``.
+
+The operator decides which inputs the service reads (``[service.sources]``);
+a client's stream spec is admitted by :meth:`SourcePolicy.admit` before it
+reaches the serving façade. Streams the operator wrote in the config file
+do not pass through here.
+
+* **Paths** (``file``, ``segments`` and any kind whose spec is a
+  :class:`~streams.source.RecordingSpec`) must lie under a configured media
+  root once every symlink is resolved; a ``..`` component is refused
+  outright; a relative path is looked up under each root in order. The spec
+  that runs carries the resolved absolute path, so FFmpeg never sees a
+  protocol prefix (``concat:``, ``subfile,,…:``) or a link that changes
+  later. A path that is missing, outside the roots, of the wrong type
+  (folder for ``file``) or unreadable gets one error, same code and message
+  (:class:`~agent.errors.SourceError`, code ``source``, the code a missing
+  input always had): no existence oracle. The refusals below are
+  :class:`~agent.errors.SourceNotAllowedError` (``source_not_allowed``).
+  No roots (the default): clients may add no file or segment stream.
+* **Container formats.** A ``file`` is probed (in a thread) and must open
+  with one of ``video_formats`` (FFmpeg demuxer names): FFmpeg's
+  auto-detection would otherwise render a ``.nfo`` (``tty``) or a picture
+  (``png_pipe``, ``image2``…) as video and its thumbnails would serve it. A
+  file FFmpeg cannot open at all is let through: the stream then fails with
+  ``corrupt_video`` as before, which reveals nothing a root does not allow.
+  Segment folders are read by their name patterns (``*.mp4``, ``*.ts``,
+  ``*.mkv``); their files are not probed here.
+* **RTSP hosts.** With ``rtsp_hosts`` set, the URL's host must be listed
+  (``host`` for any port, ``host:port`` for one). Whether set or not, the
+  service's own listening ports are refused unless listed as ``host:port``:
+  the service must not be pointed at itself. Names are compared as written,
+  without DNS (a lookup would block and could be rebound).
+* **Rate.** Each connection may add ``add_burst`` streams at once and
+  ``adds_per_minute`` sustained (:class:`TokenBucket`); the cap on the
+  number of streams is applied by :meth:`agent.service.serving.Serving.add_stream`.
+
+Other kinds (WHIP, plug-ins) are the operator's installed code and pass as
+they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.errors import LimitExceededError, SourceError, SourceNotAllowedError
+from agent.service.config import SourcesConfig, StreamSpec, parse_spec
+from streams.decode import open_media
+from streams.errors import StreamError
+from streams.rtsp import RTSPSpec
+from streams.source import RecordingSpec
+from streams.urls import mask_url
+
+SHOWN = 200
+"""Characters of a client's path or URL echoed back in an error."""
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
+
+
+def _host_port(entry: str) -> tuple[str, int | None]:
+    """``host`` or ``host:port`` (IPv6 in brackets) -> (lower-case host, port or None)."""
+    parts = urlsplit("//" + entry.strip())
+    return (parts.hostname or "").lower(), parts.port
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; sans-I/O (``now`` given)."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.at = float(burst), now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class SourcePolicy:
+    """Admits client stream specs under ``[service.sources]``; see the module docstring."""
+
+    def __init__(self, cfg: SourcesConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        # Resolved once: a root that is itself a symlink compares by its target.
+        self.roots = [Path(root).resolve() for root in cfg.media_roots]
+        self.formats = frozenset(cfg.video_formats)
+        self.hosts = None if cfg.rtsp_hosts is None else [_host_port(h) for h in cfg.rtsp_hosts]
+        self.own_ports: set[int] = set()
+        """The service's listening ports (filled in by the server once bound)."""
+        self._buckets: weakref.WeakKeyDictionary[object, TokenBucket] = weakref.WeakKeyDictionary()
+
+    def spend_add(self, client: object) -> None:
+        """Count one ``streams.add`` of ``client`` (a connection); LimitExceededError over the rate."""
+        now = self.clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = TokenBucket(
+                self.cfg.adds_per_minute / 60.0, self.cfg.add_burst, now
+            )
+        if not bucket.take(now):
+            raise LimitExceededError(
+                f"too many streams.add: at most {self.cfg.add_burst} at once, "
+                f"{self.cfg.adds_per_minute:g} per minute"
+            )
+
+    async def admit(self, raw: dict[str, Any]) -> StreamSpec:
+        """The spec of a client's ``streams.add``, checked (paths resolved); ConfigError when invalid,
+        SourceNotAllowedError when outside the policy. Filesystem work runs in a thread."""
+        spec = parse_spec(raw)
+        if isinstance(spec, RecordingSpec):
+            return await asyncio.to_thread(self._admit_recording, spec)
+        if isinstance(spec, RTSPSpec):
+            self._check_rtsp(spec.url)
+            return self._capped(spec)
+        return spec
+
+    def _capped(self, spec: RTSPSpec) -> RTSPSpec:
+        """A client's camera gives up after ``reconnect_attempts`` failures in a row (its own
+        ``retries`` may only be lower); written into the spec so the cap survives restarts."""
+        cap = self.cfg.reconnect_attempts
+        if cap is None:
+            return spec
+        retries = cap if spec.retries is None else min(spec.retries, cap)
+        return spec.model_copy(update={"retries": retries})
+
+    # ---------------------------------------------------------------- paths
+    def _admit_recording(self, spec: RecordingSpec) -> StreamSpec:
+        # Not even the path is echoed: the answer is byte for byte the same for every refused path.
+        refused = SourceError("no such file or folder under the allowed media roots")
+        real = self._media_path(spec.path)
+        if real is None or not os.access(real, os.R_OK | (os.X_OK if real.is_dir() else 0)):
+            raise refused  # unreadable too: the same answer as missing
+        admitted = spec.model_copy(update={"path": str(real)})
+        try:
+            admitted.check_input()  # the kind's own check: a file for ``file``, a folder for ``segments``
+        except StreamError:
+            raise refused from None  # same error as a forbidden path
+        if real.is_file():
+            self._check_format(real, spec.path)
+        return admitted
+
+    def _media_path(self, given: str) -> Path | None:
+        """The resolved path of ``given`` if it exists under a root (None otherwise)."""
+        path = Path(given)
+        if not self.roots or ".." in path.parts:
+            return None
+        candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
+        for candidate in candidates:
+            try:
+                real = candidate.resolve()
+                inside = any(real.is_relative_to(root) for root in self.roots)
+                if inside and real.exists():
+                    return real
+            except (OSError, ValueError, RuntimeError):  # NUL byte, symlink loop, permission
+                continue
+        return None
+
+    def _check_format(self, path: Path, given: str) -> None:
+        try:
+            container, _ = open_media(path)
+        except StreamError:
+            return  # not openable as video at all: the stream fails with corrupt_video, as before
+        try:
+            name = str(container.format.name)
+        finally:
+            container.close()
+        if not self.formats & set(name.split(",")):
+            raise SourceNotAllowedError(
+                f"{_shown(given)!r}: container format {name!r} is not an allowed video format"
+            )
+
+    # ----------------------------------------------------------------- RTSP
+    def _check_rtsp(self, url: str) -> None:
+        shown = _shown(mask_url(url))
+        try:
+            parts = urlsplit(url)
+            host, port = (parts.hostname or "").lower(), parts.port
+        except ValueError:
+            raise SourceNotAllowedError(f"{shown!r}: not a valid RTSP URL") from None
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS or not host:
+            raise SourceNotAllowedError(f"{shown!r}: not an rtsp:// or rtsps:// URL")
+        port = port or DEFAULT_PORTS[scheme]
+        explicit = self.hosts is not None and (host, port) in self.hosts
+        if self.hosts is not None and not explicit and (host, None) not in self.hosts:
+            raise SourceNotAllowedError(f"{shown!r}: host not in the allowed RTSP hosts")
+        if port in self.own_ports and not explicit:
+            raise SourceNotAllowedError(f"{shown!r}: that is the service's own port")
