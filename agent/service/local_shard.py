@@ -279,26 +279,32 @@ class LocalShard(StreamShard):
     async def stats(self) -> ShardStats:
         w = self.worker
         depths = w.depths() if w else {}
-        stores = {name: r.state.store.status() for name, r in self.runners.items() if r.state.store}
         return ShardStats(
-            streams={
-                name: StreamStats(
-                    frames=r.frames_in,
-                    dropped=r.dropped,
-                    reconnects=r.reconnects,
-                    up=r.status in ("starting", "running"),
-                    tokens=r.state.memory.tokens,
-                    encoder_queue=depths.get(name, 0),
-                    source_events=source_events(r.source_info()),
-                    store_writing=stores[name].writing if name in stores else True,
-                    store_skipped=stores[name].skipped if name in stores else 0,
-                )
-                for name, r in self.runners.items()
-            },
+            streams={name: self._stream_stats(r, depths.get(name, 0)) for name, r in self.runners.items()},
             encoder_passes=w.passes if w else 0,
             encoder_images=w.images if w else 0,
             encoder_errors=w.errors if w else 0,
             work=self.workers.counters() if self.workers else {},
+        )
+
+    @staticmethod
+    def _stream_stats(r: StreamRunner, encoder_queue: int) -> StreamStats:
+        health = r.health()
+        store = r.state.store.status() if r.state.store is not None else None
+        return StreamStats(
+            frames=r.frames_in,
+            dropped=r.dropped,
+            reconnects=r.reconnects,
+            up=health.up,
+            tokens=r.state.memory.tokens,
+            encoder_queue=encoder_queue,
+            source_events=source_events(r.source_info()),
+            gaps=health.gaps,
+            gap_seconds=health.gap_seconds,
+            snapshot_age=health.snapshot_age,
+            errors=dict(r.errors),
+            store_writing=store.writing if store is not None else True,
+            store_skipped=store.skipped if store is not None else 0,
         )
 
     async def model_info(self) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class StreamStats:
     dropped: int
     reconnects: int
     up: bool
+    """Running and not reconnecting (:class:`agent.service.health.StreamHealth`)."""
     tokens: int
     encoder_queue: int
     source_events: dict[str, int] = field(default_factory=dict)
@@ -60,6 +61,13 @@ class StreamStats:
     """False while the frame store is paused after a write failure (disk full): frames are skipped."""
     store_skipped: int = 0
     """Frames the frame store did not keep because of write failures."""
+    gaps: int = 0
+    """Holes in the memory's coverage."""
+    gap_seconds: float = 0.0
+    snapshot_age: float = 0.0
+    """Seconds since the last good snapshot (since the stream started, before the first)."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """The stream's failures by error code (its own failure, failed snapshots)."""
 
 
 @dataclass(frozen=True, slots=True)
