@@ -11,12 +11,13 @@ What damaged input really does (checked with PyAV 18 / FFmpeg 7):
   stream fail at open: :class:`~streams.errors.CorruptMediaError`.
 * A truncated Matroska / MPEG-TS / AVI file does *not* raise: the demuxer
   logs "File ended prematurely" and stops, and the H.264 decoder conceals
-  broken macroblocks. We therefore compare the time the packets reached with
-  the duration the container declares; when the stream ends well short of
-  it (more than max(1 s, 2 %)), the good frames are yielded first and then
-  :class:`~streams.errors.CorruptMediaError` says where decoding stopped. MPEG-TS declares
-  no duration (FFmpeg estimates it from the timestamps at the file's tail),
-  so a cut TS file is indistinguishable from a shorter one and just ends.
+  broken macroblocks. Truncation is therefore read off the file itself,
+  never off a header duration (those cover the longest track, audio
+  included, or are wrong): a cut last packet (AVI) or fewer bytes than the
+  container states (Matroska's Segment size, AVI's RIFF size). The good
+  frames are yielded first, then :class:`~streams.errors.CorruptMediaError`
+  says where decoding stopped. MPEG-TS states no length, so a cut TS file is
+  indistinguishable from a shorter one and just ends.
 * Garbage in the middle of an MP4/MKV (index intact) makes single packets
   fail in ``avcodec_send_packet`` (``InvalidDataError``): such a packet is
   skipped, counted and logged (the first one, then a total at the end), and
@@ -37,17 +38,25 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
-from streams.decode import MAX_BAD_PACKETS_IN_A_ROW, Damage, Picture, declared_duration, decode, open_media
+from streams.decode import (
+    MAX_BAD_PACKETS_IN_A_ROW,
+    Damage,
+    Picture,
+    declared_duration,
+    decode,
+    frame_period,
+    open_media,
+)
 from streams.errors import SourceUnavailableError
 from streams.media import AudioChunk, Frame, Media
 from streams.registry import OpenContext, register
-from streams.sampler import Sampler, to_rgb
+from streams.sampler import Sampler, rotation_turns, to_rgb
 from streams.source import RecordingSpec, Source, SourceState, SourceStats
 from streams.timeline import Pacer
 
@@ -56,36 +65,53 @@ __all__ = ["MAX_BAD_PACKETS_IN_A_ROW", "FileSource", "FileSpec", "VideoInfo", "d
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a container says about its first video stream."""
+    """What a file says about its video stream, and its first picture shows."""
 
     path: Path
     duration: float
     """Seconds (stream duration when known, else the container's; 0 if neither)."""
     fps: float | None
     width: int
+    """Coded width in pixels (as stored, before rotation)."""
     height: int
     codec: str
     frames: int | None
     """Frame count declared by the container, when it declares one."""
+    rotation: int = 0
+    """Degrees counter-clockwise the display matrix turns the picture (0, 90, 180, 270)."""
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as shown: the coded size turned by :attr:`rotation`."""
+        return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
 
 
 def probe(path: Path) -> VideoInfo:
-    """Read the header of ``path``: duration, rate, size, codec.
+    """Read the header of ``path`` and decode its first picture: duration, rate, size, rotation, codec.
 
-    Raises :class:`~streams.errors.SourceUnavailableError` for a missing file and
-    :class:`~streams.errors.CorruptMediaError` for anything that is not decodable video.
+    Raises :class:`~streams.errors.SourceUnavailableError` for a missing file,
+    :class:`~streams.errors.NoVideoStreamError` without video (or with cover art only),
+    :class:`~streams.errors.EmptyMediaError` for a video stream without a frame and
+    :class:`~streams.errors.CorruptMediaError` for anything else that is not decodable video.
     """
     container, stream = open_media(path)
     try:
-        rate = stream.average_rate or stream.guessed_rate
+        rotation = 0
+        pictures = decode(container, stream, label=path, check_truncation=False)
+        for item in pictures:
+            if isinstance(item, Picture):
+                rotation = rotation_turns(item.frame) * 90
+                break
+        pictures.close()
         return VideoInfo(
             path=path,
             duration=declared_duration(container, stream),
-            fps=float(rate) if rate else None,
+            fps=1.0 / frame_period(stream),
             width=stream.codec_context.width,
             height=stream.codec_context.height,
             codec=stream.codec_context.name,
             frames=stream.frames or None,
+            rotation=rotation,
         )
     finally:
         container.close()
@@ -111,6 +137,9 @@ def decode_media(
     container, vstream = open_media(path)
     sampler = Sampler(fps)
     chunker = AudioChunker(stream) if audio else None
+    stream_end = declared_duration(container, vstream)
+    kept: Frame | None = None  # the last sample, held back until its picture's end is known
+    shown: Picture | None = None  # the picture on screen now
     try:
         for item in decode(
             container,
@@ -124,15 +153,29 @@ def decode_media(
             damage=damage,
         ):
             if isinstance(item, Picture):
+                if kept is not None and shown is not None:
+                    yield _lasting(kept, min(shown.t + shown.duration, item.t))
+                    kept = None
+                shown = item
                 if sampler.take(item.t):
-                    image = to_rgb(item.frame, short_side)
-                    yield Frame(stream, item.t, image, keyframe=bool(item.frame.key_frame))
+                    kept = Frame(
+                        stream, item.t, to_rgb(item.frame, short_side), keyframe=bool(item.frame.key_frame)
+                    )
             elif chunker is not None:
                 yield from chunker.push(item.frame, item.t)
+        if kept is not None and shown is not None:
+            # The last picture lasts its own duration, clipped to the end of the stream.
+            last_end = shown.t + shown.duration
+            yield _lasting(kept, min(last_end, stream_end) if stream_end > shown.t else last_end)
         if chunker is not None:
             yield from chunker.flush()
     finally:
         container.close()
+
+
+def _lasting(frame: Frame, until: float) -> Frame:
+    """``frame`` with the seconds its picture stays on screen from its time (at least a moment)."""
+    return replace(frame, duration=max(until - frame.t, 1e-3))
 
 
 def decode_frames(
@@ -145,6 +188,7 @@ def decode_frames(
     start: float = 0.0,
     end: float | None = None,
     stop: threading.Event | None = None,
+    damage: Damage | None = None,
 ) -> Iterator[Frame]:
     """Yield sampled RGB frames of ``path`` with their stream times.
 
@@ -154,6 +198,7 @@ def decode_frames(
     (a fast coarse pass) and samples the keyframes. Kept frames are
     converted and resized once so the short side is ``short_side``.
     ``stop`` (checked per packet) ends the generator early and quietly.
+    ``damage`` (optional) receives what decoding noticed (:class:`~streams.decode.Damage`).
 
     Raises :class:`~streams.errors.SourceUnavailableError` for a missing file and
     :class:`~streams.errors.CorruptMediaError` (after yielding the good frames) when the input
@@ -168,6 +213,7 @@ def decode_frames(
         start=start,
         end=end,
         stop=stop,
+        damage=damage,
     ):
         if isinstance(item, Frame):
             yield item

@@ -3,6 +3,17 @@
 Timestamps come from ``pts * time_base`` relative to the stream's start time,
 never from a frame index and a nominal rate, so variable frame rate and
 non-zero start times come out right.
+
+Conversion rules (:func:`to_rgb`), the same for every source:
+
+* Rotation: the display matrix (PyAV's ``frame.rotation``, degrees
+  counter-clockwise) is applied, so the encoder and the frame store see the
+  picture upright, as a player shows it.
+* Size: the short side becomes ``short``; the long side is capped at
+  :data:`MAX_ASPECT` times that (a 1920x1 strip becomes 896x224, squeezed,
+  not 430080x224), so a degenerate size costs what a normal clip costs.
+  A side beyond :data:`MAX_SIDE` pixels, or none at all, is an absurd size:
+  :class:`~streams.errors.CorruptMediaError` (:func:`check_size`).
 """
 
 from __future__ import annotations
@@ -13,7 +24,13 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from streams.errors import CorruptMediaError
 from streams.media import RGBImage
+
+MAX_SIDE = 32_768
+"""Pixels: a picture side beyond this is absurd (H.264/HEVC levels stop near 16 888)."""
+MAX_ASPECT = 4.0
+"""The long side of a converted picture is at most this many times its short side."""
 
 
 class Sampler:
@@ -64,18 +81,39 @@ def frame_seconds(frame: av.VideoFrame, start_pts: int | None, time_base: Fracti
     return float((pts - (start_pts or 0)) * tb)
 
 
+def check_size(width: int, height: int, *, label: object = "video") -> None:
+    """Raise :class:`CorruptMediaError` for an absurd picture size (no pixels, or a side over :data:`MAX_SIDE`)."""
+    if width <= 0 or height <= 0 or width > MAX_SIDE or height > MAX_SIDE:
+        raise CorruptMediaError(f"{label}: absurd picture size {width}x{height} (each side 1..{MAX_SIDE})")
+
+
 def short_side_size(width: int, height: int, short: int) -> tuple[int, int]:
-    """(width, height) scaled so the short side is ``short``; even sizes for swscale."""
-    if width <= 0 or height <= 0:
-        raise ValueError("frame has no size")
+    """(width, height) scaled so the short side is ``short``, the long side capped; even sizes for swscale.
+
+    The long side is at most :data:`MAX_ASPECT` x ``short`` (beyond that the
+    picture is squeezed). Raises :class:`CorruptMediaError` for an absurd size.
+    """
+    check_size(width, height)
     scale = short / min(width, height)
-    w = max(2, math.floor(width * scale / 2 + 0.5) * 2)
-    h = max(2, math.floor(height * scale / 2 + 0.5) * 2)
+    cap = MAX_ASPECT * short
+    w = max(2, math.floor(min(width * scale, cap) / 2 + 0.5) * 2)
+    h = max(2, math.floor(min(height * scale, cap) / 2 + 0.5) * 2)
     return w, h
 
 
+def rotation_turns(frame: av.VideoFrame) -> int:
+    """Quarter turns counter-clockwise (0..3) that show ``frame`` upright (its display matrix)."""
+    return round(frame.rotation / 90) % 4
+
+
 def to_rgb(frame: av.VideoFrame, short: int) -> RGBImage:
-    """Convert and resize once (swscale), keeping aspect: short side = ``short``."""
+    """Convert and resize once (swscale), keeping aspect: short side = ``short``; then turn upright.
+
+    Returns an (H, W, 3) uint8 array in display orientation (see the module docstring).
+    """
     w, h = short_side_size(frame.width, frame.height, short)
     arr = frame.to_ndarray(width=w, height=h, format="rgb24")
+    turns = rotation_turns(frame)
+    if turns:
+        arr = np.rot90(arr, k=turns)
     return np.ascontiguousarray(arr, dtype=np.uint8)
