@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from tests.videos import photos
+from tests.videos import DATA
 
 Picture = npt.NDArray[np.uint8]
 SIZE = (128, 96)
@@ -42,10 +42,16 @@ class Built:
     """Label -> photo file to query with (``--image``)."""
 
 
+SKIMAGE = DATA / "skimage"
+PHOTOS = ("astronaut", "coffee", "horse")
+"""Three scikit-image photos far apart in any encoder's image space (label A, B, C)."""
+
+
 def labelled_photos(folder: Path, labels: str = "ABC") -> dict[str, Path]:
-    """Distinct ImageNet photos, one per label, copied into ``folder`` as JPEG query files."""
+    """Distinct photos, one per label, copied into ``folder`` as JPEG query files."""
     out = {}
-    for label, src in zip(labels, photos(len(labels), offset=7), strict=True):
+    for label in labels:
+        src = SKIMAGE / f"{PHOTOS['ABC'.index(label)]}.jpg"
         dst = folder / f"photo_{label}.jpg"
         if not dst.exists():
             shutil.copyfile(src, dst)
@@ -98,15 +104,21 @@ def write(
             stream.options = {"preset": "ultrafast", "x265-params": "log-level=none"}
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        lasting: dict[int, int] = {}  # pts -> duration: encoders drop it on the packets they flush
         for t, step, pic in frames:
             frame = av.VideoFrame.from_ndarray(pic, format="rgb24")
             frame.pts = round(t / time_base)
             frame.time_base = time_base
-            frame.duration = round(step / time_base)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            frame.duration = lasting[frame.pts] = round(step / time_base)
+            _mux(container, stream.encode(frame), lasting)
+        _mux(container, stream.encode(None), lasting)
+
+
+def _mux(container: av.container.OutputContainer, packets: list[av.Packet], lasting: dict[int, int]) -> None:
+    for packet in packets:
+        if packet.pts is not None and packet.pts in lasting:
+            packet.duration = lasting[packet.pts]
+        container.mux(packet)
 
 
 def ffmpeg(*args: str) -> None:
@@ -126,7 +138,9 @@ def scenes(
 
 
 # ---------------------------------------------------------------- 1. clock restarts
-def concatenated(folder: Path, suffix: str = ".ts", codec: str = "libx264", parts: int = 2) -> Built:
+def concatenated(
+    folder: Path, suffix: str = ".ts", codec: str = "libx264", parts: int = 2, fps: float = 10.0
+) -> Built:
     """Files each starting at PTS 0 (A for 5 s, then B for 5 s, ...), concatenated byte for byte."""
     labels = "ABC"[:parts]
     queries = labelled_photos(folder, labels)
@@ -136,7 +150,8 @@ def concatenated(folder: Path, suffix: str = ".ts", codec: str = "libx264", part
         for c in labels:
             part = folder / f"part_{c}{suffix}"
             shot = (0.0, 5.0, picture(queries[c]))
-            write(part, [shot], codec=codec, fmt=fmt, time_base=Fraction(1, 90000))
+            tb = Fraction(1, 90000) if codec == "libx264" else 1 / Fraction(fps)  # MPEG-2: one frame period
+            write(part, [shot], fps=fps, codec=codec, fmt=fmt, time_base=tb)
             joined.write(part.read_bytes())
     return Built(out, queries)
 
@@ -300,9 +315,9 @@ def degenerate(folder: Path, size: tuple[int, int] = (1920, 1), seconds: float =
 
 
 def absurd(folder: Path, size: tuple[int, int] = (40000, 2)) -> Built:
-    """A lossless PNG video in Matroska whose pictures are absurdly large (one frame a second)."""
+    """A lossless PNG video in QuickTime whose pictures are absurdly large (one frame a second)."""
     shots, _ = scenes(folder, 1.0, "A", size=size)
-    out = folder / f"absurd{size[0]}x{size[1]}.mkv"
+    out = folder / f"absurd{size[0]}x{size[1]}.mov"
     write(out, shots, fps=1.0, codec="png", pix_fmt="rgb24")
     return Built(out, {})
 
@@ -325,3 +340,11 @@ def empty(folder: Path, suffix: str = ".avi") -> Built:
         stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
         container.start_encoding()
     return Built(out, {})
+
+
+def plain(folder: Path, suffix: str = ".mp4") -> Built:
+    """The reference: an ordinary 10 fps file, A 0-4 s, B 4-8, C 8-12."""
+    shots, queries = scenes(folder, 4.0)
+    out = folder / f"plain{suffix}"
+    write(out, shots)
+    return Built(out, queries)

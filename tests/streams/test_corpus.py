@@ -30,21 +30,76 @@ class Case:
     build: Callable[[Path], Built]
     exit: int = 0
     samples: int | None = None
-    """Frames sampled at 2 fps (None: the ingest fails before any)."""
+    """Frames sampled at 2 fps (None: no index is written at all)."""
     spans: list[Span] = field(default_factory=list)
     """Coverage in stream seconds, as ``vmr info`` reports it."""
     moments: dict[str, Span] = field(default_factory=dict)
-    """Label of a photo -> the top moment of its image query."""
+    """Label of a photo -> the top moment of its image query (only these labels are asked)."""
     error: str | None = None
-    """A piece of the error line (exit 2), e.g. the error code."""
+    """A piece of the error line (exit 2)."""
+    note: str | None = None
+    """A piece of a note ``vmr ingest`` prints on stderr (a successful ingest)."""
 
 
+C = corpus
+ABC = {"A": (0.0, 4.0), "B": (0.0, 8.0), "C": (8.0, 12.0)}
+"""Top moments of A 0-4 s, B 4-8, C 8-12 in an ordinary MP4 (the reference row): what a correct decode gives."""
+AB8 = {"A": (0.0, 4.0), "B": (4.0, 8.0)}
+STITCHED = "discontinuity stitched"
+
+# fmt: off
 CASES: dict[str, Case] = {
-    # 1. a clock that restarts: stitched in playback order
-    "ts_concat": Case(
-        lambda d: corpus.concatenated(d, ".ts"), samples=20, spans=[(0, 10)], moments={"A": (0, 5), "B": (5, 10)}
-    ),
+    "mp4_reference": Case(C.plain, samples=24, spans=[(0, 12)], moments=ABC),
+    # 1. A clock that goes backwards: stitched in playback order, with a note.
+    "ts_concat": Case(lambda d: C.concatenated(d, ".ts"), samples=20, spans=[(0, 10)],
+                      moments={"A": (0, 5), "B": (5, 10)}, note=STITCHED),
+    "ts_concat3": Case(lambda d: C.concatenated(d, ".ts", parts=3), samples=30, spans=[(0, 15)],
+                       moments={"A": (0, 5), "B": (0, 10), "C": (10, 15)}, note=STITCHED),
+    "mpg_concat": Case(lambda d: C.concatenated(d, ".mpg", codec="mpeg2video", fps=25), samples=20,
+                       spans=[(0, 10.02)], moments={"A": (0, 5), "B": (5, 10.02)}, note=STITCHED),
+    # 2. No container timestamps: the stream's own rate (10 fps), not FFmpeg's 25 fps default.
+    "raw_h264": Case(lambda d: C.raw_stream(d, "h264"), samples=24, spans=[(0, 12)], moments=ABC),
+    "raw_hevc": Case(lambda d: C.raw_stream(d, "hevc"), samples=24, spans=[(0, 12)], moments=ABC),
+    "raw_mpeg4": Case(lambda d: C.raw_stream(d, "m4v"), samples=24, spans=[(0, 12)],
+                      moments={**ABC, "B": (4, 8)}),
+    # 3. Complete files with a longer audio track succeed; files cut part-way fail, keeping what was read.
+    "long_audio_mkv": Case(lambda d: C.longer_audio(d, ".mkv"), samples=12, spans=[(0, 6)],
+                           moments={"A": (0, 3), "B": (3, 6)}),
+    "long_audio_mp4": Case(lambda d: C.longer_audio(d, ".mp4"), samples=12, spans=[(0, 6)],
+                           moments={"A": (0, 3), "B": (3, 6)}),
+    "cut_mkv": Case(lambda d: C.cut(d, ".mkv"), exit=2, error="truncated", samples=6, spans=[(0, 3)],
+                    moments={"A": (1, 1.5)}),
+    "cut_avi": Case(lambda d: C.cut(d, ".avi"), exit=2, error="cut packet (truncated)", samples=6,
+                    spans=[(0.1, 3.1)], moments={"A": (1.1, 1.6)}),
+    # 4. Attached pictures (cover art) are never the video.
+    "cover_first_mp4": Case(lambda d: C.cover_first(d, ".mp4"), samples=16, spans=[(0, 8)], moments=AB8),
+    "cover_mkv": Case(lambda d: C.cover_first(d, ".mkv"), samples=16, spans=[(0, 8)], moments=AB8),
+    "cover_only_mp3": Case(lambda d: C.cover_only(d, ".mp3"), exit=2, error="no video stream (only cover art)"),
+    "cover_only_m4a": Case(lambda d: C.cover_only(d, ".m4a"), exit=2, error="no video stream (only cover art)"),
+    # 5. Rotation applied before the encoder and the store (see also test_rotation_*).
+    "rotated90_mp4": Case(lambda d: C.rotated(d, ".mp4", 90), samples=16, spans=[(0, 8)], moments=AB8),
+    "rotated270_mov": Case(lambda d: C.rotated(d, ".mov", 270), samples=16, spans=[(0, 8)], moments=AB8),
+    "rotated180_mp4": Case(lambda d: C.rotated(d, ".mp4", 180, size=(128, 96)), samples=16, spans=[(0, 8)],
+                           moments=AB8),
+    # 6. Degenerate sizes cost what a normal clip costs; absurd ones are a typed error.
+    "strip_1920x1": Case(lambda d: C.degenerate(d, (1920, 1)), samples=8, spans=[(0, 4)],
+                         moments={"A": (0, 2), "B": (2, 3.5)}),
+    "strip_1x1080": Case(lambda d: C.degenerate(d, (1, 1080)), samples=8, spans=[(0, 4)],
+                         moments={"A": (0, 2), "B": (2, 3.5)}),
+    "absurd_40000x2": Case(C.absurd, exit=2, error="absurd picture size 40000x2"),
+    # 7. A held frame lasts until the next one (clipped to the end); a clock jump stays a gap.
+    "held_mp4": Case(lambda d: C.held(d, ".mp4"), samples=60, spans=[(0, 30)],
+                     moments={"A": (0, 10), "B": (0, 20), "C": (20, 30)}),
+    "held_mov": Case(lambda d: C.held(d, ".mov"), samples=60, spans=[(0, 30)],
+                     moments={"A": (0, 10), "B": (0, 20), "C": (20, 30)}),
+    "ts_jump_600": Case(C.clock_jump, samples=20, spans=[(0, 5), (605, 610)],
+                        moments={"A": (1, 5), "B": (605, 606)}),
+    # 8. An empty video is an error and leaves no index.
+    "empty_avi": Case(lambda d: C.empty(d, ".avi"), exit=2, error="the video stream holds no frame"),
+    "empty_mkv": Case(lambda d: C.empty(d, ".mkv"), exit=2, error="cannot open as video"),
+    "empty_mp4": Case(lambda d: C.empty(d, ".mp4"), exit=2, error="no video stream"),
 }
+# fmt: on
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -56,8 +111,17 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 def observe(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case) -> dict[str, object]:
     built = case.build(tmp_path)
     index = tmp_path / "index"
-    code, out, err = _run(capsys, "ingest", str(built.path), "--index", str(index), "--model", "tiny-random",
-                          "--json", "--quiet")
+    code, out, err = _run(
+        capsys,
+        "ingest",
+        str(built.path),
+        "--index",
+        str(index),
+        "--model",
+        "tiny-random",
+        "--json",
+        "--quiet",
+    )
     seen: dict[str, object] = {"exit": code, "err": err, "index": index.exists()}
     if code == 0:
         seen["samples"] = json.loads(out)["frames"]
@@ -67,7 +131,8 @@ def observe(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case) -> d
         seen["samples"] = stream["frames"]
         seen["spans"] = [tuple(s) for s in stream["spans"]]
         moments = {}
-        for label, photo in built.queries.items():
+        for label in case.moments:
+            photo = built.queries[label]
             _, out, _ = _run(capsys, "query", str(index), "--image", str(photo), "--json", "--top-k", "1")
             top = json.loads(out)["moments"][0]
             moments[label] = (top["start"], top["end"])
@@ -79,4 +144,24 @@ def observe(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case) -> d
 def test_corpus(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case = CASES[name]
     seen = observe(tmp_path, capsys, case)
-    print(name, seen)
+    assert seen["exit"] == case.exit, seen["err"]
+    err = str(seen["err"])
+    if case.error is not None:
+        assert "vmr: error [corrupt_video]" in err and case.error in err
+    if case.note is not None:
+        assert case.note in err
+    if case.samples is None:
+        assert not seen["index"]  # nothing written
+        return
+    assert seen["samples"] == case.samples
+    assert _rounded(seen["spans"]) == _rounded(case.spans)
+    assert _rounded(seen["moments"]) == _rounded(case.moments)
+
+
+def _rounded(value: object) -> object:
+    """Spans and moments compared to the millisecond (JSON already rounds them so)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return round(float(value), 3)  # type: ignore[arg-type]
