@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main
+from streams.file import decode_frames
 from tests.streams import corpus
 from tests.streams.corpus import Built
 
@@ -165,3 +166,54 @@ def _rounded(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_rounded(v) for v in value]
     return round(float(value), 3)  # type: ignore[arg-type]
+
+
+def test_rotation_upright_before_encoder_and_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 90-degree phone clip: frames come out portrait, `vmr info` says the display size, and the
+    upright photo scores above its sideways copy (the encoder saw the scene upright)."""
+    built = C.rotated(tmp_path, ".mp4", 90)
+    frames = list(decode_frames(built.path, fps=2.0, short_side=96))
+    assert {f.image.shape for f in frames} == {(128, 96, 3)}  # (H, W): portrait, as displayed
+    code, out, _ = _run(capsys, "info", str(built.path), "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert (info["display_width"], info["display_height"], info["rotation"]) == (96, 128, 90)
+    assert (info["coded_width"], info["coded_height"]) == (128, 96)
+    index = tmp_path / "index"
+    assert (
+        _run(capsys, "ingest", str(built.path), "--index", str(index), "--model", "tiny-random", "--quiet")[0]
+        == 0
+    )
+    scores = {}
+    for label in ("A", "sideways_A"):
+        _, out, _ = _run(
+            capsys, "query", str(index), "--image", str(built.queries[label]), "--json", "--top-k", "1"
+        )
+        scores[label] = json.loads(out)["moments"][0]["score"]
+    assert scores["A"] > scores["sideways_A"]
+
+
+@pytest.mark.parametrize(("size", "shape"), [((1920, 1), (224, 896, 3)), ((1, 1080), (896, 224, 3))])
+def test_degenerate_size_is_capped(
+    tmp_path: Path, size: tuple[int, int], shape: tuple[int, int, int]
+) -> None:
+    """A 1920x1 strip becomes 896x224 (long side capped at 4x the short), not 430080x224."""
+    built = C.degenerate(tmp_path, size)
+    frames = list(decode_frames(built.path, fps=2.0, short_side=224))
+    assert len(frames) == 8
+    assert {f.image.shape for f in frames} == {shape}
+
+
+def test_held_frames_carry_their_duration(tmp_path: Path) -> None:
+    """Each held picture lasts until the next; the last one until the end of the stream (30 s)."""
+    frames = list(decode_frames(C.held(tmp_path, ".mp4").path, fps=2.0))
+    assert [(f.t, f.duration) for f in frames] == [(0.0, 10.0), (10.0, 10.0), (20.0, 10.0)]
+
+
+def test_clock_jump_is_no_held_frame(tmp_path: Path) -> None:
+    """A TS clock +600 s: the picture before the jump lasts one frame period, so the jump is a gap."""
+    frames = list(decode_frames(C.clock_jump(tmp_path).path, fps=2.0))
+    before = max((f for f in frames if f.t < 100), key=lambda f: f.t)
+    assert before.duration == pytest.approx(0.1)
