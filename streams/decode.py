@@ -28,9 +28,11 @@ Time, frame by frame (:class:`Clock`):
 * A jump *forward* stays a gap (a TS clock +600 s is 600 s of nothing).
 * A picture lasts its own duration as the container states it (a screen
   recording holds a frame for seconds; a 25 fps camera for 0.04 s), else one
-  nominal frame period, and never past the next picture nor the end of the
-  stream; :class:`Picture` carries it. That tells a held frame from a
-  discontinuity: only the container's duration makes a frame last.
+  nominal frame period; :class:`Picture` carries it, and the sampler
+  (:func:`streams.file.decode_media`) clips it to the next picture and the
+  end of the stream. That tells a held frame from a discontinuity: only the
+  container's duration makes a frame last (Matroska and MPEG-TS state none
+  per frame, so a long pause there is a gap).
 
 Damage tolerance, the same for every recording:
 

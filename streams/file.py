@@ -309,6 +309,7 @@ class FileSource(Source):
             audio_chunks=self.audio_out,
             progress=round(self.progress, 4),
             damaged_packets=self._damage.packets,
+            extra={"discontinuities": len(self._damage.stitched)},
         )
 
     def resume_token(self) -> dict[str, Any] | None:
