@@ -53,7 +53,7 @@ from streams.decode import (
     frame_period,
     open_media,
 )
-from streams.errors import SourceUnavailableError
+from streams.errors import SourceUnavailableError, StreamError
 from streams.media import AudioChunk, Frame, Media
 from streams.registry import OpenContext, register
 from streams.sampler import Sampler, rotation_turns, to_rgb
@@ -132,50 +132,83 @@ def decode_media(
 ) -> Iterator[Media]:
     """Like :func:`decode_frames`, plus :class:`AudioChunk` items (mono 16 kHz, ~1 s) with ``audio``.
 
-    ``damage`` (optional) counts the packets skipped as undecodable.
+    ``damage`` (optional) receives what decoding noticed. Each frame carries
+    its ``duration``: how long its picture stays on screen (until the next
+    picture or its own duration, clipped to the end of the stream), so a
+    sample is yielded once the next picture is decoded (or the input ends).
     """
     container, vstream = open_media(path)
     sampler = Sampler(fps)
     chunker = AudioChunker(stream) if audio else None
-    stream_end = declared_duration(container, vstream)
-    kept: Frame | None = None  # the last sample, held back until its picture's end is known
-    shown: Picture | None = None  # the picture on screen now
+    held = _HeldBack(declared_duration(container, vstream))
+    pictures = decode(
+        container,
+        vstream,
+        label=path,
+        keyframes_only=keyframes_only,
+        audio=audio,
+        start=start,
+        end=end,
+        stop=stop,
+        damage=damage,
+    )
     try:
-        for item in decode(
-            container,
-            vstream,
-            label=path,
-            keyframes_only=keyframes_only,
-            audio=audio,
-            start=start,
-            end=end,
-            stop=stop,
-            damage=damage,
-        ):
-            if isinstance(item, Picture):
-                if kept is not None and shown is not None:
-                    yield _lasting(kept, min(shown.t + shown.duration, item.t))
-                    kept = None
-                shown = item
-                if sampler.take(item.t):
-                    kept = Frame(
-                        stream, item.t, to_rgb(item.frame, short_side), keyframe=bool(item.frame.key_frame)
-                    )
-            elif chunker is not None:
-                yield from chunker.push(item.frame, item.t)
-        if kept is not None and shown is not None:
-            # The last picture lasts its own duration, clipped to the end of the stream.
-            last_end = shown.t + shown.duration
-            yield _lasting(kept, min(last_end, stream_end) if stream_end > shown.t else last_end)
+        try:
+            for item in pictures:
+                if isinstance(item, Picture):
+                    yield from held.shown(item)
+                    if sampler.take(item.t):
+                        image = to_rgb(item.frame, short_side)
+                        held.keep(Frame(stream, item.t, image, keyframe=bool(item.frame.key_frame)))
+                elif chunker is not None:
+                    yield from chunker.push(item.frame, item.t)
+        except StreamError:
+            yield from held.ended(complete=False)  # the good frames first, the error after
+            raise
+        yield from held.ended(complete=True)
         if chunker is not None:
             yield from chunker.flush()
     finally:
         container.close()
 
 
-def _lasting(frame: Frame, until: float) -> Frame:
-    """``frame`` with the seconds its picture stays on screen from its time (at least a moment)."""
-    return replace(frame, duration=max(until - frame.t, 1e-3))
+class _HeldBack:
+    """The last sample, held back until its picture's end is known (sans-I/O).
+
+    A sample's ``duration`` is how long its picture stays on screen: until
+    the next picture or the picture's own duration, and for the last one
+    clipped to the end of the stream (``stream_end``, when the container
+    states one beyond it).
+    """
+
+    def __init__(self, stream_end: float) -> None:
+        self._stream_end = stream_end
+        self._kept: Frame | None = None
+        self._on_screen: Picture | None = None
+
+    def shown(self, picture: Picture) -> Iterator[Frame]:
+        """``picture`` replaces the one on screen: the held sample, if any, is complete."""
+        if self._kept is not None and self._on_screen is not None:
+            yield self._lasting(min(self._on_screen.t + self._on_screen.duration, picture.t))
+        self._kept, self._on_screen = None, picture
+
+    def keep(self, frame: Frame) -> None:
+        """``frame`` samples the picture now on screen."""
+        self._kept = frame
+
+    def ended(self, *, complete: bool) -> Iterator[Frame]:
+        """The input ended (``complete``: normally; else on an error): the held sample, if any."""
+        if self._kept is None or self._on_screen is None:
+            return
+        until = self._on_screen.t + self._on_screen.duration
+        if complete and self._stream_end > self._on_screen.t:
+            until = min(until, self._stream_end)
+        yield self._lasting(until)
+        self._kept = None
+
+    def _lasting(self, until: float) -> Frame:
+        assert self._kept is not None
+        return replace(self._kept, duration=max(until - self._kept.t, 1e-3))
 
 
 def decode_frames(

@@ -217,45 +217,50 @@ def cut(folder: Path, suffix: str = ".mkv", keep: float = 0.5) -> Built:
 
 # ---------------------------------------------------------------- 4. cover art
 def cover_first(folder: Path, suffix: str = ".mp4") -> Built:
-    """Cover art (photo C, attached picture) as stream 0, then the 8 s video: A 0-4 s, B 4-8 s."""
+    """Cover art (photo C, an attached picture) and the 8 s video: A 0-4 s, B 4-8 s.
+
+    In MP4 the cover (iTunes ``covr``) is moved ahead of the video track, as
+    taggers write it, so FFmpeg lists it as stream 0. Matroska keeps cover
+    art as an attachment, which FFmpeg lists after the tracks.
+    """
     shots, queries = scenes(folder, 4.0, "AB")
     video = folder / f"video{suffix}"
     write(video, shots)
     cover = labelled_photos(folder, "ABC")["C"]
     out = folder / f"cover_first{suffix}"
-    if suffix == ".mkv":  # Matroska keeps cover art as an attachment, shown as an attached picture
-        ffmpeg(
-            "-i",
-            video,
-            "-map",
-            "0",
-            "-c",
-            "copy",
-            "-attach",
-            cover,
-            "-metadata:s:t",
-            "mimetype=image/jpeg",
-            "-metadata:s:t",
-            "filename=cover.jpg",
-            out,
-        )
-    else:
-        ffmpeg(
-            "-i",
-            cover,
-            "-i",
-            video,
-            "-map",
-            "0",
-            "-map",
-            "1",
-            "-c",
-            "copy",
-            "-disposition:v:0",
-            "attached_pic",
-            out,
-        )
+    if suffix == ".mkv":
+        tag = ["-metadata:s:t", "mimetype=image/jpeg", "-metadata:s:t", "filename=cover.jpg"]
+        ffmpeg("-i", str(video), "-map", "0", "-c", "copy", "-attach", str(cover), *tag, str(out))
+        return Built(out, queries)
+    pic = ["-disposition:v:0", "attached_pic"]
+    ffmpeg("-i", str(cover), "-i", str(video), "-map", "0", "-map", "1", "-c", "copy", *pic, str(out))
+    out.write_bytes(_udta_first(out.read_bytes()))
     return Built(out, queries)
+
+
+def _boxes(data: bytes) -> list[bytes]:
+    """The ISO-BMFF boxes (32-bit sizes) laid end to end in ``data``."""
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        out.append(data[pos : pos + size])
+        pos += size
+    return out
+
+
+def _udta_first(data: bytes) -> bytes:
+    """The file with ``moov``'s user data (where the cover lives) ahead of its tracks.
+
+    ``moov`` keeps its size and ``mdat`` (written before it) its place, so
+    every sample offset stays valid.
+    """
+    top = _boxes(data)
+    for k, box in enumerate(top):
+        if box[4:8] == b"moov":
+            children = _boxes(box[8:])
+            children.sort(key=lambda child: child[4:8] != b"udta")  # stable: udta first, the rest in order
+            top[k] = box[:8] + b"".join(children)
+    return b"".join(top)
 
 
 def cover_only(folder: Path, suffix: str = ".mp3") -> Built:

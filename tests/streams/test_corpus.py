@@ -68,10 +68,10 @@ CASES: dict[str, Case] = {
                            moments={"A": (0, 3), "B": (3, 6)}),
     "long_audio_mp4": Case(lambda d: C.longer_audio(d, ".mp4"), samples=12, spans=[(0, 6)],
                            moments={"A": (0, 3), "B": (3, 6)}),
-    "cut_mkv": Case(lambda d: C.cut(d, ".mkv"), exit=2, error="truncated", samples=6, spans=[(0, 3)],
-                    moments={"A": (1, 1.5)}),
-    "cut_avi": Case(lambda d: C.cut(d, ".avi"), exit=2, error="cut packet (truncated)", samples=6,
-                    spans=[(0.1, 3.1)], moments={"A": (1.1, 1.6)}),
+    "cut_mkv": Case(lambda d: C.cut(d, ".mkv"), exit=2, error="truncated", samples=7, spans=[(0, 3.5)],
+                    moments={"A": (1, 3)}),
+    "cut_avi": Case(lambda d: C.cut(d, ".avi"), exit=2, error="cut packet (truncated)", samples=7,
+                    spans=[(0.1, 3.6)], moments={"A": (1.1, 3.1)}),
     # 4. Attached pictures (cover art) are never the video.
     "cover_first_mp4": Case(lambda d: C.cover_first(d, ".mp4"), samples=16, spans=[(0, 8)], moments=AB8),
     "cover_mkv": Case(lambda d: C.cover_first(d, ".mkv"), samples=16, spans=[(0, 8)], moments=AB8),
@@ -125,7 +125,8 @@ def observe(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case) -> d
     )
     seen: dict[str, object] = {"exit": code, "err": err, "index": index.exists()}
     if code == 0:
-        seen["samples"] = json.loads(out)["frames"]
+        summary = json.loads(out)
+        seen["samples"], seen["seconds"] = summary["frames"], summary["video_seconds"]
     if index.exists():
         _, out, _ = _run(capsys, "info", str(index), "--json")
         (stream,) = json.loads(out)["streams"].values()
@@ -156,6 +157,8 @@ def test_corpus(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         return
     assert seen["samples"] == case.samples
     assert _rounded(seen["spans"]) == _rounded(case.spans)
+    if case.exit == 0:  # `video_seconds` is what was read (raw streams declare nothing), up to one frame
+        assert seen["seconds"] == pytest.approx(case.spans[-1][1], abs=0.05)
     assert _rounded(seen["moments"]) == _rounded(case.moments)
 
 
