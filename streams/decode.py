@@ -11,6 +11,13 @@ A file whose only pictures are attached ones raises
 decodable frame raises :class:`~streams.errors.EmptyMediaError` (after
 demuxing everything, so the caller keeps nothing and writes no index).
 
+Pictures, as every source converts them (:func:`streams.sampler.to_rgb`):
+upright per the display matrix (rotation) before the encoder and the frame
+store; the short side scaled to the encoder's size and the long side capped
+at 4x that (a 1920x1 strip costs what a normal clip costs); a side beyond
+32768 px (or none) is an absurd size, a :class:`~streams.errors.CorruptMediaError`
+at open (:func:`open_media`) or at the first such picture.
+
 Time, frame by frame (:class:`Clock`):
 
 * A picture's time is ``(pts - start_time) * time_base``. Pictures without
