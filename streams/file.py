@@ -38,83 +38,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
-from streams.decode import (
-    MAX_BAD_PACKETS_IN_A_ROW,
-    Damage,
-    Picture,
-    declared_duration,
-    decode,
-    frame_period,
-    open_media,
-)
+from streams.decode import MAX_BAD_PACKETS_IN_A_ROW, Damage, Picture, declared_duration, decode, open_media
 from streams.errors import SourceUnavailableError, StreamError
 from streams.media import AudioChunk, Frame, Media
+from streams.probe import VideoInfo, probe
 from streams.registry import OpenContext, register
-from streams.sampler import Sampler, rotation_turns, to_rgb
+from streams.sampler import HeldBack, Sampler, to_rgb
 from streams.source import RecordingSpec, Source, SourceState, SourceStats
 from streams.timeline import Pacer
 
 __all__ = ["MAX_BAD_PACKETS_IN_A_ROW", "FileSource", "FileSpec", "VideoInfo", "decode_frames", "probe"]
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a file says about its video stream, and its first picture shows."""
-
-    path: Path
-    duration: float
-    """Seconds (stream duration when known, else the container's; 0 if neither)."""
-    fps: float | None
-    width: int
-    """Coded width in pixels (as stored, before rotation)."""
-    height: int
-    codec: str
-    frames: int | None
-    """Frame count declared by the container, when it declares one."""
-    rotation: int = 0
-    """Degrees counter-clockwise the display matrix turns the picture (0, 90, 180, 270)."""
-
-    @property
-    def display_size(self) -> tuple[int, int]:
-        """(width, height) as shown: the coded size turned by :attr:`rotation`."""
-        return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
-
-
-def probe(path: Path) -> VideoInfo:
-    """Read the header of ``path`` and decode its first picture: duration, rate, size, rotation, codec.
-
-    Raises :class:`~streams.errors.SourceUnavailableError` for a missing file,
-    :class:`~streams.errors.NoVideoStreamError` without video (or with cover art only),
-    :class:`~streams.errors.EmptyMediaError` for a video stream without a frame and
-    :class:`~streams.errors.CorruptMediaError` for anything else that is not decodable video.
-    """
-    container, stream = open_media(path)
-    try:
-        rotation = 0
-        pictures = decode(container, stream, label=path, check_truncation=False)
-        for item in pictures:
-            if isinstance(item, Picture):
-                rotation = rotation_turns(item.frame) * 90
-                break
-        pictures.close()
-        return VideoInfo(
-            path=path,
-            duration=declared_duration(container, stream),
-            fps=1.0 / frame_period(stream),
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            codec=stream.codec_context.name,
-            frames=stream.frames or None,
-            rotation=rotation,
-        )
-    finally:
-        container.close()
 
 
 def decode_media(
@@ -140,7 +78,7 @@ def decode_media(
     container, vstream = open_media(path)
     sampler = Sampler(fps)
     chunker = AudioChunker(stream) if audio else None
-    held = _HeldBack(declared_duration(container, vstream))
+    held = HeldBack(declared_duration(container, vstream))
     pictures = decode(
         container,
         vstream,
@@ -156,7 +94,7 @@ def decode_media(
         try:
             for item in pictures:
                 if isinstance(item, Picture):
-                    yield from held.shown(item)
+                    yield from held.shown(item.t, item.duration)
                     if sampler.take(item.t):
                         image = to_rgb(item.frame, short_side)
                         held.keep(Frame(stream, item.t, image, keyframe=bool(item.frame.key_frame)))
@@ -170,45 +108,6 @@ def decode_media(
             yield from chunker.flush()
     finally:
         container.close()
-
-
-class _HeldBack:
-    """The last sample, held back until its picture's end is known (sans-I/O).
-
-    A sample's ``duration`` is how long its picture stays on screen: until
-    the next picture or the picture's own duration, and for the last one
-    clipped to the end of the stream (``stream_end``, when the container
-    states one beyond it).
-    """
-
-    def __init__(self, stream_end: float) -> None:
-        self._stream_end = stream_end
-        self._kept: Frame | None = None
-        self._on_screen: Picture | None = None
-
-    def shown(self, picture: Picture) -> Iterator[Frame]:
-        """``picture`` replaces the one on screen: the held sample, if any, is complete."""
-        if self._kept is not None and self._on_screen is not None:
-            yield self._lasting(min(self._on_screen.t + self._on_screen.duration, picture.t))
-        self._kept, self._on_screen = None, picture
-
-    def keep(self, frame: Frame) -> None:
-        """``frame`` samples the picture now on screen."""
-        self._kept = frame
-
-    def ended(self, *, complete: bool) -> Iterator[Frame]:
-        """The input ended (``complete``: normally; else on an error): the held sample, if any."""
-        if self._kept is None or self._on_screen is None:
-            return
-        until = self._on_screen.t + self._on_screen.duration
-        if complete and self._stream_end > self._on_screen.t:
-            until = min(until, self._stream_end)
-        yield self._lasting(until)
-        self._kept = None
-
-    def _lasting(self, until: float) -> Frame:
-        assert self._kept is not None
-        return replace(self._kept, duration=max(until - self._kept.t, 1e-3))
 
 
 def decode_frames(

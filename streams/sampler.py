@@ -14,18 +14,23 @@ Conversion rules (:func:`to_rgb`), the same for every source:
   not 430080x224), so a degenerate size costs what a normal clip costs.
   A side beyond :data:`MAX_SIDE` pixels, or none at all, is an absurd size:
   :class:`~streams.errors.CorruptMediaError` (:func:`check_size`).
+
+:class:`HeldBack` gives a recording's samples their ``duration`` (how long
+the picture stays on screen), so a consumer can tell a held frame from a gap.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 
 import av
 import numpy as np
 
 from streams.errors import CorruptMediaError
-from streams.media import RGBImage
+from streams.media import Frame, RGBImage
 
 MAX_SIDE = 32_768
 """Pixels: a picture side beyond this is absurd (H.264/HEVC levels stop near 16 888)."""
@@ -117,3 +122,43 @@ def to_rgb(frame: av.VideoFrame, short: int) -> RGBImage:
     if turns:
         arr = np.rot90(arr, k=turns)
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+class HeldBack:
+    """The last sample, held back until its picture's end is known (sans-I/O).
+
+    A sample's ``duration`` is how long its picture stays on screen: until
+    the next picture or the picture's own duration, and for the last one
+    clipped to the end of the stream (``stream_end``, when the container
+    states one beyond it).
+    """
+
+    def __init__(self, stream_end: float) -> None:
+        self._stream_end = stream_end
+        self._kept: Frame | None = None
+        self._on_screen: tuple[float, float] | None = None  # (time, duration) of the picture on screen
+
+    def shown(self, t: float, duration: float) -> Iterator[Frame]:
+        """A picture at ``t`` lasting ``duration`` s replaces the one on screen: the held sample is complete."""
+        if self._kept is not None and self._on_screen is not None:
+            yield self._lasting(min(sum(self._on_screen), t))
+        self._kept, self._on_screen = None, (t, duration)
+
+    def keep(self, frame: Frame) -> None:
+        """``frame`` samples the picture now on screen."""
+        self._kept = frame
+
+    def ended(self, *, complete: bool) -> Iterator[Frame]:
+        """The input ended (``complete``: normally; else on an error): the held sample, if any."""
+        if self._kept is None or self._on_screen is None:
+            return
+        t, duration = self._on_screen
+        until = t + duration
+        if complete and self._stream_end > t:
+            until = min(until, self._stream_end)
+        yield self._lasting(until)
+        self._kept = None
+
+    def _lasting(self, until: float) -> Frame:
+        assert self._kept is not None  # callers check
+        return replace(self._kept, duration=max(until - self._kept.t, 1e-3))
