@@ -35,7 +35,9 @@ class Case:
     spans: list[Span] = field(default_factory=list)
     """Coverage in stream seconds, as ``vmr info`` reports it."""
     moments: dict[str, Span] = field(default_factory=dict)
-    """Label of a photo -> the top moment of its image query (only these labels are asked)."""
+    """Label of a photo -> the seconds it is shown (only these labels are asked): its query's top moment
+    and its query's top moment must overlap them by at least half of the shorter of the two (moment
+    edges move with retrieval details; the scene found must not)."""
     error: str | None = None
     """A piece of the error line (exit 2)."""
     note: str | None = None
@@ -43,8 +45,8 @@ class Case:
 
 
 C = corpus
-ABC = {"A": (0.0, 4.0), "B": (0.0, 8.0), "C": (8.0, 12.0)}
-"""Top moments of A 0-4 s, B 4-8, C 8-12 in an ordinary MP4 (the reference row): what a correct decode gives."""
+ABC = {"A": (0.0, 4.0), "B": (4.0, 8.0), "C": (8.0, 12.0)}
+"""A 0-4 s, B 4-8, C 8-12: where each photo is shown."""
 AB8 = {"A": (0.0, 4.0), "B": (4.0, 8.0)}
 STITCHED = "discontinuity stitched"
 
@@ -55,23 +57,23 @@ CASES: dict[str, Case] = {
     "ts_concat": Case(lambda d: C.concatenated(d, ".ts"), samples=20, spans=[(0, 10)],
                       moments={"A": (0, 5), "B": (5, 10)}, note=STITCHED),
     "ts_concat3": Case(lambda d: C.concatenated(d, ".ts", parts=3), samples=30, spans=[(0, 15)],
-                       moments={"A": (0, 5), "B": (0, 10), "C": (10, 15)}, note=STITCHED),
+                       moments={"A": (0, 5), "B": (5, 10), "C": (10, 15)}, note=STITCHED),
     "mpg_concat": Case(lambda d: C.concatenated(d, ".mpg", codec="mpeg2video", fps=25), samples=20,
-                       spans=[(0, 10.02)], moments={"A": (0, 5), "B": (5, 10.02)}, note=STITCHED),
+                       spans=[(0, 10.02)], moments={"A": (0, 5), "B": (5, 10)}, note=STITCHED),
     # 2. No container timestamps: the stream's own rate (10 fps), not FFmpeg's 25 fps default.
     "raw_h264": Case(lambda d: C.raw_stream(d, "h264"), samples=24, spans=[(0, 12)], moments=ABC),
     "raw_hevc": Case(lambda d: C.raw_stream(d, "hevc"), samples=24, spans=[(0, 12)], moments=ABC),
     "raw_mpeg4": Case(lambda d: C.raw_stream(d, "m4v"), samples=24, spans=[(0, 12)],
-                      moments={**ABC, "B": (4, 8)}),
+                      moments=ABC),
     # 3. Complete files with a longer audio track succeed; files cut part-way fail, keeping what was read.
     "long_audio_mkv": Case(lambda d: C.longer_audio(d, ".mkv"), samples=12, spans=[(0, 6)],
                            moments={"A": (0, 3), "B": (3, 6)}),
     "long_audio_mp4": Case(lambda d: C.longer_audio(d, ".mp4"), samples=12, spans=[(0, 6)],
                            moments={"A": (0, 3), "B": (3, 6)}),
     "cut_mkv": Case(lambda d: C.cut(d, ".mkv"), exit=2, error="truncated", samples=7, spans=[(0, 3.5)],
-                    moments={"A": (1, 3)}),
+                    moments={"A": (0, 3)}),
     "cut_avi": Case(lambda d: C.cut(d, ".avi"), exit=2, error="cut packet (truncated)", samples=7,
-                    spans=[(0.1, 3.6)], moments={"A": (1.1, 3.1)}),
+                    spans=[(0.1, 3.6)], moments={"A": (0.1, 3.1)}),
     # 4. Attached pictures (cover art) are never the video.
     "cover_first_mp4": Case(lambda d: C.cover_first(d, ".mp4"), samples=16, spans=[(0, 8)], moments=AB8),
     "cover_mkv": Case(lambda d: C.cover_first(d, ".mkv"), samples=16, spans=[(0, 8)], moments=AB8),
@@ -84,17 +86,17 @@ CASES: dict[str, Case] = {
                            moments=AB8),
     # 6. Degenerate sizes cost what a normal clip costs; absurd ones are a typed error.
     "strip_1920x1": Case(lambda d: C.degenerate(d, (1920, 1)), samples=8, spans=[(0, 4)],
-                         moments={"A": (0, 2), "B": (2, 3.5)}),
+                         moments={"A": (0, 2), "B": (2, 4)}),
     "strip_1x1080": Case(lambda d: C.degenerate(d, (1, 1080)), samples=8, spans=[(0, 4)],
-                         moments={"A": (0, 2), "B": (2, 3.5)}),
+                         moments={"A": (0, 2), "B": (2, 4)}),
     "absurd_40000x2": Case(C.absurd, exit=2, error="absurd picture size 40000x2"),
     # 7. A held frame lasts until the next one (clipped to the end); a clock jump stays a gap.
     "held_mp4": Case(lambda d: C.held(d, ".mp4"), samples=60, spans=[(0, 30)],
-                     moments={"A": (0, 10), "B": (0, 20), "C": (20, 30)}),
+                     moments={"A": (0, 10), "B": (10, 20), "C": (20, 30)}),
     "held_mov": Case(lambda d: C.held(d, ".mov"), samples=60, spans=[(0, 30)],
-                     moments={"A": (0, 10), "B": (0, 20), "C": (20, 30)}),
+                     moments={"A": (0, 10), "B": (10, 20), "C": (20, 30)}),
     "ts_jump_600": Case(C.clock_jump, samples=20, spans=[(0, 5), (605, 610)],
-                        moments={"A": (1, 5), "B": (605, 606)}),
+                        moments={"A": (0, 5), "B": (605, 610)}),
     # 8. An empty video is an error and leaves no index.
     "empty_avi": Case(lambda d: C.empty(d, ".avi"), exit=2, error="the video stream holds no frame"),
     "empty_mkv": Case(lambda d: C.empty(d, ".mkv"), exit=2, error="cannot open as video"),
@@ -159,7 +161,13 @@ def test_corpus(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert _rounded(seen["spans"]) == _rounded(case.spans)
     if case.exit == 0:  # `video_seconds` is what was read (raw streams declare nothing), up to one frame
         assert seen["seconds"] == pytest.approx(case.spans[-1][1], abs=0.05)
-    assert _rounded(seen["moments"]) == _rounded(case.moments)
+    found = seen["moments"]
+    assert isinstance(found, dict) and found.keys() == case.moments.keys()
+    for label, (start, end) in case.moments.items():
+        got_start, got_end = found[label]
+        overlap = min(end, got_end) - max(start, got_start)
+        shorter = min(end - start, got_end - got_start)
+        assert overlap >= 0.5 * shorter, (label, found[label], (start, end))  # mostly one inside the other
 
 
 def _rounded(value: object) -> object:
