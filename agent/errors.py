@@ -20,6 +20,7 @@ websocket API sends to clients instead of a traceback::
     │   ├── UnknownStreamError      a request names a stream id that does not exist
     │   ├── UnauthorizedError       missing or wrong auth token
     │   ├── SlowClientError         a client fell too far behind its event queue
+    │   ├── BusyError               a client already has its limit of requests in flight
     │   └── LimitExceededError      a cap on streams or a rate of requests was reached
     └── LLMError                    the LLM stage failed
         ├── LLMUnavailableError     server down, not started, or port unavailable
@@ -127,6 +128,18 @@ class SlowClientError(ProtocolError):
     """A client did not read its events fast enough and was disconnected."""
 
     code = "slow_client"
+
+
+class EncodingError(VmrError):
+    """Every encoder pass of a stream failed: it ingested frames but retained nothing."""
+
+    code = "encoding_failed"
+
+
+class BusyError(ProtocolError):
+    """A client sent a request while its limit of requests in flight was reached (retry later)."""
+
+    code = "busy"
 
 
 class LimitExceededError(ProtocolError):

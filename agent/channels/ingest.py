@@ -18,6 +18,11 @@ period, so a clock jump stays a gap. Sources deliver time in order (a file's
 discontinuities are stitched by the decoder); a frame older than the last
 one cannot be merged into an ordered memory: it is dropped, counted
 (``IngestStats.out_of_order``) and logged once per stream, never silently.
+Gaps: a jump in stream time larger than ``cfg.gap_seconds`` (a source
+outage, a reconnect, frames dropped upstream) closes the filling grid
+before the frame after it, so no super-image spans the jump and the memory
+records the hole as a gap in coverage (:meth:`Memory.coverage`). A dropped
+super-image's span is a gap too, however short (:meth:`Memory.break_coverage`).
 """
 
 from __future__ import annotations
@@ -95,7 +100,9 @@ class StreamIngestor:
         self.cheap = cheap
         self.store = store
         self.gate = Gate(cfg.gate_motion, cfg.gate_hist, cfg.gate_max_seconds) if cfg.gate else None
-        self.tiler = Tiler(stream, grid=cfg.grid, size=image_size, period=1.0 / cfg.fps)
+        self.tiler = Tiler(
+            stream, grid=cfg.grid, size=image_size, period=1.0 / cfg.fps, max_gap=cfg.gap_seconds
+        )
         self.stats = IngestStats()
         self._fifo: deque[_Pending] = deque()
         self._by_id: dict[int, _Pending] = {}
@@ -138,8 +145,8 @@ class StreamIngestor:
             return self._gated(frame.t)
         self.stats.encoded_frames += 1
         out = []
-        if entry.hist_change >= SCENE_CUT and self.tiler.pending:
-            out = self._emit(self.tiler.flush())  # never tile across a scene cut
+        if self.tiler.pending and (entry.hist_change >= SCENE_CUT or self.tiler.breaks(frame.t)):
+            out = self._emit(self.tiler.flush())  # never tile across a scene cut or a gap
         return out + self._emit(self.tiler.push(frame.t, frame.image))
 
     def _gated(self, t: float) -> list[SuperImage]:
@@ -148,7 +155,7 @@ class StreamIngestor:
         if not self.tiler.pending:
             self._queue(_Pending(None, extend_to=t + period))
             return []
-        if t - self.tiler.last_time <= MAX_TILE_GAP * period:
+        if t - self.tiler.last_time <= MAX_TILE_GAP * period and not self.tiler.breaks(t):
             # Short static run inside a filling grid: the next tile's span covers it.
             return []
         # A long static stretch: close the grid (tiles stay near-consecutive) and stretch.
@@ -229,6 +236,7 @@ class StreamIngestor:
             item = fifo.popleft()
             if item.dropped:
                 self._hole = True
+                self.memory.break_coverage()  # its span is a gap, not retained
             elif item.si is not None and item.embedding is not None:
                 self.memory.add(item.si.start, item.si.end, item.embedding)
                 self._hole = False

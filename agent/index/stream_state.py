@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ _CLOCK_STEP = 5.0
 _CLOCK_TOLERANCE = 0.5
 """Seconds the stream-to-wall offset may move before a new (stream time, wall clock) pair is kept."""
 _CLOCK_CAP = 200_000
+_ERROR_CHARS = 200
 
 
 class StreamState:
@@ -94,6 +96,8 @@ class StreamState:
         self._clock_t: list[float] = []
         self._clock_wall: list[float] = []
         self.meta: dict[str, Any] = {}
+        self.last_work_error: str | None = None
+        """The latest failed work item's error (trimmed), for a stream that ends with nothing retained."""
         self._load_state()
         # One line per channel: the speech and text channels are added here.
         self._visual = VisualChannel(
@@ -171,6 +175,7 @@ class StreamState:
     def fail(self, item: WorkItem, error: str) -> list[WorkItem]:
         """``item``'s attempt failed: its channel retries (returned items) or drops it."""
         with self._lock:
+            self.last_work_error = error[:_ERROR_CHARS]
             return self._channel(item).fail(item, error)
 
     @property
@@ -186,6 +191,17 @@ class StreamState:
                 n: WorkCounters(c.counters.failed, c.counters.retried, c.counters.dropped)
                 for n, c in self.channels.items()
             }
+
+    def gaps(self) -> list[tuple[float, float]]:
+        """Holes ``(start, end)`` in the visual memory's coverage, in time order.
+
+        Read without the stream's lock (query threads hold it while they
+        refine; a status read must not wait behind them): the memory appends
+        and stretches its intervals in place, so a concurrent read sees the
+        intervals of an instant ago at worst.
+        """
+        spans = self.memory.spans()
+        return [(a[1], b[0]) for a, b in pairwise(spans) if b[0] > a[1]]
 
     def _channel(self, item: WorkItem) -> Channel:
         channel = self.channels.get(item.channel)

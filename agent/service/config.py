@@ -150,6 +150,11 @@ class ServiceConfig(Strict):
     """Largest websocket message accepted (a base64 image query must fit)."""
     client_queue: int = Field(default=256, ge=8)
     """Events buffered per client before the slow-client policy applies."""
+    client_queue_bytes: int = Field(default=8 * 1024**2, ge=64 * 1024)
+    """Bytes of events buffered per client before the slow-client policy applies (also bounded by
+    ``client_queue`` events; see ``agent.service.connection``)."""
+    max_in_flight: int = Field(default=8, ge=1)
+    """Queries and watches one client may have running at once; one more gets ``busy``."""
     encoder_queue: int = Field(default=8, ge=1)
     """Super-images queued per stream in front of the shared encoder."""
     source_queue: int = Field(default=8, ge=1)

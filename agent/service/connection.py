@@ -1,12 +1,26 @@
 """One websocket client: its outbound event queue, its request tasks and its watches.
 
-Slow clients: the outbound queue holds at most ``limit`` events. Above half
-of it (the low watermark) ``progress`` events are dropped and a non-final
-``moment.update`` replaces the queued update of the same match
-(coalescing); at the high watermark the client gets an ``error`` with code
-``slow_client`` and is disconnected (close code 1008). Opening and closing
-events of matches are never dropped while the client is connected; nothing
-the service stores depends on a client keeping up.
+Slow clients: the outbound queue is bounded twice, in events (``limit``) and
+in bytes (``max_bytes``: the memory of the queued JSON texts; events are
+encoded once, when queued). Above half of either (the low watermarks)
+``progress`` events are dropped and a non-final ``moment.update`` replaces
+the queued update of the same match (coalescing); an event that would take
+the queue over either high watermark disconnects the client instead: the
+queue is emptied (its memory freed at once), the client gets an ``error``
+with code ``slow_client`` and the socket closes with code 1008 and the
+reason "slow client: N events (M bytes) unread". One event alone is always
+queued, so the queue holds at most ``max_bytes`` plus one event (and events
+are bounded: error messages are cut, answers hold at most ``top_k``
+moments). Opening and closing events of matches are never dropped while
+the client is connected; nothing the service stores depends on a client
+keeping up. A client that stops reading altogether is also cut off by the
+websocket heartbeat; aiohttp's own write buffer stays at its flow-control
+limit because the writer awaits the socket.
+
+Requests in flight: at most ``max_in_flight`` queries and watches of one
+client run at once (:meth:`Connection.admit`); one more is answered at once
+with an ``error`` of code ``busy`` and nothing runs. Other requests are
+answered in order by the read loop, one at a time.
 
 Before authentication (see :mod:`agent.service.auth`): a client that has
 sent no valid message yet is disconnected after ``preauth_max_invalid``
@@ -20,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from collections import deque
 
 from aiohttp import web
 
-from agent.errors import ProtocolError
+from agent.errors import BusyError, ProtocolError
 from agent.service.protocol import (
     SLOW_CLIENT,
     ErrorEvent,
@@ -37,6 +52,10 @@ from agent.service.watch import Watch
 
 FLUSH_SECONDS = 1.0
 """How long a closing connection may spend sending what is still queued."""
+QUEUE_BYTES = 8 * 1024**2
+"""Default byte bound of a client's outbound queue (``ServiceConfig.client_queue_bytes``)."""
+IN_FLIGHT = 8
+"""Default limit of a client's queries and watches in flight (``ServiceConfig.max_in_flight``)."""
 
 
 def _essential(event: ServerEvent) -> bool:
@@ -49,13 +68,29 @@ def _essential(event: ServerEvent) -> bool:
 class Connection:
     """A connected client; :meth:`send` never blocks, :meth:`writer` drains the queue to the socket."""
 
-    def __init__(self, ws: web.WebSocketResponse, limit: int, *, authed: bool, address: str = "") -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        limit: int,
+        *,
+        authed: bool,
+        address: str = "",
+        max_bytes: int = QUEUE_BYTES,
+        max_in_flight: int = IN_FLIGHT,
+    ) -> None:
         self.ws = ws
         self.address = address
         """The client's IP address (the key of the failed-token backoff)."""
         self.high = limit
         self.low = max(1, limit // 2)
+        self.high_bytes = max_bytes
+        self.low_bytes = max(1, max_bytes // 2)
+        self.max_in_flight = max_in_flight
         self.queue: deque[ServerEvent] = deque()
+        self.texts: deque[str] = deque()
+        """The JSON text of each queued event (same order as :attr:`queue`)."""
+        self.queued_bytes = 0
+        """Memory of :attr:`texts`, in bytes (``sys.getsizeof`` of each)."""
         self.ready = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.watches: dict[str, Watch] = {}
@@ -76,27 +111,45 @@ class Connection:
 
     # ------------------------------------------------------------- outbound
     def send(self, event: ServerEvent) -> None:
-        """Queue an event (never blocks; applies the slow-client policy)."""
+        """Queue an event (never blocks; applies the slow-client policy of the module docstring)."""
         if self.kicked:
             return
         n = len(self.queue)
-        if n >= self.low and not _essential(event):
+        text = encode(event)
+        size = sys.getsizeof(text)
+        if (n >= self.low or self.queued_bytes + size > self.low_bytes) and not _essential(event):
             if isinstance(event, MomentUpdateEvent):
                 for i, old in enumerate(self.queue):
                     if isinstance(old, MomentUpdateEvent) and (old.id, old.match) == (event.id, event.match):
-                        self.queue[i] = event
+                        self.queued_bytes += size - sys.getsizeof(self.texts[i])
+                        self.queue[i], self.texts[i] = event, text
                         return
             if isinstance(event, ProgressEvent):
                 self.dropped += 1
                 return
-        if n >= self.high:
-            self.kicked = True
-            self.close_code, self.close_reason = 1008, "slow client"
-            self.queue.clear()
-            self.queue.append(ErrorEvent(code=SLOW_CLIENT, message="client too slow; disconnecting"))
+        if n >= self.high or (n and self.queued_bytes + size > self.high_bytes):
+            self._disconnect_slow(n)
         else:
-            self.queue.append(event)
+            self._append(event, text, size)
         self.ready.set()
+
+    def _append(self, event: ServerEvent, text: str, size: int) -> None:
+        self.queue.append(event)
+        self.texts.append(text)
+        self.queued_bytes += size
+
+    def _disconnect_slow(self, unread: int) -> None:
+        self.close_code, self.close_reason = (
+            1008,
+            f"slow client: {unread} events ({self.queued_bytes} bytes) unread",
+        )
+        self.kicked = True
+        self.queue.clear()
+        self.texts.clear()
+        self.queued_bytes = 0
+        last = ErrorEvent(code=SLOW_CLIENT, message=f"client too slow; disconnecting ({self.close_reason})")
+        text = encode(last)
+        self._append(last, text, sys.getsizeof(text))
 
     def kick(self, event: ErrorEvent, reason: str, code: int = 1008) -> None:
         """Send ``event`` as the last one, then close the socket with ``code`` and ``reason``."""
@@ -120,8 +173,10 @@ class Connection:
                     return
                 self.ready.clear()
                 await self.ready.wait()
-            event = self.queue.popleft()
-            await self.ws.send_str(encode(event))
+            self.queue.popleft()
+            text = self.texts.popleft()
+            self.queued_bytes -= sys.getsizeof(text)
+            await self.ws.send_str(text)
             if self.kicked and not self.queue:
                 await self.ws.close(code=self.close_code, message=self.close_reason.encode()[:123])
                 return
@@ -136,6 +191,20 @@ class Connection:
     def check_free(self, rid: str) -> None:
         if rid in self.tasks or rid in self.watches:
             raise ProtocolError(f"request id {rid!r} is already in use")
+
+    def admit(self, rid: str) -> None:
+        """Check that a query or watch may start now under id ``rid``.
+
+        ProtocolError if the id is in use; BusyError when :attr:`max_in_flight`
+        requests of this client are running (the client retries after an answer
+        or a ``cancel``).
+        """
+        self.check_free(rid)
+        if len(self.tasks) >= self.max_in_flight:
+            raise BusyError(
+                f"{len(self.tasks)} requests in flight, the most one client may have; "
+                "wait for an answer or cancel one"
+            )
 
     async def finish(self, writer: asyncio.Task[None]) -> None:
         """Cancel and await the request tasks, then flush the queue (close the watches first)."""

@@ -256,22 +256,28 @@ class LocalShard(StreamShard):
         w = self.worker
         depths = w.depths() if w else {}
         return ShardStats(
-            streams={
-                name: StreamStats(
-                    frames=r.frames_in,
-                    dropped=r.dropped,
-                    reconnects=r.reconnects,
-                    up=r.status in ("starting", "running"),
-                    tokens=r.state.memory.tokens,
-                    encoder_queue=depths.get(name, 0),
-                    source_events=source_events(r.source_info()),
-                )
-                for name, r in self.runners.items()
-            },
+            streams={name: self._stream_stats(r, depths.get(name, 0)) for name, r in self.runners.items()},
             encoder_passes=w.passes if w else 0,
             encoder_images=w.images if w else 0,
             encoder_errors=w.errors if w else 0,
             work=self.workers.counters() if self.workers else {},
+        )
+
+    @staticmethod
+    def _stream_stats(r: StreamRunner, encoder_queue: int) -> StreamStats:
+        health = r.health()
+        return StreamStats(
+            frames=r.frames_in,
+            dropped=r.dropped,
+            reconnects=r.reconnects,
+            up=health.up,
+            tokens=r.state.memory.tokens,
+            encoder_queue=encoder_queue,
+            source_events=source_events(r.source_info()),
+            gaps=health.gaps,
+            gap_seconds=health.gap_seconds,
+            snapshot_age=health.snapshot_age,
+            errors=dict(r.errors),
         )
 
     async def model_info(self) -> dict[str, Any]:

@@ -19,32 +19,38 @@ sent, and is the last event of the query.
 One codec both ways: :func:`encode` writes any message, :func:`parse_message`
 reads a request (server side), :func:`parse_event` an event (client side);
 both raise :class:`~agent.errors.ProtocolError` with a readable reason.
+
+Messages are read within the limits of :mod:`agent.service.json_text`
+(depth, values, echoed text).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.channels.refine import MAX_REFINE_BUDGET_S
 from agent.channels.retrieval import Query
 from agent.config import MAX_TOP_K, QueryConfig, Strict
-from agent.errors import ProtocolError, SlowClientError, UnauthorizedError, VmrError
+from agent.errors import BusyError, ProtocolError, SlowClientError, UnauthorizedError, VmrError
 from agent.models.images import decode_image_b64
 from agent.service.answer import MomentOut, QueryAnswer
+from agent.service.json_text import ERROR_CHARS, ID_CHARS, clip, load_json
 
 PROTOCOL_VERSION = 1
 SLOW_CLIENT = SlowClientError.code
 """Error code sent before a client that cannot keep up is disconnected."""
 UNAUTHORIZED = UnauthorizedError.code
 """Error code of a wrong or missing token (the connection is then closed)."""
+BUSY = BusyError.code
+"""Error code of a request refused because its client has its limit of requests in flight."""
+_MAX_REASONS = 5
+"""Validation errors listed in one reason (the rest are counted)."""
 
 
 class _Msg(Strict):
-    id: str | None = Field(default=None, max_length=200)
+    id: str | None = Field(default=None, max_length=ID_CHARS)
 
 
 # ---------------------------------------------------------------- client -> server
@@ -142,6 +148,17 @@ class StreamStatus(BaseModel):
     """The source's own statistics (``streams.source.SourceStats``: state connecting/streaming/backoff/
     done/closed, last_error, frames, drops, reconnects, progress, damaged_packets, kind-specific extras)
     and its queue policy; None before a source opens."""
+    up: bool = True
+    """False while a live source reconnects and once the stream ended (``vmr_stream_up``)."""
+    source_state: str | None = None
+    source_error: str | None = None
+    """The source's state and latest failure (also under ``source``); None before a source opens."""
+    gaps: dict[str, int | float] = Field(default_factory=dict)
+    """Holes in the memory's coverage: ``count`` and ``seconds``."""
+    snapshot_age: float | None = None
+    """Seconds since the stream's last good snapshot (since its start before the first)."""
+    reasons: list[str] = Field(default_factory=list)
+    """Why this stream degrades ``/healthz`` (``failed: <code>``, ``reconnecting``, ``snapshot stale``)."""
 
 
 class HelloEvent(_Msg):
@@ -232,7 +249,8 @@ class CancelledEvent(_Msg):
 class ErrorEvent(_Msg):
     type: Literal["error"] = "error"
     code: str
-    message: str
+    message: Annotated[str, AfterValidator(lambda text: clip(text, ERROR_CHARS))]
+    """At most :data:`ERROR_CHARS` characters, whoever builds the event."""
 
     @classmethod
     def of(cls, rid: str | None, exc: VmrError) -> ErrorEvent:
@@ -243,7 +261,9 @@ class ErrorEvent(_Msg):
 class Health(Strict):
     """``GET /healthz``."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"
+    reasons: list[str] = Field(default_factory=list)
+    """``"<stream>: <reason>"`` for each stream degrading the service (error codes, no messages or paths)."""
     protocol: int = PROTOCOL_VERSION
     streams: int
     failed: list[str]
@@ -279,31 +299,6 @@ def encode(msg: BaseModel) -> str:
     return msg.model_dump_json()
 
 
-def load_json(raw: str | bytes) -> Any:
-    """Decode one message's JSON text (parsed once per message); ProtocolError when it is not JSON."""
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from exc
-    except RecursionError as exc:  # "[" * 100000: nested deeper than the parser goes
-        raise ProtocolError("malformed JSON: nested too deeply") from exc
-
-
-def id_of(data: Any) -> str | None:
-    """The ``id`` of decoded message data, best effort, for errors about a message that did not validate."""
-    rid = data.get("id") if isinstance(data, dict) else None
-    return rid if isinstance(rid, str) else None
-
-
-_LEADING_ID = re.compile(r'^\s*\{(?:[^{}\[\]]{0,2048}?[,\s])?"id"\s*:\s*"([^"\\]{0,200})"')
-
-
-def leading_id(raw: str) -> str | None:
-    """The ``id`` of a message too large to parse, when it is a top-level key near the start (best effort)."""
-    match = _LEADING_ID.match(raw[:4096])
-    return match.group(1) if match else None
-
-
 def parse_message(raw: str | bytes) -> ClientMessage:
     """Validate one client message's JSON text; raise :class:`ProtocolError` with a readable reason."""
     return validate_message(load_json(raw))
@@ -331,11 +326,20 @@ def _validate(adapter: TypeAdapter[_T], data: Any) -> _T:
 
 
 def validation_reason(exc: ValidationError, kind: object) -> str:
-    """A one-line reason of a pydantic error about a message of type ``kind``."""
-    if any(e["type"] == "union_tag_invalid" for e in exc.errors()):
-        return f"unknown message type {kind!r}"
-    reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return f"invalid {kind!r} message: {reasons}"
+    """A one-line reason of a pydantic error about a message of type ``kind``.
+
+    Echoed parts (the type, field names) are cut to :data:`ECHO_CHARS`; at most
+    five errors are listed, the others counted.
+    """
+    errors = exc.errors(include_url=False, include_input=False)
+    shown = clip(repr(kind))
+    if any(e["type"] == "union_tag_invalid" for e in errors):
+        return f"unknown message type {shown}"
+    reasons = "; ".join(
+        f"{clip('.'.join(map(str, e['loc'])))}: {clip(e['msg'])}" for e in errors[:_MAX_REASONS]
+    )
+    more = f" (and {len(errors) - _MAX_REASONS} more)" if len(errors) > _MAX_REASONS else ""
+    return f"invalid {shown} message: {reasons}{more}"
 
 
 def to_query(msg: QueryMsg | WatchMsg, cfg: QueryConfig) -> Query:

@@ -8,14 +8,17 @@ routes of the shards (WHIP: ``POST /whip/{stream}``...).
 Each websocket text message is validated into a request model and handed
 to the handler of its ``type`` (:attr:`Router.handlers`). ``query`` and
 ``watch`` run as tasks owned by the connection so that a slow query does not
-hold up the next message; everything else is answered in order. Any failure
-becomes one ``error`` event (:func:`agent.service.errors.error_event`).
+hold up the next message, at most ``max_in_flight`` of them per connection
+(one more is answered ``busy`` at once); everything else is answered in
+order. Any failure becomes one ``error`` event
+(:func:`agent.service.errors.error_event`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +32,7 @@ from agent.service.auth import AUTHED, Auth
 from agent.service.config import ServiceConfig
 from agent.service.connection import Connection
 from agent.service.errors import error_event
+from agent.service.json_text import ERROR_CHARS, clip, id_of, leading_id, load_json
 from agent.service.metrics import CONTENT_TYPE
 from agent.service.protocol import (
     PROTOCOL_VERSION,
@@ -50,9 +54,6 @@ from agent.service.protocol import (
     StreamsRemove,
     WatchingEvent,
     WatchMsg,
-    id_of,
-    leading_id,
-    load_json,
     validate_message,
 )
 from agent.service.serving import Serving
@@ -108,11 +109,13 @@ class Router:
         try:
             t = float(request.match_info["t"])
         except ValueError:
-            raise web.HTTPBadRequest(text="time must be a number of stream seconds") from None
+            t = math.nan
+        if not math.isfinite(t):
+            raise web.HTTPBadRequest(text="time must be a finite number of stream seconds")
         try:
             found, jpeg = await self.serving.thumbnail(request.match_info["stream"], t)
         except VmrError as exc:
-            raise web.HTTPNotFound(text=str(exc)) from exc
+            raise web.HTTPNotFound(text=clip(str(exc), ERROR_CHARS)) from exc
         return web.Response(body=jpeg, content_type="image/jpeg", headers={"X-Stream-Time": f"{found:.3f}"})
 
     # ------------------------------------------------------------ websocket
@@ -121,7 +124,12 @@ class Router:
         ws = web.WebSocketResponse(max_msg_size=2 * self.cfg.max_message_bytes, heartbeat=30.0)
         await ws.prepare(request)
         conn = Connection(
-            ws, self.cfg.client_queue, authed=bool(request.get(AUTHED)), address=request.remote or ""
+            ws,
+            self.cfg.client_queue,
+            authed=bool(request.get(AUTHED)),
+            address=request.remote or "",
+            max_bytes=self.cfg.client_queue_bytes,
+            max_in_flight=self.cfg.max_in_flight,
         )
         self.connections.add(conn)
         writer = asyncio.create_task(conn.writer(), name="ws-writer")
@@ -138,7 +146,7 @@ class Router:
                     await self.handle(conn, msg.data)
                 elif msg.type == WSMsgType.BINARY and not self._too_big_before_auth(conn, len(msg.data)):
                     conn.send(
-                        error_event(None, ProtocolError("binary messages are not part of the protocol"))
+                        self._error(None, ProtocolError("binary messages are not part of the protocol"))
                     )
                     self._strike(conn)
                 if conn.kicked or ws.closed:
@@ -175,8 +183,14 @@ class Router:
                 return
             await self.dispatch(conn, msg)
         except Exception as exc:  # the one error mapper: typed code, never a traceback
-            conn.send(error_event(rid, exc))
+            conn.send(self._error(rid, exc))
             self._strike(conn)
+
+    def _error(self, rid: str | None, exc: BaseException) -> ErrorEvent:
+        """The error event answering ``exc``, counted by code (``vmr_errors_total{scope="request"}``)."""
+        event = error_event(rid, exc)
+        self.serving.metrics.count_error(event.code)
+        return event
 
     def _too_big_before_auth(self, conn: Connection, size: int) -> bool:
         """Disconnect an unauthenticated client whose message exceeds the pre-auth cap (close 1009)."""
@@ -232,9 +246,9 @@ class Router:
         conn.send(StreamRemovedEvent(id=msg.id, stream=msg.stream))
 
     async def spawn(self, conn: Connection, msg: QueryMsg | WatchMsg) -> None:
-        """Run a query or watch as a task of the connection (its id must be free)."""
+        """Run a query or watch as a task of the connection (its id free, its client not ``busy``)."""
         rid = msg.id or uuid.uuid4().hex
-        conn.check_free(rid)  # before the task exists: a refused duplicate must not run unowned
+        conn.admit(rid)  # before the task exists: a refused request must not run unowned
         conn.own(rid, asyncio.create_task(self._answer(conn, rid, msg), name=f"request-{rid}"))
 
     async def _answer(self, conn: Connection, rid: str, msg: QueryMsg | WatchMsg) -> None:
@@ -257,13 +271,13 @@ class Router:
             )
             conn.send(MomentsUpdateEvent.of(rid, final))
         except Exception as exc:  # same mapper as above: this runs as its own task
-            conn.send(error_event(rid, exc))
+            conn.send(self._error(rid, exc))
 
     async def cancel(self, conn: Connection, msg: Cancel) -> None:
         task = conn.tasks.pop(msg.target, None)
         watch = conn.watches.pop(msg.target, None)
         if task is None and watch is None:
-            raise ProtocolError(f"nothing to cancel with id {msg.target!r}")
+            raise ProtocolError(f"nothing to cancel with id {clip(repr(msg.target))}")
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

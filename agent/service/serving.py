@@ -263,8 +263,12 @@ class Serving:
 
     # ----------------------------------------------------------------- health
     async def health(self) -> Health:
+        """``degraded`` with its reasons when a stream failed, reconnects or has a stale snapshot."""
         streams = await self.list_streams()
+        reasons = [f"{s.id}: {reason}" for s in streams for reason in s.reasons]
         return Health(
+            status="degraded" if reasons else "ok",
+            reasons=reasons,
             protocol=PROTOCOL_VERSION,
             streams=len(streams),
             failed=[s.id for s in streams if s.status == "failed"],

@@ -52,10 +52,18 @@ class StreamStats:
     dropped: int
     reconnects: int
     up: bool
+    """Running and not reconnecting (:class:`agent.service.health.StreamHealth`)."""
     tokens: int
     encoder_queue: int
     source_events: dict[str, int] = field(default_factory=dict)
     """The source's own counters by name (segments lost or late, clamped timestamps, ...)."""
+    gaps: int = 0
+    """Holes in the memory's coverage."""
+    gap_seconds: float = 0.0
+    snapshot_age: float = 0.0
+    """Seconds since the last good snapshot (since the stream started, before the first)."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """The stream's failures by error code (its own failure, failed snapshots)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ async def test_ingest_goes_on_while_many_queries_are_stuck_refining(
     entered, release = blocked_refinement
     video = needle_video(tmp_path / "v.mp4", before=2.0, needle=2.0, after=2.0)
     later = needle_video(tmp_path / "later.mp4", before=2.0, needle=2.0, after=2.0)
-    async with running(tmp_path) as (_svc, url), client(url) as ws:
+    async with running(tmp_path, max_in_flight=16) as (_svc, url), client(url) as ws:
         await add(ws, {"id": "cam", "kind": "file", "path": str(video)})
         await wait_for(ws, lambda e: e["type"] == "stream" and e["stream"]["status"] == "done")
         try:

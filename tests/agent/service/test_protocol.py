@@ -318,7 +318,7 @@ async def test_two_clients_adding_one_id_at_once_get_one_stream_and_one_config_e
 
 
 def test_the_id_of_a_message_too_large_to_parse_is_read_from_its_head() -> None:
-    from agent.service.protocol import leading_id
+    from agent.service.json_text import leading_id
 
     assert leading_id(json.dumps({"type": "query", "id": "big", "text": "y" * 100_000})) == "big"
     assert leading_id(json.dumps({"id": "first", "type": "query"})) == "first"
