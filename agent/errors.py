@@ -130,6 +130,12 @@ class SlowClientError(ProtocolError):
     code = "slow_client"
 
 
+class EncodingError(VmrError):
+    """Every encoder pass of a stream failed: it ingested frames but retained nothing."""
+
+    code = "encoding_failed"
+
+
 class BusyError(ProtocolError):
     """A client sent a request while its limit of requests in flight was reached (retry later)."""
 

@@ -144,12 +144,20 @@ def regions(
 
 
 def coverage(r: Retained, start: float, end: float) -> Coverage:
-    """How much of [start, end] the memory and the frame store retain."""
+    """How much of [start, end] the memory and the frame store retain.
+
+    Stored frames count from the oldest one kept (older ones were evicted)
+    to the stream's last time, less every hole between stored frames longer
+    than the memory's gap threshold (an outage is not stored footage).
+    """
     retained, spt = r.memory.coverage(start, end)
     frames_s = 0.0
     if r.store is not None and r.store.first_time is not None:
-        last = r.last_time or start
-        frames_s = max(0.0, min(end, last) - max(start, r.store.first_time))
+        lo, hi = max(start, r.store.first_time), min(end, r.last_time or start)
+        if hi > lo:
+            edges = np.concatenate(([lo], r.store.times(lo, hi), [hi]))
+            steps = np.diff(edges)
+            frames_s = float(hi - lo - steps[steps > r.memory.gap_seconds].sum())
     return Coverage(
         start=start, end=end, retained_seconds=retained, seconds_per_token=spt, frames_seconds=frames_s
     )

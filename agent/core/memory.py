@@ -138,6 +138,8 @@ class Memory:
         self._seq = 0
         self._coverage = Coverage(budget)
         self._last_start = -math.inf
+        self._break = False
+        """A hole was reported (:meth:`break_coverage`): the next add or extend starts a new interval."""
         self._cache: _Views | None = None
         self._packed: _Packed | None = None
 
@@ -169,7 +171,8 @@ class Memory:
             self._append(start, end, vec)
             return
         last = tail.anchor
-        gap = start - last.end > self.gap_seconds
+        gap = self._break or start - last.end > self.gap_seconds
+        self._break = False
         self._coverage.cover(start, end, gap)
         if not gap and float(last.rep @ vec) >= self.theta * norm:
             last.svd.update(vec)
@@ -193,8 +196,18 @@ class Memory:
         if t <= last.end:
             return
         self._cache = None
-        self._coverage.cover(t, t, t - last.end > self.gap_seconds)
+        self._coverage.cover(t, t, self._break or t - last.end > self.gap_seconds)
+        self._break = False
         last.end = t
+
+    def break_coverage(self) -> None:
+        """The footage after the newest add was not retained (its encoding was given up).
+
+        The next :meth:`add` or :meth:`extend` then starts a new coverage
+        interval and a new anchor, however short the hole: a lost span is a
+        gap in coverage, never counted as retained. No-op on an empty memory.
+        """
+        self._break = self._tail is not None
 
     def _append(self, start: float, end: float, vec: F64) -> None:
         svd = TruncatedSVD.from_vector(vec, self.rank)

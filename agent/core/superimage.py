@@ -5,10 +5,16 @@ prescreen cheap. Each super-image remembers the stream time of every tile, so
 a score on it maps back to a time span. The last partial grid of a stream is
 padded by repeating its last tile (a black pad would drag the embedding
 towards "dark frame") and flushed.
+
+A grid never spans a gap: a frame more than ``max_gap`` seconds after the
+newest pending tile closes the pending grid first (:meth:`Tiler.breaks`), so
+a super-image's span ``[start, end]`` is footage that was really seen and an
+outage stays a hole in the memory's coverage.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,13 +81,19 @@ def tile(images: list[RGBImage], grid: int, size: int) -> RGBImage:
 class Tiler:
     """Collects consecutive frames of one stream into super-images."""
 
-    def __init__(self, stream: str, *, grid: int, size: int, period: float) -> None:
+    def __init__(
+        self, stream: str, *, grid: int, size: int, period: float, max_gap: float = math.inf
+    ) -> None:
+        """``max_gap``: seconds between consecutive tiles above which a grid is closed (a gap)."""
         if not 1 <= grid <= 4:
             raise ValueError("grid must be in 1..4")
+        if not max_gap > 0:
+            raise ValueError("max_gap must be positive")
         self.stream = stream
         self.grid = grid
         self.size = size
         self.period = period
+        self.max_gap = max_gap
         self._images: list[RGBImage] = []
         self._times: list[float] = []
 
@@ -95,8 +107,20 @@ class Tiler:
         """Time of the newest pending tile (-inf when none)."""
         return self._times[-1] if self._times else float("-inf")
 
+    def breaks(self, t: float) -> bool:
+        """Whether a frame at ``t`` would tile across a gap (more than ``max_gap`` after the newest tile)."""
+        return bool(self._times) and t - self._times[-1] > self.max_gap
+
     def push(self, t: float, image: RGBImage) -> SuperImage | None:
-        """Add a frame; return a super-image once N² frames are collected."""
+        """Add a frame; return a super-image once N² frames are collected.
+
+        Raises ValueError for a frame across a gap while tiles are pending
+        (:meth:`breaks`): the caller flushes first, so no grid spans a gap.
+        """
+        if self.breaks(t):
+            raise ValueError(
+                f"frame at {t} is more than {self.max_gap}s after the pending tiles: flush first"
+            )
         self._images.append(image)
         self._times.append(t)
         if len(self._times) == self.grid * self.grid:

@@ -5,17 +5,26 @@ process-global one), so several services in one process — tests, benches —
 do not collide. The query latency is a real histogram observed as queries
 finish; everything else is read at scrape time from the shards' statistics
 by :class:`_StatsCollector`: frames ingested and dropped, reconnects, stream
-up, memory tokens and encoder queue depth per stream (label ``stream``),
+up, memory tokens, encoder queue depth and the frame store's writing state
+and skipped frames per stream (label ``stream``),
 source events per stream and kind (segments lost or late, stray timestamps
 clamped, ...: label ``event``), encoder passes, images and errors, failed /
 retried / dropped work items per
 stream and channel (labels ``stream``, ``channel``), connected clients, active watches and
 uptime.
+
+Health (:mod:`agent.service.health`): ``vmr_stream_up`` is 0 while a live
+source reconnects; coverage gaps (count and seconds) and the age of the last
+good snapshot per stream; ``vmr_errors_total`` counts failures by error code
+(label ``code``) and where they happened (label ``scope``: ``request`` for
+error events answered to clients, :meth:`ServiceMetrics.count_error`;
+``stream`` for stream failures and failed snapshots, read from the shards).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +48,8 @@ class ServiceStats:
     clients: int
     watches: int
     uptime: float
+    request_errors: dict[str, int]
+    """Error events answered to clients, by code."""
 
 
 _PER_STREAM: tuple[tuple[str, str, str, str], ...] = (
@@ -50,9 +61,34 @@ _PER_STREAM: tuple[tuple[str, str, str, str], ...] = (
         "Live source sessions after the first (RTSP reconnects, WHIP republishes).",
         "reconnects",
     ),
-    ("vmr_stream_up", "gauge", "1 while the stream runs, 0 when done, failed or stopped.", "up"),
+    (
+        "vmr_stream_up",
+        "gauge",
+        "1 while the stream runs, 0 while its live source reconnects and when done, failed or stopped.",
+        "up",
+    ),
     ("vmr_memory_tokens", "gauge", "Tokens retained in memory.", "tokens"),
     ("vmr_encoder_queue_depth", "gauge", "Super-images waiting for or in the encoder.", "encoder_queue"),
+    (
+        "vmr_frame_store_writing",
+        "gauge",
+        "1 while stored frames are written, 0 while paused after a write failure (disk full).",
+        "store_writing",
+    ),
+    (
+        "vmr_frame_store_skipped_frames_total",
+        "counter",
+        "Frames not stored (no thumbnail, no refinement) because of write failures.",
+        "store_skipped",
+    ),
+    ("vmr_coverage_gaps", "gauge", "Holes in the memory's coverage (outages, drops).", "gaps"),
+    ("vmr_coverage_gap_seconds", "gauge", "Seconds of holes in the memory's coverage.", "gap_seconds"),
+    (
+        "vmr_snapshot_age_seconds",
+        "gauge",
+        "Seconds since the stream's last good snapshot (since its start before the first).",
+        "snapshot_age",
+    ),
 )
 
 
@@ -71,7 +107,7 @@ class _StatsCollector:
     """Turns the latest :class:`ServiceStats` into metric families at scrape time."""
 
     def __init__(self) -> None:
-        self.stats = ServiceStats((), 0, 0, 0.0)
+        self.stats = ServiceStats((), 0, 0, 0.0, {})
 
     def collect(self) -> Iterable[Metric]:
         st = self.stats
@@ -120,9 +156,22 @@ class _StatsCollector:
             for (stream, channel), c in sorted(work.items()):
                 fam.add_metric([stream, channel], float(getattr(c, attr)))
             yield fam
+        yield self._errors(streams)
         yield GaugeMetricFamily("vmr_clients", "Connected websocket clients.", value=st.clients)
         yield GaugeMetricFamily("vmr_watches", "Active standing queries.", value=st.watches)
         yield GaugeMetricFamily("vmr_uptime_seconds", "Seconds since the service started.", value=st.uptime)
+
+    def _errors(self, streams: dict[str, StreamStats]) -> CounterMetricFamily:
+        fam = CounterMetricFamily(
+            "vmr_errors_total", "Failures by error code and scope.", labels=["code", "scope"]
+        )
+        by_code: Counter[str] = Counter()
+        for s in streams.values():
+            by_code.update(s.errors)
+        for scope, counts in (("request", self.stats.request_errors), ("stream", by_code)):
+            for code, n in sorted(counts.items()):
+                fam.add_metric([code, scope], float(n))
+        return fam
 
 
 class ServiceMetrics:
@@ -145,8 +194,15 @@ class ServiceMetrics:
         self._collector = _StatsCollector()
         self.registry.register(self._collector)
         self.started = time.time()
+        self.request_errors: Counter[str] = Counter()
+
+    def count_error(self, code: str) -> None:
+        """One more error event of ``code`` answered to a client (on the event loop)."""
+        self.request_errors[code] += 1
 
     def render(self, shards: Sequence[ShardStats], *, clients: int, watches: int) -> bytes:
         """Prometheus text of everything, with ``shards`` as read just now."""
-        self._collector.stats = ServiceStats(shards, clients, watches, time.time() - self.started)
+        self._collector.stats = ServiceStats(
+            shards, clients, watches, time.time() - self.started, dict(self.request_errors)
+        )
         return generate_latest(self.registry)

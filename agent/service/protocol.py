@@ -73,6 +73,8 @@ class StreamsAdd(_Msg):
 class StreamsRemove(_Msg):
     type: Literal["streams.remove"] = "streams.remove"
     stream: str
+    purge: bool = False
+    """Also delete the stream's files (snapshots, stored frames, thumbnails); default: keep them."""
 
 
 class _QueryFields(_Msg):
@@ -151,6 +153,17 @@ class StreamStatus(BaseModel):
     """The source's own statistics (``streams.source.SourceStats``: state connecting/streaming/backoff/
     done/closed, last_error, frames, drops, reconnects, progress, damaged_packets, kind-specific extras)
     and its queue policy; None before a source opens."""
+    up: bool = True
+    """False while a live source reconnects and once the stream ended (``vmr_stream_up``)."""
+    source_state: str | None = None
+    source_error: str | None = None
+    """The source's state and latest failure (also under ``source``); None before a source opens."""
+    gaps: dict[str, int | float] = Field(default_factory=dict)
+    """Holes in the memory's coverage: ``count`` and ``seconds``."""
+    snapshot_age: float | None = None
+    """Seconds since the stream's last good snapshot (since its start before the first)."""
+    reasons: list[str] = Field(default_factory=list)
+    """Why this stream degrades ``/healthz`` (``failed: <code>``, ``reconnecting``, ``snapshot stale``)."""
 
 
 class HelloEvent(_Msg):
@@ -253,7 +266,9 @@ class ErrorEvent(_Msg):
 class Health(Strict):
     """``GET /healthz``."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"
+    reasons: list[str] = Field(default_factory=list)
+    """``"<stream>: <reason>"`` for each stream degrading the service (error codes, no messages or paths)."""
     protocol: int = PROTOCOL_VERSION
     streams: int
     failed: list[str]

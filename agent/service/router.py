@@ -146,7 +146,7 @@ class Router:
                     await self.handle(conn, msg.data)
                 elif msg.type == WSMsgType.BINARY and not self._too_big_before_auth(conn, len(msg.data)):
                     conn.send(
-                        error_event(None, ProtocolError("binary messages are not part of the protocol"))
+                        self._error(None, ProtocolError("binary messages are not part of the protocol"))
                     )
                     self._strike(conn)
                 if conn.kicked or ws.closed:
@@ -183,8 +183,14 @@ class Router:
                 return
             await self.dispatch(conn, msg)
         except Exception as exc:  # the one error mapper: typed code, never a traceback
-            conn.send(error_event(rid, exc))
+            conn.send(self._error(rid, exc))
             self._strike(conn)
+
+    def _error(self, rid: str | None, exc: BaseException) -> ErrorEvent:
+        """The error event answering ``exc``, counted by code (``vmr_errors_total{scope="request"}``)."""
+        event = error_event(rid, exc)
+        self.serving.metrics.count_error(event.code)
+        return event
 
     def _too_big_before_auth(self, conn: Connection, size: int) -> bool:
         """Disconnect an unauthenticated client whose message exceeds the pre-auth cap (close 1009)."""
@@ -236,7 +242,7 @@ class Router:
         conn.send(StreamEvent(id=msg.id, stream=await self.serving.add_stream(spec)))
 
     async def streams_remove(self, conn: Connection, msg: StreamsRemove) -> None:
-        await self.serving.remove_stream(msg.stream)
+        await self.serving.remove_stream(msg.stream, purge=msg.purge)
         conn.send(StreamRemovedEvent(id=msg.id, stream=msg.stream))
 
     async def spawn(self, conn: Connection, msg: QueryMsg | WatchMsg) -> None:
@@ -265,7 +271,7 @@ class Router:
             )
             conn.send(MomentsUpdateEvent.of(rid, final))
         except Exception as exc:  # same mapper as above: this runs as its own task
-            conn.send(error_event(rid, exc))
+            conn.send(self._error(rid, exc))
 
     async def cancel(self, conn: Connection, msg: Cancel) -> None:
         task = conn.tasks.pop(msg.target, None)

@@ -21,7 +21,15 @@ with the typed error; what it had stored stays queryable.
 
 Status: :meth:`StreamRunner.info` is what ``streams.list`` shows, with the
 source's own statistics (state, last error, queue policy, damaged packets,
-the kind's extras) under ``source``.
+the kind's extras) under ``source``, and the stream's health
+(:mod:`agent.service.health`): ``up`` (false while a live source
+reconnects), ``source_state``/``source_error``, coverage ``gaps``, the age
+of the last good snapshot and the ``reasons`` it degrades the service.
+
+A stream that ingested frames but whose every super-image's encoding
+failed (in this run: a restored memory does not hide it) does not end
+``done``: it ends ``failed`` with :class:`~agent.errors.EncodingError` and
+the last failure's reason.
 
 Resume after a restart: the task first finds, in a thread (it takes the
 stream's lock, which query threads hold while they refine), the latest time
@@ -37,14 +45,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
 from agent.channels.base import WorkItem
-from agent.errors import VmrError, from_stream_error
+from agent.errors import EncodingError, IndexStoreError, VmrError, from_stream_error
 from agent.index.stream_state import StreamState
 from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.health import StreamHealth, assess, gap_totals
 from agent.service.workers import Workers
 from agent.types import AudioChunk, Frame
 from streams.errors import StreamError
@@ -113,6 +124,12 @@ class StreamRunner:
         self._progress_at = 0.0
         self._stopping = False
         self.stop_grace = 15.0
+        self.started_at = time.time()
+        self.snapshot_at: float | None = None
+        """Wall time of the last good snapshot (None: none yet in this process)."""
+        self._superimages_before = state.stats.superimages  # a restored snapshot's count
+        self.errors: Counter[str] = Counter()
+        """Failures of this stream by error code: the stream's own and its snapshots'."""
 
     @property
     def id(self) -> str:
@@ -153,9 +170,24 @@ class StreamRunner:
             return None
         return {**self.source.stats().to_dict(), "queue_policy": self.source.queue_policy}
 
+    def health(self) -> StreamHealth:
+        """Up, reconnecting, gaps, snapshot age and reasons now (:func:`agent.service.health.assess`)."""
+        source = None if self.source is None else self.source.stats()
+        return assess(
+            self.status,
+            None if self.error is None else self.error.code,
+            source,
+            live=self.source is not None and self.source.queue_policy == "latest",
+            snapshot_age=time.time() - (self.snapshot_at or self.started_at),
+            snapshot_seconds=self.cfg.snapshot_seconds,
+            gaps=gap_totals(self.state.gaps(), self.state.memory.forgotten_gap_seconds),
+        )
+
     def info(self) -> dict[str, Any]:
         """JSON-able status for ``streams.list`` and events (``source``: :meth:`source_info`)."""
         where = self.spec.location()
+        health = self.health()
+        source = None if self.source is None else self.source.stats()
         return {
             "id": self.id,
             "kind": self.spec.kind,
@@ -170,6 +202,14 @@ class StreamRunner:
             "progress": self.progress,
             "tokens": self.state.memory.tokens,
             "source": self.source_info(),
+            # Frame store: writing or paused after a write failure (disk full), frames skipped.
+            "store": None if self.state.store is None else self.state.store.status().to_dict(),
+            "up": health.up,
+            "source_state": None if source is None else source.state,
+            "source_error": None if source is None else source.last_error,
+            "gaps": {"count": health.gaps, "seconds": round(health.gap_seconds, 3)},
+            "snapshot_age": round(health.snapshot_age, 3),
+            "reasons": list(health.reasons),
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -197,10 +237,19 @@ class StreamRunner:
             await asyncio.gather(task, return_exceptions=True)
 
     def snapshot(self) -> None:
-        """Atomic snapshot of the stream's state (blocking: call in a thread)."""
+        """Atomic snapshot of the stream's state (blocking: call in a thread).
+
+        A success sets :attr:`snapshot_at`; a failure is counted in
+        :attr:`errors` by its code (``index_store`` for an OSError) and raised.
+        """
         token = self._token if self.source is None else self.source.resume_token()
         self.state.meta.pop("segments_position", None)  # superseded by the resume token
-        self.state.save({"offset": self.timeline.offset, "resume": token})
+        try:
+            self.state.save({"offset": self.timeline.offset, "resume": token})
+        except Exception as exc:
+            self.errors[exc.code if isinstance(exc, VmrError) else IndexStoreError.code] += 1
+            raise
+        self.snapshot_at = time.time()
 
     def _timeline(self, resume: float | None) -> Timeline:
         return Timeline(
@@ -226,6 +275,7 @@ class StreamRunner:
                 self.timeline.next_pass(1.0 / self.fps)
                 self._token = None
             await self._finish()
+            self._check_retained()
             self.status = "stopped" if self._stopping else "done"
         except asyncio.CancelledError:
             self.status = "stopped"
@@ -233,14 +283,25 @@ class StreamRunner:
         except VmrError as exc:
             log.warning("stream %s failed: %s", self.id, exc)
             self.status, self.error = "failed", exc
+            self.errors[exc.code] += 1
             await self._finish()
         except Exception as exc:  # a bug: keep the service (and other streams) running
             log.exception("stream %s crashed", self.id)
             self.status, self.error = "failed", VmrError(f"internal error: {type(exc).__name__}")
+            self.errors[self.error.code] += 1
             await self._finish()
         finally:
             self._on_end(self.id)
             self._emit({"type": "stream", "stream": self.info()})
+
+    def _check_retained(self) -> None:
+        """EncodingError when frames came in and every super-image of this run was given up."""
+        # Lock-free reads of counters (the stream lock may be held by a refining query thread).
+        dropped = self.state.visual.counters.dropped
+        emitted = self.state.stats.superimages - self._superimages_before
+        if not self._stopping and self.frames_in and dropped and dropped >= emitted:
+            reason = self.state.last_work_error or "unknown"
+            raise EncodingError(f"every batch of this stream failed; nothing retained (last: {reason})")
 
     async def _finish(self) -> None:
         """Encode the last partial grid and wait for the encoder to commit it."""

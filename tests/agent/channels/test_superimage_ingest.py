@@ -111,3 +111,66 @@ def test_older_frame_is_dropped_not_merged() -> None:
     assert ing.push(Frame("s", 5.0, solid((1, 2, 3))))
     assert ing.push(Frame("s", 4.0, solid((3, 2, 1)))) == []
     assert ing.stats.frames == 1
+    assert ing.stats.out_of_order == 1  # counted, never silent
+
+
+def test_held_frame_is_sampled_at_every_instant_it_covers() -> None:
+    """A picture shown 10 s (a screen recording) stands for 20 samples at 2 fps; coverage 0-10 s."""
+    ing = make_ingestor(grid=2, gate=True)
+    emitted = ing.push(Frame("s", 0.0, solid((200, 30, 30)), duration=10.0))
+    emitted += ing.flush()
+    for si in emitted:
+        ing.commit(si, np.ones(3, np.float32))
+    assert (ing.stats.frames, ing.stats.held_samples, ing.stats.last_time) == (20, 19, 9.5)
+    assert ing.memory.spans() == [(0.0, 10.0)]
+
+
+def test_frame_without_duration_stands_for_one_period() -> None:
+    """No duration (a TS clock jump, a live frame): no repeat, the jump stays a gap."""
+    ing = make_ingestor(grid=1)
+    ing.push(Frame("s", 0.0, solid((200, 30, 30))))
+    ing.push(Frame("s", 0.0 + 600.0, solid((30, 30, 200)), duration=0.1))
+    assert (ing.stats.frames, ing.stats.held_samples) == (2, 0)
+
+
+def test_tiler_refuses_a_tile_across_a_gap() -> None:
+    tiler = Tiler("s", grid=2, size=64, period=0.5, max_gap=5.0)
+    assert tiler.push(0.0, solid((1, 2, 3))) is None
+    assert not tiler.breaks(5.0) and tiler.breaks(5.01)
+    with pytest.raises(ValueError, match="flush first"):
+        tiler.push(25.0, solid((1, 2, 3)))
+    assert tiler.pending == 1  # the refused frame was not taken
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_no_grid_and_no_coverage_span_a_time_jump(gate: bool) -> None:
+    """A 20 s outage (gap threshold 5 s): no super-image spans it; coverage shows the hole."""
+    ing = make_ingestor(grid=2, gate=gate)
+    rng = np.random.default_rng(1)
+    times = [k * 0.5 for k in range(7)] + [23.0 + k * 0.5 for k in range(7)]  # 3.0 -> 23.0
+    emitted = []
+    for t in times:
+        img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)  # every frame differs: none gated
+        emitted += ing.push(Frame("s", t, img))
+    emitted += ing.flush()
+    for si in emitted:
+        ing.commit(si, rng.normal(size=3).astype(np.float32))
+    assert all(not (si.start < 3.0 + 1e-9 and si.end > 23.0) for si in emitted)
+    assert all(np.all(np.diff(si.times) <= ing.cfg.gap_seconds) for si in emitted)
+    retained, _ = ing.memory.coverage(0.0, 26.5)
+    assert retained == pytest.approx(26.5 - 19.5)  # [0, 3.5) and [23, 26.5): the 19.5 s hole is a gap
+    assert len(ing.memory.spans()) == 2
+
+
+def test_a_dropped_superimage_is_a_gap_in_coverage_however_short() -> None:
+    ing = make_ingestor(grid=2)
+    rng = np.random.default_rng(2)
+    emitted = []
+    for k in range(12):  # three super-images of 2 s each: [0, 2), [2, 4), [4, 6)
+        emitted += ing.push(Frame("s", k * 0.5, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    assert [si.start for si in emitted] == [0.0, 2.0, 4.0]
+    ing.commit(emitted[0], rng.normal(size=3).astype(np.float32))
+    ing.drop(emitted[1])  # its encoding was given up
+    ing.commit(emitted[2], rng.normal(size=3).astype(np.float32))
+    assert ing.memory.spans() == [(0.0, 2.0), (4.0, 6.0)]
+    assert ing.memory.coverage(0.0, 6.0)[0] == pytest.approx(4.0)

@@ -571,3 +571,16 @@ def test_nbytes_stay_flat_with_a_finer_level() -> None:
         t = feed(mem, 3 * 32, rng, t0=t, gap_every=7)
         assert len(mem.detail) == 8
         assert mem.nbytes <= 1.1 * early
+
+
+def test_break_coverage_makes_the_next_span_a_new_interval_and_anchor() -> None:
+    mem = Memory(DIM, budget=8, theta=0.5, gap_seconds=5.0)
+    mem.break_coverage()  # empty memory: nothing to break
+    mem.add(0.0, 2.0, basis_vector(0))
+    mem.break_coverage()  # [2, 4) was lost
+    mem.add(4.0, 6.0, basis_vector(0))  # similar enough to join, and only 2 s later: still a new interval
+    assert mem.spans() == [(0.0, 2.0), (4.0, 6.0)] and mem.tokens == 2
+    mem.break_coverage()
+    mem.extend(7.0)  # a gated frame after a lost span starts a new interval too
+    mem.add(7.0, 8.0, basis_vector(0))
+    assert mem.spans() == [(0.0, 2.0), (4.0, 6.0), (7.0, 8.0)]

@@ -53,16 +53,19 @@ def needle_b64() -> str:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, **service: Any) -> AsyncIterator[tuple[Service, str]]:
+async def running(
+    tmp_path: Path, settings: Settings | None = None, **service: Any
+) -> AsyncIterator[tuple[Service, str]]:
     """A started service and server on a free loopback port; yields (service, ws url).
 
-    Clients may add files under ``tmp_path`` (its media root) unless ``sources`` says otherwise.
+    ``settings``: the model and index settings (default :func:`tiny_settings`). Clients may add
+    files under ``tmp_path`` (its media root) unless ``sources`` says otherwise.
     """
     service.setdefault("sources", SourcesConfig(media_roots=[tmp_path]))
     cfg = ServiceConfig(
         host="127.0.0.1", port=0, index=tmp_path / "index", token=service.pop("token", None), **service
     )
-    async with Service(cfg, tiny_settings()) as svc:
+    async with Service(cfg, settings or tiny_settings()) as svc:
         await svc.start()
         server = Server(svc.serving, cfg)
         port = await server.start()
