@@ -79,7 +79,7 @@ function onEvent(e) {
       state.needToken = false;
       $("auth").hidden = true;
       $("conn").textContent = "connected";
-      $("model").textContent = `model ${e.model.name || e.model.model || ""}${e.meaningless ? " (random weights: scores meaningless)" : ""}`;
+      $("model").textContent = `model ${e.model.prescreen || ""}${e.meaningless ? " (random weights: scores meaningless)" : ""}`;
       send({ type: "streams.list", id: "list" });
       state.poll = setInterval(() => send({ type: "streams.list", id: "list" }), REFRESH_MS);
       break;
@@ -249,19 +249,23 @@ function renderAnswer(e) {
 // ------------------------------------------------------------------ play
 async function play(stream, start, end) {
   const v = $("player");
-  $("play-caption").textContent = `${stream}: ${fmt(start)}–${fmt(end)} s`;
+  const caption = $("play-caption");
+  caption.textContent = `${stream}: ${fmt(start)}–${fmt(end)} s`;
   const st = state.streams.get(stream);
-  if (!st || st.kind !== "file") {
-    $("play-caption").textContent += " (live streams: no clip yet; see the evidence frames)";
-    return;
-  }
+  // Files: range requests on the source (seek to the moment). Live kinds: a clip of stored frames,
+  // whose time 0 is the moment's start.
+  const file = st && st.kind === "file";
+  const url = file
+    ? `/media/${encodeURIComponent(stream)}`
+    : `/clips/${encodeURIComponent(stream)}.mp4?start=${Math.max(0, start)}&end=${Math.max(end, start + 0.5)}`;
   let src;
-  try { src = await authedUrl(`/media/${encodeURIComponent(stream)}`); } catch (err) { $("play-caption").textContent += ` — ${err.message}`; return; }
-  v.dataset.start = String(start);
-  v.dataset.end = String(end);
-  const seek = () => { v.currentTime = start; v.play().catch(() => {}); };
-  if (v.dataset.src === src && v.readyState >= 1) seek();
+  try { src = await authedUrl(url); } catch (err) { caption.textContent += ` — ${err.message}`; return; }
+  const from = file ? start : 0;
+  v.dataset.end = file ? String(end) : "";
+  const seek = () => { v.currentTime = from; v.play().catch(() => {}); };
+  if (file && v.dataset.src === src && v.readyState >= 1) seek();
   else {
+    if (v.src.startsWith("blob:")) URL.revokeObjectURL(v.src);
     v.dataset.src = src;
     v.addEventListener("loadedmetadata", seek, { once: true });
     v.src = src;

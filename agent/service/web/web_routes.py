@@ -12,6 +12,10 @@ middleware — token and Origin checks — covers every one of them):
   answers ``Range`` with 206): the page's ``<video>`` seeks in it. Only
   files the service already ingests are served; a stream without a source
   file (live kinds) is 404.
+* ``GET /clips/{stream}.mp4?start=S&end=E`` — an MP4 of the stored frames of
+  any stream between stream seconds S and E (:mod:`.clips`): what the page
+  plays for live streams. 400 for a bad span, 404 for an unknown stream or
+  one without stored frames there.
 
 The page and its files are read once, at start, from the package (they are
 package data): a request never touches the disk for them.
@@ -19,13 +23,16 @@ package data): a request never touches the disk for them.
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
+from agent.errors import QueryError, VmrError
 from agent.service.serving import Serving
+from agent.service.web.clips import clip_times, encode_mp4
 
 STATIC: dict[str, str] = {
     "app.js": "text/javascript",
@@ -36,6 +43,8 @@ STATIC: dict[str, str] = {
 PAGE = "index.html"
 MEDIA_KINDS = frozenset({"file"})
 """Stream kinds whose ``path`` is one source file the page may play by range requests."""
+SLACK = 1.0
+"""Seconds outside a clip's span from which a nearest stored frame is still taken into the clip."""
 
 
 def _read(name: str) -> bytes:
@@ -55,6 +64,7 @@ class WebRoutes:
             web.get("/", self.index),
             web.get("/static/{name}", self.static),
             web.get("/media/{stream}", self.media),
+            web.get("/clips/{stream}.mp4", self.clip),
         ]
 
     async def index(self, request: web.Request) -> web.Response:
@@ -83,3 +93,21 @@ class WebRoutes:
             if status.id == stream and status.kind in MEDIA_KINDS and status.path:
                 return Path(status.path)
         return None
+
+    async def clip(self, request: web.Request) -> web.Response:
+        """An MP4 of ``{stream}``'s stored frames in ``[start, end]`` (400: bad span; 404: no frames)."""
+        stream = request.match_info["stream"]
+        try:
+            times = clip_times(float(request.query["start"]), float(request.query["end"]))
+        except (KeyError, ValueError):
+            raise web.HTTPBadRequest(text="start and end must be numbers of stream seconds") from None
+        except QueryError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        try:
+            found = [await self.serving.thumbnail(stream, t) for t in times]
+            # The nearest stored frame of a look-up may lie outside the span: kept only when close.
+            near = [f for f in found if times[0] - SLACK <= f[0] <= times[-1] + SLACK]
+            body = await asyncio.to_thread(encode_mp4, near)
+        except VmrError as exc:  # unknown stream, no stored frames (there)
+            raise web.HTTPNotFound(text=str(exc)) from exc
+        return web.Response(body=body, content_type="video/mp4", headers={"Cache-Control": "no-store"})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
+import av
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.agent.service.helpers import NEEDLE, add, client, needle_video, until
 from tests.agent.service.web.browser import http_url, page_on, shot
@@ -128,8 +130,7 @@ async def test_with_a_token_the_page_asks_for_it_and_shows_nothing_before(tmp_pa
             await add(ws, {"id": "vid", "kind": "file", "path": str(video), "realtime": False})
             await until(ws, "vid", lambda s: s["status"] == "done", limit=DONE)
         await page.goto(http_url(url))  # the page itself loads without the token
-        await page.locator("#token").wait_for()
-        await asyncio.sleep(0.5)
+        await page.locator("#conn", has_text="token needed").wait_for()  # hello refused
         assert await page.locator("#streams li").count() == 0
         await page.fill("#token", "s3cret")
         await page.get_by_role("button", name="Connect").click()
@@ -140,3 +141,30 @@ async def test_with_a_token_the_page_asks_for_it_and_shows_nothing_before(tmp_pa
         )
         assert await page.evaluate("sessionStorage.getItem('vmr.token')") == "s3cret"
         await shot(page, "token")
+
+
+async def test_clip_of_stored_frames_is_an_mp4_of_the_span(tmp_path: Path) -> None:
+    video = needle_video(tmp_path / "v.mp4", before=4.0, needle=4.0, after=4.0)
+    async with page_on(tmp_path) as (_, url, _page):
+        await ingested(url, video)
+        base = http_url(url)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "clips/vid.mp4", params={"start": "4", "end": "8"}) as r:
+                assert r.status == 200 and r.content_type == "video/mp4"
+                body = await r.read()
+            for bad in ({"start": "8", "end": "4"}, {"start": "0", "end": "600"}, {"start": "x", "end": "1"}):
+                async with http.get(base + "clips/vid.mp4", params=bad) as r:
+                    assert r.status == 400, bad
+            async with http.get(base + "clips/nope.mp4", params={"start": "0", "end": "1"}) as r:
+                assert r.status == 404
+    (tmp_path / "clip.mp4").write_bytes(body)
+    with av.open(str(tmp_path / "clip.mp4")) as clip:
+        frames = [f.to_ndarray(format="rgb24") for f in clip.decode(video=0)]
+    assert len(frames) >= 2
+    # The clip shows the needle scene (stored frames of 4-8 s), not the background around it.
+    with av.open(str(video)) as src:
+        decoded = [(f.time, f.to_ndarray(format="rgb24").astype(float)) for f in src.decode(video=0)]
+    ref = {t: next(a for ft, a in decoded if ft is not None and ft >= t) for t in (1.0, 6.0, 10.0)}
+    mid = np.asarray(Image.fromarray(frames[len(frames) // 2]).resize(ref[6.0].shape[1::-1]), dtype=float)
+    dist = {t: float(np.abs(mid - a).mean()) for t, a in ref.items()}
+    assert dist[6.0] < min(dist[1.0], dist[10.0]) / 2, dist
