@@ -17,6 +17,8 @@ middleware — token and Origin checks — covers every one of them):
   plays for live streams. 400 for a bad span, 404 for an unknown stream or
   one without stored frames there.
 
+With a token set, only the page and its files (:data:`PAGE_PATHS`) load
+without it: the router lists them among the auth middleware's open paths.
 The page and its files are read once, at start, from the package (they are
 package data): a request never touches the disk for them.
 """
@@ -41,6 +43,8 @@ STATIC: dict[str, str] = {
 """The page's files under ``/static/`` and their content types."""
 
 PAGE = "index.html"
+PAGE_PATHS = frozenset({"/", *(f"/static/{name}" for name in STATIC)})
+"""Paths served without the token (the page and its files carry no data; everything they fetch needs it)."""
 MEDIA_KINDS = frozenset({"file"})
 """Stream kinds whose ``path`` is one source file the page may play by range requests."""
 SLACK = 1.0

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.async_api import Page
 
 from tests.agent.service.helpers import NEEDLE, add, client, needle_video, until
 from tests.agent.service.web.browser import http_url, page_on, shot
@@ -24,6 +25,28 @@ async def ingested(url: str, video: Path, stream: str = "vid") -> None:
     async with client(url) as ws:
         await add(ws, {"id": stream, "kind": "file", "path": str(video), "realtime": False})
         await until(ws, stream, lambda s: s["status"] == "done", limit=DONE)
+
+
+async def ask_needle_and_play(page: Page) -> tuple[float, float]:
+    """Ask with the needle photo, click the best moment of ``vid``; returns its span once the player is in it."""
+    await page.set_input_files("#q-image", str(NEEDLE))
+    await page.locator("#q-preview").wait_for()
+    await page.get_by_role("button", name="Ask", exact=True).click()
+    best = page.locator('.answer[data-stream="vid"] .timeline .moment').first
+    await best.wait_for()
+    start = float(await best.get_attribute("data-start") or "nan")
+    end = float(await best.get_attribute("data-end") or "nan")
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('.evidence img')].some(i => i.complete && i.naturalWidth > 0)"
+    )
+    await best.click()
+    # The player seeks to the moment and plays: its current time lands inside the span.
+    await page.wait_for_function(
+        "([s, e]) => { const v = document.getElementById('player');"
+        " return v.readyState >= 2 && v.currentTime >= s && v.currentTime <= e + 0.5; }",
+        arg=[start, end],
+    )
+    return start, end
 
 
 async def test_page_shows_stream_state_counts_coverage_and_thumbnail(tmp_path: Path) -> None:
@@ -52,24 +75,8 @@ async def test_image_query_shows_the_needle_and_clicking_plays_it(tmp_path: Path
         await ingested(url, video)
         await page.goto(http_url(url))
         await page.locator('li[data-stream="vid"]').wait_for()
-        await page.set_input_files("#q-image", str(NEEDLE))
-        await page.locator("#q-preview").wait_for()
-        await page.get_by_role("button", name="Ask", exact=True).click()
-        best = page.locator('.answer[data-stream="vid"] .timeline .moment').first
-        await best.wait_for()
-        start, end = (
-            float(await best.get_attribute("data-start") or "nan"),
-            float(await best.get_attribute("data-end") or "nan"),
-        )
+        start, end = await ask_needle_and_play(page)
         assert 3.0 <= start <= 6.0 and start < end, (start, end)  # the needle is shown at 4-8 s
-        await page.locator(".evidence img").first.wait_for()
-        await best.click()
-        # The player seeks to the moment and plays: its current time lands inside the span.
-        await page.wait_for_function(
-            "([s, e]) => { const v = document.getElementById('player');"
-            " return v.readyState >= 2 && v.currentTime >= s && v.currentTime <= e + 0.5; }",
-            arg=[start, end],
-        )
         await shot(page, "answer")
         assert page.errors == []  # type: ignore[attr-defined]
 
@@ -140,7 +147,20 @@ async def test_with_a_token_the_page_asks_for_it_and_shows_nothing_before(tmp_pa
             " return i && i.complete && i.naturalWidth > 0; }"
         )
         assert await page.evaluate("sessionStorage.getItem('vmr.token')") == "s3cret"
+        start, _ = await ask_needle_and_play(page)  # thumbnails and the file fetched with the token
+        assert 3.0 <= start <= 6.0, start
         await shot(page, "token")
+        # Over HTTP: the page and its files without the token; no data, thumbnail or clip without it.
+        base, bearer = http_url(url), {"Authorization": "Bearer s3cret"}
+        async with aiohttp.ClientSession() as http:
+            for path in ("", "static/app.js", "static/style.css"):
+                async with http.get(base + path) as r:
+                    assert r.status == 200, path
+            for path in ("media/vid", "clips/vid.mp4?start=4&end=6", "thumbnails/vid/5.000.jpg", "metrics"):
+                async with http.get(base + path) as r:
+                    assert r.status == 401, path
+                async with http.get(base + path, headers=bearer) as r:
+                    assert r.status == 200, path
 
 
 async def test_clip_of_stored_frames_is_an_mp4_of_the_span(tmp_path: Path) -> None:
