@@ -332,6 +332,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("q-image").addEventListener("change", (ev) => takeImage(ev.target.files[0]));
   const drop = $("drop");
   drop.addEventListener("dragover", (ev) => ev.preventDefault());
+  drop.addEventListener("keydown", (ev) => { // keyboard users: Enter or Space opens the file chooser
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $("q-image").click(); }
+  });
   drop.addEventListener("drop", (ev) => { ev.preventDefault(); takeImage(ev.dataTransfer.files[0]); });
   document.addEventListener("paste", (ev) => {
     const item = [...(ev.clipboardData ? ev.clipboardData.items : [])].find((i) => i.kind === "file");
