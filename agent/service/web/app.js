@@ -210,8 +210,12 @@ function takeImage(file) {
 }
 
 function renderAnswer(e) {
+  // Progressive answers: `moments` (prescreen, milliseconds) is shown at once, then the refined
+  // `moments.update` of the same query replaces it; data-phase tells which one is on screen.
   const box = $("results");
-  $("ask-status").textContent = `${e.moments.length} moment(s)${e.abstained ? ", none confident" : ""}${e.meaningless ? " (random weights)" : ""}`;
+  const refined = e.type === "moments.update";
+  box.dataset.phase = refined ? "refined" : "first";
+  $("ask-status").textContent = `${refined ? "refined" : "first answer, refining…"}: ${e.moments.length} moment(s)${e.abstained ? ", none confident" : ""}${e.meaningless ? " (random weights)" : ""}`;
   const scores = e.moments.map((m) => m.score);
   const lo = Math.min(...scores), hi = Math.max(...scores);
   const intensity = (s) => (hi > lo ? 0.35 + 0.65 * (s - lo) / (hi - lo) : 1);

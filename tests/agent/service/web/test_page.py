@@ -32,6 +32,7 @@ async def ask_needle_and_play(page: Page) -> tuple[float, float]:
     await page.set_input_files("#q-image", str(NEEDLE))
     await page.locator("#q-preview").wait_for()
     await page.get_by_role("button", name="Ask", exact=True).click()
+    await page.locator('#results[data-phase="refined"]').wait_for(state="attached")  # after the first answer
     best = page.locator('.answer[data-stream="vid"] .timeline .moment').first
     await best.wait_for()
     start = float(await best.get_attribute("data-start") or "nan")
