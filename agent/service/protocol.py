@@ -73,6 +73,8 @@ class StreamsAdd(_Msg):
 class StreamsRemove(_Msg):
     type: Literal["streams.remove"] = "streams.remove"
     stream: str
+    purge: bool = False
+    """Also delete the stream's files (snapshots, stored frames, thumbnails); default: keep them."""
 
 
 class _QueryFields(_Msg):

@@ -243,7 +243,7 @@ class Router:
         conn.send(StreamEvent(id=msg.id, stream=await self.serving.add_stream(spec)))
 
     async def streams_remove(self, conn: Connection, msg: StreamsRemove) -> None:
-        await self.serving.remove_stream(msg.stream)
+        await self.serving.remove_stream(msg.stream, purge=msg.purge)
         conn.send(StreamRemovedEvent(id=msg.id, stream=msg.stream))
 
     async def spawn(self, conn: Connection, msg: QueryMsg | WatchMsg) -> None:
