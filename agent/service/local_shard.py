@@ -14,6 +14,7 @@ never queues ingest's work behind it, and refinement holds no stream lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,9 @@ from streams.errors import StreamError
 from streams.registry import HUB_WHIP
 
 log = logging.getLogger(__name__)
+
+OPEN_WAIT = 10.0
+"""Seconds ``add`` waits for a new stream's source to open before answering anyway."""
 _T = TypeVar("_T")
 
 QUERY_THREADS = 2
@@ -160,7 +164,14 @@ class LocalShard(StreamShard):
             raise from_stream_error(exc) from exc
         # Opening the state reads its snapshot (memory, cheap index, frame store): off the loop.
         state = await asyncio.to_thread(self.idx.stream, spec.id)
-        return StreamStatus.model_validate(self._start_runner(spec, state).info())
+        runner = self._start_runner(spec, state)
+        # Answer once the source is open, so that what the answer promises exists (a WHIP
+        # stream's endpoint: a publisher may POST right after it). Bounded: opening never blocks
+        # (live sources connect in their own thread), but a slow snapshot restore must not hang
+        # the client.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.opened.wait(), OPEN_WAIT)
+        return StreamStatus.model_validate(runner.info())
 
     async def remove(self, stream: str, *, purge: bool = False) -> None:
         runner = self.runners.get(stream)
@@ -209,6 +220,7 @@ class LocalShard(StreamShard):
             runner.start()
         else:  # isolation: this stream starts failed (its files set aside), the others run
             runner.status, runner.error = "failed", bad_snapshot
+            runner.opened.set()  # nothing will open
         return runner
 
     def _emit(self, event: dict[str, Any]) -> None:
