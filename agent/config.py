@@ -181,6 +181,47 @@ class LLMConfig(Strict):
     frames_per_region: int = Field(default=3, ge=1, le=16)
 
 
+class SpeechConfig(Strict):
+    """The speech channel (``agent.channels.speech``): off unless ``enabled``; rules in that module."""
+
+    enabled: bool = False
+    model: str = "base"
+    """``base``: the packaged model (assembled, checked); another whisper name needs a network."""
+    language: str | None = "en"
+    """None: detected per window."""
+    semantic: bool = True
+    """Also search by meaning (MiniLM sentence vectors), not only by words."""
+    window_seconds: float = Field(default=30.0, gt=1.0, le=600.0)
+    """Seconds of sound per whisper call: 30 keeps live latency low; longer windows let the VAD pack
+    sparse speech into fewer encoder passes (recorded footage)."""
+    budget_bytes: int = Field(default=2_000_000, ge=1_000)
+    max_no_speech_prob: float = Field(default=0.6, ge=0.0, le=1.0)
+    min_avg_logprob: float = Field(default=-1.0, le=0.0)
+    max_compression_ratio: float = Field(default=2.4, gt=1.0)
+    min_word_prob: float = Field(default=0.3, ge=0.0, le=1.0)
+    repeat_memory: int = Field(default=3, ge=0)
+    retries: int = Field(default=1, ge=0)
+
+
+class OcrConfig(Strict):
+    """The on-screen text channel (``agent.channels.ocr``): off unless ``enabled``; rules in that module."""
+
+    enabled: bool = False
+    language: str = "eng"
+    """Tesseract language data (Debian: tesseract-ocr-LANG)."""
+    semantic: bool = True
+    """Also search by meaning (MiniLM sentence vectors), not only by words."""
+    min_interval: float = Field(default=2.0, gt=0.0)
+    """Seconds between two reads at least."""
+    max_interval: float = Field(default=10.0, gt=0.0)
+    """Seconds between two reads at most (text on a still background)."""
+    change: float = Field(default=12.0, ge=0.0, le=255.0)
+    """Change of a 16x16 block-mean grey cell (0..255) that counts as a new picture."""
+    min_conf: float = Field(default=60.0, ge=0.0, le=100.0)
+    same_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
+    budget_bytes: int = Field(default=1_000_000, ge=1_000)
+
+
 class Settings(Strict):
     """Everything one ingest or service run needs."""
 
@@ -189,6 +230,8 @@ class Settings(Strict):
     """Refine encoder; None means the prescreen encoder does both."""
     index: IndexConfig = Field(default_factory=IndexConfig)
     query: QueryConfig = Field(default_factory=QueryConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    ocr: OcrConfig = Field(default_factory=OcrConfig)
 
 
 def validate(model: type[Strict], data: dict[str, object]) -> Strict:

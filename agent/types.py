@@ -44,6 +44,8 @@ class Moment:
     """Channels whose proposals support the moment (``visual``, later ``speech``...)."""
     below_threshold: bool = False
     """The confidence is below the query's threshold: a best guess, not a match."""
+    quotes: dict[str, str] = field(default_factory=dict)
+    """Words the moment matched, by text channel (``{"speech": "gate 4"}``); empty for visual ones."""
 
     @property
     def duration(self) -> float:

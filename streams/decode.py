@@ -1,8 +1,45 @@
-"""The one decode loop of recorded media (files and recorder segments), with one damage tolerance.
+"""The one decode loop of recorded media (files and recorder segments), with one set of rules for real files.
 
-:func:`open_media` opens a container and its first video stream, translating
+:func:`open_media` opens a container and its video stream, translating
 PyAV's errors; :func:`decode` demuxes it (video, plus the first audio stream
 when asked) and yields every decoded picture and sound frame with its time.
+
+Which stream is the video: the first video stream that is not an *attached
+picture* (disposition ``attached_pic``: cover art in MP4, MKV, MP3, ...).
+A file whose only pictures are attached ones raises
+:class:`~streams.errors.NoVideoStreamError`; a video stream without a single
+decodable frame raises :class:`~streams.errors.EmptyMediaError` (after
+demuxing everything, so the caller keeps nothing and writes no index).
+
+Pictures, as every source converts them (:func:`streams.sampler.to_rgb`):
+upright per the display matrix (rotation) before the encoder and the frame
+store; the short side scaled to the encoder's size and the long side capped
+at 4x that (a 1920x1 strip costs what a normal clip costs); a side beyond
+32768 px (or none) is an absurd size, a :class:`~streams.errors.CorruptMediaError`
+at open (:func:`open_media`) or at the first such picture.
+
+Time, frame by frame (:class:`Clock`):
+
+* A picture's time is ``(pts - start_time) * time_base``. Pictures without
+  a pts (raw elementary streams: Annex-B H.264/HEVC, ...) follow their
+  predecessor by its duration: the frame's own duration (the parser's, from
+  the SPS timing), else the stream's real rate (:func:`frame_period`: the
+  codec's frame rate or ``guessed_rate`` for raw streams, never FFmpeg's
+  25 fps placeholder ``average_rate``).
+* A clock that goes *backwards* by more than one frame period (concatenated
+  MPEG-TS/PS files each starting at PTS 0, a camera restarting its clock) is
+  a discontinuity: it is stitched in playback order, the next picture
+  continuing right after the end of the previous one (as FFmpeg splices TS
+  discontinuities), counted and logged in :class:`Damage`; sound follows the
+  same offset. Small steps back (one period or less) are left alone.
+* A jump *forward* stays a gap (a TS clock +600 s is 600 s of nothing).
+* A picture lasts its own duration as the container states it (a screen
+  recording holds a frame for seconds; a 25 fps camera for 0.04 s), else one
+  nominal frame period; :class:`Picture` carries it, and the sampler
+  (:func:`streams.file.decode_media`) clips it to the next picture and the
+  end of the stream. That tells a held frame from a discontinuity: only the
+  container's duration makes a frame last (Matroska and MPEG-TS state none
+  per frame, so a long pause there is a gap).
 
 Damage tolerance, the same for every recording:
 
@@ -13,20 +50,24 @@ Damage tolerance, the same for every recording:
   that a recording which ended well was not intact. More than
   :data:`MAX_BAD_PACKETS_IN_A_ROW` in a row abort with
   :class:`~streams.errors.CorruptMediaError`.
-* A demux error aborts at once, after the frames already yielded.
-* When the packets end well before the duration the container declares
-  (more than max(1 s, 2 %, three frame periods)), the input was truncated:
-  the good frames come first, then :class:`CorruptMediaError` says where
-  decoding stopped (``check_truncation``).
+* A demux (read) error aborts at once, after the frames already yielded.
+* Truncation is a read error or a cut packet, never a duration in a header
+  (header durations cover the longest track, audio included, or are simply
+  wrong): the input counts as truncated when its last video packet is cut
+  (FFmpeg flags it corrupt: AVI) or when the container states its own byte
+  length and the file holds fewer bytes (Matroska/WebM's Segment size, the
+  RIFF size of AVI; ``check_truncation``). The good frames come first, then
+  :class:`CorruptMediaError` says where decoding stopped. A container that
+  states neither (MPEG-TS, a live-written Matroska) just ends.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from fractions import Fraction
+from collections.abc import Generator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -34,8 +75,8 @@ import av.audio.stream
 import av.container
 import av.video.stream
 
-from streams.errors import CorruptMediaError, SourceUnavailableError
-from streams.sampler import frame_seconds, tune_decoder
+from streams.errors import CorruptMediaError, EmptyMediaError, NoVideoStreamError, SourceUnavailableError
+from streams.sampler import check_size, frame_seconds, tune_decoder
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +86,36 @@ MAX_BAD_PACKETS_IN_A_ROW = 50
 # Matroska stores the segment's *end* time as its duration (FFmpeg's muxer
 # writes the largest timestamp), so a stream that starts late looks longer.
 _DURATION_IS_END = ("matroska",)
+_NO_TIMESTAMPS = 0x0080  # AVFMT_NOTIMESTAMPS: raw elementary streams
+_ATTACHED_PIC = 0x0400  # AV_DISPOSITION_ATTACHED_PIC
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+_SEGMENT_ID = b"\x18\x53\x80\x67"
 
 
 @dataclass(slots=True)
 class Damage:
-    """Packets :func:`decode` skipped as undecodable, summed over every call it is given to.
+    """What :func:`decode` noticed, summed over every call it is given to.
 
-    Written by the decoding thread, read by the source's ``stats()`` (a plain
-    int: one writer, readers tolerate a stale value).
+    ``packets``: packets skipped as undecodable. ``stitched``: stream seconds
+    where a clock going backwards was stitched (a discontinuity). ``end``:
+    stream seconds where the last picture read ends (what was really read,
+    whatever the header says). Written by the decoding thread, read by the
+    source's ``stats()`` (plain values: one writer, readers tolerate a stale value).
     """
 
     packets: int = 0
+    stitched: list[float] = field(default_factory=list)
+    end: float = 0.0
+
+    def notes(self) -> list[str]:
+        """One line per irregularity a user should know about (empty for a clean input)."""
+        out = [
+            f"clock went backwards at {t:.2f}s: discontinuity stitched in playback order"
+            for t in self.stitched
+        ]
+        if self.packets:
+            out.append(f"{self.packets} damaged packets skipped")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +135,21 @@ class Sound:
     t: float | None
 
 
-def open_media(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open ``path`` and its first video stream.
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is not an attached picture (cover art), or None."""
+    for stream in container.streams.video:
+        if not stream.disposition & _ATTACHED_PIC:
+            return stream
+    return None
 
-    Raises :class:`SourceUnavailableError` for a missing file and
-    :class:`CorruptMediaError` for anything that is not decodable video.
+
+def open_media(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open ``path`` and its video stream (see the module docstring for which one).
+
+    Raises :class:`SourceUnavailableError` for a missing file,
+    :class:`NoVideoStreamError` when it has no video (or only cover art),
+    and :class:`CorruptMediaError` for anything that is not decodable video
+    (also a size beyond :data:`~streams.sampler.MAX_SIDE`).
     """
     try:
         container = av.open(str(path), mode="r")
@@ -87,10 +157,16 @@ def open_media(path: Path) -> tuple[av.container.InputContainer, av.video.stream
         raise SourceUnavailableError(f"{path}: no such file") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise CorruptMediaError(f"{path}: cannot open as video ({exc})") from exc
-    if not container.streams.video:
+    stream = video_stream(container)
+    try:
+        if stream is None:
+            covers = len(container.streams.video)
+            raise NoVideoStreamError(f"{path}: no video stream" + (" (only cover art)" if covers else ""))
+        check_size(stream.codec_context.width, stream.codec_context.height, label=path)
+    except CorruptMediaError:
         container.close()
-        raise CorruptMediaError(f"{path}: no video stream")
-    return container, container.streams.video[0]
+        raise
+    return container, stream
 
 
 def declared_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
@@ -107,26 +183,49 @@ def declared_duration(container: av.container.InputContainer, stream: av.video.s
 
 
 def frame_period(stream: av.video.stream.VideoStream) -> float:
-    """Nominal seconds per frame (0.04 when the container declares no rate)."""
-    rate = stream.average_rate or stream.guessed_rate
+    """Nominal seconds per frame (0.04 when nothing states a rate).
+
+    A raw elementary stream (no container timestamps) has FFmpeg's 25 fps
+    placeholder as ``average_rate``; its real rate is the codec's (SPS
+    timing) or ``guessed_rate``. Containers: ``average_rate``, else ``guessed_rate``.
+    """
+    raw = stream.container is not None and bool(stream.container.format.flags & _NO_TIMESTAMPS)
+    rates = (
+        (stream.codec_context.framerate, stream.guessed_rate)
+        if raw
+        else (stream.average_rate, stream.guessed_rate)
+    )
+    rate = next((r for r in rates if r), None)
     return 1.0 / float(rate) if rate else 0.04
 
 
-class _Clock:
-    """Seconds per frame; extrapolates over frames without pts."""
+class Clock:
+    """Stream seconds of each decoded picture: pts, extrapolation without pts, stitched discontinuities.
 
-    def __init__(self, start_pts: int | None, time_base: Fraction | None, period: float) -> None:
-        self.start_pts = start_pts
-        self.time_base = time_base
+    Sans-I/O: :meth:`place` takes a frame's raw time (None without pts) and
+    its duration, returns its time; see the module docstring for the rules.
+    """
+
+    def __init__(self, period: float) -> None:
         self.period = period
+        self.offset = 0.0
+        """Added to raw times: the sum of the stitched jumps back."""
         self.last: float | None = None
+        self.last_duration = period
+        self.stitched: list[float] = []
 
-    def seconds(self, frame: av.VideoFrame) -> float:
-        t = frame_seconds(frame, self.start_pts, self.time_base)
-        if t is None:
-            # No pts (raw streams): one nominal period after the previous frame.
-            t = 0.0 if self.last is None else self.last + self.period
-        self.last = t
+    def place(self, raw: float | None, duration: float) -> float:
+        if raw is None:
+            t = 0.0 if self.last is None else self.last + self.last_duration
+        else:
+            t = raw + self.offset
+            if self.last is not None and t < self.last - self.period - 1e-6:
+                # The clock restarted: continue right after the previous picture ends.
+                at = self.last + self.last_duration
+                self.offset += at - t
+                self.stitched.append(at)
+                t = at
+        self.last, self.last_duration = t, duration
         return t
 
 
@@ -154,48 +253,50 @@ def decode(
     stop: threading.Event | None = None,
     check_truncation: bool = True,
     damage: Damage | None = None,
-) -> Iterator[Picture | Sound]:
+) -> Generator[Picture | Sound, None, None]:
     """Yield every decoded picture (and sound frame, with ``audio``) of an open container.
 
     Times are ``(pts - start_time) * time_base`` of the video stream with
     ``relative`` (a file's own seconds, 0 at its first frame), else
-    ``pts * time_base`` (a recorder's running clock). Pictures before
-    ``start`` (seconds; seeks first) are dropped, decoding ends at ``end``;
-    ``stop`` (checked per packet) ends the generator early and quietly.
+    ``pts * time_base`` (a recorder's running clock), plus the offset of any
+    stitched discontinuity (module docstring). Pictures before ``start``
+    (seconds; seeks first) are dropped, decoding ends at ``end``; ``stop``
+    (checked per packet) ends the generator early and quietly.
     ``keyframes_only`` makes FFmpeg skip every non-key frame. ``damage``
-    (optional) counts the packets skipped as undecodable.
+    (optional) receives the skipped packets, the stitches and the end read.
 
-    Raises :class:`CorruptMediaError` after the good frames; see the module docstring.
+    Raises :class:`CorruptMediaError` after the good frames (see the module
+    docstring), :class:`EmptyMediaError` when the stream held no picture at all.
     """
     tune_decoder(vstream)
     if keyframes_only:
         vstream.codec_context.skip_frame = "NONKEY"
+    report = damage if damage is not None else Damage()
     period = frame_period(vstream)
     origin_pts = vstream.start_time if relative else None
-    clock = _Clock(origin_pts, vstream.time_base, period)
+    clock = Clock(period)
     origin = float((origin_pts or 0) * vstream.time_base) if vstream.time_base is not None else 0.0
     astream: av.audio.stream.AudioStream | None = None
     if audio and container.streams.audio:
         astream = container.streams.audio[0]
-    declared = declared_duration(container, vstream)
     _seek(container, vstream, start)
     reached = 0.0  # furthest video time seen in packets (decoded or skipped)
-    bad_in_row = bad_total = 0
+    bad_in_row = bad_total = pictures = 0
+    cut = False  # the last video packet was cut short (FFmpeg flags it corrupt)
     demuxed = container.demux(vstream) if astream is None else container.demux(vstream, astream)
     try:
         for packet in demuxed:
             if stop is not None and stop.is_set():
                 return
-            is_video = packet.stream.type == "video"
-            if is_video:
+            if packet.stream.type == "video" and packet.size:
                 reached = max(reached, _packet_end(packet, vstream))
+                cut = packet.is_corrupt
             try:
                 frames = packet.decode()
             except av.InvalidDataError as exc:
                 bad_in_row += 1
                 bad_total += 1
-                if damage is not None:
-                    damage.packets += 1
+                report.packets += 1
                 # One line for the first, the count at the end: a damaged file can have thousands.
                 level = logging.WARNING if bad_total == 1 else logging.DEBUG
                 log.log(level, "%s: damaged packet near %.2fs skipped (%s)", label, reached, exc)
@@ -209,27 +310,37 @@ def decode(
                 if isinstance(frame, av.AudioFrame):
                     atb = frame.time_base
                     at = (
-                        float(frame.pts * atb) - origin if frame.pts is not None and atb is not None else None
+                        float(frame.pts * atb) - origin + clock.offset
+                        if frame.pts is not None and atb is not None
+                        else None
                     )
                     if at is None or at >= start:
                         yield Sound(frame, at)
                     continue
                 if not isinstance(frame, av.VideoFrame):
                     continue
-                t = clock.seconds(frame)
+                pictures += 1
+                tb = frame.time_base or vstream.time_base
+                dur = float(frame.duration * tb) if frame.duration and tb is not None else period
+                stitches = len(clock.stitched)
+                t = clock.place(frame_seconds(frame, origin_pts, vstream.time_base), dur)
+                if len(clock.stitched) > stitches:
+                    report.stitched.append(t)
+                    log.warning("%s: clock went backwards at %.2fs; stitched in playback order", label, t)
+                report.end = max(report.end, t + dur)
                 if t < start:
                     continue
                 if end is not None and t >= end:
                     return
-                tb = frame.time_base or vstream.time_base
-                dur = float(frame.duration * tb) if frame.duration and tb is not None else period
                 yield Picture(frame, t, dur)
     except av.FFmpegError as exc:
         raise CorruptMediaError(f"{label}: unreadable at {reached:.2f}s ({exc})") from exc
     if bad_total:
         log.warning("%s: %d damaged packets skipped", label, bad_total)
+    if not pictures and start <= 0:
+        raise EmptyMediaError(f"{label}: the video stream holds no frame")
     if check_truncation:
-        _check_complete(label, declared, reached, period, start)
+        _check_complete(label, container, cut, report.end)
 
 
 def _packet_end(packet: av.Packet, vstream: av.video.stream.VideoStream) -> float:
@@ -240,10 +351,57 @@ def _packet_end(packet: av.Packet, vstream: av.video.stream.VideoStream) -> floa
     return float((pts + dur - (vstream.start_time or 0)) * vstream.time_base)
 
 
-def _check_complete(label: Path | str, declared: float, reached: float, period: float, start: float) -> None:
-    """Raise when the packets ended well before the declared duration (a truncated input)."""
-    if declared <= 0 or start >= declared:
-        return
-    slack = max(1.0, 0.02 * declared, 3 * period)
-    if reached + slack < declared:
-        raise CorruptMediaError(f"{label}: ends at {reached:.2f}s of a declared {declared:.2f}s (truncated?)")
+def _check_complete(label: Path | str, container: av.container.InputContainer, cut: bool, end: float) -> None:
+    """Raise when the input was cut: its last packet is, or it holds fewer bytes than it states."""
+    if cut:
+        raise CorruptMediaError(f"{label}: ends at {end:.2f}s in a cut packet (truncated)")
+    stated, size = _stated_bytes(container.name)
+    if stated is not None and size < stated:
+        raise CorruptMediaError(
+            f"{label}: ends at {end:.2f}s, {size} of the {stated} bytes its container states (truncated)"
+        )
+
+
+def _stated_bytes(name: str) -> tuple[int | None, int]:
+    """(bytes the container says the file holds, bytes it holds): Matroska Segment or RIFF size.
+
+    ``(None, size)`` when the container states no length (or it is unknown:
+    a live-written Matroska) or ``name`` is not a readable file.
+    """
+    try:
+        with open(name, "rb") as f:
+            head = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None, 0
+    if head[:4] == b"RIFF" and len(head) >= 8:
+        riff = int.from_bytes(head[4:8], "little")
+        return (8 + riff if 0 < riff < 0xFFFFFFFF else None), size  # 0 / all ones: not yet written
+    if head[:4] != _EBML_MAGIC:
+        return None, size
+    pos = 4
+    length, width = _vint(head, pos)  # EBML header's size
+    if length is None:
+        return None, size
+    pos += width + length
+    if head[pos : pos + 4] != _SEGMENT_ID:
+        return None, size
+    length, width = _vint(head, pos + 4)
+    if length is None:
+        return None, size
+    return pos + 4 + width + length, size
+
+
+def _vint(data: bytes, pos: int) -> tuple[int | None, int]:
+    """An EBML variable-size integer at ``pos``: (value, width); value None when unknown or unreadable."""
+    if pos >= len(data) or data[pos] == 0:
+        return None, 1
+    width = 9 - data[pos].bit_length()
+    if pos + width > len(data):
+        return None, width
+    value = data[pos] & (0xFF >> width)
+    for b in data[pos + 1 : pos + width]:
+        value = (value << 8) | b
+    if value == (1 << (7 * width)) - 1:  # all ones: size unknown (live writer)
+        return None, width
+    return value, width

@@ -6,6 +6,8 @@ does it in :func:`agent.errors.from_stream_error`)::
     StreamError                 root: anything a source raises on purpose
     ├── SourceUnavailableError  missing or unreadable input, connection refused, bad arguments
     ├── CorruptMediaError       undecodable or damaged media
+    │   ├── NoVideoStreamError  no video stream (or only cover art)
+    │   └── EmptyMediaError     a video stream without a single frame
     ├── DisconnectedError       a live source dropped and its retries are used up
     ├── UnknownSourceError      a request names a stream or session that does not exist
     └── BadOfferError           a malformed or unacceptable WebRTC (WHIP) offer
@@ -36,3 +38,11 @@ class UnknownSourceError(StreamError):
 
 class BadOfferError(StreamError):
     """A WHIP offer that is malformed, too large, or has no video."""
+
+
+class NoVideoStreamError(CorruptMediaError):
+    """The input has no video to index: no video stream, or only attached pictures (cover art)."""
+
+
+class EmptyMediaError(CorruptMediaError):
+    """The input declares a video stream but holds not a single decodable frame."""

@@ -11,12 +11,13 @@ What damaged input really does (checked with PyAV 18 / FFmpeg 7):
   stream fail at open: :class:`~streams.errors.CorruptMediaError`.
 * A truncated Matroska / MPEG-TS / AVI file does *not* raise: the demuxer
   logs "File ended prematurely" and stops, and the H.264 decoder conceals
-  broken macroblocks. We therefore compare the time the packets reached with
-  the duration the container declares; when the stream ends well short of
-  it (more than max(1 s, 2 %)), the good frames are yielded first and then
-  :class:`~streams.errors.CorruptMediaError` says where decoding stopped. MPEG-TS declares
-  no duration (FFmpeg estimates it from the timestamps at the file's tail),
-  so a cut TS file is indistinguishable from a shorter one and just ends.
+  broken macroblocks. Truncation is therefore read off the file itself,
+  never off a header duration (those cover the longest track, audio
+  included, or are wrong): a cut last packet (AVI) or fewer bytes than the
+  container states (Matroska's Segment size, AVI's RIFF size). The good
+  frames are yielded first, then :class:`~streams.errors.CorruptMediaError`
+  says where decoding stopped. MPEG-TS states no length, so a cut TS file is
+  indistinguishable from a shorter one and just ends.
 * Garbage in the middle of an MP4/MKV (index intact) makes single packets
   fail in ``avcodec_send_packet`` (``InvalidDataError``): such a packet is
   skipped, counted and logged (the first one, then a total at the end), and
@@ -37,58 +38,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
 from streams.decode import MAX_BAD_PACKETS_IN_A_ROW, Damage, Picture, declared_duration, decode, open_media
-from streams.errors import SourceUnavailableError
+from streams.errors import SourceUnavailableError, StreamError
 from streams.media import AudioChunk, Frame, Media
+from streams.probe import VideoInfo, probe
 from streams.registry import OpenContext, register
-from streams.sampler import Sampler, to_rgb
+from streams.sampler import HeldBack, Sampler, to_rgb
 from streams.source import RecordingSpec, Source, SourceState, SourceStats
 from streams.timeline import Pacer
 
 __all__ = ["MAX_BAD_PACKETS_IN_A_ROW", "FileSource", "FileSpec", "VideoInfo", "decode_frames", "probe"]
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a container says about its first video stream."""
-
-    path: Path
-    duration: float
-    """Seconds (stream duration when known, else the container's; 0 if neither)."""
-    fps: float | None
-    width: int
-    height: int
-    codec: str
-    frames: int | None
-    """Frame count declared by the container, when it declares one."""
-
-
-def probe(path: Path) -> VideoInfo:
-    """Read the header of ``path``: duration, rate, size, codec.
-
-    Raises :class:`~streams.errors.SourceUnavailableError` for a missing file and
-    :class:`~streams.errors.CorruptMediaError` for anything that is not decodable video.
-    """
-    container, stream = open_media(path)
-    try:
-        rate = stream.average_rate or stream.guessed_rate
-        return VideoInfo(
-            path=path,
-            duration=declared_duration(container, stream),
-            fps=float(rate) if rate else None,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            codec=stream.codec_context.name,
-            frames=stream.frames or None,
-        )
-    finally:
-        container.close()
 
 
 def decode_media(
@@ -106,29 +70,40 @@ def decode_media(
 ) -> Iterator[Media]:
     """Like :func:`decode_frames`, plus :class:`AudioChunk` items (mono 16 kHz, ~1 s) with ``audio``.
 
-    ``damage`` (optional) counts the packets skipped as undecodable.
+    ``damage`` (optional) receives what decoding noticed. Each frame carries
+    its ``duration``: how long its picture stays on screen (until the next
+    picture or its own duration, clipped to the end of the stream), so a
+    sample is yielded once the next picture is decoded (or the input ends).
     """
     container, vstream = open_media(path)
     sampler = Sampler(fps)
     chunker = AudioChunker(stream) if audio else None
+    held = HeldBack(declared_duration(container, vstream))
+    pictures = decode(
+        container,
+        vstream,
+        label=path,
+        keyframes_only=keyframes_only,
+        audio=audio,
+        start=start,
+        end=end,
+        stop=stop,
+        damage=damage,
+    )
     try:
-        for item in decode(
-            container,
-            vstream,
-            label=path,
-            keyframes_only=keyframes_only,
-            audio=audio,
-            start=start,
-            end=end,
-            stop=stop,
-            damage=damage,
-        ):
-            if isinstance(item, Picture):
-                if sampler.take(item.t):
-                    image = to_rgb(item.frame, short_side)
-                    yield Frame(stream, item.t, image, keyframe=bool(item.frame.key_frame))
-            elif chunker is not None:
-                yield from chunker.push(item.frame, item.t)
+        try:
+            for item in pictures:
+                if isinstance(item, Picture):
+                    yield from held.shown(item.t, item.duration)
+                    if sampler.take(item.t):
+                        image = to_rgb(item.frame, short_side)
+                        held.keep(Frame(stream, item.t, image, keyframe=bool(item.frame.key_frame)))
+                elif chunker is not None:
+                    yield from chunker.push(item.frame, item.t)
+        except StreamError:
+            yield from held.ended(complete=False)  # the good frames first, the error after
+            raise
+        yield from held.ended(complete=True)
         if chunker is not None:
             yield from chunker.flush()
     finally:
@@ -145,6 +120,7 @@ def decode_frames(
     start: float = 0.0,
     end: float | None = None,
     stop: threading.Event | None = None,
+    damage: Damage | None = None,
 ) -> Iterator[Frame]:
     """Yield sampled RGB frames of ``path`` with their stream times.
 
@@ -154,6 +130,7 @@ def decode_frames(
     (a fast coarse pass) and samples the keyframes. Kept frames are
     converted and resized once so the short side is ``short_side``.
     ``stop`` (checked per packet) ends the generator early and quietly.
+    ``damage`` (optional) receives what decoding noticed (:class:`~streams.decode.Damage`).
 
     Raises :class:`~streams.errors.SourceUnavailableError` for a missing file and
     :class:`~streams.errors.CorruptMediaError` (after yielding the good frames) when the input
@@ -168,6 +145,7 @@ def decode_frames(
         start=start,
         end=end,
         stop=stop,
+        damage=damage,
     ):
         if isinstance(item, Frame):
             yield item
@@ -263,6 +241,7 @@ class FileSource(Source):
             audio_chunks=self.audio_out,
             progress=round(self.progress, 4),
             damaged_packets=self._damage.packets,
+            extra={"discontinuities": len(self._damage.stitched)},
         )
 
     def resume_token(self) -> dict[str, Any] | None:

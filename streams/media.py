@@ -29,6 +29,14 @@ class Frame:
     image: RGBImage
     wall: float | None = None
     keyframe: bool = False
+    duration: float | None = None
+    """Seconds the picture stays on screen from ``t`` (None: unknown, one sampling period).
+
+    Recordings state it: a screen recording holds a picture for seconds; the
+    picture lasts until the next one or its own container duration, clipped
+    to the end of the stream (see :mod:`streams.decode`). A consumer covers
+    ``[t, t + max(duration, its sampling period))`` with the sample.
+    """
 
 
 @dataclass(frozen=True, slots=True)

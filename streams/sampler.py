@@ -3,17 +3,39 @@
 Timestamps come from ``pts * time_base`` relative to the stream's start time,
 never from a frame index and a nominal rate, so variable frame rate and
 non-zero start times come out right.
+
+Conversion rules (:func:`to_rgb`), the same for every source:
+
+* Rotation: the display matrix (PyAV's ``frame.rotation``, degrees
+  counter-clockwise) is applied, so the encoder and the frame store see the
+  picture upright, as a player shows it.
+* Size: the short side becomes ``short``; the long side is capped at
+  :data:`MAX_ASPECT` times that (a 1920x1 strip becomes 896x224, squeezed,
+  not 430080x224), so a degenerate size costs what a normal clip costs.
+  A side beyond :data:`MAX_SIDE` pixels, or none at all, is an absurd size:
+  :class:`~streams.errors.CorruptMediaError` (:func:`check_size`).
+
+:class:`HeldBack` gives a recording's samples their ``duration`` (how long
+the picture stays on screen), so a consumer can tell a held frame from a gap.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 
 import av
 import numpy as np
 
-from streams.media import RGBImage
+from streams.errors import CorruptMediaError
+from streams.media import Frame, RGBImage
+
+MAX_SIDE = 32_768
+"""Pixels: a picture side beyond this is absurd (H.264/HEVC levels stop near 16 888)."""
+MAX_ASPECT = 4.0
+"""The long side of a converted picture is at most this many times its short side."""
 
 
 class Sampler:
@@ -64,18 +86,79 @@ def frame_seconds(frame: av.VideoFrame, start_pts: int | None, time_base: Fracti
     return float((pts - (start_pts or 0)) * tb)
 
 
+def check_size(width: int, height: int, *, label: object = "video") -> None:
+    """Raise :class:`CorruptMediaError` for an absurd picture size (no pixels, or a side over :data:`MAX_SIDE`)."""
+    if width <= 0 or height <= 0 or width > MAX_SIDE or height > MAX_SIDE:
+        raise CorruptMediaError(f"{label}: absurd picture size {width}x{height} (each side 1..{MAX_SIDE})")
+
+
 def short_side_size(width: int, height: int, short: int) -> tuple[int, int]:
-    """(width, height) scaled so the short side is ``short``; even sizes for swscale."""
-    if width <= 0 or height <= 0:
-        raise ValueError("frame has no size")
+    """(width, height) scaled so the short side is ``short``, the long side capped; even sizes for swscale.
+
+    The long side is at most :data:`MAX_ASPECT` x ``short`` (beyond that the
+    picture is squeezed). Raises :class:`CorruptMediaError` for an absurd size.
+    """
+    check_size(width, height)
     scale = short / min(width, height)
-    w = max(2, math.floor(width * scale / 2 + 0.5) * 2)
-    h = max(2, math.floor(height * scale / 2 + 0.5) * 2)
+    cap = MAX_ASPECT * short
+    w = max(2, math.floor(min(width * scale, cap) / 2 + 0.5) * 2)
+    h = max(2, math.floor(min(height * scale, cap) / 2 + 0.5) * 2)
     return w, h
 
 
+def rotation_turns(frame: av.VideoFrame) -> int:
+    """Quarter turns counter-clockwise (0..3) that show ``frame`` upright (its display matrix)."""
+    return round(frame.rotation / 90) % 4
+
+
 def to_rgb(frame: av.VideoFrame, short: int) -> RGBImage:
-    """Convert and resize once (swscale), keeping aspect: short side = ``short``."""
+    """Convert and resize once (swscale), keeping aspect: short side = ``short``; then turn upright.
+
+    Returns an (H, W, 3) uint8 array in display orientation (see the module docstring).
+    """
     w, h = short_side_size(frame.width, frame.height, short)
     arr = frame.to_ndarray(width=w, height=h, format="rgb24")
+    turns = rotation_turns(frame)
+    if turns:
+        arr = np.rot90(arr, k=turns)
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+class HeldBack:
+    """The last sample, held back until its picture's end is known (sans-I/O).
+
+    A sample's ``duration`` is how long its picture stays on screen: until
+    the next picture or the picture's own duration, and for the last one
+    clipped to the end of the stream (``stream_end``, when the container
+    states one beyond it).
+    """
+
+    def __init__(self, stream_end: float) -> None:
+        self._stream_end = stream_end
+        self._kept: Frame | None = None
+        self._on_screen: tuple[float, float] | None = None  # (time, duration) of the picture on screen
+
+    def shown(self, t: float, duration: float) -> Iterator[Frame]:
+        """A picture at ``t`` lasting ``duration`` s replaces the one on screen: the held sample is complete."""
+        if self._kept is not None and self._on_screen is not None:
+            yield self._lasting(min(sum(self._on_screen), t))
+        self._kept, self._on_screen = None, (t, duration)
+
+    def keep(self, frame: Frame) -> None:
+        """``frame`` samples the picture now on screen."""
+        self._kept = frame
+
+    def ended(self, *, complete: bool) -> Iterator[Frame]:
+        """The input ended (``complete``: normally; else on an error): the held sample, if any."""
+        if self._kept is None or self._on_screen is None:
+            return
+        t, duration = self._on_screen
+        until = t + duration
+        if complete and self._stream_end > t:
+            until = min(until, self._stream_end)
+        yield self._lasting(until)
+        self._kept = None
+
+    def _lasting(self, until: float) -> Frame:
+        assert self._kept is not None  # callers check
+        return replace(self._kept, duration=max(until - self._kept.t, 1e-3))

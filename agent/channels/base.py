@@ -141,6 +141,10 @@ class ChannelQuery:
     top_k: int = 5
     cfg: QueryConfig = field(default_factory=QueryConfig)
     """Search settings (candidates, refinement, NMS within a channel)."""
+    text: str = ""
+    """The query's words, for channels that search text (speech, on-screen text); empty: none."""
+    channels: frozenset[str] | None = None
+    """Only these channels answer (None: every channel of the stream)."""
 
 
 @dataclass(slots=True)

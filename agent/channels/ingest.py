@@ -10,6 +10,14 @@ produced after them, and commit() applies the FIFO's resolved head only.
 A super-image whose encoding was given up is resolved by :meth:`drop`: its
 span is not retained, and nothing behind it waits for it.
 
+Time rules of :meth:`StreamIngestor.push`: a frame held on screen for longer
+than a sampling period (``Frame.duration``: a screen recording, a slide) is
+sampled again at each sampling instant it covers, so it is covered, gated
+and stored like any static scene; a frame without a duration stands for one
+period, so a clock jump stays a gap. Sources deliver time in order (a file's
+discontinuities are stitched by the decoder); a frame older than the last
+one cannot be merged into an ordered memory: it is dropped, counted
+(``IngestStats.out_of_order``) and logged once per stream, never silently.
 Gaps: a jump in stream time larger than ``cfg.gap_seconds`` (a source
 outage, a reconnect, frames dropped upstream) closes the filling grid
 before the frame after it, so no super-image spans the jump and the memory
@@ -19,8 +27,10 @@ super-image's span is a gap too, however short (:meth:`Memory.break_coverage`).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +40,8 @@ from agent.core.memory import Memory
 from agent.core.superimage import SuperImage, Tiler
 from agent.store.frame_store import FrameStore
 from agent.types import Frame
+
+log = logging.getLogger(__name__)
 
 SCENE_CUT = 0.25
 """Histogram change (L1/2) above which a frame starts a new super-image."""
@@ -58,6 +70,10 @@ class IngestStats:
     gated_frames: int = 0
     superimages: int = 0
     dropped_superimages: int = 0
+    out_of_order: int = 0
+    """Frames dropped because they were older than the last one."""
+    held_samples: int = 0
+    """Samples added for frames held on screen longer than a sampling period."""
     last_time: float | None = None
     first_time: float | None = None
     last_wall: float | None = None
@@ -94,11 +110,32 @@ class StreamIngestor:
         """A dropped super-image is the newest memory event: do not stretch an anchor over it."""
 
     def push(self, frame: Frame) -> list[SuperImage]:
-        """Take one sampled frame; return super-images that now need encoding."""
+        """Take one sampled frame; return super-images that now need encoding.
+
+        A frame held longer than a sampling period is taken again at each
+        sampling instant it covers (module docstring).
+        """
         last = self.stats.last_time
         if last is not None and frame.t < last:
-            # Sources guarantee monotonic time; a stray older frame is dropped, not merged.
+            # An ordered memory cannot take it: dropped, but counted and said.
+            self.stats.out_of_order += 1
+            if self.stats.out_of_order == 1:
+                log.warning(
+                    "%s: frame at %.2fs older than the last (%.2fs) dropped", self.stream, frame.t, last
+                )
             return []
+        out = self._take(frame)
+        period = self.tiler.period
+        repeats = math.ceil((frame.duration or 0.0) / period - 1e-6) - 1
+        for i in range(1, repeats + 1):
+            self.stats.held_samples += 1
+            wall = None if frame.wall is None else frame.wall + i * period
+            out += self._take(
+                replace(frame, t=frame.t + i * period, wall=wall, keyframe=False, duration=None)
+            )
+        return out
+
+    def _take(self, frame: Frame) -> list[SuperImage]:
         self._count(frame)
         entry = self.cheap.add(frame.t, frame.image)
         if self.store is not None:

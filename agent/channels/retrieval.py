@@ -59,6 +59,8 @@ class Query:
     start: float | None = None
     end: float | None = None
     top_k: int | None = None
+    channels: list[str] | None = None
+    """Only these channels answer (``["speech"]``); None or empty: every channel."""
 
     def check(self, cfg: QueryConfig) -> None:
         """Reject empty, ambiguous or oversize queries before any encoding."""

@@ -41,24 +41,28 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from agent.index.video_index import VideoIndex
-    from streams.file import decode_frames, probe
+    from streams.decode import Damage
+    from streams.file import decode_media, probe
 
     settings = settings_from_args(a)
     video = Path(a.video)
     with translating_stream_errors():
         info = probe(video)
     sid = a.stream or stream_id_for(video)
+    report = Damage()
     t_load = time.perf_counter()
     with VideoIndex.create(Path(a.index), settings) as idx:
         t0 = time.perf_counter()
         if idx.prescreen.meaningless:
             print(f"WARNING: {idx.prescreen.note}; answers are MEANINGLESS", file=sys.stderr)
-        frames = decode_frames(
+        frames = decode_media(
             video,
             stream=sid,
             fps=settings.index.fps,
             keyframes_only=settings.index.keyframes_only,
             short_side=idx.prescreen.image_size,
+            audio=settings.speech.enabled,
+            damage=report,
         )
         bar = tqdm(
             total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5
@@ -80,16 +84,21 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         finally:
             bar.close()
     elapsed = time.perf_counter() - t0
+    # What was read, not what the header says (raw streams declare nothing; headers can be wrong).
+    seconds = report.end or info.duration
+    for note in report.notes():
+        print(f"note: {video}: {note}", file=sys.stderr)
     summary = {
         "stream": sid,
-        "video_seconds": round(info.duration, 3),
+        "video_seconds": round(seconds, 3),
         "model_load_seconds": round(t0 - t_load, 3),
         "elapsed_seconds": round(elapsed, 3),
-        "x_realtime": round(info.duration / elapsed, 2) if elapsed > 0 else None,
+        "x_realtime": round(seconds / elapsed, 2) if elapsed > 0 else None,
         "frames": done[1],
         "encoder": idx.prescreen.name,
         "backend": idx.prescreen.backend.name,
         "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
+        "notes": report.notes(),
     }
     print(json.dumps(summary) if a.json else " ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
@@ -126,6 +135,7 @@ def cmd_query(a: argparse.Namespace) -> int:
         start=a.start,
         end=a.end,
         top_k=a.top_k,
+        channels=a.channels,
     )
     pending = idx.start_query(q)  # checks the query against the index's limits
     # Progressive: the prescreen's answer (--fast), or the one refined within --budget seconds.
@@ -151,7 +161,8 @@ def _print_answer(answer: Any, *, wall: bool) -> None:
     for i, m in enumerate(answer.moments, 1):
         conf = "-" if m.confidence is None else f"{m.confidence:.2f}"
         row = f"{i:>2}  {m.stream:<20} {m.start:>9.2f} {m.end:>9.2f} {m.score:>7.4f} {conf:>5}  "
-        print(row + (f"{m.wall_start or '-':<30} " if wall else "") + m.answered_by)
+        said = "".join(f'  {ch}: "{q}"' for ch, q in m.quotes.items())
+        print(row + (f"{m.wall_start or '-':<30} " if wall else "") + m.answered_by + said)
     for name, st in answer.streams.items():
         for note in st.notes:
             print(f"note [{name}]: {note}")
@@ -209,6 +220,8 @@ def _remote_query(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     from agent.index.video_index import VideoIndex
 
+    if Path(a.index).is_file():
+        return _video_info(a)
     info = VideoIndex.open(Path(a.index)).info()
     if a.json:
         print(json.dumps(info, indent=2))
@@ -219,6 +232,33 @@ def cmd_info(a: argparse.Namespace) -> int:
                 f"{s['memory_bytes'] / 1024:.0f} KiB memory, {s['store_bytes'] / 2**20:.1f} MiB frames"
             )
         print(f"model: {info['model']['prescreen']}  on disk: {info['bytes_on_disk'] / 2**20:.1f} MiB")
+    return 0
+
+
+def _video_info(a: argparse.Namespace) -> int:
+    """``vmr info VIDEO``: what the file's video stream is, in display orientation."""
+    from streams.file import probe
+
+    with translating_stream_errors():
+        v = probe(Path(a.index))
+    width, height = v.display_size
+    info = {
+        "path": str(v.path),
+        "codec": v.codec,
+        "duration": round(v.duration, 3),
+        "fps": None if v.fps is None else round(v.fps, 3),
+        "display_width": width,
+        "display_height": height,
+        "coded_width": v.width,
+        "coded_height": v.height,
+        "rotation": v.rotation,
+        "frames": v.frames,
+    }
+    if a.json:
+        print(json.dumps(info, indent=2))
+    else:
+        turned = f" (stored {v.width}x{v.height}, rotated {v.rotation} deg)" if v.rotation else ""
+        print(f"{v.path}: {v.codec} {width}x{height}{turned}, {v.duration:.2f}s declared, {info['fps']} fps")
     return 0
 
 
@@ -291,11 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_REFINE_BUDGET_S,
         help=f"seconds of refinement after the first answer (default {DEFAULT_REFINE_BUDGET_S:g})",
     )
+    pq.add_argument(
+        "--channels",
+        type=lambda s: [c for c in s.split(",") if c] or None,
+        default=None,
+        help="only these channels answer, comma-separated (visual,speech,ocr); default: all",
+    )
     pq.add_argument("--json", action="store_true")
     pq.set_defaults(func=cmd_query)
 
-    pn = sub.add_parser("info", help="what an index holds")
-    pn.add_argument("index")
+    pn = sub.add_parser("info", help="what an index holds (or, given a video file, what the file is)")
+    pn.add_argument("index", help="index directory, or a video file")
     pn.add_argument("--json", action="store_true")
     pn.set_defaults(func=cmd_info)
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings
+from agent.config import EncoderConfig, IndexConfig, OcrConfig, QueryConfig, Settings, SpeechConfig
 from agent.errors import ConfigError
 
 T = TypeVar("T")
@@ -75,6 +75,12 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keyframes", action="store_true", help="keyframes only: fast coarse pass")
     g.add_argument("--no-gate", action="store_true", help="encode static stretches too")
     g.add_argument("--store-mb", type=float, default=2048, help="frame-store bound in MiB (0: no store)")
+    g.add_argument(
+        "--speech",
+        action="store_true",
+        help="speech channel: transcribe the sound (faster-whisper, the packaged base model)",
+    )
+    g.add_argument("--ocr", action="store_true", help="on-screen text channel: Tesseract on changed pictures")
 
 
 _DEFAULT_TAGS = {"MobileCLIP2-S0": "dfndr2b", "ViT-B-32": "laion2b_s34b_b79k"}
@@ -127,7 +133,9 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         gate=not a.no_gate,
         store_bytes=int(a.store_mb * 1024 * 1024),
     )
-    return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig())
+    speech = SpeechConfig(enabled=bool(getattr(a, "speech", False)))
+    ocr = OcrConfig(enabled=bool(getattr(a, "ocr", False)))
+    return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig(), speech=speech, ocr=ocr)
 
 
 def stream_id_for(path: Path) -> str:

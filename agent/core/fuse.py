@@ -21,7 +21,11 @@ background its scores are judged against. Steps:
    background, and comparable across streams and channels.
 3. **Merge.** Within a stream, proposals of different channels that overlap
    by temporal IoU >= ``merge_iou`` are one moment: the most confident one's
-   span, the best confidence, every supporting channel listed.
+   span, the best confidence, every supporting channel listed, and each text
+   channel's quote of the words it matched. Text channels (speech, on-screen
+   text) bring their own fixed calibration of matched-word share (see
+   ``agent.channels.text_search``), so their confidences sit on the visual
+   scale without a per-query background.
 4. **NMS and rank.** Greedy temporal NMS per stream (by confidence), then one
    ranking of every stream's moments by confidence (ties: raw score).
 5. **Abstain.** A moment passes when its confidence reaches ``threshold``. An
@@ -128,6 +132,8 @@ class ChannelProposal:
     score: float
     peak: float
     evidence: tuple[float, ...] = ()
+    quote: str = ""
+    """Text channels: the words of the span that matched the query (empty for visual)."""
 
 
 @dataclass(slots=True)
@@ -144,6 +150,8 @@ class FusedMoment:
     channels: list[str]
     evidence: list[float] = field(default_factory=list)
     below_threshold: bool = False
+    quotes: dict[str, str] = field(default_factory=dict)
+    """Matched words by supporting text channel (``"speech"``: the transcript's words)."""
 
 
 @dataclass(slots=True)
@@ -221,6 +229,7 @@ def _scored(p: ChannelProposal, cal: Calibration, threshold: float) -> FusedMome
         channels=[p.channel],
         evidence=list(p.evidence) or [p.peak],
         below_threshold=conf < threshold,
+        quotes={p.channel: p.quote} if p.quote else {},
     )
 
 
@@ -240,6 +249,8 @@ def _merge(moments: list[FusedMoment], iou: float) -> list[FusedMoment]:
             if ch not in host.channels:
                 host.channels.append(ch)
         host.evidence.extend(t for t in m.evidence if t not in host.evidence)
+        for ch, quote in m.quotes.items():
+            host.quotes.setdefault(ch, quote)
     return out
 
 

@@ -50,6 +50,8 @@ def channel_query(
         end=query.end,
         top_k=query.top_k or cfg.top_k,
         cfg=cfg,
+        text=query.text or "",
+        channels=frozenset(query.channels) if query.channels else None,
     )
 
 
@@ -130,7 +132,7 @@ class PendingQuery:
     @property
     def refinable(self) -> bool:
         """Whether refining may change the answer (some region has stored frames to re-encode)."""
-        return any(p.regions for p in self.plans.values())
+        return any(p.regions and self._asked(p.channel) for p in self.plans.values())
 
     def refine(self, budget: float | None = None) -> dict[str, QueryResult]:
         """The answer after refining for at most ``budget`` seconds (None: everything planned).
@@ -148,8 +150,12 @@ class PendingQuery:
     def _found(self, visual: Mapping[str, ChannelAnswer]) -> dict[str, dict[str, ChannelAnswer]]:
         found: dict[str, dict[str, ChannelAnswer]] = {}
         for stream, plan in self.plans.items():
-            found[stream] = {plan.channel: visual[stream], **self.others.get(stream, {})}
+            mine = {plan.channel: visual[stream]} if self._asked(plan.channel) else {}
+            found[stream] = {**mine, **self.others.get(stream, {})}
         return found
+
+    def _asked(self, channel: str) -> bool:
+        return self.query.channels is None or channel in self.query.channels
 
 
 def _coverage(channels: Mapping[str, ChannelAnswer]) -> Coverage | None:
@@ -174,4 +180,5 @@ def _moment(m: FusedMoment, state: Clocked) -> Moment:
         confidence=m.confidence,
         channels=list(m.channels),
         below_threshold=m.below_threshold,
+        quotes=dict(m.quotes),
     )

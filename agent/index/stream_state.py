@@ -7,14 +7,19 @@ Layout under the stream's folder::
     ingest.json   visual channel: ingest counters                       - atomic snapshot
     frames/       visual channel: frame-store chunk files (append-only, self-healing)
     <channel>/    any other channel's files (its own folder)
-    state.json    clock map, meta (resume token, offset), a counter summary, version - atomic snapshot
+    state.json    clock map, meta (resume token, offset), a counter summary, version,
+                  generation, saved_at and the manifest of the generation's files
+    quarantine/   snapshots that failed to load, set aside (see agent.store.snapshot)
 
 Each channel saves and restores itself (:meth:`Channel.save`,
 :meth:`Channel.restore`) in its own folder, or at the top level when it
 declares :attr:`Channel.keeps_root` (the visual channel, whose layout
-predates channels). Each snapshot file is replaced atomically, so a crash
-leaves each one either the old or the new complete state; ``state.json`` is
-written last.
+predates channels). A snapshot is one *generation* of all these files,
+staged and committed by one rename (:mod:`agent.store.snapshot`): a crash
+(``kill -9``) leaves the previous generation or the new one, never a mix;
+on load every file is checked against the manifest in ``state.json``, and
+a bad file, a wrong type in ``state.json`` or an unreadable channel
+snapshot is an :class:`~agent.errors.IndexStoreError`.
 
 A :class:`StreamState` is the thin shell around its sans-I/O channels: it
 fans media out to every channel, routes worker results and failures back to
@@ -26,12 +31,14 @@ service's batch workers and query threads) never lock anything themselves.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.channels.base import AudioMedia, Channel, ChannelAnswer, ChannelQuery, WorkCounters, WorkItem
 from agent.channels.ingest import IngestStats
@@ -40,10 +47,10 @@ from agent.channels.retrieval import FrameEmbeddingCache
 from agent.channels.visual import VisualChannel
 from agent.config import IndexConfig
 from agent.core.memory import Memory
+from agent.errors import IndexStoreError, VmrError
 from agent.models.encoder import Encoder
-from agent.store.atomic import write_json
+from agent.store import snapshot
 from agent.store.frame_store import FrameStore
-from agent.store.versioned import read_versioned
 from agent.types import Frame
 
 STATE_VERSION = 1
@@ -65,6 +72,17 @@ _CLOCK_TOLERANCE = 0.5
 """Seconds the stream-to-wall offset may move before a new (stream time, wall clock) pair is kept."""
 _CLOCK_CAP = 200_000
 _ERROR_CHARS = 200
+
+
+class _StateFile(BaseModel):
+    """The parts of ``state.json`` a load relies on, type-checked (wrong types: IndexStoreError)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    generation: int = Field(default=0, ge=0)
+    saved_at: float | None = None
+    clock: tuple[list[float], list[float]] = ([], [])
+    meta: dict[str, Any] = Field(default_factory=dict)
 
 
 class StreamState:
@@ -96,6 +114,12 @@ class StreamState:
         self._clock_t: list[float] = []
         self._clock_wall: list[float] = []
         self.meta: dict[str, Any] = {}
+        self.generation = 0
+        """Generation of the last snapshot committed (0: none yet)."""
+        self.last_snapshot: float | None = None
+        """Unix time of the last good snapshot (from ``state.json`` after a restart); None: never."""
+        self.snapshot_error: str | None = None
+        """Why the last snapshot failed; None after a good one."""
         self.last_work_error: str | None = None
         """The latest failed work item's error (trimmed), for a stream that ends with nothing retained."""
         self._load_state()
@@ -117,7 +141,14 @@ class StreamState:
         with self._lock:
             if channel.name in self.channels:
                 raise ValueError(f"stream {self.stream!r} already has a channel {channel.name!r}")
-            channel.restore(self.folder_of(channel))
+            try:
+                channel.restore(self.folder_of(channel))
+            except VmrError:
+                raise
+            except Exception as exc:  # a damaged file a channel did not translate: still typed
+                raise IndexStoreError(
+                    f"stream {self.stream!r}: channel {channel.name!r} cannot read its snapshot: {exc!r}"
+                ) from exc
             self.channels[channel.name] = channel
 
     def folder_of(self, channel: Channel) -> Path:
@@ -225,10 +256,16 @@ class StreamState:
 
         The plan holds no reference to mutable channel state but the frame
         store (thread-safe): refine it with :meth:`VisualChannel.refine_plans`
-        without this lock.
+        without this lock. ``query.channels`` restricts which other channels
+        answer (a name the stream lacks is not an error: other streams may
+        have it); the visual answer is dropped later, where it is assembled.
         """
         with self._lock:
-            answers = {name: ch.search(query) for name, ch in self.channels.items() if ch is not self.visual}
+            answers = {
+                name: ch.search(query)
+                for name, ch in self.channels.items()
+                if ch is not self.visual and (query.channels is None or name in query.channels)
+            }
             return answers, self.visual.plan(query)
 
     def background(self, vector: np.ndarray, channel: str = VisualChannel.name) -> np.ndarray:
@@ -289,24 +326,41 @@ class StreamState:
 
     # ------------------------------------------------------------ snapshots
     def save(self, meta: dict[str, Any] | None = None) -> None:
-        """Snapshot every channel, then counters and clock (``meta`` merged first)."""
+        """Snapshot every channel, counters and clock as one new generation (``meta`` merged first).
+
+        Raises IndexStoreError when the disk refuses (the previous generation
+        stays whole); :attr:`snapshot_error` then says why, until a snapshot
+        succeeds again and sets :attr:`last_snapshot`.
+        """
         with self._lock:
             if meta:
                 self.meta.update(meta)
-            for ch in self.channels.values():
-                ch.save(self.folder_of(ch))
-            write_json(
-                self.root / "state.json",
-                {
-                    "version": STATE_VERSION,
-                    "stream": self.stream,
-                    # A summary for readers of this file (tools, older versions); on load
-                    # the channels restore their own counters (the visual one: ingest.json).
-                    "stats": {k: getattr(self.stats, k) for k in SUMMARY_KEYS},
-                    "clock": [self._clock_t, self._clock_wall],
-                    "meta": self.meta,
-                },
-            )
+            saved_at = time.time()
+            try:
+                staged = snapshot.stage(self.root)
+                for ch in self.channels.values():
+                    ch.save(staged if ch.keeps_root else staged / ch.name)
+                snapshot.commit(self.root, staged, self._record(self.generation + 1, saved_at))
+            except (OSError, IndexStoreError) as exc:
+                self.snapshot_error = str(exc)
+                if isinstance(exc, IndexStoreError):
+                    raise
+                raise IndexStoreError(f"snapshot of stream {self.stream!r} failed: {exc}") from exc
+            self.generation += 1
+            self.last_snapshot, self.snapshot_error = saved_at, None
+
+    def _record(self, generation: int, saved_at: float) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "stream": self.stream,
+            "generation": generation,
+            "saved_at": saved_at,
+            # A summary for readers of this file (tools, older versions); on load
+            # the channels restore their own counters (the visual one: ingest.json).
+            "stats": {k: getattr(self.stats, k) for k in SUMMARY_KEYS},
+            "clock": [self._clock_t, self._clock_wall],
+            "meta": self.meta,
+        }
 
     def close(self) -> None:
         """Close every channel (idempotent)."""
@@ -315,10 +369,19 @@ class StreamState:
                 ch.close()
 
     def _load_state(self) -> None:
-        data = read_versioned(self.root / "state.json", STATE_VERSION, what="stream state")
+        path = self.root / snapshot.STATE_FILE
+        data = snapshot.read_committed(self.root, STATE_VERSION, what="stream state")
         if data is None:
             return
+        try:
+            state = _StateFile.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise IndexStoreError(f"{path}: unreadable stream state: {where}: {first['msg']}") from exc
+        if len(state.clock[0]) != len(state.clock[1]):
+            raise IndexStoreError(f"{path}: unreadable stream state: clock columns differ in length")
         # "stats" is a summary; the channels restore their own counters (old snapshots: from it).
-        clock = data.get("clock") or [[], []]
-        self._clock_t, self._clock_wall = list(clock[0]), list(clock[1])
-        self.meta = dict(data.get("meta", {}))
+        self._clock_t, self._clock_wall = list(state.clock[0]), list(state.clock[1])
+        self.meta = dict(state.meta)
+        self.generation, self.last_snapshot = state.generation, state.saved_at

@@ -10,30 +10,48 @@ The same object backs the CLI (one stream per ingested file) and the service
 service hands each stream's work items to shared batch workers instead.
 Queries search every channel of every requested stream and rank once, in
 :func:`agent.core.fuse.fuse` (:func:`agent.index.answers.answer`).
+
+Isolation (the service opens its index with ``isolate=True``): a stream
+whose snapshot cannot be loaded does not stop the others. Its bad files are
+moved to ``streams/<id>/quarantine/<time>/`` (never deleted; the frame store
+stays, it heals itself), the stream opens empty, and the typed error is kept
+in :attr:`VideoIndex.load_errors` for its owner to report the stream as
+failed. Without ``isolate`` (the CLI) the error is raised as it is.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.channels.base import ChannelAnswer, WorkItem, group_by_worker
+from agent.channels.base import Channel, ChannelAnswer, WorkItem, group_by_worker
+from agent.channels.ocr import OCR_WORKER, OcrChannel
 from agent.channels.refine import VisualPlan, refine_plans
 from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
+from agent.channels.speech import SPEECH_WORKER, SpeechChannel
+from agent.channels.text_search import SENTENCE_ROLE
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
+from agent.models.ocr import TesseractReader
+from agent.models.sentences import SentenceEncoder
+from agent.models.whisper import WhisperSettings, WhisperTranscriber
 from agent.store.atomic import write_json
+from agent.store.snapshot import quarantine
 from agent.store.versioned import read_versioned
-from agent.types import Frame, QueryResult
+from agent.types import AudioChunk, Frame, QueryResult
+
+log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
 _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -49,9 +67,13 @@ def check_stream_id(stream: str) -> str:
 class VideoIndex:
     """Settings, encoders and per-stream state under one directory."""
 
-    def __init__(self, root: Path, settings: Settings) -> None:
+    def __init__(self, root: Path, settings: Settings, *, isolate: bool = False) -> None:
         self.root = Path(root)
         self.settings = settings
+        self.isolate = isolate
+        """Set bad snapshots aside and open their streams empty (see the module docstring)."""
+        self.load_errors: dict[str, IndexStoreError] = {}
+        """Why a stream's snapshot was set aside, by stream (``isolate`` only)."""
         self.prescreen: ClipEncoder = load_encoder(settings.prescreen)
         self.refine: ClipEncoder = load_encoder(settings.refine) if settings.refine else self.prescreen
         self.streams: dict[str, StreamState] = {}
@@ -60,20 +82,48 @@ class VideoIndex:
             IMAGE_WORKER: self._encode_images
         }
         """Inline batch functions by worker name (:attr:`WorkItem.worker`)."""
+        self.transcriber: WhisperTranscriber | None = None
+        if settings.speech.enabled:
+            # Loaded on the first window (assembly and model load take seconds).
+            self.transcriber = WhisperTranscriber(
+                WhisperSettings(
+                    model=settings.speech.model,
+                    language=settings.speech.language,
+                    threads=settings.prescreen.threads,
+                )
+            )
+            self._workers[SPEECH_WORKER] = self._transcribe
+        sp, oc = settings.speech, settings.ocr
+        # One MiniLM for every text channel that searches by meaning; loaded on the first query.
+        self.sentences = (
+            SentenceEncoder() if (sp.enabled and sp.semantic) or (oc.enabled and oc.semantic) else None
+        )
+        self.reader: TesseractReader | None = None
+        if settings.ocr.enabled:
+            self.reader = TesseractReader(settings.ocr.language)
+            self._workers[OCR_WORKER] = self._read_text
         self._lock = threading.Lock()
         self._closed = False
 
     # ------------------------------------------------------------- lifecycle
     @classmethod
-    def create(cls, root: Path, settings: Settings) -> VideoIndex:
-        """Open ``root`` for writing, creating it; existing streams are kept."""
+    def create(
+        cls, root: Path, settings: Settings, *, skip: Collection[str] = (), isolate: bool = False
+    ) -> VideoIndex:
+        """Open ``root`` for writing, creating it; existing streams are kept.
+
+        ``skip``: stream folders not to open (streams the service removed:
+        their files stay until purged); ``isolate``: see the module docstring.
+        """
         root = Path(root)
         if (root / "index.json").exists():
             existing = cls.read_manifest(root)
-            if existing["settings"] != settings.model_dump(mode="json"):
+            # Through the model: an index written before a settings field existed has its default.
+            known = Settings.model_validate(existing["settings"]).model_dump(mode="json")
+            if known != settings.model_dump(mode="json"):
                 raise ConfigError(f"{root} was built with other settings; use a new --index directory")
-        idx = cls(root, settings)
-        idx._open_streams()
+        idx = cls(root, settings, isolate=isolate)
+        idx._open_streams(skip)
         idx.write_manifest()
         return idx
 
@@ -112,11 +162,11 @@ class VideoIndex:
             },
         )
 
-    def _open_streams(self) -> None:
+    def _open_streams(self, skip: Collection[str] = ()) -> None:
         folder = self.root / "streams"
         if folder.is_dir():
             for sub in sorted(folder.iterdir()):
-                if sub.is_dir() and _STREAM_ID.match(sub.name):
+                if sub.is_dir() and _STREAM_ID.match(sub.name) and sub.name not in skip:
                     self.stream(sub.name, create=False)
 
     def stream(self, stream: str, *, create: bool = True) -> StreamState:
@@ -127,25 +177,72 @@ class VideoIndex:
                 if not create and not (self.root / "streams" / stream).is_dir():
                     raise UnknownStreamError(f"unknown stream {stream!r}")
                 check_stream_id(stream)
-                st = StreamState(
-                    self.root / "streams" / stream,
-                    stream,
-                    self.settings.index,
-                    dim=self.prescreen.dim,
-                    image_size=self.prescreen.image_size,
-                    refine=self.refine,
-                    cache=self.cache,
-                )
+                st = self._open_state(stream) if self.isolate else self._new_state(stream)
                 self.streams[stream] = st
             return st
 
-    def remove(self, stream: str) -> None:
-        """Forget a stream in this process (its files stay on disk)."""
+    def _new_state(self, stream: str) -> StreamState:
+        return StreamState(
+            self.root / "streams" / stream,
+            stream,
+            self.settings.index,
+            dim=self.prescreen.dim,
+            image_size=self.prescreen.image_size,
+            refine=self.refine,
+            cache=self.cache,
+            channels=self._extra_channels(stream),
+        )
+
+    def _open_state(self, stream: str) -> StreamState:
+        """The stream's state; a bad snapshot is set aside and the stream opens empty (isolate)."""
+        folder = self.root / "streams" / stream
+        # First the snapshot files only; should the stream still not open, its frames too.
+        for keep in (("frames",), ()):
+            try:
+                return self._new_state(stream)
+            except IndexStoreError as exc:
+                where = quarantine(folder, f"{type(exc).__name__}: {exc}", keep=keep)
+                log.error("stream %s: bad snapshot set aside in %s: %s", stream, where, exc)
+                self.load_errors[stream] = type(exc)(
+                    f"stream {stream!r}: its snapshot could not be loaded ({exc}); "
+                    f"the files were set aside in {where.relative_to(folder)}"
+                )
+        return self._new_state(stream)
+
+    def _extra_channels(self, stream: str) -> list[Channel]:
+        """The channels a stream has besides the visual one, as the settings ask."""
+        sp, oc = self.settings.speech, self.settings.ocr
+        embed = self.sentences.encode if self.sentences is not None else None
+        more: list[Channel] = []
+        if sp.enabled:
+            more.append(SpeechChannel(stream, sp, embed=embed if sp.semantic else None))
+        if oc.enabled:
+            more.append(OcrChannel(stream, oc, embed=embed if oc.semantic else None))
+        return more
+
+    def remove(self, stream: str, *, purge: bool = False) -> None:
+        """Forget a stream in this process; its files stay on disk unless ``purge``.
+
+        ``purge`` deletes the stream's folder — snapshots, stored frames
+        (thumbnails), quarantined files — and also works for a stream not
+        open here (one removed earlier). UnknownStreamError when there is
+        nothing to remove; IndexStoreError when the disk refuses.
+        """
         with self._lock:
             st = self.streams.pop(stream, None)
-        if st is None:
+            self.load_errors.pop(stream, None)
+        folder = self.root / "streams" / stream
+        if st is None and not (purge and _STREAM_ID.match(stream) and folder.is_dir()):
             raise UnknownStreamError(f"unknown stream {stream!r}")
-        st.close()
+        if st is not None:
+            st.close()
+        if purge:
+            try:
+                shutil.rmtree(folder)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise IndexStoreError(f"cannot purge stream {stream!r}: {exc}") from exc
 
     def save(self) -> None:
         """Snapshot every stream, then the manifest."""
@@ -154,13 +251,15 @@ class VideoIndex:
         self.write_manifest()
 
     def close(self) -> None:
-        """Save and close (idempotent)."""
+        """Save and close (idempotent); the streams are closed even when saving fails (then raised)."""
         if self._closed:
             return
         self._closed = True
-        self.save()
-        for st in self.streams.values():
-            st.close()
+        try:
+            self.save()
+        finally:
+            for st in self.streams.values():
+                st.close()
 
     def __enter__(self) -> VideoIndex:
         return self
@@ -171,11 +270,15 @@ class VideoIndex:
     # ---------------------------------------------------------------- ingest
     def ingest(
         self,
-        frames: Iterable[Frame],
+        frames: Iterable[Frame | AudioChunk],
         *,
         on_frame: Callable[[Frame], None] | None = None,
     ) -> None:
-        """Encode and store ``frames`` inline (batched by the encoder batch size)."""
+        """Encode and store ``frames`` inline (batched by the encoder batch size).
+
+        Audio chunks among them go to the stream's audio channels (speech,
+        when enabled); a whole window is transcribed at once.
+        """
         batch: list[tuple[StreamState, WorkItem]] = []
         bs = self.prescreen.batch_size
         touched: set[str] = set()
@@ -183,6 +286,9 @@ class VideoIndex:
             for frame in frames:
                 st = self.stream(frame.stream)
                 touched.add(frame.stream)
+                if isinstance(frame, AudioChunk):
+                    batch.extend((st, item) for item in st.push_audio(frame))
+                    continue
                 batch.extend((st, item) for item in st.push(frame))
                 if len(batch) >= bs:
                     self._encode(batch)
@@ -210,6 +316,14 @@ class VideoIndex:
             for (st, item), vec in zip(group, vecs, strict=True):
                 st.commit(item, vec)
 
+    def _transcribe(self, items: list[WorkItem]) -> list[np.ndarray]:
+        assert self.transcriber is not None
+        return self.transcriber.transcribe_batch([np.asarray(item.payload) for item in items])
+
+    def _read_text(self, items: list[WorkItem]) -> list[np.ndarray]:
+        assert self.reader is not None
+        return self.reader.read_batch([np.asarray(item.payload) for item in items])
+
     def _encode_images(self, items: list[WorkItem]) -> list[np.ndarray]:
         return list(self.prescreen.encode_images(images_of(items)))
 
@@ -232,6 +346,8 @@ class VideoIndex:
         pvec = encode_query(query, self.prescreen)
         rvec = pvec if self.refine is self.prescreen else encode_query(query, self.refine)
         cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
+        if self.sentences is not None and query.text is not None:
+            cq.vectors[SENTENCE_ROLE] = self.sentences.encode([query.text])[0]
         states = {name: self.streams[name] for name in names}
         others: dict[str, dict[str, ChannelAnswer]] = {}
         plans = {}
@@ -261,6 +377,12 @@ class VideoIndex:
                 "gated_frames": st.stats.gated_frames,
                 "store_bytes": st.store.nbytes if st.store is not None else 0,
             }
+            speech = st.channels.get(SpeechChannel.name)
+            if isinstance(speech, SpeechChannel):
+                streams[name]["speech"] = speech.info()
+            ocr = st.channels.get(OcrChannel.name)
+            if isinstance(ocr, OcrChannel):
+                streams[name]["ocr"] = ocr.info()
         return {
             "index": str(self.root),
             "model": {

@@ -49,6 +49,8 @@ class MomentOut(Strict):
     """Channels whose proposals support the moment (``visual``, ...)."""
     below_threshold: bool = False
     """A best guess listed while the answer abstains, not a match."""
+    quotes: dict[str, str] = Field(default_factory=dict)
+    """The words matched, by text channel (``{"speech": "gate 4"}``); empty for visual moments."""
 
     @classmethod
     def of(cls, m: Moment) -> MomentOut:
@@ -66,6 +68,7 @@ class MomentOut(Strict):
             confidence=None if m.confidence is None else round(float(m.confidence), 6),
             channels=list(m.channels),
             below_threshold=m.below_threshold,
+            quotes=dict(m.quotes),
         )
 
 

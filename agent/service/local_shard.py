@@ -14,8 +14,9 @@ never queues ingest's work behind it, and refinement holds no stream lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -23,7 +24,9 @@ import numpy as np
 from aiohttp import web
 
 from agent.channels.base import WorkItem
+from agent.channels.ocr import OCR_WORKER
 from agent.channels.retrieval import Query, encode_query
+from agent.channels.speech import SPEECH_WORKER
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.core.superimage import SuperImage
@@ -42,6 +45,9 @@ from streams.errors import StreamError
 from streams.registry import HUB_WHIP
 
 log = logging.getLogger(__name__)
+
+OPEN_WAIT = 10.0
+"""Seconds ``add`` waits for a new stream's source to open before answering anyway."""
 _T = TypeVar("_T")
 
 QUERY_THREADS = 2
@@ -77,9 +83,13 @@ class LocalShard(StreamShard):
         return self.index
 
     # ------------------------------------------------------------ lifecycle
-    async def start(self, specs: Iterable[StreamSpec], listener: ShardListener) -> None:
+    async def start(
+        self, specs: Iterable[StreamSpec], listener: ShardListener, *, removed: Collection[str] = ()
+    ) -> None:
         self._listener = listener
-        self.index = await asyncio.to_thread(VideoIndex.create, self.cfg.index, self.settings)
+        self.index = await asyncio.to_thread(
+            lambda: VideoIndex.create(self.cfg.index, self.settings, skip=removed, isolate=True)
+        )
         enc = self.index.prescreen
         image = BatchWorker(
             IMAGE_WORKER,
@@ -89,7 +99,25 @@ class LocalShard(StreamShard):
         )
         image.listeners.append(self._on_result)
         # One entry per kind of work the channels hand out (speech, OCR: one more line each).
-        self.workers = Workers({IMAGE_WORKER: image})
+        kinds = {IMAGE_WORKER: image}
+        transcriber = self.index.transcriber
+        if transcriber is not None:
+            # One 30 s window a batch: whisper gains nothing from batching on a CPU.
+            kinds[SPEECH_WORKER] = BatchWorker(
+                SPEECH_WORKER,
+                lambda items: transcriber.transcribe_batch([np.asarray(i.payload) for i in items]),
+                batch_size=1,
+                queue_size=self.cfg.encoder_queue,
+            )
+        reader = self.index.reader
+        if reader is not None:
+            kinds[OCR_WORKER] = BatchWorker(
+                OCR_WORKER,
+                lambda items: reader.read_batch([np.asarray(i.payload) for i in items]),
+                batch_size=1,
+                queue_size=self.cfg.encoder_queue,
+            )
+        self.workers = Workers(kinds)
         self.workers.start()
         self.whip = self._make_whip()
         if self.cfg.llm.url:
@@ -117,8 +145,14 @@ class LocalShard(StreamShard):
 
     def _final_snapshot(self, index: VideoIndex) -> None:
         for runner in self.runners.values():
-            runner.snapshot()
-        index.close()
+            try:
+                runner.snapshot()
+            except IndexStoreError as exc:  # disk full at shutdown: the previous generation stays
+                log.error("final snapshot of %s failed: %s", runner.id, exc)
+        try:
+            index.close()
+        except (IndexStoreError, OSError) as exc:  # the streams are closed all the same
+            log.error("final save of the index failed: %s", exc)
 
     # -------------------------------------------------------------- streams
     async def add(self, spec: StreamSpec) -> StreamStatus:
@@ -130,19 +164,33 @@ class LocalShard(StreamShard):
             raise from_stream_error(exc) from exc
         # Opening the state reads its snapshot (memory, cheap index, frame store): off the loop.
         state = await asyncio.to_thread(self.idx.stream, spec.id)
-        return StreamStatus.model_validate(self._start_runner(spec, state).info())
+        runner = self._start_runner(spec, state)
+        # Answer once the source is open, so that what the answer promises exists (a WHIP
+        # stream's endpoint: a publisher may POST right after it). Bounded: opening never blocks
+        # (live sources connect in their own thread), but a slow snapshot restore must not hang
+        # the client.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.opened.wait(), OPEN_WAIT)
+        return StreamStatus.model_validate(runner.info())
 
-    async def remove(self, stream: str) -> None:
+    async def remove(self, stream: str, *, purge: bool = False) -> None:
         runner = self.runners.get(stream)
         if runner is None:
-            raise UnknownStreamError(f"unknown stream {stream!r}")
+            if not purge:
+                raise UnknownStreamError(f"unknown stream {stream!r}")
+            await asyncio.to_thread(lambda: self.idx.remove(stream, purge=True))
+            return
         await runner.stop()
         if self.workers is not None:
             await self.workers.drain(stream)
             self.workers.forget(stream)
         del self.runners[stream]
-        await asyncio.to_thread(runner.snapshot)
-        await asyncio.to_thread(self.idx.remove, stream)
+        if not purge:
+            try:
+                await asyncio.to_thread(runner.snapshot)
+            except IndexStoreError as exc:  # removed all the same; the previous generation stays
+                log.error("stream %s removed without a final snapshot: %s", stream, exc)
+        await asyncio.to_thread(lambda: self.idx.remove(stream, purge=purge))
 
     async def statuses(self) -> list[StreamStatus]:
         return [StreamStatus.model_validate(r.info()) for r in self.runners.values()]
@@ -167,7 +215,12 @@ class LocalShard(StreamShard):
         )
         self.workers.open(spec.id, state)
         self.runners[spec.id] = runner
-        runner.start()
+        bad_snapshot = self.idx.load_errors.pop(spec.id, None)
+        if bad_snapshot is None:
+            runner.start()
+        else:  # isolation: this stream starts failed (its files set aside), the others run
+            runner.status, runner.error = "failed", bad_snapshot
+            runner.opened.set()  # nothing will open
         return runner
 
     def _emit(self, event: dict[str, Any]) -> None:
@@ -246,11 +299,14 @@ class LocalShard(StreamShard):
 
     # ----------------------------------------------------- state and health
     async def snapshot(self) -> None:
+        failed = []
         for runner in list(self.runners.values()):
             try:
                 await asyncio.to_thread(runner.snapshot)
-            except IndexStoreError:
-                log.exception("snapshot of %s failed; the previous one stays", runner.id)
+            except Exception as exc:  # every stream is tried; the caller logs (rate-limited)
+                failed.append(f"{runner.id}: {exc}")
+        if failed:
+            raise IndexStoreError(f"snapshot failed for {len(failed)} stream(s): " + "; ".join(failed))
 
     async def stats(self) -> ShardStats:
         w = self.worker
@@ -266,6 +322,7 @@ class LocalShard(StreamShard):
     @staticmethod
     def _stream_stats(r: StreamRunner, encoder_queue: int) -> StreamStats:
         health = r.health()
+        store = r.state.store.status() if r.state.store is not None else None
         return StreamStats(
             frames=r.frames_in,
             dropped=r.dropped,
@@ -278,6 +335,8 @@ class LocalShard(StreamShard):
             gap_seconds=health.gap_seconds,
             snapshot_age=health.snapshot_age,
             errors=dict(r.errors),
+            store_writing=store.writing if store is not None else True,
+            store_skipped=store.skipped if store is not None else 0,
         )
 
     async def model_info(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ process-global one), so several services in one process — tests, benches —
 do not collide. The query latency is a real histogram observed as queries
 finish; everything else is read at scrape time from the shards' statistics
 by :class:`_StatsCollector`: frames ingested and dropped, reconnects, stream
-up, memory tokens and encoder queue depth per stream (label ``stream``),
+up, memory tokens, encoder queue depth and the frame store's writing state
+and skipped frames per stream (label ``stream``),
 source events per stream and kind (segments lost or late, stray timestamps
 clamped, ...: label ``event``), encoder passes, images and errors, failed /
 retried / dropped work items per
@@ -68,6 +69,18 @@ _PER_STREAM: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("vmr_memory_tokens", "gauge", "Tokens retained in memory.", "tokens"),
     ("vmr_encoder_queue_depth", "gauge", "Super-images waiting for or in the encoder.", "encoder_queue"),
+    (
+        "vmr_frame_store_writing",
+        "gauge",
+        "1 while stored frames are written, 0 while paused after a write failure (disk full).",
+        "store_writing",
+    ),
+    (
+        "vmr_frame_store_skipped_frames_total",
+        "counter",
+        "Frames not stored (no thumbnail, no refinement) because of write failures.",
+        "store_skipped",
+    ),
     ("vmr_coverage_gaps", "gauge", "Holes in the memory's coverage (outages, drops).", "gaps"),
     ("vmr_coverage_gap_seconds", "gauge", "Seconds of holes in the memory's coverage.", "gap_seconds"),
     (

@@ -8,9 +8,13 @@ the :class:`Serving` façade the router calls. :meth:`Service.close`
 (final snapshot).
 
 Persistence: the stream list (specs as given by ``streams.add`` or the
-config) is kept in ``INDEX/service_streams.json``; each stream's memory is
-snapshotted every ``snapshot_seconds`` and at shutdown. On start the
-service restores its streams and resumes them.
+config) and the ids of removed streams are kept in
+``INDEX/service_streams.json``; each stream's state is snapshotted as one
+generation every ``snapshot_seconds`` and at shutdown. On start the service
+restores its streams and resumes them; removed ones stay removed (their
+files, unless purged, stay on disk unopened). A stream whose snapshot
+cannot be loaded starts ``failed`` with a typed error, its bad files moved
+to ``streams/<id>/quarantine/``; the other streams and the service start.
 """
 
 from __future__ import annotations

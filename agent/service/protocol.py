@@ -73,6 +73,8 @@ class StreamsAdd(_Msg):
 class StreamsRemove(_Msg):
     type: Literal["streams.remove"] = "streams.remove"
     stream: str
+    purge: bool = False
+    """Also delete the stream's files (snapshots, stored frames, thumbnails); default: keep them."""
 
 
 class _QueryFields(_Msg):
@@ -86,6 +88,9 @@ class _QueryFields(_Msg):
     start: float | None = None
     end: float | None = None
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
+    # -- channel filter (issue 13)
+    channels: list[str] | None = None
+    """Only these channels answer (``["speech"]``); omitted or empty: every channel."""
 
 
 class QueryMsg(_QueryFields):
@@ -349,6 +354,14 @@ def to_query(msg: QueryMsg | WatchMsg, cfg: QueryConfig) -> Query:
     QueryError / OversizeQueryError.
     """
     image = None if msg.image is None else decode_image_b64(msg.image, max_bytes=cfg.max_image_bytes)
-    q = Query(text=msg.text, image=image, streams=msg.streams, start=msg.start, end=msg.end, top_k=msg.top_k)
+    q = Query(
+        text=msg.text,
+        image=image,
+        streams=msg.streams,
+        start=msg.start,
+        end=msg.end,
+        top_k=msg.top_k,
+        channels=msg.channels or None,
+    )
     q.check(cfg)
     return q

@@ -2,17 +2,25 @@
 
 Stream list: the specs as given by ``streams.add`` or the config, kept in
 ``INDEX/service_streams.json`` (atomic JSON, versioned) so that a restarted
-service resumes the same streams. Snapshots: every ``snapshot_seconds`` the
-registry asks each shard to snapshot its streams (atomic per file); a failed
-snapshot leaves the previous one in place. :meth:`StreamRegistry.close`
-stops the loop (idempotent); the shards take their final snapshot when they
-close.
+service resumes the same streams. The file also lists the streams removed
+(``streams.remove``): their folders (kept unless purged) are not opened
+again, and a configured stream that was removed stays removed until it is
+added again (``streams.add`` of its id takes it off the list).
+
+Snapshots: every ``snapshot_seconds`` the registry asks each shard to
+snapshot its streams (one generation per stream: the previous one stays
+whole when a snapshot fails). The loop survives every failure: it logs the
+first one of a shard in full, then at most one line per ``log_every``
+seconds while the failures go on, and one line when snapshots succeed
+again; it retries at the next period. :meth:`StreamRegistry.close` stops the
+loop (idempotent); the shards take their final snapshot when they close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +54,17 @@ def _first_line(exc: BaseException) -> str:
 class StreamRegistry:
     """Persisted stream specs and the periodic snapshot task of a set of shards."""
 
-    def __init__(self, index: Path, *, snapshot_seconds: float) -> None:
+    def __init__(self, index: Path, *, snapshot_seconds: float, log_every: float = 60.0) -> None:
         self.path = Path(index) / STREAMS_FILE
         self.snapshot_seconds = snapshot_seconds
         self.snapshots_taken = 0
+        self.snapshot_failures = 0
+        """Snapshot rounds in which some shard failed."""
         self.unloadable: list[Unloadable] = []
+        self.removed: set[str] = set()
+        """Streams removed: not restored (configured ones included), their folders not opened again."""
+        self.log_every = log_every
+        self._failing: dict[int, tuple[float, int]] = {}  # shard -> (last logged, failures since)
         self._task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------- stream list
@@ -68,6 +82,10 @@ class StreamRegistry:
         entries = [] if data is None else data.get("streams")
         if not isinstance(entries, list):
             raise IndexStoreError(f"{self.path}: unreadable stream list: 'streams' is not a list")
+        removed = [] if data is None else data.get("removed", [])
+        if not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
+            raise IndexStoreError(f"{self.path}: unreadable stream list: 'removed' is not a list of ids")
+        self.removed = set(removed)
         restored: list[StreamSpec] = []
         self.unloadable = []
         for raw in entries:
@@ -77,14 +95,22 @@ class StreamRegistry:
                 sid = raw.get("id") if isinstance(raw, dict) else None
                 log.error("%s: stream %r not restored (kept in the list): %s", self.path, sid, exc)
                 self.unloadable.append(Unloadable(str(sid), _first_line(exc), raw))
-        known = {s.id for s in restored} | {u.id for u in self.unloadable}
+        known = {s.id for s in restored} | {u.id for u in self.unloadable} | self.removed
         return [*restored, *(s for s in configured if s.id not in known)]
 
+    def mark_removed(self, stream: str) -> None:
+        """Remember that ``stream`` was removed: not restored, not reopened (persisted by :meth:`save`)."""
+        self.removed.add(stream)
+
     def save(self, specs: Iterable[StreamSpec]) -> None:
-        """Write the stream list atomically, unloadable entries included (blocking: call in a thread)."""
+        """Write the stream list atomically, unloadable entries included (blocking: call in a thread).
+
+        A removed id among ``specs`` (added again) leaves the removed list.
+        """
         data = [s.model_dump(mode="json", exclude_defaults=True) for s in specs]
+        self.removed -= {d["id"] for d in data}
         data += [u.raw for u in self.unloadable if u.id not in {d.get("id") for d in data}]
-        write_json(self.path, {"version": STREAMS_VERSION, "streams": data})
+        write_json(self.path, {"version": STREAMS_VERSION, "streams": data, "removed": sorted(self.removed)})
 
     # ------------------------------------------------------------ snapshots
     def start_snapshots(self, shards: Sequence[StreamShard]) -> None:
@@ -95,16 +121,40 @@ class StreamRegistry:
     async def _loop(self, shards: Sequence[StreamShard]) -> None:
         while True:
             await asyncio.sleep(self.snapshot_seconds)
-            await self.snapshot(shards)
+            try:
+                await self.snapshot(shards)
+            except Exception:  # a bug in the round itself: the loop still goes on
+                log.exception("snapshot round failed; retrying in %.1f s", self.snapshot_seconds)
 
     async def snapshot(self, shards: Sequence[StreamShard]) -> None:
-        """Snapshot every shard now; one shard's failure does not stop the others."""
-        for shard in shards:
+        """Snapshot every shard now; one shard's failure does not stop the others (logged, rate-limited)."""
+        failed = False
+        for i, shard in enumerate(shards):
             try:
                 await shard.snapshot()
-            except Exception:  # keep snapshotting the other shards; the old files stay
-                log.exception("snapshot of a shard failed")
+            except Exception as exc:  # keep snapshotting the other shards; the old generation stays
+                failed = True
+                self._log_failure(i, exc)
+            else:
+                self._log_recovery(i)
         self.snapshots_taken += 1
+        self.snapshot_failures += int(failed)
+
+    def _log_failure(self, shard: int, exc: Exception) -> None:
+        now = time.monotonic()
+        last, since = self._failing.get(shard, (None, 0))
+        if last is None:
+            log.error("snapshot failed (retrying every %.1f s): %s", self.snapshot_seconds, exc, exc_info=exc)
+            self._failing[shard] = (now, 0)
+        elif now - last >= self.log_every:
+            log.error("snapshot still failing (%d more failures): %s", since + 1, _first_line(exc))
+            self._failing[shard] = (now, 0)
+        else:
+            self._failing[shard] = (last, since + 1)
+
+    def _log_recovery(self, shard: int) -> None:
+        if self._failing.pop(shard, None) is not None:
+            log.warning("snapshots succeed again")
 
     async def close(self) -> None:
         """Stop the snapshot loop (idempotent)."""

@@ -57,6 +57,7 @@ from agent.service.protocol import (
     validate_message,
 )
 from agent.service.serving import Serving
+from agent.service.web.web_routes import PAGE_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Router:
         self.serving = serving
         self.cfg = cfg
         self.connections: set[Connection] = set()
-        self.auth = Auth(cfg.token, cfg.auth, open_paths={"/ws", "/healthz"})
+        self.auth = Auth(cfg.token, cfg.auth, open_paths={"/ws", "/healthz", *PAGE_PATHS})
         """Token, origins and backoff: the middleware of every route, and ``hello``."""
         self.access = SourcePolicy(cfg.sources)
         """What a client's ``streams.add`` may name."""
@@ -242,7 +243,7 @@ class Router:
         conn.send(StreamEvent(id=msg.id, stream=await self.serving.add_stream(spec)))
 
     async def streams_remove(self, conn: Connection, msg: StreamsRemove) -> None:
-        await self.serving.remove_stream(msg.stream)
+        await self.serving.remove_stream(msg.stream, purge=msg.purge)
         conn.send(StreamRemovedEvent(id=msg.id, stream=msg.stream))
 
     async def spawn(self, conn: Connection, msg: QueryMsg | WatchMsg) -> None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from agent.service.config import ServiceConfig
 from agent.service.router import Router
 from agent.service.serving import Serving
+from agent.service.web.web_routes import WebRoutes
 
 
 class Server:
@@ -27,13 +28,17 @@ class Server:
 
     def __init__(self, serving: Serving, cfg: ServiceConfig) -> None:
         self.router = Router(serving, cfg)
+        self.web = WebRoutes(serving)
+        """The web page's routes (its files read here, once, before the loop serves)."""
         self.cfg = cfg
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     async def start(self) -> int:
         """Listen (port 0 picks a free port); returns the port."""
-        self._runner = web.AppRunner(self.router.app(), handle_signals=False)
+        app = self.router.app()
+        app.add_routes(self.web.routes())  # the page: under the same middleware
+        self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
         await site.start()

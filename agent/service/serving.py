@@ -78,7 +78,7 @@ class Serving:
         """Restore the persisted streams (plus new configured ones) and start the shards."""
         specs = await asyncio.to_thread(self.registry.restore, configured)
         # One shard today: it takes every stream. Placement over several is the Ray issue's.
-        await self.shards[0].start(specs, self)
+        await self.shards[0].start(specs, self, removed=set(self.registry.removed))
         for shard in self.shards[1:]:
             await shard.start((), self)
         await self._save_specs()
@@ -148,10 +148,20 @@ class Serving:
         finally:
             self._adding.discard(spec.id)
 
-    async def remove_stream(self, stream: str) -> None:
-        """Stop ``stream`` and forget it here; its stored files stay on disk."""
-        shard = self._runner_shard(stream)
-        await shard.remove(stream)
+    async def remove_stream(self, stream: str, *, purge: bool = False) -> None:
+        """Stop ``stream`` and forget it, across restarts too; ``purge`` also deletes its files.
+
+        Without ``purge`` the files stay on disk (not opened again). A purge
+        also reaches a stream removed earlier (placement: the first shard).
+        """
+        try:
+            shard = self._runner_shard(stream)
+        except UnknownStreamError:
+            if not purge:
+                raise
+            shard = self.shards[0]
+        await shard.remove(stream, purge=purge)
+        self.registry.mark_removed(stream)
         await self._save_specs()
 
     def _runner_shard(self, stream: str) -> StreamShard:

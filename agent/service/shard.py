@@ -16,7 +16,7 @@ ids are unique across shards.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,10 @@ class StreamStats:
     encoder_queue: int
     source_events: dict[str, int] = field(default_factory=dict)
     """The source's own counters by name (segments lost or late, clamped timestamps, ...)."""
+    store_writing: bool = True
+    """False while the frame store is paused after a write failure (disk full): frames are skipped."""
+    store_skipped: int = 0
+    """Frames the frame store did not keep because of write failures."""
     gaps: int = 0
     """Holes in the memory's coverage."""
     gap_seconds: float = 0.0
@@ -86,8 +90,15 @@ class StreamShard(ABC):
     """Streams behind one interface; see the module docstring."""
 
     @abstractmethod
-    async def start(self, specs: Iterable[StreamSpec], listener: ShardListener) -> None:
-        """Open the shard's state and start ``specs`` (restored or configured streams)."""
+    async def start(
+        self, specs: Iterable[StreamSpec], listener: ShardListener, *, removed: Collection[str] = ()
+    ) -> None:
+        """Open the shard's state and start ``specs`` (restored or configured streams).
+
+        ``removed``: streams removed earlier whose files are not to be opened.
+        A stream whose snapshot cannot be loaded starts ``failed`` (typed
+        error; bad files set aside); the others start.
+        """
 
     @abstractmethod
     async def close(self) -> None:
@@ -99,8 +110,13 @@ class StreamShard(ABC):
         """Start a new stream (ConfigError if its id is taken here, SourceError if its input is missing)."""
 
     @abstractmethod
-    async def remove(self, stream: str) -> None:
-        """Stop ``stream`` and forget it (its stored files stay); UnknownStreamError if not here."""
+    async def remove(self, stream: str, *, purge: bool = False) -> None:
+        """Stop ``stream`` and forget it; UnknownStreamError if not here.
+
+        Its stored files stay, unless ``purge``: then they are deleted
+        (snapshots, stored frames and thumbnails), also for a stream that no
+        longer runs but whose files are still here.
+        """
 
     @abstractmethod
     async def statuses(self) -> list[StreamStatus]:
@@ -145,7 +161,10 @@ class StreamShard(ABC):
     # ----------------------------------------------------- state and health
     @abstractmethod
     async def snapshot(self) -> None:
-        """Snapshot every stream now (atomic per file); a failed one is logged, the old one stays."""
+        """Snapshot every stream now; every stream is tried, the old generation of a failed one stays.
+
+        Raises IndexStoreError naming the streams that failed (after trying all).
+        """
 
     @abstractmethod
     async def stats(self) -> ShardStats:

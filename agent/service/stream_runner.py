@@ -123,6 +123,9 @@ class StreamRunner:
         self._token = saved_token(state.meta)
         self._progress_at = 0.0
         self._stopping = False
+        self.opened = asyncio.Event()
+        """Set once the first source is open (or the run ended without one): a WHIP stream's
+        endpoint exists from then on, so ``streams.add`` answers only after it (see LocalShard.add)."""
         self.stop_grace = 15.0
         self.started_at = time.time()
         self.snapshot_at: float | None = None
@@ -202,6 +205,8 @@ class StreamRunner:
             "progress": self.progress,
             "tokens": self.state.memory.tokens,
             "source": self.source_info(),
+            # Frame store: writing or paused after a write failure (disk full), frames skipped.
+            "store": None if self.state.store is None else self.state.store.status().to_dict(),
             "up": health.up,
             "source_state": None if source is None else source.state,
             "source_error": None if source is None else source.last_error,
@@ -289,6 +294,7 @@ class StreamRunner:
             self.errors[self.error.code] += 1
             await self._finish()
         finally:
+            self.opened.set()
             self._on_end(self.id)
             self._emit({"type": "stream", "stream": self.info()})
 
@@ -326,6 +332,7 @@ class StreamRunner:
         )
         source = open_source(self.spec, context)
         self.timeline.open_source(restarts_clock=source.restarts_clock)
+        self.opened.set()
         return source
 
     async def _consume(self, source: Source) -> None:

@@ -1,1 +1,1 @@
-"""Bytes on disk: atomic writes, memory snapshots, the frame store."""
+"""Bytes on disk: atomic writes, snapshot generations and quarantine, memory snapshots, the frame store."""

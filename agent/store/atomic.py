@@ -35,7 +35,7 @@ def write_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -50,7 +50,8 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -6,94 +6,90 @@ captions. Layout of ``root``::
     chunk-00000000.vfs   records appended in time order
     chunk-00000001.vfs   ...
 
-A record is a 28-byte header ``<4s d d I I>`` (magic ``VFR1``, stream time
-``t``, wall-clock time or NaN, JPEG length, CRC-32 of the JPEG) followed by
-the JPEG bytes. Files are only ever appended to, so a crash (kill -9) can
-only damage the tail of the newest chunk: on open every chunk is scanned, and
-a record that is short or fails its CRC is cut off together with whatever
-follows it; earlier records stay intact.
+Records are length-framed and checksummed (:mod:`agent.store.frame_records`:
+header ``<4s d d I I>`` then the JPEG; the CRC covers header and JPEG).
+Files are only ever appended to, so a crash (kill -9) can only damage the
+tail of the newest chunk; bit rot can hit anywhere. On open every chunk is
+scanned with resynchronisation: a damaged record is skipped and the scan
+continues at the next valid one, so one flipped byte loses one frame; a
+damaged tail is cut so that nothing half-written stays. Appends always go
+to a new chunk after an open.
 
 The store is bounded in bytes: when the files would exceed ``max_bytes`` the
 oldest *whole* chunk is deleted. A chunk holds at most ``chunk_bytes`` and
 about ``max_bytes / 8``, so eviction frees space in small steps and the
 files never exceed ``max_bytes``.
+
+A failing disk never stops ingest: when a write fails (``ENOSPC``, ``EDQUOT``,
+``EIO``: any ``OSError``), the partial record is rolled back and the store
+*pauses* — :meth:`FrameStore.put` skips frames (counted in
+:meth:`FrameStore.status`) and tries again every ``retry_seconds``. It does
+not evict its own history to make room: the disk may be full because of
+another writer, and deleting frames would not fix that. The memory (RAM)
+keeps ingesting meanwhile; thumbnails and refinement miss the skipped frames.
+
 ``put`` may run in one ingest thread while other threads query: a lock
 guards the index and the files.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import math
 import os
 import re
-import struct
 import threading
-import zlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
 from agent.errors import ConfigError, IndexStoreError
+from agent.store import frame_records
+from agent.store.frame_records import HEADER, MAGIC, RecordIndex
 from agent.types import RGBImage
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"VFR1"
-HEADER = struct.Struct("<4sddII")
+__all__ = ["HEADER", "MAGIC", "FrameStore", "FrameStoreStatus", "decode_jpeg"]
+
 _CHUNK_RE = re.compile(r"^chunk-(\d{8})\.vfs$")
 
 
-class _Index:
-    """Growable columns (time, wall, chunk, offset, length); a prefix is dropped on eviction."""
+def _open_chunk(path: Path) -> io.FileIO:
+    """A new chunk file, unbuffered (the write boundary: tests inject disk faults here)."""
+    return io.FileIO(path, "xb")
 
-    def __init__(self) -> None:
-        self.t = np.zeros(256, np.float64)
-        self.wall = np.zeros(256, np.float64)
-        self.chunk = np.zeros(256, np.int64)
-        self.offset = np.zeros(256, np.int64)
-        self.length = np.zeros(256, np.int64)
-        self.lo = 0  # first live row
-        self.hi = 0  # one past the last row
 
-    def __len__(self) -> int:
-        return self.hi - self.lo
+@dataclass(frozen=True, slots=True)
+class FrameStoreStatus:
+    """Whether the store is writing, and what it lost to write failures (see the module docstring).
 
-    def append(self, t: float, wall: float, chunk: int, offset: int, length: int) -> None:
-        if self.hi == len(self.t):
-            self._compact_or_grow()
-        i = self.hi
-        self.t[i], self.wall[i], self.chunk[i], self.offset[i], self.length[i] = (
-            t,
-            wall,
-            chunk,
-            offset,
-            length,
-        )
-        self.hi += 1
+    ``writing``: False while paused after a failed write; ``error``: the
+    last write failure (``"ENOSPC: No space left on device"``), None once a
+    write succeeds again; ``skipped``: frames not stored because of write
+    failures, since the store opened; ``failures``: failed write attempts.
+    """
 
-    def _compact_or_grow(self) -> None:
-        n = len(self)
-        size = len(self.t) if n <= len(self.t) // 2 else 2 * len(self.t)
-        for name in ("t", "wall", "chunk", "offset", "length"):
-            old = getattr(self, name)
-            new = np.zeros(size, old.dtype)
-            new[:n] = old[self.lo : self.hi]
-            setattr(self, name, new)
-        self.lo, self.hi = 0, n
+    writing: bool
+    error: str | None
+    skipped: int
+    failures: int
 
-    def drop_chunk(self, chunk: int) -> None:
-        """Drop the leading rows that live in ``chunk`` (the oldest one)."""
-        live = self.chunk[self.lo : self.hi]
-        self.lo += int(np.searchsorted(live, chunk, side="right"))
-
-    def times(self) -> npt.NDArray[np.float64]:
-        return self.t[self.lo : self.hi]
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "writing": self.writing,
+            "error": self.error,
+            "skipped": self.skipped,
+            "failures": self.failures,
+        }
 
 
 class FrameStore:
@@ -101,7 +97,9 @@ class FrameStore:
 
     ``size`` bounds the longest side of stored pictures (larger ones are
     downscaled, smaller ones kept as they are); ``quality`` is the JPEG
-    quality. Use as a context manager or call :meth:`close`.
+    quality; ``retry_seconds`` is the pause after a failed write (``clock``:
+    monotonic seconds, injectable for tests). Use as a context manager or
+    call :meth:`close`.
     """
 
     def __init__(
@@ -112,6 +110,8 @@ class FrameStore:
         size: int = 224,
         quality: int = 80,
         chunk_bytes: int = 32 * 1024**2,
+        retry_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_bytes <= 0:
             raise ConfigError("frame store max_bytes must be positive")
@@ -124,12 +124,17 @@ class FrameStore:
         # Small chunks relative to the bound: eviction then frees ~1/8 at a time.
         self.chunk_bytes = max(1, min(chunk_bytes, max_bytes // 8))
         self._lock = threading.RLock()
-        self._index = _Index()
+        self._index = RecordIndex()
         self._chunks: dict[int, int] = {}  # chunk id -> bytes, oldest first
-        self._writer: BinaryIO | None = None
+        self._writer: io.FileIO | None = None  # unbuffered: a failed write can be rolled back
         self._writer_id = -1
-        self._dirty = False
         self._closed = False
+        self.retry_seconds = retry_seconds
+        self._clock = clock
+        self._retry_at: float | None = None  # set while paused
+        self._error: str | None = None
+        self._skipped = 0
+        self._failures = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._recover()
@@ -154,26 +159,20 @@ class FrameStore:
         self._writer_id = ids[-1] if ids else -1
 
     def _scan(self, chunk: int) -> int:
-        """Index one chunk's records; truncate it after the last good one. Returns its size."""
+        """Index one chunk's valid records, skipping damaged ones; cut a damaged tail. Returns its size."""
         path = self._chunk_path(chunk)
         data = path.read_bytes()
-        pos = 0
         last_t = float(self._index.times()[-1]) if len(self._index) else -math.inf
-        while pos + HEADER.size <= len(data):
-            magic, t, wall, length, crc = HEADER.unpack_from(data, pos)
-            body = pos + HEADER.size
-            if magic != MAGIC or body + length > len(data) or t < last_t:
-                break
-            if zlib.crc32(data[body : body + length]) != crc:
-                break
-            self._index.append(t, wall, chunk, body, length)
-            last_t = t
-            pos = body + length
-        if pos < len(data):
-            log.warning("%s: cut %d damaged bytes at offset %d", path, len(data) - pos, pos)
+        found = frame_records.scan(data, last_t)
+        for rec in found.records:
+            self._index.append(rec.t, rec.wall, chunk, rec.offset, rec.length)
+        for start, end in found.holes:
+            log.warning("%s: skipped %d damaged bytes at offset %d", path, end - start, start)
+        if found.end < len(data):
+            log.warning("%s: cut %d damaged bytes at offset %d", path, len(data) - found.end, found.end)
             with path.open("r+b") as fh:
-                fh.truncate(pos)
-        return pos
+                fh.truncate(found.end)
+        return found.end
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -190,10 +189,16 @@ class FrameStore:
         pic.save(buf, format="JPEG", quality=self.quality)
         return buf.getvalue()
 
-    def put(self, t: float, image: RGBImage, wall: float | None = None) -> None:
-        """Store the frame at stream time ``t`` (times must not decrease)."""
+    def put(self, t: float, image: RGBImage, wall: float | None = None) -> bool:
+        """Store the frame at stream time ``t`` (times must not decrease).
+
+        Returns False when the frame was skipped because the store is paused
+        after a write failure (see :meth:`status`); raises IndexStoreError
+        for a bad image, a time going back, a frame over the bound or a
+        closed store.
+        """
         jpeg = self.encode(image)  # outside the lock: the slow part
-        record = HEADER.pack(MAGIC, t, math.nan if wall is None else wall, len(jpeg), zlib.crc32(jpeg)) + jpeg
+        record = frame_records.pack(t, math.nan if wall is None else wall, jpeg)
         if len(record) > self.max_bytes:
             raise IndexStoreError(f"one frame ({len(record)} B) exceeds the store bound {self.max_bytes} B")
         with self._lock:
@@ -201,37 +206,87 @@ class FrameStore:
             times = self._index.times()
             if len(times) and t < times[-1]:
                 raise IndexStoreError(f"frame store times must not decrease ({t:.3f} after {times[-1]:.3f})")
-            self._evict(len(record))
-            writer = self._writer_for(len(record))
-            offset = self._chunks[self._writer_id]
+            if self._retry_at is not None and self._clock() < self._retry_at:
+                self._skipped += 1
+                return False
             try:
-                writer.write(record)
+                offset = self._append(record)
             except OSError as exc:
-                raise IndexStoreError(f"frame store write failed: {exc}") from exc
-            self._chunks[self._writer_id] = offset + len(record)
+                self._pause(exc)
+                self._skipped += 1
+                return False
             self._index.append(
                 t, math.nan if wall is None else wall, self._writer_id, offset + HEADER.size, len(jpeg)
             )
-            self._dirty = True
+            if self._retry_at is not None:
+                log.warning("frame store %s writes again (%d frames skipped)", self.root, self._skipped)
+                self._retry_at, self._error = None, None
+            return True
 
-    def _writer_for(self, nbytes: int) -> BinaryIO:
-        """The open chunk, rolled over to a new file when this record would overfill it."""
+    def status(self) -> FrameStoreStatus:
+        """Writing or paused, the last write error and the frames lost to write failures."""
+        with self._lock:
+            return FrameStoreStatus(self._retry_at is None, self._error, self._skipped, self._failures)
+
+    def _append(self, record: bytes) -> int:
+        """Append ``record`` to the open chunk; returns its offset. OSError after rolling back."""
+        self._evict(len(record))
+        writer = self._writer_for(len(record))
+        offset = self._chunks[self._writer_id]
+        try:
+            view = memoryview(record)
+            while view:  # a raw write may be partial
+                written = writer.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the disk accepted no bytes")
+                view = view[written:]
+        except OSError:
+            self._roll_back(writer, offset)
+            raise
+        self._chunks[self._writer_id] = offset + len(record)
+        return offset
+
+    def _roll_back(self, writer: io.FileIO, offset: int) -> None:
+        """Cut a partly written record; if even that fails, seal the chunk (the next open cuts it)."""
+        try:
+            writer.truncate(offset)
+            writer.seek(offset)
+        except OSError:
+            self._close_writer()
+
+    def _pause(self, exc: OSError) -> None:
+        """Stop writing for ``retry_seconds``; log once per pause (not once per skipped frame)."""
+        name = errno.errorcode.get(exc.errno or 0, "OSError")
+        self._failures += 1
+        if self._retry_at is None:
+            log.error(
+                "frame store %s cannot write (%s): frames are skipped, retrying every %.1f s; "
+                "the memory keeps ingesting",
+                self.root,
+                exc,
+                self.retry_seconds,
+            )
+        self._error = f"{name}: {exc.strerror or exc}"
+        self._retry_at = self._clock() + self.retry_seconds
+
+    def _writer_for(self, nbytes: int) -> io.FileIO:
+        """The open chunk, rolled over to a new file when this record would overfill it (OSError)."""
         if self._writer is not None and self._chunks[self._writer_id] + nbytes <= self.chunk_bytes:
             return self._writer
         self._close_writer()
+        writer = _open_chunk(self._chunk_path(self._writer_id + 1))
         self._writer_id += 1
-        try:
-            self._writer = self._chunk_path(self._writer_id).open("xb")
-        except OSError as exc:
-            raise IndexStoreError(f"frame store cannot create a chunk: {exc}") from exc
+        self._writer = writer
         self._chunks[self._writer_id] = 0
         return self._writer
 
     def _close_writer(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self._dirty = False
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except OSError as exc:  # unbuffered: nothing is lost; the next open rescans the chunk
+                log.warning("frame store %s: closing a chunk failed: %s", self.root, exc)
 
     def _evict(self, incoming: int) -> None:
         """Delete oldest whole chunks until ``incoming`` more bytes fit under the bound."""
@@ -244,21 +299,25 @@ class FrameStore:
             self._chunk_path(oldest).unlink(missing_ok=True)
 
     def flush(self) -> None:
-        """Push written records to the operating system and the disk."""
+        """Push written records to the disk (IndexStoreError when the disk refuses)."""
         with self._lock:
             if self._writer is not None:
-                self._writer.flush()
-                os.fsync(self._writer.fileno())
-                self._dirty = False
+                try:
+                    os.fsync(self._writer.fileno())
+                except OSError as exc:
+                    raise IndexStoreError(f"frame store {self.root}: fsync failed: {exc}") from exc
 
     def close(self) -> None:
-        """Flush and close the open chunk; idempotent."""
+        """Flush and close the open chunk; idempotent, and closes even when the flush fails."""
         with self._lock:
             if self._closed:
                 return
-            self.flush()
-            self._close_writer()
             self._closed = True
+            try:
+                self.flush()
+            except IndexStoreError as exc:
+                log.warning("%s", exc)
+            self._close_writer()
 
     def __enter__(self) -> FrameStore:
         return self
@@ -322,9 +381,6 @@ class FrameStore:
             int(self._index.offset[row]),
             int(self._index.length[row]),
         )
-        if chunk == self._writer_id and self._dirty and self._writer is not None:
-            self._writer.flush()  # the record may still sit in the write buffer
-            self._dirty = False
         try:
             with self._chunk_path(chunk).open("rb") as fh:
                 fh.seek(offset)

@@ -111,6 +111,26 @@ def test_older_frame_is_dropped_not_merged() -> None:
     assert ing.push(Frame("s", 5.0, solid((1, 2, 3))))
     assert ing.push(Frame("s", 4.0, solid((3, 2, 1)))) == []
     assert ing.stats.frames == 1
+    assert ing.stats.out_of_order == 1  # counted, never silent
+
+
+def test_held_frame_is_sampled_at_every_instant_it_covers() -> None:
+    """A picture shown 10 s (a screen recording) stands for 20 samples at 2 fps; coverage 0-10 s."""
+    ing = make_ingestor(grid=2, gate=True)
+    emitted = ing.push(Frame("s", 0.0, solid((200, 30, 30)), duration=10.0))
+    emitted += ing.flush()
+    for si in emitted:
+        ing.commit(si, np.ones(3, np.float32))
+    assert (ing.stats.frames, ing.stats.held_samples, ing.stats.last_time) == (20, 19, 9.5)
+    assert ing.memory.spans() == [(0.0, 10.0)]
+
+
+def test_frame_without_duration_stands_for_one_period() -> None:
+    """No duration (a TS clock jump, a live frame): no repeat, the jump stays a gap."""
+    ing = make_ingestor(grid=1)
+    ing.push(Frame("s", 0.0, solid((200, 30, 30))))
+    ing.push(Frame("s", 0.0 + 600.0, solid((30, 30, 200)), duration=0.1))
+    assert (ing.stats.frames, ing.stats.held_samples) == (2, 0)
 
 
 def test_tiler_refuses_a_tile_across_a_gap() -> None:

@@ -211,6 +211,10 @@ def test_snapshots_from_before_channels_saved_their_counters_still_load(
     assert stats["frames"] == 12 and stats["last_time"] == pytest.approx(5.5)  # the summary, as ever
     state.close()
     (tmp_path / "cam" / "ingest.json").unlink()  # an older snapshot: counters only in state.json
+    older = json.loads((tmp_path / "cam" / "state.json").read_text())
+    for key in ("generation", "saved_at", "files"):  # and written before snapshot generations
+        del older[key]
+    (tmp_path / "cam" / "state.json").write_text(json.dumps(older))
 
     old = open_state(tmp_path / "cam", enc)
     assert old.stats.frames == 12 and old.stats.superimages == state.stats.superimages

@@ -1,0 +1,239 @@
+"""Lexical search over timed text (transcripts, on-screen text): BM25 ranks, matched IDF mass scores.
+
+Shared by the text-bearing channels. Each channel keeps :class:`TimedText`
+spans; :func:`search_spans` turns a query's words into proposals:
+
+- **Tokens.** Lower-cased words (letters, digits, apostrophes); number words
+  up to twenty become digits, so "gate four" matches whisper's "gate 4";
+  English stop words are dropped (they carry no evidence of *which* moment);
+  in the query, so are the words that name the channel rather than the
+  content ("say", "mentioned", "shown", "screen"...: "when was gate four
+  mentioned" asks for "gate 4").
+- **Rank.** BM25 (``bm25s``, k1 = 1.5, b = 0.75) over the spans picks the
+  candidates, best first.
+- **Score.** A candidate's score is the share of the query's IDF mass its
+  span contains: ``sum(idf(t) for query terms t in the span) / sum(idf(t) for
+  all query terms)``, in [0, 1]. Unlike a raw BM25 score it does not depend on
+  how many spans the stream holds, so one fixed calibration
+  (:data:`LEXICAL_CALIBRATION`) serves every stream: all words matched is
+  confident (0.9996), three quarters is at the 0.95 threshold, half is a coin
+  toss.
+- **Quote.** Each proposal quotes the span's words that matched (``evidence``
+  holds their times).
+
+**Semantic** (optional, :func:`semantic_spans`): MiniLM cosines between the
+query and each span (a paraphrase, a question), calibrated per query against
+the stream's own spans other than the proposed ones (a match must not be its
+own background): ``center`` = their median cosine (:data:`SEMANTIC_PRIOR_CENTER`
+when a stream holds one span), ``scale`` = their MAD as a sigma, floored at
+:data:`SEMANTIC_MIN_SCALE` (MiniLM's spread for unrelated sentences, so a
+handful of spans cannot make every cosine look extreme), ``trials`` = the
+number of spans (the best of many is no match).
+
+Numeric and pure: no I/O (vectors come in computed).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.channels.base import ChannelAnswer, ChannelQuery
+from agent.core.fuse import MAD_TO_SIGMA, Calibration, ChannelProposal
+from agent.errors import ConfigError
+
+LEXICAL_KIND = "lexical"
+LEXICAL_CALIBRATION = Calibration(center=0.5, scale=0.15, trials=1, samples=0)
+"""The fixed calibration of matched IDF mass (see the module docstring)."""
+
+SEMANTIC_KIND = "semantic"
+SEMANTIC_MIN_SCALE = 0.15
+SEMANTIC_PRIOR_CENTER = 0.1
+"""MiniLM cosine of unrelated English sentences, typically 0..0.2 (the background of a lone span)."""
+"""Floor of the cosine spread (see the module docstring)."""
+
+_WORD = re.compile(r"[a-z0-9']+")
+_NUMBERS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_STOP = frozenset(
+    "a an the and or but of to in on at by for with from is are was were be been it its this that "
+    "these those i you he she we they me him her us them my your our their do does did when where "
+    "what which who whom how why there here as so not no".split()
+)
+
+
+_ASKING = frozenset(
+    "say says said saying mention mentions mentioned talk talks talked speak speaks spoke spoken "
+    "hear heard announce announced tell told show shows showed shown display displayed screen "
+    "written write wrote read sign".split()
+)
+
+
+def tokens(text: str) -> list[str]:
+    """Search terms of ``text`` (rule in the module docstring), in order."""
+    out = []
+    for w in _WORD.findall(text.lower()):
+        w = w.strip("'")
+        w = _NUMBERS.get(w, w)
+        if w and w not in _STOP:
+            out.append(w)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TimedText:
+    """A span of text with its words' times (stream seconds).
+
+    ``words`` are (start, end, word) in order; ``start``/``end`` bound the span.
+    """
+
+    start: float
+    end: float
+    text: str
+    words: tuple[tuple[float, float, str], ...]
+
+
+def search_spans(
+    spans: Sequence[TimedText], query: str, *, stream: str, channel: str, top_k: int
+) -> list[ChannelProposal]:
+    """Up to ``top_k`` proposals (kind :data:`LEXICAL_KIND`) of the spans sharing a word with ``query``.
+
+    Empty when the query has no search term or nothing matches. Proposal
+    ``score`` is the matched IDF share in [0, 1]; ``quote`` the matched words.
+    """
+    q = [t for t in dict.fromkeys(tokens(query)) if t not in _ASKING]
+    if not q or not spans:
+        return []
+    try:
+        import bm25s  # the speech extra; imported here so a visual-only install never needs it
+    except ImportError as exc:
+        raise ConfigError("text search needs bm25s: pip install -e '.[speech]'") from exc
+    docs = [tokens(s.text) for s in spans]
+    retriever = bm25s.BM25(k1=1.5, b=0.75)
+    retriever.index([d or [""] for d in docs], show_progress=False)
+    bm25 = np.asarray(retriever.get_scores(q), dtype=np.float64)
+    n = len(docs)
+    df = {t: sum(1 for d in docs if t in d) for t in q}
+    # Lucene's IDF, never negative; a term no span holds still weighs in the denominator.
+    idf = {t: math.log(1.0 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in q}
+    total = sum(idf.values())
+    out: list[ChannelProposal] = []
+    for i in np.argsort(-bm25, kind="stable")[: max(1, top_k)]:
+        if bm25[i] <= 0.0:
+            break
+        span, doc = spans[int(i)], set(docs[int(i)])
+        share = sum(idf[t] for t in q if t in doc) / total
+        hits = [(s, w) for s, _e, w in span.words if set(tokens(w)) & set(q)]
+        out.append(
+            ChannelProposal(
+                stream=stream,
+                channel=channel,
+                kind=LEXICAL_KIND,
+                start=span.start,
+                end=span.end,
+                score=float(share),
+                peak=hits[0][0] if hits else span.start,
+                evidence=tuple(s for s, _ in hits),
+                quote=" ".join(w.strip() for _, w in hits),
+            )
+        )
+    return out
+
+
+def semantic_spans(
+    spans: Sequence[TimedText],
+    span_vecs: np.ndarray,
+    query_vec: np.ndarray,
+    *,
+    stream: str,
+    channel: str,
+    top_k: int,
+) -> tuple[list[ChannelProposal], Calibration | None]:
+    """Up to ``top_k`` proposals (kind :data:`SEMANTIC_KIND`) by cosine, and their calibration.
+
+    ``span_vecs`` (n, d) and ``query_vec`` (d,) are unit vectors; none when there are no spans.
+    """
+    if not spans:
+        return [], None
+    cos = np.asarray(span_vecs, np.float64) @ np.asarray(query_vec, np.float64)
+    order = np.argsort(-cos, kind="stable")
+    background = (
+        cos[order[min(max(1, top_k), len(cos) - 1) :]] if len(cos) > 1 else np.array([SEMANTIC_PRIOR_CENTER])
+    )
+    center = float(np.median(background))
+    scale = max(MAD_TO_SIGMA * float(np.median(np.abs(background - center))), SEMANTIC_MIN_SCALE)
+    cal = Calibration(center, scale, trials=len(spans), samples=len(spans))
+    out = [
+        ChannelProposal(
+            stream=stream,
+            channel=channel,
+            kind=SEMANTIC_KIND,
+            start=spans[int(i)].start,
+            end=spans[int(i)].end,
+            score=float(cos[i]),
+            peak=spans[int(i)].start,
+            evidence=(spans[int(i)].start,),
+            quote=spans[int(i)].text,
+        )
+        for i in order[: max(1, top_k)]
+    ]
+    return out, cal
+
+
+SENTENCE_ROLE = "sentence"
+"""Key of the query's MiniLM vector in :attr:`ChannelQuery.vectors`."""
+Embed = Callable[[list[str]], np.ndarray]
+"""Texts -> (n, d) unit vectors (``agent.models.sentences.SentenceEncoder.encode``)."""
+
+
+class TextSearch:
+    """What a text channel searches with: BM25 always, MiniLM when given ``embed`` (vectors cached by text)."""
+
+    def __init__(self, embed: Embed | None = None, cache_size: int = 50_000) -> None:
+        self.embed = embed
+        self._vecs: dict[str, np.ndarray] = {}
+        self._cache_size = cache_size
+
+    def answer(
+        self, spans: Sequence[TimedText], query: ChannelQuery, *, stream: str, channel: str
+    ) -> ChannelAnswer:
+        """Lexical proposals, plus semantic ones when the query has a sentence vector and ``embed`` is set."""
+        spans = [
+            s
+            for s in spans
+            if (query.start is None or s.end >= query.start) and (query.end is None or s.start <= query.end)
+        ]
+        found = search_spans(spans, query.text, stream=stream, channel=channel, top_k=query.top_k)
+        cals = {LEXICAL_KIND: LEXICAL_CALIBRATION}
+        qvec = query.vectors.get(SENTENCE_ROLE)
+        if self.embed is not None and qvec is not None and spans:
+            more, cal = semantic_spans(
+                spans,
+                self._vectors([s.text for s in spans]),
+                qvec,
+                stream=stream,
+                channel=channel,
+                top_k=query.top_k,
+            )
+            found += more
+            if cal is not None:
+                cals[SEMANTIC_KIND] = cal
+        return ChannelAnswer(found, cals)
+
+    def _vectors(self, texts: list[str]) -> np.ndarray:
+        assert self.embed is not None
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vecs))
+        if missing:
+            if len(self._vecs) + len(missing) > self._cache_size:
+                self._vecs.clear()  # evicted spans leave stale entries; start over rather than track them
+            self._vecs.update(zip(missing, self.embed(missing), strict=True))
+        return np.stack([self._vecs[t] for t in texts])

@@ -1,0 +1,94 @@
+"""The on-screen text channel without Tesseract: gating, spans across reads, budget, snapshot, search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.channels.base import ChannelQuery
+from agent.channels.ocr import OcrChannel, OcrConfig
+from agent.errors import IndexStoreError
+from agent.models.ocr import LINE_DTYPE
+from agent.types import Frame
+
+
+def _frame(t: float, grey: int = 80, keyframe: bool = False) -> Frame:
+    return Frame("s", t, np.full((48, 64, 3), grey, np.uint8), keyframe=keyframe)
+
+
+def _lines(*texts: str, conf: float = 90.0) -> np.ndarray:
+    return np.array([(10, 20 * i, 100, 18, conf, t) for i, t in enumerate(texts)], dtype=LINE_DTYPE)
+
+
+def test_reads_are_gated_by_change_keyframes_and_a_heartbeat() -> None:
+    ch = OcrChannel("s", OcrConfig(min_interval=2.0, max_interval=10.0, change=6.0))
+    read = [f.t for f in [_frame(t / 2) for t in range(60)] if ch.push(f)]  # 30 s of a still picture
+    assert read == [0.0, 10.0, 20.0]
+    ch2 = OcrChannel("s", OcrConfig(min_interval=2.0))
+    frames = [
+        _frame(0.0),
+        _frame(1.0, grey=200),  # too soon after a read
+        _frame(2.5, grey=200),  # changed since the last read
+        _frame(3.0, grey=20),  # too soon
+        _frame(5.0, grey=200),  # unchanged since the last read (2.5)
+        _frame(6.0, grey=200, keyframe=True),  # a keyframe
+    ]
+    assert [f.t for f in frames if ch2.push(f)] == [0.0, 2.5, 6.0]
+
+
+def test_a_line_seen_in_several_reads_is_one_span_closed_when_it_goes() -> None:
+    ch = OcrChannel("s", OcrConfig(min_interval=1.0, max_interval=1.0))
+    reads = {
+        0.0: ("WELCOME",),
+        2.0: ("ERROR 503", "WELCOME"),
+        4.0: ("ERR0R 503", "WELCOME"),
+        6.0: ("WELCOME",),
+        8.0: (),
+    }
+    for t, texts in reads.items():
+        (item,) = ch.push(_frame(t))
+        ch.commit(item, _lines(*texts))
+    spans = {(s.text if "503" not in s.text else "503"): (s.start, s.end, s.open) for s in ch.spans}
+    assert spans == {"WELCOME": (0.0, 8.0, False), "503": (2.0, 6.0, False)}
+    assert ch.in_flight == 0 and ch.reads == 5
+
+
+def test_low_confidence_and_noise_lines_are_left_out() -> None:
+    ch = OcrChannel("s", OcrConfig(min_conf=60.0))
+    (item,) = ch.push(_frame(0.0))
+    ch.commit(
+        item, np.concatenate([_lines("gate 4", conf=40.0), _lines("|", conf=95.0), _lines("EXIT", conf=91.0)])
+    )
+    assert [s.text for s in ch.spans] == ["EXIT"]
+
+
+def test_budget_evicts_oldest_and_snapshot_round_trips(tmp_path: Path) -> None:
+    ch = OcrChannel("s", OcrConfig(min_interval=1.0, max_interval=1.0, budget_bytes=1_000))
+    for k in range(60):
+        (item,) = ch.push(_frame(float(k)))
+        ch.commit(item, _lines(f"platform {k} departures"))
+    assert ch.info()["bytes"] <= 1_000 and ch.evicted > 0 and ch.spans[-1].text == "platform 59 departures"
+    ch.save(tmp_path / "ocr")
+    back = OcrChannel("s", ch.cfg)
+    back.restore(tmp_path / "ocr")
+    assert back.spans == ch.spans and back.info() == ch.info()
+    (tmp_path / "ocr" / "ocr.json").write_text('{"version": 1, "spans": [[0, 1]]}')
+    with pytest.raises(IndexStoreError):
+        OcrChannel("s").restore(tmp_path / "ocr")
+
+
+def test_search_quotes_the_text_shown() -> None:
+    ch = OcrChannel("s", OcrConfig(min_interval=1.0, max_interval=1.0))
+    for t, texts in {0.0: ("Gate 2",), 5.0: ("ERROR 503 service unavailable",), 9.0: ()}.items():
+        (item,) = ch.push(_frame(t))
+        ch.commit(item, _lines(*texts))
+    answer = ch.search(ChannelQuery(vectors={}, text="when did the screen show error 503", top_k=3))
+    best = max(answer.proposals, key=lambda p: p.score)
+    assert (best.start, best.end, best.channel) == (5.0, 9.0, "ocr")
+    assert best.quote == "ERROR 503" and best.score == 1.0
+    (item,) = ch.push(_frame(20.0))
+    assert ch.fail(item, "boom") == [] and ch.counters.dropped == 1
+    with pytest.raises(KeyError):
+        ch.commit(item, _lines())
