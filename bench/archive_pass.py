@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.args import pin_device, write_device_report
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -183,18 +183,8 @@ def summary(passes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: the torch backend stays on CPU
-    report = run(args)
-    if args.device == "cuda" and "cuda" not in report["encoder"]["device"]:
-        raise SystemExit(f"--device cuda, but the encoder ran on {report['encoder']['device']}")
-    enc = report["encoder"]
-    name = f"archive-pass-{enc['name'].split(':')[0]}-{enc['backend']}-{enc['device'].split(':')[0]}"
-    out = args.out or RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["summary"], indent=2))
-    print(f"wrote {out}")
+    pin_device(args)
+    write_device_report(args, run(args), "archive-pass")
     return 0
 
 

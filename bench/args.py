@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+"""The shared data folder beside the checkout (``../shared/data``)."""
+RESULTS = REPO / "bench" / "results"
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -24,3 +32,26 @@ def encoder_from_args(args: argparse.Namespace) -> Any:
         random_weights=args.random_weights,
         backend=args.backend,
     )
+
+
+def pin_device(args: argparse.Namespace) -> None:
+    """``--device cpu`` hides CUDA; call before torch is imported (the torch backend stays on CPU)."""
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def write_device_report(args: argparse.Namespace, report: dict[str, Any], prefix: str) -> Path:
+    """Write ``report`` to ``args.out`` or ``bench/results/PREFIX-MODEL-BACKEND-DEVICE.json``.
+
+    SystemExit when ``--device cuda`` was asked for and the encoder ran elsewhere.
+    """
+    enc = report["encoder"]
+    if args.device == "cuda" and "cuda" not in enc["device"]:
+        raise SystemExit(f"--device cuda, but the encoder ran on {enc['device']}")
+    name = f"{prefix}-{enc['name'].split(':')[0]}-{enc['backend']}-{enc['device'].split(':')[0]}"
+    out: Path = args.out or RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["summary"], indent=2))
+    print(f"wrote {out}")
+    return out

@@ -37,10 +37,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DEFAULT_DATA.exists():  # the layout of this project's worktrees
-    DEFAULT_DATA = Path("/work/shared/data")
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.args import DATA, RESULTS
+
+DEFAULT_DATA = DATA
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.args import DATA, pin_device, write_device_report
+
 HOUR = 3600.0
 STEP = 2.0
 """Seconds per super-image (grid 2 at 2 fps): one memory item and one stored frame each."""
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DEFAULT_DATA.exists():  # the layout of this project's worktrees
-    DEFAULT_DATA = Path("/work/shared/data")
-RESULTS = Path(__file__).resolve().parent / "results"
+
+DEFAULT_DATA = DATA
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -248,18 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: the torch backend stays on CPU
-    report = run(args)
-    if args.device == "cuda" and "cuda" not in report["encoder"]["device"]:
-        raise SystemExit(f"--device cuda, but the encoder ran on {report['encoder']['device']}")
-    enc = report["encoder"]
-    name = f"query-latency-{enc['name'].split(':')[0]}-{enc['backend']}-{enc['device'].split(':')[0]}"
-    out = args.out or RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["summary"], indent=2))
-    print(f"wrote {out}")
+    pin_device(args)
+    write_device_report(args, run(args), "query-latency")
     return 0
 
 
