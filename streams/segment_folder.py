@@ -19,6 +19,9 @@ gone before it was read, and whose identity is nowhere else, is *lost*; one
 whose identity reappears under another name was *renamed*
 (:meth:`SegmentFolder.scan` reports both). A pending file still being
 written changes identity at each scan but keeps its name: neither.
+
+Symbolic links inside a segment folder are not segments (recorders write files; a link
+could point anywhere, outside the folder a client was allowed to name).
 """
 
 from __future__ import annotations
@@ -138,7 +141,9 @@ class SegmentFolder:
         """Segment files in natural order."""
         with os.scandir(self.folder) as it:
             names = [
-                e.name for e in it if e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in self.patterns)
+                e.name
+                for e in it
+                if e.is_file(follow_symlinks=False) and any(fnmatch.fnmatch(e.name, p) for p in self.patterns)
             ]
         return sorted(names, key=natural_key)
 

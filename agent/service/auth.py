@@ -10,6 +10,10 @@ One aiohttp middleware (:meth:`Auth.middleware`) runs before every route:
   token is set, a browser must also address the service by a loopback name
   (``localhost``, 127.0.0.1, [::1]): a DNS-rebinding page reaches the port
   under its own name, which would pass a same-origin check.
+* **Host.** A token-less service bound to loopback answers only requests
+  whose ``Host`` is a loopback name (403 otherwise), with or without an
+  ``Origin``: a rebound page's ``<img>``/``<video>`` and same-origin fetches
+  send no ``Origin`` but do send its own name as ``Host``.
 * **Token.** With ``service.token`` set, HTTP clients send
   ``Authorization: Bearer TOKEN``; a request without it gets 401, except on
   the *open paths*: ``/healthz`` (whose handler then shows only
@@ -137,9 +141,12 @@ class Auth:
         cfg: AuthConfig,
         *,
         open_paths: Collection[str] = (),
+        loopback_only: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token = token
+        self.loopback_only = loopback_only
+        """Bound to loopback: without a token, only loopback ``Host`` names are served."""
         self.cfg = cfg
         self.open_paths = frozenset(open_paths)
         self.clock = clock
@@ -175,9 +182,14 @@ class Auth:
     def origin_allowed(self, request: web.Request) -> bool:
         """Whether a request's ``Origin`` (if any) may use the service; see the module docstring."""
         origin = request.headers.get("Origin")
+        try:
+            own = _origin_key(URL(f"{request.scheme}://{request.host}"))
+        except ValueError:
+            return False
+        if self.token is None and self.loopback_only and (own is None or not is_loopback(own[1])):
+            return False  # DNS rebinding without Origin (<img>, <video>, same-origin fetches)
         if origin is None:
             return True  # not a browser page (command-line clients, cameras, scrapers)
-        own = _origin_key(URL(f"{request.scheme}://{request.host}"))
         if self.token is None and (own is None or not is_loopback(own[1])):
             return False  # DNS rebinding: a page under its own name reaching a token-less service
         if self._any_origin:

@@ -29,7 +29,7 @@ from agent.channels.refine import DEFAULT_REFINE_BUDGET_S
 from agent.errors import LimitExceededError, ProtocolError, VmrError
 from agent.service.access import SourcePolicy
 from agent.service.auth import AUTHED, Auth
-from agent.service.config import ServiceConfig
+from agent.service.config import ServiceConfig, is_loopback
 from agent.service.connection import Connection
 from agent.service.errors import error_event
 from agent.service.json_text import ERROR_CHARS, clip, id_of, leading_id, load_json
@@ -71,7 +71,12 @@ class Router:
         self.serving = serving
         self.cfg = cfg
         self.connections: set[Connection] = set()
-        self.auth = Auth(cfg.token, cfg.auth, open_paths={"/ws", "/healthz", *PAGE_PATHS})
+        self.auth = Auth(
+            cfg.token,
+            cfg.auth,
+            open_paths={"/ws", "/healthz", *PAGE_PATHS},
+            loopback_only=is_loopback(cfg.host),
+        )
         """Token, origins and backoff: the middleware of every route, and ``hello``."""
         self.access = SourcePolicy(cfg.sources)
         """What a client's ``streams.add`` may name."""

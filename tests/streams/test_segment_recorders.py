@@ -213,3 +213,14 @@ def test_wall_from_name(name: str, offset: float) -> None:
 def test_wall_from_name_ignores_sequence_numbers() -> None:
     assert wall_from_name("out000123.mp4") is None
     assert wall_from_name("seg_1767261600.ts") == 1767261600.0
+
+
+def test_symlinks_in_a_segment_folder_are_not_segments(tmp_path: Path) -> None:
+    # A link may point anywhere (outside the media roots a client was allowed); recorders write files.
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    outside = tmp_path / "private.mp4"
+    outside.write_bytes(b"not a segment")
+    (folder / "seg001.mp4").write_bytes(b"x")
+    (folder / "seg002.mp4").symlink_to(outside)
+    assert SegmentFolder(folder, ["*.mp4"], 0.0).names() == ["seg001.mp4"]

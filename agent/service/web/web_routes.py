@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 
@@ -95,7 +97,10 @@ class WebRoutes:
         """The ingested source file of ``stream`` (None: unknown stream, or not a file kind)."""
         for status in await self.serving.list_streams():
             if status.id == stream and status.kind in MEDIA_KINDS and status.path:
-                return Path(status.path)
+                path = Path(status.path)
+                # A client's path was resolved when it was admitted: a symlink there now was put
+                # in its place afterwards (it could point anywhere). Only a regular file is served.
+                return path if await asyncio.to_thread(_plain_file, path) else None
         return None
 
     async def clip(self, request: web.Request) -> web.Response:
@@ -115,3 +120,11 @@ class WebRoutes:
         except VmrError as exc:  # unknown stream, no stored frames (there)
             raise web.HTTPNotFound(text=str(exc)) from exc
         return web.Response(body=body, content_type="video/mp4", headers={"Cache-Control": "no-store"})
+
+
+def _plain_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file and not a symlink (``lstat``: links are not followed)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -193,3 +193,25 @@ def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -
     assert gate.check("5.6.7.8", None).ok is False and len(calls) == 2  # missing: nothing to compare
     assert bearer("Bearer abc") == "abc" and bearer("bearer  abc ") == "abc"
     assert bearer("Basic abc") is None and bearer("Bearer ") is None and bearer(None) is None
+
+
+async def test_a_tokenless_loopback_service_answers_only_loopback_host_names(tmp_path: Path) -> None:
+    # DNS rebinding without an Origin header: a rebound page's <img>, <video> and same-origin
+    # fetches send its own name as Host; every route of a token-less loopback service refuses it.
+    video = needle_video(tmp_path / "a.mp4", before=1.0, needle=1.0, after=1.0)
+    async with running(tmp_path) as (_svc, url), client(url) as ws, _http(url) as http:
+        await request(
+            ws,
+            {"type": "streams.add", "id": "add-a", "stream": {"id": "a", "kind": "file", "path": str(video)}},
+        )
+        await until(ws, "a", lambda s: s["status"] == "done")
+        port = url.rsplit(":", 1)[1]
+        for path in ("/metrics", "/thumbnails/a/1.000.jpg", "/media/a", "/"):
+            assert (await http.get(path, headers={"Host": f"evil.example:{port}"})).status_code == 403, path
+            assert (await http.get(path)).status_code == 200, path
+        # The admitted file swapped for a link to elsewhere afterwards: /media serves no link.
+        secret = tmp_path.parent / f"{tmp_path.name}-secret.txt"
+        secret.write_text("private")
+        video.unlink()
+        video.symlink_to(secret)
+        assert (await http.get("/media/a")).status_code == 404
