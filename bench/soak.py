@@ -322,6 +322,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.streams < 1 or args.clients < 0 or args.seconds <= 0 or args.warmup < 0 or args.rtsp < 0:
         p.error("need --streams >= 1, --clients >= 0, --seconds > 0, --warmup >= 0, --rtsp >= 0")
+    if args.out.is_dir():  # a folder: the result goes inside it (checked before a long run, not after)
+        args.out = args.out / RESULTS.name
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.touch()
+    except OSError as exc:
+        p.error(f"--out {args.out}: {exc}")
     return args
 
 
