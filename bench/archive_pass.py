@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.args import pin_device, write_device_report
+from bench.args import add_device_option, pin_device, write_device_report
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,9 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench.archive_pass", description=__doc__.split("\n")[0])
     add_model_options(p)
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch device (cpu hides CUDA)"
-    )
+    add_device_option(p)
     p.add_argument("--seconds", type=float, default=180.0, help="clip length in seconds (>= 60)")
     p.add_argument("--height", type=int, choices=[480, 720], default=720)
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate of the ingest")

@@ -34,6 +34,13 @@ def encoder_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda``: where the torch backend runs (read by :func:`pin_device`)."""
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch device (cpu hides CUDA)"
+    )
+
+
 def pin_device(args: argparse.Namespace) -> None:
     """``--device cpu`` hides CUDA; call before torch is imported (the torch backend stays on CPU)."""
     if args.device == "cpu":

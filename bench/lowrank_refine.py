@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.args import DATA, RESULTS
+from bench.args import DATA, RESULTS, add_device_option, pin_device
 
 DEFAULT_DATA = DATA
 
@@ -47,9 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench.lowrank_refine", description=__doc__.split("\n")[0])
     add_model_options(p)
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch device (cpu hides CUDA)"
-    )
+    add_device_option(p)
     p.add_argument("--videos", default="vtest.avi,bigbuckbunny.mp4,bikes.mp4", help="files under DATA/videos")
     p.add_argument("--queries", type=int, default=12, help="image queries per video")
     p.add_argument("--tolerance", type=float, default=2.0, help="seconds: a best time this close is a hit")
@@ -200,8 +198,7 @@ def run_video(idx: Any, video: Path, args: argparse.Namespace, rng: np.random.Ge
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    pin_device(args)
     from agent.config import IndexConfig, Settings
     from agent.index.video_index import VideoIndex
     from bench.args import encoder_from_args

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.args import DATA, pin_device, write_device_report
+from bench.args import DATA, add_device_option, pin_device, write_device_report
 
 HOUR = 3600.0
 STEP = 2.0
@@ -51,9 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench.query_latency", description=__doc__.split("\n")[0])
     add_model_options(p)
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch device (cpu hides CUDA)"
-    )
+    add_device_option(p)
     p.add_argument("--hours", default="1,8", help="hour marks, ascending, e.g. 1,8")
     p.add_argument("--queries", type=int, default=20, help="image queries per hour mark")
     p.add_argument("--budget", type=float, default=DEFAULT_REFINE_BUDGET_S, help="refine seconds per query")

@@ -172,19 +172,18 @@ async def run(
 
 def main(argv: list[str] | None = None) -> None:
     from agent.cli.options import add_model_options
-    from bench.args import encoder_from_args
+    from bench.args import add_device_option, encoder_from_args, pin_device
     from bench.run_haystack import git_commit, machine_info
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="cpu hides CUDA")
+    add_device_option(p)
     p.add_argument("--streams", type=int, nargs="+", default=[4, 8, 16, 24])
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--profile", type=Path, default=None, help="pyinstrument HTML of the last N")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
-    if a.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    pin_device(a)
     explicit = "--model" in (sys.argv[1:] if argv is None else argv)  # else tiny-random, as before
     prescreen = encoder_from_args(a).model_copy(update={"batch_size": 16}) if explicit else None
     settings = _settings(prescreen)
