@@ -7,6 +7,21 @@ own wall clock (:func:`wall_from_name`) and the resume position
 (:class:`SegmentPosition`). Blocking file-system calls: run it in the
 reader's worker thread.
 
+When is a segment complete?  The recorder closes a segment before it opens
+the next one, so:
+
+* a segment with a *newer* segment beside it is complete once its size and
+  mtime did not change over one poll (a guard against recorders that open
+  the next file a moment early);
+* the *newest* segment is read only after its size and mtime stayed the
+  same for ``settle_seconds`` (the recording stopped or paused). If it then
+  fails to open (an MP4 without its ``moov`` index yet), it is not counted
+  as corrupt but retried when it changes or a newer segment appears; only a
+  segment that still fails once a newer one exists is corrupt. A recorder
+  that pauses longer than ``settle_seconds`` inside a streamable segment
+  (``.ts``) would be read up to the pause: choose ``settle_seconds`` above
+  the recorder's longest write stall.
+
 Which segments are new: a file is *finished* once read (or skipped as
 corrupt); :attr:`SegmentPosition.finished` holds the identity of each
 finished file still in the folder — device, inode, size and mtime, not its
@@ -195,7 +210,7 @@ class SegmentFolder:
         return names[-1] if names else None
 
     def complete(self, name: str, newer: bool) -> bool:
-        """Whether ``name`` may be read now (see :mod:`streams.segments`)."""
+        """Whether ``name`` may be read now (see the module docstring)."""
         try:
             st = os.stat(self.folder / name)
         except FileNotFoundError:

@@ -23,8 +23,11 @@ do not pass through here.
   (``png_pipe``, ``image2``…) as video and its thumbnails would serve it. A
   file FFmpeg cannot open at all is let through: the stream then fails with
   ``corrupt_video`` as before, which reveals nothing a root does not allow.
-  Segment folders are read by their name patterns (``*.mp4``, ``*.ts``,
-  ``*.mkv``); their files are not probed here.
+  A ``segments`` folder fills later, so its files are checked when the
+  source opens each one: the same ``video_formats`` are written into the
+  admitted spec (:attr:`~streams.segments.SegmentsSpec.formats`, narrowed by
+  the client's own list if any, kept across restarts) and a segment of any
+  other format is skipped and counted (``segments_refused``).
 * **RTSP hosts.** With ``rtsp_hosts`` set, the URL's host must be listed
   (``host`` for any port, ``host:port`` for one). Whether set or not, the
   service's own listening ports are refused unless listed as ``host:port``:
@@ -54,6 +57,7 @@ from agent.service.config import SourcesConfig, StreamSpec, parse_spec
 from streams.decode import open_media
 from streams.errors import StreamError
 from streams.rtsp import RTSPSpec
+from streams.segments import SegmentsSpec
 from streams.source import RecordingSpec
 from streams.urls import mask_url
 
@@ -144,7 +148,7 @@ class SourcePolicy:
         real = self._media_path(spec.path)
         if real is None or not os.access(real, os.R_OK | (os.X_OK if real.is_dir() else 0)):
             raise refused  # unreadable too: the same answer as missing
-        admitted = spec.model_copy(update={"path": str(real)})
+        admitted = spec.model_copy(update={"path": str(real), **self._segment_formats(spec)})
         try:
             admitted.check_input()  # the kind's own check: a file for ``file``, a folder for ``segments``
         except StreamError:
@@ -152,6 +156,13 @@ class SourcePolicy:
         if real.is_file():
             self._check_format(real, spec.path)
         return admitted
+
+    def _segment_formats(self, spec: RecordingSpec) -> dict[str, list[str]]:
+        """The demuxers a client's segment folder may open each segment with (a client may narrow them)."""
+        if not isinstance(spec, SegmentsSpec):
+            return {}
+        asked = self.formats if spec.formats is None else self.formats & set(spec.formats)
+        return {"formats": sorted(asked)}
 
     def _media_path(self, given: str) -> Path | None:
         """The resolved path of ``given`` if it exists under a root (None otherwise)."""

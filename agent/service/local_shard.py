@@ -353,6 +353,7 @@ SOURCE_EVENTS = (
     "clock_clamped",
     "clock_jumps",
     "segments_corrupt",
+    "segments_refused",
     "segments_late",
     "segments_lost",
     "segments_renamed",

@@ -12,6 +12,7 @@ from PIL import Image
 
 from agent.service.access import SourcePolicy, TokenBucket
 from agent.service.config import SourcesConfig
+from streams.segments import SegmentsSpec
 from tests.agent.service.helpers import add, client, request, running, until
 from tests.streams.servers import free_port
 from tests.videos import Scene, make_video
@@ -199,3 +200,23 @@ def test_config_media_roots_are_taken_from_the_config_files_folder(tmp_path: Pat
     roots = load_serve_file(cfg_file).service.sources.media_roots
     assert roots == [tmp_path / "media", Path("/srv/recordings")]
     assert os.path.isabs(roots[0])
+
+
+async def test_segment_files_of_a_clients_folder_are_probed_for_a_video_demuxer(tmp_path: Path) -> None:
+    # A folder under a root passes at add time; its files come later, so each is checked at open.
+    rec = tmp_path / "media" / "rec"
+    _video(rec / "seg000.mp4")
+    Image.fromarray(np.full((64, 64, 3), 30, np.uint8)).save(rec / "seg001.mp4", format="JPEG")
+    sources = SourcesConfig(media_roots=[tmp_path / "media"])
+    async with running(tmp_path, sources=sources) as (_svc, url), client(url) as ws:
+        await add(ws, {"id": "rec", "kind": "segments", "path": "rec", "formats": ["mov", "jpeg_pipe"]})
+        st = await until(ws, "rec", lambda s: (s["source"] or {}).get("segments_refused") == 1, limit=60)
+        assert st["status"] == "running" and st["source"]["segments_done"] == 1
+        assert "'jpeg_pipe' is not an allowed video format" in st["source_error"]
+        async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
+            metrics = (await http.get("/metrics")).text
+        assert 'vmr_source_events_total{event="segments_refused",stream="rec"} 1.0' in metrics
+    policy = SourcePolicy(SourcesConfig(media_roots=[tmp_path / "media"]))
+    spec = await policy.admit({"id": "r", "kind": "segments", "path": "rec"})
+    assert isinstance(spec, SegmentsSpec) and spec.formats is not None
+    assert "mov" in spec.formats and "jpeg_pipe" not in spec.formats  # a client may only narrow the list
