@@ -33,9 +33,16 @@ do not pass through here.
   service's own listening ports are refused unless listed as ``host:port``:
   the service must not be pointed at itself. Names are compared as written,
   without DNS (a lookup would block and could be rebound).
-* **Rate.** Each connection may add ``add_burst`` streams at once and
-  ``adds_per_minute`` sustained (:class:`TokenBucket`); the cap on the
-  number of streams is applied by :meth:`agent.service.serving.Serving.add_stream`.
+* **Rate.** Each client *address* may add ``add_burst`` streams at once and
+  ``adds_per_minute`` sustained (:class:`TokenBucket`), over all its
+  connections: a client that reconnects keeps its spent budget. Keyed by
+  address because the service has one token (every authenticated client is
+  the same principal). The table holds ``add_table`` addresses, least
+  recently used forgotten first; a forgotten address starts full again,
+  which costs an attacker that many addresses (on one machine the whole of
+  127.0.0.0/8 is loopback: the cap on streams still binds). Behind a reverse
+  proxy every client shares the proxy's budget. The cap on the number of
+  streams is applied by :meth:`agent.service.serving.Serving.add_stream`.
 
 Other kinds (WHIP, plug-ins) are the operator's installed code and pass as
 they are.
@@ -46,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,16 +112,19 @@ class SourcePolicy:
         self.hosts = None if cfg.rtsp_hosts is None else [_host_port(h) for h in cfg.rtsp_hosts]
         self.own_ports: set[int] = set()
         """The service's listening ports (filled in by the server once bound)."""
-        self._buckets: weakref.WeakKeyDictionary[object, TokenBucket] = weakref.WeakKeyDictionary()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        """``streams.add`` budget per client address, least recently used first."""
 
-    def spend_add(self, client: object) -> None:
-        """Count one ``streams.add`` of ``client`` (a connection); LimitExceededError over the rate."""
+    def spend_add(self, address: str) -> None:
+        """Count one ``streams.add`` of the client at ``address`` (its IP, every connection of it
+        together); LimitExceededError over the rate."""
         now = self.clock()
-        bucket = self._buckets.get(client)
+        bucket = self._buckets.pop(address, None)
         if bucket is None:
-            bucket = self._buckets[client] = TokenBucket(
-                self.cfg.adds_per_minute / 60.0, self.cfg.add_burst, now
-            )
+            bucket = TokenBucket(self.cfg.adds_per_minute / 60.0, self.cfg.add_burst, now)
+            while len(self._buckets) >= self.cfg.add_table:
+                self._buckets.popitem(last=False)
+        self._buckets[address] = bucket  # (re)inserted last: the most recently used
         if not bucket.take(now):
             raise LimitExceededError(
                 f"too many streams.add: at most {self.cfg.add_burst} at once, "

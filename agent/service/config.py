@@ -119,9 +119,11 @@ class SourcesConfig(Strict):
     The operator's streams (config file) retry forever unless their spec sets ``retries``: a camera
     down for an hour must come back by itself; a client's URL must not be dialled forever."""
     adds_per_minute: float = Field(default=30.0, gt=0, allow_inf_nan=False)
-    """Sustained ``streams.add`` rate of one connection ..."""
+    """Sustained ``streams.add`` rate of one client address (all its connections together) ..."""
     add_burst: int = Field(default=10, ge=1)
     """... and the burst it may spend at once (a token bucket)."""
+    add_table: int = Field(default=4096, ge=16)
+    """Client addresses whose ``streams.add`` budget is remembered (least recently used forgotten)."""
 
 
 def is_loopback(host: str) -> bool:

@@ -243,7 +243,7 @@ class Router:
         conn.send(StreamsEvent(id=msg.id, streams=await self.serving.list_streams()))
 
     async def streams_add(self, conn: Connection, msg: StreamsAdd) -> None:
-        self.access.spend_add(conn)
+        self.access.spend_add(conn.address)  # per address: reconnecting does not refill it
         spec = await self.access.admit(msg.stream)  # a client names only what the operator allows
         conn.send(StreamEvent(id=msg.id, stream=await self.serving.add_stream(spec)))
 

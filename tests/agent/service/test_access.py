@@ -8,8 +8,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
+from agent.errors import LimitExceededError
 from agent.service.access import SourcePolicy, TokenBucket
 from agent.service.config import SourcesConfig
 from streams.segments import SegmentsSpec
@@ -181,8 +183,28 @@ async def test_caps_on_streams_and_on_the_add_rate(tmp_path: Path) -> None:
             assert (await _add(ws, {"id": "q1", "kind": "whip"}))["code"] == "config"  # taken id: still spent
             err = await _add(ws, {"id": "q2", "kind": "whip"})
             assert _refusal(err)[:2] == ("error", "limit_exceeded") and "streams.add" in err["message"]
-        async with client(url) as ws:  # per connection: another one has its own budget
-            await add(ws, {"id": "q2", "kind": "whip"})
+        async with client(url) as ws:  # per address: reconnecting does not refill the budget
+            err = await _add(ws, {"id": "q2", "kind": "whip"})
+            assert _refusal(err)[:2] == ("error", "limit_exceeded") and "streams.add" in err["message"]
+
+
+def test_the_add_budget_is_per_address_in_a_bounded_table() -> None:
+    now = [0.0]
+    policy = SourcePolicy(
+        SourcesConfig(add_burst=1, adds_per_minute=0.001, add_table=16), clock=lambda: now[0]
+    )
+    policy.spend_add("10.0.0.1")
+    with pytest.raises(LimitExceededError):
+        policy.spend_add("10.0.0.1")  # the same address, whatever its connection
+    policy.spend_add("10.0.0.2")  # another address has its own budget
+    with pytest.raises(LimitExceededError):
+        policy.spend_add("10.0.0.1")  # now used more recently than 10.0.0.2
+    for k in range(3, 18):  # 15 more addresses: the table (16) forgets the least recently used
+        policy.spend_add(f"10.0.0.{k}")
+    assert len(policy._buckets) == 16
+    with pytest.raises(LimitExceededError):
+        policy.spend_add("10.0.0.1")  # still remembered
+    policy.spend_add("10.0.0.2")  # forgotten: starts full again
 
 
 def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
