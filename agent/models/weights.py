@@ -3,8 +3,9 @@
 Three kinds of weights:
 
 - **pretrained**: an open_clip architecture with weights from a pretrained tag
-  (downloaded from the Hugging Face hub where a network exists) or a local
-  checkpoint;
+  (downloaded from the Hugging Face hub where a network exists, else taken
+  from its cache; an offline machine without them gets the typed error in
+  seconds: :mod:`agent.models.hub`) or a local checkpoint;
 - **random** (``random_weights=True``): the same architecture built from a fixed
   seed, for speed and capacity runs: it costs what the real model costs, and
   every process builds the very same weights, so an index written by one
@@ -30,6 +31,7 @@ import torch
 
 from agent.config import EncoderConfig
 from agent.errors import ConfigError, WeightsUnavailableError
+from agent.models.hub import WeightsPlan, plan
 
 TINY_RANDOM = "tiny-random"
 # One seed for every random build: identical weights in every process.
@@ -116,8 +118,14 @@ def _open_clip_model(cfg: EncoderConfig) -> torch.nn.Module:
         raise WeightsUnavailableError(_weights_message(cfg, ValueError("no pretrained tag or checkpoint")))
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
         raise WeightsUnavailableError(_weights_message(cfg, FileNotFoundError(str(cfg.checkpoint))))
+    # Only a tag goes to the hub: find out first whether it can (a checkpoint is a local file).
+    how = plan(cfg.model, source) if cfg.checkpoint is None else WeightsPlan(source)
+    if how.unavailable is not None:
+        raise WeightsUnavailableError(_weights_message(cfg, ConnectionError(how.unavailable)))
     try:
-        return open_clip.create_model(cfg.model, pretrained=source, require_pretrained=True)
+        return open_clip.create_model(
+            cfg.model, pretrained=how.pretrained, require_pretrained=True, force_preprocess_cfg=how.preprocess
+        )
     except Exception as exc:
         raise WeightsUnavailableError(_weights_message(cfg, exc)) from exc
 

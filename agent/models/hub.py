@@ -1,0 +1,107 @@
+"""Where a pretrained tag's weights come from: the Hugging Face cache, the hub, or nowhere (fast).
+
+open_clip downloads a tag's weights with ``hf_hub_download``, whose HTTP
+layer retries a refused or timed-out connection with backoff, for every
+candidate file: on a machine without a network, ``vmr ingest`` with the
+default model waited about a minute before its typed error. So before the
+real download path runs, :func:`plan` looks once:
+
+* the weights are in the local cache and the hub answers one short probe
+  (:data:`PROBE_SECONDS`): the real path, unchanged (it checks for a newer
+  revision and loads the cached file);
+* in the cache, hub unreachable (or ``HF_HUB_OFFLINE`` set): the cached file
+  is loaded directly, with the tag's preprocessing, and no network call;
+* not in the cache, hub unreachable: :class:`~agent.errors.WeightsUnavailableError`
+  at once, saying why;
+* not in the cache, hub reachable: the real download path.
+
+Tags open_clip fetches by URL rather than from the hub, and checkpoints,
+pass through untouched. The probe is one HTTP ``HEAD`` of the hub's
+endpoint (``HF_ENDPOINT``) through huggingface_hub's own client, so its
+proxy settings and offline switch apply; any HTTP answer counts as reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROBE_SECONDS = 3.0
+"""Seconds the one reachability probe of the hub may take."""
+
+
+@dataclass(frozen=True)
+class WeightsPlan:
+    """How to call ``open_clip.create_model`` for a tag.
+
+    ``pretrained``: the tag (real path) or the cached file's path.
+    ``preprocess``: the tag's preprocessing, forced when loading a file
+    (open_clip applies it only for a tag). ``unavailable``: why the weights
+    cannot be had (then nothing is to be loaded).
+    """
+
+    pretrained: str
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    unavailable: str | None = None
+
+
+def plan(model: str, tag: str) -> WeightsPlan:
+    """The plan for ``model`` with pretrained ``tag`` (see the module docstring); never raises for I/O."""
+    import open_clip
+    from open_clip.constants import HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    hub_path = str(cfg.get("hf_hub") or "") if cfg else ""
+    if not hub_path:
+        return WeightsPlan(tag)  # a URL download or an unknown tag: open_clip's own path and errors
+    repo, filename = os.path.split(hub_path)  # "org/name/" names the default file, as open_clip reads it
+    filename = filename or HF_WEIGHTS_NAME
+    names = [_safetensors(filename), filename]
+    cached = _cached(repo, names)
+    reason = _unreachable()
+    if reason is None:
+        return WeightsPlan(tag)
+    if cached is not None:
+        log.warning("Hugging Face hub unreachable (%s): loading %s:%s from the cache", reason, model, tag)
+        return WeightsPlan(cached, preprocess=dict(cfg))
+    return WeightsPlan(tag, unavailable=f"not in the local Hugging Face cache and {reason}")
+
+
+def _safetensors(filename: str) -> str:
+    """The ``.safetensors`` file open_clip tries first for ``filename``."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if filename == HF_WEIGHTS_NAME:
+        return HF_SAFE_WEIGHTS_NAME
+    return filename[:-4] + ".safetensors" if filename.endswith((".bin", ".pth")) else filename
+
+
+def _cached(repo: str, names: list[str]) -> str | None:
+    """The first of ``names`` in the local cache of ``repo`` (revision ``main``), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        try:
+            found = try_to_load_from_cache(repo, name)
+        except Exception:  # a malformed cache: as if absent; the real path reports it
+            continue
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _unreachable() -> str | None:
+    """Why the hub cannot be reached now (offline mode, or the probe failed); None when it answers."""
+    from huggingface_hub import constants, get_session
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=PROBE_SECONDS, follow_redirects=False)
+    except Exception as exc:  # refused, timed out, DNS, proxy: all mean no download will work now
+        return f"the hub at {constants.ENDPOINT} is unreachable ({type(exc).__name__}: {exc})"
+    return None
