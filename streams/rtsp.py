@@ -3,7 +3,9 @@
 One worker thread per source opens the URL, decodes, samples to ``fps``,
 converts kept frames (``to_rgb``) and hands them to the event loop through a
 :class:`~streams.bridge.Bridge` (queue policy ``"latest"``: latest wins,
-drops counted). With ``audio=True`` the session's first audio stream is
+drops counted). This module holds the source (its reconnect loop, backoff
+and async side) and its spec; one session, open to end, is
+:mod:`streams.rtsp_session`. With ``audio=True`` the session's first audio stream is
 decoded too and handed out as :class:`~streams.media.AudioChunk` on the
 video's timeline.
 
@@ -53,15 +55,11 @@ the server hangs.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import random
 import threading
-import time
 from typing import ClassVar, Literal
 
-import av
-import av.container
 from pydantic import Field
 
 from streams.audio import AudioChunker
@@ -69,17 +67,17 @@ from streams.bridge import Bridge, QueuePolicy
 from streams.errors import DisconnectedError, SourceUnavailableError
 from streams.live_source import LiveSource
 from streams.liveness import Deadlines
-from streams.media import Frame, Media
+from streams.media import Media
 from streams.registry import OpenContext, register
-from streams.sampler import Sampler, to_rgb, tune_decoder
+from streams.rtsp_session import RTSPSessions, WallSource
+from streams.sampler import Sampler
 from streams.source import SourceSpec, SourceState, SourceStats
 from streams.timeline import LiveClock
-from streams.urls import mask_text, mask_url
+from streams.urls import mask_url
 
 log = logging.getLogger(__name__)
 
 State = Literal["idle", "connecting", "streaming", "backoff", "closed"]
-WallSource = Literal["rtcp", "arrival", "unknown"]
 
 
 def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
@@ -136,15 +134,12 @@ class RTSPSource(LiveSource):
         self.stream = stream
         self.transport = transport
         self.retries = retries
-        self._sampler = Sampler(fps)
-        self._short_side = short_side
         self._backoff = (backoff_initial, backoff_max)
         try:
             self._deadlines = Deadlines(open_timeout, read_timeout)
         except ValueError as exc:
             raise SourceUnavailableError(str(exc)) from exc
-        self._max_skew = max_clock_skew
-        self._options = {
+        options = {
             "rtsp_transport": transport,
             # FFmpeg probes up to 5 s by default; a live H.264 stream's parameters come within 1 s.
             "analyzeduration": "1000000",
@@ -155,24 +150,53 @@ class RTSPSource(LiveSource):
         }
         self._bridge: Bridge[Media] = Bridge(queue_size, "latest")
         self._clock = LiveClock()
-        self._chunker = AudioChunker(stream) if audio else None
         self._stop = threading.Event()
+        self._sessions = RTSPSessions(
+            url,
+            stream=stream,
+            options=options,
+            deadlines=self._deadlines,
+            sampler=Sampler(fps),
+            short_side=short_side,
+            clock=self._clock,
+            chunker=AudioChunker(stream) if audio else None,
+            bridge=self._bridge,
+            stop=self._stop,
+            max_skew=max_clock_skew,
+            on_streaming=self._streaming,
+        )
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
         self._state: State = "idle"
         self._closed = False
-        self.wall_source: WallSource = "unknown"
-        """Where the latest session's wall clock comes from."""
-        self.frames_in = 0
         self.frames_out = 0
         self.audio_out = 0
-        self.reconnects = 0
         self.failures = 0
-        self.damaged_packets = 0
+
+    @property
+    def frames_in(self) -> int:
+        """Pictures decoded, over every session."""
+        return self._sessions.frames_in
+
+    @property
+    def reconnects(self) -> int:
+        """Sessions opened after the first."""
+        return self._sessions.reconnects
+
+    @property
+    def damaged_packets(self) -> int:
         """Packets skipped as undecodable (before the first keyframe, after loss)."""
-        self._session_frames = 0
-        self.last_error: str | None = None
+        return self._sessions.damaged_packets
+
+    @property
+    def wall_source(self) -> WallSource:
+        """Where the latest session's wall clock comes from."""
+        return self._sessions.wall_source
+
+    @property
+    def last_error(self) -> str | None:
         """Why the latest connection attempt or session ended, for /metrics and logs."""
+        return self._sessions.last_error
 
     @property
     def state(self) -> State:
@@ -229,13 +253,17 @@ class RTSPSource(LiveSource):
 
     # ---- worker thread -------------------------------------------------------------------------
 
+    def _streaming(self) -> None:
+        """Called by the session once its packets flow."""
+        self._state = "streaming"
+
     def _run(self) -> None:
         failed_in_row = 0
         sessions = 0
         try:
             while not self._stop.is_set():
                 self._state = "connecting"
-                delivered = self._session(sessions)
+                delivered = self._sessions.run(sessions)
                 if delivered is not None:
                     sessions += 1
                 if self._stop.is_set():
@@ -244,9 +272,10 @@ class RTSPSource(LiveSource):
                 self.failures += 1
                 if self.retries is not None and failed_in_row > self.retries:
                     reason = self.last_error or "disconnected"
-                    self.last_error = f"gave up after {failed_in_row} failed attempt(s) in a row: {reason}"
-                    log.warning("%s: %s", self.stream, self.last_error)
-                    error = DisconnectedError(f"{mask_url(self.url)}: {self.last_error}")
+                    gave_up = f"gave up after {failed_in_row} failed attempt(s) in a row: {reason}"
+                    self._sessions.last_error = gave_up
+                    log.warning("%s: %s", self.stream, gave_up)
+                    error = DisconnectedError(f"{mask_url(self.url)}: {gave_up}")
                     self._bridge.finish(error)
                     return
                 self._state = "backoff"
@@ -260,144 +289,6 @@ class RTSPSource(LiveSource):
         finally:
             self._state = "closed" if self._stop.is_set() else self._state
         self._bridge.finish()
-
-    def _session(self, sessions: int) -> int | None:
-        """One connection: None if it did not open, else the number of frames delivered."""
-        deadlines = self._deadlines
-        opened = time.monotonic()
-        options = {"timeout": str(int(deadlines.socket_timeout * 1_000_000)), **self._options}
-        try:
-            container = av.open(
-                self.url, options=options, timeout=(deadlines.open_timeout, deadlines.frame_timeout)
-            )
-        except (av.FFmpegError, OSError) as exc:
-            if _timed_out(exc) or time.monotonic() - opened >= deadlines.open_timeout:
-                waited = deadlines.open_timeout
-                deadlines.open_timed_out()
-                self.last_error = (
-                    f"open timed out after {waited:.1f}s (next try allows {deadlines.open_timeout:.1f}s)"
-                )
-            else:
-                self.last_error = mask_text(f"open failed: {exc}")  # FFmpeg quotes the URL
-            return None
-        self._session_frames = 0
-        try:
-            if not container.streams.video:
-                self.last_error = "no video stream"
-                return None
-            if sessions:
-                self.reconnects += 1
-            self._clock.new_session()
-            deadlines.new_session()
-            return self._pump(container)
-        except (av.FFmpegError, OSError) as exc:
-            if _timed_out(exc):
-                waited = deadlines.frame_timeout
-                if self._session_frames:
-                    deadlines.read_timed_out()
-                self.last_error = (
-                    f"read timed out: no media for {waited:.1f}s "
-                    f"(next session allows {deadlines.frame_timeout:.1f}s)"
-                )
-            else:
-                self.last_error = mask_text(f"read failed: {exc}")
-            return self._session_frames
-        finally:
-            if self._chunker is not None:
-                for chunk in self._chunker.flush():
-                    self._bridge.put(chunk)
-            container.close()
-
-    def _pump(self, container: av.container.InputContainer) -> int:
-        vstream = container.streams.video[0]
-        tune_decoder(vstream, threads="SLICE")  # frame threading would add frames of latency
-        tb = vstream.time_base
-        astream = (
-            container.streams.audio[0] if self._chunker is not None and container.streams.audio else None
-        )
-        wall_offset: float | None = None  # wall - t for this session, fixed by its first frame
-        session_offset: float | None = None  # t - raw for this session, once known (places audio)
-        delivered = 0
-        last_picture = time.monotonic()
-        self._state = "streaming"
-        self.last_error = "end of stream"
-        packets = container.demux(vstream) if astream is None else container.demux(vstream, astream)
-        for packet in packets:
-            if self._stop.is_set():
-                break
-            try:
-                frames = packet.decode()
-            except av.InvalidDataError:
-                # Before the first keyframe (no SPS/PPS yet) or after loss: wait for a decodable one.
-                self.damaged_packets += 1
-                frames = []
-            if not frames and time.monotonic() - last_picture > self._deadlines.picture_timeout:
-                waited = self._deadlines.picture_timeout
-                self.last_error = f"no decodable picture for {waited:.1f}s"
-                return delivered
-            for frame in frames:
-                if isinstance(frame, av.AudioFrame):
-                    self._audio(frame, session_offset, wall_offset)
-                    continue
-                if not isinstance(frame, av.VideoFrame):
-                    continue
-                now_wall, now_mono = time.time(), time.monotonic()
-                last_picture = now_mono
-                self.frames_in += 1
-                self._session_frames += 1
-                self._deadlines.frame(now_mono, bool(frame.key_frame))
-                raw = float(frame.pts * tb) if frame.pts is not None and tb is not None else None
-                clamped = self._clock.clamped
-                t = self._clock.map(raw, now_mono)
-                if raw is not None and self._clock.clamped == clamped:  # a stray pts places no audio
-                    session_offset = t - raw
-                if wall_offset is None:
-                    wall_offset = self._session_wall_offset(container, raw, t, now_wall)
-                elif self.wall_source == "arrival":
-                    # Frames FFmpeg buffered while probing arrive in a burst, late: the least
-                    # delayed frame dates the session (the offset only moves earlier).
-                    wall_offset = min(wall_offset, now_wall - t)
-                wall = t + wall_offset
-                if not self._sampler.take(t):
-                    continue
-                image = to_rgb(frame, self._short_side)
-                if not self._bridge.put(Frame(self.stream, t, image, wall, bool(frame.key_frame))):
-                    return delivered
-                delivered += 1
-        return delivered
-
-    def _audio(self, frame: av.AudioFrame, session_offset: float | None, wall_offset: float | None) -> None:
-        """Sound on the video's timeline; dropped until the session's first video frame places it."""
-        if self._chunker is None or session_offset is None or frame.pts is None or frame.time_base is None:
-            return
-        t = float(frame.pts * frame.time_base) + session_offset
-        wall = None if wall_offset is None else t + wall_offset
-        for chunk in self._chunker.push(frame, t, wall):
-            self._bridge.put(chunk)
-
-    def _session_wall_offset(
-        self, container: av.container.InputContainer, raw: float | None, t: float, now_wall: float
-    ) -> float:
-        """wall - t for the whole session, chosen at its first frame (one clock per session).
-
-        The sender's clock (RTCP sender reports: FFmpeg's ``start_time_realtime``
-        is the wall time of pts 0) when a report has come and it is within
-        ``max_clock_skew`` of our clock; else our arrival time of this frame.
-        """
-        realtime = container.start_time_realtime
-        if realtime is not None and realtime > 0:
-            # A session's first frame without pts (GStreamer's, FFmpeg's first RTP packet) is pts 0.
-            wall = realtime / 1_000_000 + (raw or 0.0)
-            if abs(wall - now_wall) <= self._max_skew:
-                self.wall_source = "rtcp"
-                return wall - t
-        self.wall_source = "arrival"
-        return now_wall - t
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """Whether a PyAV error is a deadline (PyAV's interrupt: ExitError) or a socket timeout."""
-    return isinstance(exc, av.ExitError | TimeoutError) or getattr(exc, "errno", None) == errno.ETIMEDOUT
 
 
 class RTSPSpec(SourceSpec):
