@@ -60,11 +60,10 @@ def plan(model: str, tag: str) -> WeightsPlan:
         return WeightsPlan(tag)  # a URL download or an unknown tag: open_clip's own path and errors
     repo, filename = os.path.split(hub_path)  # "org/name/" names the default file, as open_clip reads it
     filename = filename or HF_WEIGHTS_NAME
-    names = [_safetensors(filename), filename]
-    cached = _cached(repo, names)
     reason = _unreachable()
     if reason is None:
         return WeightsPlan(tag)
+    cached = _cached(repo, [_safetensors(filename), filename])  # the order open_clip tries them in
     if cached is not None:
         log.warning("Hugging Face hub unreachable (%s): loading %s:%s from the cache", reason, model, tag)
         return WeightsPlan(cached, preprocess=dict(cfg))
