@@ -19,6 +19,9 @@ __all__ = ["AudioChunk", "Coverage", "Frame", "Moment", "QueryResult", "RGBImage
 Vector = npt.NDArray[np.float32]
 
 
+MAX_CURVE_POINTS = 200
+"""Most similarity-curve points one moment carries (:attr:`Moment.curve`; evenly thinned beyond)."""
+
 AnsweredBy = Literal["refine", "anchor", "llm"]
 """Which path produced a moment: per-frame refinement, anchor-level
 prescreen scores (stored frames evicted), or the LLM stage."""
@@ -46,6 +49,9 @@ class Moment:
     """The confidence is below the query's threshold: a best guess, not a match."""
     quotes: dict[str, str] = field(default_factory=dict)
     """Words the moment matched, by text channel (``{"speech": "gate 4"}``); empty for visual ones."""
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    """Refined per-frame (stream seconds, cosine) around the moment, time order, bounded; empty
+    where the moment was not refined."""
 
     @property
     def duration(self) -> float:

@@ -160,6 +160,9 @@ class ChannelAnswer:
     calibrations: dict[str, Calibration]
     coverage: Coverage | None = None
     notes: list[str] = field(default_factory=list)
+    curve: tuple[np.ndarray, np.ndarray] | None = None
+    """Per-frame similarity where the channel refined: (times (n,) stream seconds, ascending;
+    scores (n,) cosine); None where it did not (anchor-level answers, text channels)."""
 
 
 class Channel(ABC):

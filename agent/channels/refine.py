@@ -302,7 +302,15 @@ def _answer(plan: VisualPlan, prog: _Progress) -> ChannelAnswer:
     cals["refine"] = calibrate(
         bg if len(bg) else plan.scores, trials=max(refined_frames, plan.trials), cosine=True
     )
-    return ChannelAnswer(props, cals, plan.first.coverage, notes)
+    return ChannelAnswer(props, cals, plan.first.coverage, notes, _curve(prog))
+
+
+def _curve(prog: _Progress) -> tuple[np.ndarray, np.ndarray]:
+    """Every refined region's (times, scores), joined in time order (what the page draws)."""
+    times = np.concatenate([t for t, _ in prog.curves.values()]).astype(np.float64)
+    sims = np.concatenate([s for _, s in prog.curves.values()]).astype(np.float64)
+    order = np.argsort(times, kind="stable")
+    return times[order], sims[order]
 
 
 def _refined(plan: VisualPlan, p: Proposal) -> ChannelProposal:

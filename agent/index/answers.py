@@ -28,10 +28,12 @@ from agent.channels.refine import VisualPlan
 from agent.channels.retrieval import Query
 from agent.config import QueryConfig
 from agent.core.fuse import Calibration, ChannelProposal, FusedMoment, fuse
-from agent.types import AnsweredBy, Coverage, Moment, QueryResult
+from agent.types import MAX_CURVE_POINTS, AnsweredBy, Coverage, Moment, QueryResult
 
 MERGE_IOU = 0.5
 """Proposals of two channels overlapping this much are one moment."""
+CURVE_MARGIN = 0.5
+"""Curve kept around a moment, as a share of its duration on each side (at least 1 s): the rise and fall."""
 
 
 class Clocked(Protocol):
@@ -83,7 +85,8 @@ def answer(
     )
     out: dict[str, QueryResult] = {}
     for stream, channels in found.items():
-        moments = [_moment(m, states[stream]) for m in fused.for_stream(stream)]
+        curves = [ans.curve for ans in channels.values() if ans.curve is not None]
+        moments = [_moment(m, states[stream], curves) for m in fused.for_stream(stream)]
         notes = [n for ans in channels.values() for n in ans.notes]
         coverage = _coverage(channels)
         if not moments:
@@ -166,8 +169,25 @@ def _coverage(channels: Mapping[str, ChannelAnswer]) -> Coverage | None:
     return None
 
 
-def _moment(m: FusedMoment, state: Clocked) -> Moment:
+def curve_around(
+    times: np.ndarray, scores: np.ndarray, start: float, end: float, limit: int = MAX_CURVE_POINTS
+) -> list[tuple[float, float]]:
+    """The (time, score) points of a curve over [start, end] widened by :data:`CURVE_MARGIN`.
+
+    ``times`` (n,) ascending stream seconds, ``scores`` (n,); at most ``limit`` points, evenly
+    thinned (first and last kept), rounded to ms and 1e-4.
+    """
+    pad = max(1.0, CURVE_MARGIN * (end - start))
+    inside = np.flatnonzero((times >= start - pad) & (times <= end + pad))
+    if len(inside) > limit:
+        inside = inside[np.unique(np.linspace(0, len(inside) - 1, limit).round().astype(np.int64))]
+    return [(round(float(times[i]), 3), round(float(scores[i]), 4)) for i in inside]
+
+
+def _moment(m: FusedMoment, state: Clocked, curves: list[tuple[np.ndarray, np.ndarray]]) -> Moment:
     by: AnsweredBy = "refine" if m.kind == "refine" else "anchor"
+    # The refined curve is shown for refined moments only: an anchor-level one has no frames scored.
+    curve = [p for t, s in curves for p in curve_around(t, s, m.start, m.end)] if by == "refine" else []
     return Moment(
         start=m.start,
         end=m.end,
@@ -181,4 +201,5 @@ def _moment(m: FusedMoment, state: Clocked) -> Moment:
         channels=list(m.channels),
         below_threshold=m.below_threshold,
         quotes=dict(m.quotes),
+        curve=sorted(curve)[:MAX_CURVE_POINTS],
     )

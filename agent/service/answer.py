@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from agent.config import Strict
-from agent.types import AnsweredBy, Coverage, Moment, QueryResult
+from agent.types import MAX_CURVE_POINTS, AnsweredBy, Coverage, Moment, QueryResult
 
 
 def iso(wall: float | None) -> str | None:
@@ -51,6 +51,9 @@ class MomentOut(Strict):
     """A best guess listed while the answer abstains, not a match."""
     quotes: dict[str, str] = Field(default_factory=dict)
     """The words matched, by text channel (``{"speech": "gate 4"}``); empty for visual moments."""
+    curve: list[tuple[float, float]] | None = Field(default=None, max_length=MAX_CURVE_POINTS)
+    """Refined per-frame similarity around the moment: ``[stream seconds, cosine]`` pairs in time
+    order, at most 200; None (omitted by clients that do not draw it) where the moment was not refined."""
 
     @classmethod
     def of(cls, m: Moment) -> MomentOut:
@@ -69,6 +72,7 @@ class MomentOut(Strict):
             channels=list(m.channels),
             below_threshold=m.below_threshold,
             quotes=dict(m.quotes),
+            curve=list(m.curve) or None,
         )
 
 

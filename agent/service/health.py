@@ -57,6 +57,29 @@ def is_reconnecting(status: str, source: SourceStats | None, *, live: bool = Tru
     return source.state == "backoff" or (source.state == "connecting" and source.last_error is not None)
 
 
+MAX_GAP_SPANS = 64
+"""Holes a stream status lists by position (the longest ones): what the page's coverage bar draws."""
+
+
+def covered_span(
+    spans: Sequence[tuple[float, float]], holes: Sequence[tuple[float, float]], limit: int = MAX_GAP_SPANS
+) -> dict[str, object] | None:
+    """``{"start", "end", "holes"}`` of the memory's coverage intervals ``spans``; None before any.
+
+    ``start``/``end``: the first and last ingested stream second; ``holes``: the ``limit`` longest
+    ``holes`` as ``[start, end]`` pairs in time order (ms-rounded). The status stays bounded however
+    many holes the memory keeps; ``gaps`` still counts them all.
+    """
+    if not spans:
+        return None
+    longest = sorted(holes, key=lambda h: h[1] - h[0], reverse=True)[:limit]
+    return {
+        "start": round(spans[0][0], 3),
+        "end": round(spans[-1][1], 3),
+        "holes": [[round(a, 3), round(b, 3)] for a, b in sorted(longest)],
+    }
+
+
 def gap_totals(holes: Sequence[tuple[float, float]], forgotten: float = 0.0) -> tuple[int, float]:
     """(count, seconds) of coverage ``holes`` ``(start, end)``, plus ``forgotten`` seconds of merged ones."""
     return len(holes), float(sum(end - start for start, end in holes)) + forgotten

@@ -36,6 +36,7 @@ from agent.config import MAX_TOP_K, QueryConfig, Strict
 from agent.errors import BusyError, ProtocolError, SlowClientError, UnauthorizedError, VmrError
 from agent.models.images import decode_image_b64
 from agent.service.answer import MomentOut, QueryAnswer
+from agent.service.health import MAX_GAP_SPANS
 from agent.service.json_text import ERROR_CHARS, ID_CHARS, clip, load_json
 
 PROTOCOL_VERSION = 1
@@ -127,6 +128,15 @@ class ErrorInfo(Strict):
     message: str
 
 
+class CoveredSpan(Strict):
+    """A stream's ingested stretch: first and last stream second and its longest holes (the gaps)."""
+
+    start: float
+    end: float
+    holes: list[tuple[float, float]] = Field(default_factory=list, max_length=MAX_GAP_SPANS)
+    """``[start, end]`` stream seconds, time order; at most :data:`MAX_GAP_SPANS` (the longest)."""
+
+
 class StreamStatus(BaseModel):
     """A stream's status (``streams.list``, ``stream`` events).
 
@@ -160,6 +170,8 @@ class StreamStatus(BaseModel):
     """The source's state and latest failure (also under ``source``); None before a source opens."""
     gaps: dict[str, int | float] = Field(default_factory=dict)
     """Holes in the memory's coverage: ``count`` and ``seconds``."""
+    covered: CoveredSpan | None = None
+    """Where the memory's coverage lies and its longest holes; None before anything was ingested."""
     snapshot_age: float | None = None
     """Seconds since the stream's last good snapshot (since its start before the first)."""
     reasons: list[str] = Field(default_factory=list)
@@ -172,6 +184,8 @@ class HelloEvent(_Msg):
     server: str = "vmr"
     model: dict[str, Any]
     meaningless: bool
+    channels: list[str] = Field(default_factory=lambda: ["visual"])
+    """The channels this service indexes (``visual``, ``speech``, ``ocr``): what a query may restrict to."""
 
 
 class StreamsEvent(_Msg):

@@ -237,7 +237,11 @@ class Router:
             conn.authed = True
             self.serving.subscribers.add(conn.send)
         info = await self.serving.model_info()
-        conn.send(HelloEvent(id=msg.id, model=info["model"], meaningless=info["meaningless"]))
+        conn.send(
+            HelloEvent(
+                id=msg.id, model=info["model"], meaningless=info["meaningless"], channels=info["channels"]
+            )
+        )
 
     async def streams_list(self, conn: Connection, msg: StreamsList) -> None:
         conn.send(StreamsEvent(id=msg.id, streams=await self.serving.list_streams()))

@@ -120,7 +120,7 @@ class Serving:
 
     # -------------------------------------------------------------- streams
     async def model_info(self) -> dict[str, Any]:
-        """``{"model", "meaningless"}`` for ``hello``."""
+        """``{"model", "meaningless", "channels"}`` for ``hello``."""
         return await self.shards[0].model_info()
 
     async def list_streams(self) -> list[StreamStatus]:

@@ -172,7 +172,7 @@ class StreamShard(ABC):
 
     @abstractmethod
     async def model_info(self) -> dict[str, Any]:
-        """``{"model": {...}, "meaningless": bool}`` of the shard's encoders."""
+        """``{"model": {...}, "meaningless": bool, "channels": [name]}`` of the shard's encoders and channels."""
 
     def routes(self) -> list[web.RouteDef]:
         """Ingest routes this shard serves on the service's port (WHIP); none by default."""

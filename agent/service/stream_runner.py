@@ -55,7 +55,7 @@ from agent.channels.base import WorkItem
 from agent.errors import EncodingError, IndexStoreError, VmrError, from_stream_error
 from agent.index.stream_state import StreamState
 from agent.service.config import ServiceConfig, StreamSpec
-from agent.service.health import StreamHealth, assess, gap_totals
+from agent.service.health import StreamHealth, assess, covered_span, gap_totals
 from agent.service.workers import Workers
 from agent.types import AudioChunk, Frame
 from streams.errors import StreamError
@@ -211,6 +211,7 @@ class StreamRunner:
             "source_state": None if source is None else source.state,
             "source_error": None if source is None else source.last_error,
             "gaps": {"count": health.gaps, "seconds": round(health.gap_seconds, 3)},
+            "covered": covered_span(self.state.memory.spans(), self.state.gaps()),
             "snapshot_age": round(health.snapshot_age, 3),
             "reasons": list(health.reasons),
         }

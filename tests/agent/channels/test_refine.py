@@ -22,9 +22,10 @@ from agent.channels.refine import (
 )
 from agent.channels.retrieval import Query, plan_visual
 from agent.config import QueryConfig
+from agent.index.answers import CURVE_MARGIN, curve_around
 from agent.index.video_index import VideoIndex
 from agent.models.encoder import Encoder
-from agent.types import Frame, RGBImage
+from agent.types import MAX_CURVE_POINTS, Frame, RGBImage
 from streams.file import decode_frames
 from tests.agent.index.test_index import ingest, settings
 from tests.videos import make_video, photos
@@ -115,6 +116,24 @@ def test_first_answer_is_anchor_level_and_the_refined_one_matches_the_full_searc
     ]
     top = refined.moments[0]
     assert top.start < 32.0 and top.end > 24.0, refined.moments  # scene 3 spans [24, 32)
+    # The refined moment carries its per-frame curve (what the page draws), the first answer none.
+    assert all(not m.curve for m in first.moments)
+    times = [t for t, _ in top.curve]
+    assert 4 <= len(top.curve) <= MAX_CURVE_POINTS and times == sorted(times), top.curve
+    pad = max(1.0, CURVE_MARGIN * (top.end - top.start))
+    assert top.start - pad <= times[0] and times[-1] <= top.end + pad, (top, times)
+    peak = max(top.curve, key=lambda p: p[1])[0]
+    assert 24.0 <= peak < 32.0, top.curve  # the needle's frames score highest
+
+
+def test_curve_around_keeps_the_moment_and_its_margin_thinned_to_the_bound() -> None:
+    times = np.arange(0.0, 1000.0, 0.5)
+    scores = np.cos(times)
+    out = curve_around(times, scores, 100.0, 104.0, limit=MAX_CURVE_POINTS)
+    assert [t for t, _ in out] == [float(t) for t in np.arange(98.0, 106.5, 0.5)]  # 2 s each side
+    wide = curve_around(times, scores, 10.0, 900.0)
+    assert len(wide) == MAX_CURVE_POINTS and wide[0][0] == 0.0 and wide[-1][0] == 999.5
+    assert curve_around(times, scores, 2000.0, 2001.0) == []
 
 
 def test_a_spent_budget_keeps_the_first_answer_and_says_so(

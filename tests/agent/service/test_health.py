@@ -19,7 +19,7 @@ import pytest
 from agent.channels.base import WorkItem
 from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.errors import IndexStoreError
-from agent.service.health import STALE_PERIODS, assess, gap_totals
+from agent.service.health import STALE_PERIODS, assess, covered_span, gap_totals
 from streams.source import SourceStats
 from tests.agent.service.helpers import (
     add,
@@ -208,3 +208,15 @@ def test_health_rules(
 def test_gap_totals_count_holes_and_merged_seconds() -> None:
     assert gap_totals([(3.5, 23.0), (30.0, 31.0)], forgotten=2.0) == (2, 22.5)
     assert gap_totals([]) == (0, 0.0)
+
+
+def test_covered_span_lists_the_longest_holes_in_time_order_and_stays_bounded() -> None:
+    assert covered_span([], []) is None
+    spans = [(float(2 * i), float(2 * i + 1)) for i in range(100)]  # 99 holes of 1 s each ...
+    holes = [(spans[i][1], spans[i + 1][0]) for i in range(99)]
+    holes[40] = (81.0, 86.0)  # ... one of them 5 s long
+    out = covered_span(spans, holes, limit=8)
+    assert out is not None and out["start"] == 0.0 and out["end"] == 199.0
+    listed = out["holes"]
+    assert isinstance(listed, list) and len(listed) == 8 and [81.0, 86.0] in listed
+    assert listed == sorted(listed)
