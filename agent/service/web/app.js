@@ -7,6 +7,9 @@ const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "vmr.token";
 const REFRESH_MS = 2000; // stream list poll; `stream`/`progress` broadcasts update it in between
 const THUMB_MS = 5000; // live thumbnail refresh
+const MAX_MATCHES = 50; // past matches listed per watch (oldest dropped): the page may stay open for days
+const MAX_GAPS_LISTED = 5; // gaps named in words under a coverage bar (all are drawn)
+const CHANNEL_NAMES = { visual: "visual", speech: "speech", ocr: "on-screen text" };
 
 const state = {
   ws: null,
@@ -18,6 +21,7 @@ const state = {
   query: null, // id of the query whose answer is shown
   watches: new Map(), // id -> {li, list}
   image: null, // base64 of the query image
+  channels: ["visual"], // the service's channels (hello)
   poll: null,
 };
 
@@ -80,6 +84,7 @@ function onEvent(e) {
       $("auth").hidden = true;
       $("conn").textContent = "connected";
       $("model").textContent = `model ${e.model.prescreen || ""}${e.meaningless ? " (random weights: scores meaningless)" : ""}`;
+      renderChannels(e.channels || ["visual"]);
       send({ type: "streams.list", id: "list" });
       state.poll = setInterval(() => send({ type: "streams.list", id: "list" }), REFRESH_MS);
       break;
@@ -165,13 +170,68 @@ function streamInfo(div, s) {
   const seen = s.last_time || 0;
   const frac = s.progress != null ? s.progress : seen > 0 ? 1 : 0;
   const spt = s.tokens > 0 && seen > 0 ? (seen / s.tokens).toFixed(2) : "–";
+  const bar = coverageBar(s, frac);
   div.replaceChildren(
     el("strong", { class: "name", text: s.id }),
     el("span", { class: `state ${s.status}`, text: ` ${stateText}${reason}` }),
     el("div", { class: "counts", text: `${s.kind} · frames ${s.frames} · drops ${s.dropped} · reconnects ${s.reconnects} · ${fmt(seen)} s · ${s.tokens} tokens · ${spt} s/token` }),
-    el("div", { class: "coverage", role: "meter", "aria-label": `coverage of ${s.id}`, "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(Math.round(frac * 100)), title: `${Math.round(frac * 100)} % ingested` },
-      el("div", { class: "covered", style: `width:${(frac * 100).toFixed(1)}%` })),
+    bar.meter, bar.legend,
   );
+}
+
+// The bar is the stream's time axis from 0 to its known length (a file's whole duration while it is
+// being read): retained stretches in the accent colour, gaps (holes in the memory: outages, jumps)
+// hatched red, the rest (not yet read, or never retained) left bare. The meter's value is the share
+// ingested; its label and the legend under it say the same in words, gaps included.
+function coverageBar(s, frac) {
+  const cov = s.covered;
+  const holes = cov ? cov.holes : [];
+  const seen = Math.max(s.last_time || 0, cov ? cov.end : 0);
+  const length = Math.max(s.progress > 0 && s.progress < 1 ? seen / s.progress : seen, 1e-3);
+  const pct = (t) => (100 * Math.min(Math.max(t, 0), length) / length).toFixed(2);
+  const piece = (cls, a, b, title) => el("div", { class: `span ${cls}`, "data-start": String(a), "data-end": String(b), title, style: `left:${pct(a)}%;width:${(pct(b) - pct(a)).toFixed(2)}%` });
+  const pieces = [];
+  if (cov) {
+    let at = cov.start;
+    for (const [a, b] of holes) {
+      if (a > at) pieces.push(piece("retained", at, a, `retained ${fmt(at)}–${fmt(a)} s`));
+      pieces.push(piece("gap", a, b, `gap ${fmt(a)}–${fmt(b)} s`));
+      at = Math.max(at, b);
+    }
+    if (cov.end > at) pieces.push(piece("retained", at, cov.end, `retained ${fmt(at)}–${fmt(cov.end)} s`));
+  }
+  const gaps = s.gaps || {};
+  const nGaps = gaps.count || 0;
+  const gapWords = nGaps ? `${nGaps} gap${nGaps > 1 ? "s" : ""} (${fmt(gaps.seconds)} s)` : "no gaps";
+  const retainedWords = cov ? `retained ${fmt(cov.start)}–${fmt(cov.end)} s of ${fmt(length)} s` : "nothing retained yet";
+  const meter = el("div", {
+    class: "coverage", role: "meter", "aria-label": `coverage of ${s.id}: ${retainedWords}, ${gapWords}`,
+    "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(Math.round(frac * 100)),
+    "aria-valuetext": `${Math.round(frac * 100)} % ingested, ${gapWords}`, title: `${Math.round(frac * 100)} % ingested`,
+  }, ...pieces);
+  const listed = holes.slice(0, MAX_GAPS_LISTED).map(([a, b]) => `${fmt(a)}–${fmt(b)} s`).join(", ");
+  const more = holes.length > MAX_GAPS_LISTED ? `, … (${holes.length - MAX_GAPS_LISTED} more drawn)` : "";
+  const legend = el("div", { class: "legend" },
+    el("span", { class: "key retained", "aria-hidden": "true" }), " retained ",
+    el("span", { class: "key gap", "aria-hidden": "true" }), ` ${gapWords}${listed ? ": " + listed + more : ""} `,
+    el("span", { class: "key bare", "aria-hidden": "true" }), " not retained");
+  return { meter, legend };
+}
+
+// ------------------------------------------------------------------ channels
+function renderChannels(channels) {
+  // One checkbox per channel the service indexes; hidden when there is only one to choose.
+  state.channels = channels;
+  const box = $("q-channels");
+  box.replaceChildren(el("legend", { text: "Channels" }), ...channels.map((c) => el("label", {},
+    el("input", { type: "checkbox", name: "channel", value: c, checked: "" }), ` ${CHANNEL_NAMES[c] || c}`)));
+  box.hidden = channels.length < 2;
+}
+
+function chosenChannels() {
+  const all = [...$("q-channels").querySelectorAll("input[name=channel]")];
+  const on = all.filter((i) => i.checked).map((i) => i.value);
+  return on.length === all.length ? null : on; // every channel: no filter (the protocol's default)
 }
 
 // ------------------------------------------------------------------ ask
@@ -185,6 +245,8 @@ function queryFields() {
   if (end !== "") msg.end = Number(end);
   const streams = [...$("q-streams").selectedOptions].map((o) => o.value);
   if (streams.length) msg.streams = streams;
+  const channels = chosenChannels();
+  if (channels) msg.channels = channels;
   return msg;
 }
 
@@ -192,6 +254,7 @@ function ask(ev) {
   ev.preventDefault();
   const fields = queryFields();
   if (!fields.text && !fields.image) { $("ask-status").textContent = "type words or give an image"; return; }
+  if (fields.channels && !fields.channels.length) { $("ask-status").textContent = "choose at least one channel"; return; }
   state.query = nextId("q");
   $("ask-status").textContent = "asking…";
   send({ type: "query", id: state.query, ...fields });
@@ -215,6 +278,7 @@ function renderAnswer(e) {
   const box = $("results");
   const refined = e.type === "moments.update";
   box.dataset.phase = refined ? "refined" : "first";
+  box.dataset.query = e.id; // which ask is on screen (a new one replaces it)
   $("ask-status").textContent = `${refined ? "refined" : "first answer, refining…"}: ${e.moments.length} moment(s)${e.abstained ? ", none confident" : ""}${e.meaningless ? " (random weights)" : ""}`;
   const scores = e.moments.map((m) => m.score);
   const lo = Math.min(...scores), hi = Math.max(...scores);
@@ -239,8 +303,10 @@ function renderAnswer(e) {
     const evidence = el("ul", { class: "evidence" }, ...ms.map((m) => {
       const img = el("img", { alt: `evidence of ${name} at ${fmt(m.evidence[0])} s`, width: "120", height: "90" });
       setImage(img, m.thumbnail);
-      return el("li", {}, el("button", { type: "button", class: "ev", onclick: () => play(name, m.start, m.end) }, img,
-        el("span", { text: `${fmt(m.start)}–${fmt(m.end)} s · ${m.score.toFixed(3)}${m.confidence != null ? ` · conf ${m.confidence.toFixed(2)}` : ""}` })));
+      return el("li", { class: "moment-item", "data-start": String(m.start), "data-end": String(m.end) },
+        el("button", { type: "button", class: "ev", onclick: () => play(name, m.start, m.end) }, img,
+          el("span", { text: `${fmt(m.start)}–${fmt(m.end)} s · ${m.score.toFixed(3)}${m.confidence != null ? ` · conf ${m.confidence.toFixed(2)}` : ""}` })),
+        support(m), m.curve ? curveSvg(m) : "");
     }));
     parts.push(el("div", { class: "answer", "data-stream": name },
       el("h3", { text: name }),
@@ -248,6 +314,37 @@ function renderAnswer(e) {
       line, evidence));
   }
   box.replaceChildren(...parts);
+}
+
+// Which channels support a moment (badges) and the words a text channel matched (quoted).
+function support(m) {
+  const badges = el("span", { class: "channels", "aria-label": `supported by ${m.channels.map((c) => CHANNEL_NAMES[c] || c).join(", ") || "nothing"}` },
+    ...m.channels.map((c) => el("span", { class: `badge ch-${c}`, "data-channel": c, text: CHANNEL_NAMES[c] || c })));
+  const quotes = Object.entries(m.quotes || {}).map(([c, words]) =>
+    el("q", { class: "quote", "data-channel": c, title: `${CHANNEL_NAMES[c] || c} matched`, text: words }));
+  return el("div", { class: "support" }, badges, ...quotes);
+}
+
+// The refined per-frame similarity around a moment, as a small inline SVG: the curve over the
+// points' own time range, the moment's span shaded, the score axis from the points' min to max.
+function curveSvg(m) {
+  const W = 120, H = 32, NS = "http://www.w3.org/2000/svg";
+  const ts = m.curve.map((p) => p[0]), ys = m.curve.map((p) => p[1]);
+  const t0 = Math.min(...ts), t1 = Math.max(...ts), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const x = (t) => (t1 > t0 ? (W * (t - t0)) / (t1 - t0) : W / 2);
+  const y = (v) => (y1 > y0 ? H - 2 - ((H - 4) * (v - y0)) / (y1 - y0) : H / 2);
+  const peak = m.curve[ys.indexOf(y1)];
+  const svg = document.createElementNS(NS, "svg");
+  const attrs = { class: "curve", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
+    "aria-label": `similarity curve of ${m.curve.length} frames, ${fmt(t0)}–${fmt(t1)} s, peak ${y1.toFixed(3)} at ${fmt(peak[0])} s` };
+  for (const [k, v] of Object.entries(attrs)) svg.setAttribute(k, v);
+  const span = document.createElementNS(NS, "rect");
+  const a = x(Math.max(m.start, t0)), b = x(Math.min(m.end, t1));
+  for (const [k, v] of Object.entries({ class: "span", x: a, y: 0, width: Math.max(1, b - a), height: H })) span.setAttribute(k, v);
+  const line = document.createElementNS(NS, "polyline");
+  line.setAttribute("points", m.curve.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "));
+  svg.append(span, line);
+  return svg;
 }
 
 // ------------------------------------------------------------------ play
@@ -266,6 +363,7 @@ async function play(stream, start, end) {
   try { src = await authedUrl(url); } catch (err) { caption.textContent += ` — ${err.message}`; return; }
   const from = file ? start : 0;
   v.dataset.end = file ? String(end) : "";
+  v.dataset.offset = String(file ? 0 : Math.max(0, start)); // stream seconds of the player's time 0
   const seek = () => { v.currentTime = from; v.play().catch(() => {}); };
   if (file && v.dataset.src === src && v.readyState >= 1) seek();
   else {
@@ -290,10 +388,13 @@ function watch() {
   const li = el("li", { class: "watch", "data-watch": id },
     el("span", { class: "what", text: `${id}: ${fields.text || "image"} — placing…` }),
     el("button", { type: "button", "aria-label": `cancel watch ${id}`, onclick: () => send({ type: "cancel", id: `c-${id}`, target: id }) }, "Cancel"),
-    el("ul", { class: "alerts", "aria-live": "polite" }));
+    el("div", { class: "count", id: `${id}-count`, text: "no matches yet" }),
+    el("ul", { class: "alerts", "aria-live": "polite", "aria-labelledby": `${id}-count` }));
   $("watches").append(li);
-  state.watches.set(id, { li });
-  send({ type: "watch", id, ...fields, ...(thr !== "" ? { threshold: Number(thr) } : {}), backward: false });
+  state.watches.set(id, { li, live: 0, memory: 0 });
+  // backward: the server first answers from retained memory; its confident moments head the list
+  // as matches from before the watch was placed.
+  send({ type: "watch", id, ...fields, ...(thr !== "" ? { threshold: Number(thr) } : {}), backward: true });
 }
 
 function watchOpened(e) {
@@ -301,23 +402,48 @@ function watchOpened(e) {
   if (w) w.li.querySelector(".what").textContent = `${e.id}: watching (threshold ${e.threshold == null ? "calibrating" : e.threshold.toFixed(3)})`;
 }
 
-function watchBackward() { /* backward: false — the page asks for forward matches only */ }
+function watchBackward(e) {
+  const w = state.watches.get(e.id);
+  if (!w) return;
+  const found = e.moments.filter((m) => !m.below_threshold);
+  found.forEach((m, i) => matchItem(w, `${e.id}-mem-${i}`, m, `in memory: ${m.stream} ${fmt(m.start)}–${fmt(m.end)} s · ${m.score.toFixed(3)}`, true));
+  w.memory = found.length;
+  matchCount(w);
+}
 
 function watchMatch(e) {
   const w = state.watches.get(e.id);
   if (!w) return;
   const m = e.moment;
-  const key = `${e.id}-${e.match}`;
-  let item = w.li.querySelector(`li[data-match="${CSS.escape(key)}"]`);
   const text = `${m.stream} ${fmt(m.start)}–${fmt(m.end)} s · ${m.score.toFixed(3)}${e.closed ? "" : " (open)"}${m.wall_start ? ` · ${m.wall_start}` : ""}`;
-  if (!item) {
+  if (matchItem(w, `${e.id}-${e.match}`, m, text, false)) w.live += 1;
+  matchCount(w);
+}
+
+// One entry of a watch's past matches (newest first); returns whether it is new. The list keeps
+// the newest MAX_MATCHES entries: the page may stay open for days.
+function matchItem(w, key, m, text, memory) {
+  let item = w.li.querySelector(`li[data-match="${CSS.escape(key)}"]`);
+  const fresh = !item;
+  if (fresh) {
     const img = el("img", { alt: `alert frame of ${m.stream} at ${fmt(m.start)} s`, width: "120", height: "90" });
     setImage(img, m.thumbnail);
-    item = el("li", { class: "alert", "data-match": key },
+    item = el("li", { class: `alert${memory ? " memory" : ""}`, "data-match": key, "data-start": String(m.start), "data-end": String(m.end) },
       el("button", { type: "button", class: "ev", onclick: () => play(m.stream, m.start, m.end) }, img, el("span", { class: "t" })));
-    w.li.querySelector(".alerts").prepend(item);
+    const list = w.li.querySelector(".alerts");
+    if (memory) list.append(item); else list.prepend(item);
+    while (list.children.length > MAX_MATCHES) list.lastElementChild.remove();
   }
   item.querySelector(".t").textContent = text;
+  return fresh;
+}
+
+function matchCount(w) {
+  const shown = w.li.querySelectorAll(".alerts li").length;
+  const total = w.live + w.memory;
+  w.li.querySelector(".count").textContent = total
+    ? `${w.live} live match${w.live === 1 ? "" : "es"}, ${w.memory} from memory${total > shown ? ` (newest ${shown} listed)` : ""}`
+    : "no matches yet";
 }
 
 function watchCancelled(id) {

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 from playwright.async_api import Page
 
-from tests.agent.service.helpers import NEEDLE, add, client, needle_video, until
+from agent.config import IndexConfig
+from tests.agent.service.helpers import BACKGROUND, NEEDLE, add, client, needle_video, tiny_settings, until
 from tests.agent.service.web.browser import http_url, page_on, shot
+from tests.videos import Scene, make_video
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,13 +29,17 @@ async def ingested(url: str, video: Path, stream: str = "vid") -> None:
         await until(ws, stream, lambda s: s["status"] == "done", limit=DONE)
 
 
-async def ask_needle_and_play(page: Page) -> tuple[float, float]:
-    """Ask with the needle photo, click the best moment of ``vid``; returns its span once the player is in it."""
+async def ask_needle_and_play(page: Page, stream: str = "vid") -> tuple[float, float]:
+    """Ask with the needle photo, click the best moment of ``stream``; returns its span once the player is in it.
+
+    The player's stream time is its current time plus ``data-offset`` (0 for a file played by range
+    requests, the clip's start for a clip of stored frames).
+    """
     await page.set_input_files("#q-image", str(NEEDLE))
     await page.locator("#q-preview").wait_for()
     await page.get_by_role("button", name="Ask", exact=True).click()
     await page.locator('#results[data-phase="refined"]').wait_for(state="attached")  # after the first answer
-    best = page.locator('.answer[data-stream="vid"] .timeline .moment').first
+    best = page.locator(f'.answer[data-stream="{stream}"] .timeline .moment').first
     await best.wait_for()
     start = float(await best.get_attribute("data-start") or "nan")
     end = float(await best.get_attribute("data-end") or "nan")
@@ -44,7 +50,8 @@ async def ask_needle_and_play(page: Page) -> tuple[float, float]:
     # The player seeks to the moment and plays: its current time lands inside the span.
     await page.wait_for_function(
         "([s, e]) => { const v = document.getElementById('player');"
-        " return v.readyState >= 2 && v.currentTime >= s && v.currentTime <= e + 0.5; }",
+        " const t = v.currentTime + Number(v.dataset.offset || 0);"
+        " return v.readyState >= 2 && t >= s && t <= e + 0.5; }",
         arg=[start, end],
     )
     return start, end
@@ -79,6 +86,71 @@ async def test_image_query_shows_the_needle_and_clicking_plays_it(tmp_path: Path
         start, end = await ask_needle_and_play(page)
         assert 3.0 <= start <= 6.0 and start < end, (start, end)  # the needle is shown at 4-8 s
         await shot(page, "answer")
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+def segments_with_a_missing_one(folder: Path) -> Path:
+    """A recorder's folder of 2-4 s MPEG-TS segments on one running clock, the one of 8-10 s missing.
+
+    Scenes: background 0-4 s, the needle 4-8 s, (hole), background 10-12 s. The recorder's clock
+    jumps over the missing segment: the stream's memory has a 2 s gap there.
+    """
+    folder.mkdir()
+    parts = [
+        (0.0, [Scene(2.0, BACKGROUND[0], True), Scene(2.0, BACKGROUND[1], True)]),
+        (4.0, [Scene(4.0, NEEDLE, True)]),
+        (10.0, [Scene(2.0, BACKGROUND[2], True)]),
+    ]
+    for k, (start, scenes) in enumerate(parts):
+        make_video(folder / f"seg{k if k < 2 else k + 1:03d}.ts", scenes, fps=10, start_pts_seconds=start)
+    return folder
+
+
+async def test_a_live_stream_with_a_gap_shows_it_and_plays_a_clip_of_stored_frames(tmp_path: Path) -> None:
+    folder = segments_with_a_missing_one(tmp_path / "rec")
+    settings = tiny_settings()
+    settings = settings.model_copy(
+        update={"index": IndexConfig(**{**settings.index.model_dump(), "gap_seconds": 1.5})}
+    )
+    async with page_on(tmp_path, settings=settings) as (_, url, page):
+        async with client(url) as ws:
+            await add(ws, {"id": "rec", "kind": "segments", "path": str(folder)})
+            await until(
+                ws, "rec", lambda s: (s["last_time"] or 0) >= 11.0 and s["gaps"]["count"] >= 1, limit=DONE
+            )
+        await page.goto(http_url(url))
+        item = page.locator('li[data-stream="rec"]')
+        gap = item.locator(".coverage .span.gap")
+        await gap.wait_for()
+        # Drawn where the missing segment was, apart from the retained stretches around it.
+        start, end = (
+            float(await gap.get_attribute("data-start") or "nan"),
+            float(await gap.get_attribute("data-end") or "nan"),
+        )
+        assert 7.0 <= start < 8.5 and 9.9 <= end <= 10.5, (start, end)
+        assert await item.locator(".coverage .span.retained").count() == 2
+        label = await item.locator(".coverage").get_attribute("aria-label") or ""
+        assert "1 gap" in label, label
+        assert "1 gap" in await item.locator(".legend").inner_text()
+        assert await page.locator("#q-channels").is_hidden()  # one channel (visual): nothing to choose
+        # A segment folder has no one source file: clicking a moment plays a clip from /clips.
+        async with page.expect_response(lambda r: "/clips/rec.mp4?" in r.url and r.status == 200):
+            start, end = await ask_needle_and_play(page, "rec")
+        assert 3.0 <= start <= 6.0 and start < end, (start, end)  # the needle is shown at 4-8 s
+        # The refined moment draws its per-frame similarity curve.
+        curve = page.locator('.answer[data-stream="rec"] .moment-item svg.curve').first
+        await curve.wait_for()
+        points = (await curve.locator("polyline").get_attribute("points") or "").split()
+        assert len(points) >= 4, points
+        assert "similarity curve" in (await curve.get_attribute("aria-label") or "")
+        # A watch placed now lists the needle already in memory among its past matches.
+        await page.fill("#w-threshold", "0.93")
+        await page.get_by_role("button", name="Watch", exact=True).click()
+        past = page.locator(".watch .alerts li.memory").first
+        await past.wait_for()
+        assert (await past.inner_text()).startswith("in memory: rec "), await past.inner_text()
+        assert "from memory" in await page.locator(".watch .count").inner_text()
+        await shot(page, "live-clip-gap")
         assert page.errors == []  # type: ignore[attr-defined]
 
 
@@ -119,6 +191,7 @@ async def test_watch_created_on_the_page_receives_an_alert(tmp_path: Path) -> No
         await alert.wait_for()
         text = await alert.inner_text()
         assert text.startswith("live "), text
+        assert "live match" in await page.locator(".watch .count").inner_text()
         alert_start = float(text.split()[1].split("–")[0])
         assert 3.0 <= alert_start <= 6.0, text
         await page.wait_for_function(
