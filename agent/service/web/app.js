@@ -22,6 +22,7 @@ const state = {
   watches: new Map(), // id -> {li, list}
   image: null, // base64 of the query image
   channels: ["visual"], // the service's channels (hello)
+  asked: null, // channels the shown query was restricted to (null: all)
   poll: null,
 };
 
@@ -256,6 +257,7 @@ function ask(ev) {
   if (!fields.text && !fields.image) { $("ask-status").textContent = "type words or give an image"; return; }
   if (fields.channels && !fields.channels.length) { $("ask-status").textContent = "choose at least one channel"; return; }
   state.query = nextId("q");
+  state.asked = fields.channels || null;
   $("ask-status").textContent = "asking…";
   send({ type: "query", id: state.query, ...fields });
 }
@@ -299,7 +301,9 @@ function renderAnswer(e) {
       }));
     }
     const cov = info.coverage;
-    const caveat = cov ? `retained ${(100 * cov.retained_fraction).toFixed(0)} % of ${fmt(cov.start)}–${fmt(cov.end)} s at ${cov.seconds_per_token ?? "–"} s/token` : "nothing retained";
+    // Coverage is the visual memory's: a query restricted to text channels reports none.
+    const unasked = state.asked && !state.asked.includes("visual");
+    const caveat = cov ? `retained ${(100 * cov.retained_fraction).toFixed(0)} % of ${fmt(cov.start)}–${fmt(cov.end)} s at ${cov.seconds_per_token ?? "–"} s/token` : unasked ? "visual memory not searched" : "nothing retained";
     const evidence = el("ul", { class: "evidence" }, ...ms.map((m) => {
       const img = el("img", { alt: `evidence of ${name} at ${fmt(m.evidence[0])} s`, width: "120", height: "90" });
       setImage(img, m.thumbnail);

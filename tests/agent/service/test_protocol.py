@@ -101,6 +101,7 @@ async def test_every_request_type_is_dispatched_to_its_answer(tmp_path: Path) ->
         "streams.remove": "StreamRemovedEvent",
     }
     assert answers["hello"]["meaningless"] is True and answers["cancel"]["target"] == "w"
+    assert answers["hello"]["channels"] == ["visual"]  # speech and OCR are off by default
     assert answers["streams.list"]["streams"][0]["id"] == "cam"
 
 
