@@ -40,6 +40,7 @@ from agent.service.web.clips import clip_times, encode_mp4
 
 STATIC: dict[str, str] = {
     "app.js": "text/javascript",
+    "views.js": "text/javascript",
     "style.css": "text/css",
 }
 """The page's files under ``/static/`` and their content types."""

@@ -227,7 +227,7 @@ async def test_with_a_token_the_page_asks_for_it_and_shows_nothing_before(tmp_pa
         # Over HTTP: the page and its files without the token; no data, thumbnail or clip without it.
         base, bearer = http_url(url), {"Authorization": "Bearer s3cret"}
         async with aiohttp.ClientSession() as http:
-            for path in ("", "static/app.js", "static/style.css"):
+            for path in ("", "static/app.js", "static/views.js", "static/style.css"):
                 async with http.get(base + path) as r:
                     assert r.status == 200, path
             for path in ("media/vid", "clips/vid.mp4?start=4&end=6", "thumbnails/vid/5.000.jpg", "metrics"):
