@@ -114,6 +114,18 @@ def group_by_worker(
     return groups
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelSize:
+    """What a text channel of one stream retains and how far it trails the stream, at one instant."""
+
+    spans: int
+    """Utterances (speech) or text spans (on-screen text) retained."""
+    bytes: int
+    """Their bytes, as the channel's budget counts them."""
+    lag_seconds: float
+    """Stream seconds ingested minus the channel's processed time (>= 0)."""
+
+
 @dataclass(slots=True)
 class WorkCounters:
     """Failure accounting of one channel (exposed as metrics)."""

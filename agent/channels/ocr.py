@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.channels.base import Channel, ChannelAnswer, ChannelQuery, WorkItem
-from agent.channels.text_search import Embed, TextSearch, TimedText
+from agent.channels.text_search import Embed, FreshSpans, TextSearch, TimedText
 from agent.config import OcrConfig
 from agent.errors import IndexStoreError
 from agent.models.ocr import LINE_DTYPE
@@ -103,11 +103,17 @@ class OcrChannel(Channel):
         self._last_t: float | None = None
         self._last_thumb: np.ndarray | None = None
         self._latest_read = 0.0
-        self._pending: set[int] = set()
+        self._pending: dict[int, float] = {}
+        """Work in flight: item id -> stream second it starts at (what the lag waits on)."""
+        self._seen: float | None = None
+        """Time of the latest frame the gate looked at."""
+        self.fresh = FreshSpans()
+        """Spans opened since the service last looked (for the watches)."""
 
     # ------------------------------------------------------------- ingest
     def push(self, frame: Frame) -> list[WorkItem]:
         """A work item for ``frame`` when the gate opens (rule in the module docstring)."""
+        self._seen = frame.t if self._seen is None else max(self._seen, frame.t)
         since = None if self._last_t is None else frame.t - self._last_t
         if since is not None and since < self.cfg.min_interval:
             return []
@@ -120,7 +126,7 @@ class OcrChannel(Channel):
             return []
         self._last_t, self._last_thumb = frame.t, thumb
         item = WorkItem(self.stream, self.name, OCR_WORKER, frame.image, None, frame.t, frame.t)
-        self._pending.add(item.id)
+        self._pending[item.id] = item.start
         return [item]
 
     def flush(self) -> list[WorkItem]:
@@ -131,7 +137,7 @@ class OcrChannel(Channel):
         """Take the lines read in the picture of ``item`` (a :data:`~agent.models.ocr.LINE_DTYPE` array)."""
         if item.id not in self._pending:
             raise KeyError(f"ocr item {item.id} is not in flight")
-        self._pending.discard(item.id)
+        self._pending.pop(item.id, None)
         lines = np.asarray(result)
         if lines.dtype != LINE_DTYPE:
             raise ValueError(f"ocr results must have LINE_DTYPE, got {lines.dtype}")
@@ -148,6 +154,7 @@ class OcrChannel(Channel):
             if i is None:
                 self.spans.append(TextSpan(t, t, text, box, float(row["conf"])))
                 self._nbytes += _size(self.spans[-1])
+                self.fresh.add(_timed(self.spans[-1], t))
                 seen.add(len(self.spans) - 1)
                 continue
             span = self.spans[i]
@@ -184,7 +191,7 @@ class OcrChannel(Channel):
         """A failed read is dropped (the next gated frame reads the screen again)."""
         if item.id not in self._pending:
             raise KeyError(f"ocr item {item.id} is not in flight")
-        self._pending.discard(item.id)
+        self._pending.pop(item.id, None)
         self.counters.failed += 1
         self.counters.dropped += 1
         return []
@@ -192,6 +199,14 @@ class OcrChannel(Channel):
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    def processed_until(self) -> float | None:
+        """Stream second up to which frames are read or passed by the gate; None before any frame.
+
+        The time of the oldest read still with Tesseract, else of the latest
+        frame the gate looked at (a frame the gate passes over is done with).
+        """
+        return min(self._pending.values()) if self._pending else self._seen
 
     def info(self) -> dict[str, float | int]:
         """Size and work of the channel, for ``vmr info``."""
@@ -201,17 +216,18 @@ class OcrChannel(Channel):
             "budget_bytes": self.cfg.budget_bytes,
             "reads": self.reads,
             "evicted": self.evicted,
+            "in_flight": len(self._pending),
         }
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the kept spans, as the budget counts them."""
+        return self._nbytes
 
     # ------------------------------------------------------------- search
     def timed(self) -> list[TimedText]:
         """The spans as searchable text (open ones run to the latest read)."""
-        out = []
-        for s in self.spans:
-            end = max(s.end, self._latest_read) if s.open else s.end
-            end = max(end, s.start + 0.5)  # a span read once still covers its frame
-            out.append(TimedText(s.start, end, s.text, tuple((s.start, end, w) for w in s.text.split())))
-        return out
+        return [_timed(s, self._latest_read) for s in self.spans]
 
     def search(self, query: ChannelQuery) -> ChannelAnswer:
         """Spans matching ``query.text`` by words (BM25) and, with MiniLM, by meaning."""
@@ -228,6 +244,7 @@ class OcrChannel(Channel):
                 "reads": self.reads,
                 "evicted": self.evicted,
                 "latest_read": self._latest_read,
+                "seen": self._seen,
             },
         )
 
@@ -244,10 +261,18 @@ class OcrChannel(Channel):
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexStoreError(f"{folder / 'ocr.json'}: malformed on-screen text: {exc}") from exc
         self.spans, self.reads, self.evicted, self._latest_read = spans, reads, evicted, latest
+        seen = data.get("seen")  # absent in snapshots older than the lag figure
+        self._seen = None if seen is None else float(seen)
         self._nbytes = sum(_size(s) for s in spans)
 
     def close(self) -> None:
         self._last_thumb = None
+
+
+def _timed(s: TextSpan, latest_read: float) -> TimedText:
+    end = max(s.end, latest_read) if s.open else s.end
+    end = max(end, s.start + 0.5)  # a span read once still covers its frame
+    return TimedText(s.start, end, s.text, tuple((s.start, end, w) for w in s.text.split()))
 
 
 def _size(s: TextSpan) -> int:

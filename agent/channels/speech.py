@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from agent.channels.base import AudioMedia, Channel, ChannelAnswer, ChannelQuery, WorkItem
-from agent.channels.text_search import Embed, TextSearch, TimedText
+from agent.channels.text_search import Embed, FreshSpans, TextSearch, TimedText
 from agent.config import SpeechConfig
 from agent.errors import IndexStoreError
 from agent.models.whisper import SAMPLE_RATE, WORD_DTYPE
@@ -112,7 +112,12 @@ class SpeechChannel(Channel):
         self._parts: list[np.ndarray] = []
         self._n = 0
         self._t: float | None = None
-        self._pending: set[int] = set()
+        self._pending: dict[int, float] = {}
+        """Work in flight: item id -> stream second it starts at (what the lag waits on)."""
+        self._done = 0.0
+        """End of the latest window committed or dropped (stream seconds)."""
+        self.fresh = FreshSpans()
+        """Utterances kept since the service last looked (for the watches)."""
 
     # ------------------------------------------------------------- ingest
     def push(self, frame: Frame) -> list[WorkItem]:
@@ -156,7 +161,7 @@ class SpeechChannel(Channel):
         item = WorkItem(
             self.stream, self.name, SPEECH_WORKER, np.ascontiguousarray(head), None, start, self._t
         )
-        self._pending.add(item.id)
+        self._pending[item.id] = item.start
         return item
 
     # ------------------------------------------------------------ results
@@ -164,12 +169,13 @@ class SpeechChannel(Channel):
         """Take a window's words (a :data:`~agent.models.whisper.WORD_DTYPE` array, window seconds)."""
         if item.id not in self._pending:
             raise KeyError(f"speech item {item.id} is not in flight")
-        self._pending.discard(item.id)
+        self._pending.pop(item.id, None)
         words = np.asarray(result)
         if words.dtype != WORD_DTYPE:
             raise ValueError(f"speech results must have WORD_DTYPE, got {words.dtype}")
         self.speech.windows += 1
         self.speech.seconds += item.end - item.start
+        self._done = max(self._done, item.end)
         segments = guarded_segments(words, self.cfg) if len(words) else []
         self.speech.segments_dropped += len(np.unique(words["segment"])) - len(segments) if len(words) else 0
         for rows in segments:
@@ -191,6 +197,7 @@ class SpeechChannel(Channel):
         )
         utt = TimedText(words[0][0], max(words[-1][1], words[0][0] + 0.01), text, words)
         self.utterances.append(utt)
+        self.fresh.add(utt)
         self.utterances.sort(key=lambda u: u.start)
         self._nbytes += _size(utt)
         while self._nbytes > self.cfg.budget_bytes and len(self.utterances) > 1:
@@ -201,7 +208,7 @@ class SpeechChannel(Channel):
         if item.id not in self._pending:
             raise KeyError(f"speech item {item.id} is not in flight")
         self.counters.failed += 1
-        self._pending.discard(item.id)
+        self._pending.pop(item.id, None)
         if item.attempt < self.cfg.retries:
             self.counters.retried += 1
             again = WorkItem(
@@ -214,14 +221,29 @@ class SpeechChannel(Channel):
                 item.end,
                 item.attempt + 1,
             )
-            self._pending.add(again.id)
+            self._pending[again.id] = again.start
             return [again]
         self.counters.dropped += 1
+        self._done = max(self._done, item.end)
         return []
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    def processed_until(self) -> float | None:
+        """Stream second up to which the sound is transcribed (or given up); None before any sound.
+
+        The start of the oldest window still with whisper, else the start of
+        the sound still buffered (not yet a window), else the end of the
+        last window: the lag of a phrase becoming searchable includes the
+        buffering.
+        """
+        if self._pending:
+            return min(self._pending.values())
+        if self._t is not None:
+            return self._t
+        return self._done if self.speech.windows or self.counters.dropped else None
 
     def info(self) -> dict[str, float | int]:
         """Size and work of the channel, for ``vmr info`` and metrics."""
@@ -234,6 +256,7 @@ class SpeechChannel(Channel):
             "segments_dropped": self.speech.segments_dropped,
             "evicted": self.speech.evicted,
             "last_said": round(self.utterances[-1].end, 3) if self.utterances else 0.0,
+            "in_flight": len(self._pending),
         }
 
     @property
@@ -260,6 +283,7 @@ class SpeechChannel(Channel):
                     self.speech.segments_dropped,
                     self.speech.evicted,
                 ],
+                "done": self._done,
             },
         )
 
@@ -277,6 +301,7 @@ class SpeechChannel(Channel):
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexStoreError(f"{folder / 'speech.json'}: malformed speech transcript: {exc}") from exc
         self.utterances, self.speech = utterances, counters
+        self._done = float(data.get("done", 0.0))  # absent in snapshots older than the lag figure
         self._nbytes = sum(_size(u) for u in self.utterances)
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -102,6 +103,60 @@ class TimedText:
     words: tuple[tuple[float, float, str], ...]
 
 
+def query_terms(query: str) -> list[str]:
+    """The search terms of a query: :func:`tokens` without repeats and without the words that
+    name the channel rather than the content ("said", "shown"...)."""
+    return [t for t in dict.fromkeys(tokens(query)) if t not in _ASKING]
+
+
+def phrase_hits(terms: Sequence[str], span: TimedText) -> tuple[float, list[tuple[float, str]]]:
+    """(share of ``terms`` that ``span`` holds, in [0, 1]; the span's matched (time, word) pairs).
+
+    Every term weighs the same: a span arriving alone (a watch's forward
+    match) has no corpus to take an IDF from. 0.0 when ``terms`` is empty.
+    """
+    if not terms:
+        return 0.0, []
+    held = set(tokens(span.text))
+    wanted = set(terms)
+    hits = [(s, w.strip()) for s, _e, w in span.words if set(tokens(w)) & wanted]
+    return sum(1 for t in terms if t in held) / len(terms), hits
+
+
+FRESH_MAX = 256
+"""New spans a text channel holds for the watches before the oldest is dropped."""
+
+
+class FreshSpans:
+    """Spans a channel kept since the last :meth:`take`, for the watches (bounded, oldest dropped).
+
+    Filled by the channel's ``commit`` (a worker thread) and emptied by the
+    service on the event loop: ``deque`` appends and pops are atomic, so no
+    lock is taken (a reader never waits behind a stream's lock). The service
+    drains it after every committed result, so it holds one window's spans;
+    without a service (``vmr ingest``) it simply keeps the latest ``maxlen``.
+    """
+
+    def __init__(self, maxlen: int = FRESH_MAX) -> None:
+        self._spans: deque[TimedText] = deque(maxlen=maxlen)
+        self.dropped = 0
+        """Spans pushed out unread (nobody drained)."""
+
+    def add(self, span: TimedText) -> None:
+        if len(self._spans) == self._spans.maxlen:
+            self.dropped += 1
+        self._spans.append(span)
+
+    def take(self) -> list[TimedText]:
+        """Every span added since the last call, oldest first."""
+        out: list[TimedText] = []
+        while True:
+            try:
+                out.append(self._spans.popleft())
+            except IndexError:
+                return out
+
+
 def search_spans(
     spans: Sequence[TimedText], query: str, *, stream: str, channel: str, top_k: int
 ) -> list[ChannelProposal]:
@@ -110,7 +165,7 @@ def search_spans(
     Empty when the query has no search term or nothing matches. Proposal
     ``score`` is the matched IDF share in [0, 1]; ``quote`` the matched words.
     """
-    q = [t for t in dict.fromkeys(tokens(query)) if t not in _ASKING]
+    q = query_terms(query)
     if not q or not spans:
         return []
     try:

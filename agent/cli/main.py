@@ -231,6 +231,13 @@ def cmd_info(a: argparse.Namespace) -> int:
                 f"{name}: {s['tokens']}/{s['budget']} tokens, {s['covered_seconds']:.1f}s covered, "
                 f"{s['memory_bytes'] / 1024:.0f} KiB memory, {s['store_bytes'] / 2**20:.1f} MiB frames"
             )
+            for channel, unit in (("speech", "utterances"), ("ocr", "spans")):
+                if channel in s:
+                    c = s[channel]
+                    print(
+                        f"  {channel}: {c[unit]} {unit}, {c['bytes'] / 1024:.1f}/{c['budget_bytes'] / 1024:.0f} "
+                        f"KiB, lag {c['lag_seconds']:.1f}s"
+                    )
         print(f"model: {info['model']['prescreen']}  on disk: {info['bytes_on_disk'] / 2**20:.1f} MiB")
     return 0
 

@@ -40,10 +40,21 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.channels.base import AudioMedia, Channel, ChannelAnswer, ChannelQuery, WorkCounters, WorkItem
+from agent.channels.base import (
+    AudioMedia,
+    Channel,
+    ChannelAnswer,
+    ChannelQuery,
+    ChannelSize,
+    WorkCounters,
+    WorkItem,
+)
 from agent.channels.ingest import IngestStats
+from agent.channels.ocr import OcrChannel
 from agent.channels.refine import VisualPlan
 from agent.channels.retrieval import FrameEmbeddingCache
+from agent.channels.speech import SpeechChannel
+from agent.channels.text_search import TimedText
 from agent.channels.visual import VisualChannel
 from agent.config import IndexConfig
 from agent.core.memory import Memory
@@ -122,6 +133,8 @@ class StreamState:
         """Why the last snapshot failed; None after a good one."""
         self.last_work_error: str | None = None
         """The latest failed work item's error (trimmed), for a stream that ends with nothing retained."""
+        self.ingested_until: float | None = None
+        """Latest stream second of media pushed (a frame's time, an audio chunk's start); None: none yet."""
         self._load_state()
         # One line per channel: the speech and text channels are added here.
         self._visual = VisualChannel(
@@ -186,12 +199,48 @@ class StreamState:
         """Fan one frame out to every channel; returns their work (blocking: JPEG store)."""
         with self._lock:
             self.note_clock(frame.t, frame.wall)
+            self._ingested(frame.t)
             return [item for ch in self.channels.values() for item in ch.push(frame)]
 
     def push_audio(self, chunk: AudioMedia) -> list[WorkItem]:
         """Fan one audio chunk out to every channel (channels without audio ignore it)."""
         with self._lock:
+            self._ingested(chunk.t)
             return [item for ch in self.channels.values() for item in ch.push_audio(chunk)]
+
+    def _ingested(self, t: float) -> None:
+        self.ingested_until = t if self.ingested_until is None else max(self.ingested_until, t)
+
+    def text_sizes(self) -> dict[str, ChannelSize]:
+        """Spans, bytes and lag of each text channel (speech, on-screen text), read without the lock.
+
+        Lag: stream seconds ingested minus the channel's processed time
+        (:meth:`SpeechChannel.processed_until`, :meth:`OcrChannel.processed_until`), floored at 0;
+        0 before the channel saw media. Read lock-free (metrics and status must not wait behind a
+        query's lock): the figures are plain attributes, an instant old at worst.
+        """
+        out = {}
+        # After a restart (or offline, ``vmr info``) nothing was pushed yet: the visual channel's last time.
+        ingested = self.ingested_until if self.ingested_until is not None else self.stats.last_time
+        for name, ch in list(self.channels.items()):
+            if isinstance(ch, SpeechChannel):
+                spans, nbytes = len(ch.utterances), ch.nbytes
+            elif isinstance(ch, OcrChannel):
+                spans, nbytes = len(ch.spans), ch.nbytes
+            else:
+                continue
+            done = ch.processed_until()
+            lag = 0.0 if ingested is None or done is None else max(0.0, ingested - done)
+            out[name] = ChannelSize(spans=spans, bytes=nbytes, lag_seconds=round(lag, 3))
+        return out
+
+    def fresh_text(self, channel: str) -> list[TimedText]:
+        """Spans ``channel`` kept since the last call (oldest first; empty for a non-text channel).
+
+        Lock-free (see :class:`~agent.channels.text_search.FreshSpans`): called on the event loop.
+        """
+        ch = self.channels.get(channel)
+        return ch.fresh.take() if isinstance(ch, SpeechChannel | OcrChannel) else []
 
     def flush(self) -> list[WorkItem]:
         """End of stream or pause: every channel's held-back work."""

@@ -377,12 +377,13 @@ class VideoIndex:
                 "gated_frames": st.stats.gated_frames,
                 "store_bytes": st.store.nbytes if st.store is not None else 0,
             }
+            sizes = st.text_sizes()
             speech = st.channels.get(SpeechChannel.name)
             if isinstance(speech, SpeechChannel):
-                streams[name]["speech"] = speech.info()
+                streams[name]["speech"] = {**speech.info(), "lag_seconds": sizes["speech"].lag_seconds}
             ocr = st.channels.get(OcrChannel.name)
             if isinstance(ocr, OcrChannel):
-                streams[name]["ocr"] = ocr.info()
+                streams[name]["ocr"] = {**ocr.info(), "lag_seconds": sizes["ocr"].lag_seconds}
         return {
             "index": str(self.root),
             "model": {

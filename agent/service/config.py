@@ -64,6 +64,8 @@ class WatchConfig(Strict):
     """Fewer retained anchors than this: calibrate on the first forward scores instead."""
     close_seconds: float = Field(default=2.0, gt=0)
     """A match closes after this many stream seconds of non-matching samples."""
+    word_share: float = Field(default=1.0, gt=0, le=1)
+    """Text path: share of the query's search terms a new transcript or on-screen span must hold."""
 
 
 VIDEO_FORMATS = (

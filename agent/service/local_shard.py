@@ -109,6 +109,7 @@ class LocalShard(StreamShard):
                 batch_size=1,
                 queue_size=self.cfg.encoder_queue,
             )
+            kinds[SPEECH_WORKER].listeners.append(self._on_text)
         reader = self.index.reader
         if reader is not None:
             kinds[OCR_WORKER] = BatchWorker(
@@ -117,6 +118,7 @@ class LocalShard(StreamShard):
                 batch_size=1,
                 queue_size=self.cfg.encoder_queue,
             )
+            kinds[OCR_WORKER].listeners.append(self._on_text)
         self.workers = Workers(kinds)
         self.workers.start()
         self.whip = self._make_whip()
@@ -236,6 +238,14 @@ class LocalShard(StreamShard):
         if isinstance(item.ref, SuperImage) and self._listener is not None:
             self._listener.on_embedding(item.stream, item.ref, vec)
 
+    def _on_text(self, item: WorkItem, result: np.ndarray) -> None:
+        """A transcript window or an OCR read was committed: its new spans go on to the watches."""
+        runner = self.runners.get(item.stream)
+        if runner is None or self._listener is None:
+            return
+        for span in runner.state.fresh_text(item.channel):
+            self._listener.on_text_span(item.stream, item.channel, span)
+
     def _make_whip(self) -> Any:
         try:
             from streams.whip import WhipIngest
@@ -337,6 +347,7 @@ class LocalShard(StreamShard):
             errors=dict(r.errors),
             store_writing=store.writing if store is not None else True,
             store_skipped=store.skipped if store is not None else 0,
+            channels=r.state.text_sizes(),
         )
 
     async def model_info(self) -> dict[str, Any]:

@@ -10,8 +10,9 @@ and skipped frames per stream (label ``stream``),
 source events per stream and kind (segments lost or late, stray timestamps
 clamped, ...: label ``event``), encoder passes, images and errors, failed /
 retried / dropped work items per
-stream and channel (labels ``stream``, ``channel``), connected clients, active watches and
-uptime.
+stream and channel (labels ``stream``, ``channel``), the text channels' size and lag (spans and
+bytes retained, seconds behind the ingested stream: labels ``stream``, ``channel``), connected
+clients, active watches and uptime.
 
 Health (:mod:`agent.service.health`): ``vmr_stream_up`` is 0 while a live
 source reconnects; coverage gaps (count and seconds) and the age of the last
@@ -103,6 +104,18 @@ _WORK: tuple[tuple[str, str, str], ...] = (
 )
 
 
+_CHANNEL: tuple[tuple[str, str, str], ...] = (
+    ("vmr_channel_spans", "spans", "Transcript utterances (speech) or on-screen text spans (ocr) retained."),
+    ("vmr_channel_bytes", "bytes", "Bytes of the spans a text channel retains (as its budget counts them)."),
+    (
+        "vmr_channel_lag_seconds",
+        "lag_seconds",
+        "Stream seconds ingested minus the text channel's processed time (speech: buffered or with "
+        "whisper; ocr: reads with Tesseract).",
+    ),
+)
+
+
 class _StatsCollector:
     """Turns the latest :class:`ServiceStats` into metric families at scrape time."""
 
@@ -156,6 +169,12 @@ class _StatsCollector:
             for (stream, channel), c in sorted(work.items()):
                 fam.add_metric([stream, channel], float(getattr(c, attr)))
             yield fam
+        for name, attr, help_text in _CHANNEL:
+            gauge = GaugeMetricFamily(name, help_text, labels=["stream", "channel"])
+            for stream, s in sorted(streams.items()):
+                for channel, size in sorted(s.channels.items()):
+                    gauge.add_metric([stream, channel], float(getattr(size, attr)))
+            yield gauge
         yield self._errors(streams)
         yield GaugeMetricFamily("vmr_clients", "Connected websocket clients.", value=st.clients)
         yield GaugeMetricFamily("vmr_watches", "Active standing queries.", value=st.watches)

@@ -106,6 +106,9 @@ class WatchMsg(_QueryFields):
     threshold: float | None = Field(default=None, ge=-1, le=1)
     """Absolute cosine threshold; None: relative to the backward scan (see WatchConfig)."""
     close_seconds: float | None = Field(default=None, gt=0)
+    word_share: float | None = Field(default=None, gt=0, le=1)
+    """Phrases spoken or shown: share of the query's words a new transcript or on-screen text span
+    must hold to match (None: WatchConfig's, every word); see agent.service.watch."""
     backward: bool = True
     """Also answer from retained memory (a ``moments`` event) before matching forward."""
 

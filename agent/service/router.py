@@ -266,7 +266,12 @@ class Router:
             query = await self.serving.parse_query(msg)
             if isinstance(msg, WatchMsg):
                 watch = await self.serving.open_watch(
-                    rid, query, conn.send, threshold=msg.threshold, close_seconds=msg.close_seconds
+                    rid,
+                    query,
+                    conn.send,
+                    threshold=msg.threshold,
+                    close_seconds=msg.close_seconds,
+                    word_share=msg.word_share,
                 )
                 conn.watches[rid] = watch
                 conn.send(WatchingEvent(id=rid, threshold=watch.threshold, calibrating=watch.calibrating))

@@ -27,6 +27,7 @@ import numpy as np
 
 from agent.channels.refine import DEFAULT_REFINE_BUDGET_S
 from agent.channels.retrieval import Query
+from agent.channels.text_search import TimedText
 from agent.config import Settings
 from agent.core.superimage import SuperImage
 from agent.errors import ConfigError, LimitExceededError, UnknownStreamError
@@ -108,6 +109,13 @@ class Serving:
             try:
                 watch.on_embedding(stream, si, vec)
             except Exception:  # one broken watch must not stop the encoder worker
+                log.exception("watch %s failed", watch.id)
+
+    def on_text_span(self, stream: str, channel: str, span: TimedText) -> None:
+        for watch in list(self.watches.values()):
+            try:
+                watch.on_text_span(stream, channel, span)
+            except Exception:  # one broken watch must not stop the speech or OCR worker
                 log.exception("watch %s failed", watch.id)
 
     def on_stream_end(self, stream: str) -> None:
@@ -233,24 +241,42 @@ class Serving:
         return [(shard, names) for shard, names in owned if names]
 
     async def open_watch(
-        self, wid: str, query: Query, emit: Emit, *, threshold: float | None, close_seconds: float | None
+        self,
+        wid: str,
+        query: Query,
+        emit: Emit,
+        *,
+        threshold: float | None,
+        close_seconds: float | None,
+        word_share: float | None = None,
     ) -> Watch:
-        """Register a standing query, calibrated on the watched streams' retained anchors."""
+        """Register a standing query, calibrated on the watched streams' retained anchors.
+
+        A watch restricted to text channels (``speech``, ``ocr``) needs no
+        encoder vector and no calibration: it matches new spans by words
+        (:mod:`agent.service.watch`).
+        """
         await self._owners(query.streams)
-        qvec = await self.shards[0].embed_query(query)
         watch = Watch(
             wid,
-            qvec,
+            np.zeros(0, np.float32),
             streams=query.streams,
             cfg=self.cfg.watch,
             emit=emit,
             wall_of=self._wall_of,
             threshold=threshold,
             close_seconds=close_seconds,
+            text=query.text,
+            channels=query.channels,
+            word_share=self.cfg.watch.word_share if word_share is None else word_share,
         )
-        wanted = None if query.streams is None else set(query.streams)
-        scores = await asyncio.gather(*(shard.background_scores(qvec, wanted) for shard in self.shards))
-        watch.calibrate(np.concatenate(scores) if scores else np.zeros(0, np.float32))
+        if watch.visual:
+            watch.qvec = await self.shards[0].embed_query(query)
+            wanted = None if query.streams is None else set(query.streams)
+            scores = await asyncio.gather(
+                *(shard.background_scores(watch.qvec, wanted) for shard in self.shards)
+            )
+            watch.calibrate(np.concatenate(scores) if scores else np.zeros(0, np.float32))
         self.watches[id(watch)] = watch
         return watch
 

@@ -3,8 +3,8 @@
 A :class:`StreamShard` holds some streams — their sources, state and
 encoder — and answers for them: add, remove, list, search a query into
 per-stream results, the scores a watch needs (background scores for its
-relative threshold; every newly encoded super-image forwarded to a
-:class:`ShardListener`), snapshots, statistics, close. Every call the
+relative threshold; every newly encoded super-image and every new
+transcript or on-screen text span forwarded to a :class:`ShardListener`), snapshots, statistics, close. Every call the
 service makes is async so that a shard in another process or on another
 machine (a Ray actor, a later issue) fits behind the same interface; today
 :class:`~agent.service.local_shard.LocalShard` (in process) is the only one.
@@ -23,8 +23,9 @@ from typing import Any, Protocol
 import numpy as np
 from aiohttp import web
 
-from agent.channels.base import WorkCounters
+from agent.channels.base import ChannelSize, WorkCounters
 from agent.channels.retrieval import Query
+from agent.channels.text_search import TimedText
 from agent.core.superimage import SuperImage
 from agent.service.config import StreamSpec
 from agent.service.protocol import ServerEvent, StreamStatus
@@ -39,6 +40,13 @@ class ShardListener(Protocol):
 
     def on_embedding(self, stream: str, si: SuperImage, vec: np.ndarray) -> None:
         """A super-image of ``stream`` was encoded to the unit vector ``vec`` (dim,)."""
+
+    def on_text_span(self, stream: str, channel: str, span: TimedText) -> None:
+        """A text channel of ``stream`` (``speech``, ``ocr``) kept a new span: an utterance, a line shown.
+
+        Plain data (times in stream seconds, text, timed words), so a shard in
+        another process can forward it as it is.
+        """
 
     def on_stream_end(self, stream: str) -> None:
         """``stream`` ended, failed or was stopped."""
@@ -68,6 +76,8 @@ class StreamStats:
     """Seconds since the last good snapshot (since the stream started, before the first)."""
     errors: dict[str, int] = field(default_factory=dict)
     """The stream's failures by error code (its own failure, failed snapshots)."""
+    channels: dict[str, ChannelSize] = field(default_factory=dict)
+    """Size and lag of each text channel (``speech``, ``ocr``) by name; empty when none is on."""
 
 
 @dataclass(frozen=True, slots=True)

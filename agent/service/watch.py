@@ -16,6 +16,21 @@ to the score distribution of the watched streams' retained anchors:
 ``mean + sigma * std`` (the anchors are mostly "not the needle"). With fewer
 than ``min_anchors`` anchors retained, the watch *calibrates* on the first
 ``min_anchors`` forward scores instead and matches from then on.
+
+**Phrases spoken or shown.** A watch with query text also matches every new
+transcript utterance (``speech``) and every new on-screen text span
+(``ocr``) its streams keep (:meth:`Watch.on_text_span`), unless its
+``channels`` leave those out; ``channels`` without ``visual`` leave the
+super-images out (no encoder vector, no calibration). Rule: the span holds
+at least ``word_share`` (default 1.0: every one) of the query's search terms
+(:func:`~agent.channels.text_search.query_terms`: stop words and "said",
+"shown"... dropped; "four" = "4"), every term weighing the same (a lone new
+span has no corpus for an IDF). Words, not meaning: a MiniLM cosine would
+put a model call on the event loop for every span; the backward scan (the
+``query`` path) searches by meaning too. Each matching span is one complete
+match, sent as one ``moment`` event with ``closed: true``: the span's times,
+``score`` = the share, ``channels`` = [the channel] and ``quotes`` = the
+matched words.
 """
 
 from __future__ import annotations
@@ -25,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.channels.text_search import TimedText, phrase_hits, query_terms
+from agent.channels.visual import VisualChannel
 from agent.core.superimage import SuperImage
 from agent.service.answer import MomentOut
 from agent.service.config import WatchConfig
@@ -67,7 +84,12 @@ class Watch:
         wall_of: WallOf,
         threshold: float | None = None,
         close_seconds: float | None = None,
+        text: str | None = None,
+        channels: Iterable[str] | None = None,
+        word_share: float = 1.0,
     ) -> None:
+        """``text``: the query's words (the text path needs them); ``channels``: the channels
+        watched (None: all); ``word_share``: the text path's rule (module docstring)."""
         self.id = wid
         self.qvec = np.asarray(qvec, np.float32)
         self.streams = None if streams is None else set(streams)
@@ -81,9 +103,23 @@ class Watch:
         self._seq = 0
         self.matches = 0
         self.scored = 0
+        self.channels = None if channels is None else set(channels)
+        self.terms = query_terms(text) if text else []
+        self.word_share = word_share
 
     def wants(self, stream: str) -> bool:
         return self.streams is None or stream in self.streams
+
+    def watches(self, channel: str) -> bool:
+        """Whether ``channel``'s evidence can match (text channels need query words)."""
+        if self.channels is not None and channel not in self.channels:
+            return False
+        return channel == VisualChannel.name or bool(self.terms)
+
+    @property
+    def visual(self) -> bool:
+        """Whether super-images are scored (the watch needs an encoder vector and a threshold)."""
+        return self.watches(VisualChannel.name)
 
     def calibrate(self, background: np.ndarray) -> None:
         """Set the relative threshold from retained anchors' scores (if there are enough)."""
@@ -92,12 +128,12 @@ class Watch:
 
     @property
     def calibrating(self) -> bool:
-        return self.threshold is None
+        return self.visual and self.threshold is None
 
     # ------------------------------------------------------------ events in
     def on_embedding(self, stream: str, si: SuperImage, vec: np.ndarray) -> None:
         """Score one committed super-image of ``stream``."""
-        if not self.wants(stream):
+        if not (self.wants(stream) and self.visual):
             return
         score = float(np.dot(vec, self.qvec))
         self.scored += 1
@@ -123,6 +159,30 @@ class Watch:
             self._emit(self._update(stream, match, closed=False))
         elif match is not None and si.end - match.end >= self.close_seconds:
             self._close(stream)
+
+    def on_text_span(self, stream: str, channel: str, span: TimedText) -> None:
+        """Match one new span of a text channel of ``stream`` (rule in the module docstring)."""
+        if not (self.wants(stream) and self.watches(channel)) or channel == VisualChannel.name:
+            return
+        share, hits = phrase_hits(self.terms, span)
+        self.scored += 1
+        if share < self.word_share or not hits:
+            return
+        self._seq += 1
+        self.matches += 1
+        moment = Moment(
+            start=span.start,
+            end=span.end,
+            score=share,
+            stream=stream,
+            wall_start=self._wall_of(stream, span.start),
+            wall_end=self._wall_of(stream, span.end),
+            evidence=[t for t, _ in hits],
+            answered_by="anchor",
+            channels=[channel],
+            quotes={channel: " ".join(w for _, w in hits)},
+        )
+        self._emit(MomentEvent(id=self.id, match=self._seq, closed=True, moment=MomentOut.of(moment)))
 
     def on_stream_end(self, stream: str) -> None:
         """The stream ended or was removed: close its open match."""
