@@ -92,3 +92,21 @@ def test_search_quotes_the_text_shown() -> None:
     assert ch.fail(item, "boom") == [] and ch.counters.dropped == 1
     with pytest.raises(KeyError):
         ch.commit(item, _lines())
+
+
+def test_new_spans_wait_for_the_watches_and_processed_time_trails_reads_in_flight(tmp_path: Path) -> None:
+    ch = OcrChannel("s", OcrConfig(min_interval=1.0, max_interval=1.0))
+    assert ch.processed_until() is None  # no frame yet
+    first = ch.push(_frame(0.0))[0]
+    assert ch.push(_frame(0.5)) == [] and ch.processed_until() == 0.0  # the read at 0 is in flight
+    ch.commit(first, _lines("ERROR 503"))
+    assert ch.processed_until() == 0.5  # the gate has looked at every frame since
+    (span,) = ch.fresh.take()
+    assert (span.start, span.text) == (0.0, "ERROR 503") and ch.fresh.take() == []
+    second = ch.push(_frame(2.0))[0]
+    ch.commit(second, _lines("ERROR 503", "GATE 7"))  # the same line again is no new span
+    assert [s.text for s in ch.fresh.take()] == ["GATE 7"]
+    ch.save(tmp_path)
+    again = OcrChannel("s", OcrConfig())
+    again.restore(tmp_path)
+    assert again.processed_until() == 2.0 and again.nbytes == ch.nbytes > 0

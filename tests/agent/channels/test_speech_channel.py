@@ -132,3 +132,24 @@ def test_search_quotes_the_spoken_words_and_fuse_is_confident() -> None:
     # Nothing said that matches: no proposal, so fusion abstains.
     none = ch.search(ChannelQuery(vectors={}, text="zebra crossing", top_k=3))
     assert none.proposals == []
+
+
+def test_processed_time_waits_on_windows_in_flight_and_the_buffer(tmp_path: Path) -> None:
+    ch = SpeechChannel("s", SpeechConfig(window_seconds=10.0))
+    assert ch.processed_until() is None  # no sound yet
+    items = [it for c in _chunks(25) for it in ch.push_audio(c)]
+    assert ch.processed_until() == 0.0  # both windows with whisper
+    ch.commit(items[0], _words("gate four"))
+    assert ch.processed_until() == 10.0
+    ch.commit(items[1], _words("dock b", start=1.0))
+    assert ch.processed_until() == 20.0  # 5 s still buffered, not yet a window
+    (last,) = ch.flush()
+    ch.commit(last, np.zeros(0, WORD_DTYPE))
+    assert ch.processed_until() == 25.0
+    # Kept utterances wait for the watches, each once, in order.
+    assert [(u.start, u.text) for u in ch.fresh.take()] == [(0.0, "gate four"), (11.0, "dock b")]
+    assert ch.fresh.take() == []
+    ch.save(tmp_path)
+    again = SpeechChannel("s", SpeechConfig())
+    again.restore(tmp_path)
+    assert again.processed_until() == 25.0

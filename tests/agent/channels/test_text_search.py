@@ -10,8 +10,11 @@ from agent.channels.text_search import (
     LEXICAL_KIND,
     SEMANTIC_KIND,
     SENTENCE_ROLE,
+    FreshSpans,
     TextSearch,
     TimedText,
+    phrase_hits,
+    query_terms,
     search_spans,
     tokens,
 )
@@ -66,3 +69,20 @@ def test_a_paraphrase_is_found_by_meaning_and_calibrated() -> None:
     f2 = fuse(a2.proposals, {("s", "speech", k): c for k, c in a2.calibrations.items()}, top_k=3)
     assert f2.abstained
     assert np.isclose(np.linalg.norm(enc.encode(["x"])[0]), 1.0, atol=1e-4)
+
+
+def test_phrase_hits_share_the_query_terms_equally_and_quote_the_words() -> None:
+    terms = query_terms("when was gate four mentioned at the truck")
+    assert terms == ["gate", "4", "truck"]  # stop and asking words dropped, numbers as digits
+    share, hits = phrase_hits(terms, SPANS[1])
+    assert share == 1.0 and [w for _, w in hits] == ["truck", "gate", "4"]
+    share, hits = phrase_hits(query_terms("gate seven"), SPANS[1])
+    assert share == 0.5 and [w for _, w in hits] == ["gate"]
+    assert phrase_hits([], SPANS[1]) == (0.0, [])
+
+
+def test_fresh_spans_are_bounded_and_drop_the_oldest() -> None:
+    fresh = FreshSpans(maxlen=2)
+    for span in SPANS[:3]:
+        fresh.add(span)
+    assert fresh.take() == SPANS[1:3] and fresh.dropped == 1 and fresh.take() == []

@@ -69,6 +69,9 @@ def test_a_spoken_phrase_is_found_through_ingest_and_query(
     assert main(["info", str(index), "--json"]) == 0
     speech = json.loads(capsys.readouterr().out)["streams"]["yard"]["speech"]
     assert speech["utterances"] == 2 and speech["windows"] == 1 and speech["bytes"] > 0
+    assert speech["lag_seconds"] == 0.0 and speech["in_flight"] == 0  # ingest waits for every window
+    assert main(["info", str(index)]) == 0
+    assert "speech: 2 utterances" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract-ocr not installed")

@@ -103,3 +103,25 @@ def test_the_transcript_is_snapshotted_with_the_stream(tmp_path: Path, enc: Clip
         assert top.quotes == {"speech": "gate 4"}
     finally:
         again.close()
+
+
+def test_speech_size_and_lag_follow_the_windows(tmp_path: Path, enc: ClipEncoder) -> None:
+    state = _state(tmp_path, enc)
+    try:
+        assert state.text_sizes()["speech"].lag_seconds == 0.0  # nothing ingested yet
+        audio = [
+            it
+            for s in range(25)
+            for it in state.push_audio(AudioChunk("cam", float(s), np.zeros(SAMPLE_RATE, np.float32)))
+        ]
+        # Ingested to 24 s (the last chunk's start); both windows still with whisper.
+        assert state.text_sizes()["speech"].lag_seconds == 24.0
+        state.commit(audio[0], _said("gate four", 1.0))
+        size = state.text_sizes()["speech"]
+        assert (size.spans, size.lag_seconds) == (1, 14.0) and size.bytes > 0
+        state.commit(audio[1], _said("dock b", 1.0))
+        assert state.text_sizes()["speech"].lag_seconds == 4.0  # 20..24 s still buffered
+        assert [u.text for u in state.fresh_text("speech")] == ["gate four", "dock b"]
+        assert state.fresh_text("speech") == [] and state.fresh_text("visual") == []
+    finally:
+        state.close()

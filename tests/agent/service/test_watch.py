@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.channels.text_search import TimedText
 from agent.core.superimage import SuperImage
 from agent.service.config import WatchConfig
 from agent.service.protocol import (
@@ -105,3 +106,57 @@ async def test_watch_fires_on_needle_of_realtime_replay(tmp_path: Path) -> None:
         assert 7.0 <= closed["moment"]["end"] <= 10.0, closed
         cancelled = await request(ws, {"type": "cancel", "id": "c", "target": "w"})
         assert cancelled["type"] == "cancelled" and not svc.watches
+
+
+def _said(text: str, start: float) -> TimedText:
+    words = tuple((start + 0.4 * i, start + 0.4 * i + 0.3, " " + w) for i, w in enumerate(text.split()))
+    return TimedText(start, words[-1][1], text, words)
+
+
+def test_text_watch_fires_once_per_span_holding_every_word() -> None:
+    events: list[ServerEvent] = []
+    w = Watch(
+        "w",
+        np.zeros(0, np.float32),
+        streams=None,
+        cfg=WatchConfig(),
+        emit=events.append,
+        wall_of=lambda s, t: None,
+        text="when was gate four mentioned",
+        channels=["speech"],
+    )
+    assert not w.calibrating and not w.visual  # no encoder vector, no anchors needed
+    w.on_embedding("s", _si(0.0), np.ones(2, np.float32))  # super-images are not watched
+    w.on_text_span("s", "speech", _said("the bus is at gate two", 1.0))  # half the words: no match
+    w.on_text_span("s", "ocr", _said("gate 4", 2.0))  # a channel the watch leaves out
+    assert events == []
+    w.on_text_span("s", "speech", _said("the truck is waiting at gate 4", 9.0))
+    (event,) = events
+    assert isinstance(event, MomentEvent) and event.closed and event.match == 1
+    m = event.moment
+    assert m.channels == ["speech"] and m.quotes == {"speech": "gate 4"} and m.score == 1.0
+    assert (m.start, m.evidence) == (9.0, [11.0, 11.4])
+    assert parse_event(encode(event)) == event
+
+
+def test_text_watch_word_share_and_channels_default_to_every_channel() -> None:
+    events: list[ServerEvent] = []
+    w = Watch(
+        "w",
+        np.array([1.0, 0.0], np.float32),
+        streams=["s"],
+        cfg=WatchConfig(),
+        emit=events.append,
+        wall_of=lambda s, t: None,
+        threshold=0.9,
+        text="loading dock north",
+        word_share=0.6,
+    )
+    assert w.visual  # no channel filter: super-images and text spans both match
+    w.on_text_span("s", "ocr", _said("LOADING DOCK B", 3.0))  # 2 of 3 words >= 0.6
+    w.on_text_span("other", "ocr", _said("LOADING DOCK B", 3.0))  # not a watched stream
+    (event,) = events
+    assert isinstance(event, MomentEvent) and event.moment.quotes == {"ocr": "LOADING DOCK"}
+    assert event.moment.score == pytest.approx(2 / 3, abs=1e-6)
+    w.on_embedding("s", _si(5.0), np.array([1.0, 0.0], np.float32))
+    assert isinstance(events[-1], MomentEvent) and events[-1].moment.channels == []
