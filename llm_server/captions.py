@@ -35,7 +35,7 @@ import numpy.typing as npt
 from llm_server.client import LLMClient
 from llm_server.errors import CaptionStoreError
 from llm_server.protocol import Caption, PresenceCheck, QueryUnderstanding, parse, response_format
-from llm_server.types import Candidate, FrameSource, RGBImage, TextImageEncoder, Usage
+from llm_server.types import Candidate, FrameSource, RGBImage, TextImageEncoder, TextSpanIn, Usage
 
 CaptionMode = Literal["latency", "storage"]
 
@@ -49,6 +49,9 @@ class ScoredCaption:
     weight: float
     relevant: bool
     """The QA filter said the query appears in this frame's region."""
+    source: str = "caption"
+    """What the words are: ``caption`` (generated for a frame), ``speech`` (a transcript
+    utterance) or ``ocr`` (text shown on screen); the prompt says which."""
 
 
 def importance(
@@ -66,6 +69,32 @@ def importance(
     sim_caption = caption_vecs @ query_vec
     agree = np.clip(np.sum(frame_vecs * caption_vecs, axis=1), 0.0, None)
     return (a1 * sim_frame + a2 * agree * sim_caption).astype(np.float32)
+
+
+def text_captions(
+    spans: Sequence[TextSpanIn],
+    span_vecs: npt.NDArray[np.float32],
+    query_vec: npt.NDArray[np.float32],
+    *,
+    keep: int = 64,
+) -> list[ScoredCaption]:
+    """Transcript and on-screen text spans as caption tokens, weighted by S_q, in time order.
+
+    S_q of a span is the cosine between its sentence vector and the query's
+    (MiniLM: ``span_vecs`` (n, d) and ``query_vec`` (d,), L2-normalised): the
+    words carry their own meaning, so there is no frame term. At most ``keep``
+    spans, the highest S_q; the prompt budget drops the lowest first.
+    """
+    if len(spans) != len(span_vecs):
+        raise ValueError(f"{len(spans)} spans but {len(span_vecs)} vectors")
+    if not spans:
+        return []
+    weights = np.asarray(span_vecs, np.float32) @ np.asarray(query_vec, np.float32)
+    best = sorted(np.argsort(-weights, kind="stable")[:keep].tolist())
+    kept = [
+        ScoredCaption(spans[i].t, spans[i].text, float(weights[i]), False, spans[i].channel) for i in best
+    ]
+    return sorted(kept, key=lambda c: c.t)
 
 
 class CaptionCache:

@@ -5,6 +5,11 @@ tokenizer when it has one; otherwise with :func:`estimate_tokens`, which is
 conservative for Qwen/Llama-style BPE (every digit a token, other text at three
 characters per token). Under pressure the lowest-S_q captions go first, then the
 lowest-weight frames, then the lowest-scored candidates (one always stays).
+
+Caption tokens are generated frame captions and, from the text channels, what
+was said (transcript utterances) and what was shown (on-screen text), each
+weighted by its S_q (:func:`llm_server.captions.text_captions`) and listed in
+time order under its candidate; one budget and one drop order serve them all.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from llm_server.types import Candidate
 
 SYSTEM = (
     "You find moments in a video that match a search query. You are given candidate moments "
-    "found by a visual search, with their times in seconds, a visual match score, and captions "
-    "of frames at given times. Answer with JSON only."
+    "found by a search, with their times in seconds, a match score, captions of frames, and "
+    "words said or shown on screen at given times. Answer with JSON only."
 )
 
 
@@ -93,6 +98,16 @@ def _fmt(t: float) -> str:
     return f"{t:.1f}"
 
 
+_SAYS = {"speech": "said", "ocr": "shown on screen"}
+
+
+def caption_line(cap: ScoredCaption) -> str:
+    """One caption token as a prompt line: a frame caption, or words said or shown (quoted)."""
+    head = f"  at {_fmt(cap.t)} s (importance {cap.weight:.2f})"
+    says = _SAYS.get(cap.source)
+    return f"{head}: {cap.text}" if says is None else f"{head} {says}: {cap.text!r}"
+
+
 def render_lines(
     query: str,
     candidates: Sequence[Candidate],
@@ -115,7 +130,7 @@ def render_lines(
     for i, cand in enumerate(candidates):
         lines.append((f"C{i + 1} {_fmt(cand.start)}-{_fmt(cand.end)} s, score {cand.score:.3f}", None))
         for cap in sorted(owner.get(i, []), key=lambda c: c.t):
-            lines.append((f"  at {_fmt(cap.t)} s (importance {cap.weight:.2f}): {cap.text}", cap.weight))
+            lines.append((caption_line(cap), cap.weight))
     instruction = (
         f"Return at most {top_k} moments, best first, as "
         '{"moments": [{"start": s, "end": s, "confidence": 0..1, "evidence": [times]}]}. '
@@ -200,7 +215,10 @@ async def build_prompt(
     used = await total()
     if used > budget_tokens and caps:
         costs = await asyncio.gather(
-            *(counter.count(f"  at 000.0 s (importance 0.00): {c.text}\n") for c in caps)
+            *(
+                counter.count(caption_line(ScoredCaption(100.0, c.text, 0.0, c.relevant, c.source)) + "\n")
+                for c in caps
+            )
         )
         excess = used - budget_tokens
         while caps and excess > 0:

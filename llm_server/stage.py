@@ -5,14 +5,16 @@ images) captions the candidate regions' stored frames with query-guided
 prompts, scores them with S_q, shows the evidence frames, and asks the LLM to
 choose and refine moments (:func:`llm_server.answer.answer`). Without vision
 (the embedded llama.cpp model) the prompt lists the candidates with their
-CLIP scores. Any LLM failure returns the CLIP result unchanged with a note, and
-``answered_by`` always says which path answered.
+CLIP scores. Transcript and on-screen text spans the caller passes
+(:func:`llm_server.captions.text_captions`, already weighted by S_q) join the
+captions with or without vision. Any LLM failure returns the CLIP result
+unchanged with a note, and ``answered_by`` always says which path answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from llm_server.answer import answer
@@ -62,11 +64,14 @@ class LLMStage:
         stores: Mapping[str, FrameSource | None],
         durations: Mapping[str, float],
         top_k: int,
+        texts: Mapping[str, Sequence[ScoredCaption]] | None = None,
     ) -> dict[str, StreamResult]:
         """LLM answers per stream; each falls back to its input result on any failure.
 
         ``results`` and ``stores`` are keyed by stream name; ``durations`` is
-        each stream's last retained time (seconds), the bound for LLM moments.
+        each stream's last retained time (seconds), the bound for LLM moments;
+        ``texts`` (optional, by stream) the words said or shown near the
+        candidates as caption tokens.
         LLM failures never raise: they become ``llm fallback`` (or ``captions
         skipped``) notes. Errors of the caller's frame source or encoder propagate.
         """
@@ -95,6 +100,7 @@ class LLMStage:
                     images = await asyncio.to_thread(_evidence, store, result)
                 except LLMServerError as exc:
                     result.notes.append(f"captions skipped: {type(exc).__name__}: {exc}")
+            captions = [*captions, *(texts or {}).get(name, ())]
             answered = await answer(
                 query,
                 result.moments,

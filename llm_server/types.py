@@ -28,6 +28,20 @@ AnsweredBy = Literal["refine", "anchor", "llm"]
 (stored frames evicted), or the LLM."""
 
 
+@dataclass(frozen=True, slots=True)
+class TextSpanIn:
+    """Words said (a transcript utterance) or shown (an on-screen text line) from ``t`` to ``end``.
+
+    Plain data from the caller's text channels; ``channel`` names where the
+    words come from (``"speech"``, ``"ocr"``), which the prompt says.
+    """
+
+    t: float
+    end: float
+    text: str
+    channel: str
+
+
 @dataclass(slots=True)
 class Candidate:
     """A moment the stage receives (from visual search) or returns (from the LLM).

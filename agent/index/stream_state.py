@@ -234,6 +234,27 @@ class StreamState:
             out[name] = ChannelSize(spans=spans, bytes=nbytes, lag_seconds=round(lag, 3))
         return out
 
+    def text_near(self, ranges: Sequence[tuple[float, float]], pad: float) -> list[tuple[str, TimedText]]:
+        """(channel, span) of every transcript and on-screen text span within ``pad`` seconds of a range.
+
+        In time order; what the LLM stage shows as words said or shown near its candidates.
+        """
+        with self._lock:
+            out: list[tuple[str, TimedText]] = []
+            for name, ch in self.channels.items():
+                if isinstance(ch, SpeechChannel):
+                    spans = list(ch.utterances)
+                elif isinstance(ch, OcrChannel):
+                    spans = ch.timed()
+                else:
+                    continue
+                out += [
+                    (name, s)
+                    for s in spans
+                    if any(s.end >= a - pad and s.start <= b + pad for a, b in ranges)
+                ]
+        return sorted(out, key=lambda cs: cs[1].start)
+
     def fresh_text(self, channel: str) -> list[TimedText]:
         """Spans ``channel`` kept since the last call (oldest first; empty for a non-text channel).
 

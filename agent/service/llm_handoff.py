@@ -13,15 +13,22 @@ boundary between them:
   error with the same meaning (``raise ... from exc``), so clients keep their
   error codes (``llm_unavailable``, ``llm_timeout``, ``llm_bad_answer``...);
 * inputs: :class:`LLMHandoff` gathers what the stage needs of each searched
-  stream (its frame store and last retained time) from the index.
+  stream (its frame store and last retained time) from the index, and the
+  words said or shown within :data:`TEXT_PAD` seconds of its candidates
+  (transcript and on-screen text spans) as caption tokens weighted by S_q:
+  the MiniLM cosine to the query (:func:`~llm_server.captions.text_captions`),
+  or, when no text channel searches by meaning (no MiniLM loaded), the
+  share of the query's words the span holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 
+from agent.channels.text_search import phrase_hits, query_terms
 from agent.config import LLMConfig
 from agent.errors import (
     ConfigError,
@@ -35,6 +42,7 @@ from agent.errors import (
 )
 from agent.index.video_index import VideoIndex
 from agent.types import Coverage, Moment, QueryResult
+from llm_server.captions import ScoredCaption, text_captions
 from llm_server.errors import (
     BadAnswerError,
     CaptionStoreError,
@@ -45,7 +53,10 @@ from llm_server.errors import (
     ServerUnavailableError,
 )
 from llm_server.stage import LLMStage
-from llm_server.types import Candidate, StageConfig, StreamCoverage, StreamResult
+from llm_server.types import Candidate, StageConfig, StreamCoverage, StreamResult, TextSpanIn
+
+TEXT_PAD = 10.0
+"""Seconds around a candidate within which words said or shown go into its prompt."""
 
 ERROR_MAP: tuple[tuple[type[LLMServerError], type[VmrError]], ...] = (
     (ServerUnavailableError, LLMUnavailableError),
@@ -189,9 +200,29 @@ class LLMHandoff:
         # The last retained time bounds the moments the LLM may state.
         ends = {name: (st.memory.spans() or [(0.0, 0.0)])[-1][1] for name, st in streams.items()}
         inputs = {name: to_stream_result(r) for name, r in results.items()}
+        texts = await asyncio.to_thread(self.text_tokens, text, results)  # MiniLM: off the loop
         with translated():
-            answered = await self._stage.refine(text, inputs, stores, ends, top_k)
+            answered = await self._stage.refine(text, inputs, stores, ends, top_k, texts)
         return {name: from_stream_result(r) for name, r in answered.items()}
+
+    def text_tokens(self, query: str, results: Mapping[str, QueryResult]) -> dict[str, list[ScoredCaption]]:
+        """Per stream, the transcript and on-screen text spans near its candidates, weighted (blocking)."""
+        out: dict[str, list[ScoredCaption]] = {}
+        for name, r in results.items():
+            near = self.index.streams[name].text_near([(m.start, m.end) for m in r.moments], TEXT_PAD)
+            if not r.moments or not near:
+                continue
+            spans = [TextSpanIn(s.start, s.end, s.text, channel) for channel, s in near]
+            if self.index.sentences is not None:
+                vecs = self.index.sentences.encode([query, *(s.text for s in spans)])
+                out[name] = text_captions(spans, vecs[1:], vecs[0])
+            else:
+                terms = query_terms(query)
+                out[name] = [
+                    ScoredCaption(s.t, s.text, phrase_hits(terms, span)[0], False, s.channel)
+                    for s, (_, span) in zip(spans, near, strict=True)
+                ]
+        return out
 
 
 async def refine_once(
