@@ -206,7 +206,9 @@ class OcrChannel(Channel):
         The time of the oldest read still with Tesseract, else of the latest
         frame the gate looked at (a frame the gate passes over is done with).
         """
-        return min(self._pending.values()) if self._pending else self._seen
+        # A copy in one step: the service reads this without the stream's lock while a worker commits.
+        pending = list(self._pending.values())
+        return min(pending) if pending else self._seen
 
     def info(self) -> dict[str, float | int]:
         """Size and work of the channel, for ``vmr info``."""

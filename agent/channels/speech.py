@@ -239,8 +239,10 @@ class SpeechChannel(Channel):
         last window: the lag of a phrase becoming searchable includes the
         buffering.
         """
-        if self._pending:
-            return min(self._pending.values())
+        # A copy in one step: the service reads this without the stream's lock while a worker commits.
+        pending = list(self._pending.values())
+        if pending:
+            return min(pending)
         if self._t is not None:
             return self._t
         return self._done if self.speech.windows or self.counters.dropped else None
