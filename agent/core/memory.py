@@ -16,26 +16,21 @@ scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
 * an optional finer level (``detail`` > 0, :mod:`agent.core.detail`) keeps the
   most distinctive stretches that merges folded away.
 
-Bookkeeping that keeps ``add`` at O(d*k + log B): anchors form a doubly
-linked list (merges unlink in O(1)); closed adjacent pairs sit in a heap keyed
-by (crosses a gap, cost) with lazy invalidation (each node's version is bumped
-whenever its right pair changes; stale entries are skipped when popped, and
-the heap is rebuilt when they pile up, so it stays O(B)); the pair ending at
-the open anchor changes on every join, so it is scored on demand; ingested
-coverage (:mod:`agent.core.coverage`) is kept apart from the anchors, so a
-merge forced across a gap never claims footage the memory never saw.
+The anchors and the budget merges among them live in :mod:`agent.core.anchors`
+(``add`` stays O(d*k + log B)); ingested coverage (:mod:`agent.core.coverage`)
+is kept apart from the anchors, so a merge forced across a gap never claims
+footage the memory never saw.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.core.anchors import ENTRY_BYTES, Anchor, AnchorChain
 from agent.core.coverage import Coverage
 from agent.core.detail import DetailLevel
 from agent.core.svd import (
@@ -46,48 +41,10 @@ from agent.core.svd import (
     MergeRule,
     Representative,
     Scorer,
-    TruncatedSVD,
-    merge_cost,
     pack_svds,
     score_anchors,
 )
 
-_HEAP_SLACK = 4
-"""Rebuild the pair heap when it holds more than this many entries per token."""
-_ENTRY_BYTES = 40
-"""Payload of one heap entry (five 8-byte numbers), for ``nbytes``."""
-
-
-@dataclass(eq=False)
-class Anchor:
-    """A contiguous time span of the memory and its SVD summary."""
-
-    start: float
-    end: float
-    svd: TruncatedSVD
-    rep: F32
-    """(d,) unit float32 token; recomputed whenever ``svd`` changes."""
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
-
-
-class _Node:
-    """A linked-list cell around an anchor; ``version`` guards its right pair in the heap."""
-
-    __slots__ = ("alive", "anchor", "next", "prev", "version")
-
-    def __init__(self, anchor: Anchor, prev: _Node | None) -> None:
-        self.anchor = anchor
-        self.prev = prev
-        self.next: _Node | None = None
-        self.version = 0
-        self.alive = True
-
-
-_Entry = tuple[int, float, int, int, _Node]
-"""(crosses a gap, merge cost, sequence, version of left node, left node)."""
 _Views = tuple[list[Anchor], F64, F64, F32]
 _Packed = tuple[F32, F32, F64, npt.NDArray[np.int64]]
 
@@ -123,19 +80,13 @@ class Memory:
             raise ValueError(f"unknown merge rule {merge!r} or scorer {scorer!r}")
         self.merge: MergeRule = merge
         self.scorer: Scorer = scorer
-        self.detail = DetailLevel(detail)
-        """The finer level (:mod:`agent.core.detail`): up to ``detail`` merged-away stretches."""
         self.dim = dim
         self.budget = budget
         self.theta = float(theta)
         self.rank = rank
         self.representative: Representative = representative
         self.gap_seconds = float(gap_seconds)
-        self._head: _Node | None = None
-        self._tail: _Node | None = None
-        self._count = 0
-        self._heap: list[_Entry] = []
-        self._seq = 0
+        self._chain = AnchorChain(budget, rank, merge, representative, DetailLevel(detail))
         self._coverage = Coverage(budget)
         self._last_start = -math.inf
         self._break = False
@@ -165,12 +116,11 @@ class Memory:
             raise ValueError("embedding is the zero vector")
         self._last_start = start
         self._cache = None
-        tail = self._tail
-        if tail is None:
+        last = self._chain.newest
+        if last is None:
             self._coverage.cover(start, end, True)
-            self._append(start, end, vec)
+            self._chain.append(start, end, vec)
             return
-        last = tail.anchor
         gap = self._break or start - last.end > self.gap_seconds
         self._break = False
         self._coverage.cover(start, end, gap)
@@ -182,17 +132,17 @@ class Memory:
         if not gap:
             # Close the seam so consecutive anchors leave no hole in time.
             last.end = max(last.end, start)
-        self._append(max(start, last.end), max(end, last.end), vec)
-        self._enforce_budget()
+        self._chain.append(max(start, last.end), max(end, last.end), vec)
+        self._chain.enforce_budget()
 
     def extend(self, t: float) -> None:
         """Stretch the newest anchor to stream time ``t`` (a frame the gate skipped as static)."""
         t = float(t)
-        if self._tail is None:
+        last = self._chain.newest
+        if last is None:
             raise ValueError("extend() before any add()")
         if not math.isfinite(t) or t < self._last_start:
             raise ValueError(f"time {t} precedes the previous start {self._last_start}")
-        last = self._tail.anchor
         if t <= last.end:
             return
         self._cache = None
@@ -207,108 +157,28 @@ class Memory:
         interval and a new anchor, however short the hole: a lost span is a
         gap in coverage, never counted as retained. No-op on an empty memory.
         """
-        self._break = self._tail is not None
+        self._break = self._chain.newest is not None
 
-    def _append(self, start: float, end: float, vec: F64) -> None:
-        svd = TruncatedSVD.from_vector(vec, self.rank)
-        node = _Node(Anchor(start, end, svd, svd.representative(self.representative)), self._tail)
-        old_tail, self._tail = self._tail, node
-        self._count += 1
-        if old_tail is None:
-            self._head = node
-            return
-        old_tail.next = node
-        if old_tail.prev is not None:
-            # The pair ending at the old tail stops changing now: it can enter the heap.
-            self._push(old_tail.prev)
+    @property
+    def detail(self) -> DetailLevel:
+        """The finer level (:mod:`agent.core.detail`): up to ``detail`` merged-away stretches."""
+        return self._chain.detail
 
-    # ---------------------------------------------------------------- budget
-
-    def _push(self, left: _Node) -> None:
-        """(Re)score the pair (left, left.next), invalidating its older entries."""
-        left.version += 1
-        right = left.next
-        if right is None or right is self._tail:
-            return
-        gap, cost = self._pair_key(left, right)
-        self._seq += 1
-        heapq.heappush(self._heap, (gap, cost, self._seq, left.version, left))
-
-    def _pair_key(self, left: _Node, right: _Node) -> tuple[int, float]:
-        """(crosses a gap, cost): pairs across a gap merge last, then the cheapest first."""
-        a, b = left.anchor, right.anchor
-        gap = int(a.end < b.start)
-        if self.merge == "cosine":
-            return gap, -float(a.rep @ b.rep)
-        return gap, merge_cost(a.svd, b.svd, self.merge)
-
-    def _valid(self, entry: _Entry) -> bool:
-        node = entry[4]
-        return (
-            node.alive and node.version == entry[3] and node.next is not None and node.next is not self._tail
-        )
-
-    def _enforce_budget(self) -> None:
-        while self._count > self.budget:
-            while self._heap and not self._valid(self._heap[0]):
-                heapq.heappop(self._heap)
-            left = self._pick()
-            self._merge(left)
-        if len(self._heap) > _HEAP_SLACK * self.budget + 64:
-            self._rebuild_heap()
-
-    def _pick(self) -> _Node:
-        """The left node of the best pair: the heap's top or the open pair at the tail."""
-        tail = self._tail
-        assert tail is not None and tail.prev is not None  # count > budget >= 1
-        open_key = self._pair_key(tail.prev, tail)
-        if self._heap and self._heap[0][:2] <= open_key:
-            return heapq.heappop(self._heap)[4]
-        return tail.prev
-
-    def _merge(self, left: _Node) -> None:
-        right = left.next
-        assert right is not None
-        a, b = left.anchor, right.anchor
-        if self.detail.bound:
-            # The shorter side loses its identity; its SVD is no longer changed after this merge.
-            # Distinctiveness is the squared distance of the means, blind to length: Ward's cost
-            # (length x distance) is what made the merge cheap, and a needle is short by nature.
-            short = a if a.svd.count <= b.svd.count else b
-            diff = a.svd.mean() - b.svd.mean()
-            self.detail.offer(float(diff @ diff), short.start, short.end, short.svd)
-        a.svd = a.svd.merge(b.svd)
-        a.rep = a.svd.representative(self.representative)
-        a.end = max(a.end, b.end)
-        right.alive = False
-        left.next = right.next
-        if right.next is None:
-            self._tail = left
-        else:
-            right.next.prev = left
-        self._count -= 1
-        self._push(left)
-        if left.prev is not None:
-            self._push(left.prev)
-
-    def _rebuild_heap(self) -> None:
-        self._heap = []
-        node = self._head
-        while node is not None:
-            self._push(node)
-            node = node.next
+    @detail.setter
+    def detail(self, level: DetailLevel) -> None:
+        self._chain.detail = level
 
     # ---------------------------------------------------------------- views
 
     @property
     def tokens(self) -> int:
         """Number of tokens (== anchors)."""
-        return self._count
+        return len(self._chain)
 
     @property
     def heap_entries(self) -> int:
         """Entries in the internal pair heap, stale ones included (diagnostic; O(budget))."""
-        return len(self._heap)
+        return self._chain.heap_entries
 
     @property
     def forgotten_gap_seconds(self) -> float:
@@ -318,11 +188,7 @@ class Memory:
     def _views(self) -> _Views:
         if self._cache is None:
             self._packed = None
-            anchors: list[Anchor] = []
-            node = self._head
-            while node is not None:
-                anchors.append(node.anchor)
-                node = node.next
+            anchors = list(self._chain)
             starts = np.array([a.start for a in anchors], dtype=np.float64)
             ends = np.array([a.end for a in anchors], dtype=np.float64)
             reps = (
@@ -396,7 +262,7 @@ class Memory:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays held: every anchor's SVD and token, the heap, the spans, the finer level."""
-        total = _ENTRY_BYTES * len(self._heap) + self._coverage.nbytes
+        total = ENTRY_BYTES * self._chain.heap_entries + self._coverage.nbytes
         for a in self._views()[0]:
             total += a.svd.nbytes + a.rep.nbytes + 16
         return total + self.detail.nbytes
@@ -431,16 +297,8 @@ class Memory:
         self, anchors: Sequence[Anchor], spans: list[list[float]], last_start: float, forgotten: float
     ) -> None:
         """Fill an empty memory with validated anchors (used by :mod:`agent.store.memory_store`)."""
-        for a in anchors:
-            node = _Node(a, self._tail)
-            if self._tail is None:
-                self._head = node
-            else:
-                self._tail.next = node
-            self._tail = node
-        self._count = len(anchors)
+        self._chain.restore(anchors)
         self._coverage.spans = spans
         self._last_start = last_start
         self._coverage.forgotten = forgotten
         self._cache = None
-        self._rebuild_heap()

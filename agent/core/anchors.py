@@ -1,0 +1,197 @@
+"""The anchors of one memory in time order, and the budget merges among them.
+
+:class:`AnchorChain` owns the bookkeeping that keeps a memory's ``add`` at
+O(d*k + log B): anchors form a doubly linked list (merges unlink in O(1));
+closed adjacent pairs sit in a heap keyed by (crosses a gap, cost) with lazy
+invalidation (each node's version is bumped whenever its right pair changes;
+stale entries are skipped when popped, and the heap is rebuilt when they pile
+up, so it stays O(B)); the pair ending at the open (newest) anchor changes on
+every join, so it is scored on demand. The merge rule and the representative
+are those of :mod:`agent.core.svd`; a merge offers the anchor that loses its
+identity to the finer level (:mod:`agent.core.detail`) when that level is on.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from agent.core.detail import DetailLevel
+from agent.core.svd import F32, F64, MergeRule, Representative, TruncatedSVD, merge_cost
+
+_HEAP_SLACK = 4
+"""Rebuild the pair heap when it holds more than this many entries per token."""
+ENTRY_BYTES = 40
+"""Payload of one heap entry (five 8-byte numbers), for byte accounting."""
+
+
+@dataclass(eq=False)
+class Anchor:
+    """A contiguous time span of the memory and its SVD summary."""
+
+    start: float
+    end: float
+    svd: TruncatedSVD
+    rep: F32
+    """(d,) unit float32 token; recomputed whenever ``svd`` changes."""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+class _Node:
+    """A linked-list cell around an anchor; ``version`` guards its right pair in the heap."""
+
+    __slots__ = ("alive", "anchor", "next", "prev", "version")
+
+    def __init__(self, anchor: Anchor, prev: _Node | None) -> None:
+        self.anchor = anchor
+        self.prev = prev
+        self.next: _Node | None = None
+        self.version = 0
+        self.alive = True
+
+
+_Entry = tuple[int, float, int, int, _Node]
+"""(crosses a gap, merge cost, sequence, version of left node, left node)."""
+
+
+class AnchorChain:
+    """Time-ordered anchors; :meth:`enforce_budget` merges the cheapest adjacent pairs down to ``budget``."""
+
+    def __init__(
+        self, budget: int, rank: int, merge: MergeRule, representative: Representative, detail: DetailLevel
+    ) -> None:
+        self.budget = budget
+        self.rank = rank
+        self.merge: MergeRule = merge
+        self.representative: Representative = representative
+        self.detail = detail
+        self._head: _Node | None = None
+        self._tail: _Node | None = None
+        self._count = 0
+        self._heap: list[_Entry] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Anchor]:
+        node = self._head
+        while node is not None:
+            yield node.anchor
+            node = node.next
+
+    @property
+    def newest(self) -> Anchor | None:
+        """The open anchor (the one new embeddings may join), or None when empty."""
+        return None if self._tail is None else self._tail.anchor
+
+    @property
+    def heap_entries(self) -> int:
+        """Entries in the pair heap, stale ones included."""
+        return len(self._heap)
+
+    def append(self, start: float, end: float, vec: F64) -> None:
+        """Open a new anchor of one member ``vec`` (d,) spanning [start, end]."""
+        svd = TruncatedSVD.from_vector(vec, self.rank)
+        node = _Node(Anchor(start, end, svd, svd.representative(self.representative)), self._tail)
+        old_tail, self._tail = self._tail, node
+        self._count += 1
+        if old_tail is None:
+            self._head = node
+            return
+        old_tail.next = node
+        if old_tail.prev is not None:
+            # The pair ending at the old tail stops changing now: it can enter the heap.
+            self._push(old_tail.prev)
+
+    def restore(self, anchors: Sequence[Anchor]) -> None:
+        """Fill an empty chain with anchors already in time order."""
+        for a in anchors:
+            node = _Node(a, self._tail)
+            if self._tail is None:
+                self._head = node
+            else:
+                self._tail.next = node
+            self._tail = node
+        self._count = len(anchors)
+        self._rebuild_heap()
+
+    # ---------------------------------------------------------------- budget
+
+    def _push(self, left: _Node) -> None:
+        """(Re)score the pair (left, left.next), invalidating its older entries."""
+        left.version += 1
+        right = left.next
+        if right is None or right is self._tail:
+            return
+        gap, cost = self._pair_key(left, right)
+        self._seq += 1
+        heapq.heappush(self._heap, (gap, cost, self._seq, left.version, left))
+
+    def _pair_key(self, left: _Node, right: _Node) -> tuple[int, float]:
+        """(crosses a gap, cost): pairs across a gap merge last, then the cheapest first."""
+        a, b = left.anchor, right.anchor
+        gap = int(a.end < b.start)
+        if self.merge == "cosine":
+            return gap, -float(a.rep @ b.rep)
+        return gap, merge_cost(a.svd, b.svd, self.merge)
+
+    def _valid(self, entry: _Entry) -> bool:
+        node = entry[4]
+        return (
+            node.alive and node.version == entry[3] and node.next is not None and node.next is not self._tail
+        )
+
+    def enforce_budget(self) -> None:
+        """Merge the cheapest adjacent pairs until at most ``budget`` anchors remain."""
+        while self._count > self.budget:
+            while self._heap and not self._valid(self._heap[0]):
+                heapq.heappop(self._heap)
+            self._merge(self._pick())
+        if len(self._heap) > _HEAP_SLACK * self.budget + 64:
+            self._rebuild_heap()
+
+    def _pick(self) -> _Node:
+        """The left node of the best pair: the heap's top or the open pair at the tail."""
+        tail = self._tail
+        assert tail is not None and tail.prev is not None  # count > budget >= 1
+        open_key = self._pair_key(tail.prev, tail)
+        if self._heap and self._heap[0][:2] <= open_key:
+            return heapq.heappop(self._heap)[4]
+        return tail.prev
+
+    def _merge(self, left: _Node) -> None:
+        right = left.next
+        assert right is not None
+        a, b = left.anchor, right.anchor
+        if self.detail.bound:
+            # The shorter side loses its identity; its SVD is no longer changed after this merge.
+            # Distinctiveness is the squared distance of the means, blind to length: Ward's cost
+            # (length x distance) is what made the merge cheap, and a needle is short by nature.
+            short = a if a.svd.count <= b.svd.count else b
+            diff = a.svd.mean() - b.svd.mean()
+            self.detail.offer(float(diff @ diff), short.start, short.end, short.svd)
+        a.svd = a.svd.merge(b.svd)
+        a.rep = a.svd.representative(self.representative)
+        a.end = max(a.end, b.end)
+        right.alive = False
+        left.next = right.next
+        if right.next is None:
+            self._tail = left
+        else:
+            right.next.prev = left
+        self._count -= 1
+        self._push(left)
+        if left.prev is not None:
+            self._push(left.prev)
+
+    def _rebuild_heap(self) -> None:
+        self._heap = []
+        node = self._head
+        while node is not None:
+            self._push(node)
+            node = node.next
