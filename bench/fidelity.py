@@ -88,8 +88,10 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "svd-ward-energy-fill": _svd_fill("mean", merge="ward", scorer="energy"),
     "svd-subspace-fill": _svd_fill("mean", merge="subspace"),
     "svd-subspace-proj-fill": _svd_fill("mean", merge="subspace", scorer="projection"),
-    # Two resolutions: 1/8 of the budget keeps the most distinctive stretches merged away.
+    # Two resolutions: 1/8 (1/4) of the budget keeps the most distinctive stretches merged away.
     "svd-ward-peak-2res-fill": _svd_fill("mean", merge="ward", scorer="peak", detail=8),
+    "svd-ward-energy-2res-fill": _svd_fill("mean", merge="ward", scorer="energy", detail=8),
+    "svd-ward-energy-2res4-fill": _svd_fill("mean", merge="ward", scorer="energy", detail=4),
 }
 """The issue's strategies plus SVD merging with the online theta rule switched off (``*-fill``):
 SMORE's rules (most similar pair, representative token) and the new merge rules and scorers."""
@@ -311,6 +313,10 @@ def compare(
                 rows.append(_row(grid, name, fraction, budget, tokens, took, query_sets, preds, reference))
                 rows[-1]["bytes"] = mem.bytes_held
                 rows[-1]["bytes_per_hour"] = round(mem.bytes_held * 3600.0 / duration)
+                fine = int(getattr(mem, "detail_nbytes", 0))
+                if fine:
+                    # Two resolutions: the finer level's share of the bytes above.
+                    rows[-1]["detail_bytes_per_hour"] = round(fine * 3600.0 / duration)
                 if on_row is not None:
                     on_row(rows[-1])
     return rows

@@ -88,6 +88,8 @@ class MemoryItems(NamedTuple):
     overlay: Callable[[F32], tuple[F64, F64, F64]] | None = None
     """The finer level: (Q, d) queries -> (starts (m,), ends (m,), scores (Q, m)), least
     distinctive first; each stretch speaks for its span over the coarse tokens."""
+    detail_nbytes: int = 0
+    """Of ``nbytes``, what the finer level holds (its stretches' SVDs and spans)."""
 
     def scores(self, queries: F32) -> F64:
         """(Q, n) scores of unit queries (Q, d)."""
@@ -277,6 +279,7 @@ def svd(
         None if scorer == "rep" else score,
         mem.nbytes,
         overlay if detail else None,
+        mem.detail.nbytes,
     )
 
 
