@@ -15,7 +15,8 @@ from bench.haystack import DEFAULT_DATA
 from bench.strategies import Items, svd
 
 needs_data = pytest.mark.skipif(not (DEFAULT_DATA / "coco").is_dir(), reason="shared data folder missing")
-STRATEGIES = ("selection", "avgpool", "svd-mean-fill", compression.CHOSEN, "svd-ward-peak-2res-fill")
+TWO_RES = "svd-ward-energy-2res-fill"
+STRATEGIES = ("selection", "avgpool", "svd-mean-fill", compression.CHOSEN, TWO_RES)
 
 
 @needs_data
@@ -36,12 +37,18 @@ def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
     # SVD anchors carry their bases: more bytes per token than a bare token.
     by = {(r["grid"], r["strategy"], r["budget"]): r for r in rows}
     assert by[(1, compression.CHOSEN, 24)]["bytes"] > by[(1, "avgpool", 24)]["bytes"]
+    # Two resolutions report what their finer level holds, a part of the total (3 of 24 tokens there).
+    fine = by[(1, TWO_RES, 24)]
+    assert 0 < fine["detail_bytes_per_hour"] < fine["bytes_per_hour"]
+    assert "detail_bytes_per_hour" not in by[(1, compression.CHOSEN, 24)]
+    assert set(rep["summary"]) == set(STRATEGIES)
     assert set(rep["targets"]) == {"1", "2"}
     assert all(
         isinstance(v, bool) for t in rep["targets"].values() for k, v in t.items() if k.endswith("_met")
     )
     table = files[".md"].read_text()
     assert f"**{compression.CHOSEN}**" in table and "| 1/10 | 1/30 |" in table
+    assert "## Means over the grids" in table and f"| {TWO_RES} | " in table
 
 
 def needle_stream(dim: int = 8) -> tuple[Items, np.ndarray]:
@@ -83,3 +90,14 @@ def test_targets_follow_the_issue() -> None:
     got = compression.targets(rows)["1"]
     assert got["fidelity_1/10_met"] and got["fidelity_1/30_met"] and got["R1_within_10pct_met"]
     assert not got["ahead_of_avgpool_and_selection_met"]  # selection is ahead at 1/100
+
+
+def test_summary_means_every_grid_at_the_target_budgets() -> None:
+    rows = []
+    for grid, fids in ((1, (90.0, 70.0, 30.0)), (2, (50.0, 30.0, 10.0))):
+        for f, fid in zip((1 / 10, 1 / 30, 1 / 100), fids, strict=True):
+            row = {**_row(compression.CHOSEN, f, fid, 0.0), "grid": grid}
+            row["image"]["fidelity_on_dense_hits"] = None if grid == 2 else fid
+            rows.append(row)
+    got = compression.summary(rows)[compression.CHOSEN]
+    assert got == {"fidelity": 60.0, "fidelity_on_dense_hits": 80.0, "fidelity_1/100": 20.0}
