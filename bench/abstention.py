@@ -155,6 +155,8 @@ def run(
             "fuse_doc": fuse.__doc__,
         },
         "ingest": {"seconds": round(ingest_s, 1), **{k: info[k] for k in ("frames", "tokens", "anchors")}},
+        # The memory rules the figures were made with (defaults change: issue #15 changed the scorer).
+        "memory": {k: getattr(settings.index, k) for k in ("budget", "theta", "rank", "merge", "scorer")},
         "summary": summarise(rows),
         "queries": rows,
         "wall_seconds": round(time.perf_counter() - t0, 1),

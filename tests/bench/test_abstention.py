@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main
+from agent.config import IndexConfig
 from bench.abstention import summarise
 from bench.haystack import DEFAULT_DATA
 
@@ -36,6 +37,7 @@ def test_runner_writes_a_report_with_its_command(tmp_path: Path) -> None:
         top = q["top1"]
         assert top is None or 0.0 <= top["confidence"] <= 1.0
     assert rep["threshold"]["min_confidence"] == 0.95
+    assert rep["memory"]["scorer"] == IndexConfig().scorer and rep["memory"]["merge"] == IndexConfig().merge
 
 
 def test_summary_counts_an_abstained_hit_as_a_miss() -> None:
