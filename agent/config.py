@@ -17,7 +17,7 @@ from agent.errors import ConfigError
 Representative = Literal["smore", "mean"]
 MergeRule = Literal["cosine", "ward", "subspace"]
 """Which adjacent anchors a full memory merges (:func:`agent.core.svd.merge_cost`)."""
-Scorer = Literal["rep", "energy", "projection", "peak"]
+Scorer = Literal["rep", "energy", "projection", "peak", "average"]
 """How a query scores an anchor (:meth:`agent.core.memory.Memory.scores`)."""
 Backend = Literal["auto", "torch", "openvino"]
 
@@ -114,7 +114,8 @@ class IndexConfig(Strict):
     ``cosine`` (SMORE's most similar pair) or ``subspace`` (least energy off the rank-k span)."""
     scorer: Scorer = "energy"
     """Prescreen scorer: ``energy`` (RMS of the members' cosines, read from the SVD; issue #15's
-    winner), ``rep`` (cosine to the token), ``peak`` (mean + spread) or ``projection``."""
+    winner), ``rep`` (cosine to the token), ``peak`` (mean + spread), ``average`` (mean member cosine)
+    or ``projection``."""
     gap_seconds: float = Field(default=5.0, gt=0)
     """A jump in stream time larger than this is a gap in coverage."""
     gate: bool = True

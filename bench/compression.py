@@ -41,6 +41,7 @@ DEFAULT_STRATEGIES = (
     "svd-ward-fill",
     "svd-ward-peak-fill",
     "svd-ward-energy-fill",
+    "svd-ward-average-fill",
     "svd-subspace-fill",
     "svd-ward-peak-2res-fill",
     "svd-ward-energy-2res-fill",

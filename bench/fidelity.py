@@ -86,6 +86,7 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "svd-ward-smore-fill": _svd_fill("smore", merge="ward"),
     "svd-ward-peak-fill": _svd_fill("mean", merge="ward", scorer="peak"),
     "svd-ward-energy-fill": _svd_fill("mean", merge="ward", scorer="energy"),
+    "svd-ward-average-fill": _svd_fill("mean", merge="ward", scorer="average"),
     "svd-subspace-fill": _svd_fill("mean", merge="subspace"),
     "svd-subspace-proj-fill": _svd_fill("mean", merge="subspace", scorer="projection"),
     # Two resolutions: 1/8 (1/4) of the budget keeps the most distinctive stretches merged away.

@@ -23,11 +23,11 @@ F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 
 Representative = Literal["smore", "mean"]
-Scorer = Literal["rep", "energy", "projection", "peak"]
+Scorer = Literal["rep", "energy", "projection", "peak", "average"]
 """How a query scores an anchor (see :func:`score_anchors`)."""
 MergeRule = Literal["cosine", "ward", "subspace"]
 """Which adjacent pair a full memory merges (see :func:`merge_cost`)."""
-SCORERS: tuple[Scorer, ...] = ("rep", "energy", "projection", "peak")
+SCORERS: tuple[Scorer, ...] = ("rep", "energy", "projection", "peak", "average")
 MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "subspace")
 
 _RHO_TOL = 1e-5
@@ -314,9 +314,14 @@ def score_anchors(
       long anchor it was merged into;
     * ``"projection"``: ``|B q|``, the best cosine any direction of the
       retained subspace reaches (an upper bound of the best member);
+    * ``"average"``: ``mean . q``, the members' mean cosine (exact, from the
+      member sum): the dense memory's scores averaged over the anchor's span,
+      not inflated by the spread of a mixed anchor as a normalised token is;
     * ``"rep"`` is not computed here (it is the representative's cosine).
     """
     vec = np.asarray(q, np.float64)
+    if kind == "average":
+        return np.asarray(means @ vec, np.float64)
     proj = basis.astype(np.float64) @ vec  # (n, k)
     if kind == "projection":
         return np.asarray(np.sqrt(np.sum(proj**2, axis=1)), np.float64)

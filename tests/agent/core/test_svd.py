@@ -221,6 +221,19 @@ def test_svd_scorers_equal_member_statistics_when_nothing_is_truncated(seed: int
     assert scores_of([svd], q, "peak")[0] == pytest.approx(cos.mean() + cos.std(), abs=2e-3)
     # The best direction of the span is at least as close as the best member.
     assert scores_of([svd], q, "projection")[0] >= cos.max() - 1e-5
+    assert scores_of([svd], q, "average")[0] == pytest.approx(cos.mean(), abs=1e-9)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 40), d=st.integers(3, 16))
+def test_the_average_scorer_is_exact_however_much_the_svd_truncates(seed: int, n: int, d: int) -> None:
+    # It reads the exact member sum, not the basis: rank 1 over up to 40 members loses nothing.
+    rng = np.random.default_rng(seed)
+    x = unit_rows(rng, n, d)
+    q = unit_rows(rng, 1, d)[0]
+    assert scores_of([incremental(x, rank=1)], q, "average")[0] == pytest.approx(
+        float(np.mean(x @ q)), abs=1e-9
+    )
 
 
 @FAST
@@ -229,8 +242,8 @@ def test_single_member_anchors_score_their_cosine_under_every_scorer(seed: int, 
     rng = np.random.default_rng(seed)
     v, q = unit_rows(rng, 2, d)
     svd = TruncatedSVD.from_vector(v, 4)
-    for kind in ("energy", "peak", "projection"):
-        want = v @ q if kind == "peak" else abs(v @ q)  # energy and projection drop the sign
+    for kind in ("energy", "peak", "projection", "average"):
+        want = v @ q if kind in ("peak", "average") else abs(v @ q)  # energy and projection drop the sign
         assert scores_of([svd], q, kind)[0] == pytest.approx(want, abs=1e-5)
 
 
