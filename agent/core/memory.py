@@ -12,7 +12,8 @@ scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
   SMORE's most similar pair; ``"subspace"``: least energy off the rank-k span);
 * scorer ``"energy"``: the RMS of the members' cosines to the query, read from
   the retained SVD, so a short stretch matching the query lifts the anchor it
-  was merged into (``"rep"``: cosine to the token; ``"peak"``: mean + spread);
+  was merged into (``"rep"``: cosine to the token; ``"peak"``: mean + spread;
+  ``"average"``: the mean member cosine);
 * an optional finer level (``detail`` > 0, :mod:`agent.core.detail`) keeps the
   most distinctive stretches that merges folded away.
 
