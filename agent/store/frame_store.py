@@ -1,19 +1,9 @@
 """Low-resolution JPEGs of sampled frames on disk, indexed by stream time.
 
 Used by refinement (re-scoring frames of a candidate region), thumbnails and
-captions. Layout of ``root``::
-
-    chunk-00000000.vfs   records appended in time order
-    chunk-00000001.vfs   ...
-
-Records are length-framed and checksummed (:mod:`agent.store.frame_records`:
-header ``<4s d d I I>`` then the JPEG; the CRC covers header and JPEG).
-Files are only ever appended to, so a crash (kill -9) can only damage the
-tail of the newest chunk; bit rot can hit anywhere. On open every chunk is
-scanned with resynchronisation: a damaged record is skipped and the scan
-continues at the next valid one, so one flipped byte loses one frame; a
-damaged tail is cut so that nothing half-written stays. Appends always go
-to a new chunk after an open.
+captions. The files are chunks of length-framed, checksummed records
+(:mod:`agent.store.frame_chunks`: layout, recovery on open, appends that roll
+back, eviction; :mod:`agent.store.frame_records`: the record format).
 
 The store is bounded in bytes: when the files would exceed ``max_bytes`` the
 oldest *whole* chunk is deleted. A chunk holds at most ``chunk_bytes`` and
@@ -38,8 +28,6 @@ import errno
 import io
 import logging
 import math
-import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,19 +41,13 @@ from PIL import Image
 
 from agent.errors import ConfigError, IndexStoreError
 from agent.store import frame_records
+from agent.store.frame_chunks import ChunkFiles
 from agent.store.frame_records import HEADER, MAGIC, RecordIndex
 from agent.types import RGBImage
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HEADER", "MAGIC", "FrameStore", "FrameStoreStatus", "decode_jpeg"]
-
-_CHUNK_RE = re.compile(r"^chunk-(\d{8})\.vfs$")
-
-
-def _open_chunk(path: Path) -> io.FileIO:
-    """A new chunk file, unbuffered (the write boundary: tests inject disk faults here)."""
-    return io.FileIO(path, "xb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +107,7 @@ class FrameStore:
         self.chunk_bytes = max(1, min(chunk_bytes, max_bytes // 8))
         self._lock = threading.RLock()
         self._index = RecordIndex()
-        self._chunks: dict[int, int] = {}  # chunk id -> bytes, oldest first
-        self._writer: io.FileIO | None = None  # unbuffered: a failed write can be rolled back
-        self._writer_id = -1
+        self._files = ChunkFiles(self.root, self._index, max_bytes=max_bytes, chunk_bytes=self.chunk_bytes)
         self._closed = False
         self.retry_seconds = retry_seconds
         self._clock = clock
@@ -137,42 +117,10 @@ class FrameStore:
         self._failures = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._recover()
+            self._files.recover()
         except OSError as exc:
             raise IndexStoreError(f"frame store {self.root}: {exc}") from exc
-        self._evict(0)
-
-    # ---- opening -------------------------------------------------------------------------
-
-    def _chunk_path(self, chunk: int) -> Path:
-        return self.root / f"chunk-{chunk:08d}.vfs"
-
-    def _recover(self) -> None:
-        """Rebuild the index from the chunk files, cutting off a damaged tail."""
-        ids = sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _CHUNK_RE.match(p.name)))
-        for chunk in ids:
-            size = self._scan(chunk)
-            if size == 0:
-                self._chunk_path(chunk).unlink()
-            else:
-                self._chunks[chunk] = size
-        self._writer_id = ids[-1] if ids else -1
-
-    def _scan(self, chunk: int) -> int:
-        """Index one chunk's valid records, skipping damaged ones; cut a damaged tail. Returns its size."""
-        path = self._chunk_path(chunk)
-        data = path.read_bytes()
-        last_t = float(self._index.times()[-1]) if len(self._index) else -math.inf
-        found = frame_records.scan(data, last_t)
-        for rec in found.records:
-            self._index.append(rec.t, rec.wall, chunk, rec.offset, rec.length)
-        for start, end in found.holes:
-            log.warning("%s: skipped %d damaged bytes at offset %d", path, end - start, start)
-        if found.end < len(data):
-            log.warning("%s: cut %d damaged bytes at offset %d", path, len(data) - found.end, found.end)
-            with path.open("r+b") as fh:
-                fh.truncate(found.end)
-        return found.end
+        self._files.evict(0)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -210,13 +158,13 @@ class FrameStore:
                 self._skipped += 1
                 return False
             try:
-                offset = self._append(record)
+                offset = self._files.append(record)
             except OSError as exc:
                 self._pause(exc)
                 self._skipped += 1
                 return False
             self._index.append(
-                t, math.nan if wall is None else wall, self._writer_id, offset + HEADER.size, len(jpeg)
+                t, math.nan if wall is None else wall, self._files.writer_id, offset + HEADER.size, len(jpeg)
             )
             if self._retry_at is not None:
                 log.warning("frame store %s writes again (%d frames skipped)", self.root, self._skipped)
@@ -227,32 +175,6 @@ class FrameStore:
         """Writing or paused, the last write error and the frames lost to write failures."""
         with self._lock:
             return FrameStoreStatus(self._retry_at is None, self._error, self._skipped, self._failures)
-
-    def _append(self, record: bytes) -> int:
-        """Append ``record`` to the open chunk; returns its offset. OSError after rolling back."""
-        self._evict(len(record))
-        writer = self._writer_for(len(record))
-        offset = self._chunks[self._writer_id]
-        try:
-            view = memoryview(record)
-            while view:  # a raw write may be partial
-                written = writer.write(view)
-                if not written:
-                    raise OSError(errno.EIO, "the disk accepted no bytes")
-                view = view[written:]
-        except OSError:
-            self._roll_back(writer, offset)
-            raise
-        self._chunks[self._writer_id] = offset + len(record)
-        return offset
-
-    def _roll_back(self, writer: io.FileIO, offset: int) -> None:
-        """Cut a partly written record; if even that fails, seal the chunk (the next open cuts it)."""
-        try:
-            writer.truncate(offset)
-            writer.seek(offset)
-        except OSError:
-            self._close_writer()
 
     def _pause(self, exc: OSError) -> None:
         """Stop writing for ``retry_seconds``; log once per pause (not once per skipped frame)."""
@@ -269,43 +191,13 @@ class FrameStore:
         self._error = f"{name}: {exc.strerror or exc}"
         self._retry_at = self._clock() + self.retry_seconds
 
-    def _writer_for(self, nbytes: int) -> io.FileIO:
-        """The open chunk, rolled over to a new file when this record would overfill it (OSError)."""
-        if self._writer is not None and self._chunks[self._writer_id] + nbytes <= self.chunk_bytes:
-            return self._writer
-        self._close_writer()
-        writer = _open_chunk(self._chunk_path(self._writer_id + 1))
-        self._writer_id += 1
-        self._writer = writer
-        self._chunks[self._writer_id] = 0
-        return self._writer
-
-    def _close_writer(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            try:
-                writer.close()
-            except OSError as exc:  # unbuffered: nothing is lost; the next open rescans the chunk
-                log.warning("frame store %s: closing a chunk failed: %s", self.root, exc)
-
-    def _evict(self, incoming: int) -> None:
-        """Delete oldest whole chunks until ``incoming`` more bytes fit under the bound."""
-        while self._chunks and sum(self._chunks.values()) + incoming > self.max_bytes:
-            oldest = next(iter(self._chunks))
-            if oldest == self._writer_id:
-                self._close_writer()  # only chunk left and still too big: its records go too
-            del self._chunks[oldest]
-            self._index.drop_chunk(oldest)
-            self._chunk_path(oldest).unlink(missing_ok=True)
-
     def flush(self) -> None:
         """Push written records to the disk (IndexStoreError when the disk refuses)."""
         with self._lock:
-            if self._writer is not None:
-                try:
-                    os.fsync(self._writer.fileno())
-                except OSError as exc:
-                    raise IndexStoreError(f"frame store {self.root}: fsync failed: {exc}") from exc
+            try:
+                self._files.fsync()
+            except OSError as exc:
+                raise IndexStoreError(f"frame store {self.root}: fsync failed: {exc}") from exc
 
     def close(self) -> None:
         """Flush and close the open chunk; idempotent, and closes even when the flush fails."""
@@ -317,7 +209,7 @@ class FrameStore:
                 self.flush()
             except IndexStoreError as exc:
                 log.warning("%s", exc)
-            self._close_writer()
+            self._files.close_writer()
 
     def __enter__(self) -> FrameStore:
         return self
@@ -337,7 +229,7 @@ class FrameStore:
     def nbytes(self) -> int:
         """Bytes of all chunk files (headers included); never above ``max_bytes``."""
         with self._lock:
-            return sum(self._chunks.values())
+            return self._files.nbytes
 
     @property
     def first_time(self) -> float | None:
@@ -375,27 +267,11 @@ class FrameStore:
             i -= 1
         return self._index.lo + i
 
-    def _read(self, row: int) -> bytes:
-        chunk, offset, length = (
-            int(self._index.chunk[row]),
-            int(self._index.offset[row]),
-            int(self._index.length[row]),
-        )
-        try:
-            with self._chunk_path(chunk).open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read(length)
-        except OSError as exc:
-            raise IndexStoreError(f"frame store read failed: {exc}") from exc
-        if len(data) != length:
-            raise IndexStoreError(f"frame store chunk {chunk} is shorter than its index")
-        return data
-
     def get_jpeg(self, t: float) -> tuple[float, bytes]:
         """(time, JPEG bytes) of the stored frame nearest to ``t``."""
         with self._lock:
             row = self._nearest_row(t)
-            return float(self._index.t[row]), self._read(row)
+            return float(self._index.t[row]), self._files.read(row)
 
     def get(self, t: float) -> tuple[float, RGBImage]:
         """(time, RGB picture) of the stored frame nearest to ``t``."""
@@ -413,7 +289,7 @@ class FrameStore:
             rows = np.arange(lo, hi) + self._index.lo
             if len(rows) > max_frames:
                 rows = rows[np.unique(np.linspace(0, len(rows) - 1, max_frames).round().astype(np.int64))]
-            found = [(float(self._index.t[r]), self._read(int(r))) for r in rows]
+            found = [(float(self._index.t[r]), self._files.read(int(r))) for r in rows]
         return [(t, decode_jpeg(jpeg)) for t, jpeg in found]
 
 

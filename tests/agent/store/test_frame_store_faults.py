@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.store import frame_store
+from agent.store import frame_chunks, frame_store
 from agent.store.frame_records import HEADER, MAGIC_V1, pack, scan
 from agent.store.frame_store import FrameStore
 
@@ -94,7 +94,7 @@ def test_disk_full_pauses_writes_rolls_back_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = _Disk()
-    monkeypatch.setattr(frame_store, "_open_chunk", disk.open)
+    monkeypatch.setattr(frame_chunks, "_open_chunk", disk.open)
     now = [0.0]
     store = FrameStore(tmp_path, max_bytes=10**7, retry_seconds=5.0, clock=lambda: now[0])
     for i in range(5):
