@@ -92,9 +92,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.run_haystack import git_commit, machine_info
 
     cfg_json = encoder_from_args(args).model_dump_json()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     warm = one_run(cfg_json)  # fills the cache: the timed runs are cache hits
     runs = [one_run(cfg_json) for _ in range(args.runs)]
     machine = machine_info()
+    machine["loadavg_start"] = load_start
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {
         "command": " ".join(args.argv),

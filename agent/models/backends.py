@@ -23,7 +23,7 @@ import torch
 
 from agent.config import EncoderConfig
 from agent.errors import ConfigError
-from agent.models.weights import BuiltModel
+from agent.models.weights import BuiltModel, ModelFacts
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +62,49 @@ class TorchBackend:
         return feats.float().cpu()  # type: ignore[no-any-return]
 
 
-def make_backend(cfg: EncoderConfig, built: BuiltModel, *, release_torch: bool = False) -> Backend:
+def wants_openvino(cfg: EncoderConfig) -> bool:
+    """Whether ``cfg.backend`` picks OpenVINO on this machine (``auto``: when CUDA is absent)."""
+    return cfg.backend == "openvino" or (cfg.backend == "auto" and not torch.cuda.is_available())
+
+
+def cached_backend(cfg: EncoderConfig) -> tuple[Backend, ModelFacts] | None:
+    """OpenVINO from the disk cache alone (no torch model built), or None: build and :func:`make_backend`.
+
+    None also when OpenVINO is not the backend ``cfg`` picks, or the cache
+    cannot serve it (a failure here is logged: the build path decides again).
+    """
+    if not wants_openvino(cfg):
+        return None
+    from agent.models.openvino_backend import load_cached
+
+    try:
+        return load_cached(cfg, threads=cfg.threads)
+    except ConfigError as exc:
+        log.warning("encoder %s: the OpenVINO cache could not be used: %s", cfg.model, exc)
+        return None
+
+
+def make_backend(
+    cfg: EncoderConfig, built: BuiltModel, *, release_torch: bool = False, weights: str | None = None
+) -> Backend:
     """The backend ``cfg.backend`` asks for, for ``built``.
 
     ``release_torch``: on OpenVINO, free ``built.model``'s weights once the IR
     is in hand (one copy of the weights in memory, not two; ``built.model`` is
-    unusable afterwards). Raises :class:`ConfigError` when ``openvino`` is
+    unusable afterwards). ``weights``: what identifies the weights (the
+    OpenVINO cache key, :func:`~agent.models.weights.weights_id`; default: the
+    built model's digest). Raises :class:`ConfigError` when ``openvino`` is
     asked for explicitly and cannot be had; under ``auto`` that failure is a
     warning and torch runs (on a rebuilt model if the weights were released).
     """
     from agent.models.openvino_backend import load_openvino
 
-    if cfg.backend == "torch":
+    if not wants_openvino(cfg):
         return TorchBackend(built.model)
     if cfg.backend == "openvino":
-        return load_openvino(built, threads=cfg.threads, release_torch=release_torch)
-    if torch.cuda.is_available():
-        return TorchBackend(built.model)
+        return load_openvino(built, threads=cfg.threads, release_torch=release_torch, weights=weights)
     try:
-        return load_openvino(built, threads=cfg.threads, release_torch=release_torch)
+        return load_openvino(built, threads=cfg.threads, release_torch=release_torch, weights=weights)
     except ConfigError as exc:
         log.warning("encoder %s: OpenVINO unavailable, running on torch instead: %s", built.name, exc)
         model = built.model

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 from agent.config import EncoderConfig
 from agent.models import classical
-from agent.models.backends import Backend, make_backend
+from agent.models.backends import Backend, cached_backend, make_backend
 from agent.models.classical import CLASSICAL, ClassicalBackend
-from agent.models.weights import TINY_RANDOM, BuiltModel, build_model
+from agent.models.weights import TINY_RANDOM, BuiltModel, ModelFacts, build_model, load_tokenizer, weights_id
 from agent.types import RGBImage
 
 __all__ = ["CLASSICAL", "TINY_RANDOM", "ClipEncoder", "Encoder", "load_encoder"]
@@ -103,16 +103,23 @@ class ClipEncoder:
     @classmethod
     def from_built(cls, built: BuiltModel, backend: Backend, cfg: EncoderConfig) -> ClipEncoder:
         """The encoder for ``built`` running on ``backend``, batched as ``cfg`` says."""
+        return cls.from_facts(built.facts, built.tokenizer, backend, cfg)
+
+    @classmethod
+    def from_facts(
+        cls, facts: ModelFacts, tokenizer: object, backend: Backend, cfg: EncoderConfig
+    ) -> ClipEncoder:
+        """The encoder for a model known by its ``facts`` (no torch model needed) on ``backend``."""
         return cls(
             backend,
-            built.tokenizer,
-            name=built.name,
-            image_size=built.image_size,
-            mean=built.mean,
-            std=built.std,
+            tokenizer,
+            name=facts.name,
+            image_size=facts.image_size,
+            mean=facts.mean,
+            std=facts.std,
             batch_size=cfg.batch_size,
             threads=cfg.threads,
-            meaningless=built.meaningless,
+            meaningless=facts.meaningless,
         )
 
     @property
@@ -215,10 +222,17 @@ def load_encoder(cfg: EncoderConfig) -> ClipEncoder:
             torch.set_num_threads(cfg.threads)
             if cfg.model == CLASSICAL:
                 enc = _classical(cfg)
+            elif (cached := cached_backend(cfg)) is not None:
+                # An OpenVINO cache hit: no torch model is built (most of a cold start).
+                backend, facts = cached
+                enc = ClipEncoder.from_facts(facts, load_tokenizer(facts.tokenizer), backend, cfg)
             else:
                 built = build_model(cfg)
+                # After the build: a pretrained file just downloaded is now identifiable.
+                weights = weights_id(cfg)
                 # The encoder owns this module: OpenVINO may free its weights (peak memory).
-                enc = ClipEncoder.from_built(built, make_backend(cfg, built, release_torch=True), cfg)
+                backend = make_backend(cfg, built, release_torch=True, weights=weights)
+                enc = ClipEncoder.from_built(built, backend, cfg)
             if enc.meaningless:
                 log.warning("encoder: %s", enc.note)
             log.info("encoder %s on %s, %d threads", enc.name, enc.backend.name, cfg.threads)

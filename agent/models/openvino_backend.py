@@ -8,11 +8,13 @@ torch). Outputs equal torch's within 1e-4 cosine (tests/agent/models).
 
 Conversion takes seconds to tens of seconds, so the IR is cached under
 ``cache_dir()/openvino/<arch>-<key>/`` where ``key`` hashes the architecture,
-the weights (:func:`~agent.models.weights.weights_digest`), the OpenVINO
-version and the input sizes: a second load reads the cache and converts
-nothing. A cache entry appears whole or not at all (written to a temporary
-folder, then renamed); a cache that cannot be written only costs the
-conversion next time.
+what identifies the weights (:func:`~agent.models.weights.weights_id`: the
+seed, or the checkpoint file; the state-dict digest when neither is known)
+and the OpenVINO version. The key needs no torch model, so a cache hit
+(:func:`load_cached`) reads the IR and the entry's :class:`ModelFacts` and
+never builds one: that is most of a cold start. A cache entry appears whole
+or not at all (written to a temporary folder, then renamed); a cache that
+cannot be written only costs the conversion next time.
 
 Peak memory: with ``release_torch`` (what :func:`~agent.models.encoder.load_encoder`
 asks for) the torch weights are dropped (the module moved to the meta device)
@@ -47,14 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.config import cache_dir
+from agent.config import EncoderConfig, cache_dir
 from agent.errors import ConfigError
-from agent.models.weights import BuiltModel, weights_digest
+from agent.models.weights import BuiltModel, ModelFacts, weights_digest, weights_id
 
 log = logging.getLogger(__name__)
 
 # Bump when the towers or the conversion change: old cache entries are then ignored.
-_FORMAT = 1
+_FORMAT = 2
 _TOWERS = ("image", "text")
 
 
@@ -71,17 +73,22 @@ class _Tower(torch.nn.Module):
         return fn(x)  # type: ignore[operator, no-any-return]
 
 
-def cache_key(built: BuiltModel, ov_version: str, digest: str) -> str:
-    """Hex key of a converted model: architecture, weights, OpenVINO version, input sizes."""
-    parts = (built.arch, digest, ov_version, built.image_size, built.context_length, _FORMAT)
+def cache_key(arch: str, weights: str, ov_version: str) -> str:
+    """Hex key of a converted model: architecture, weights identity, OpenVINO version, format."""
+    parts = (arch, weights, ov_version, _FORMAT)
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def cache_folder(built: BuiltModel, ov_version: str, digest: str, root: Path | None = None) -> Path:
-    """Where the IR of ``built`` lives (``root`` defaults to ``cache_dir()/openvino``)."""
+def cache_folder(arch: str, weights: str, ov_version: str, root: Path | None = None) -> Path:
+    """Where the IR of ``arch`` with ``weights`` lives (``root`` defaults to ``cache_dir()/openvino``)."""
     base = root if root is not None else cache_dir() / "openvino"
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", built.arch)
-    return base / f"{safe}-{cache_key(built, ov_version, digest)}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)
+    return base / f"{safe}-{cache_key(arch, weights, ov_version)}"
+
+
+def built_weights_id(built: BuiltModel) -> str:
+    """The weights identity of an already built model: its state-dict digest and input sizes."""
+    return f"digest={weights_digest(built.model)}|{built.image_size}|{built.context_length}"
 
 
 def _import_openvino() -> Any:
@@ -169,6 +176,16 @@ def _read(ov: Any, folder: Path) -> dict[str, Any] | None:
     return {which: core.read_model(str(folder / f"{which}.xml")) for which in _TOWERS}
 
 
+def _compile(ov: Any, models: dict[str, Any], threads: int) -> dict[str, Any]:
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    core = ov.Core()
+    return {which: core.compile_model(models[which], "CPU", config) for which in _TOWERS}
+
+
 class OpenVINOBackend:
     """Forward passes through two compiled OpenVINO models (CPU).
 
@@ -215,13 +232,54 @@ def trim_heap() -> None:
         pass  # not glibc: its allocator decides when to give memory back
 
 
+def load_cached(
+    cfg: EncoderConfig, *, threads: int, root: Path | None = None
+) -> tuple[OpenVINOBackend, ModelFacts] | None:
+    """The compiled IR of the model ``cfg`` names and its facts, from the disk cache only.
+
+    Builds no torch model: the key comes from :func:`~agent.models.weights.weights_id`.
+    None when the weights cannot be identified without building (a pretrained
+    tag not yet in the local Hugging Face cache) or the cache has no usable
+    entry; the caller then builds the model and calls :func:`load_openvino`.
+    Raises :class:`ConfigError` when OpenVINO is missing or the cached IR
+    cannot be compiled.
+    """
+    weights = weights_id(cfg)
+    if weights is None:
+        return None
+    ov = _import_openvino()
+    folder = cache_folder(cfg.model, weights, ov.__version__, root)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        facts = ModelFacts.from_dict(meta["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no entry, or one this version cannot read: convert again
+    try:
+        models = _read(ov, folder)
+        if models is None:
+            return None
+        compiled = _compile(ov, models, threads)
+        del models
+        trim_heap()
+    except Exception as exc:
+        raise ConfigError(f"openvino backend failed for {cfg.model} (cache {folder}): {exc}") from exc
+    return OpenVINOBackend(compiled, folder=folder, cache_hit=True), facts
+
+
 def load_openvino(
-    built: BuiltModel, *, threads: int, root: Path | None = None, release_torch: bool = False
+    built: BuiltModel,
+    *,
+    threads: int,
+    root: Path | None = None,
+    release_torch: bool = False,
+    weights: str | None = None,
 ) -> OpenVINOBackend:
     """Compile ``built`` for the CPU, converting it unless the disk cache holds it.
 
     ``threads``: OpenVINO inference threads. ``root``: the cache folder
-    (default ``cache_dir()/openvino``). ``release_torch``: free ``built.model``'s
+    (default ``cache_dir()/openvino``). ``weights``: what identifies the
+    weights (:func:`~agent.models.weights.weights_id`; default: the built
+    model's state-dict digest). ``release_torch``: free ``built.model``'s
     weights before compiling (:func:`release_torch_weights`; the caller must not
     run it afterwards) so that peak memory holds one copy of the weights, not
     two; kept when the IR could not be cached (the converted model shares the
@@ -230,7 +288,8 @@ def load_openvino(
     """
     ov = _import_openvino()
     try:
-        folder = cache_folder(built, ov.__version__, weights_digest(built.model), root)
+        key = weights if weights is not None else built_weights_id(built)
+        folder = cache_folder(built.arch, key, ov.__version__, root)
         models = _read(ov, folder)
         cache_hit = models is not None
         if models is None:
@@ -238,7 +297,14 @@ def load_openvino(
                 "openvino: converting %s once (seconds to a minute); cached in %s", built.arch, folder
             )
             models = _convert(ov, built)
-            meta = {"arch": built.arch, "name": built.name, "openvino": ov.__version__, "format": _FORMAT}
+            meta = {
+                "arch": built.arch,
+                "name": built.name,
+                "openvino": ov.__version__,
+                "format": _FORMAT,
+                "weights": key,
+                "model": built.facts.to_dict(),
+            }
             try:
                 _save(ov, models, folder, meta)
             except OSError as exc:
@@ -248,13 +314,7 @@ def load_openvino(
         if cached is not None:
             models = cached  # read from disk: nothing refers to the torch tensors any more
             release_torch_weights(built.model)
-        core = ov.Core()
-        config = {
-            "INFERENCE_NUM_THREADS": threads,
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        compiled = {which: core.compile_model(models[which], "CPU", config) for which in _TOWERS}
+        compiled = _compile(ov, models, threads)
         del models  # the compiled models hold their own copy
         trim_heap()
     except ConfigError:

@@ -22,10 +22,13 @@ which is how they reach their published CPU speed.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,27 +41,90 @@ TINY_RANDOM = "tiny-random"
 _SEED = 20240607
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_TINY_TOKENIZER = "ViT-B-32"
 
 
 @dataclass(frozen=True)
-class BuiltModel:
-    """A torch CLIP model in eval mode and what it takes to feed it.
+class ModelFacts:
+    """What it takes to feed a CLIP model, without the model (JSON-serialisable).
 
     ``arch`` names the architecture (the open_clip name, or ``tiny-random``);
+    ``tokenizer`` the open_clip tokenizer name (:func:`load_tokenizer`);
     ``image_size`` is the square input side in pixels; ``context_length`` the
     token count per text row; ``mean``/``std`` the per-channel normalisation of
-    pixels in [0, 1].
+    pixels in [0, 1]. An OpenVINO cache entry keeps these, so a cache hit needs
+    no torch model.
     """
 
-    model: torch.nn.Module
-    tokenizer: object
     arch: str
     name: str
+    tokenizer: str
     image_size: int
     context_length: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     meaningless: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelFacts:
+        """The facts :meth:`to_dict` wrote (KeyError/TypeError/ValueError when malformed)."""
+        return cls(
+            arch=str(data["arch"]),
+            name=str(data["name"]),
+            tokenizer=str(data["tokenizer"]),
+            image_size=int(data["image_size"]),
+            context_length=int(data["context_length"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            meaningless=bool(data["meaningless"]),
+        )
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A torch CLIP model in eval mode, its tokenizer, and the :class:`ModelFacts` to feed it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    facts: ModelFacts
+
+    @property
+    def arch(self) -> str:
+        return self.facts.arch
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
+
+    @property
+    def image_size(self) -> int:
+        return self.facts.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.facts.context_length
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.facts.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.facts.std
+
+    @property
+    def meaningless(self) -> bool:
+        return self.facts.meaningless
+
+
+def load_tokenizer(name: str) -> object:
+    """The open_clip tokenizer ``name`` (:attr:`ModelFacts.tokenizer`): list of str -> (n, ctx) int64."""
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
 
 
 @contextmanager
@@ -80,17 +146,17 @@ def _tiny_random() -> BuiltModel:
             vision_cfg=CLIPVisionCfg(layers=4, width=256, head_width=64, patch_size=32, image_size=224),
             text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=256, heads=4, layers=4),
         )
-    return BuiltModel(
-        model=model.eval(),
-        tokenizer=open_clip.get_tokenizer("ViT-B-32"),
+    facts = ModelFacts(
         arch=TINY_RANDOM,
         name=TINY_RANDOM,
+        tokenizer=_TINY_TOKENIZER,
         image_size=224,
         context_length=77,
         mean=_OPENAI_MEAN,
         std=_OPENAI_STD,
         meaningless=True,
     )
+    return BuiltModel(model=model.eval(), tokenizer=load_tokenizer(facts.tokenizer), facts=facts)
 
 
 def _weights_message(cfg: EncoderConfig, exc: BaseException) -> str:
@@ -152,19 +218,19 @@ def build_model(cfg: EncoderConfig) -> BuiltModel:
         model = reparameterize_model(model)
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp.get("size", 224)
-    tokenizer = open_clip.get_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
     weights = "random-weights" if cfg.random_weights else str(cfg.checkpoint or cfg.pretrained)
-    return BuiltModel(
-        model=model.eval(),
-        tokenizer=tokenizer,
+    facts = ModelFacts(
         arch=cfg.model,
         name=f"{cfg.model}:{weights}",
+        tokenizer=cfg.model,
         image_size=int(size[0] if isinstance(size, tuple | list) else size),
         context_length=int(getattr(tokenizer, "context_length", 77)),
         mean=_pair(pp.get("mean"), _OPENAI_MEAN),
         std=_pair(pp.get("std"), _OPENAI_STD),
         meaningless=cfg.random_weights,
     )
+    return BuiltModel(model=model.eval(), tokenizer=tokenizer, facts=facts)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -178,3 +244,82 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+def _libraries() -> str:
+    """Versions of what turns weights into a model (architecture code, reparameterisation, tracing)."""
+    names = ("open_clip_torch", "timm", "torch")
+    return ",".join(f"{n}={_version(n)}" for n in names)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_pretrained_file(cfg: EncoderConfig) -> Path | None:
+    """The file open_clip would load for ``cfg.pretrained`` from the local Hugging Face cache, or None."""
+    import open_clip
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+        hub = str(open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained or "").get("hf_hub", ""))
+    except (ImportError, RuntimeError, KeyError):
+        return None  # another open_clip layout: the caller hashes the built weights
+    if not hub:
+        return None  # a URL download: not identified here, the caller hashes the built weights
+    repo, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    # open_clip's order: safetensors alternatives first, then the named file.
+    for name in [*_get_safe_alternatives(filename), filename]:
+        found = try_to_load_from_cache(repo_id=repo, filename=name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def weights_id(cfg: EncoderConfig) -> str | None:
+    """What identifies the weights ``cfg`` names, without building the model; None when unknown here.
+
+    - seeded random weights (``random_weights``, ``tiny-random``): the seed;
+    - a checkpoint file: its resolved path, size, mtime and SHA-256 (hashing
+      reads the file: ~0.3 s per 300 MB, far less than building the model);
+    - a pretrained tag: the file open_clip would load from the local Hugging
+      Face cache, by its blob name (the hub's content hash) and size; None
+      when the file is not cached yet (the caller builds and hashes instead).
+      A newer upstream revision counts once it is in the local cache.
+
+    The versions of open_clip, timm and torch are part of it (they turn the
+    weights into the traced model). Keys the OpenVINO cache
+    (:mod:`agent.models.openvino_backend`), so a cache hit needs no torch model.
+    """
+    libs = _libraries()
+    if cfg.model == TINY_RANDOM or cfg.random_weights:
+        return f"seed={_SEED}|{libs}"
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint).resolve()
+        try:
+            st = path.stat()
+            digest = _file_sha256(path)
+        except OSError:
+            return None  # building reports the missing file with instructions
+        return f"checkpoint={path}|size={st.st_size}|mtime_ns={st.st_mtime_ns}|sha256={digest}|{libs}"
+    if cfg.pretrained is None:
+        return None
+    found = _cached_pretrained_file(cfg)
+    if found is None:
+        return None
+    blob = found.resolve()
+    return f"pretrained={cfg.pretrained}|blob={blob.name}|size={blob.stat().st_size}|{libs}"

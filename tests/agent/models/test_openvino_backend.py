@@ -15,8 +15,8 @@ import torch
 from agent.config import EncoderConfig
 from agent.models.backends import TorchBackend
 from agent.models.encoder import ClipEncoder
-from agent.models.openvino_backend import OpenVINOBackend, cache_folder, load_openvino
-from agent.models.weights import BuiltModel, build_model, weights_digest
+from agent.models.openvino_backend import OpenVINOBackend, built_weights_id, cache_folder, load_openvino
+from agent.models.weights import BuiltModel, build_model
 from tests.agent.models.samples import DEFAULT_RANDOM, TEXTS, TINY, sample_images
 
 COSINE_TOL = 1e-4
@@ -85,16 +85,16 @@ def test_second_load_reuses_the_cache_without_converting(
 
 def test_cache_key_follows_weights_and_openvino_version(tmp_path: Path) -> None:
     built = build_model(TINY)
-    digest = weights_digest(built.model)
-    assert digest == weights_digest(build_model(TINY).model)  # seeded: the same weights again
+    digest = built_weights_id(built)
+    assert digest == built_weights_id(build_model(TINY))  # seeded: the same weights again
     version = openvino.__version__
-    here = cache_folder(built, version, digest, tmp_path)
-    assert here == cache_folder(built, version, digest, tmp_path)
-    assert here != cache_folder(built, version + "-other", digest, tmp_path)
+    here = cache_folder(built.arch, digest, version, tmp_path)
+    assert here == cache_folder(built.arch, digest, version, tmp_path)
+    assert here != cache_folder(built.arch, digest, version + "-other", tmp_path)
     with torch.no_grad():
         next(built.model.parameters()).add_(1e-3)
-    changed = weights_digest(built.model)
-    assert changed != digest and cache_folder(built, version, changed, tmp_path) != here
+    changed = built_weights_id(built)
+    assert changed != digest and cache_folder(built.arch, changed, version, tmp_path) != here
 
 
 def test_unwritable_cache_still_loads(tmp_path: Path) -> None:

@@ -1,0 +1,124 @@
+"""The OpenVINO cache is keyed without building the model: a hit builds no torch model, a new checkpoint misses."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import agent.models.encoder as encoder
+import agent.models.weights as weights
+from agent.config import EncoderConfig
+from agent.models.encoder import ClipEncoder, load_encoder
+from agent.models.weights import weights_id
+from tests.agent.models.samples import TEXTS, TINY, sample_images
+
+# A tiny open_clip architecture registered for these tests: a real checkpoint of it is ~10 MB.
+_ARCH = "vmr-test-tiny"
+_ARCH_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture
+def fresh_encoders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty OpenVINO cache and no encoder kept from an earlier load in this process."""
+    monkeypatch.setenv("VMR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(encoder, "_CACHE", {})
+    return tmp_path / "cache"
+
+
+def _forbid_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the torch model was built although the OpenVINO cache holds it")
+
+    for module, name in ((encoder, "build_model"), (weights, "build_model"), (weights, "_tiny_random")):
+        monkeypatch.setattr(module, name, no_build)
+    monkeypatch.setattr(weights, "_open_clip_model", no_build)
+
+
+def _reload(cfg: EncoderConfig, monkeypatch: pytest.MonkeyPatch) -> ClipEncoder:
+    monkeypatch.setattr(encoder, "_CACHE", {})  # as a new process would
+    return load_encoder(cfg)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and float((a * b).sum(axis=1).min()) >= 1 - 1e-5
+
+
+def test_cache_hit_builds_no_torch_model(fresh_encoders: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = TINY.model_copy(update={"backend": "openvino", "batch_size": 3})
+    first = load_encoder(cfg)
+    assert first.backend.name == "openvino" and not first.backend.cache_hit  # type: ignore[attr-defined]
+    images = sample_images(3)
+    _forbid_building(monkeypatch)
+    second = _reload(cfg, monkeypatch)
+    assert second.backend.cache_hit  # type: ignore[attr-defined]
+    assert (second.name, second.dim, second.image_size, second.meaningless, second.note) == (
+        first.name,
+        first.dim,
+        first.image_size,
+        first.meaningless,
+        first.note,
+    )
+    assert _same(first.encode_images(images), second.encode_images(images))
+    assert _same(first.encode_text(TEXTS), second.encode_text(TEXTS))
+
+
+def test_random_weights_are_keyed_by_seed_without_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    _forbid_building(monkeypatch)
+    cfg = EncoderConfig(model="MobileCLIP2-S0", pretrained=None, random_weights=True)
+    key = weights_id(cfg)
+    assert key is not None and key.startswith("seed=") and key == weights_id(cfg)
+
+
+@pytest.fixture
+def tiny_arch(tmp_path: Path) -> str:
+    """Register :data:`_ARCH` with open_clip (a config file, as a user's own model would be)."""
+    import open_clip
+
+    path = tmp_path / "configs" / f"{_ARCH}.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(_ARCH_CFG))
+    open_clip.add_model_config(path)
+    return _ARCH
+
+
+def _write_checkpoint(path: Path, arch: str, seed: int) -> None:
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(arch, pretrained=None)
+    torch.save(model.state_dict(), path)
+
+
+def test_a_changed_checkpoint_misses(
+    tiny_arch: str, fresh_encoders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = tmp_path / "weights.pt"
+    _write_checkpoint(ckpt, tiny_arch, seed=1)
+    cfg = EncoderConfig(model=tiny_arch, checkpoint=ckpt, backend="openvino", threads=1)
+    images = sample_images(2)
+    first = load_encoder(cfg)
+    assert not first.backend.cache_hit  # type: ignore[attr-defined]
+    before = first.encode_images(images)
+    with monkeypatch.context() as patch:
+        _forbid_building(patch)
+        assert _reload(cfg, patch).backend.cache_hit  # type: ignore[attr-defined]
+
+    # Other weights in the same file, with the old size and modification time: the content decides.
+    stat = ckpt.stat()
+    _write_checkpoint(ckpt, tiny_arch, seed=2)
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert ckpt.stat().st_size == stat.st_size
+    changed = _reload(cfg, monkeypatch)
+    assert not changed.backend.cache_hit  # type: ignore[attr-defined]
+    assert not _same(before, changed.encode_images(images))  # the new weights answer
+    assert len(list((fresh_encoders / "openvino").iterdir())) == 2  # one entry per checkpoint
