@@ -24,7 +24,10 @@ refine encoder: call them from a worker thread, never on an event loop.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,6 +97,63 @@ def encode_query(query: Query, encoder: Encoder) -> np.ndarray:
         return encoder.encode_text([query.text])[0]
     assert query.image is not None
     return encoder.encode_images([query.image])[0]
+
+
+QueryKey = tuple[str, str, str]
+
+
+def _query_key(query: Query, encoder: Encoder) -> QueryKey:
+    """(encoder, kind, content): the same query under the same encoder gives the same vector."""
+    backend = getattr(getattr(encoder, "backend", None), "name", "")
+    who = f"{encoder.name}@{backend}"
+    if query.text is not None:
+        return (who, "text", query.text)
+    assert query.image is not None
+    img = np.ascontiguousarray(query.image)
+    digest = hashlib.blake2b(img.data, digest_size=16).hexdigest()  # ~0.1 ms for a 256 px picture
+    return (who, "image", f"{img.shape}|{img.dtype}|{digest}")
+
+
+class QueryVectors:
+    """Query vectors by encoder and query content: a repeated query skips its encoding.
+
+    An encoder is deterministic, so a kept vector is the one encoding again
+    would give: answers do not change, a repeated query (a client asking
+    again, a watch re-armed, the same picture sent twice) costs a hash instead
+    of an encoder pass. Bounded: at most ``size`` vectors (a few KB each),
+    the least recently used dropped first. Vectors are read-only. Thread-safe;
+    encoding runs outside the lock (two threads missing on one query both
+    encode, the same vector).
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._items: OrderedDict[QueryKey, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, query: Query, encoder: Encoder) -> np.ndarray:
+        """The (dim,) unit vector of ``query`` under ``encoder`` (:func:`encode_query`), kept or encoded."""
+        key = _query_key(query, encoder)
+        with self._lock:
+            vec = self._items.get(key)
+            if vec is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return vec
+            self.misses += 1
+        vec = encode_query(query, encoder)
+        vec.setflags(write=False)  # shared by every later query that repeats this one
+        with self._lock:
+            self._items[key] = vec
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return vec
 
 
 class Retained(Protocol):

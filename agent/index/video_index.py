@@ -34,7 +34,7 @@ import numpy as np
 from agent.channels.base import Channel, ChannelAnswer, WorkItem, group_by_worker
 from agent.channels.ocr import OCR_WORKER, OcrChannel
 from agent.channels.refine import VisualPlan, refine_plans
-from agent.channels.retrieval import FrameEmbeddingCache, Query, encode_query
+from agent.channels.retrieval import FrameEmbeddingCache, Query, QueryVectors
 from agent.channels.speech import SPEECH_WORKER, SpeechChannel
 from agent.channels.text_search import SENTENCE_ROLE
 from agent.channels.visual import IMAGE_WORKER, images_of
@@ -78,6 +78,7 @@ class VideoIndex:
         self.refine: ClipEncoder = load_encoder(settings.refine) if settings.refine else self.prescreen
         self.streams: dict[str, StreamState] = {}
         self.cache = FrameEmbeddingCache()
+        self.query_vectors = QueryVectors()  # a repeated query is not encoded again
         self._workers: dict[str, Callable[[list[WorkItem]], list[np.ndarray]]] = {
             IMAGE_WORKER: self._encode_images
         }
@@ -141,8 +142,7 @@ class VideoIndex:
 
     @staticmethod
     def read_manifest(root: Path) -> dict[str, Any]:
-        data = read_versioned(Path(root) / "index.json", INDEX_VERSION, what="index")
-        if data is None:
+        if (data := read_versioned(Path(root) / "index.json", INDEX_VERSION, what="index")) is None:
             raise IndexStoreError(f"no index at {root} (missing index.json)")
         return data
 
@@ -343,8 +343,8 @@ class VideoIndex:
         for name in names:
             if name not in self.streams:
                 raise UnknownStreamError(f"unknown stream {name!r}")
-        pvec = encode_query(query, self.prescreen)
-        rvec = pvec if self.refine is self.prescreen else encode_query(query, self.refine)
+        pvec = self.query_vectors.get(query, self.prescreen)
+        rvec = pvec if self.refine is self.prescreen else self.query_vectors.get(query, self.refine)
         cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
         if self.sentences is not None and query.text is not None:
             cq.vectors[SENTENCE_ROLE] = self.sentences.encode([query.text])[0]

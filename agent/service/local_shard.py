@@ -25,7 +25,7 @@ from aiohttp import web
 
 from agent.channels.base import WorkItem
 from agent.channels.ocr import OCR_WORKER
-from agent.channels.retrieval import Query, encode_query
+from agent.channels.retrieval import Query
 from agent.channels.speech import SPEECH_WORKER
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
@@ -285,7 +285,7 @@ class LocalShard(StreamShard):
         return await self.llm.refine(query.text, results, query.top_k or self.settings.query.top_k)
 
     async def embed_query(self, query: Query) -> np.ndarray:
-        return await self._in_query_thread(encode_query, query, self.idx.prescreen)
+        return await self._in_query_thread(self.idx.query_vectors.get, query, self.idx.prescreen)
 
     async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
         return await self._in_query_thread(self._background_scores, qvec, streams)

@@ -86,3 +86,31 @@ def test_config_paths_are_absolute_whatever_the_working_directory(monkeypatch: p
     cfg = load_serve_file(Path("examples/vmr.toml"))  # relative to the cwd, as `vmr serve --config` gets it
     assert cfg.service.index.is_absolute()
     assert all(Path(s.path).is_absolute() for s in cfg.streams if getattr(s, "path", None))
+
+
+def test_a_repeated_query_is_not_encoded_again() -> None:
+    from PIL import Image
+
+    from agent.channels.retrieval import QueryVectors, encode_query
+    from agent.config import EncoderConfig
+    from agent.models.encoder import load_encoder
+
+    enc = load_encoder(EncoderConfig(model="tiny-random", allow_random=True, threads=1, backend="torch"))
+    vectors = QueryVectors(size=2)
+    with Image.open(photos(1)[0]) as im:
+        picture = np.asarray(im.convert("RGB")).copy()
+    van = vectors.get(Query(text="a white van"), enc)
+    passes = enc.passes
+    again = vectors.get(Query(text="a white van", top_k=3), enc)  # other options, same content
+    assert again is van and enc.passes == passes and (vectors.hits, vectors.misses) == (1, 1)
+    np.testing.assert_array_equal(van, encode_query(Query(text="a white van"), enc))  # what encoding gives
+    assert not van.flags.writeable  # shared: nobody may change it in place
+    seen = vectors.get(Query(image=picture), enc)
+    assert vectors.get(Query(image=picture.copy()), enc) is seen  # by content, not by object
+    other = picture.copy()
+    other[0, 0, 0] ^= 1
+    assert vectors.get(Query(image=other), enc) is not seen  # one changed byte: encoded again
+    assert len(vectors) == 2  # bounded: the least recently used (the text) went first
+    passes = enc.passes
+    vectors.get(Query(text="a white van"), enc)
+    assert enc.passes == passes + 1

@@ -295,3 +295,21 @@ def test_cosine_cost_orders_like_the_cosine_of_the_means() -> None:
         merge_cost(a, near, "median")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         scores_of([a], e[0], "median")
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 600])
+def test_scores_are_the_whole_stack_float64_product_bit_for_bit(n: int) -> None:
+    """The block-wise projection changes no score (ranks and ties stay what they were)."""
+    rng = np.random.default_rng(n)
+    k, d = 4, 32
+    basis = rng.standard_normal((n, k, d)).astype(np.float32)
+    sigma = rng.random((n, k)).astype(np.float32)
+    means = rng.standard_normal((n, d))
+    counts = rng.integers(1, 9, n)
+    q = unit_rows(rng, 1, d)[0]
+    proj = basis.astype(np.float64) @ q  # what every scorer read before
+    second = np.sum((sigma.astype(np.float64) * proj) ** 2, axis=1) / counts
+    np.testing.assert_array_equal(
+        score_anchors(q, basis, sigma, means, counts, "projection"), np.sqrt(np.sum(proj**2, axis=1))
+    )
+    np.testing.assert_array_equal(score_anchors(q, basis, sigma, means, counts, "energy"), np.sqrt(second))
