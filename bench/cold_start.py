@@ -7,7 +7,8 @@ image; the parent times from just before the process is started to the line the 
 after that embedding. One untimed run first fills the OpenVINO cache (a conversion when the
 cache lacks the entry), so the timed runs measure the *cache hit*: what every later start of
 ``vmr`` costs. The child also says whether it built the torch model (it counts calls of the
-builder) and where its time went (imports, encoder load, first embedding).
+builder), where its time went (imports, encoder load, first embedding) and its peak RSS
+(``ru_maxrss`` after the first embedding).
 
 The result JSON (``--out``, default ``bench/results/cold-start-MODEL-BACKEND.json``) keeps one
 entry per ``--label``, so before and after sit in one file, each with its command, commit and
@@ -30,7 +31,7 @@ import numpy as np
 from bench.args import RESULTS
 
 _CHILD = """
-import json, sys, time
+import json, resource, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import agent.models.encoder as encoder
@@ -53,6 +54,7 @@ print(json.dumps({
     "import_s": t1 - t0, "load_s": t2 - t1, "first_embedding_s": t3 - t2,
     "torch_model_built": bool(builds), "backend": enc.backend.name,
     "cache_hit": getattr(enc.backend, "cache_hit", None), "name": enc.name,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }), flush=True)
 """
 
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "median_wall_s": round(float(np.median([r["wall_s"] for r in runs])), 3),
         "median_load_s": round(float(np.median([r["load_s"] for r in runs])), 3),
+        "median_peak_rss_mb": round(float(np.median([r.get("peak_rss_mb", np.nan) for r in runs])), 1),
         "torch_model_built": any(r["torch_model_built"] for r in runs),
     }
 
