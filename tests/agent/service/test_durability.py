@@ -18,7 +18,7 @@ import pytest
 from agent.errors import IndexStoreError, UnknownStreamError
 from agent.service.config import ServiceConfig, parse_spec
 from agent.service.pipeline import Service
-from agent.store import atomic, frame_store
+from agent.store import atomic, frame_chunks
 from tests.agent.service.helpers import (
     BACKGROUND,
     NEEDLE,
@@ -156,7 +156,7 @@ class _Disk:
                 return int(super().write(b))
 
         monkeypatch.setattr(atomic, "write_bytes", write_bytes)
-        monkeypatch.setattr(frame_store, "_open_chunk", lambda path: Chunk(path, "xb"))
+        monkeypatch.setattr(frame_chunks, "_open_chunk", lambda path: Chunk(path, "xb"))
 
 
 async def test_a_full_disk_pauses_stored_frames_while_the_memory_keeps_ingesting(
