@@ -70,6 +70,23 @@ def plan(model: str, tag: str) -> WeightsPlan:
     return WeightsPlan(tag, unavailable=f"not in the local Hugging Face cache and {reason}")
 
 
+def cached_file(model: str, tag: str) -> str | None:
+    """The file open_clip would load for ``model``:``tag`` from the local Hugging Face cache, or None.
+
+    None also for a tag open_clip fetches by URL, or an unknown one. No network call.
+    """
+    import open_clip
+    from open_clip.constants import HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    hub_path = str(cfg.get("hf_hub") or "") if cfg else ""
+    if not hub_path:
+        return None
+    repo, filename = os.path.split(hub_path)
+    filename = filename or HF_WEIGHTS_NAME
+    return _cached(repo, [_safetensors(filename), filename])
+
+
 def _safetensors(filename: str) -> str:
     """The ``.safetensors`` file open_clip tries first for ``filename``."""
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME

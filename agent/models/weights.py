@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ import torch
 
 from agent.config import EncoderConfig
 from agent.errors import ConfigError, WeightsUnavailableError
-from agent.models.hub import WeightsPlan, plan
+from agent.models.hub import WeightsPlan, cached_file, plan
 
 TINY_RANDOM = "tiny-random"
 # One seed for every random build: identical weights in every process.
@@ -267,29 +266,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cached_pretrained_file(cfg: EncoderConfig) -> Path | None:
-    """The file open_clip would load for ``cfg.pretrained`` from the local Hugging Face cache, or None."""
-    import open_clip
-
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
-
-        hub = str(open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained or "").get("hf_hub", ""))
-    except (ImportError, RuntimeError, KeyError):
-        return None  # another open_clip layout: the caller hashes the built weights
-    if not hub:
-        return None  # a URL download: not identified here, the caller hashes the built weights
-    repo, filename = os.path.split(hub)
-    filename = filename or HF_WEIGHTS_NAME
-    # open_clip's order: safetensors alternatives first, then the named file.
-    for name in [*_get_safe_alternatives(filename), filename]:
-        found = try_to_load_from_cache(repo_id=repo, filename=name)
-        if isinstance(found, str) and os.path.isfile(found):
-            return Path(found)
-    return None
-
-
 def weights_id(cfg: EncoderConfig) -> str | None:
     """What identifies the weights ``cfg`` names, without building the model; None when unknown here.
 
@@ -297,8 +273,9 @@ def weights_id(cfg: EncoderConfig) -> str | None:
     - a checkpoint file: its resolved path, size, mtime and SHA-256 (hashing
       reads the file: ~0.3 s per 300 MB, far less than building the model);
     - a pretrained tag: the file open_clip would load from the local Hugging
-      Face cache, by its blob name (the hub's content hash) and size; None
-      when the file is not cached yet (the caller builds and hashes instead).
+      Face cache (:func:`agent.models.hub.cached_file`), by its blob name (the
+      hub's content hash), size and mtime; None when the file is not cached
+      yet (the caller builds and hashes instead).
       A newer upstream revision counts once it is in the local cache.
 
     The versions of open_clip, timm and torch are part of it (they turn the
@@ -318,8 +295,10 @@ def weights_id(cfg: EncoderConfig) -> str | None:
         return f"checkpoint={path}|size={st.st_size}|mtime_ns={st.st_mtime_ns}|sha256={digest}|{libs}"
     if cfg.pretrained is None:
         return None
-    found = _cached_pretrained_file(cfg)
+    found = cached_file(cfg.model, cfg.pretrained)
     if found is None:
         return None
-    blob = found.resolve()
-    return f"pretrained={cfg.pretrained}|blob={blob.name}|size={blob.stat().st_size}|{libs}"
+    blob = Path(found).resolve()
+    st = blob.stat()
+    # A cache without symlinks keeps files by name, not by content hash: mtime tells a new download.
+    return f"pretrained={cfg.pretrained}|blob={blob.name}|size={st.st_size}|mtime_ns={st.st_mtime_ns}|{libs}"

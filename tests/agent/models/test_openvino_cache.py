@@ -122,3 +122,28 @@ def test_a_changed_checkpoint_misses(
     assert not changed.backend.cache_hit  # type: ignore[attr-defined]
     assert not _same(before, changed.encode_images(images))  # the new weights answer
     assert len(list((fresh_encoders / "openvino").iterdir())) == 2  # one entry per checkpoint
+
+
+def test_a_pretrained_tag_is_keyed_by_its_cached_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hugging Face cache layout: snapshots/<commit>/<file> links to blobs/<content hash>."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    _forbid_building(monkeypatch)
+    cfg = EncoderConfig(model="MobileCLIP2-S0", pretrained="dfndr2b")
+    assert weights_id(cfg) is None  # not cached: only building (downloading) can tell the weights
+    repo, commit = cache / "models--timm--MobileCLIP2-S0-OpenCLIP", "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir()
+    snapshot = repo / "snapshots" / commit / "open_clip_model.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    for content, digest in ((b"weights", "a" * 64), (b"WEIGHTS", "b" * 64)):
+        (repo / "blobs" / digest).write_bytes(content)
+        snapshot.unlink(missing_ok=True)
+        snapshot.symlink_to(repo / "blobs" / digest)
+        key = weights_id(cfg)
+        assert key is not None and f"blob={digest}" in key  # a new revision's blob: a new key
