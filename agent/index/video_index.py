@@ -77,8 +77,7 @@ class VideoIndex:
         self.prescreen: ClipEncoder = load_encoder(settings.prescreen)
         self.refine: ClipEncoder = load_encoder(settings.refine) if settings.refine else self.prescreen
         self.streams: dict[str, StreamState] = {}
-        self.cache = FrameEmbeddingCache()
-        self.query_vectors = QueryVectors()  # a repeated query is not encoded again
+        self.cache, self.query_vectors = FrameEmbeddingCache(), QueryVectors()
         self._workers: dict[str, Callable[[list[WorkItem]], list[np.ndarray]]] = {
             IMAGE_WORKER: self._encode_images
         }
