@@ -94,6 +94,12 @@ class SnapshotVersionError(IndexStoreError):
     code = "snapshot_version"
 
 
+class ShardUnavailableError(VmrError):
+    """A stream's remote shard did not answer in time, died, or is moving to another node (retry)."""
+
+    code = "shard_unavailable"
+
+
 class QueryError(VmrError):
     """A query cannot be answered as asked."""
 

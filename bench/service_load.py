@@ -129,7 +129,7 @@ async def run(
         # Measure a steady-state window: stream start-up (opening, first keyframe) is not throughput.
         await asyncio.sleep(WARMUP)
         before = (await svc.shard.stats()).streams
-        worker = svc.shard.worker
+        worker = svc.worker
         busy0 = worker.busy_seconds if worker is not None else 0.0
         t0, c0 = time.time(), time.process_time()
         await asyncio.sleep(seconds)

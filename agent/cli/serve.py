@@ -23,10 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent.cli.options import add_random_weights_option
 from agent.config import Settings, env_str
 from agent.errors import ConfigError
 from agent.service.config import (
+    RayConfig,
     ServeFile,
     ServiceConfig,
     StreamSpec,
@@ -66,6 +69,19 @@ def register(subparsers: Any) -> None:
         help="folder clients may add file/segment streams from (repeatable; adds to the config's)",
     )
     ps.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run each stream as an actor on this Ray cluster (HOST:PORT of its head, or auto); "
+        "needs the 'ray' extra",
+    )
+    ps.add_argument(
+        "--ray-storage",
+        type=Path,
+        default=None,
+        help="folder every Ray node reads and writes for the streams' snapshots (default: --index)",
+    )
+    ps.add_argument(
         "--insecure",
         action="store_true",
         help="allow a non-loopback --host without a token (anyone reaching the port controls the service)",
@@ -94,6 +110,8 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
     ):
         if value is not None:
             service[key] = value
+    if a.ray is not None or a.ray_storage is not None:
+        service["ray"] = ray_config(base.service, a.ray, a.ray_storage)
     if a.media_root:
         sources = base.service.sources
         roots = [*sources.media_roots, *(p.resolve() for p in a.media_root)]
@@ -133,6 +151,19 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
     return base.model_copy(
         update={"service": base.service.model_copy(update=service), "settings": settings, "streams": streams}
     )
+
+
+def ray_config(service: ServiceConfig, address: str | None, storage: Path | None) -> RayConfig:
+    """``[service.ray]`` with ``--ray``/``--ray-storage`` applied; ConfigError when invalid."""
+    data = {} if service.ray is None else service.ray.model_dump(exclude_unset=True)
+    if address is not None:
+        data["address"] = address
+    if storage is not None:
+        data["storage"] = storage.resolve()
+    try:
+        return RayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"service.ray: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
 
 
 def check_exposure(cfg: ServiceConfig, *, insecure: bool) -> None:

@@ -125,6 +125,10 @@ class QueryAnswer(Strict):
     abstained: bool = False
     """"No confident match": no listed moment reached the confidence threshold (each is
     ``below_threshold``, a best candidate); false when any stream has a confident moment."""
+    missing: dict[str, str] = Field(default_factory=dict)
+    """Streams asked about that did not answer, by reason (a remote shard past its deadline, a stream
+    moving to another node); empty when the answer is complete. Clients that ignore it see a smaller
+    answer, never an error."""
 
 
 def _rank(m: Moment) -> tuple[bool, float]:
@@ -132,8 +136,13 @@ def _rank(m: Moment) -> tuple[bool, float]:
     return (m.below_threshold, -(m.confidence if m.confidence is not None else m.score))
 
 
-def query_answer(results: Mapping[str, QueryResult], top_k: int) -> QueryAnswer:
-    """The :class:`QueryAnswer` of per-stream results (moments merged, sorted, cut to ``top_k``)."""
+def query_answer(
+    results: Mapping[str, QueryResult], top_k: int, missing: Mapping[str, str] | None = None
+) -> QueryAnswer:
+    """The :class:`QueryAnswer` of per-stream results (moments merged, sorted, cut to ``top_k``).
+
+    ``missing``: streams that did not answer, by reason (see :attr:`QueryAnswer.missing`).
+    """
     best = sorted((m for r in results.values() for m in r.moments), key=_rank)[:top_k]
     return QueryAnswer(
         moments=[MomentOut.of(m) for m in best],
@@ -150,4 +159,5 @@ def query_answer(results: Mapping[str, QueryResult], top_k: int) -> QueryAnswer:
         },
         meaningless=any(r.meaningless for r in results.values()),
         abstained=bool(best) and all(m.below_threshold for m in best),
+        missing=dict(missing or {}),
     )

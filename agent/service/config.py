@@ -128,6 +128,38 @@ class SourcesConfig(Strict):
     """Client addresses whose ``streams.add`` budget is remembered (least recently used forgotten)."""
 
 
+class RayConfig(Strict):
+    """``[service.ray]``: run each stream as a Ray actor on a cluster (``vmr serve --ray ADDRESS``).
+
+    The gateway (this process) keeps the websocket API; streams run in actors
+    placed over the cluster's nodes; see :mod:`agent.service.ray`.
+    """
+
+    address: str = Field(min_length=1)
+    """The cluster: ``HOST:PORT`` of its head (GCS), ``ray://HOST:PORT``, or ``auto`` (the local one)."""
+    storage: Path | None = None
+    """Folder every node reads and writes (NFS, a shared disk) where each stream keeps its
+    snapshots and frames, under ``streams/<id>/``; None: the service's ``index`` (which must then
+    be shared)."""
+    num_cpus: float = Field(default=0.5, gt=0, allow_inf_nan=False)
+    """CPUs a stream actor reserves (fractional: several streams a core)."""
+    num_gpus: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """GPUs a stream actor reserves (its encoder then runs there)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources a stream actor needs (e.g. ``{"camera_site_a": 0.1}``)."""
+    node: str | None = None
+    """Ray node id to prefer for new stream actors (soft: elsewhere when it is gone)."""
+    deadline_seconds: float = Field(default=3.0, gt=0, allow_inf_nan=False)
+    """A stream's part of a query (and of list, stats, thumbnail) not back this long after it was
+    due is left out and reported ``missing``: a slow or dead actor never blocks a query."""
+    poll_seconds: float = Field(default=0.5, gt=0, allow_inf_nan=False)
+    """Longest wait of one event long-poll (an actor answers at once when it has events)."""
+    event_queue: int = Field(default=4096, ge=16)
+    """Events an actor buffers for the gateway; when full the oldest is dropped (and counted)."""
+    restart_attempts: int = Field(default=3, ge=0)
+    """Restarts of one stream in a row that may fail before it is reported ``failed``."""
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` listens on this machine only (``localhost``, 127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
@@ -170,6 +202,8 @@ class ServiceConfig(Strict):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     """Optional LLM stage for text queries (off unless ``llm.url`` is set)."""
+    ray: RayConfig | None = None
+    """Run streams on a Ray cluster (None, the default: every stream in this process)."""
 
     @field_validator("snapshot_seconds", "progress_seconds")
     @classmethod

@@ -90,6 +90,24 @@ _PER_STREAM: tuple[tuple[str, str, str, str], ...] = (
         "Seconds since the stream's last good snapshot (since its start before the first).",
         "snapshot_age",
     ),
+    (
+        "vmr_stream_restarts_total",
+        "counter",
+        "Restarts of the stream elsewhere after its process or node died (Ray shards).",
+        "restarts",
+    ),
+    (
+        "vmr_stream_lost_seconds_total",
+        "counter",
+        "Wall seconds of ingest lost to those restarts (last snapshot to death).",
+        "lost_seconds",
+    ),
+    (
+        "vmr_stream_lost_frames_total",
+        "counter",
+        "Frames ingested after the last snapshot before a death, absent from the restored state.",
+        "lost_frames",
+    ),
 )
 
 
@@ -176,6 +194,11 @@ class _StatsCollector:
                     gauge.add_metric([stream, channel], float(getattr(size, attr)))
             yield gauge
         yield self._errors(streams)
+        yield CounterMetricFamily(
+            "vmr_shard_events_dropped_total",
+            "Shard events (status, embeddings) dropped by a remote shard's bounded event queue.",
+            value=sum(s.events_dropped for s in st.shards),
+        )
         yield GaugeMetricFamily("vmr_clients", "Connected websocket clients.", value=st.clients)
         yield GaugeMetricFamily("vmr_watches", "Active standing queries.", value=st.watches)
         yield GaugeMetricFamily("vmr_uptime_seconds", "Seconds since the service started.", value=st.uptime)

@@ -1,7 +1,8 @@
 """The service as one object: a registry, the shards and the serving façade, started and closed together.
 
 :class:`Service` is the composition root of ``vmr serve`` (and of tests and
-benchmarks): it builds today's only shard (:class:`LocalShard`, in process),
+benchmarks): it builds the shard (:class:`LocalShard`, in process; with
+``service.ray``, :class:`~agent.service.cluster.gateway.RayShard`),
 the :class:`StreamRegistry` (persisted stream list, periodic snapshots) and
 the :class:`Serving` façade the router calls. :meth:`Service.close`
 (idempotent) stops the snapshot loop, closes watches, then the shards
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent.config import Settings
+from agent.errors import ConfigError
 from agent.index.video_index import VideoIndex
 from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
@@ -31,6 +33,7 @@ from agent.service.local_shard import LocalShard
 from agent.service.protocol import StreamStatus
 from agent.service.registry import StreamRegistry
 from agent.service.serving import Serving
+from agent.service.shard import StreamShard
 from agent.service.stream_runner import StreamRunner
 from agent.service.watch import Watch
 
@@ -41,7 +44,7 @@ class Service:
     def __init__(self, cfg: ServiceConfig, settings: Settings) -> None:
         self.cfg = cfg
         self.settings = settings
-        self.shard = LocalShard(cfg, settings)
+        self.shard: StreamShard = make_shard(cfg, settings)
         self.registry = StreamRegistry(cfg.index, snapshot_seconds=cfg.snapshot_seconds)
         self.serving = Serving(cfg, settings, [self.shard], self.registry)
 
@@ -69,16 +72,23 @@ class Service:
 
     # In-process views for tests and benchmarks; the router goes through ``serving`` only.
     @property
+    def local(self) -> LocalShard:
+        """The in-process shard; ConfigError when the streams run on a Ray cluster."""
+        if not isinstance(self.shard, LocalShard):
+            raise ConfigError("the streams run on a Ray cluster: no in-process shard")
+        return self.shard
+
+    @property
     def idx(self) -> VideoIndex:
-        return self.shard.idx
+        return self.local.idx
 
     @property
     def runners(self) -> dict[str, StreamRunner]:
-        return self.shard.runners
+        return self.local.runners
 
     @property
     def worker(self) -> BatchWorker | None:
-        return self.shard.worker
+        return self.local.worker
 
     @property
     def watches(self) -> dict[int, Watch]:
@@ -86,4 +96,13 @@ class Service:
 
     @property
     def llm(self) -> LLMHandoff | None:
-        return self.shard.llm
+        return self.local.llm
+
+
+def make_shard(cfg: ServiceConfig, settings: Settings) -> StreamShard:
+    """The in-process shard, or the Ray gateway's when ``service.ray`` is set (Ray imported then only)."""
+    if cfg.ray is None:
+        return LocalShard(cfg, settings)
+    from agent.service.cluster.gateway import RayShard
+
+    return RayShard(cfg, settings)

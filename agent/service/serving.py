@@ -44,7 +44,7 @@ from agent.service.protocol import (
     to_query,
 )
 from agent.service.registry import StreamRegistry
-from agent.service.shard import StreamShard
+from agent.service.shard import StreamShard, missing_of
 from agent.service.watch import Emit, Watch
 from agent.types import QueryResult
 from streams.source import SourceSpec
@@ -200,16 +200,18 @@ class Serving:
         top_k = query.top_k or self.settings.query.top_k
         t0 = time.perf_counter()
         firsts: dict[str, QueryResult] = {}
+        first_missing: dict[str, str] = {}
         waiting = len(owners)
 
         def first_part(part: dict[str, QueryResult]) -> None:
             nonlocal waiting
             firsts.update(part)
+            first_missing.update(missing_of(part))
             waiting -= 1
             if waiting == 0:
                 self.metrics.first_answer_latency.observe(time.perf_counter() - t0)
                 if on_first is not None:
-                    on_first(query_answer(firsts, top_k))
+                    on_first(query_answer(firsts, top_k, first_missing))
 
         try:
             parts = await asyncio.gather(
@@ -223,9 +225,11 @@ class Serving:
         finally:
             self.metrics.query_latency.observe(time.perf_counter() - t0)
         results: dict[str, QueryResult] = {}
+        missing: dict[str, str] = {}
         for part in parts:
             results.update(part)
-        return query_answer(results, top_k)
+            missing.update(missing_of(part))
+        return query_answer(results, top_k, missing)
 
     async def _owners(self, streams: list[str] | None) -> list[tuple[StreamShard, list[str] | None]]:
         """Which shard answers which of ``streams`` (all of its own for None); UnknownStreamError."""

@@ -78,6 +78,12 @@ class StreamStats:
     """The stream's failures by error code (its own failure, failed snapshots)."""
     channels: dict[str, ChannelSize] = field(default_factory=dict)
     """Size and lag of each text channel (``speech``, ``ocr``) by name; empty when none is on."""
+    restarts: int = 0
+    """Times the stream was restarted elsewhere after its process or node died (remote shards)."""
+    lost_seconds: float = 0.0
+    """Wall seconds of ingest lost over those restarts: last snapshot to death, summed."""
+    lost_frames: int = 0
+    """Frames ingested after the last snapshot before a death, absent from the restored state."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,27 @@ class ShardStats:
     encoder_errors: int = 0
     work: dict[tuple[str, str], WorkCounters] = field(default_factory=dict)
     """Failure accounting per (stream, channel): failed, retried, dropped work items."""
+    events_dropped: int = 0
+    """Shard events (status, embeddings) dropped on the way to the service (a remote shard's
+    bounded event queue overflowing); always 0 in process."""
+
+
+class ShardResults(dict[str, QueryResult]):
+    """Per-stream results of a shard that could not reach every stream asked about.
+
+    A remote shard returns one when some of its streams missed their deadline
+    or are moving to another node: the results it has, plus ``missing``
+    (stream -> reason). A plain dict means every stream answered.
+    """
+
+    def __init__(self, results: dict[str, QueryResult], missing: dict[str, str]) -> None:
+        super().__init__(results)
+        self.missing = dict(missing)
+
+
+def missing_of(part: dict[str, QueryResult]) -> dict[str, str]:
+    """The streams a shard's answer lacks, by reason (empty for a complete answer)."""
+    return dict(part.missing) if isinstance(part, ShardResults) else {}
 
 
 FirstAnswer = Callable[[dict[str, QueryResult]], None]

@@ -1,0 +1,372 @@
+"""The gateway's shard: every stream a Ray actor, every call a deadline.
+
+:class:`RayShard` is the :class:`~agent.service.shard.StreamShard` of
+``vmr serve --ray``. It places one :class:`StreamActor` per stream
+(:mod:`agent.service.cluster.placement`), fans queries out to them
+concurrently — each stream's part bounded by ``ray.deadline_seconds`` past
+when it was due, so a slow or dead actor never blocks a query; the answer
+then lists it under ``missing`` — and long-polls each actor for its events
+(one owned task per stream). When an actor dies (its process or its node),
+the poll sees it and the gateway starts the stream again on a live node from
+its last snapshot on the shared storage, counting the loss
+(:meth:`Placement.died`). Typed errors an actor raises (a bad query) reach
+the client as in the single-process service; Ray's own errors become
+``missing`` parts or :class:`ShardUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import shutil
+import uuid
+from collections.abc import Awaitable, Collection, Iterable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from agent.channels.retrieval import Query
+from agent.config import Settings
+from agent.errors import ConfigError, IndexStoreError, ShardUnavailableError, UnknownStreamError, VmrError
+from agent.service.cluster import connect, disconnect, require_ray
+from agent.service.cluster.actor import StreamActor
+from agent.service.cluster.placement import Placement, actor_options, shard_dir
+from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.protocol import StreamStatus
+from agent.service.shard import FirstAnswer, ShardListener, ShardResults, ShardStats, StreamShard
+from agent.types import QueryResult
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+START_SECONDS = 300.0
+"""A new actor may take this long to start (a cold node imports torch and loads the encoder)."""
+PROBE = "_model"
+"""Folder (under the shards') of the stream-less actor that reports the model when no stream runs."""
+UNBOUNDED_REFINE_S = 60.0
+"""Deadline of a query without a refinement budget (a dead actor fails fast; a hung one waits this)."""
+
+
+class Unreachable(Exception):
+    """An actor did not answer: dead (``died``), past its deadline, or not placed."""
+
+    def __init__(self, reason: str, *, died: bool = False) -> None:
+        super().__init__(reason)
+        self.died = died
+
+
+class RayShard(StreamShard):
+    """Streams as Ray actors behind the shard seam; see the module docstring."""
+
+    def __init__(self, cfg: ServiceConfig, settings: Settings) -> None:
+        if cfg.ray is None:
+            raise ConfigError("RayShard needs service.ray")
+        self.cfg, self.settings, self.rc = cfg, settings, cfg.ray
+        self.placed: dict[str, Placement] = {}
+        self._listener: ShardListener | None = None
+        self._ray: Any = None
+        self._owns_ray = False
+        self._info: dict[str, Any] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(
+        self, specs: Iterable[StreamSpec], listener: ShardListener, *, removed: Collection[str] = ()
+    ) -> None:
+        self._listener = listener
+        self._ray = require_ray()
+        self._owns_ray = await asyncio.to_thread(connect, self._ray, self.rc)
+        await asyncio.gather(*(self._place(Placement(spec)) for spec in specs if spec.id not in removed))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        placements = list(self.placed.values())
+        for p in placements:
+            if p.poll is not None:
+                p.poll.cancel()
+        await asyncio.gather(*(p.poll for p in placements if p.poll is not None), return_exceptions=True)
+        await asyncio.gather(*(self._stop(p) for p in placements), return_exceptions=True)
+        if self._owns_ray and self._ray is not None:
+            await asyncio.to_thread(disconnect, self._ray)
+
+    async def _stop(self, p: Placement, *, purge: bool = False) -> None:
+        """Final snapshot (or purge) in the actor, then end its process."""
+        handle, p.handle = p.handle, None
+        if handle is None:
+            return
+        try:
+            await self._call(handle.close.remote(purge), START_SECONDS)
+        except (Unreachable, VmrError) as exc:  # gone already: its last periodic snapshot stands
+            log.warning("stream %s closed without a final snapshot: %s", p.id, exc)
+        await asyncio.to_thread(self._ray.kill, handle)
+
+    # ------------------------------------------------------------ placement
+    def _new_actor(self, stream: str) -> Any:
+        cfg = self.cfg.model_copy(update={"index": shard_dir(self.cfg, stream), "ray": None})
+        cls = self._ray.remote(StreamActor).options(**actor_options(self.rc))
+        return cls.remote(cfg, self.settings, self.rc.event_queue)
+
+    async def _place(self, p: Placement) -> StreamStatus:
+        """Start ``p``'s actor (restoring its snapshot) and its event poll; the status it starts with."""
+        self.placed[p.id] = p
+        handle = self._new_actor(p.id)
+        try:
+            status = await self._call(handle.start.remote(p.spec), START_SECONDS)
+        except (Unreachable, VmrError) as exc:
+            await asyncio.to_thread(self._ray.kill, handle)
+            error = exc if isinstance(exc, VmrError) else ShardUnavailableError(str(exc))
+            p.status = {"id": p.id, "kind": p.spec.kind, "status": "failed"}
+            p.status["error"] = {"code": error.code, "message": str(error)}
+            raise error from exc
+        if p.moving is None:
+            p.handle, p.status = handle, status
+        else:
+            p.restarted(handle, status)
+        p.poll = asyncio.create_task(self._poll(p), name=f"ray-poll-{p.id}")
+        return StreamStatus.model_validate(p.view())
+
+    async def _poll(self, p: Placement) -> None:
+        """Forward ``p``'s events until the shard closes; move the stream when its actor dies."""
+        while not self._closed and p.handle is not None:
+            try:
+                events, hb = await self._call(
+                    p.handle.poll.remote(self.rc.poll_seconds),
+                    self.rc.poll_seconds + self.rc.deadline_seconds,
+                )
+            except Unreachable as exc:
+                if exc.died:
+                    p.died(str(exc))
+                    await self._move(p)
+                    return  # the new actor has its own poll
+                continue  # slow, not dead: ask again
+            p.heartbeat, p.status = hb, hb.status or p.status
+            self._deliver(events)
+
+    def _deliver(self, events: list[tuple[str, Any]]) -> None:
+        assert self._listener is not None
+        for kind, body in events:
+            if kind == "event":
+                self._listener.on_event(body)
+            elif kind == "embedding":
+                self._listener.on_embedding(*body)
+            else:
+                self._listener.on_stream_end(body)
+
+    async def _move(self, p: Placement) -> None:
+        """Start ``p`` again on a live node from its last snapshot (``restart_attempts`` tries)."""
+        log.warning("stream %s lost its actor (%s); restarting from its last snapshot", p.id, p.moving)
+        for attempt in range(self.rc.restart_attempts + 1):
+            if self._closed or self.placed.get(p.id) is not p:
+                return
+            try:
+                await self._place(p)
+                return
+            except VmrError as exc:
+                log.warning("restart %d of stream %s failed: %s", attempt + 1, p.id, exc)
+                await asyncio.sleep(min(2.0**attempt, 10.0))
+        p.moving = None  # given up: the status says failed (set by the last attempt)
+
+    async def _call(self, ref: Any, limit: float) -> Any:
+        """Await a remote call: its VmrError re-raised as is, Ray's failures as :class:`Unreachable`."""
+        ray = self._ray
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), limit)
+        except TimeoutError as exc:
+            raise Unreachable(f"no answer in {limit:.1f} s") from exc
+        except ray.exceptions.RayActorError as exc:  # the process or its node died
+            raise Unreachable("actor died", died=True) from exc
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, VmrError):
+                raise exc.cause from exc
+            raise ShardUnavailableError(f"stream actor failed: {type(exc.cause).__name__}") from exc
+        except ray.exceptions.RayError as exc:  # unavailable for now (node draining, GCS hiccup)
+            raise Unreachable(type(exc).__name__) from exc
+
+    async def _each(self, calls: dict[str, Awaitable[_T]]) -> tuple[dict[str, _T], dict[str, str]]:
+        """Every call's answer by stream, and the streams that could not answer, by reason."""
+        names = list(calls)
+        done = await asyncio.gather(*calls.values(), return_exceptions=True)
+        answers: dict[str, _T] = {}
+        missing: dict[str, str] = {}
+        for name, out in zip(names, done, strict=True):
+            if isinstance(out, Unreachable):
+                missing[name] = str(out)
+            elif isinstance(out, BaseException):
+                raise out
+            else:
+                answers[name] = out
+        return answers, missing
+
+    def _live(self, names: Iterable[str]) -> tuple[list[Placement], dict[str, str]]:
+        """The placements of ``names`` that have an actor now, and why the others have none."""
+        live, missing = [], {}
+        for name in names:
+            p = self.placed.get(name)
+            if p is None:
+                raise UnknownStreamError(f"unknown stream {name!r}")
+            if p.handle is None:
+                missing[name] = p.moving or "not running"
+            else:
+                live.append(p)
+        return live, missing
+
+    # -------------------------------------------------------------- streams
+    async def add(self, spec: StreamSpec) -> StreamStatus:
+        if spec.id in self.placed:
+            raise ConfigError(f"stream {spec.id!r} already exists")
+        return await self._place(Placement(spec))
+
+    async def remove(self, stream: str, *, purge: bool = False) -> None:
+        p = self.placed.pop(stream, None)
+        if p is None:
+            if not purge:
+                raise UnknownStreamError(f"unknown stream {stream!r}")
+            await asyncio.to_thread(shutil.rmtree, shard_dir(self.cfg, stream), ignore_errors=True)
+            return
+        if p.poll is not None:
+            p.poll.cancel()
+            await asyncio.gather(p.poll, return_exceptions=True)
+        await self._stop(p, purge=purge)
+
+    async def statuses(self) -> list[StreamStatus]:
+        live, _ = self._live(list(self.placed))
+        beats, _ = await self._each(
+            {p.id: self._call(p.handle.heartbeat.remote(), self.rc.deadline_seconds) for p in live}
+        )
+        for name, hb in beats.items():  # fresher than the last poll's
+            p = self.placed.get(name)
+            if p is not None and p.handle is not None:
+                p.heartbeat, p.status = hb, hb.status or p.status
+        return [StreamStatus.model_validate(p.view()) for p in list(self.placed.values())]
+
+    def specs(self) -> list[StreamSpec]:
+        return [p.spec for p in self.placed.values()]
+
+    async def stream_ids(self) -> set[str]:
+        return set(self.placed)
+
+    # -------------------------------------------------------------- queries
+    async def search(
+        self, query: Query, *, budget: float | None = None, on_first: FirstAnswer | None = None
+    ) -> dict[str, QueryResult]:
+        live, missing = self._live(query.streams if query.streams is not None else list(self.placed))
+        qid = uuid.uuid4().hex
+        one = dataclasses.replace(query, streams=None)  # an actor holds its one stream
+        finals = {p.id: p.handle.search.remote(qid, one, budget) for p in live}
+        firsts, first_missing = await self._each(
+            {p.id: self._call(p.handle.first.remote(qid), self.rc.deadline_seconds) for p in live}
+        )
+        if on_first is not None:
+            on_first(ShardResults(_merge(firsts), {**missing, **first_missing}))
+        wait = (UNBOUNDED_REFINE_S if budget is None else budget) + self.rc.deadline_seconds
+        parts, late = await self._each({name: self._call(ref, wait) for name, ref in finals.items()})
+        missing.update(late)
+        results = _merge(parts)
+        return ShardResults(results, missing) if missing else results
+
+    async def embed_query(self, query: Query) -> np.ndarray:
+        for p in self._live(list(self.placed))[0]:
+            with contextlib.suppress(Unreachable):
+                return np.asarray(
+                    await self._call(p.handle.embed_query.remote(query), self.rc.deadline_seconds)
+                )
+        raise ShardUnavailableError("no stream actor is running to encode the query")
+
+    async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
+        live, _ = self._live([n for n in self.placed if streams is None or n in streams])
+        scores, _ = await self._each(
+            {
+                p.id: self._call(p.handle.background_scores.remote(qvec), self.rc.deadline_seconds)
+                for p in live
+            }
+        )
+        return np.concatenate(list(scores.values())) if scores else np.zeros(0, np.float32)
+
+    def wall_of(self, stream: str, t: float) -> float | None:
+        p = self.placed.get(stream)
+        return None if p is None else p.wall_of(t)
+
+    async def thumbnail(self, stream: str, t: float) -> tuple[float, bytes]:
+        live, missing = self._live([stream])
+        if not live:
+            raise ShardUnavailableError(f"stream {stream!r}: {missing[stream]}")
+        try:
+            out: tuple[float, bytes] = await self._call(
+                live[0].handle.thumbnail.remote(t), self.rc.deadline_seconds
+            )
+        except Unreachable as exc:
+            raise ShardUnavailableError(f"stream {stream!r}: {exc}") from exc
+        return out
+
+    # ----------------------------------------------------- state and health
+    async def snapshot(self) -> None:
+        live, missing = self._live(list(self.placed))
+        _, failed = await self._each(
+            {p.id: self._call(p.handle.snapshot.remote(), START_SECONDS) for p in live}
+        )
+        failed.update(missing)
+        if failed:
+            raise IndexStoreError(
+                f"snapshot failed for {len(failed)} stream(s): "
+                + "; ".join(f"{k}: {v}" for k, v in failed.items())
+            )
+
+    async def stats(self) -> ShardStats:
+        live, _ = self._live(list(self.placed))
+        answers, _ = await self._each(
+            {p.id: self._call(p.handle.stats.remote(), self.rc.deadline_seconds) for p in live}
+        )
+        out = ShardStats(events_dropped=sum(p.dropped_events for p in self.placed.values()))
+        for name, p in list(self.placed.items()):
+            part: ShardStats | None = answers.get(name)
+            if part is None:
+                out.streams[name] = p.stale_stats()
+                continue
+            for sname, s in part.streams.items():
+                out.streams[sname] = dataclasses.replace(
+                    s, restarts=p.restarts, lost_seconds=p.lost_seconds, lost_frames=p.lost_frames
+                )
+            out.work.update(part.work)
+            out = dataclasses.replace(
+                out,
+                encoder_passes=out.encoder_passes + part.encoder_passes,
+                encoder_images=out.encoder_images + part.encoder_images,
+                encoder_errors=out.encoder_errors + part.encoder_errors,
+            )
+        return out
+
+    async def model_info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = await self._model_info()
+        return dict(self._info)
+
+    async def _model_info(self) -> dict[str, Any]:
+        """From a running actor; with none, a stream-less one started for the purpose."""
+        for p in self._live(list(self.placed))[0]:
+            with contextlib.suppress(Unreachable):
+                info: dict[str, Any] = await self._call(
+                    p.handle.model_info.remote(), self.rc.deadline_seconds
+                )
+                return info
+        probe = self._new_actor(PROBE)
+        try:
+            await self._call(probe.open.remote(), START_SECONDS)
+            info = await self._call(probe.model_info.remote(), START_SECONDS)
+            return info
+        except Unreachable as exc:
+            raise ShardUnavailableError(f"no actor could report the model: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await self._call(probe.close.remote(), START_SECONDS)
+            await asyncio.to_thread(self._ray.kill, probe)
+
+
+def _merge(parts: dict[str, dict[str, QueryResult]]) -> dict[str, QueryResult]:
+    out: dict[str, QueryResult] = {}
+    for part in parts.values():
+        out.update(part)
+    return out
