@@ -29,7 +29,14 @@ import numpy as np
 
 from agent.channels.retrieval import Query
 from agent.config import Settings
-from agent.errors import ConfigError, IndexStoreError, ShardUnavailableError, UnknownStreamError, VmrError
+from agent.errors import (
+    ConfigError,
+    IndexStoreError,
+    ShardUnavailableError,
+    UnknownStreamError,
+    VmrError,
+    from_stream_error,
+)
 from agent.service.cluster import connect, disconnect, require_ray
 from agent.service.cluster.actor import StreamActor
 from agent.service.cluster.placement import Placement, actor_options, shard_dir
@@ -37,6 +44,7 @@ from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.protocol import StreamStatus
 from agent.service.shard import FirstAnswer, ShardListener, ShardResults, ShardStats, StreamShard
 from agent.types import QueryResult
+from streams.errors import StreamError
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -69,6 +77,9 @@ class RayShard(StreamShard):
         self._ray: Any = None
         self._owns_ray = False
         self._info: dict[str, Any] | None = None
+        self._probe: Any = None
+        """Stream-less actor answering model and query-encoding calls while no stream runs."""
+        self._probe_lock = asyncio.Lock()
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -90,6 +101,8 @@ class RayShard(StreamShard):
                 p.poll.cancel()
         await asyncio.gather(*(p.poll for p in placements if p.poll is not None), return_exceptions=True)
         await asyncio.gather(*(self._stop(p) for p in placements), return_exceptions=True)
+        if self._probe is not None:
+            await asyncio.to_thread(self._ray.kill, self._probe)
         if self._owns_ray and self._ray is not None:
             await asyncio.to_thread(disconnect, self._ray)
 
@@ -218,6 +231,10 @@ class RayShard(StreamShard):
     async def add(self, spec: StreamSpec) -> StreamStatus:
         if spec.id in self.placed:
             raise ConfigError(f"stream {spec.id!r} already exists")
+        try:  # here, before a process starts: the shared storage shows the gateway what nodes see
+            await asyncio.to_thread(spec.check_input)
+        except StreamError as exc:
+            raise from_stream_error(exc) from exc
         return await self._place(Placement(spec))
 
     async def remove(self, stream: str, *, purge: bool = False) -> None:
@@ -269,12 +286,7 @@ class RayShard(StreamShard):
         return ShardResults(results, missing) if missing else results
 
     async def embed_query(self, query: Query) -> np.ndarray:
-        for p in self._live(list(self.placed))[0]:
-            with contextlib.suppress(Unreachable):
-                return np.asarray(
-                    await self._call(p.handle.embed_query.remote(query), self.rc.deadline_seconds)
-                )
-        raise ShardUnavailableError("no stream actor is running to encode the query")
+        return np.asarray(await self._ask_encoder("embed_query", query))
 
     async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
         live, _ = self._live([n for n in self.placed if streams is None or n in streams])
@@ -341,28 +353,25 @@ class RayShard(StreamShard):
 
     async def model_info(self) -> dict[str, Any]:
         if self._info is None:
-            self._info = await self._model_info()
+            self._info = dict(await self._ask_encoder("model_info"))
         return dict(self._info)
 
-    async def _model_info(self) -> dict[str, Any]:
-        """From a running actor; with none, a stream-less one started for the purpose."""
+    async def _ask_encoder(self, method: str, *args: Any) -> Any:
+        """Call ``method`` of any running actor (they share one model); with none, of a stream-less
+        actor started for the purpose (and kept: watches and ``hello`` may come before any stream)."""
         for p in self._live(list(self.placed))[0]:
             with contextlib.suppress(Unreachable):
-                info: dict[str, Any] = await self._call(
-                    p.handle.model_info.remote(), self.rc.deadline_seconds
-                )
-                return info
-        probe = self._new_actor(PROBE)
+                return await self._call(getattr(p.handle, method).remote(*args), self.rc.deadline_seconds)
         try:
-            await self._call(probe.open.remote(), START_SECONDS)
-            info = await self._call(probe.model_info.remote(), START_SECONDS)
-            return info
+            async with self._probe_lock:
+                if self._probe is None:
+                    probe = self._new_actor(PROBE)
+                    await self._call(probe.open.remote(), START_SECONDS)
+                    self._probe = probe
+            return await self._call(getattr(self._probe, method).remote(*args), START_SECONDS)
         except Unreachable as exc:
-            raise ShardUnavailableError(f"no actor could report the model: {exc}") from exc
-        finally:
-            with contextlib.suppress(Exception):
-                await self._call(probe.close.remote(), START_SECONDS)
-            await asyncio.to_thread(self._ray.kill, probe)
+            self._probe = None  # dead or stuck: the next call starts another
+            raise ShardUnavailableError(f"no actor could encode: {exc}") from exc
 
 
 def _merge(parts: dict[str, dict[str, QueryResult]]) -> dict[str, QueryResult]:
