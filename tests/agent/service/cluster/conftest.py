@@ -8,6 +8,7 @@ test fails. Skipped when the ``ray`` extra is not installed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 
 import pytest
 
+# Loopback only: Ray resolves 127.0.0.1 in a driver's address to the machine's routable IP unless
+# it believes the host runs no real cluster (its rule for laptops); said before Ray is imported,
+# inherited by every node and worker it starts.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
