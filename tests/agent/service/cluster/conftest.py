@@ -56,6 +56,18 @@ def cluster() -> Iterator[Cluster]:
         c.shutdown()
 
 
+@pytest.fixture
+def two_workers(cluster: Cluster) -> Iterator[Cluster]:
+    """``cluster``, given back with two live worker nodes however many the test removed.
+
+    Nodes are added here, in the main thread: Ray installs signal handlers when it starts one.
+    """
+    yield cluster
+    for _ in range(2 - len(cluster.worker_nodes)):
+        cluster.add_node(**NODE_ARGS)
+    cluster.wait_for_nodes(timeout=60)
+
+
 def ray_config(cluster: Cluster, storage: Path, **over: Any) -> RayConfig:
     """Small actors, short deadlines and polls: failures show within seconds."""
     base: dict[str, Any] = {
