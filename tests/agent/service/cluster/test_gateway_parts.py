@@ -1,0 +1,112 @@
+"""The gateway's parts without a cluster: deadlines, the event buffer, recovery accounting, config."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.channels.retrieval import Query
+from agent.cli.main import build_parser
+from agent.cli.serve import serve_config
+from agent.errors import ConfigError
+from agent.service.cluster import require_ray
+from agent.service.cluster.actor import EventBuffer, Heartbeat
+from agent.service.cluster.gateway import RayShard
+from agent.service.cluster.placement import Placement
+from agent.service.config import RayConfig, ServiceConfig, parse_spec
+from agent.service.protocol import StreamStatus
+from agent.service.shard import missing_of
+from tests.agent.service.helpers import tiny_settings
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _Hung:
+    """An actor method whose calls never answer (a stuck actor): a Ray ref that never resolves."""
+
+    class _Ref:
+        def future(self) -> Future[Any]:
+            return Future()
+
+    def remote(self, *args: Any) -> _Ref:
+        return self._Ref()
+
+
+class _HungActor:
+    search = first = heartbeat = _Hung()
+
+
+def _spec(name: str) -> Any:
+    return parse_spec({"id": name, "kind": "file", "path": "/nonexistent.mp4"})
+
+
+async def test_a_stuck_actor_is_left_out_after_its_deadline_and_named_missing(tmp_path: Path) -> None:
+    cfg = ServiceConfig(index=tmp_path, ray=RayConfig(address="auto", deadline_seconds=0.3))
+    shard = RayShard(cfg, tiny_settings())
+    shard._ray = require_ray()  # exception classes only: nothing is started
+    stuck = Placement(_spec("stuck"), handle=_HungActor())
+    moving = Placement(_spec("moving"), moving="moving: actor died")
+    shard.placed = {"stuck": stuck, "moving": moving}
+    firsts: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    results = await shard.search(
+        Query(image=np.zeros((8, 8, 3), np.uint8)), budget=0.2, on_first=firsts.append
+    )
+    assert time.monotonic() - t0 < 3.0  # first deadline + budget + deadline, not forever
+    assert dict(results) == {}
+    assert missing_of(results) == {"stuck": "no answer in 0.5 s", "moving": "moving: actor died"}
+    assert missing_of(firsts[0]) == {"stuck": "no answer in 0.3 s", "moving": "moving: actor died"}
+    listed = {s.id: s for s in await shard.statuses()}  # from the last known state, within the deadline
+    assert listed["moving"].status == "starting" and "moving: actor died" in listed["moving"].reasons
+
+
+async def test_event_buffer_drops_the_oldest_when_full_and_counts() -> None:
+    buf = EventBuffer(16)
+    for i in range(20):
+        buf.on_stream_end(f"s{i}")
+    events = await buf.take(0.0)
+    assert [body for _, body in events] == [f"s{i}" for i in range(4, 20)]
+    assert buf.dropped == 4
+    t0 = time.monotonic()
+    assert await buf.take(0.2) == [] and time.monotonic() - t0 >= 0.15  # a long-poll waits when empty
+    waiter = asyncio.create_task(buf.take(5.0))
+    await asyncio.sleep(0.05)
+    buf.on_stream_end("late")
+    assert await asyncio.wait_for(waiter, 1.0) == [("end", "late")]  # ... and answers at once
+
+
+def test_a_death_counts_the_seconds_and_frames_since_the_last_snapshot() -> None:
+    p = Placement(_spec("cam"), handle=object(), status={"id": "cam", "kind": "file", "status": "running"})
+    now = time.time()
+    p.heartbeat = Heartbeat(status={}, node="n1", frames=30, snapshot_wall=now - 5.0, snapshot_frames=20)
+    p.died("actor died")
+    assert p.handle is None and p.moving == "moving: actor died"
+    assert 4.9 < p.lost_seconds < 6.0 and p.lost_frames == 10
+    view = StreamStatus.model_validate(p.view())
+    assert view.status == "starting" and view.up is False
+    extra = view.model_extra or {}
+    assert extra["recovery"]["lost_frames"] == 10 and extra["placement"]["moving"] == "moving: actor died"
+    p.restarted(object(), {"id": "cam", "kind": "file", "status": "running"})
+    assert p.restarts == 1 and p.moving is None and p.stale_stats().restarts == 1
+
+
+def test_serve_ray_flags_become_the_validated_config(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["serve", "--ray", "10.0.0.5:6379", "--ray-storage", str(tmp_path)])
+    rc = serve_config(args).service.ray
+    assert rc is not None and rc.address == "10.0.0.5:6379" and rc.storage == tmp_path.resolve()
+    with pytest.raises(ConfigError, match=r"service\.ray"):
+        serve_config(build_parser().parse_args(["serve", "--ray", ""]))
+    assert serve_config(build_parser().parse_args(["serve"])).service.ray is None  # the default: in process
+
+
+def test_a_missing_ray_extra_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(ConfigError, match="vmr\\[ray\\]"):
+        require_ray()
