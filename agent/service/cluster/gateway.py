@@ -89,7 +89,11 @@ class RayShard(StreamShard):
         self._listener = listener
         self._ray = require_ray()
         self._owns_ray = await asyncio.to_thread(connect, self._ray, self.rc)
-        await asyncio.gather(*(self._place(Placement(spec)) for spec in specs if spec.id not in removed))
+        started = [Placement(spec) for spec in specs if spec.id not in removed]
+        outcomes = await asyncio.gather(*(self._place(p) for p in started), return_exceptions=True)
+        for p, out in zip(started, outcomes, strict=True):
+            if isinstance(out, BaseException):  # isolation: this stream is listed failed, the others run
+                log.error("stream %s did not start on the cluster: %s", p.id, out)
 
     async def close(self) -> None:
         if self._closed:
