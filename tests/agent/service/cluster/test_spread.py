@@ -11,7 +11,7 @@ from tests.agent.service.helpers import add, client, needle_b64, needle_video, r
 
 pytestmark = pytest.mark.timeout(240)
 
-STREAMS = ("cam0", "cam1", "cam2")
+STREAMS = ("cam0", "cam1")
 
 
 async def test_streams_spread_over_workers_and_one_query_merges_them(cluster: object, tmp_path: Path) -> None:
