@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from agent.channels.retrieval import Query
+from agent.channels.text_search import TimedText
 from agent.config import Settings
 from agent.core.superimage import SuperImage
 from agent.service.config import ServiceConfig, StreamSpec
@@ -44,7 +45,8 @@ FIRST_KEEP_S = 60.0
 """A query's prescreen part is kept this long after its search ends, for a late ``first`` call."""
 
 Event = tuple[str, Any]
-"""``("event", ServerEvent)``, ``("embedding", (stream, SuperImage, vec))`` or ``("end", stream)``."""
+"""``("event", ServerEvent)``, ``("embedding", (stream, SuperImage, vec))``,
+``("text", (stream, channel, TimedText))`` or ``("end", stream)``."""
 
 
 class EventBuffer:
@@ -68,6 +70,9 @@ class EventBuffer:
 
     def on_embedding(self, stream: str, si: SuperImage, vec: np.ndarray) -> None:
         self._put(("embedding", (stream, dataclasses.replace(si, image=_NO_PIXELS), vec)))
+
+    def on_text_span(self, stream: str, channel: str, span: TimedText) -> None:
+        self._put(("text", (stream, channel, span)))
 
     def on_stream_end(self, stream: str) -> None:
         self._put(("end", stream))

@@ -170,6 +170,8 @@ class RayShard(StreamShard):
                 self._listener.on_event(body)
             elif kind == "embedding":
                 self._listener.on_embedding(*body)
+            elif kind == "text":
+                self._listener.on_text_span(*body)
             else:
                 self._listener.on_stream_end(body)
 
