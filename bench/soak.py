@@ -63,6 +63,7 @@ from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.errors import ProtocolError
 from agent.service.client import connect, recv, send
 from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.heap import trim_heap
 from agent.service.pipeline import Service
 from agent.service.protocol import (
     ClientMessage,
@@ -73,6 +74,7 @@ from agent.service.protocol import (
     WatchMsg,
 )
 from agent.service.server import Server
+from bench.memtrace import MemTrace
 from streams.file import FileSpec
 from streams.rtsp import RTSPSpec
 
@@ -219,7 +221,11 @@ def _specs(args: argparse.Namespace, rtsp_url: str | None) -> list[StreamSpec]:
 async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None) -> dict[str, Any]:
     """Run the soak described by ``args`` with the index under ``work``; returns the report."""
     cfg = ServiceConfig(
-        host="127.0.0.1", port=0, index=work / "index", snapshot_seconds=args.snapshot_seconds
+        host="127.0.0.1",
+        port=0,
+        index=work / "index",
+        snapshot_seconds=args.snapshot_seconds,
+        heap_trim_seconds=args.heap_trim_seconds or None,
     )
     settings = Settings(
         prescreen=EncoderConfig(model=args.model, allow_random=True, batch_size=16),
@@ -228,6 +234,7 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
     photos = sorted((DATA / "imagenet_sample").glob("*.jpg"))[: max(1, args.clients)]
     tally, stop, samples = Tally(), asyncio.Event(), []
     load_start = os.getloadavg()
+    trace = MemTrace(args.tracemalloc) if args.tracemalloc else None
     async with Service(cfg, settings) as svc:
         await svc.start()
         server = Server(svc.serving, cfg)
@@ -235,6 +242,8 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
         url = f"http://127.0.0.1:{port}"
         for spec in _specs(args, rtsp_url):
             await svc.add_stream(spec)
+        if trace is not None:  # after the start-up: only growth is wanted, and tracing start-up is slow
+            trace.start()
         t0 = time.monotonic()
         measure_from = t0 + args.warmup
         clients = [
@@ -249,18 +258,24 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
         async with httpx.AsyncClient(base_url=url) as http:
             while (elapsed := time.monotonic() - t0) < args.warmup + args.seconds:
                 await asyncio.sleep(min(args.sample_every, args.warmup + args.seconds - elapsed))
+                if args.malloc_trim:
+                    await asyncio.to_thread(trim_heap)
                 samples.append([round(time.monotonic() - t0, 1), round(rss_bytes() / 2**20, 1)])
                 if rss_warm is None and time.monotonic() >= measure_from:
                     rss_warm = _recent_rss(samples)
                     tokens_warm = sum(r.state.memory.tokens for r in svc.runners.values())
+                    if trace is not None:
+                        trace.mark()
             rss_end = _recent_rss(samples)
             elapsed = time.monotonic() - t0
+            growth = trace.report() if trace is not None else None
             stop.set()
             async with asyncio.timeout(ANSWER_LIMIT + 10):
                 await asyncio.gather(*tasks)
             metrics = _metrics((await http.get("/metrics")).text)
             health = (await http.get("/healthz")).json()
         statuses = [r.info() for r in svc.runners.values()]
+        trims = None if svc.trimmer is None else svc.trimmer.stats
         await server.close()
     errors = tally.errors + _server_errors(metrics)
     for st in statuses:
@@ -300,6 +315,18 @@ async def soak(args: argparse.Namespace, work: Path, rtsp_url: str | None = None
             "end": [round(x, 2) for x in os.getloadavg()],
         },
         "ok": not errors and drift < args.max_drift,
+        "heap_trim_seconds": args.heap_trim_seconds or None,
+        **(
+            {
+                "heap_trims": trims.trims,
+                "heap_trim_released_mib": round(trims.released_bytes / 2**20, 1),
+                "heap_trim_call_seconds": round(trims.seconds, 3),
+            }
+            if trims is not None
+            else {}
+        ),
+        **({"malloc_trim": True} if args.malloc_trim else {}),
+        **({"tracemalloc": growth} if growth is not None else {}),
     }
 
 
@@ -315,10 +342,29 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=32, help="memory tokens per stream")
     p.add_argument("--store-mb", type=int, default=64, help="frame store bytes per stream (MiB)")
     p.add_argument("--snapshot-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--heap-trim-seconds",
+        type=float,
+        default=30.0,
+        help="the service's malloc_trim period (ServiceConfig.heap_trim_seconds); 0: none",
+    )
     p.add_argument("--query-every", type=float, default=2.0)
     p.add_argument("--sample-every", type=float, default=10.0)
     p.add_argument("--max-drift", type=float, default=5.0, help="RSS drift (%%) above which the run fails")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="trace Python allocations (25 frames, slow) and report the N sites and object types "
+        "that grew most from the end of the warm-up to the end (bench.memtrace)",
+    )
+    p.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="call glibc malloc_trim(0) before each RSS sample (tells allocator fragmentation from growth)",
+    )
     args = p.parse_args(argv)
     if args.streams < 1 or args.clients < 0 or args.seconds <= 0 or args.warmup < 0 or args.rtsp < 0:
         p.error("need --streams >= 1, --clients >= 0, --seconds > 0, --warmup >= 0, --rtsp >= 0")

@@ -182,6 +182,9 @@ class ServiceConfig(Strict):
     Not empty, no whitespace (it travels in a header)."""
     snapshot_seconds: float = Field(default=30.0, gt=0)
     """Period of the atomic memory snapshots (a kill -9 loses at most this much)."""
+    heap_trim_seconds: float | None = Field(default=30.0, gt=0)
+    """Period of ``malloc_trim`` (glibc gives freed heap pages back; without it RSS creeps up
+    over days, see ``agent.service.heap``); None disables it."""
     max_message_bytes: int = Field(default=12 * 1024**2, ge=1024)
     """Largest websocket message accepted (a base64 image query must fit)."""
     client_queue: int = Field(default=256, ge=8)
@@ -205,10 +208,10 @@ class ServiceConfig(Strict):
     ray: RayConfig | None = None
     """Run streams on a Ray cluster (None, the default: every stream in this process)."""
 
-    @field_validator("snapshot_seconds", "progress_seconds")
+    @field_validator("snapshot_seconds", "progress_seconds", "heap_trim_seconds")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
             raise ValueError("must be finite")
         return v
 

@@ -6,7 +6,9 @@ benchmarks): it builds the shard (:class:`LocalShard`, in process; with
 the :class:`StreamRegistry` (persisted stream list, periodic snapshots) and
 the :class:`Serving` façade the router calls. :meth:`Service.close`
 (idempotent) stops the snapshot loop, closes watches, then the shards
-(final snapshot).
+(final snapshot). It also owns the :class:`HeapTrimmer` (``malloc_trim``
+every ``heap_trim_seconds``: RSS that would otherwise creep up with freed
+allocator pages over a weeks-long run).
 
 Persistence: the stream list (specs as given by ``streams.add`` or the
 config) and the ids of removed streams are kept in
@@ -28,6 +30,7 @@ from agent.errors import ConfigError
 from agent.index.video_index import VideoIndex
 from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
+from agent.service.heap import HeapTrimmer
 from agent.service.llm_handoff import LLMHandoff
 from agent.service.local_shard import LocalShard
 from agent.service.protocol import StreamStatus
@@ -47,13 +50,19 @@ class Service:
         self.shard: StreamShard = make_shard(cfg, settings)
         self.registry = StreamRegistry(cfg.index, snapshot_seconds=cfg.snapshot_seconds)
         self.serving = Serving(cfg, settings, [self.shard], self.registry)
+        period = cfg.heap_trim_seconds
+        self.trimmer = HeapTrimmer(period) if period is not None else None
 
     async def start(self, streams: Iterable[StreamSpec] = ()) -> None:
         """Open (or create) the index, start the encoder, restore and start streams."""
         await self.serving.start(list(streams))
+        if self.trimmer is not None:
+            self.trimmer.start()
 
     async def close(self) -> None:
         """Stop every stream, flush the encoder, snapshot, close the index (idempotent)."""
+        if self.trimmer is not None:
+            await self.trimmer.close()
         await self.serving.close()
 
     async def __aenter__(self) -> Service:

@@ -1,0 +1,129 @@
+"""Periodic return of the C heap's free pages to the system (glibc ``malloc_trim``).
+
+Why: a weeks-long service allocates and frees steadily in many threads
+(decoder threads that come and go with every file pass or reconnect, the
+``to_thread`` pool, the encoder, JSON and base64 of every query). glibc
+keeps freed blocks in its per-thread arenas and returns memory to the
+system only from the top of the main heap, so the resident set creeps up
+with no live object behind it: a 30-minute soak (8 streams, 8 clients) grew
+~50 MiB/h while the traced Python heap grew by a few MiB (``bench.soak
+--tracemalloc``), and with ``malloc_trim(0)`` every 10 s the same load's RSS
+fell instead of growing (``bench.soak --malloc-trim``).
+
+:class:`HeapTrimmer` owns one task that calls :func:`trim_heap` every
+``period`` seconds, in a worker thread (the call walks every arena and
+takes each one's lock; it must not stall the event loop). Off glibc it does
+nothing. :meth:`HeapTrimmer.close` is idempotent; it cancels and awaits the
+task. Another remedy for deployments, not a replacement: a lower
+``MALLOC_ARENA_MAX`` (e.g. 2) in the process environment caps the number
+of arenas (see the README, "Running for weeks").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: its allocator decides when to give memory back
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_TRIM = _load_trim()
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the system; True when glibc released some.
+
+    Blocking (milliseconds to tens of milliseconds on a GiB heap): call it in a thread.
+    False off glibc, where it does nothing.
+    """
+    return bool(_TRIM(0)) if _TRIM is not None else False
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process in bytes (0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@dataclass
+class TrimStats:
+    """What the trimmer did: calls, bytes of RSS given back (summed), seconds spent in the calls."""
+
+    trims: int = 0
+    released_bytes: int = 0
+    seconds: float = 0.0
+
+
+class HeapTrimmer:
+    """Calls ``trim`` every ``period`` seconds in a thread until :meth:`close`.
+
+    ``trim`` is :func:`trim_heap` unless a test gives another (it returns
+    whether memory was released). A failing call is logged and the next
+    period tries again: trimming is an optimisation, never a reason to stop.
+    """
+
+    def __init__(self, period: float, trim: Callable[[], bool] = trim_heap) -> None:
+        if not period > 0:
+            raise ValueError(f"period must be > 0 seconds, not {period}")
+        self.period = period
+        self.stats = TrimStats()
+        self._trim = trim
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the periodic task (once; after :meth:`close` it stays closed)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._loop(), name="heap-trim")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                await asyncio.to_thread(self.trim_once)
+            except Exception:  # the next period tries again
+                log.exception("malloc_trim failed; retrying in %.0f s", self.period)
+
+    def trim_once(self) -> None:
+        """One trim, counted (blocking: the loop runs it in a thread)."""
+        before, t0 = rss_bytes(), time.perf_counter()
+        self._trim()
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.trims += 1
+        self.stats.released_bytes += max(0, before - rss_bytes())
+
+    async def close(self) -> None:
+        """Stop the task and wait for it (idempotent)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
