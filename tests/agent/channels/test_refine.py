@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from PIL import Image
 
 from agent.channels.base import ChannelQuery
 from agent.channels.refine import (
+    ENTRY_OVERHEAD,
     MIN_BACKGROUND,
     MIN_REGION_FRAMES,
     REFINE_BATCH,
@@ -79,17 +81,35 @@ def _plan(idx: VideoIndex, image: RGBImage, stream: str = "cam") -> object:
 
 
 def test_the_cache_is_bounded_in_bytes_and_keeps_the_recent() -> None:
-    vec = np.zeros(512, np.float32)  # 2 KiB each
-    cache = FrameEmbeddingCache(max_bytes=10 * vec.nbytes)
+    vec = np.zeros(512, np.float32)  # 2 KiB each, plus the entry's overhead
+    each = FrameEmbeddingCache.cost(vec)
+    assert each == vec.nbytes + ENTRY_OVERHEAD
+    cache = FrameEmbeddingCache(max_bytes=10 * each)
     for t in range(25):
         cache.put(("cam", float(t)), vec.copy())
         cache.get(("cam", 0.0))  # used again and again: never the least recent
         assert cache.nbytes <= cache.max_bytes
-    assert len(cache) == 10 and cache.nbytes == 10 * vec.nbytes
+    assert len(cache) == 10 and cache.nbytes == 10 * each
     assert cache.get(("cam", 0.0)) is not None and cache.get(("cam", 24.0)) is not None
     assert cache.get(("cam", 1.0)) is None
     cache.put(("cam", 24.0), np.zeros(256, np.float32))  # replacing an entry counts its new size
-    assert cache.nbytes == 9 * vec.nbytes + 1024
+    assert cache.nbytes == 9 * each + 1024 + ENTRY_OVERHEAD
+
+
+def test_the_cache_stays_bounded_over_many_puts_and_pins_no_encoder_batch() -> None:
+    """A long run's worth of refined frames: entries and live bytes stop at the bound (policy: LRU)."""
+    cache = FrameEmbeddingCache(max_bytes=200 * FrameEmbeddingCache.cost(np.zeros(256, np.float32)))
+    batches = []
+    for b in range(1000):  # 8000 frames of 8 streams, as the refiner stores them: rows of (8, 256) batches
+        batch = np.full((8, 256), b, np.float32)
+        for i in range(len(batch)):
+            cache.put((f"cam{i}", float(b)), batch[i])
+        batches.append(weakref.ref(batch))
+        del batch
+    assert len(cache) == 200 and cache.nbytes <= cache.max_bytes
+    held = [cache.get((f"cam{i}", float(b))) for b in range(975, 1000) for i in range(8)]
+    assert all(v is not None and v.base is None and v.flags.c_contiguous for v in held)
+    assert sum(ref() is not None for ref in batches) == 0  # rows were copied: no batch kept alive
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 16, 64, 100])
