@@ -138,7 +138,8 @@ def cmd_query(a: argparse.Namespace) -> int:
         channels=a.channels,
     )
     pending = idx.start_query(q)  # checks the query against the index's limits
-    # Progressive: the prescreen's answer (--fast), or the one refined within --budget seconds.
+    # Progressive: the prescreen's answer (--fast), or the one refined within --budget seconds
+    # (a wall-clock budget: under load it refines less; --budget all is the full, repeatable search).
     results = pending.first if a.fast else pending.refine(a.budget)
     if a.llm and q.text is not None:
         results = _llm_refine(a, idx, q.text, results)
@@ -196,6 +197,10 @@ def _remote_query(a: argparse.Namespace) -> int:
     text = a.text if a.text is not None else a.index
     if (text is None) == (a.image is None):
         raise ConfigError("give a query text or --image PATH (one of them)")
+    if a.budget is None:  # a service bounds every query's refinement (shared encoder)
+        raise ConfigError(
+            f"--budget all is for a local index; a service refines for {MAX_REFINE_BUDGET_S:g} s at most"
+        )
     reply = asyncio.run(
         remote_query(
             a.url,
@@ -292,12 +297,14 @@ def cmd_eval_charades(a: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def _budget(text: str) -> float:
-    """A refine budget in seconds: 0 to MAX_REFINE_BUDGET_S."""
+def _budget(text: str) -> float | None:
+    """A refine budget in seconds (0 to MAX_REFINE_BUDGET_S), or ``all`` (None: refine everything planned)."""
+    if text == "all":
+        return None
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number of seconds (or 'all'): {text!r}") from None
     if not 0 <= value <= MAX_REFINE_BUDGET_S:
         raise argparse.ArgumentTypeError(f"budget must be between 0 and {MAX_REFINE_BUDGET_S:g} seconds")
     return value
@@ -336,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         type=_budget,
         default=DEFAULT_REFINE_BUDGET_S,
-        help=f"seconds of refinement after the first answer (default {DEFAULT_REFINE_BUDGET_S:g})",
+        help=f"seconds of refinement after the first answer (default {DEFAULT_REFINE_BUDGET_S:g}); "
+        "what a budget reaches depends on the machine's speed and load, so answers may differ between "
+        "runs: 'all' refines everything planned (the full search: the same index gives the same answer)",
     )
     pq.add_argument(
         "--channels",
