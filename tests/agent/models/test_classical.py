@@ -145,7 +145,8 @@ def test_ingest_and_image_query_end_to_end(tmp_path: Path, capsys: pytest.Captur
 
     query = tmp_path / "q.jpg"
     _jitter(scenes[2], np.random.default_rng(3)).save(query)
-    assert main(["query", str(index), "--image", str(query), "--json"]) == 0
+    # The full search (`--budget all`): a wall-clock budget refines less on a loaded machine.
+    assert main(["query", str(index), "--image", str(query), "--json", "--budget", "all"]) == 0
     answer = json.loads(capsys.readouterr().out)
     top = answer["moments"][0]
     # The third scene is shown over [8, 12) s: the top moment overlaps it.
