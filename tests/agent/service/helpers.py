@@ -65,6 +65,16 @@ def segments_with_a_missing_one(folder: Path) -> Path:
     return folder
 
 
+def all_segments_in(status: dict[str, Any]) -> bool:
+    """Whether a stream of :func:`segments_with_a_missing_one` has all of it in memory.
+
+    Its last super-image committed (coverage reaches 12 s), so the hole is the missing segment's
+    8-10 s, not the few instants between a frame read and its super-image committed.
+    """
+    covered = status.get("covered") or {}
+    return bool(covered.get("end", 0.0) >= 12.0 and status["gaps"].get("count", 0) >= 1)
+
+
 def needle_b64() -> str:
     return base64.b64encode(NEEDLE.read_bytes()).decode()
 
