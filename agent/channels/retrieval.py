@@ -320,5 +320,6 @@ def _anchor_proposals(
     return [
         ChannelProposal(r.stream, r.name, "anchor", a, b, float(sc), (a + b) / 2)
         for s, e, sc in zip(starts[inside], ends[inside], scores[inside], strict=True)
-        for a, b in covered_pieces(float(s), float(e), holes)
+        # A degenerate anchor stays as it was (fuse drops empty spans): only holes change anything.
+        for a, b in (covered_pieces(float(s), float(e), holes) if e > s else [(float(s), float(e))])
     ]
