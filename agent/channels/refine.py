@@ -157,6 +157,8 @@ class VisualPlan:
     """Frames of the searched range: the trial count of the best refined frame."""
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     """Prescreen scores of the range's anchors: the refine calibration when no background frame exists."""
+    holes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
+    """(m, 2) holes in the memory's coverage, stream seconds (read at planning): no moment overlaps one."""
 
 
 def spread_order(n: int) -> np.ndarray:
@@ -304,6 +306,7 @@ def _answer(plan: VisualPlan, prog: _Progress) -> ChannelAnswer:
             boundaries=region.boundaries,
             nms_iou=plan.nms_iou,
             frame_seconds=plan.frame_seconds,
+            holes=plan.holes,
         )
         props.extend(_refined(plan, p) for p in found)
     notes = list(plan.first.notes)

@@ -45,6 +45,7 @@ from agent.channels.refine import (
 from agent.config import MAX_TOP_K, QueryConfig
 from agent.core.cheap_index import CheapIndex
 from agent.core.fuse import ChannelProposal, calibrate
+from agent.core.gaps import covered_pieces, holes_between
 from agent.core.memory import Memory
 from agent.errors import OversizeQueryError, QueryError
 from agent.models.encoder import Encoder
@@ -270,12 +271,13 @@ def plan_visual(r: Retained, query: ChannelQuery, cfg: QueryConfig) -> VisualPla
         # Frames of the searched range: see refine_plans' calibration note.
         trials=int((hi - lo) / r.frame_seconds) if r.frame_seconds > 0 else 0,
         scores=scores,
+        holes=holes_between(spans),
     )
     spans_to_refine = regions(starts, ends, scores, cfg, lo, hi)
     # The refine budget is shared by the regions there are (one wide region gets all of it).
     per_region = max(4, cfg.max_refine_frames // max(1, len(spans_to_refine)))
     for span in spans_to_refine:
-        anchors = _anchor_proposals(r, starts, ends, scores, span)
+        anchors = _anchor_proposals(r, starts, ends, scores, span, plan.holes)
         plan.first.proposals.extend(anchors)
         times = _even(r.store.times(span[0], span[1]), per_region) if cfg.refine and r.store else None
         if times is None or len(times) == 0:
@@ -301,10 +303,23 @@ def _even(times: np.ndarray, n: int) -> np.ndarray:
 
 
 def _anchor_proposals(
-    r: Retained, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, span: tuple[float, float]
+    r: Retained,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    scores: np.ndarray,
+    span: tuple[float, float],
+    holes: np.ndarray,
 ) -> list[ChannelProposal]:
+    """One proposal per covered piece of each anchor in ``span`` (peak: the piece's middle).
+
+    An anchor merged across a coverage hole (the budget forces it) scores as a whole, so which
+    side holds the match is unknown: every covered piece is proposed with the anchor's score,
+    and the hole never is (see :mod:`agent.core.gaps`).
+    """
     inside = (starts < span[1]) & (ends > span[0])
     return [
-        ChannelProposal(r.stream, r.name, "anchor", float(s), float(e), float(sc), float((s + e) / 2))
+        ChannelProposal(r.stream, r.name, "anchor", a, b, float(sc), (a + b) / 2)
         for s, e, sc in zip(starts[inside], ends[inside], scores[inside], strict=True)
+        # A degenerate anchor stays as it was (fuse drops empty spans): only holes change anything.
+        for a, b in (covered_pieces(float(s), float(e), holes) if e > s else [(float(s), float(e))])
     ]

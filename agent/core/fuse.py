@@ -3,6 +3,10 @@
 Input: every channel's proposals for every searched stream, each with the
 background its scores are judged against. Steps:
 
+0. **Off the holes.** Each proposal is first clipped to the covered piece of its
+   stream that holds its peak (``holes``: the memory's coverage gaps; the rule is
+   :mod:`agent.core.gaps`'s), and its evidence times to that piece: whatever a
+   channel proposed, no moment claims time the stream never saw.
 1. **Calibrate.** A proposal's raw score (a cosine, or any channel's own unit)
    is turned into a robust z-score against its own stream's and channel's
    background for *this* query: ``z = (score - median) / (1.4826 * MAD)`` of the
@@ -42,13 +46,15 @@ Numeric only: no I/O, no asyncio, no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from agent.core.gaps import as_holes, clip_to_covered
 from agent.core.qvh import temporal_iou
 from agent.errors import QueryError
 
@@ -175,6 +181,7 @@ def fuse(
     nms_iou: float = 0.5,
     merge_iou: float = 0.5,
     threshold: float = DEFAULT_THRESHOLD,
+    holes: Mapping[str, np.ndarray] | None = None,
 ) -> Fusion:
     """Calibrate, merge, suppress and rank ``proposals`` (method in the module docstring).
 
@@ -185,22 +192,26 @@ def fuse(
         nms_iou: a moment overlapping a more confident one of its stream by more is dropped.
         merge_iou: proposals of different channels overlapping by at least this are merged.
         threshold: confidence a moment needs to pass.
+        holes: by stream, (m, 2) coverage holes ``[start, end)`` in stream seconds (step 0);
+            a stream not in it has none.
 
     Returns:
         A :class:`Fusion`; ``abstained`` iff no kept moment reaches ``threshold``.
 
     Raises:
-        QueryError: ``top_k < 1`` or an IoU / threshold outside [0, 1].
+        QueryError: ``top_k < 1``, an IoU / threshold outside [0, 1], or malformed holes.
     """
     if top_k < 1:
         raise QueryError(f"top_k must be >= 1, got {top_k}")
     for name, v in (("nms_iou", nms_iou), ("merge_iou", merge_iou), ("threshold", threshold)):
         if not 0.0 <= v <= 1.0:
             raise QueryError(f"{name} must be in [0, 1], got {v}")
+    gaps = {stream: as_holes(h) for stream, h in (holes or {}).items()}
     by_stream: dict[str, list[FusedMoment]] = {}
-    for p in proposals:
-        cal = calibrations.get((p.stream, p.channel, p.kind))
-        if cal is None or not (math.isfinite(p.score) and p.end > p.start):
+    for original in proposals:
+        cal = calibrations.get((original.stream, original.channel, original.kind))
+        p = _off_holes(original, gaps.get(original.stream))
+        if cal is None or p is None or not (math.isfinite(p.score) and p.end > p.start):
             continue
         by_stream.setdefault(p.stream, []).append(_scored(p, cal, threshold))
     kept: list[FusedMoment] = []
@@ -214,6 +225,20 @@ def fuse(
     elif abstained:
         notes.append(f"{NO_MATCH}: no candidates")
     return Fusion(kept, abstained, threshold, notes)
+
+
+def _off_holes(p: ChannelProposal, holes: np.ndarray | None) -> ChannelProposal | None:
+    """``p`` clipped to the covered piece holding its peak, evidence kept inside; None if nothing is left."""
+    if holes is None or len(holes) == 0:
+        return p
+    starts, ends, peaks, kept = clip_to_covered([p.start], [p.end], [p.peak], holes)
+    if not kept[0]:
+        return None
+    start, end, peak = float(starts[0]), float(ends[0]), float(peaks[0])
+    if (start, end, peak) == (p.start, p.end, p.peak):
+        return p
+    evidence = tuple(t for t in p.evidence if start <= t <= end)
+    return dataclasses.replace(p, start=start, end=end, peak=peak, evidence=evidence)
 
 
 def _scored(p: ChannelProposal, cal: Calibration, threshold: float) -> FusedMoment:

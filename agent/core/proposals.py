@@ -3,8 +3,9 @@
 Method, in order:
 
 1. **Segments.** Sampled frames are split into segments wherever consecutive times are more than
-   ``GAP_FACTOR`` (3) times the median spacing apart: a moment never bridges a hole in the
-   record (dropped frames, an outage, evicted memory).
+   ``GAP_FACTOR`` (3) times the median spacing apart, and wherever one of the caller's coverage
+   ``holes`` lies between them: a moment never bridges a hole in the record (dropped frames, an
+   outage, a missing segment, evicted memory).
 2. **Smoothing.** An optional centred moving average of ``smooth`` frames, computed inside each
    segment with edge values repeated, so one noisy frame cannot split or create a moment.
 3. **Multi-threshold grouping** (a watershed seen from above). With the median of the curve as
@@ -26,7 +27,10 @@ Method, in order:
    change in ``boundaries`` within ``snap_seconds``, when that keeps ``start < end`` — but a
    start never moves past the window's first frame and an end never before its last frame:
    snapping may widen a window to a cut or trim the empty tail of its last frame, never cut off
-   evidence, so the peak always lies inside the moment.
+   evidence, so the peak always lies inside the moment. Last, a window is clipped to the covered
+   piece between ``holes`` that holds its peak (:func:`agent.core.gaps.clip_to_covered`): neither
+   a frame's tail nor a snap to a cut beyond a hole may claim time that was never seen. Its frames
+   all lie in that piece (step 1), so no evidence is cut off.
 6. **Temporal NMS.** Candidates are taken by score (ties: earlier, then shorter first); any with
    IoU above ``nms_iou`` to one already kept is dropped, until ``top_k`` are kept.
 
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.core.gaps import as_holes, clip_to_covered, separated
 from agent.core.qvh import temporal_iou
 from agent.errors import QueryError
 
@@ -84,6 +89,7 @@ def propose(
     nms_iou: float = 0.5,
     frame_seconds: float | None = None,
     smooth: int = 1,
+    holes: npt.ArrayLike | None = None,
 ) -> list[Proposal]:
     """Propose up to ``top_k`` moments from a similarity curve (method in the module docstring).
 
@@ -96,6 +102,8 @@ def propose(
         nms_iou: a proposal overlapping a better one by more than this IoU is dropped.
         frame_seconds: duration of one frame; default the median spacing of ``times``.
         smooth: width in frames of the moving average applied first (1 = none).
+        holes: (m, 2) ``[start, end)`` stream seconds the record does not cover (the memory's
+            coverage gaps); no proposal overlaps one (steps 1 and 5). None: no holes.
 
     Returns:
         Proposals sorted by score, best first.
@@ -104,6 +112,7 @@ def propose(
         QueryError: mismatched, unsorted or non-finite inputs, or out-of-range parameters.
     """
     t, s = _validate(times, scores, top_k=top_k, nms_iou=nms_iou, smooth=smooth, snap=snap_seconds)
+    gaps = as_holes(holes)
     if t.size == 0:
         return []
     spacing = _median_spacing(t)
@@ -111,7 +120,7 @@ def propose(
         frame_seconds = spacing if spacing > 0 else DEFAULT_FRAME_SECONDS
     elif not (np.isfinite(frame_seconds) and frame_seconds > 0):
         raise QueryError(f"frame_seconds must be positive, got {frame_seconds}")
-    segment = _segment_ids(t, spacing)
+    segment = _segment_ids(t, spacing, gaps)
     curve = _smooth(s, segment, smooth)
     baseline = float(np.median(curve))
     first, last = _candidate_runs(curve, segment, baseline)
@@ -131,11 +140,13 @@ def propose(
             last=t[last],
         )
     peaks = t[_peak_index(curve, first, last)]
+    starts, ends, peaks, kept = clip_to_covered(starts, ends, peaks, gaps)
     raw_sum = np.concatenate([[0.0], np.cumsum(s)])
     mean_raw = (raw_sum[last + 1] - raw_sum[first]) / (last - first + 1)
     cands = [
         Proposal(float(a), float(b), float(c), float(p), float(m))
-        for a, b, c, p, m in zip(starts, ends, score, peaks, mean_raw, strict=True)
+        for a, b, c, p, m, k in zip(starts, ends, score, peaks, mean_raw, kept, strict=True)
+        if k
     ]
     return nms(cands, nms_iou, top_k)
 
@@ -190,11 +201,11 @@ def _median_spacing(t: FloatArray) -> float:
     return float(np.median(steps)) if steps.size else 0.0
 
 
-def _segment_ids(t: FloatArray, spacing: float) -> IntArray:
-    """Segment index of every frame; a new segment starts after each gap."""
-    if spacing <= 0:
-        return np.zeros(t.size, dtype=np.int64)
-    gap = np.diff(t) > GAP_FACTOR * spacing
+def _segment_ids(t: FloatArray, spacing: float, holes: FloatArray) -> IntArray:
+    """Segment index of every frame; a new segment starts after each gap or hole."""
+    gap = separated(t, holes)
+    if spacing > 0:
+        gap |= np.diff(t) > GAP_FACTOR * spacing
     return np.concatenate([[0], np.cumsum(gap)]).astype(np.int64)
 
 

@@ -63,11 +63,14 @@ def answer(
     query: ChannelQuery,
     *,
     meaningless: bool = False,
+    holes: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, QueryResult]:
     """Fuse every stream's channel answers; one result per stream, moments best first.
 
-    ``found`` maps stream -> channel -> answer. A stream's result abstains when
-    none of its moments reaches ``query.cfg.min_confidence``.
+    ``found`` maps stream -> channel -> answer. ``holes``: stream -> (m, 2) holes in its
+    coverage, stream seconds; no moment overlaps one, whichever channel proposed it (see
+    :mod:`agent.core.gaps`). A stream's result abstains when none of its moments reaches
+    ``query.cfg.min_confidence``.
     """
     proposals: list[ChannelProposal] = []
     cals: dict[tuple[str, str, str], Calibration] = {}
@@ -82,6 +85,7 @@ def answer(
         nms_iou=query.cfg.nms_iou,
         merge_iou=MERGE_IOU,
         threshold=query.cfg.min_confidence,
+        holes=holes,
     )
     out: dict[str, QueryResult] = {}
     for stream, channels in found.items():
@@ -130,6 +134,7 @@ class PendingQuery:
             self.states,
             self.query,
             meaningless=self.meaningless,
+            holes=self._holes(),
         )
 
     @property
@@ -148,7 +153,13 @@ class PendingQuery:
             return self.first
         deadline = None if budget is None else time.monotonic() + budget
         refined = self.refiner(self.plans, deadline)
-        return answer(self._found(refined), self.states, self.query, meaningless=self.meaningless)
+        return answer(
+            self._found(refined), self.states, self.query, meaningless=self.meaningless, holes=self._holes()
+        )
+
+    def _holes(self) -> dict[str, np.ndarray]:
+        # The visual plan read the memory's holes; they bound every channel, asked or not.
+        return {stream: plan.holes for stream, plan in self.plans.items()}
 
     def _found(self, visual: Mapping[str, ChannelAnswer]) -> dict[str, dict[str, ChannelAnswer]]:
         found: dict[str, dict[str, ChannelAnswer]] = {}

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from agent.channels.retrieval import Query
 from agent.config import MAX_TOP_K, QueryConfig
 from agent.errors import QueryError
 from agent.index.video_index import VideoIndex
+from streams.file import decode_frames
 from tests.agent.index.test_index import ingest, settings
-from tests.videos import make_video, photos
+from tests.videos import Scene, make_video, photos
 
 LIMITS = QueryConfig()
 
@@ -89,8 +92,6 @@ def test_config_paths_are_absolute_whatever_the_working_directory(monkeypatch: p
 
 
 def test_a_repeated_query_is_not_encoded_again() -> None:
-    from PIL import Image
-
     from agent.channels.retrieval import QueryVectors, encode_query
     from agent.config import EncoderConfig
     from agent.models.encoder import load_encoder
@@ -114,3 +115,31 @@ def test_a_repeated_query_is_not_encoded_again() -> None:
     passes = enc.passes
     vectors.get(Query(text="a white van"), enc)
     assert enc.passes == passes + 1
+
+
+def test_an_anchor_merged_across_a_hole_is_proposed_without_it(tmp_path: Path) -> None:
+    # Three stretches, two holes, a budget of two tokens: one anchor must span a hole. With no
+    # stored frames the answer is anchor-level: it may name the stretches on either side of the
+    # hole (the anchor's score is theirs), never the 2 s nobody saw.
+    video = tmp_path / "scenes.mp4"
+    # Moving scenes: a static one is gated after its first frame, which would open gaps of its own.
+    make_video(video, [Scene(4.0, p, True) for p in photos(4, offset=40)], fps=10, size=(320, 240))
+    cfg = settings(grid=2, budget=2, gap_seconds=1.5, store_bytes=0)
+    idx = VideoIndex.create(tmp_path / "idx", cfg)
+    frames = decode_frames(video, stream="cam", fps=cfg.index.fps, short_side=idx.prescreen.image_size)
+    idx.ingest(f for f in frames if not (4.0 <= f.t < 6.0 or 10.0 <= f.t < 12.0))
+    memory = idx.streams["cam"].memory
+    spans = memory.spans()
+    holes = [(a[1], b[0]) for a, b in itertools.pairwise(spans)]
+    starts, ends, _ = memory.matrix()
+    assert len(holes) == 2 and memory.tokens == 2
+    assert any(
+        s < h[0] and e > h[1] for s, e in zip(starts, ends, strict=True) for h in holes
+    )  # merged across
+    image = np.asarray(Image.open(photos(4, offset=40)[1]).convert("RGB"))
+    result = idx.query(Query(image=image, top_k=5))["cam"]
+    assert result.answered_by == "anchor" and len(result.moments) >= 2
+    for m in result.moments:
+        assert all(m.end <= a or m.start >= b for a, b in holes), (m.start, m.end, holes)
+        assert all(m.start <= t <= m.end for t in m.evidence)
+    idx.close()

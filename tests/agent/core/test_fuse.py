@@ -123,6 +123,22 @@ def test_channels_that_agree_are_merged_into_one_moment() -> None:
     assert not fused.abstained
 
 
+def test_no_fused_moment_overlaps_a_hole_of_its_stream() -> None:
+    # Whatever a channel proposes, fuse keeps the covered side of the peak: here a speech span
+    # across the hole 8-10 s (peak before it), one wholly inside it, and another stream's moment
+    # at the same times (that stream has no hole: unchanged).
+    across = ChannelProposal("s", "speech", "refine", 4.0, 12.0, 0.30, 5.0, evidence=(5.0, 11.0))
+    inside = prop(8.5, 9.5, 0.40)
+    other = prop(4.0, 12.0, 0.30, stream="t")
+    keys = cals(("s", "speech"), ("s", "visual"), ("t", "visual"))
+    fused = fuse([across, inside, other], keys, top_k=5, holes={"s": np.array([[8.0, 10.0]])})
+    spans = {(m.stream, m.start, m.end) for m in fused.moments}
+    assert spans == {("s", 4.0, 8.0), ("t", 4.0, 12.0)}
+    assert fused.for_stream("s")[0].evidence == [5.0]
+    with pytest.raises(QueryError):
+        fuse([across], keys, top_k=5, holes={"s": np.array([[10.0, 8.0]])})
+
+
 def test_noise_abstains_and_lists_the_best_candidates_below_threshold() -> None:
     # Scores spread like the background up to 2.5 sigma: the best of 50 draws does that often.
     z = np.linspace(-2.5, 2.5, 30)

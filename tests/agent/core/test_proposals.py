@@ -63,6 +63,60 @@ def test_gap_splits_a_bump() -> None:
         assert p.end <= 30.0 or p.start >= 50.0, p
 
 
+def test_a_moment_never_spans_a_coverage_hole() -> None:
+    # The missing-segment case: frames at 2 fps over 0-8 s and 10-12 s, the needle at 4-8 s, a
+    # scene change where footage resumes (10 s). Snapping used to carry the needle's end across
+    # the hole to that cut: 4.0-10.0 s, claiming two seconds nobody saw.
+    t = np.concatenate([np.arange(0.0, 8.0, 0.5), np.arange(10.0, 12.0, 0.5)])
+    s = 0.2 + 0.03 * np.random.default_rng(0).standard_normal(t.size)
+    s[(t >= 4.0) & (t < 8.0)] += 0.5
+    cuts = np.array([4.0, 10.0])
+    bridged = propose(t, s, top_k=1, boundaries=cuts, frame_seconds=0.5)[0]
+    assert (bridged.start, bridged.end) == (4.0, 10.0)  # what happens without the holes
+    props = propose(t, s, top_k=5, boundaries=cuts, frame_seconds=0.5, holes=np.array([[8.0, 10.0]]))
+    assert (props[0].start, props[0].end) == (4.0, 8.0)
+    for p in props:
+        assert p.end <= 8.0 or p.start >= 10.0, p
+
+
+def test_a_hole_splits_frames_too_close_for_the_spacing_rule() -> None:
+    # Frames 1 s apart with 3 s between 9 and 12: not a gap by spacing (3 x median), but the
+    # memory's coverage says 10-12 s was never seen. Relevant on both sides: two moments.
+    t = np.concatenate([np.arange(0.0, 10.0, 1.0), np.arange(12.0, 21.0, 1.0)])
+    s = np.ones(t.size)
+    assert [(p.start, p.end) for p in propose(t, s, top_k=1)] == [(0.0, 21.0)]  # bridged without holes
+    props = propose(t, s, top_k=5, holes=np.array([[10.0, 12.0]]))
+    assert sorted((p.start, p.end) for p in props) == [(0.0, 10.0), (12.0, 21.0)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=40).flatmap(
+        lambda n: st.tuples(
+            hnp.arrays(np.float64, n, elements=st.floats(0.05, 2.0)),
+            hnp.arrays(np.float64, n, elements=st.floats(-1.0, 1.0)),
+            st.lists(st.integers(0, n - 2), max_size=4, unique=True),
+            st.lists(st.floats(0.0, 80.0), max_size=6),
+            st.floats(0.05, 3.0),
+        )
+    )
+)
+def test_no_proposal_overlaps_a_hole(
+    case: tuple[np.ndarray, np.ndarray, list[int], list[float], float],
+) -> None:
+    steps, scores, after, cuts, frame = case
+    times = np.cumsum(steps)
+    # A hole after frame i: from just past it to just before frame i + 1 (time never seen).
+    holes = np.array(
+        [[times[i] + 0.25 * steps[i + 1], times[i] + 0.75 * steps[i + 1]] for i in sorted(after)]
+    ).reshape(-1, 2)
+    props = propose(times, scores, top_k=5, boundaries=np.array(cuts), frame_seconds=frame, holes=holes)
+    assert props
+    for p in props:
+        assert p.start <= p.peak <= p.end and p.start < p.end
+        assert not np.any((p.start < holes[:, 1]) & (p.end > holes[:, 0])), (p, holes)
+
+
 def test_snapping_moves_to_near_boundary_only() -> None:
     t = np.arange(0.0, 100.0, 0.5)
     s = np.where((t >= 40) & (t < 60), 1.0, 0.0)

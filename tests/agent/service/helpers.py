@@ -48,6 +48,33 @@ def needle_video(path: Path, before: float = 4.0, needle: float = 4.0, after: fl
     return path
 
 
+def segments_with_a_missing_one(folder: Path) -> Path:
+    """A recorder's folder of 2-4 s MPEG-TS segments on one running clock, the one of 8-10 s missing.
+
+    Scenes: background 0-4 s, the needle 4-8 s, (hole), background 10-12 s. The recorder's clock
+    jumps over the missing segment: the stream's memory has a 2 s gap there.
+    """
+    folder.mkdir()
+    parts = [
+        (0.0, [Scene(2.0, BACKGROUND[0], True), Scene(2.0, BACKGROUND[1], True)]),
+        (4.0, [Scene(4.0, NEEDLE, True)]),
+        (10.0, [Scene(2.0, BACKGROUND[2], True)]),
+    ]
+    for k, (start, scenes) in enumerate(parts):
+        make_video(folder / f"seg{k if k < 2 else k + 1:03d}.ts", scenes, fps=10, start_pts_seconds=start)
+    return folder
+
+
+def all_segments_in(status: dict[str, Any]) -> bool:
+    """Whether a stream of :func:`segments_with_a_missing_one` has all of it in memory.
+
+    Its last super-image committed (coverage reaches 12 s), so the hole is the missing segment's
+    8-10 s, not the few instants between a frame read and its super-image committed.
+    """
+    covered = status.get("covered") or {}
+    return bool(covered.get("end", 0.0) >= 12.0 and status["gaps"].get("count", 0) >= 1)
+
+
 def needle_b64() -> str:
     return base64.b64encode(NEEDLE.read_bytes()).decode()
 

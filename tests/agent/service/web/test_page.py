@@ -12,9 +12,16 @@ from PIL import Image
 from playwright.async_api import Page
 
 from agent.config import IndexConfig
-from tests.agent.service.helpers import BACKGROUND, NEEDLE, add, client, needle_video, tiny_settings, until
+from tests.agent.service.helpers import (
+    NEEDLE,
+    add,
+    client,
+    needle_video,
+    segments_with_a_missing_one,
+    tiny_settings,
+    until,
+)
 from tests.agent.service.web.browser import http_url, page_on, shot
-from tests.videos import Scene, make_video
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -87,23 +94,6 @@ async def test_image_query_shows_the_needle_and_clicking_plays_it(tmp_path: Path
         assert 3.0 <= start <= 6.0 and start < end, (start, end)  # the needle is shown at 4-8 s
         await shot(page, "answer")
         assert page.errors == []  # type: ignore[attr-defined]
-
-
-def segments_with_a_missing_one(folder: Path) -> Path:
-    """A recorder's folder of 2-4 s MPEG-TS segments on one running clock, the one of 8-10 s missing.
-
-    Scenes: background 0-4 s, the needle 4-8 s, (hole), background 10-12 s. The recorder's clock
-    jumps over the missing segment: the stream's memory has a 2 s gap there.
-    """
-    folder.mkdir()
-    parts = [
-        (0.0, [Scene(2.0, BACKGROUND[0], True), Scene(2.0, BACKGROUND[1], True)]),
-        (4.0, [Scene(4.0, NEEDLE, True)]),
-        (10.0, [Scene(2.0, BACKGROUND[2], True)]),
-    ]
-    for k, (start, scenes) in enumerate(parts):
-        make_video(folder / f"seg{k if k < 2 else k + 1:03d}.ts", scenes, fps=10, start_pts_seconds=start)
-    return folder
 
 
 async def test_a_live_stream_with_a_gap_shows_it_and_plays_a_clip_of_stored_frames(tmp_path: Path) -> None:
