@@ -217,7 +217,10 @@ class OcrConfig(Strict):
     max_interval: float = Field(default=10.0, gt=0.0)
     """Seconds between two reads at most (text on a still background)."""
     change: float = Field(default=12.0, ge=0.0, le=255.0)
-    """Change of a 16x16 block-mean grey cell (0..255) that counts as a new picture."""
+    """Change of a 16x16 block-mean grey cell (0..255) since the last read that counts as a new picture."""
+    read_keyframes: bool = False
+    """Also read every keyframe, changed or not. Off: on a coarse pass every frame is a keyframe, so
+    this read every sampled frame (300 reads per 10 min, 22x the visual pass: bench/README)."""
     min_conf: float = Field(default=60.0, ge=0.0, le=100.0)
     same_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
     budget_bytes: int = Field(default=1_000_000, ge=1_000)

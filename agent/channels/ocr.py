@@ -2,19 +2,22 @@
 
 Frames in, a few pictures out, lines back::
 
-    Frame --push--> gate (scene change / keyframe / heartbeat, at most one per min_interval)
+    Frame --push--> gate (picture change / heartbeat, at most one per min_interval)
           --> WorkItem("ocr", picture) --> Tesseract (agent.models.ocr) --commit(item, lines)-->
     lines (box, confidence, text) --> deduplicated across frames into spans --> search (BM25, quotes)
 
 Rules chosen:
 
 - **Low rate, gated.** A frame is read when at least ``min_interval`` seconds
-  passed since the last read *and* the picture changed (some cell of a 16x16
-  grid of block-mean greys moved by more than ``change``, 0..255: a line of
-  text appearing moves the cells it covers, which a whole-picture mean
-  would dilute) or it is a keyframe; and in any case every ``max_interval`` seconds (text can appear
-  on a still background). The thumbnail is this channel's own: a channel
-  never reads another's state.
+  (default 2) passed since the last read *and* the picture differs from the
+  last *read* picture (some cell of a 16x16 grid of block-mean greys moved by
+  more than ``change``, default 12 of 255: a line of text appearing moves the
+  cells it covers, which a whole-picture mean would dilute), or
+  ``max_interval`` seconds (default 10, the heartbeat) passed: text can change
+  on a still background by less than a cell. Keyframes alone do not open the
+  gate (``read_keyframes``): on a coarse pass every sampled frame is one. The
+  thumbnail is this channel's own cheap index: a channel never reads
+  another's state.
 - **Lines kept** when Tesseract's confidence reaches ``min_conf`` and they
   hold at least two letters or digits.
 - **Deduplicated into spans.** A line seen again in the next read (same
@@ -22,7 +25,9 @@ Rules chosen:
   text: OCR noise on letters is forgiven, a changed number is new text)
   extends its span; a span whose text is missing from a read is closed at
   that read's time (the text was on screen until then at most). A span runs
-  from its first read to its close (or to the latest read while open).
+  from its first read to its close; while open, to the latest read or, past
+  it, to the last frame the gate skipped as unchanged since that read (static
+  text between heartbeats), never past a changed frame.
 - **Budget.** Spans kept while their bytes (UTF-8 text + 32 per span) stay
   within ``budget_bytes``; the oldest evicted first. Snapshot:
   ``<stream>/ocr/ocr.json`` (atomic, versioned).
@@ -107,6 +112,12 @@ class OcrChannel(Channel):
         """Work in flight: item id -> stream second it starts at (what the lag waits on)."""
         self._seen: float | None = None
         """Time of the latest frame the gate looked at."""
+        self._still: dict[float, float] = {}
+        """Read time -> latest frame since it the gate found unchanged (no changed frame between)."""
+        self._latest_still = 0.0
+        """``_still`` of the latest committed read: where its open spans run to."""
+        self._broken = False
+        """A changed frame was skipped since the last read (the stretch has ended)."""
         self.fresh = FreshSpans()
         """Spans opened since the service last looked (for the watches)."""
 
@@ -115,19 +126,31 @@ class OcrChannel(Channel):
         """A work item for ``frame`` when the gate opens (rule in the module docstring)."""
         self._seen = frame.t if self._seen is None else max(self._seen, frame.t)
         since = None if self._last_t is None else frame.t - self._last_t
-        if since is not None and since < self.cfg.min_interval:
-            return []
         thumb = _thumb(frame.image)
         changed = (
             self._last_thumb is None or float(np.max(np.abs(thumb - self._last_thumb))) > self.cfg.change
         )
+        if since is not None and since < self.cfg.min_interval:
+            self._extend(frame.t, changed)
+            return []
         due = since is None or since >= self.cfg.max_interval
-        if not (changed or frame.keyframe or due):
+        if not (changed or due or (frame.keyframe and self.cfg.read_keyframes)):
+            self._extend(frame.t, changed)
             return []
         self._last_t, self._last_thumb = frame.t, thumb
+        self._still[frame.t], self._broken = frame.t, False
         item = WorkItem(self.stream, self.name, OCR_WORKER, frame.image, None, frame.t, frame.t)
         self._pending[item.id] = item.start
         return [item]
+
+    def _extend(self, t: float, changed: bool) -> None:
+        """A skipped frame at ``t``: while unchanged since the last read, it stretches that read's spans."""
+        self._broken = self._broken or changed  # never past a change, even if the picture comes back
+        if self._broken or self._last_t is None:
+            return
+        self._still[self._last_t] = max(self._still.get(self._last_t, self._last_t), t)
+        if self._last_t == self._latest_read:
+            self._latest_still = self._still[self._last_t]
 
     def flush(self) -> list[WorkItem]:
         return []
@@ -143,7 +166,10 @@ class OcrChannel(Channel):
             raise ValueError(f"ocr results must have LINE_DTYPE, got {lines.dtype}")
         self.reads += 1
         t = item.start
-        self._latest_read = max(self._latest_read, t)
+        if t >= self._latest_read:
+            self._latest_read, self._latest_still = t, self._still.get(t, t)
+        for old in [k for k in self._still if k < self._latest_read]:
+            del self._still[old]  # only the latest read's stretch is used
         seen: set[int] = set()
         for row in lines:
             text = str(row["text"]).strip()
@@ -228,8 +254,9 @@ class OcrChannel(Channel):
 
     # ------------------------------------------------------------- search
     def timed(self) -> list[TimedText]:
-        """The spans as searchable text (open ones run to the latest read)."""
-        return [_timed(s, self._latest_read) for s in self.spans]
+        """The spans as searchable text (open ones run to the latest read, or past it while unchanged)."""
+        until = max(self._latest_read, self._latest_still)
+        return [_timed(s, until) for s in self.spans]
 
     def search(self, query: ChannelQuery) -> ChannelAnswer:
         """Spans matching ``query.text`` by words (BM25) and, with MiniLM, by meaning."""
@@ -246,6 +273,7 @@ class OcrChannel(Channel):
                 "reads": self.reads,
                 "evicted": self.evicted,
                 "latest_read": self._latest_read,
+                "latest_still": self._latest_still,
                 "seen": self._seen,
             },
         )
@@ -265,6 +293,7 @@ class OcrChannel(Channel):
         self.spans, self.reads, self.evicted, self._latest_read = spans, reads, evicted, latest
         seen = data.get("seen")  # absent in snapshots older than the lag figure
         self._seen = None if seen is None else float(seen)
+        self._latest_still = float(data.get("latest_still", latest))  # absent in older snapshots
         self._nbytes = sum(_size(s) for s in spans)
 
     def close(self) -> None:

@@ -33,9 +33,11 @@ def test_reads_are_gated_by_change_keyframes_and_a_heartbeat() -> None:
         _frame(2.5, grey=200),  # changed since the last read
         _frame(3.0, grey=20),  # too soon
         _frame(5.0, grey=200),  # unchanged since the last read (2.5)
-        _frame(6.0, grey=200, keyframe=True),  # a keyframe
+        _frame(6.0, grey=200, keyframe=True),  # an unchanged keyframe: read only when asked
     ]
-    assert [f.t for f in frames if ch2.push(f)] == [0.0, 2.5, 6.0]
+    assert [f.t for f in frames if ch2.push(f)] == [0.0, 2.5]
+    ch3 = OcrChannel("s", OcrConfig(min_interval=2.0, read_keyframes=True))
+    assert [f.t for f in frames if ch3.push(f)] == [0.0, 2.5, 6.0]
 
 
 def test_a_line_seen_in_several_reads_is_one_span_closed_when_it_goes() -> None:
