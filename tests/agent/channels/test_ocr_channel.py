@@ -112,3 +112,15 @@ def test_new_spans_wait_for_the_watches_and_processed_time_trails_reads_in_fligh
     again = OcrChannel("s", OcrConfig())
     again.restore(tmp_path)
     assert again.processed_until() == 2.0 and again.nbytes == ch.nbytes > 0
+
+
+def test_an_open_span_runs_over_unchanged_skipped_frames_but_never_past_a_change() -> None:
+    ch = OcrChannel("s", OcrConfig(min_interval=2.0, max_interval=10.0))
+    (item,) = ch.push(_frame(0.0))
+    ch.commit(item, _lines("EXIT 4"))
+    assert ch.push(_frame(0.5)) == [] and ch.timed()[0].end == 0.5  # unchanged: the span runs on
+    assert ch.push(_frame(1.0, grey=200)) == []  # changed, but too soon after the read
+    assert ch.push(_frame(1.5)) == [] and ch.timed()[0].end == 0.5  # looks the same again: not trusted
+    (item,) = ch.push(_frame(2.0, grey=200))
+    ch.commit(item, _lines())
+    assert (ch.spans[0].end, ch.spans[0].open) == (1.0, False)  # ends at the first changed frame
