@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS)
     )
+    p.add_argument(
+        "--ocr-short-side",
+        type=int,
+        default=480,
+        help="pixels Tesseract's pictures are enlarged to (OcrConfig)",
+    )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder (imagenet_sample, coco)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the clip is built and kept")
     p.add_argument("--out", type=Path, default=RESULTS / "channel_cost.json")
@@ -243,6 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         + enc.model
         + (" random weights" if enc.random_weights else "")
         + f" ({enc.backend}); speech: faster-whisper base int8 + VAD; ocr: Tesseract 5 eng",
+        "ocr_short_side": args.ocr_short_side,
     }
     passes: dict[str, dict[str, Any]] = {}
     for name in args.configs:
@@ -251,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prescreen=enc,
             index=IndexConfig(fps=args.fps),
             speech=SpeechConfig(enabled=speech, semantic=False, window_seconds=args.window),
-            ocr=OcrConfig(enabled=ocr, semantic=False),
+            ocr=OcrConfig(enabled=ocr, semantic=False, min_short_side=args.ocr_short_side),
         )
         passes[name] = one_pass(clip, settings, params.duration)
         print(name, json.dumps(passes[name]), file=sys.stderr, flush=True)

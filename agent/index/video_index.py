@@ -100,7 +100,7 @@ class VideoIndex:
         )
         self.reader: TesseractReader | None = None
         if settings.ocr.enabled:
-            self.reader = TesseractReader(settings.ocr.language)
+            self.reader = TesseractReader(settings.ocr.language, min_short_side=settings.ocr.min_short_side)
             self._workers[OCR_WORKER] = self._read_text
         self._lock = threading.Lock()
         self._closed = False

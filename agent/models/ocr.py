@@ -39,8 +39,11 @@ class OcrError(VmrError):
 class TesseractReader:
     """Blocking OCR of RGB pictures; thread-safe (each call runs its own Tesseract process)."""
 
-    def __init__(self, language: str = "eng", psm: int = 11) -> None:
-        """``psm`` 11: sparse text, no layout assumed (signs, captions, overlays)."""
+    def __init__(self, language: str = "eng", psm: int = 11, min_short_side: int = MIN_SHORT_SIDE) -> None:
+        """``psm`` 11: sparse text, no layout assumed (signs, captions, overlays).
+
+        ``min_short_side``: pixels; shorter pictures are enlarged to it first.
+        """
         try:
             import pytesseract
         except ImportError as exc:
@@ -54,6 +57,7 @@ class TesseractReader:
         self._tess = pytesseract
         self.language = language
         self.config = f"--psm {psm}"
+        self.min_short_side = min_short_side
 
     def read(self, image: np.ndarray) -> np.ndarray:
         """Lines of an (H, W, 3) uint8 RGB picture: a (k,) :data:`LINE_DTYPE` array (boxes in its pixels).
@@ -61,7 +65,7 @@ class TesseractReader:
         Raises :class:`OcrError` when Tesseract fails.
         """
         pic = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-        scale = max(1.0, MIN_SHORT_SIDE / max(1, min(pic.size)))
+        scale = max(1.0, self.min_short_side / max(1, min(pic.size)))
         if scale > 1.0:
             pic = pic.resize((round(pic.width * scale), round(pic.height * scale)), Image.Resampling.LANCZOS)
         try:
