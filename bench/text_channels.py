@@ -192,8 +192,10 @@ def _sign_frame(k: int, size: tuple[int, int], sign: str | None, font: Any, t: f
     return np.asarray(im)
 
 
-def bench_ocr(minutes: float, sentences: SentenceEncoder, fps: float = 2.0) -> dict[str, Any]:
-    reader = TesseractReader()
+def bench_ocr(
+    minutes: float, sentences: SentenceEncoder, fps: float = 2.0, short_side: int = 480
+) -> dict[str, Any]:
+    reader = TesseractReader(min_short_side=short_side)
     dejavu = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
     fonts = [ImageFont.load_default(size=s) for s in (22, 30)]
     if Path(dejavu).is_file():
@@ -229,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=30.0, help="seconds of sound per whisper call")
     p.add_argument("--no-ocr", action="store_true")
     p.add_argument("--no-speech", action="store_true", help="on-screen text only (the OCR gate's recall)")
+    p.add_argument(
+        "--ocr-short-side", type=int, default=480, help="pixels Tesseract's pictures are enlarged to"
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/text_channels.json"))
     a = p.parse_args(argv)
     if (shutil.which("espeak-ng") is None and not a.no_speech) or shutil.which("tesseract") is None:
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         snrs = [float(x) for x in a.snr.split(",")]
         speech = {} if a.no_speech else bench_speech(a.minutes, snrs, Path(tmp), sentences, a.window)
-    ocr = {} if a.no_ocr else bench_ocr(a.minutes, sentences)
+    ocr = {} if a.no_ocr else bench_ocr(a.minutes, sentences, short_side=a.ocr_short_side)
     result = {
         "command": "python -m bench.text_channels " + " ".join(sys.argv[1:] if argv is None else argv),
         "size": f"reduced: {a.minutes} min per SNR, {len(NEEDLES)} spoken needles x 3 query kinds; "
@@ -247,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": "faster-whisper base int8 (packaged), all-MiniLM-L6-v2 (packaged), Tesseract 5 eng",
         "machine": platform.processor() or platform.machine(),
         "speech": speech,
+        "ocr_short_side": a.ocr_short_side,
         "ocr": ocr,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
