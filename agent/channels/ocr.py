@@ -24,9 +24,9 @@ Rules chosen:
   numbers, and ``difflib`` similarity >= ``same_ratio`` of the normalised
   text: OCR noise on letters is forgiven, a changed number is new text)
   extends its span; a span whose text is missing from a read is closed at
-  the first frame since the previous read that the gate saw change (the
-  read's own time when none was skipped): the text was there until then at
-  most. A span runs
+  that read's time (the text was on screen until then at most: a changed
+  picture in between need not mean the text went, the background may have
+  moved). A span runs
   from its first read to its close; while open, to the latest read or, past
   it, to the last frame the gate skipped as unchanged since that read (static
   text between heartbeats), never past a changed frame.
@@ -120,10 +120,6 @@ class OcrChannel(Channel):
         """``_still`` of the latest committed read: where its open spans run to."""
         self._broken = False
         """A changed frame was skipped since the last read (the stretch has ended)."""
-        self._first_change = 0.0
-        """Time of the first changed frame skipped since the last read (when ``_broken``)."""
-        self._cut: dict[float, float] = {}
-        """Read time -> when the picture left the previous read's: where spans it misses end."""
         self.fresh = FreshSpans()
         """Spans opened since the service last looked (for the watches)."""
 
@@ -144,7 +140,6 @@ class OcrChannel(Channel):
             self._extend(frame.t, changed)
             return []
         self._last_t, self._last_thumb = frame.t, thumb
-        self._cut[frame.t] = self._first_change if self._broken else frame.t
         self._still[frame.t], self._broken = frame.t, False
         item = WorkItem(self.stream, self.name, OCR_WORKER, frame.image, None, frame.t, frame.t)
         self._pending[item.id] = item.start
@@ -152,8 +147,6 @@ class OcrChannel(Channel):
 
     def _extend(self, t: float, changed: bool) -> None:
         """A skipped frame at ``t``: while unchanged since the last read, it stretches that read's spans."""
-        if changed and not self._broken:
-            self._first_change = t
         self._broken = self._broken or changed  # never past a change, even if the picture comes back
         if self._broken or self._last_t is None:
             return
@@ -177,7 +170,6 @@ class OcrChannel(Channel):
         t = item.start
         if t >= self._latest_read:
             self._latest_read, self._latest_still = t, self._still.get(t, t)
-        cut = self._cut.pop(t, t)
         for old in [k for k in self._still if k < self._latest_read]:
             del self._still[old]  # only the latest read's stretch is used
         seen: set[int] = set()
@@ -202,7 +194,7 @@ class OcrChannel(Channel):
             seen.add(i)
         for i, span in enumerate(self.spans):
             if span.open and i not in seen and span.start <= t:
-                span.open, span.end = False, max(span.end, cut)
+                span.open, span.end = False, max(span.end, t)
         self._evict()
 
     def _match(self, text: str) -> int | None:
@@ -228,7 +220,6 @@ class OcrChannel(Channel):
         if item.id not in self._pending:
             raise KeyError(f"ocr item {item.id} is not in flight")
         self._pending.pop(item.id, None)
-        self._cut.pop(item.start, None)
         self.counters.failed += 1
         self.counters.dropped += 1
         return []
