@@ -28,6 +28,7 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,6 +87,21 @@ class Query:
             raise QueryError("time range end must be after start")
         if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
             raise QueryError(f"top_k must be between 1 and {MAX_TOP_K}")
+
+    def check_channels(self, offered: Collection[str]) -> None:
+        """Reject a channel filter naming a channel the service does not index (``offered``), or
+        only text channels for an image query: either would give a watch that never fires, or an
+        answer that is empty for a typo. QueryError."""
+        if not self.channels:
+            return
+        unknown = sorted(set(self.channels) - set(offered))
+        if unknown:
+            raise QueryError(
+                f"unknown channel(s) {', '.join(map(repr, unknown[:3]))[:200]}; "
+                f"this service indexes {sorted(offered)}"
+            )
+        if self.text is None and "visual" not in self.channels:
+            raise QueryError("an image query needs the visual channel (speech and ocr match words)")
 
     def __post_init__(self) -> None:
         if self.streams is not None and not self.streams:

@@ -90,7 +90,7 @@ class _QueryFields(_Msg):
     end: float | None = None
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
     # -- channel filter (issue 13)
-    channels: list[str] | None = None
+    channels: list[Annotated[str, Field(max_length=ID_CHARS)]] | None = Field(default=None, max_length=8)
     """Only these channels answer (``["speech"]``); omitted or empty: every channel."""
 
 

@@ -180,8 +180,12 @@ class Serving:
 
     # -------------------------------------------------------------- queries
     async def parse_query(self, msg: QueryMsg | WatchMsg) -> Query:
-        """The checked :class:`Query` of a message (image decoded in a thread)."""
-        return await asyncio.to_thread(to_query, msg, self.settings.query)
+        """The checked :class:`Query` of a message (image decoded in a thread); QueryError for a
+        channel filter naming a channel this service does not index."""
+        query = await asyncio.to_thread(to_query, msg, self.settings.query)
+        if query.channels:  # names checked against what is indexed: a typo must not go silent
+            query.check_channels((await self.model_info())["channels"])
+        return query
 
     async def query(
         self,

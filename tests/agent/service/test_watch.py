@@ -160,3 +160,24 @@ def test_text_watch_word_share_and_channels_default_to_every_channel() -> None:
     assert event.moment.score == pytest.approx(2 / 3, abs=1e-6)
     w.on_embedding("s", _si(5.0), np.array([1.0, 0.0], np.float32))
     assert isinstance(events[-1], MomentEvent) and events[-1].moment.channels == []
+
+
+async def test_channel_filter_names_only_indexed_channels(tmp_path: Path) -> None:
+    """A typo or a channel that is off would make a watch that never fires: refused, typed."""
+    async with running(tmp_path) as (svc, url), client(url) as ws:  # speech and OCR off by default
+        for i, fields in enumerate(
+            [
+                {"text": "gate four", "channels": ["speach"]},
+                {"text": "gate four", "channels": ["speech"]},
+                {"image": needle_b64(), "channels": ["ocr"]},
+            ]
+        ):
+            for kind in ("watch", "query"):
+                answer = await request(ws, {"type": kind, "id": f"{kind}{i}", **fields})
+                assert answer["type"] == "error" and answer["code"] == "bad_query", answer
+                assert "channel" in answer["message"]
+        too_many = await request(ws, {"type": "query", "id": "m", "text": "x", "channels": ["visual"] * 9})
+        assert too_many["type"] == "error" and too_many["code"] == "bad_message", too_many
+        assert not svc.watches
+        ok = await request(ws, {"type": "watch", "id": "v", "text": "gate", "channels": ["visual"]})
+        assert ok["type"] == "watching"
