@@ -139,6 +139,9 @@ class RayShard(StreamShard):
             p.status = {"id": p.id, "kind": p.spec.kind, "status": "failed"}
             p.status["error"] = {"code": error.code, "message": str(error)}
             raise error from exc
+        except asyncio.CancelledError:  # removed, or the gateway closing, mid-start: no orphan actor
+            await asyncio.shield(asyncio.to_thread(self._ray.kill, handle))
+            raise
         if p.moving is None:
             p.handle, p.status = handle, status
         else:
@@ -159,7 +162,10 @@ class RayShard(StreamShard):
                     p.died(str(exc))
                     await self._move(p)
                     return  # the new actor has its own poll
-                continue  # slow, not dead: ask again
+                # Slow or briefly unavailable, not dead: ask again, after a pause (a GCS hiccup
+                # fails every call at once: without it this loop would spin on the event loop).
+                await asyncio.sleep(self.rc.poll_seconds)
+                continue
             p.heartbeat, p.status = hb, hb.status or p.status
             self._deliver(events)
 

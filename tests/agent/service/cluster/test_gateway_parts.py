@@ -110,3 +110,64 @@ def test_a_missing_ray_extra_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(ConfigError, match="vmr\\[ray\\]"):
         require_ray()
+
+
+class _StartingActor:
+    start = _Hung()  # its start never answers: the gateway is still waiting when cancelled
+
+
+class _FakeRay:
+    """Just enough of ``ray`` to create one :class:`_StartingActor` and to kill it."""
+
+    exceptions = require_ray().exceptions
+
+    def __init__(self) -> None:
+        self.actor = _StartingActor()
+        self.killed: list[Any] = []
+
+    def remote(self, *args: Any) -> Any:  # ray.remote(cls) and ActorClass.remote(...) alike
+        return self if args and isinstance(args[0], type) else self.actor
+
+    def options(self, **kwargs: Any) -> _FakeRay:
+        return self
+
+    def kill(self, handle: Any) -> None:
+        self.killed.append(handle)
+
+
+async def test_a_stream_removed_while_its_actor_starts_leaves_no_actor(tmp_path: Path) -> None:
+    """Cancelling a start (``streams.remove``, the gateway closing, a client gone) kills the new actor."""
+    shard = RayShard(ServiceConfig(index=tmp_path, ray=RayConfig(address="auto")), tiny_settings())
+    shard._ray = fake = _FakeRay()
+    placing = asyncio.create_task(shard._place(Placement(_spec("s"))))
+    await asyncio.sleep(0.05)  # the actor exists and its start is in flight
+    placing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await placing
+    assert fake.killed == [fake.actor]
+
+
+class _Failing:
+    """An actor method every call of which fails at once with a transient Ray error (GCS hiccup)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def remote(self, *args: Any) -> Any:
+        self.calls += 1
+        ref: Future[Any] = Future()
+        ref.set_exception(require_ray().exceptions.RaySystemError("gcs unavailable"))
+        return type("Ref", (), {"future": lambda _: ref})()
+
+
+async def test_an_unavailable_actor_is_polled_at_the_poll_period_not_in_a_spin(tmp_path: Path) -> None:
+    rc = RayConfig(address="auto", poll_seconds=0.1)
+    shard = RayShard(ServiceConfig(index=tmp_path, ray=rc), tiny_settings())
+    shard._ray = require_ray()  # exception classes only
+    poll = _Failing()
+    p = Placement(_spec("s"), handle=type("Actor", (), {"poll": poll})())
+    task = asyncio.create_task(shard._poll(p))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert 1 <= poll.calls <= 8, poll.calls  # about one per 0.1 s; a spin makes thousands
