@@ -30,7 +30,7 @@ from agent.channels.retrieval import Query
 from agent.channels.text_search import TimedText
 from agent.config import Settings
 from agent.core.superimage import SuperImage
-from agent.errors import ConfigError, LimitExceededError, UnknownStreamError
+from agent.errors import ConfigError, LimitExceededError, QueryError, UnknownStreamError
 from agent.service.answer import QueryAnswer, query_answer
 from agent.service.config import ServiceConfig, StreamSpec, parse_spec
 from agent.service.metrics import ServiceMetrics
@@ -278,6 +278,11 @@ class Serving:
             channels=query.channels,
             word_share=self.cfg.watch.word_share if word_share is None else word_share,
         )
+        if not (watch.visual or watch.terms):  # e.g. "what was said" on speech: no word to match
+            raise QueryError(
+                "this watch could never match: its channels search words and the query text has no "
+                "search terms (only stop words or channel words such as 'said', 'shown')"
+            )
         if watch.visual:
             watch.qvec = await self.shards[0].embed_query(query)
             wanted = None if query.streams is None else set(query.streams)

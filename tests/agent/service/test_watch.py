@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.channels.retrieval import Query
 from agent.channels.text_search import TimedText
 from agent.core.superimage import SuperImage
+from agent.errors import QueryError
 from agent.service.config import WatchConfig
 from agent.service.protocol import (
     MomentEvent,
@@ -176,6 +178,9 @@ async def test_channel_filter_names_only_indexed_channels(tmp_path: Path) -> Non
                 answer = await request(ws, {"type": kind, "id": f"{kind}{i}", **fields})
                 assert answer["type"] == "error" and answer["code"] == "bad_query", answer
                 assert "channel" in answer["message"]
+        stop_words = Query(text="what was said", channels=["speech"])  # as if speech were on
+        with pytest.raises(QueryError, match="could never match"):
+            await svc.serving.open_watch("sw", stop_words, lambda e: None, threshold=None, close_seconds=None)
         too_many = await request(ws, {"type": "query", "id": "m", "text": "x", "channels": ["visual"] * 9})
         assert too_many["type"] == "error" and too_many["code"] == "bad_message", too_many
         assert not svc.watches
