@@ -378,11 +378,17 @@ class RayShard(StreamShard):
             async with self._probe_lock:
                 if self._probe is None:
                     probe = self._new_actor(PROBE)
-                    await self._call(probe.open.remote(), START_SECONDS)
+                    try:
+                        await self._call(probe.open.remote(), START_SECONDS)
+                    except BaseException:  # a probe that did not open is ended: one model each
+                        await asyncio.shield(asyncio.to_thread(self._ray.kill, probe))
+                        raise
                     self._probe = probe
             return await self._call(getattr(self._probe, method).remote(*args), START_SECONDS)
         except Unreachable as exc:
-            self._probe = None  # dead or stuck: the next call starts another
+            stale, self._probe = self._probe, None  # dead or stuck: the next call starts another
+            if stale is not None:
+                await asyncio.to_thread(self._ray.kill, stale)
             raise ShardUnavailableError(f"no actor could encode: {exc}") from exc
 
 

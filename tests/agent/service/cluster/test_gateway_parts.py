@@ -15,8 +15,8 @@ import pytest
 from agent.channels.retrieval import Query
 from agent.cli.main import build_parser
 from agent.cli.serve import serve_config
-from agent.errors import ConfigError
-from agent.service.cluster import require_ray
+from agent.errors import ConfigError, ShardUnavailableError
+from agent.service.cluster import gateway, require_ray
 from agent.service.cluster.actor import EventBuffer, Heartbeat
 from agent.service.cluster.gateway import RayShard
 from agent.service.cluster.placement import Placement
@@ -113,7 +113,7 @@ def test_a_missing_ray_extra_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -
 
 
 class _StartingActor:
-    start = _Hung()  # its start never answers: the gateway is still waiting when cancelled
+    start = open = _Hung()  # never answer: the gateway is still waiting when cancelled or past its limit
 
 
 class _FakeRay:
@@ -171,3 +171,14 @@ async def test_an_unavailable_actor_is_polled_at_the_poll_period_not_in_a_spin(t
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert 1 <= poll.calls <= 8, poll.calls  # about one per 0.1 s; a spin makes thousands
+
+
+async def test_a_probe_actor_that_does_not_open_is_killed(tmp_path: Path, monkeypatch: Any) -> None:
+    """With no stream running, each ``hello`` asks a probe actor: a stuck one must not pile up."""
+    monkeypatch.setattr(gateway, "START_SECONDS", 0.2)
+    shard = RayShard(ServiceConfig(index=tmp_path, ray=RayConfig(address="auto")), tiny_settings())
+    shard._ray = fake = _FakeRay()
+    for _ in range(2):
+        with pytest.raises(ShardUnavailableError):
+            await shard.model_info()
+    assert fake.killed == [fake.actor, fake.actor] and shard._probe is None
