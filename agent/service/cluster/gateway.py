@@ -142,6 +142,9 @@ class RayShard(StreamShard):
         except asyncio.CancelledError:  # removed, or the gateway closing, mid-start: no orphan actor
             await asyncio.shield(asyncio.to_thread(self._ray.kill, handle))
             raise
+        if self._closed or self.placed.get(p.id) is not p:  # removed (or closing) while it started
+            await asyncio.to_thread(self._ray.kill, handle)
+            raise ShardUnavailableError(f"stream {p.id!r} was removed while it started")
         if p.moving is None:
             p.handle, p.status = handle, status
         else:

@@ -182,3 +182,27 @@ async def test_a_probe_actor_that_does_not_open_is_killed(tmp_path: Path, monkey
         with pytest.raises(ShardUnavailableError):
             await shard.model_info()
     assert fake.killed == [fake.actor, fake.actor] and shard._probe is None
+
+
+class _Answers:
+    """An actor method whose one call answers when the test says (``ref`` set by hand)."""
+
+    def __init__(self) -> None:
+        self.ref: Future[Any] = Future()
+
+    def remote(self, *args: Any) -> Any:
+        return type("Ref", (), {"future": lambda _: self.ref})()
+
+
+async def test_a_stream_removed_before_its_actor_answered_leaves_no_actor(tmp_path: Path) -> None:
+    """``streams.remove`` while ``streams.add`` waits for the actor: the actor that then answers is killed."""
+    shard = RayShard(ServiceConfig(index=tmp_path, ray=RayConfig(address="auto")), tiny_settings())
+    shard._ray = fake = _FakeRay()
+    fake.actor.start = start = _Answers()  # type: ignore[assignment]
+    placing = asyncio.create_task(shard._place(Placement(_spec("s"))))
+    await asyncio.sleep(0.05)
+    await shard.remove("s")
+    start.ref.set_result({"id": "s", "kind": "file", "status": "running"})
+    with pytest.raises(ShardUnavailableError, match="removed"):
+        await placing
+    assert fake.killed == [fake.actor] and not shard.placed
