@@ -182,10 +182,12 @@ def from_stream_error(exc: stream_errors.StreamError) -> SourceError | ProtocolE
     """The vmr error for an error of the ``streams`` library (raise it ``from exc``).
 
     The one place where the library's errors become vmr's, so clients see
-    the same codes as always: missing input -> ``source``, damaged media ->
-    ``corrupt_video``, retries used up -> ``stream_disconnected``.
+    the same codes as always: missing input -> ``source``, a demuxer not allowed ->
+    ``source_not_allowed``, damaged media -> ``corrupt_video``, retries used up -> ``stream_disconnected``.
     """
     message = str(exc)
+    if isinstance(exc, stream_errors.FormatNotAllowedError):  # a demuxer outside the allow-list
+        return SourceNotAllowedError(message)
     if isinstance(exc, stream_errors.CorruptMediaError):
         return CorruptVideoError(message)
     if isinstance(exc, stream_errors.DisconnectedError):

@@ -66,7 +66,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Collection, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +75,13 @@ import av.audio.stream
 import av.container
 import av.video.stream
 
-from streams.errors import CorruptMediaError, EmptyMediaError, NoVideoStreamError, SourceUnavailableError
+from streams.errors import (
+    CorruptMediaError,
+    EmptyMediaError,
+    FormatNotAllowedError,
+    NoVideoStreamError,
+    SourceUnavailableError,
+)
 from streams.sampler import check_size, frame_seconds, tune_decoder
 
 log = logging.getLogger(__name__)
@@ -143,18 +149,42 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     return None
 
 
-def open_media(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+def open_options(formats: Collection[str] | None) -> dict[str, str]:
+    """FFmpeg options that make the open itself refuse any demuxer outside ``formats`` (None: any).
+
+    ``format_whitelist`` is checked right after probing, before the demuxer
+    reads its header: a playlist (ffconcat, HLS) or a photo named ``.mp4``
+    fails with EINVAL and nothing it lists is opened. ``protocol_whitelist``
+    keeps a demuxer that is allowed from reaching other protocols.
+    """
+    if formats is None:
+        return {}
+    return {"format_whitelist": ",".join(sorted(formats)), "protocol_whitelist": "file"}
+
+
+def open_media(
+    path: Path, formats: Collection[str] | None = None
+) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open ``path`` and its video stream (see the module docstring for which one).
 
+    ``formats``: FFmpeg demuxer names FFmpeg may open it with (None: any);
+    one alias of a demuxer (``mp4`` of ``mov,mp4,m4a,...``) admits it.
+
     Raises :class:`SourceUnavailableError` for a missing file,
+    :class:`FormatNotAllowedError` for a demuxer outside ``formats`` (nothing read past the probe),
     :class:`NoVideoStreamError` when it has no video (or only cover art),
     and :class:`CorruptMediaError` for anything that is not decodable video
     (also a size beyond :data:`~streams.sampler.MAX_SIDE`).
     """
     try:
-        container = av.open(str(path), mode="r")
+        container = av.open(str(path), mode="r", options=open_options(formats))
     except FileNotFoundError as exc:  # av.error.FileNotFoundError derives from it
         raise SourceUnavailableError(f"{path}: no such file") from exc
+    except av.ArgumentError as exc:
+        if formats is None:
+            raise CorruptMediaError(f"{path}: cannot open as video ({exc})") from exc
+        # EINVAL from avformat_open_input: the probed demuxer is not whitelisted (FFmpeg names none).
+        raise FormatNotAllowedError(f"{path.name}: container format is not an allowed video format") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise CorruptMediaError(f"{path}: cannot open as video ({exc})") from exc
     stream = video_stream(container)

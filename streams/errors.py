@@ -44,5 +44,13 @@ class NoVideoStreamError(CorruptMediaError):
     """The input has no video to index: no video stream, or only attached pictures (cover art)."""
 
 
+class FormatNotAllowedError(CorruptMediaError):
+    """FFmpeg refused the input: its demuxer is not in the allow-list given at open.
+
+    Raised before the demuxer reads its header, so nothing the input names
+    (playlist entries, other files) is opened.
+    """
+
+
 class EmptyMediaError(CorruptMediaError):
     """The input declares a video stream but holds not a single decodable frame."""

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from streams.audio import AudioChunker
 from streams.bridge import Bridge, BridgeClosed, QueuePolicy
@@ -67,6 +69,7 @@ def decode_media(
     stop: threading.Event | None = None,
     audio: bool = False,
     damage: Damage | None = None,
+    formats: Collection[str] | None = None,
 ) -> Iterator[Media]:
     """Like :func:`decode_frames`, plus :class:`AudioChunk` items (mono 16 kHz, ~1 s) with ``audio``.
 
@@ -74,8 +77,10 @@ def decode_media(
     its ``duration``: how long its picture stays on screen (until the next
     picture or its own duration, clipped to the end of the stream), so a
     sample is yielded once the next picture is decoded (or the input ends).
+    ``formats``: the demuxers FFmpeg may open it with (None: any), see
+    :func:`~streams.decode.open_media`.
     """
-    container, vstream = open_media(path)
+    container, vstream = open_media(path, formats)
     sampler = Sampler(fps)
     chunker = AudioChunker(stream) if audio else None
     held = HeldBack(declared_duration(container, vstream))
@@ -166,7 +171,8 @@ class FileSource(Source):
     :attr:`progress` is the share of the declared duration decoded so far;
     ``stats().damaged_packets`` counts the packets skipped as undecodable.
     Errors from the decoder (:class:`~streams.errors.CorruptMediaError`) reach the consumer
-    after the good frames.
+    after the good frames. ``formats`` (None: any) goes to FFmpeg at every open:
+    a demuxer outside it fails with :class:`~streams.errors.FormatNotAllowedError`.
 
     Use as ``async with FileSource(path) as src: async for frame in src``;
     :meth:`close` is idempotent and stops the thread promptly.
@@ -187,6 +193,7 @@ class FileSource(Source):
         start: float = 0.0,
         resume: dict[str, Any] | None = None,
         audio: bool = False,
+        formats: Collection[str] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -207,6 +214,7 @@ class FileSource(Source):
         self._keyframes_only = keyframes_only
         self._short_side = short_side
         self._audio = audio
+        self._formats = None if formats is None else frozenset(formats)
         self._bridge: Bridge[Media | BaseException | None] = Bridge(queue_size, "block")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -263,7 +271,8 @@ class FileSource(Source):
         """Worker thread: decode, hand over each item, then None (the end) or the error."""
         outcome: BaseException | None = None
         try:
-            self._duration = probe(self.path).duration
+            # Every open carries the allow-list: the file may be replaced after it was admitted.
+            self._duration = probe(self.path, self._formats).duration
             for item in decode_media(
                 self.path,
                 stream=self.stream,
@@ -274,6 +283,7 @@ class FileSource(Source):
                 stop=self._stop,
                 audio=self._audio,
                 damage=self._damage,
+                formats=self._formats,
             ):
                 if isinstance(item, Frame):
                     if self._after is not None and item.t <= self._after:
@@ -328,6 +338,9 @@ class FileSpec(RecordingSpec):
     """Replay at stream pace (as if live) instead of as fast as possible."""
     loop: bool = False
     """Start over at the end (a stand-in camera for demos and load tests)."""
+    formats: list[str] | None = Field(default=None, max_length=64)
+    """FFmpeg demuxer names the file may open with, at every open (None: any, the operator's own
+    streams). A service writes its allow-list here when a client adds the stream."""
 
     @property
     def live(self) -> bool:
@@ -358,6 +371,7 @@ def open_file(spec: FileSpec, ctx: OpenContext) -> FileSource:
         start=ctx.resume_at or 0.0,
         resume=ctx.resume_token,
         audio=spec.audio,
+        formats=spec.formats,
     )
 
 

@@ -8,6 +8,7 @@ caller creates anything, and the rotation a player applies is known.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +41,16 @@ class VideoInfo:
         return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
 
 
-def probe(path: Path) -> VideoInfo:
+def probe(path: Path, formats: Collection[str] | None = None) -> VideoInfo:
     """Read the header of ``path`` and decode its first picture: duration, rate, size, rotation, codec.
 
     Raises :class:`~streams.errors.SourceUnavailableError` for a missing file,
     :class:`~streams.errors.NoVideoStreamError` without video (or with cover art only),
-    :class:`~streams.errors.EmptyMediaError` for a video stream without a frame and
+    :class:`~streams.errors.EmptyMediaError` for a video stream without a frame,
+    :class:`~streams.errors.FormatNotAllowedError` for a demuxer outside ``formats`` (None: any) and
     :class:`~streams.errors.CorruptMediaError` for anything else that is not decodable video.
     """
-    container, stream = open_media(path)
+    container, stream = open_media(path, formats)
     try:
         rotation = 0
         pictures = decode(container, stream, label=path, check_truncation=False)

@@ -41,7 +41,7 @@ from typing import Any
 
 from streams.audio import AudioChunker
 from streams.decode import Damage, Picture, Sound, decode, open_media
-from streams.errors import CorruptMediaError, SourceUnavailableError, StreamError
+from streams.errors import CorruptMediaError, FormatNotAllowedError, SourceUnavailableError, StreamError
 from streams.media import AudioChunk, Frame, Media
 from streams.sampler import Sampler, to_rgb
 from streams.segment_folder import SegmentPosition, wall_from_name
@@ -104,24 +104,16 @@ class SegmentReader:
         CorruptMediaError (cannot be read, or damaged after its good frames).
         """
         try:
-            container, _ = open_media(path)
+            # FFmpeg itself refuses another demuxer, before a playlist could open what it lists.
+            container, _ = open_media(path, self._formats)
+        except FormatNotAllowedError as exc:
+            raise RefusedSegmentError(str(exc)) from exc
         except (CorruptMediaError, SourceUnavailableError) as exc:
             raise CorruptMediaError(f"{path}: cannot read segment ({exc})") from exc
         try:
-            self._check_format(container, path)
             yield from self._decode(container, path)
         finally:
             container.close()
-
-    def _check_format(self, container: Any, path: Path) -> None:
-        # FFmpeg names a demuxer with aliases ("mov,mp4,m4a,3gp,3g2,mj2"): one allowed alias admits it.
-        if self._formats is None:
-            return
-        name = str(container.format.name)
-        if not self._formats & set(name.split(",")):
-            raise RefusedSegmentError(
-                f"{path.name}: container format {name!r} is not an allowed video format"
-            )
 
     def _decode(self, container: Any, path: Path) -> Iterator[Media | Mark]:
         vstream = container.streams.video[0]

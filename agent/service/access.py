@@ -17,17 +17,20 @@ do not pass through here.
   input always had): no existence oracle. The refusals below are
   :class:`~agent.errors.SourceNotAllowedError` (``source_not_allowed``).
   No roots (the default): clients may add no file or segment stream.
-* **Container formats.** A ``file`` is probed (in a thread) and must open
-  with one of ``video_formats`` (FFmpeg demuxer names): FFmpeg's
-  auto-detection would otherwise render a ``.nfo`` (``tty``) or a picture
-  (``png_pipe``, ``image2``…) as video and its thumbnails would serve it. A
+* **Container formats.** ``video_formats`` (FFmpeg demuxer names) go to
+  FFmpeg itself as ``format_whitelist`` (with ``protocol_whitelist=file``):
+  FFmpeg refuses any other demuxer right after probing, before its header
+  is read, so a playlist (ffconcat, HLS) named ``.mp4`` never opens what it
+  lists, and a ``.nfo`` (``tty``) or a picture (``png_pipe``…) is never
+  rendered as video. A ``file`` is probed so (in a thread) when added; a
   file FFmpeg cannot open at all is let through: the stream then fails with
   ``corrupt_video`` as before, which reveals nothing a root does not allow.
-  A ``segments`` folder fills later, so its files are checked when the
-  source opens each one: the same ``video_formats`` are written into the
-  admitted spec (:attr:`~streams.segments.SegmentsSpec.formats`, narrowed by
-  the client's own list if any, kept across restarts) and a segment of any
-  other format is skipped and counted (``segments_refused``).
+  The list is written into the admitted spec (``formats`` of
+  :class:`~streams.file.FileSpec` and :class:`~streams.segments.SegmentsSpec`,
+  narrowed by the client's own list if any, kept across restarts), so every
+  later open applies it too: a file replaced after it was added fails with
+  ``source_not_allowed`` on its next open (loop, restart), and a segment of
+  another format is skipped and counted (``segments_refused``).
 * **RTSP hosts.** With ``rtsp_hosts`` set, the URL's host must be listed
   (``host`` for any port, ``host:port`` for one). Whether set or not, the
   service's own listening ports are refused unless listed as ``host:port``:
@@ -62,7 +65,8 @@ from urllib.parse import urlsplit
 from agent.errors import LimitExceededError, SourceError, SourceNotAllowedError
 from agent.service.config import SourcesConfig, StreamSpec, parse_spec
 from streams.decode import open_media
-from streams.errors import StreamError
+from streams.errors import FormatNotAllowedError, StreamError
+from streams.file import FileSpec
 from streams.rtsp import RTSPSpec
 from streams.segments import SegmentsSpec
 from streams.source import RecordingSpec
@@ -158,7 +162,7 @@ class SourcePolicy:
         real = self._media_path(spec.path)
         if real is None or not os.access(real, os.R_OK | (os.X_OK if real.is_dir() else 0)):
             raise refused  # unreadable too: the same answer as missing
-        admitted = spec.model_copy(update={"path": str(real), **self._segment_formats(spec)})
+        admitted = spec.model_copy(update={"path": str(real), **self._open_formats(spec)})
         try:
             admitted.check_input()  # the kind's own check: a file for ``file``, a folder for ``segments``
         except StreamError:
@@ -167,9 +171,10 @@ class SourcePolicy:
             self._check_format(real, spec.path)
         return admitted
 
-    def _segment_formats(self, spec: RecordingSpec) -> dict[str, list[str]]:
-        """The demuxers a client's segment folder may open each segment with (a client may narrow them)."""
-        if not isinstance(spec, SegmentsSpec):
+    def _open_formats(self, spec: RecordingSpec) -> dict[str, list[str]]:
+        """The demuxers FFmpeg may open a client's file or segments with, at every open (a client
+        may narrow them); written into the spec so restarts and loops keep them."""
+        if not isinstance(spec, SegmentsSpec | FileSpec):
             return {}
         asked = self.formats if spec.formats is None else self.formats & set(spec.formats)
         return {"formats": sorted(asked)}
@@ -191,18 +196,16 @@ class SourcePolicy:
         return None
 
     def _check_format(self, path: Path, given: str) -> None:
+        # FFmpeg gets the allow-list: a playlist named .mp4 is refused before it opens what it lists.
         try:
-            container, _ = open_media(path)
+            container, _ = open_media(path, self.formats)
+        except FormatNotAllowedError:
+            raise SourceNotAllowedError(
+                f"{_shown(given)!r}: container format is not an allowed video format"
+            ) from None
         except StreamError:
             return  # not openable as video at all: the stream fails with corrupt_video, as before
-        try:
-            name = str(container.format.name)
-        finally:
-            container.close()
-        if not self.formats & set(name.split(",")):
-            raise SourceNotAllowedError(
-                f"{_shown(given)!r}: container format {name!r} is not an allowed video format"
-            )
+        container.close()
 
     # ----------------------------------------------------------------- RTSP
     def _check_rtsp(self, url: str) -> None:

@@ -14,6 +14,10 @@ from PIL import Image
 from agent.errors import LimitExceededError
 from agent.service.access import SourcePolicy, TokenBucket
 from agent.service.config import SourcesConfig
+from streams.errors import FormatNotAllowedError
+from streams.file import FileSpec, open_file
+from streams.media import Frame
+from streams.registry import OpenContext
 from streams.segments import SegmentsSpec
 from tests.agent.service.helpers import add, client, request, running, until
 from tests.streams.servers import free_port
@@ -104,10 +108,10 @@ async def test_text_files_and_pictures_are_not_read_as_video(tmp_path: Path) -> 
         running(tmp_path, sources=SourcesConfig(media_roots=[media])) as (_svc, url),
         client(url) as ws,
     ):
-        for name, demuxer in (("release.nfo", "tty"), ("photo.png", "png_pipe"), ("photo.jpg", "jpeg_pipe")):
+        for name in ("release.nfo", "photo.png", "photo.jpg"):  # tty, png_pipe, jpeg_pipe: refused by FFmpeg
             err = await _add(ws, {"id": name.replace(".", "-"), "kind": "file", "path": str(media / name)})
             assert _refusal(err)[:2] == ("error", "source_not_allowed"), err
-            assert demuxer in err["message"], err
+            assert "container format is not an allowed video format" in err["message"], err
         assert (await request(ws, {"type": "streams.list", "id": "l"}))["streams"] == []
         async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
             assert (await http.get("/thumbnails/release-nfo/0.000.jpg")).status_code == 404
@@ -234,7 +238,7 @@ async def test_segment_files_of_a_clients_folder_are_probed_for_a_video_demuxer(
         await add(ws, {"id": "rec", "kind": "segments", "path": "rec", "formats": ["mov", "jpeg_pipe"]})
         st = await until(ws, "rec", lambda s: (s["source"] or {}).get("segments_refused") == 1, limit=60)
         assert st["status"] == "running" and st["source"]["segments_done"] == 1
-        assert "'jpeg_pipe' is not an allowed video format" in st["source_error"]
+        assert "seg001.mp4: container format is not an allowed video format" in st["source_error"]
         async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
             metrics = (await http.get("/metrics")).text
         assert 'vmr_source_events_total{event="segments_refused",stream="rec"} 1.0' in metrics
@@ -242,3 +246,21 @@ async def test_segment_files_of_a_clients_folder_are_probed_for_a_video_demuxer(
     spec = await policy.admit({"id": "r", "kind": "segments", "path": "rec"})
     assert isinstance(spec, SegmentsSpec) and spec.formats is not None
     assert "mov" in spec.formats and "jpeg_pipe" not in spec.formats  # a client may only narrow the list
+
+
+async def test_a_clients_file_replaced_after_it_was_added_is_refused_at_its_next_open(tmp_path: Path) -> None:
+    # The allow-list is written into the spec, so a loop or a restart reopens with it: no check-then-use gap.
+    media = tmp_path / "media"
+    clip = _video(media / "clip.mp4")
+    policy = SourcePolicy(SourcesConfig(media_roots=[media]))
+    spec = await policy.admit({"id": "c", "kind": "file", "path": "clip.mp4", "formats": ["mp4", "png_pipe"]})
+    assert isinstance(spec, FileSpec) and spec.formats == ["mp4"]  # the client may only narrow the list
+    async with open_file(spec, OpenContext(fps=2.0)) as src:
+        assert [item async for item in src if isinstance(item, Frame)]  # admitted: it plays
+    Image.fromarray(np.full((64, 64, 3), 30, np.uint8)).save(clip, format="JPEG")
+    reopened = FileSpec.model_validate_json(spec.model_dump_json())  # as persisted, then restarted
+    frames: list[Frame] = []
+    with pytest.raises(FormatNotAllowedError):
+        async with open_file(reopened, OpenContext(fps=2.0)) as src:
+            frames += [item async for item in src if isinstance(item, Frame)]
+    assert frames == []
