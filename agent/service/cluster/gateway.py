@@ -130,7 +130,10 @@ class RayShard(StreamShard):
     async def _place(self, p: Placement) -> StreamStatus:
         """Start ``p``'s actor (restoring its snapshot) and its event poll; the status it starts with."""
         self.placed[p.id] = p
-        handle = self._new_actor(p.id)
+        # Creating an actor is blocking in the driver (the class is pickled and exported to
+        # the GCS on first use, the runtime env resolved): under load that held the event
+        # loop past the clients' 20-s keepalive.
+        handle = await asyncio.to_thread(self._new_actor, p.id)
         try:
             status = await self._call(handle.start.remote(p.spec), START_SECONDS)
         except (Unreachable, VmrError) as exc:
@@ -380,7 +383,7 @@ class RayShard(StreamShard):
         try:
             async with self._probe_lock:
                 if self._probe is None:
-                    probe = self._new_actor(PROBE)
+                    probe = await asyncio.to_thread(self._new_actor, PROBE)
                     try:
                         await self._call(probe.open.remote(), START_SECONDS)
                     except BaseException:  # a probe that did not open is ended: one model each
