@@ -11,8 +11,13 @@ over the first ``k`` streams are answered through :meth:`Serving.query`
 ``--budget`` refinement), then ``--concurrency`` at once for throughput
 (queries per second over ``--queries`` queries). The gateway's overhead at
 ``k`` is its latency minus the single-process service's at the same ``k``.
-Figures are wall time on a shared machine: the load average is recorded at
-start and end.
+After the queries, each service's memory: the resident set (VmRSS, and the
+peak VmHWM) of this process — the single-process service, then the Ray
+gateway — and of every stream actor's process (``memory``). The gateway's
+figure is this same process after the single-process run, so it includes
+what that run left allocated (its model, the allocator's pools): an upper
+bound. Figures are wall time on a shared machine: the load average is
+recorded at start and end.
 
     python -m bench.ray_fanout --model MobileCLIP2-S0 --random-weights --backend torch --device cpu
 """
@@ -34,6 +39,7 @@ from PIL import Image
 
 from agent.channels.retrieval import Query
 from agent.config import EncoderConfig, IndexConfig, Settings
+from agent.service.cluster.gateway import RayShard
 from agent.service.config import RayConfig, ServiceConfig
 from agent.service.pipeline import Service
 from bench.args import RESULTS, add_device_option, encoder_from_args, pin_device
@@ -113,6 +119,32 @@ async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Names
     }
 
 
+def _own_memory() -> dict[str, float]:
+    """This process's resident set now and at its peak, MiB (Linux /proc)."""
+    out: dict[str, float] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+async def _memory(svc: Service) -> dict[str, Any]:
+    """Resident sets after the queries: this process (the service, or the Ray gateway) and each actor."""
+    out: dict[str, Any] = {"process": _own_memory()}
+    shard = svc.shard
+    if isinstance(shard, RayShard):
+        actors = {}
+        for name, p in sorted(shard.placed.items()):
+            m = await shard._call(p.handle.memory.remote(), 30.0)
+            actors[name] = {k: round(v, 1) for k, v in m.items() if k != "pid"}
+        rss = [a["rss_mb"] for a in actors.values()]
+        out["actors"] = actors
+        out["actor_rss_mb"] = {"min": min(rss), "median": round(float(np.median(rss)), 1), "max": max(rss)}
+        out["actors_total_rss_mb"] = round(sum(rss), 1)
+    return out
+
+
 async def _run_service(
     kind: str,
     cfg: ServiceConfig,
@@ -131,7 +163,15 @@ async def _run_service(
             row = await _measure(svc, image, k, args)
             print(json.dumps({"service": kind, **row}), flush=True)
             rows.append(row)
-    return {"service": kind, "start_s": round(started, 2), "ingest_s": round(ingest, 2), "rows": rows}
+        memory = await _memory(svc)
+        print(json.dumps({"service": kind, "memory": memory}), flush=True)
+    return {
+        "service": kind,
+        "start_s": round(started, 2),
+        "ingest_s": round(ingest, 2),
+        "rows": rows,
+        "memory": memory,
+    }
 
 
 def _overhead(local: dict[str, Any], ray: dict[str, Any]) -> list[dict[str, Any]]:
