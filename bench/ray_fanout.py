@@ -7,8 +7,8 @@ the single-process service (one :class:`LocalShard`) and by the Ray gateway
 loopback only). Then, for each fan-out ``k`` of ``--fanout``, image queries
 over the first ``k`` streams are answered through :meth:`Serving.query`
 (the router's path, without the websocket): one at a time for latency
-(``--queries`` each; *first* = the prescreen answer, *refined* = after the
-``--budget`` refinement), then ``--concurrency`` at once for throughput
+(``--queries`` each, each a new picture unless ``--repeat-query``; *first*
+= the prescreen answer, *refined* = after the ``--budget`` refinement), then ``--concurrency`` at once for throughput
 (queries per second over ``--queries`` queries). The gateway's overhead at
 ``k`` is its latency minus the single-process service's at the same ``k``.
 After the queries, each service's memory: the resident set (VmRSS, and the
@@ -82,9 +82,28 @@ async def _ingest(svc: Service, videos: list[Path]) -> float:
         await asyncio.sleep(0.5)
 
 
-async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Namespace) -> dict[str, Any]:
-    query = Query(image=image, streams=[f"cam{i}" for i in range(k)], top_k=5)
-    await svc.serving.query(query, budget=args.budget)  # warm-up (caches, threads), not counted
+class _Queries:
+    """Image queries over the first ``k`` streams: each a new picture unless ``--repeat-query``.
+
+    A new picture (the needle with one pixel changed) is a query no encoder has seen, as from
+    clients asking different things; the same one repeated is answered from each shard's kept
+    query vectors without an encoder pass (:class:`agent.channels.retrieval.QueryVectors`).
+    """
+
+    def __init__(self, image: np.ndarray, repeat: bool) -> None:
+        self.image, self.repeat, self.n = image, repeat, 0
+
+    def __call__(self, k: int) -> Query:
+        image = self.image
+        if not self.repeat:
+            self.n += 1
+            image = image.copy()
+            image.flat[self.n % image.size] ^= 1  # a new content hash (n < pixels)
+        return Query(image=image, streams=[f"cam{i}" for i in range(k)], top_k=5)
+
+
+async def _measure(svc: Service, queries: _Queries, k: int, args: argparse.Namespace) -> dict[str, Any]:
+    await svc.serving.query(queries(k), budget=args.budget)  # warm-up (caches, threads), not counted
     firsts: list[float] = []
     refined: list[float] = []
     missing = 0
@@ -94,6 +113,7 @@ async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Names
         def on_first(_answer: Any, seen: list[float] = seen) -> None:
             seen.append(time.perf_counter())
 
+        query = queries(k)
         t0 = time.perf_counter()
         answer = await svc.serving.query(query, budget=args.budget, on_first=on_first)
         refined.append(time.perf_counter() - t0)
@@ -104,7 +124,7 @@ async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Names
 
     async def one() -> None:
         async with sem:
-            await svc.serving.query(query, budget=args.budget)
+            await svc.serving.query(queries(k), budget=args.budget)
 
     await asyncio.gather(*(one() for _ in range(args.queries)))
     wall = time.perf_counter() - t0
@@ -160,7 +180,7 @@ async def _run_service(
         ingest = await _ingest(svc, videos)
         rows = []
         for k in args.fanout:
-            row = await _measure(svc, image, k, args)
+            row = await _measure(svc, _Queries(image, args.repeat_query), k, args)
             print(json.dumps({"service": kind, **row}), flush=True)
             rows.append(row)
         memory = await _memory(svc)
@@ -199,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--streams", type=int, default=8, help="streams (= Ray actors)")
     p.add_argument("--fanout", type=int, nargs="+", default=[1, 2, 4, 8], help="streams each query asks")
     p.add_argument("--queries", type=int, default=20)
+    p.add_argument(
+        "--repeat-query", action="store_true", help="ask one picture every time (kept vectors: no encoding)"
+    )
     p.add_argument("--concurrency", type=int, default=4, help="queries in flight for the throughput run")
     p.add_argument("--budget", type=float, default=DEFAULT_REFINE_BUDGET_S)
     p.add_argument("--video-seconds", type=float, default=16.0)
@@ -244,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         "streams": a.streams,
         "video_seconds": a.video_seconds,
         "budget_s": a.budget,
+        "distinct_queries": not a.repeat_query,
         "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
         "local": local,
