@@ -179,8 +179,9 @@ async def _run_service(
         started = time.perf_counter() - t0
         ingest = await _ingest(svc, videos)
         rows = []
+        queries = _Queries(image, args.repeat_query)  # one sequence: no picture asked twice
         for k in args.fanout:
-            row = await _measure(svc, _Queries(image, args.repeat_query), k, args)
+            row = await _measure(svc, queries, k, args)
             print(json.dumps({"service": kind, **row}), flush=True)
             rows.append(row)
         memory = await _memory(svc)
