@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         local_cfg = ServiceConfig(port=0, index=work / "local", snapshot_seconds=3600.0)
         local = asyncio.run(_run_service("local", local_cfg, settings, videos, image, a))
         ray.init(
+            address="local",  # a fresh instance of its own, never another job's cluster on this machine
             num_cpus=max(4, int(a.streams * a.actor_cpus) + 1),
             include_dashboard=False,
             log_to_driver=False,
