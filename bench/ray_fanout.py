@@ -7,12 +7,17 @@ the single-process service (one :class:`LocalShard`) and by the Ray gateway
 loopback only). Then, for each fan-out ``k`` of ``--fanout``, image queries
 over the first ``k`` streams are answered through :meth:`Serving.query`
 (the router's path, without the websocket): one at a time for latency
-(``--queries`` each; *first* = the prescreen answer, *refined* = after the
-``--budget`` refinement), then ``--concurrency`` at once for throughput
+(``--queries`` each, each a new picture unless ``--repeat-query``; *first*
+= the prescreen answer, *refined* = after the ``--budget`` refinement), then ``--concurrency`` at once for throughput
 (queries per second over ``--queries`` queries). The gateway's overhead at
 ``k`` is its latency minus the single-process service's at the same ``k``.
-Figures are wall time on a shared machine: the load average is recorded at
-start and end.
+After the queries, each service's memory: the resident set (VmRSS, and the
+peak VmHWM) of this process — the single-process service, then the Ray
+gateway — and of every stream actor's process (``memory``). The gateway's
+figure is this same process after the single-process run, so it includes
+what that run left allocated (its model, the allocator's pools): an upper
+bound. Figures are wall time on a shared machine: the load average is
+recorded at start and end.
 
     python -m bench.ray_fanout --model MobileCLIP2-S0 --random-weights --backend torch --device cpu
 """
@@ -34,6 +39,7 @@ from PIL import Image
 
 from agent.channels.retrieval import Query
 from agent.config import EncoderConfig, IndexConfig, Settings
+from agent.service.cluster.gateway import RayShard
 from agent.service.config import RayConfig, ServiceConfig
 from agent.service.pipeline import Service
 from bench.args import RESULTS, add_device_option, encoder_from_args, pin_device
@@ -76,9 +82,28 @@ async def _ingest(svc: Service, videos: list[Path]) -> float:
         await asyncio.sleep(0.5)
 
 
-async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Namespace) -> dict[str, Any]:
-    query = Query(image=image, streams=[f"cam{i}" for i in range(k)], top_k=5)
-    await svc.serving.query(query, budget=args.budget)  # warm-up (caches, threads), not counted
+class _Queries:
+    """Image queries over the first ``k`` streams: each a new picture unless ``--repeat-query``.
+
+    A new picture (the needle with one pixel changed) is a query no encoder has seen, as from
+    clients asking different things; the same one repeated is answered from each shard's kept
+    query vectors without an encoder pass (:class:`agent.channels.retrieval.QueryVectors`).
+    """
+
+    def __init__(self, image: np.ndarray, repeat: bool) -> None:
+        self.image, self.repeat, self.n = image, repeat, 0
+
+    def __call__(self, k: int) -> Query:
+        image = self.image
+        if not self.repeat:
+            self.n += 1
+            image = image.copy()
+            image.flat[self.n % image.size] ^= 1  # a new content hash (n < pixels)
+        return Query(image=image, streams=[f"cam{i}" for i in range(k)], top_k=5)
+
+
+async def _measure(svc: Service, queries: _Queries, k: int, args: argparse.Namespace) -> dict[str, Any]:
+    await svc.serving.query(queries(k), budget=args.budget)  # warm-up (caches, threads), not counted
     firsts: list[float] = []
     refined: list[float] = []
     missing = 0
@@ -88,6 +113,7 @@ async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Names
         def on_first(_answer: Any, seen: list[float] = seen) -> None:
             seen.append(time.perf_counter())
 
+        query = queries(k)
         t0 = time.perf_counter()
         answer = await svc.serving.query(query, budget=args.budget, on_first=on_first)
         refined.append(time.perf_counter() - t0)
@@ -98,7 +124,7 @@ async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Names
 
     async def one() -> None:
         async with sem:
-            await svc.serving.query(query, budget=args.budget)
+            await svc.serving.query(queries(k), budget=args.budget)
 
     await asyncio.gather(*(one() for _ in range(args.queries)))
     wall = time.perf_counter() - t0
@@ -111,6 +137,32 @@ async def _measure(svc: Service, image: np.ndarray, k: int, args: argparse.Names
         "throughput_qps": round(args.queries / wall, 2),
         "missing_streams": missing,
     }
+
+
+def _own_memory() -> dict[str, float]:
+    """This process's resident set now and at its peak, MiB (Linux /proc)."""
+    out: dict[str, float] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+async def _memory(svc: Service) -> dict[str, Any]:
+    """Resident sets after the queries: this process (the service, or the Ray gateway) and each actor."""
+    out: dict[str, Any] = {"process": _own_memory()}
+    shard = svc.shard
+    if isinstance(shard, RayShard):
+        actors = {}
+        for name, p in sorted(shard.placed.items()):
+            m = await shard._call(p.handle.memory.remote(), 30.0)
+            actors[name] = {k: round(v, 1) for k, v in m.items() if k != "pid"}
+        rss = [a["rss_mb"] for a in actors.values()]
+        out["actors"] = actors
+        out["actor_rss_mb"] = {"min": min(rss), "median": round(float(np.median(rss)), 1), "max": max(rss)}
+        out["actors_total_rss_mb"] = round(sum(rss), 1)
+    return out
 
 
 async def _run_service(
@@ -127,11 +179,20 @@ async def _run_service(
         started = time.perf_counter() - t0
         ingest = await _ingest(svc, videos)
         rows = []
+        queries = _Queries(image, args.repeat_query)  # one sequence: no picture asked twice
         for k in args.fanout:
-            row = await _measure(svc, image, k, args)
+            row = await _measure(svc, queries, k, args)
             print(json.dumps({"service": kind, **row}), flush=True)
             rows.append(row)
-    return {"service": kind, "start_s": round(started, 2), "ingest_s": round(ingest, 2), "rows": rows}
+        memory = await _memory(svc)
+        print(json.dumps({"service": kind, "memory": memory}), flush=True)
+    return {
+        "service": kind,
+        "start_s": round(started, 2),
+        "ingest_s": round(ingest, 2),
+        "rows": rows,
+        "memory": memory,
+    }
 
 
 def _overhead(local: dict[str, Any], ray: dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--streams", type=int, default=8, help="streams (= Ray actors)")
     p.add_argument("--fanout", type=int, nargs="+", default=[1, 2, 4, 8], help="streams each query asks")
     p.add_argument("--queries", type=int, default=20)
+    p.add_argument(
+        "--repeat-query", action="store_true", help="ask one picture every time (kept vectors: no encoding)"
+    )
     p.add_argument("--concurrency", type=int, default=4, help="queries in flight for the throughput run")
     p.add_argument("--budget", type=float, default=DEFAULT_REFINE_BUDGET_S)
     p.add_argument("--video-seconds", type=float, default=16.0)
@@ -180,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         local_cfg = ServiceConfig(port=0, index=work / "local", snapshot_seconds=3600.0)
         local = asyncio.run(_run_service("local", local_cfg, settings, videos, image, a))
         ray.init(
+            address="local",  # a fresh instance of its own, never another job's cluster on this machine
             num_cpus=max(4, int(a.streams * a.actor_cpus) + 1),
             include_dashboard=False,
             log_to_driver=False,
@@ -204,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         "streams": a.streams,
         "video_seconds": a.video_seconds,
         "budget_s": a.budget,
+        "distinct_queries": not a.repeat_query,
         "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
         "local": local,

@@ -48,7 +48,7 @@ from agent.core.cheap_index import CheapIndex
 from agent.core.fuse import ChannelProposal, calibrate
 from agent.core.gaps import covered_pieces, holes_between
 from agent.core.memory import Memory
-from agent.errors import OversizeQueryError, QueryError
+from agent.errors import ConfigError, OversizeQueryError, QueryError
 from agent.models.encoder import Encoder
 from agent.store.frame_store import FrameStore
 from agent.types import Coverage, RGBImage
@@ -165,12 +165,46 @@ class QueryVectors:
             self.misses += 1
         vec = encode_query(query, encoder)
         vec.setflags(write=False)  # shared by every later query that repeats this one
+        self.put(query, encoder, vec)
+        return vec
+
+    def put(self, query: Query, encoder: Encoder, vec: np.ndarray) -> None:
+        """Keep ``vec`` as ``query``'s (dim,) unit vector under ``encoder``, encoded elsewhere.
+
+        The Ray gateway encodes a query once and ships the vector to every
+        stream actor, which puts it here: its search then finds it instead of
+        encoding. Only a vector of this very encoder (same model, weights and
+        backend on another process) may be put: answers must not change.
+        """
+        if vec.shape != (encoder.dim,):
+            raise ConfigError(f"query vector of shape {vec.shape}; {encoder.name} gives ({encoder.dim},)")
+        if vec.flags.writeable:
+            vec = vec.copy()
+            vec.setflags(write=False)
+        key = _query_key(query, encoder)
         with self._lock:
             self._items[key] = vec
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
-        return vec
+
+
+PRESCREEN, REFINE = "prescreen", "refine"
+"""Roles of a query's vectors: one per encoder that scores it."""
+
+
+def query_roles(
+    query: Query, vectors: QueryVectors, prescreen: Encoder, refine: Encoder
+) -> dict[str, np.ndarray]:
+    """``query``'s (dim,) vectors by role: prescreen's, and refine's when refine is another model.
+
+    What :meth:`agent.index.video_index.VideoIndex.start_query` encodes; blocking (an encoder pass
+    unless kept in ``vectors``).
+    """
+    out = {PRESCREEN: vectors.get(query, prescreen)}
+    if refine is not prescreen:
+        out[REFINE] = vectors.get(query, refine)
+    return out
 
 
 class Retained(Protocol):

@@ -34,7 +34,7 @@ import numpy as np
 from agent.channels.base import Channel, ChannelAnswer, WorkItem, group_by_worker
 from agent.channels.ocr import OCR_WORKER, OcrChannel
 from agent.channels.refine import VisualPlan, refine_plans
-from agent.channels.retrieval import FrameEmbeddingCache, Query, QueryVectors
+from agent.channels.retrieval import PRESCREEN, REFINE, FrameEmbeddingCache, Query, QueryVectors, query_roles
 from agent.channels.speech import SPEECH_WORKER, SpeechChannel
 from agent.channels.text_search import SENTENCE_ROLE
 from agent.channels.visual import IMAGE_WORKER, images_of
@@ -342,8 +342,8 @@ class VideoIndex:
         for name in names:
             if name not in self.streams:
                 raise UnknownStreamError(f"unknown stream {name!r}")
-        pvec = self.query_vectors.get(query, self.prescreen)
-        rvec = pvec if self.refine is self.prescreen else self.query_vectors.get(query, self.refine)
+        vecs = query_roles(query, self.query_vectors, self.prescreen, self.refine)
+        pvec, rvec = vecs[PRESCREEN], vecs.get(REFINE, vecs[PRESCREEN])
         cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
         if self.sentences is not None and query.text is not None:
             cq.vectors[SENTENCE_ROLE] = self.sentences.encode([query.text])[0]

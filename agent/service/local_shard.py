@@ -25,7 +25,7 @@ from aiohttp import web
 
 from agent.channels.base import WorkItem
 from agent.channels.ocr import OCR_WORKER
-from agent.channels.retrieval import Query
+from agent.channels.retrieval import Query, query_roles
 from agent.channels.speech import SPEECH_WORKER
 from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
@@ -286,6 +286,11 @@ class LocalShard(StreamShard):
 
     async def embed_query(self, query: Query) -> np.ndarray:
         return await self._in_query_thread(self.idx.query_vectors.get, query, self.idx.prescreen)
+
+    async def query_vectors(self, query: Query) -> dict[str, np.ndarray]:
+        """``query``'s (dim,) vectors by encoder role (:func:`query_roles`), on the query executor."""
+        idx = self.idx
+        return await self._in_query_thread(query_roles, query, idx.query_vectors, idx.prescreen, idx.refine)
 
     async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
         return await self._in_query_thread(self._background_scores, qvec, streams)

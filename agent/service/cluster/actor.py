@@ -21,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.channels.retrieval import Query
+from agent.channels.retrieval import PRESCREEN, REFINE, Query
 from agent.channels.text_search import TimedText
 from agent.config import Settings
 from agent.core.superimage import SuperImage
@@ -43,6 +45,9 @@ _NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
 
 FIRST_KEEP_S = 60.0
 """A query's prescreen part is kept this long after its search ends, for a late ``first`` call."""
+
+QueryVecs = dict[str, np.ndarray]
+"""A query's (dim,) unit vectors by encoder role (``"prescreen"``, ``"refine"`` when another model)."""
 
 Event = tuple[str, Any]
 """``("event", ServerEvent)``, ``("embedding", (stream, SuperImage, vec))``,
@@ -165,10 +170,19 @@ class StreamActor:
         )
 
     # ---------------------------------------------------------------- queries
-    async def search(self, qid: str, query: Query, budget: float | None) -> dict[str, QueryResult]:
-        """The refined results of ``query``; its prescreen part waits for :meth:`first` under ``qid``."""
+    async def search(
+        self, qid: str, query: Query, budget: float | None, vectors: QueryVecs | None = None
+    ) -> dict[str, QueryResult]:
+        """The refined results of ``query``; its prescreen part waits for :meth:`first` under ``qid``.
+
+        ``vectors``: the query's (dim,) vectors by role, encoded once by the gateway
+        (:meth:`query_vectors` of one actor): kept as this actor's own, so its search encodes
+        nothing for them. None: the search encodes the query here.
+        """
         first = self._firsts.setdefault(qid, asyncio.get_running_loop().create_future())
         try:
+            if vectors:
+                self._keep(query, vectors)
             return dict(await self.shard.search(query, budget=budget, on_first=_resolve(first)))
         except BaseException as exc:
             if not first.done():
@@ -182,6 +196,26 @@ class StreamActor:
         """The prescreen results of the search running under ``qid`` (as soon as they exist)."""
         fut = self._firsts.setdefault(qid, asyncio.get_running_loop().create_future())
         return await asyncio.shield(fut)
+
+    def _keep(self, query: Query, vectors: QueryVecs) -> None:
+        idx = self.shard.idx
+        encoders = {PRESCREEN: idx.prescreen, REFINE: idx.refine}
+        for role, vec in vectors.items():
+            idx.query_vectors.put(query, encoders[role], vec)
+
+    async def query_vectors(self, query: Query) -> QueryVecs:
+        """``query``'s (dim,) vectors by encoder role, for the gateway to ship to every actor."""
+        return await self.shard.query_vectors(query)
+
+    def memory(self) -> dict[str, float]:
+        """This actor process's resident set now (``rss_mb``) and at its peak (``peak_rss_mb``), MiB."""
+        out: dict[str, float] = {"pid": float(os.getpid())}
+        with contextlib.suppress(OSError):  # not Linux: no figures
+            for line in Path("/proc/self/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
+        return out
 
     async def embed_query(self, query: Query) -> np.ndarray:
         return await self.shard.embed_query(query)

@@ -38,8 +38,8 @@ from agent.errors import (
     from_stream_error,
 )
 from agent.service.cluster import connect, disconnect, require_ray
-from agent.service.cluster.actor import StreamActor
-from agent.service.cluster.placement import Placement, actor_options, shard_dir
+from agent.service.cluster.actor import QueryVecs, StreamActor
+from agent.service.cluster.placement import Placement, Unreachable, actor_options, shard_dir
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.protocol import StreamStatus
 from agent.service.shard import FirstAnswer, ShardListener, ShardResults, ShardStats, StreamShard
@@ -57,14 +57,6 @@ UNBOUNDED_REFINE_S = 60.0
 """Deadline of a query without a refinement budget (a dead actor fails fast; a hung one waits this)."""
 
 
-class Unreachable(Exception):
-    """An actor did not answer: dead (``died``), past its deadline, or not placed."""
-
-    def __init__(self, reason: str, *, died: bool = False) -> None:
-        super().__init__(reason)
-        self.died = died
-
-
 class RayShard(StreamShard):
     """Streams as Ray actors behind the shard seam; see the module docstring."""
 
@@ -80,6 +72,7 @@ class RayShard(StreamShard):
         self._probe: Any = None
         """Stream-less actor answering model and query-encoding calls while no stream runs."""
         self._probe_lock = asyncio.Lock()
+        self._turn = 0  # which live actor encodes the next query (round robin)
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -289,9 +282,11 @@ class RayShard(StreamShard):
         self, query: Query, *, budget: float | None = None, on_first: FirstAnswer | None = None
     ) -> dict[str, QueryResult]:
         live, missing = self._live(query.streams if query.streams is not None else list(self.placed))
+        query.check(self.settings.query)  # before any encoding, as in one process
         qid = uuid.uuid4().hex
         one = dataclasses.replace(query, streams=None)  # an actor holds its one stream
-        finals = {p.id: p.handle.search.remote(qid, one, budget) for p in live}
+        vectors = await self._encode_once(one, live)
+        finals = {p.id: p.handle.search.remote(qid, one, budget, vectors) for p in live}
         firsts, first_missing = await self._each(
             {p.id: self._call(p.handle.first.remote(qid), self.rc.deadline_seconds) for p in live}
         )
@@ -302,6 +297,23 @@ class RayShard(StreamShard):
         missing.update(late)
         results = _merge(parts)
         return ShardResults(results, missing) if missing else results
+
+    async def _encode_once(self, query: Query, live: list[Placement]) -> QueryVecs | None:
+        """``query``'s vectors from one of ``live`` (the next each query): one encoder pass per query,
+        not one per actor, which keep them as their own (same model and weights). None when that
+        actor does not answer in the deadline: each actor then encodes for itself, as before."""
+        if not live:
+            return None
+        p = live[self._turn % len(live)]
+        self._turn += 1
+        try:
+            vectors: QueryVecs = await self._call(
+                p.handle.query_vectors.remote(query), self.rc.deadline_seconds
+            )
+        except Unreachable as exc:
+            log.warning("stream %s could not encode a query (%s): every actor encodes it", p.id, exc)
+            return None
+        return vectors
 
     async def embed_query(self, query: Query) -> np.ndarray:
         return np.asarray(await self._ask_encoder("embed_query", query))

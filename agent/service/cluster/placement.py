@@ -54,6 +54,14 @@ def actor_options(rc: RayConfig) -> dict[str, Any]:
     return options
 
 
+class Unreachable(Exception):
+    """An actor did not answer: dead (``died``), past its deadline, or not placed."""
+
+    def __init__(self, reason: str, *, died: bool = False) -> None:
+        super().__init__(reason)
+        self.died = died
+
+
 @dataclass
 class Placement:
     """One stream on the cluster (see the module docstring)."""

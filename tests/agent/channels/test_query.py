@@ -143,3 +143,23 @@ def test_an_anchor_merged_across_a_hole_is_proposed_without_it(tmp_path: Path) -
         assert all(m.end <= a or m.start >= b for a, b in holes), (m.start, m.end, holes)
         assert all(m.start <= t <= m.end for t in m.evidence)
     idx.close()
+
+
+def test_a_vector_encoded_elsewhere_is_kept_and_one_of_another_shape_refused() -> None:
+    from agent.channels.retrieval import QueryVectors, encode_query
+    from agent.config import EncoderConfig
+    from agent.errors import ConfigError
+    from agent.models.encoder import load_encoder
+
+    enc = load_encoder(EncoderConfig(model="tiny-random", allow_random=True, threads=1, backend="torch"))
+    shipped = encode_query(Query(text="a white van"), enc)  # as another process's encoder gives it
+    vectors = QueryVectors()
+    vectors.put(Query(text="a white van"), enc, shipped)
+    passes = enc.passes
+    kept = vectors.get(Query(text="a white van", top_k=2), enc)
+    assert enc.passes == passes and (vectors.hits, vectors.misses) == (1, 0)
+    np.testing.assert_array_equal(kept, shipped)
+    assert not kept.flags.writeable and shipped.flags.writeable  # a read-only copy; the caller's untouched
+    with pytest.raises(ConfigError, match="shape"):
+        vectors.put(Query(text="a red car"), enc, np.zeros(enc.dim + 1, np.float32))
+    assert len(vectors) == 1

@@ -40,7 +40,7 @@ class _Hung:
 
 
 class _HungActor:
-    search = first = heartbeat = _Hung()
+    search = first = heartbeat = query_vectors = _Hung()
 
 
 def _spec(name: str) -> Any:
