@@ -52,6 +52,9 @@ class Moment:
     curve: list[tuple[float, float]] = field(default_factory=list)
     """Refined per-frame (stream seconds, cosine) around the moment, time order, bounded; empty
     where the moment was not refined."""
+    deferred: bool = False
+    """Anchor-level because the refine budget ran out before its region: ranked after every moment
+    that is not deferred, whatever its confidence (another scale; see :mod:`agent.core.fuse`)."""
 
     @property
     def duration(self) -> float:

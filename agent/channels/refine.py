@@ -18,6 +18,14 @@ Rules chosen:
   :data:`MIN_REGION_FRAMES` frames; never a curve over part of the span,
   which would bias its proposals); regions not reached keep their
   anchor-level proposals.
+- **Order after a budget cut**: once some region was refined, the regions
+  not reached (on every searched stream) keep their anchor-level proposals
+  marked ``deferred``, and the fused answer ranks them below every refined
+  one (:mod:`agent.core.fuse`, step 4). The prescreen ranked each refined
+  region above each deferred one, and refined and anchor-level confidences
+  are on different scales, so refinement reorders only among what it
+  refined. When nothing was refined the answer is the prescreen's own, and
+  with no budget every region is refined: neither has a deferred proposal.
 - **Calibration first**: refined scores are judged against the stream's
   own frames (:data:`BACKGROUND_FRAMES` spread evenly over the range). The
   first :data:`MIN_BACKGROUND` of them (an evenly spread prefix) are encoded
@@ -37,7 +45,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -272,7 +280,9 @@ def refine_plans(
     for name, prog in done.items():  # the rest of each calibration, budget permitting
         if prog.curves:
             _background(enc, plans[name], prog, BACKGROUND_FRAMES)
-    return {name: _answer(plans[name], done[name]) for name in plans}
+    # Regions are visited in one order over every stream: one refined anywhere defers the rest.
+    defer = any(prog.curves for prog in done.values())
+    return {name: _answer(plans[name], done[name], defer=defer) for name in plans}
 
 
 def _background(enc: _Encoded, plan: VisualPlan, prog: _Progress, upto: int) -> bool:
@@ -283,19 +293,27 @@ def _background(enc: _Encoded, plan: VisualPlan, prog: _Progress, upto: int) -> 
     return len(got) == len(want)
 
 
-def _answer(plan: VisualPlan, prog: _Progress) -> ChannelAnswer:
+def _answer(plan: VisualPlan, prog: _Progress, *, defer: bool) -> ChannelAnswer:
+    """The stream's refined answer; ``defer``: regions not refined rank below the refined."""
     if not prog.curves:
         first = plan.first
         notes = list(first.notes)
-        if plan.regions:
-            notes.append(f"refine budget spent: 0 of {len(plan.regions)} regions refined (anchor-level)")
-        return ChannelAnswer(list(first.proposals), dict(first.calibrations), first.coverage, notes)
-    props: list[ChannelProposal] = list(plan.fixed)
+        if not plan.regions:
+            return ChannelAnswer(list(first.proposals), dict(first.calibrations), first.coverage, notes)
+        notes.append(
+            f"refine budget spent: 0 of {len(plan.regions)} regions refined (anchor-level"
+            + (", ranked below the refined regions of other streams)" if defer else ")")
+        )
+        props = list(first.proposals)
+        if defer:
+            props = list(plan.fixed) + [_deferred(a) for r in plan.regions for a in r.anchors]
+        return ChannelAnswer(props, dict(first.calibrations), first.coverage, notes)
+    props = list(plan.fixed)
     refined_frames = 0
     for i, region in enumerate(plan.regions):
         curve = prog.curves.get(i)
         if curve is None:
-            props.extend(region.anchors)
+            props.extend(_deferred(a) for a in region.anchors)
             continue
         times, sims = curve
         refined_frames += len(times)
@@ -313,7 +331,7 @@ def _answer(plan: VisualPlan, prog: _Progress) -> ChannelAnswer:
     if len(prog.curves) < len(plan.regions):
         notes.append(
             f"refine budget spent: {len(prog.curves)} of {len(plan.regions)} regions refined "
-            "(the others anchor-level)"
+            "(the others anchor-level, ranked below the refined)"
         )
     cals: dict[str, Calibration] = dict(plan.first.calibrations)
     bg = np.fromiter(prog.background.values(), np.float32, len(prog.background))
@@ -332,6 +350,11 @@ def _curve(prog: _Progress) -> tuple[np.ndarray, np.ndarray]:
     sims = np.concatenate([s for _, s in prog.curves.values()]).astype(np.float64)
     order = np.argsort(times, kind="stable")
     return times[order], sims[order]
+
+
+def _deferred(p: ChannelProposal) -> ChannelProposal:
+    """An anchor-level proposal of a region the budget did not reach (ranked below the refined)."""
+    return replace(p, deferred=True)
 
 
 def _refined(plan: VisualPlan, p: Proposal) -> ChannelProposal:

@@ -24,14 +24,23 @@ background its scores are judged against. Steps:
    for a match. Confidence is in [0, 1], monotone in the score for a fixed
    background, and comparable across streams and channels.
 3. **Merge.** Within a stream, proposals of different channels that overlap
-   by temporal IoU >= ``merge_iou`` are one moment: the most confident one's
-   span, the best confidence, every supporting channel listed, and each text
+   by temporal IoU >= ``merge_iou`` are one moment: the first-ranked one's
+   span and confidence (step 4's order), every supporting channel listed, and each text
    channel's quote of the words it matched. Text channels (speech, on-screen
    text) bring their own fixed calibration of matched-word share (see
    ``agent.channels.text_search``), so their confidences sit on the visual
    scale without a per-query background.
-4. **NMS and rank.** Greedy temporal NMS per stream (by confidence), then one
-   ranking of every stream's moments by confidence (ties: raw score).
+4. **NMS and rank.** Greedy temporal NMS per stream, then one ranking of every
+   stream's moments by confidence (ties: raw score), after one rule: a
+   *deferred* proposal (``ChannelProposal.deferred``: a region refinement
+   planned but did not reach before its budget ran out) ranks below every
+   moment that is not. Refinement visits regions best prescreen region first
+   across every searched stream, so each refined region was ranked above each
+   deferred one by the prescreen; a refined confidence and an anchor-level one
+   are on different scales (refined frames of one scene can all score alike and
+   collapse to 0), so they are never compared to rank: refinement reorders only
+   what it refined, and the deferred keep their prescreen order below it.
+   Without a budget cut nothing is deferred and the order is by confidence alone.
 5. **Abstain.** A moment passes when its confidence reaches ``threshold``. An
    answer with no passing moment abstains: it still lists the best candidates,
    each marked ``below_threshold``, and says "no confident match".
@@ -140,6 +149,9 @@ class ChannelProposal:
     evidence: tuple[float, ...] = ()
     quote: str = ""
     """Text channels: the words of the span that matched the query (empty for visual)."""
+    deferred: bool = False
+    """The refine budget ran out before this anchor-level proposal's region: ranked below every
+    proposal that is not deferred (rule in the module docstring)."""
 
 
 @dataclass(slots=True)
@@ -158,6 +170,8 @@ class FusedMoment:
     below_threshold: bool = False
     quotes: dict[str, str] = field(default_factory=dict)
     """Matched words by supporting text channel (``"speech"``: the transcript's words)."""
+    deferred: bool = False
+    """Anchor-level because the refine budget ran out first: ranked after every moment that is not."""
 
 
 @dataclass(slots=True)
@@ -196,7 +210,8 @@ def fuse(
             a stream not in it has none.
 
     Returns:
-        A :class:`Fusion`; ``abstained`` iff no kept moment reaches ``threshold``.
+        A :class:`Fusion`, moments ranked non-deferred first, then by confidence;
+        ``abstained`` iff no kept moment reaches ``threshold``.
 
     Raises:
         QueryError: ``top_k < 1``, an IoU / threshold outside [0, 1], or malformed holes.
@@ -255,11 +270,13 @@ def _scored(p: ChannelProposal, cal: Calibration, threshold: float) -> FusedMome
         evidence=list(p.evidence) or [p.peak],
         below_threshold=conf < threshold,
         quotes={p.channel: p.quote} if p.quote else {},
+        deferred=p.deferred,
     )
 
 
-def _rank_key(m: FusedMoment) -> tuple[float, float, float, float]:
-    return (-m.confidence, -m.score, m.start, m.end)
+def _rank_key(m: FusedMoment) -> tuple[bool, float, float, float, float]:
+    # Deferred last whatever their confidence: it is on another scale (module docstring, step 4).
+    return (m.deferred, -m.confidence, -m.score, m.start, m.end)
 
 
 def _merge(moments: list[FusedMoment], iou: float) -> list[FusedMoment]:

@@ -213,4 +213,5 @@ def _moment(m: FusedMoment, state: Clocked, curves: list[tuple[np.ndarray, np.nd
         below_threshold=m.below_threshold,
         quotes=dict(m.quotes),
         curve=sorted(curve)[:MAX_CURVE_POINTS],
+        deferred=m.deferred,
     )

@@ -2,7 +2,8 @@
 
 :func:`query_answer` turns the per-stream :class:`~agent.types.QueryResult`
 of a search into a :class:`QueryAnswer`: the best moments over every stream
-at top level (confident ones first, by calibrated confidence; at most ``top_k``), and per stream the
+at top level (confident ones first, by calibrated confidence, the ``deferred`` ones of regions the
+refine budget did not reach last; at most ``top_k``), and per stream the
 coverage of the asked range, notes, which path answered and the LLM usage.
 Times are stream seconds (rounded to ms); ``wall_*`` are ISO 8601 UTC or
 null; ``thumbnail`` is the service route of the stored frame nearest the
@@ -131,9 +132,15 @@ class QueryAnswer(Strict):
     answer, never an error."""
 
 
-def _rank(m: Moment) -> tuple[bool, float]:
-    """Confident moments first, then by calibrated confidence (the score where there is none)."""
-    return (m.below_threshold, -(m.confidence if m.confidence is not None else m.score))
+def _rank(m: Moment) -> tuple[bool, bool, float]:
+    """Deferred moments last; then confident ones first, then by calibrated confidence (the score
+    where there is none).
+
+    A deferred moment (its region not reached by the refine budget) has an anchor-level confidence,
+    on another scale than the refined moments the prescreen ranked above it: never compared with
+    theirs (rule in :mod:`agent.core.fuse`).
+    """
+    return (m.deferred, m.below_threshold, -(m.confidence if m.confidence is not None else m.score))
 
 
 def query_answer(

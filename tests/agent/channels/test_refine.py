@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,17 @@ from agent.channels.refine import (
     spread_order,
 )
 from agent.channels.retrieval import Query, plan_visual
+from agent.cli.main import main
 from agent.config import QueryConfig
-from agent.index.answers import CURVE_MARGIN, curve_around
+from agent.index.answers import CURVE_MARGIN, PendingQuery, curve_around
 from agent.index.video_index import VideoIndex
 from agent.models.encoder import Encoder
+from agent.models.images import decode_image
+from agent.service.answer import query_answer
 from agent.types import MAX_CURVE_POINTS, Frame, RGBImage
 from streams.file import decode_frames
 from tests.agent.index.test_index import ingest, settings
+from tests.streams import corpus
 from tests.videos import make_video, photos
 
 
@@ -287,3 +291,71 @@ def test_a_region_cut_short_keeps_a_coarser_curve_over_its_whole_span(
     # Coarse to fine: the frames encoded reach both halves of the region, not only its start.
     mid = (region.times[0] + region.times[-1]) / 2
     assert min(got) < mid < max(got)
+
+
+def _cut_when(index: VideoIndex, pending: PendingQuery, spent: Callable[[FrameEmbeddingCache], bool]) -> None:
+    """Refine ``pending`` through ``index``'s encoder until ``spent(cache)`` (a frame cap, no timing).
+
+    The clock reads 0 until the query's cache satisfies ``spent``, then 1: past the deadline of 0.5.
+    """
+    cache = FrameEmbeddingCache()
+
+    def clock() -> float:
+        return 1.0 if spent(cache) else 0.0
+
+    pending.refiner = lambda plans, _: refine_plans(plans, index.refine, cache, deadline=0.5, clock=clock)
+
+
+def _has(stream: str, times: np.ndarray) -> Callable[[FrameEmbeddingCache], bool]:
+    return lambda cache: all(cache.get((stream, float(t))) is not None for t in times)
+
+
+def test_a_budget_cut_after_the_best_region_keeps_every_refined_moment_first(
+    tmp_path: Path, index: VideoIndex, scenes: tuple[Path, list[Path]]
+) -> None:
+    """Refinement goes by gain over every stream: the cut after "cam"'s region defers "other"'s."""
+    other = tmp_path / "other.mp4"
+    make_video(other, [(8.0, p) for p in photos(3, offset=80)], fps=10, size=(320, 240))
+    index.ingest(decode_frames(other, stream="other", fps=2.0, short_side=index.prescreen.image_size))
+    pending = index.start_query(Query(image=_photo(scenes[1][3]), top_k=5))
+    assert pending.plans["other"].regions  # something is left for the cut to defer
+    best = max(pending.plans["cam"].regions, key=lambda r: r.gain)
+    _cut_when(index, pending, _has("cam", best.times))  # the deadline passes once its frames are in
+    results = pending.refine(1.0)
+    assert {m.answered_by for m in results["cam"].moments} == {"refine"}
+    assert [m.deferred for m in results["other"].moments] == [True] * len(results["other"].moments)
+    assert results["other"].moments and results["other"].answered_by == "anchor"
+    assert any("ranked below the refined" in n for n in results["other"].notes), results["other"].notes
+    # The answer clients get (CLI table, service `moments`): every refined moment before every deferred.
+    moments = query_answer(results, top_k=10).moments
+    kinds = [m.answered_by for m in moments]
+    assert "anchor" in kinds and kinds == sorted(kinds, key=lambda k: k != "refine"), kinds
+    top = moments[0]
+    assert top.stream == "cam" and best.span[0] <= top.start and top.end <= best.span[1], (best.span, top)
+
+
+def test_a_deferred_region_of_higher_anchor_confidence_stays_below_the_refined_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The clock-jump clip with tiny-random: A's refined frames all score ~0.999, so its refined
+    confidence collapses to 0, while B's unrefined region keeps an anchor-level 0.06. Ranked by
+    confidence, B came first after a budget cut after A (`vmr query --budget 1` under load)."""
+    built = corpus.clock_jump(tmp_path)
+    where = tmp_path / "index"
+    argv = ["ingest", str(built.path), "--index", str(where), "--model", "tiny-random", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    photo = decode_image(built.queries["A"].read_bytes(), max_bytes=10**8)
+    with VideoIndex.open(where) as idx:
+        pending = idx.start_query(Query(image=photo, top_k=3))
+        plan = pending.plans["jump"]
+        best = max(plan.regions, key=lambda r: r.gain)
+        assert best.span[0] < 5.0 and best.span[1] < 605.0  # around A (0-5 s), not B (605-610 s)
+        # Cut once the calibration's first frames are in (16 of the clip's 20): A is refined from
+        # what is cached, its missing frames stop the refinement, B's turn never comes.
+        _cut_when(idx, pending, _has("jump", plan.background[:MIN_BACKGROUND]))
+        result = pending.refine(1.0)["jump"]
+    top, deferred = result.moments[0], [m for m in result.moments if m.deferred]
+    assert top.answered_by == "refine" and top.end <= 5.0, result.moments
+    assert deferred and all(m.start >= 605.0 for m in deferred), result.moments
+    assert top.confidence is not None and deferred[0].confidence is not None
+    assert deferred[0].confidence > top.confidence  # the scales differ: never compared to rank

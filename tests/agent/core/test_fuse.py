@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -184,3 +185,26 @@ def test_cosines_near_their_ceiling_are_calibrated_on_the_distance_scale() -> No
     scores = np.linspace(0.5, 0.999999, 50)
     confs = [cos.confidence(float(s)) for s in scores]
     assert all(a <= b for a, b in itertools.pairwise(confs))
+
+
+def test_deferred_proposals_rank_below_every_refined_one_whatever_their_confidence() -> None:
+    """A budget cut: refined confidences and deferred anchor-level ones are not compared."""
+    anchor_cal = calibrate(np.random.default_rng(6).normal(0.5, 0.05, 300), trials=20)
+    refined = prop(0.0, 5.0, NOISE.center)  # refinement judged it noise: confidence near 0
+    deferred = dataclasses.replace(prop(600.0, 605.0, 0.9), kind="anchor", deferred=True)
+    other = ChannelProposal("t", "visual", "anchor", 0.0, 5.0, 0.7, 2.5, deferred=True)
+    calibrations = {
+        **cals(("s", "visual")),
+        ("s", "visual", "anchor"): anchor_cal,
+        ("t", "visual", "anchor"): anchor_cal,
+    }
+    fused = fuse([deferred, other, refined], calibrations, top_k=5)
+    assert [(m.stream, m.start, m.deferred) for m in fused.moments] == [
+        ("s", 0.0, False),
+        ("s", 600.0, True),  # the deferred keep their own order (confidence) below the refined
+        ("t", 0.0, True),
+    ]
+    assert fused.moments[1].confidence > fused.moments[2].confidence > fused.moments[0].confidence
+    # Nothing deferred (a full refinement): the order is by confidence alone, as before.
+    plain = [dataclasses.replace(p, deferred=False) for p in (deferred, other, refined)]
+    assert [m.start for m in fuse(plain, calibrations, top_k=5).moments] == [600.0, 0.0, 0.0]
