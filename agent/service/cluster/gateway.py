@@ -22,8 +22,8 @@ import dataclasses
 import logging
 import shutil
 import uuid
-from collections.abc import Awaitable, Collection, Iterable
-from typing import Any, TypeVar
+from collections.abc import Collection, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +39,15 @@ from agent.errors import (
 )
 from agent.service.cluster import connect, disconnect, require_ray
 from agent.service.cluster.actor import QueryVecs, StreamActor
-from agent.service.cluster.placement import Placement, Unreachable, actor_options, shard_dir
+from agent.service.cluster.placement import (
+    Placement,
+    Unreachable,
+    actor_options,
+    await_ref,
+    each_stream,
+    merge_results,
+    shard_dir,
+)
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.protocol import StreamStatus
 from agent.service.shard import FirstAnswer, ShardListener, ShardResults, ShardStats, StreamShard
@@ -47,8 +55,6 @@ from agent.types import QueryResult
 from streams.errors import StreamError
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-
 START_SECONDS = 300.0
 """A new actor may take this long to start (a cold node imports torch and loads the encoder)."""
 PROBE = "_model"
@@ -195,35 +201,8 @@ class RayShard(StreamShard):
         p.moving = None  # given up: the status says failed (set by the last attempt)
 
     async def _call(self, ref: Any, limit: float) -> Any:
-        """Await a remote call: its VmrError re-raised as is, Ray's failures as :class:`Unreachable`."""
-        ray = self._ray
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), limit)
-        except TimeoutError as exc:
-            raise Unreachable(f"no answer in {limit:.1f} s") from exc
-        except ray.exceptions.RayActorError as exc:  # the process or its node died
-            raise Unreachable("actor died", died=True) from exc
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, VmrError):
-                raise exc.cause from exc
-            raise ShardUnavailableError(f"stream actor failed: {type(exc.cause).__name__}") from exc
-        except ray.exceptions.RayError as exc:  # unavailable for now (node draining, GCS hiccup)
-            raise Unreachable(type(exc).__name__) from exc
-
-    async def _each(self, calls: dict[str, Awaitable[_T]]) -> tuple[dict[str, _T], dict[str, str]]:
-        """Every call's answer by stream, and the streams that could not answer, by reason."""
-        names = list(calls)
-        done = await asyncio.gather(*calls.values(), return_exceptions=True)
-        answers: dict[str, _T] = {}
-        missing: dict[str, str] = {}
-        for name, out in zip(names, done, strict=True):
-            if isinstance(out, Unreachable):
-                missing[name] = str(out)
-            elif isinstance(out, BaseException):
-                raise out
-            else:
-                answers[name] = out
-        return answers, missing
+        """Await a remote call (errors mapped by :func:`await_ref`)."""
+        return await await_ref(self._ray, ref, limit)
 
     def _live(self, names: Iterable[str]) -> tuple[list[Placement], dict[str, str]]:
         """The placements of ``names`` that have an actor now, and why the others have none."""
@@ -262,7 +241,7 @@ class RayShard(StreamShard):
 
     async def statuses(self) -> list[StreamStatus]:
         live, _ = self._live(list(self.placed))
-        beats, _ = await self._each(
+        beats, _ = await each_stream(
             {p.id: self._call(p.handle.heartbeat.remote(), self.rc.deadline_seconds) for p in live}
         )
         for name, hb in beats.items():  # fresher than the last poll's
@@ -287,15 +266,15 @@ class RayShard(StreamShard):
         one = dataclasses.replace(query, streams=None)  # an actor holds its one stream
         vectors = await self._encode_once(one, live)
         finals = {p.id: p.handle.search.remote(qid, one, budget, vectors) for p in live}
-        firsts, first_missing = await self._each(
+        firsts, first_missing = await each_stream(
             {p.id: self._call(p.handle.first.remote(qid), self.rc.deadline_seconds) for p in live}
         )
         if on_first is not None:
-            on_first(ShardResults(_merge(firsts), {**missing, **first_missing}))
+            on_first(ShardResults(merge_results(firsts), {**missing, **first_missing}))
         wait = (UNBOUNDED_REFINE_S if budget is None else budget) + self.rc.deadline_seconds
-        parts, late = await self._each({name: self._call(ref, wait) for name, ref in finals.items()})
+        parts, late = await each_stream({name: self._call(ref, wait) for name, ref in finals.items()})
         missing.update(late)
-        results = _merge(parts)
+        results = merge_results(parts)
         return ShardResults(results, missing) if missing else results
 
     async def _encode_once(self, query: Query, live: list[Placement]) -> QueryVecs | None:
@@ -320,7 +299,7 @@ class RayShard(StreamShard):
 
     async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
         live, _ = self._live([n for n in self.placed if streams is None or n in streams])
-        scores, _ = await self._each(
+        scores, _ = await each_stream(
             {
                 p.id: self._call(p.handle.background_scores.remote(qvec), self.rc.deadline_seconds)
                 for p in live
@@ -348,7 +327,7 @@ class RayShard(StreamShard):
     async def snapshot(self) -> None:
         # A stream starting or moving has nothing newer than its last snapshot: not a failure.
         live, _ = self._live(list(self.placed))
-        _, failed = await self._each(
+        _, failed = await each_stream(
             {p.id: self._call(p.handle.snapshot.remote(), START_SECONDS) for p in live}
         )
         if failed:
@@ -359,7 +338,7 @@ class RayShard(StreamShard):
 
     async def stats(self) -> ShardStats:
         live, _ = self._live(list(self.placed))
-        answers, _ = await self._each(
+        answers, _ = await each_stream(
             {p.id: self._call(p.handle.stats.remote(), self.rc.deadline_seconds) for p in live}
         )
         out = ShardStats(events_dropped=sum(p.dropped_events for p in self.placed.values()))
@@ -408,10 +387,3 @@ class RayShard(StreamShard):
             if stale is not None:
                 await asyncio.to_thread(self._ray.kill, stale)
             raise ShardUnavailableError(f"no actor could encode: {exc}") from exc
-
-
-def _merge(parts: dict[str, dict[str, QueryResult]]) -> dict[str, QueryResult]:
-    out: dict[str, QueryResult] = {}
-    for part in parts.values():
-        out.update(part)
-    return out

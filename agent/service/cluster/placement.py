@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from agent.errors import ShardUnavailableError, VmrError
 from agent.service.cluster.actor import Heartbeat
 from agent.service.config import RayConfig, ServiceConfig, StreamSpec
 from agent.service.shard import StreamStats
+from agent.types import QueryResult
+
+_T = TypeVar("_T")
 
 SHARDS_DIR = "shards"
 """Under the shared storage: one folder per stream actor (``shards/<id>/``), its own index."""
@@ -60,6 +65,27 @@ class Unreachable(Exception):
     def __init__(self, reason: str, *, died: bool = False) -> None:
         super().__init__(reason)
         self.died = died
+
+
+async def await_ref(ray: Any, ref: Any, limit: float) -> Any:
+    """Await the Ray object ``ref`` for at most ``limit`` s; the one place Ray's errors are mapped.
+
+    The actor's own VmrError is re-raised as is; a crash inside the actor is
+    ShardUnavailableError; dead, late or briefly unavailable actors are
+    :class:`Unreachable` (``died`` for a dead process or node).
+    """
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), limit)
+    except TimeoutError as exc:
+        raise Unreachable(f"no answer in {limit:.1f} s") from exc
+    except ray.exceptions.RayActorError as exc:  # the process or its node died
+        raise Unreachable("actor died", died=True) from exc
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, VmrError):
+            raise exc.cause from exc
+        raise ShardUnavailableError(f"stream actor failed: {type(exc.cause).__name__}") from exc
+    except ray.exceptions.RayError as exc:  # unavailable for now (node draining, GCS hiccup)
+        raise Unreachable(type(exc).__name__) from exc
 
 
 @dataclass
@@ -152,3 +178,30 @@ class Placement:
             return None
         t_ref, wall_ref = hb.walls[-1]
         return wall_ref + (t - t_ref)
+
+
+def merge_results(parts: dict[str, dict[str, QueryResult]]) -> dict[str, QueryResult]:
+    """One dict of per-stream results from the actors' answers (stream ids are unique)."""
+    out: dict[str, QueryResult] = {}
+    for part in parts.values():
+        out.update(part)
+    return out
+
+
+async def each_stream(calls: dict[str, Awaitable[_T]]) -> tuple[dict[str, _T], dict[str, str]]:
+    """Every call's answer by stream, and the streams that could not answer (:class:`Unreachable`), by reason.
+
+    Any other exception (a typed VmrError of the actor) is raised.
+    """
+    names = list(calls)
+    done = await asyncio.gather(*calls.values(), return_exceptions=True)
+    answers: dict[str, _T] = {}
+    missing: dict[str, str] = {}
+    for name, out in zip(names, done, strict=True):
+        if isinstance(out, Unreachable):
+            missing[name] = str(out)
+        elif isinstance(out, BaseException):
+            raise out
+        else:
+            answers[name] = out
+    return answers, missing
