@@ -18,7 +18,9 @@ real download path runs, :func:`plan` looks once:
 Tags open_clip fetches by URL rather than from the hub, and checkpoints,
 pass through untouched. The probe is one HTTP ``HEAD`` of the hub's
 endpoint (``HF_ENDPOINT``) through huggingface_hub's own client, so its
-proxy settings and offline switch apply; any HTTP answer counts as reachable.
+proxy settings and offline switch apply. Only a 2xx or 3xx answer counts as
+reachable: a proxy or captive portal answering 404 or 5xx for a hub it cannot
+reach would otherwise send an offline machine into the download's retries.
 """
 
 from __future__ import annotations
@@ -117,7 +119,10 @@ def _unreachable() -> str | None:
     if constants.is_offline_mode():
         return "HF_HUB_OFFLINE is set"
     try:
-        get_session().head(constants.ENDPOINT, timeout=PROBE_SECONDS, follow_redirects=False)
+        answer = get_session().head(constants.ENDPOINT, timeout=PROBE_SECONDS, follow_redirects=False)
     except Exception as exc:  # refused, timed out, DNS, proxy: all mean no download will work now
         return f"the hub at {constants.ENDPOINT} is unreachable ({type(exc).__name__}: {exc})"
+    status = int(answer.status_code)
+    if not 200 <= status < 400:  # the hub's front page answers 200; an error page is someone else
+        return f"the hub at {constants.ENDPOINT} is unreachable (it answered HTTP {status}, not as the hub)"
     return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,28 +45,35 @@ def _cache_file(cache: Path, name: str) -> Path:
     return path
 
 
-@pytest.fixture
-def answering_hub(hub: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The empty cache of ``hub``, and a local HTTP server standing in for a reachable hub (404 to all)."""
+@contextlib.contextmanager
+def answering(status: int) -> Iterator[str]:
+    """A local HTTP server answering every ``HEAD`` with ``status``; yields its URL."""
 
-    class NotFound(BaseHTTPRequestHandler):
+    class Answer(BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:
-            self.send_response(404)
+            self.send_response(status)
             self.end_headers()
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     try:
-        yield hub
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def answering_hub(hub: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The empty cache of ``hub``, and a local HTTP server standing in for a reachable hub (200 to all)."""
+    with answering(200) as url:
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        yield hub
 
 
 def test_not_cached_and_unreachable_is_unavailable_with_the_reason(hub: Path) -> None:
@@ -92,19 +101,41 @@ def test_a_reachable_hub_keeps_the_real_loading_path(answering_hub: Path) -> Non
     assert how.pretrained == TAG and how.unavailable is None and how.preprocess == {}
 
 
-def test_vmr_ingest_offline_gives_the_typed_error_without_retrying(tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", [404, 503])
+def test_an_error_answer_is_not_the_hub(hub: Path, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    # A proxy or portal answering for a hub it cannot reach: no download would work either.
+    with answering(status) as url:
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        began = time.monotonic()
+        how = plan(MODEL, TAG)
+        assert how.unavailable is not None and f"answered HTTP {status}" in how.unavailable
+        assert time.monotonic() - began < 30  # one probe, not the download's retries (bound, not a figure)
+        path = _cache_file(hub, "open_clip_model.safetensors")
+        how = plan(MODEL, TAG)
+        assert how.unavailable is None and Path(how.pretrained) == path  # the cache, without the network
+
+
+@pytest.mark.parametrize("answer", [None, 503])
+def test_vmr_ingest_offline_gives_the_typed_error_without_retrying(
+    tmp_path: Path, answer: int | None
+) -> None:
     # The real command, in a fresh process (huggingface_hub reads HF_ENDPOINT at import). Bounded:
-    # before, huggingface_hub retried for about a minute before the error.
+    # before, huggingface_hub retried for about a minute before the error. ``answer``: nobody
+    # listens on the endpoint, or a proxy answers 503 for it.
     video = make_video(tmp_path / "v.mp4", [Scene(1.0, (200, 30, 30), True)], fps=5).path
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_OFFLINE": "0",
-    }
-    argv = [sys.executable, "-m", "agent.cli.main", "ingest", str(video), "--index", str(tmp_path / "i")]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=45)
+    with contextlib.ExitStack() as stack:
+        endpoint = (
+            f"http://127.0.0.1:{free_port()}" if answer is None else stack.enter_context(answering(answer))
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HF_ENDPOINT": endpoint,
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "0",
+        }
+        argv = [sys.executable, "-m", "agent.cli.main", "ingest", str(video), "--index", str(tmp_path / "i")]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=45)
     assert done.returncode == 2, done.stderr
     assert "vmr: error [weights_unavailable]" in done.stderr
     assert "not in the local Hugging Face cache" in done.stderr and "Traceback" not in done.stderr
