@@ -14,7 +14,9 @@ and the OpenVINO version. The key needs no torch model, so a cache hit
 (:func:`load_cached`) reads the IR and the entry's :class:`ModelFacts` and
 never builds one: that is most of a cold start. A cache entry appears whole
 or not at all (written to a temporary folder, then renamed); a cache that
-cannot be written only costs the conversion next time.
+cannot be written only costs the conversion next time. An entry damaged
+later (a file shorter than recorded, or an IR OpenVINO cannot read) is
+discarded with a warning and converted again once.
 
 Peak memory: with ``release_torch`` (what :func:`~agent.models.encoder.load_encoder`
 asks for) the torch weights are dropped (the module moved to the meta device)
@@ -158,7 +160,8 @@ def _save(ov: Any, models: dict[str, Any], folder: Path, meta: dict[str, Any]) -
         for which, model in models.items():
             # fp16 compression (save_model's default) would cost the 1e-4 equality.
             ov.save_model(model, str(tmp / f"{which}.xml"), compress_to_fp16=False)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        files = {path.name: path.stat().st_size for path in sorted(tmp.iterdir())}
+        (tmp / "meta.json").write_text(json.dumps({**meta, "files": files}, indent=1))
         try:
             os.rename(tmp, folder)
         except OSError:
@@ -170,10 +173,49 @@ def _save(ov: Any, models: dict[str, Any], folder: Path, meta: dict[str, Any]) -
 
 
 def _read(ov: Any, folder: Path) -> dict[str, Any] | None:
+    """The entry's two models; None when there is no entry or it is damaged (then discarded, logged)."""
     if not (folder / "meta.json").is_file():
         return None
-    core = ov.Core()
-    return {which: core.read_model(str(folder / f"{which}.xml")) for which in _TOWERS}
+    why = _damage(folder)
+    if why is None:
+        core = ov.Core()
+        try:
+            return {which: core.read_model(str(folder / f"{which}.xml")) for which in _TOWERS}
+        except Exception as exc:  # OpenVINO raises RuntimeError for a malformed IR
+            why = f"OpenVINO cannot read it: {type(exc).__name__}: {exc}"
+    _discard(folder, why)
+    return None
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with the entry's files against the sizes its meta.json recorded; None: nothing seen.
+
+    Sizes catch a truncated copy (a crash or a full disk); entries written
+    before sizes were recorded are not checked. Hashing the IR would catch
+    more but cost the cold start a full read of it.
+    """
+    try:
+        files = dict(json.loads((folder / "meta.json").read_text()).get("files") or {})
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        return f"meta.json unreadable: {exc}"
+    for name, size in files.items():
+        found = (folder / name).stat().st_size if (folder / name).is_file() else None
+        if found != size:
+            return f"{name} holds {found} bytes, {size} were written"
+    return None
+
+
+def _discard(folder: Path, why: str) -> None:
+    """Remove a damaged cache entry so that the save after the conversion writes it anew."""
+    log.warning("openvino: cache entry %s is damaged (%s): converting from torch again", folder, why)
+    # Renamed first (atomic): a process reading it meanwhile keeps its open files.
+    trash = folder.with_name(f".{folder.name}.damaged.{os.getpid()}")
+    try:
+        os.rename(folder, trash)
+    except OSError as exc:  # read-only, or another process discarded it first
+        log.warning("openvino: could not discard %s: %s", folder, exc)
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _compile(ov: Any, models: dict[str, Any], threads: int) -> dict[str, Any]:

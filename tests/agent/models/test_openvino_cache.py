@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,11 @@ import pytest
 import torch
 
 import agent.models.encoder as encoder
+import agent.models.openvino_backend as openvino_backend
 import agent.models.weights as weights
 from agent.config import EncoderConfig
 from agent.models.encoder import ClipEncoder, load_encoder
-from agent.models.weights import weights_id
+from agent.models.weights import BuiltModel, weights_id
 from tests.agent.models.samples import TEXTS, TINY, sample_images
 
 # A tiny open_clip architecture registered for these tests: a real checkpoint of it is ~10 MB.
@@ -147,3 +151,49 @@ def test_a_pretrained_tag_is_keyed_by_its_cached_file(
         snapshot.symlink_to(repo / "blobs" / digest)
         key = weights_id(cfg)
         assert key is not None and f"blob={digest}" in key  # a new revision's blob: a new key
+
+
+def _truncate_bin(entry: Path) -> None:
+    with open(entry / "image.bin", "r+b") as f:
+        f.truncate(f.seek(0, os.SEEK_END) // 2)  # a copy cut short: a crash or a full disk
+
+
+def _garble_xml(entry: Path) -> None:
+    path = entry / "text.xml"
+    path.write_bytes(b"x" * path.stat().st_size)  # the recorded size, content OpenVINO cannot read
+
+
+@pytest.mark.parametrize("damage", [_truncate_bin, _garble_xml])
+def test_a_damaged_entry_is_converted_again_once(
+    fresh_encoders: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    damage: Callable[[Path], None],
+) -> None:
+    cfg = TINY.model_copy(update={"backend": "openvino", "batch_size": 3})
+    images = sample_images(3)
+    first = load_encoder(cfg)
+    want_images, want_texts = first.encode_images(images), first.encode_text(TEXTS)
+    # Dropped before the damage: the compiled model maps the .bin, and a mapped file cut short is SIGBUS.
+    del first
+    monkeypatch.setattr(encoder, "_CACHE", {})
+    gc.collect()
+    (entry,) = (fresh_encoders / "openvino").iterdir()
+    damage(entry)
+    conversions: list[str] = []
+    convert = openvino_backend._convert
+
+    def counted(ov: object, built: BuiltModel) -> dict[str, object]:
+        conversions.append(built.arch)
+        return convert(ov, built)
+
+    monkeypatch.setattr(openvino_backend, "_convert", counted)
+    with caplog.at_level(logging.WARNING, logger=openvino_backend.__name__):
+        rebuilt = _reload(cfg, monkeypatch)
+    assert not rebuilt.backend.cache_hit and conversions == [TINY.model]  # type: ignore[attr-defined]
+    assert any("is damaged" in r.getMessage() and entry.name in r.getMessage() for r in caplog.records)
+    assert _same(want_images, rebuilt.encode_images(images))
+    assert _same(want_texts, rebuilt.encode_text(TEXTS))
+    again = _reload(cfg, monkeypatch)  # the entry written anew serves the next load
+    assert again.backend.cache_hit and conversions == [TINY.model]  # type: ignore[attr-defined]
+    assert [p.name for p in (fresh_encoders / "openvino").iterdir()] == [entry.name]  # no debris left
