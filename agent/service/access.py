@@ -39,7 +39,7 @@ do not pass through here.
 * **Rate.** Each client *address* may add ``add_burst`` streams at once and
   ``adds_per_minute`` sustained (:class:`TokenBucket`), over all its
   connections: a client that reconnects keeps its spent budget. Keyed by
-  address because the service has one token (every authenticated client is
+  address (an IPv6 one by its /64 prefix, what one host is given) because the service has one token (every authenticated client is
   the same principal). The table holds ``add_table`` addresses, least
   recently used forgotten first; a forgotten address starts full again,
   which costs an attacker that many addresses (on one machine the whole of
@@ -63,6 +63,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import LimitExceededError, SourceError, SourceNotAllowedError
+from agent.service.auth import client_key
 from agent.service.config import SourcesConfig, StreamSpec, parse_spec
 from streams.decode import open_media
 from streams.errors import FormatNotAllowedError, StreamError
@@ -121,14 +122,15 @@ class SourcePolicy:
 
     def spend_add(self, address: str) -> None:
         """Count one ``streams.add`` of the client at ``address`` (its IP, every connection of it
-        together); LimitExceededError over the rate."""
-        now = self.clock()
-        bucket = self._buckets.pop(address, None)
+        together; IPv6 by its /64, :func:`~agent.service.auth.client_key`); LimitExceededError over
+        the rate."""
+        now, key = self.clock(), client_key(address)
+        bucket = self._buckets.pop(key, None)
         if bucket is None:
             bucket = TokenBucket(self.cfg.adds_per_minute / 60.0, self.cfg.add_burst, now)
             while len(self._buckets) >= self.cfg.add_table:
                 self._buckets.popitem(last=False)
-        self._buckets[address] = bucket  # (re)inserted last: the most recently used
+        self._buckets[key] = bucket  # (re)inserted last: the most recently used
         if not bucket.take(now):
             raise LimitExceededError(
                 f"too many streams.add: at most {self.cfg.add_burst} at once, "

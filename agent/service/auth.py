@@ -20,8 +20,8 @@ One aiohttp middleware (:meth:`Auth.middleware`) runs before every route:
   ``ok``/``degraded``) and ``/ws`` (whose client may send the token in
   ``hello`` instead; a websocket client may also send the header).
   Tokens are compared with :func:`hmac.compare_digest` (no timing oracle).
-* **Backoff.** Wrong tokens are counted per client address
-  (:class:`Backoff`): after ``free_failures`` the address is locked out for
+* **Backoff.** Wrong tokens are counted per client address, an IPv6 one
+  by its /64 (:func:`client_key`; :class:`Backoff`): after ``free_failures`` the address is locked out for
   ``backoff_seconds``, doubling per further failure up to
   ``backoff_max_seconds``; while locked every attempt (HTTP and ``hello``)
   is refused without being compared (429 with ``Retry-After``, or an
@@ -36,6 +36,7 @@ One aiohttp middleware (:meth:`Auth.middleware`) runs before every route:
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -51,6 +52,25 @@ AUTHED = web.RequestKey("vmr.authed", bool)
 """Key of a request (``request[AUTHED]``): True when it carried the right token or none is needed."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def client_key(address: str) -> str:
+    """The key a client's budgets are counted under: an IPv4 address as it is, IPv6 by its /64.
+
+    One IPv6 host is handed a whole /64 (SLAAC, privacy addresses): keyed by
+    address it could rotate through 2**64 of them and start full each time.
+    An IPv4-mapped IPv6 address counts as its IPv4 address; anything that is
+    not an IP address (a Unix socket's peer, "") is its own key.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # no zone id ("fe80::1%eth0")
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @dataclass
@@ -170,14 +190,14 @@ class Auth:
             return Verdict(True)
         if presented is None:
             return Verdict(False)
-        now = self.clock()
-        wait = self.backoff.locked_for(address, now)
+        now, key = self.clock(), client_key(address)
+        wait = self.backoff.locked_for(key, now)
         if wait > 0:
             return Verdict(False, wait)
         if hmac.compare_digest(presented.encode(), self.token.encode()):
-            self.backoff.success(address)
+            self.backoff.success(key)
             return Verdict(True)
-        return Verdict(False, self.backoff.failure(address, now))
+        return Verdict(False, self.backoff.failure(key, now))
 
     def origin_allowed(self, request: web.Request) -> bool:
         """Whether a request's ``Origin`` (if any) may use the service; see the module docstring."""

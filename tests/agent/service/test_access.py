@@ -13,6 +13,7 @@ from PIL import Image
 
 from agent.errors import LimitExceededError
 from agent.service.access import SourcePolicy, TokenBucket
+from agent.service.auth import client_key
 from agent.service.config import SourcesConfig
 from streams.errors import FormatNotAllowedError
 from streams.file import FileSpec, open_file
@@ -209,6 +210,25 @@ def test_the_add_budget_is_per_address_in_a_bounded_table() -> None:
     with pytest.raises(LimitExceededError):
         policy.spend_add("10.0.0.1")  # still remembered
     policy.spend_add("10.0.0.2")  # forgotten: starts full again
+
+
+def test_addresses_are_keyed_ipv4_by_address_and_ipv6_by_their_64() -> None:
+    assert client_key("10.0.0.1") != client_key("10.0.0.2")  # IPv4: one key per address
+    rotated = ["2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:DB8:1:2:a:b:c:d"]
+    assert {client_key(a) for a in rotated} == {"2001:db8:1:2::/64"}  # one host's privacy addresses
+    assert client_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"  # the next /64: another host
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"  # IPv4-mapped: the IPv4 client it is
+    assert client_key("fe80::1%eth0") == "fe80::/64"  # the zone id is not part of the host
+    assert client_key("not an address") == "not an address" and client_key("") == ""
+
+
+def test_one_ipv6_host_cannot_rotate_addresses_for_a_fresh_add_budget() -> None:
+    policy = SourcePolicy(SourcesConfig(add_burst=2, adds_per_minute=0.001, add_table=16), clock=lambda: 0.0)
+    policy.spend_add("2001:db8::1")
+    policy.spend_add("2001:db8::2")
+    with pytest.raises(LimitExceededError):
+        policy.spend_add("2001:db8::3")  # the same /64
+    policy.spend_add("2001:db8:0:1::1")  # another /64 has its own budget
 
 
 def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
