@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -51,6 +51,17 @@ class Strict(BaseModel):
     """Base of every config and wire model: unknown fields are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+MAX_MAGNITUDE = 1e12
+"""Largest magnitude of a :data:`FiniteFloat` (seconds: 31,000 years)."""
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+"""A float that is a number of sane size, for durations, times and thresholds a client or a config
+file gives: pydantic takes ``inf`` and ``nan`` by default, JSON's ``1e999`` reads as inf and TOML
+writes ``inf``/``nan`` literally (a watch with ``close_seconds: inf`` would never close). A field
+adds its own bounds on top (``Field(gt=0)``)."""
+MAX_CLOSE_SECONDS = 86_400.0
+"""Longest ``close_seconds`` of a watch (config or message): a day of stream time."""
 
 
 class EncoderConfig(Strict):

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config import LLMConfig, Settings, Strict, env_str
+from agent.config import MAX_CLOSE_SECONDS, FiniteFloat, LLMConfig, Settings, Strict, env_str
 from agent.errors import ConfigError
 from agent.index.video_index import check_stream_id
 from streams import registry
@@ -58,13 +58,13 @@ discriminated on ``kind`` (``file``, ``rtsp``, ``segments``, ``whip``, ...); per
 class WatchConfig(Strict):
     """Defaults of standing queries (a ``watch`` message may override them)."""
 
-    sigma: float = Field(default=3.0, ge=0)
+    sigma: FiniteFloat = Field(default=3.0, ge=0)
     """Relative threshold: a match scores above mean + sigma * std of the backward scan's anchors."""
     min_anchors: int = Field(default=8, ge=2)
     """Fewer retained anchors than this: calibrate on the first forward scores instead."""
-    close_seconds: float = Field(default=2.0, gt=0)
+    close_seconds: FiniteFloat = Field(default=2.0, gt=0, le=MAX_CLOSE_SECONDS)
     """A match closes after this many stream seconds of non-matching samples."""
-    word_share: float = Field(default=1.0, gt=0, le=1)
+    word_share: FiniteFloat = Field(default=1.0, gt=0, le=1)
     """Text path: share of the query's search terms a new transcript or on-screen span must hold."""
 
 

@@ -55,11 +55,16 @@ def load_json(raw: str | bytes) -> Any:
         if shape.items > MAX_ITEMS:
             raise ProtocolError(f"malformed JSON: more than {MAX_ITEMS} values in arrays and objects")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from exc
     except RecursionError as exc:  # "[" * 100000: nested deeper than the parser goes
         raise ProtocolError("malformed JSON: nested too deeply") from exc
+
+
+def _not_json(name: str) -> None:
+    # Python's parser takes NaN and Infinity, which JSON does not have (and no field wants).
+    raise ValueError(f"{name} is not a JSON value")
 
 
 _STRING = re.compile(r'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)

@@ -32,7 +32,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from agent.channels.refine import MAX_REFINE_BUDGET_S
 from agent.channels.retrieval import Query
-from agent.config import MAX_TOP_K, QueryConfig, Strict
+from agent.config import MAX_CLOSE_SECONDS, MAX_TOP_K, FiniteFloat, QueryConfig, Strict
 from agent.errors import BusyError, ProtocolError, SlowClientError, UnauthorizedError, VmrError
 from agent.models.images import decode_image_b64
 from agent.service.answer import MomentOut, QueryAnswer
@@ -86,8 +86,8 @@ class _QueryFields(_Msg):
     """Stream ids, each of which must exist now (else ``unknown_stream``: a typo must not make a
     watch that silently never fires). Omitted: every stream — for a ``watch`` that includes
     streams added after it was placed."""
-    start: float | None = None
-    end: float | None = None
+    start: FiniteFloat | None = None
+    end: FiniteFloat | None = None
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
     # -- channel filter (issue 13)
     channels: list[Annotated[str, Field(max_length=ID_CHARS)]] | None = Field(default=None, max_length=8)
@@ -96,17 +96,17 @@ class _QueryFields(_Msg):
 
 class QueryMsg(_QueryFields):
     type: Literal["query"] = "query"
-    budget: float | None = Field(default=None, ge=0, le=MAX_REFINE_BUDGET_S)
+    budget: FiniteFloat | None = Field(default=None, ge=0, le=MAX_REFINE_BUDGET_S)
     """Seconds of re-encoding the refinement after the first answer may take (progressive answers);
     None: the server's default; 0: refine only from frame embeddings already cached."""
 
 
 class WatchMsg(_QueryFields):
     type: Literal["watch"] = "watch"
-    threshold: float | None = Field(default=None, ge=-1, le=1)
+    threshold: FiniteFloat | None = Field(default=None, ge=-1, le=1)
     """Absolute cosine threshold; None: relative to the backward scan (see WatchConfig)."""
-    close_seconds: float | None = Field(default=None, gt=0)
-    word_share: float | None = Field(default=None, gt=0, le=1)
+    close_seconds: FiniteFloat | None = Field(default=None, gt=0, le=MAX_CLOSE_SECONDS)
+    word_share: FiniteFloat | None = Field(default=None, gt=0, le=1)
     """Phrases spoken or shown: share of the query's words a new transcript or on-screen text span
     must hold to match (None: WatchConfig's, every word); see agent.service.watch."""
     backward: bool = True

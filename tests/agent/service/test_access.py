@@ -284,3 +284,14 @@ async def test_a_clients_file_replaced_after_it_was_added_is_refused_at_its_next
         async with open_file(reopened, OpenContext(fps=2.0)) as src:
             frames += [item async for item in src if isinstance(item, Frame)]
     assert frames == []
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1.0", "1e300"])
+def test_a_config_files_watch_close_seconds_must_be_a_sane_number(tmp_path: Path, value: str) -> None:
+    from agent.errors import ConfigError
+    from agent.service.config import load_serve_file
+
+    cfg_file = tmp_path / "vmr.toml"
+    cfg_file.write_text(f"[service.watch]\nclose_seconds = {value}\n")  # TOML writes inf and nan
+    with pytest.raises(ConfigError, match="close_seconds"):
+        load_serve_file(cfg_file)

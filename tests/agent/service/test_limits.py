@@ -249,3 +249,23 @@ async def test_thumbnails_refuse_non_finite_times_and_cut_what_they_echo(tmp_pat
                 assert response.status == 400 and "finite" in await response.text()
         async with http.get(f"{base}/thumbnails/{'y' * 3000}/1.0.jpg") as response:
             assert response.status == 404 and len(await response.text()) <= ERROR_CHARS
+
+
+async def test_non_finite_or_absurd_numbers_are_typed_errors(tmp_path: Path) -> None:
+    # Python's JSON parser reads Infinity and NaN, and 1e999 as inf: a watch that never closes.
+    watch = '{"type": "watch", "id": "%s", "text": "a red car", "close_seconds": %s}'
+    cases = {
+        watch % ("inf", "Infinity"): "Infinity is not a JSON value",
+        watch % ("nan", "NaN"): "NaN is not a JSON value",
+        watch % ("big", "1e999"): "close_seconds: Input should be a finite number",
+        watch % ("huge", "1e300"): "close_seconds: Input should be less than or equal to 86400",
+        watch % ("neg", "-1"): "close_seconds: Input should be greater than 0",
+        '{"type": "query", "id": "q", "text": "a red car", "start": -1e999}': "start: Input should be a finite",
+    }
+    async with serving(tmp_path) as (_server, url), client(url) as ws:
+        for raw, reason in cases.items():
+            await ws.send(raw)
+            err = await wait_for(ws, lambda e: e["type"] == "error")
+            assert err["code"] == "bad_message" and reason in err["message"], (raw, err)
+        ok = await request(ws, {"type": "watch", "id": "ok", "text": "a red car", "close_seconds": 3})
+        assert ok["type"] != "error", ok  # the connection still serves, and a sane value passes
