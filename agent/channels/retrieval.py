@@ -98,7 +98,7 @@ class Query:
         if unknown:
             raise QueryError(
                 f"unknown channel(s) {', '.join(map(repr, unknown[:3]))[:200]}; "
-                f"this service indexes {sorted(offered)}"
+                f"the channels indexed here are {sorted(offered)}"
             )
         if self.text is None and "visual" not in self.channels:
             raise QueryError("an image query needs the visual channel (speech and ocr match words)")

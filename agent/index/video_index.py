@@ -331,13 +331,21 @@ class VideoIndex:
         """Answer ``query`` on each requested stream (all streams by default), fully refined."""
         return self.start_query(query).refine(None)
 
+    @property
+    def channel_names(self) -> list[str]:
+        """What a query's channel filter may name: ``visual`` always, ``speech`` and ``ocr`` when on."""
+        return ["visual"] + ["speech"] * (self.transcriber is not None) + ["ocr"] * (self.reader is not None)
+
     def start_query(self, query: Query) -> PendingQuery:
         """Check and encode ``query`` and prescreen every requested stream (each under its own lock).
+
+        QueryError for a channel filter naming a channel not indexed here (:attr:`channel_names`).
 
         The returned query's ``first`` is the anchor-level answer;
         :meth:`PendingQuery.refine` refines it outside every stream lock.
         """
         query.check(self.settings.query)
+        query.check_channels(self.channel_names)
         names = query.streams or sorted(self.streams)
         for name in names:
             if name not in self.streams:

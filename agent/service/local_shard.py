@@ -360,16 +360,7 @@ class LocalShard(StreamShard):
         return {
             "model": {"prescreen": idx.prescreen.name, "refine": idx.refine.name, "dim": idx.prescreen.dim},
             "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
-            # What a query's channel filter may name: the visual channel always, the others when on.
-            "channels": [
-                name
-                for name, on in (
-                    ("visual", True),
-                    ("speech", idx.transcriber is not None),
-                    ("ocr", idx.reader is not None),
-                )
-                if on
-            ],
+            "channels": idx.channel_names,
         }
 
 
