@@ -238,7 +238,12 @@ function renderAnswer(e) {
     const ms = e.moments.filter((m) => m.stream === name);
     const st = state.streams.get(name);
     const span = Math.max(st && st.last_time ? st.last_time : 0, info.coverage ? info.coverage.end : 0, ...ms.map((m) => m.end), 1);
-    const line = el("div", { class: "timeline", role: "group", "aria-label": `timeline of ${name}, 0 to ${fmt(span)} s` });
+    // The stream's gaps, as on its coverage bar: a moment-free stretch there is no answer, not a miss.
+    const holes = (st && st.covered ? st.covered.holes : []).filter(([a]) => a < span);
+    const gapWords = holes.length ? `, ${holes.length} gap${holes.length > 1 ? "s" : ""}` : "";
+    const line = el("div", { class: "timeline", role: "group", "aria-label": `timeline of ${name}, 0 to ${fmt(span)} s${gapWords}` },
+      ...holes.map(([a, b]) => el("div", { class: "span gap", "data-start": String(a), "data-end": String(b), title: `gap ${fmt(a)}–${fmt(b)} s`,
+        style: `left:${(100 * a / span).toFixed(2)}%;width:${(100 * (Math.min(b, span) - a) / span).toFixed(2)}%` })));
     for (const m of ms) {
       line.append(el("button", {
         type: "button", class: `moment${m.below_threshold ? " weak" : ""}`,

@@ -127,6 +127,16 @@ async def test_a_live_stream_with_a_gap_shows_it_and_plays_a_clip_of_stored_fram
         async with page.expect_response(lambda r: "/clips/rec.mp4?" in r.url and r.status == 200):
             start, end = await ask_needle_and_play(page, "rec")
         assert 3.0 <= start <= 6.0 and start < end, (start, end)  # the needle is shown at 4-8 s
+        # The answer's timeline draws the same gap as the coverage bar.
+        line = page.locator('.answer[data-stream="rec"] .timeline')
+        hole = line.locator(".span.gap")
+        assert await hole.count() == 1
+        assert (await hole.get_attribute("data-start"), await hole.get_attribute("data-end")) == (
+            await gap.get_attribute("data-start"),
+            await gap.get_attribute("data-end"),
+        )
+        assert (await hole.bounding_box() or {}).get("width", 0) > 0
+        assert "1 gap" in (await line.get_attribute("aria-label") or "")
         # The refined moment draws its per-frame similarity curve.
         curve = page.locator('.answer[data-stream="rec"] .moment-item svg.curve').first
         await curve.wait_for()
