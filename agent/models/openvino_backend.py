@@ -32,8 +32,6 @@ translated.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import hashlib
 import importlib.metadata
@@ -54,6 +52,7 @@ import torch
 from agent.config import EncoderConfig, cache_dir
 from agent.errors import ConfigError
 from agent.models.weights import BuiltModel, ModelFacts, weights_digest, weights_id
+from agent.process_memory import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +262,6 @@ def release_torch_weights(model: torch.nn.Module) -> None:
     model.to_empty(device="meta")
     gc.collect()
     trim_heap()
-
-
-def trim_heap() -> None:
-    """Return the C heap's free memory to the system (glibc ``malloc_trim``; elsewhere nothing)."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass  # not glibc: its allocator decides when to give memory back
 
 
 def load_cached(

@@ -12,7 +12,8 @@ after the warm-up while the traced Python heap grew 4.5 MiB (the refine
 cache filling towards its bound, in-flight queries); untrimmed, 8 streams
 grew 7 % in the same stretch of a 30-minute soak.
 
-:class:`HeapTrimmer` owns one task that calls :func:`trim_heap` every
+:class:`HeapTrimmer` owns one task that calls :func:`trim_heap` (of
+:mod:`agent.process_memory`, shared with the model loaders) every
 ``period`` seconds, in a worker thread (the call walks every arena and
 takes each one's lock; it must not stall the event loop). Off glibc it does
 nothing. :meth:`HeapTrimmer.close` is idempotent; it cancels and awaits the
@@ -24,51 +25,16 @@ of arenas (see the README, "Running for weeks").
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.process_memory import rss_bytes, trim_heap
+
+__all__ = ["HeapTrimmer", "TrimStats", "rss_bytes", "trim_heap"]
+
 log = logging.getLogger(__name__)
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _load_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return None  # not glibc: its allocator decides when to give memory back
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim  # type: ignore[no-any-return]
-
-
-_TRIM = _load_trim()
-
-
-def trim_heap() -> bool:
-    """Hand the C heap's free pages back to the system; True when glibc released some.
-
-    Blocking (milliseconds to tens of milliseconds on a GiB heap): call it in a thread.
-    False off glibc, where it does nothing.
-    """
-    return bool(_TRIM(0)) if _TRIM is not None else False
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process in bytes (0 where ``/proc`` is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 @dataclass

@@ -1,0 +1,49 @@
+"""This process's memory as the system sees it: the C heap handed back (glibc), the resident set.
+
+Neutral ground: the model loaders (freeing torch weights before compiling)
+and the service (its periodic trim, :mod:`agent.service.heap`) both call
+:func:`trim_heap`, and the models layer must not import the service layer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Callable
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: its allocator decides when to give memory back
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_TRIM = _load_trim()
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the system; True when glibc released some.
+
+    Blocking (milliseconds to tens of milliseconds on a GiB heap): call it in a thread.
+    False off glibc, where it does nothing.
+    """
+    return bool(_TRIM(0)) if _TRIM is not None else False
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process in bytes (0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
