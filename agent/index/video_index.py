@@ -41,6 +41,7 @@ from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
+from agent.index.info import bytes_on_disk, stream_info
 from agent.index.stream_state import StreamState
 from agent.models.encoder import ClipEncoder, load_encoder
 from agent.models.ocr import TesseractReader
@@ -368,29 +369,7 @@ class VideoIndex:
         return refine_plans(plans, self.refine, self.cache, deadline=deadline)
 
     def info(self) -> dict[str, Any]:
-        """Anchors, tokens, budget, covered seconds, bytes on disk, model."""
-        streams = {}
-        for name, st in sorted(self.streams.items()):
-            spans = st.memory.spans()
-            streams[name] = {
-                "anchors": len(st.memory.anchors),
-                "tokens": st.memory.tokens,
-                "budget": st.cfg.budget,
-                "covered_seconds": round(sum(e - s for s, e in spans), 3),
-                "spans": [[round(s, 3), round(e, 3)] for s, e in spans],
-                "memory_bytes": st.memory.nbytes,
-                "frames": st.stats.frames,
-                "encoder_passes": st.stats.superimages,
-                "gated_frames": st.stats.gated_frames,
-                "store_bytes": st.store.nbytes if st.store is not None else 0,
-            }
-            sizes = st.text_sizes()
-            speech = st.channels.get(SpeechChannel.name)
-            if isinstance(speech, SpeechChannel):
-                streams[name]["speech"] = {**speech.info(), "lag_seconds": sizes["speech"].lag_seconds}
-            ocr = st.channels.get(OcrChannel.name)
-            if isinstance(ocr, OcrChannel):
-                streams[name]["ocr"] = {**ocr.info(), "lag_seconds": sizes["ocr"].lag_seconds}
+        """Anchors, tokens, budget, covered seconds, bytes on disk, model (see :mod:`agent.index.info`)."""
         return {
             "index": str(self.root),
             "model": {
@@ -399,10 +378,6 @@ class VideoIndex:
                 "dim": self.prescreen.dim,
             },
             "meaningless": self.prescreen.meaningless or self.refine.meaningless,
-            "bytes_on_disk": _du(self.root),
-            "streams": streams,
+            "bytes_on_disk": bytes_on_disk(self.root),
+            "streams": {name: stream_info(st) for name, st in sorted(self.streams.items())},
         }
-
-
-def _du(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
