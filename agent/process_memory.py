@@ -7,10 +7,12 @@ and the service (its periodic trim, :mod:`agent.service.heap`) both call
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -47,3 +49,14 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def process_memory() -> dict[str, float]:
+    """This process's resident set now (``rss_mb``) and at its peak (``peak_rss_mb``), MiB; its ``pid``."""
+    out: dict[str, float] = {"pid": float(os.getpid())}
+    with contextlib.suppress(OSError):  # not Linux: no figures
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
+    return out

@@ -34,9 +34,16 @@ from agent.models.classical import CLASSICAL, ClassicalBackend
 from agent.models.weights import TINY_RANDOM, BuiltModel, ModelFacts, build_model, load_tokenizer, weights_id
 from agent.types import RGBImage
 
-__all__ = ["CLASSICAL", "TINY_RANDOM", "ClipEncoder", "Encoder", "load_encoder"]
+__all__ = ["CLASSICAL", "TINY_RANDOM", "ClipEncoder", "Encoder", "load_encoder", "loaded_encoders"]
 
 log = logging.getLogger(__name__)
+
+
+class Named(Protocol):
+    """What callers read of an encoder's backend: its name (``torch``, ``openvino``, ``pool:...``)."""
+
+    @property
+    def name(self) -> str: ...
 
 
 @runtime_checkable
@@ -47,6 +54,18 @@ class Encoder(Protocol):
     dim: int
     image_size: int
     meaningless: bool
+    batch_size: int
+    """Images per forward pass (callers batch their work to it)."""
+
+    @property
+    def note(self) -> str | None:
+        """A warning to show with every answer (random weights), or None."""
+        ...
+
+    @property
+    def backend(self) -> Named:
+        """What runs the forward passes."""
+        ...
 
     def encode_images(self, images: Sequence[RGBImage]) -> np.ndarray:
         """(n, dim) float32, rows L2-normalised."""
@@ -238,3 +257,9 @@ def load_encoder(cfg: EncoderConfig) -> ClipEncoder:
             log.info("encoder %s on %s, %d threads", enc.name, enc.backend.name, cfg.threads)
             _CACHE[cfg] = enc
         return enc
+
+
+def loaded_encoders() -> list[str]:
+    """Names of the models :func:`load_encoder` built in this process (a pool's stream actors: none)."""
+    with _CACHE_LOCK:
+        return [enc.name for enc in _CACHE.values()]

@@ -158,6 +158,23 @@ class RayConfig(Strict):
     """Events an actor buffers for the gateway; when full the oldest is dropped (and counted)."""
     restart_attempts: int = Field(default=3, ge=0)
     """Restarts of one stream in a row that may fail before it is reported ``failed``."""
+    encoders: int = Field(default=1, ge=0, le=1024)
+    """Actors of the shared, batching encoder pool (``agent.service.cluster.encoder_pool``): every
+    stream actor encodes through them and loads no model. 0: each stream actor loads its own."""
+    encoder_num_cpus: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    """CPUs a pool actor reserves."""
+    encoder_num_gpus: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """GPUs a pool actor reserves; with one, the ``auto`` backend runs torch on CUDA."""
+    encoder_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources a pool actor needs (e.g. ``{"encoder_node": 1}``)."""
+    encoder_max_wait_ms: float = Field(default=10.0, ge=0, le=1000, allow_inf_nan=False)
+    """Longest a pool actor holds a request for others to join its pass (an idle pool's added
+    latency; a busy one fills its passes from the requests queued during the previous pass)."""
+    encoder_queue: int = Field(default=256, ge=1)
+    """Requests queued per pool actor; one more waits (backpressure onto its stream's encoder worker)."""
+    encoder_call_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    """A pool call not answered this long fails with ``encoding_failed`` (the batch is retried or
+    dropped as any failed encoder batch)."""
 
 
 def is_loopback(host: str) -> bool:

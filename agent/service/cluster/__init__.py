@@ -10,10 +10,10 @@ optional extra (``pip install 'vmr[ray]'``): nothing here imports it until a
 Ray shard starts, and then :func:`require_ray` turns its absence into a
 typed error.
 
-Each actor keeps its own encoder rather than sharing one batching actor:
-on CPU a super-image batch of one stream already fills the actor's threads,
-and a shared encoder would ship every super-image (pixels) between
-processes — see the report of issue 14 for what was and was not measured.
+The model is shared: ``[service.ray] encoders = N`` pool actors
+(:mod:`agent.service.cluster.encoder_pool`) load it and join the super-images
+of every stream into shared passes; stream actors load none. With
+``encoders = 0`` each stream actor loads its own, as before the pool.
 """
 
 from __future__ import annotations

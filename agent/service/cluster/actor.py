@@ -21,11 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +32,9 @@ from agent.channels.retrieval import PRESCREEN, REFINE, Query
 from agent.channels.text_search import TimedText
 from agent.config import Settings
 from agent.core.superimage import SuperImage
+from agent.models.encoder import loaded_encoders
+from agent.process_memory import process_memory
+from agent.service.cluster.encoder_pool import PoolRef, RemoteEncoder
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.local_shard import LocalShard
 from agent.service.protocol import ServerEvent
@@ -115,8 +116,12 @@ class Heartbeat:
 class StreamActor:
     """One stream in a Ray worker process; the gateway calls every method remotely."""
 
-    def __init__(self, cfg: ServiceConfig, settings: Settings, queue: int) -> None:
-        self.shard = LocalShard(cfg, settings)
+    def __init__(
+        self, cfg: ServiceConfig, settings: Settings, queue: int, pool: PoolRef | None = None
+    ) -> None:
+        """``pool``: the cluster's encoder pool (this actor then loads no model); None: its own."""
+        self.remote = None if pool is None else RemoteEncoder(pool)
+        self.shard = LocalShard(cfg, settings, prescreen=self.remote)
         self.events = EventBuffer(queue)
         self.stream = ""
         self.started = time.time()
@@ -127,6 +132,8 @@ class StreamActor:
     async def start(self, spec: StreamSpec) -> dict[str, Any]:
         """Open the stream's state (restoring its snapshot) and start it; returns its status."""
         self.stream = spec.id
+        if self.remote is not None:
+            self.remote.stream = spec.id
         await self.shard.start([spec], self.events)
         return (await self.shard.statuses())[0].model_dump(mode="json")
 
@@ -208,14 +215,8 @@ class StreamActor:
         return await self.shard.query_vectors(query)
 
     def memory(self) -> dict[str, float]:
-        """This actor process's resident set now (``rss_mb``) and at its peak (``peak_rss_mb``), MiB."""
-        out: dict[str, float] = {"pid": float(os.getpid())}
-        with contextlib.suppress(OSError):  # not Linux: no figures
-            for line in Path("/proc/self/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
-        return out
+        """:func:`process_memory`, and how many models this process loaded (``encoders_loaded``)."""
+        return {**process_memory(), "encoders_loaded": float(len(loaded_encoders()))}
 
     async def embed_query(self, query: Query) -> np.ndarray:
         return await self.shard.embed_query(query)

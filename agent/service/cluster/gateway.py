@@ -39,6 +39,7 @@ from agent.errors import (
 )
 from agent.service.cluster import connect, disconnect, require_ray
 from agent.service.cluster.actor import QueryVecs, StreamActor
+from agent.service.cluster.encoder_pool import EncoderPool
 from agent.service.cluster.placement import (
     Placement,
     Unreachable,
@@ -79,6 +80,7 @@ class RayShard(StreamShard):
         """Stream-less actor answering model and query-encoding calls while no stream runs."""
         self._probe_lock = asyncio.Lock()
         self._turn = 0  # which live actor encodes the next query (round robin)
+        self.pool: EncoderPool | None = None
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -88,6 +90,9 @@ class RayShard(StreamShard):
         self._listener = listener
         self._ray = require_ray()
         self._owns_ray = await asyncio.to_thread(connect, self._ray, self.rc)
+        if self.rc.encoders > 0:  # before any stream: each is handed the pool's handles
+            self.pool = EncoderPool(self._ray, self.rc, self.settings.prescreen)
+            await self.pool.start(START_SECONDS)
         started = [Placement(spec) for spec in specs if spec.id not in removed]
         outcomes = await asyncio.gather(*(self._place(p) for p in started), return_exceptions=True)
         for p, out in zip(started, outcomes, strict=True):
@@ -106,6 +111,8 @@ class RayShard(StreamShard):
         await asyncio.gather(*(self._stop(p) for p in placements), return_exceptions=True)
         if self._probe is not None:
             await asyncio.to_thread(self._ray.kill, self._probe)
+        if self.pool is not None:
+            await self.pool.close()
         if self._owns_ray and self._ray is not None:
             await asyncio.to_thread(disconnect, self._ray)
 
@@ -124,7 +131,7 @@ class RayShard(StreamShard):
     def _new_actor(self, stream: str) -> Any:
         cfg = self.cfg.model_copy(update={"index": shard_dir(self.cfg, stream), "ray": None})
         cls = self._ray.remote(StreamActor).options(**actor_options(self.rc))
-        return cls.remote(cfg, self.settings, self.rc.event_queue)
+        return cls.remote(cfg, self.settings, self.rc.event_queue, self.pool and self.pool.ref)
 
     async def _place(self, p: Placement) -> StreamStatus:
         """Start ``p``'s actor (restoring its snapshot) and its event poll; the status it starts with."""
@@ -283,6 +290,8 @@ class RayShard(StreamShard):
         actor does not answer in the deadline: each actor then encodes for itself, as before."""
         if not live:
             return None
+        if self.pool is not None and self.settings.refine is None:  # the pool's model is every role
+            return await self.pool.query_vectors(query)
         p = live[self._turn % len(live)]
         self._turn += 1
         try:
