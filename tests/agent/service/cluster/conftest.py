@@ -76,6 +76,7 @@ def ray_config(cluster: Cluster, storage: Path, **over: Any) -> RayConfig:
         "num_cpus": 0.25,
         "deadline_seconds": 3.0,
         "poll_seconds": 0.25,
+        "encoder_num_cpus": 0.25,  # the pool actor beside the streams on a one-CPU worker
     }
     return RayConfig(**{**base, **over})
 
