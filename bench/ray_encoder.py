@@ -8,13 +8,14 @@ count, per-actor first at the next): **pool** — ``[service.ray] encoders =
 1``, one :class:`~agent.service.cluster.encoder_pool.EncoderActor` batching
 every stream actor's super-images — and **per-actor** — ``encoders = 0``,
 each stream actor loads the model (the mode before the pool). File replays
-run as fast as they decode (not realtime).
+run as fast as they decode (not realtime), looped, so every stream keeps
+ingesting for as long as it is measured.
 
-Throughput: super-images encoded per second from the moment every stream
-actor answered its start (each has then loaded what it loads) until every
-replay is done — the steady part of the ingest, model loads left out. It is
-the sum of ``encoder_images`` the actors report (their batch workers), read
-at both ends. Memory: each actor process's resident set (VmRSS) after the
+Throughput: super-images encoded per second over ``--window`` seconds,
+starting ``--warmup`` seconds after every stream actor answered its start
+(each has then loaded what it loads): the steady ingest of all the streams
+at once, model loads left out. It is the sum of ``encoder_images`` the
+actors report (their batch workers), read at both ends. Memory: each actor process's resident set (VmRSS) after the
 ingest, and the pool actor's. Figures are wall time on a shared 2-core
 machine: the load average is recorded at start and end; one run, no repeats.
 
@@ -69,29 +70,26 @@ async def _encoded(shard: RayShard) -> int:
     return (await shard.stats()).encoder_images
 
 
-async def _ingest(svc: Service, shard: RayShard, videos: list[Path]) -> dict[str, Any]:
-    """Add every stream (each add returns once its actor started), then time the rest of the ingest."""
+async def _ingest(svc: Service, shard: RayShard, videos: list[Path], a: argparse.Namespace) -> dict[str, Any]:
+    """Add every stream (each add returns once its actor started), then count a steady window."""
     t_add = time.perf_counter()
-    await asyncio.gather(
-        *(svc.add_stream(FileSpec(id=f"cam{i}", kind="file", path=str(p))) for i, p in enumerate(videos))
-    )
+    specs = [FileSpec(id=f"cam{i}", kind="file", path=str(p), loop=True) for i, p in enumerate(videos)]
+    await asyncio.gather(*(svc.add_stream(spec) for spec in specs))
+    started = time.perf_counter() - t_add
+    await asyncio.sleep(a.warmup)
     t0, before = time.perf_counter(), await _encoded(shard)
-    while True:
-        statuses = await svc.serving.list_streams()
-        if any(s.status == "failed" for s in statuses):
-            raise SystemExit(f"a stream failed: {[s.error for s in statuses]}")
-        if all(s.status == "done" for s in statuses):
-            break
-        await asyncio.sleep(0.25)
-    wall = time.perf_counter() - t0
+    await asyncio.sleep(a.window)
     after = await _encoded(shard)
+    wall = time.perf_counter() - t0
+    statuses = await svc.serving.list_streams()
+    if any(s.status != "running" for s in statuses):
+        raise SystemExit(f"a stream stopped: {[(s.id, s.status, s.error) for s in statuses]}")
     stats = await shard.stats()
     return {
-        "actors_start_s": round(t0 - t_add, 2),
-        "steady_s": round(wall, 2),
-        "images_steady": after - before,
-        "images_total": after,
-        "images_per_s": round((after - before) / wall, 2) if wall > 0 else None,
+        "actors_start_s": round(started, 2),
+        "window_s": round(wall, 2),
+        "images_window": after - before,
+        "images_per_s": round((after - before) / wall, 2),
         "actor_batches": stats.encoder_passes,
         "actor_images_per_batch": round(stats.encoder_images / max(1, stats.encoder_passes), 2),
         "encoder_errors": stats.encoder_errors,
@@ -127,14 +125,16 @@ async def _pool_stats(shard: RayShard) -> dict[str, Any] | None:
     return s
 
 
-async def _run(mode: str, cfg: ServiceConfig, settings: Settings, videos: list[Path]) -> dict[str, Any]:
+async def _run(
+    mode: str, cfg: ServiceConfig, settings: Settings, videos: list[Path], a: argparse.Namespace
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     async with Service(cfg, settings) as svc:
         await svc.start()
         started = time.perf_counter() - t0
         shard = svc.shard
         assert isinstance(shard, RayShard)
-        ingest = await _ingest(svc, shard, videos)
+        ingest = await _ingest(svc, shard, videos, a)
         row = {
             "mode": mode,
             "streams": len(videos),
@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     add_model_options(p)
     add_device_option(p)
     p.add_argument("--streams", type=int, nargs="+", default=[2, 4, 8], help="stream counts")
-    p.add_argument("--video-seconds", type=float, default=60.0)
+    p.add_argument("--video-seconds", type=float, default=30.0, help="each recording (replays loop)")
+    p.add_argument("--warmup", type=float, default=15.0, help="seconds after every actor started")
+    p.add_argument("--window", type=float, default=45.0, help="seconds counted")
     p.add_argument("--actor-cpus", type=float, default=0.25, help="num_cpus each stream actor reserves")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="[service.ray] encoder_max_wait_ms")
     p.add_argument("--out", type=Path, default=RESULTS / "ray_encoder.json")
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
             for k, n in enumerate(a.streams):
                 for mode in MODES if k % 2 == 0 else MODES[::-1]:  # interleaved: neither always first
                     tag = f"{mode}-{n}"
-                    rows.append(asyncio.run(_run(mode, _config(work, tag, mode, a), settings, videos[:n])))
+                    cfg = _config(work, tag, mode, a)
+                    rows.append(asyncio.run(_run(mode, cfg, settings, videos[:n], a)))
         finally:
             ray.shutdown()
     argv_used = sys.argv[1:] if argv is None else argv
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         "threads": settings.prescreen.threads,
         "batch_size": settings.prescreen.batch_size,
         "video_seconds": a.video_seconds,
+        "warmup_s": a.warmup,
+        "window_s": a.window,
         "encoder_max_wait_ms": a.max_wait_ms,
         "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
