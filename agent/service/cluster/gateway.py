@@ -47,6 +47,7 @@ from agent.service.cluster.placement import (
     await_ref,
     each_stream,
     merge_results,
+    merge_stats,
     shard_dir,
 )
 from agent.service.config import ServiceConfig, StreamSpec
@@ -136,6 +137,13 @@ class RayShard(StreamShard):
     async def _place(self, p: Placement) -> StreamStatus:
         """Start ``p``'s actor (restoring its snapshot) and its event poll; the status it starts with."""
         self.placed[p.id] = p
+        p.idle.clear()  # a purge waits for the start: the actor creates the stream's files
+        try:
+            return await self._start_actor(p)
+        finally:
+            p.idle.set()
+
+    async def _start_actor(self, p: Placement) -> StreamStatus:
         # Creating an actor is blocking in the driver (the class is pickled and exported to
         # the GCS on first use, the runtime env resolved): under load that held the event
         # loop past the clients' 20-s keepalive.
@@ -235,6 +243,10 @@ class RayShard(StreamShard):
         return await self._place(Placement(spec))
 
     async def remove(self, stream: str, *, purge: bool = False) -> None:
+        starting = self.placed.get(stream)
+        if purge and starting is not None and not starting.idle.is_set():
+            with contextlib.suppress(TimeoutError):  # then purged through its actor, as any other
+                await asyncio.wait_for(starting.idle.wait(), START_SECONDS)
         p = self.placed.pop(stream, None)
         if p is None:
             if not purge:
@@ -244,7 +256,10 @@ class RayShard(StreamShard):
         if p.poll is not None:
             p.poll.cancel()
             await asyncio.gather(p.poll, return_exceptions=True)
+        actor = p.handle is not None
         await self._stop(p, purge=purge)
+        if purge and not actor:  # failed, or between restarts: no actor deletes its files
+            await asyncio.to_thread(shutil.rmtree, shard_dir(self.cfg, stream), ignore_errors=True)
 
     async def statuses(self) -> list[StreamStatus]:
         live, _ = self._live(list(self.placed))
@@ -350,24 +365,7 @@ class RayShard(StreamShard):
         answers, _ = await each_stream(
             {p.id: self._call(p.handle.stats.remote(), self.rc.deadline_seconds) for p in live}
         )
-        out = ShardStats(events_dropped=sum(p.dropped_events for p in self.placed.values()))
-        for name, p in list(self.placed.items()):
-            part: ShardStats | None = answers.get(name)
-            if part is None:
-                out.streams[name] = p.stale_stats()
-                continue
-            for sname, s in part.streams.items():
-                out.streams[sname] = dataclasses.replace(
-                    s, restarts=p.restarts, lost_seconds=p.lost_seconds, lost_frames=p.lost_frames
-                )
-            out.work.update(part.work)
-            out = dataclasses.replace(
-                out,
-                encoder_passes=out.encoder_passes + part.encoder_passes,
-                encoder_images=out.encoder_images + part.encoder_images,
-                encoder_errors=out.encoder_errors + part.encoder_errors,
-            )
-        return out
+        return merge_stats(self.placed, answers)
 
     async def model_info(self) -> dict[str, Any]:
         if self._info is None:

@@ -11,16 +11,18 @@ options (resources, node affinity or spreading).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.channels.base import WorkCounters
 from agent.errors import ShardUnavailableError, VmrError
 from agent.service.cluster.actor import Heartbeat
 from agent.service.config import RayConfig, ServiceConfig, StreamSpec
-from agent.service.shard import StreamStats
+from agent.service.shard import ShardStats, StreamStats
 from agent.types import QueryResult
 
 _T = TypeVar("_T")
@@ -109,6 +111,11 @@ class Placement:
     poll: asyncio.Task[None] | None = None
     dropped_before: int = 0
     """Events dropped by earlier actors of this stream."""
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Clear while an actor of this stream is being started."""
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
     @property
     def id(self) -> str:
@@ -178,6 +185,31 @@ class Placement:
             return None
         t_ref, wall_ref = hb.walls[-1]
         return wall_ref + (t - t_ref)
+
+
+def merge_stats(placed: dict[str, Placement], answers: dict[str, ShardStats]) -> ShardStats:
+    """The gateway's statistics: each answering actor's, with its recovery counts; the others' stale."""
+    streams: dict[str, StreamStats] = {}
+    work: dict[tuple[str, str], WorkCounters] = {}
+    for name, p in list(placed.items()):
+        part = answers.get(name)
+        if part is None:
+            streams[name] = p.stale_stats()
+            continue
+        for sname, s in part.streams.items():
+            streams[sname] = dataclasses.replace(
+                s, restarts=p.restarts, lost_seconds=p.lost_seconds, lost_frames=p.lost_frames
+            )
+        work.update(part.work)
+    parts = list(answers.values())
+    return ShardStats(
+        streams=streams,
+        encoder_passes=sum(a.encoder_passes for a in parts),
+        encoder_images=sum(a.encoder_images for a in parts),
+        encoder_errors=sum(a.encoder_errors for a in parts),
+        work=work,
+        events_dropped=sum(p.dropped_events for p in placed.values()),
+    )
 
 
 def merge_results(parts: dict[str, dict[str, QueryResult]]) -> dict[str, QueryResult]:
