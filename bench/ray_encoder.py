@@ -5,8 +5,8 @@ For each stream count of ``--streams`` (2 4 8), the same recordings
 are ingested by the Ray gateway on a local Ray instance of this machine
 (loopback only) in both modes, in alternating order (pool first at one
 count, per-actor first at the next): **pool** — ``[service.ray] encoders =
-1``, one :class:`~agent.service.cluster.encoder_pool.EncoderActor` batching
-every stream actor's super-images — and **per-actor** — ``encoders = 0``,
+1`` (``--pool-actors``), one :class:`~agent.service.cluster.encoder_pool.EncoderActor`
+batching every stream actor's super-images — and **per-actor** — ``encoders = 0``,
 each stream actor loads the model (the mode before the pool). File replays
 run as fast as they decode (not realtime), looped, so every stream keeps
 ingesting for as long as it is measured.
@@ -15,8 +15,8 @@ Throughput: super-images encoded per second over ``--window`` seconds,
 starting ``--warmup`` seconds after every stream actor answered its start
 (each has then loaded what it loads): the steady ingest of all the streams
 at once, model loads left out. It is the sum of ``encoder_images`` the
-actors report (their batch workers), read at both ends. Memory: each actor process's resident set (VmRSS) after the
-ingest, and the pool actor's. Figures are wall time on a shared 2-core
+actors report (their batch workers), read at both ends. Memory: each actor
+process's resident set (VmRSS) after the ingest, and the pool actor's. Figures are wall time on a shared 2-core
 machine: the load average is recorded at start and end; one run, no repeats.
 
     python -m bench.ray_encoder --model MobileCLIP2-S0 --random-weights
@@ -109,6 +109,7 @@ async def _memory(shard: RayShard) -> dict[str, Any]:
     }
     if shard.pool is not None:
         pool = await shard.pool.stats(60.0)
+        out["pool_peak_rss_mb"] = [round(p["memory"]["peak_rss_mb"], 1) for p in pool]
         out["pool_rss_mb"] = [round(p["memory"]["rss_mb"], 1) for p in pool]
         out["total_rss_mb"] = round(out["actors_total_rss_mb"] + sum(out["pool_rss_mb"]), 1)
     else:
@@ -117,12 +118,14 @@ async def _memory(shard: RayShard) -> dict[str, Any]:
 
 
 async def _pool_stats(shard: RayShard) -> dict[str, Any] | None:
+    """The pool actor's batch counters (each actor's, under ``actors``, when several)."""
     if shard.pool is None:
         return None
-    [s] = await shard.pool.stats(60.0)
-    s.pop("memory")
-    s["images_per_pass"] = round(s["images"] / max(1, s["passes"]), 2)
-    return s
+    actors = await shard.pool.stats(60.0)
+    for s in actors:
+        s.pop("memory")
+        s["images_per_pass"] = round(s["images"] / max(1, s["passes"]), 2)
+    return actors[0] if len(actors) == 1 else {"actors": actors}
 
 
 async def _run(
@@ -154,7 +157,7 @@ def _config(work: Path, tag: str, mode: str, a: argparse.Namespace) -> ServiceCo
         storage=work / f"shared-{tag}",
         num_cpus=a.actor_cpus,
         deadline_seconds=60.0,
-        encoders=1 if mode == "pool" else 0,
+        encoders=a.pool_actors if mode == "pool" else 0,
         encoder_num_cpus=1.0,
         encoder_max_wait_ms=a.max_wait_ms,
     )
@@ -193,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=15.0, help="seconds after every actor started")
     p.add_argument("--window", type=float, default=45.0, help="seconds counted")
     p.add_argument("--actor-cpus", type=float, default=0.25, help="num_cpus each stream actor reserves")
+    p.add_argument("--pool-actors", type=int, default=1, help="[service.ray] encoders in pool mode")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="[service.ray] encoder_max_wait_ms")
     p.add_argument("--out", type=Path, default=RESULTS / "ray_encoder.json")
     a = p.parse_args(argv)
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         "warmup_s": a.warmup,
         "window_s": a.window,
         "encoder_max_wait_ms": a.max_wait_ms,
+        "pool_actors": a.pool_actors,
         "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
         "rows": rows,
