@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=float, default=DEFAULT_REFINE_BUDGET_S)
     p.add_argument("--video-seconds", type=float, default=16.0)
     p.add_argument("--actor-cpus", type=float, default=0.25, help="num_cpus each stream actor reserves")
+    p.add_argument(
+        "--encoders",
+        type=int,
+        default=0,
+        help="[service.ray] encoders: 0 (each actor its own, as ray_fanout.json measured) or pool actors",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "ray_fanout.json")
     a = p.parse_args(argv)
     if max(a.fanout) > a.streams:
@@ -252,7 +258,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         try:
             rc = RayConfig(
-                address="auto", storage=work / "shared", num_cpus=a.actor_cpus, deadline_seconds=30.0
+                address="auto",
+                storage=work / "shared",
+                num_cpus=a.actor_cpus,
+                deadline_seconds=30.0,
+                encoders=a.encoders,
             )
             ray_cfg = ServiceConfig(port=0, index=work / "gateway", snapshot_seconds=3600.0, ray=rc)
             remote = asyncio.run(_run_service("ray", ray_cfg, settings, videos, image, a))
@@ -267,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         "backend": settings.prescreen.backend,
         "threads": settings.prescreen.threads,
         "streams": a.streams,
+        "encoders": a.encoders,
         "video_seconds": a.video_seconds,
         "budget_s": a.budget,
         "distinct_queries": not a.repeat_query,
