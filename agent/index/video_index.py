@@ -43,7 +43,7 @@ from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
 from agent.index.info import bytes_on_disk, stream_info
 from agent.index.stream_state import StreamState
-from agent.models.encoder import Encoder, load_encoder
+from agent.models.encoder import Encoder, encoder_for
 from agent.models.ocr import TesseractReader
 from agent.models.sentences import SentenceEncoder
 from agent.models.whisper import WhisperSettings, WhisperTranscriber
@@ -68,19 +68,15 @@ def check_stream_id(stream: str) -> str:
 class VideoIndex:
     """Settings, encoders and per-stream state under one directory."""
 
-    def __init__(
-        self, root: Path, settings: Settings, *, isolate: bool = False, prescreen: Encoder | None = None
-    ) -> None:
-        """``prescreen``: the prescreen model's encoder when it runs elsewhere (a cluster's encoder
-        pool); None loads ``settings.prescreen`` here."""
+    def __init__(self, root: Path, settings: Settings, *, isolate: bool = False) -> None:
         self.root = Path(root)
         self.settings = settings
         self.isolate = isolate
         """Set bad snapshots aside and open their streams empty (see the module docstring)."""
         self.load_errors: dict[str, IndexStoreError] = {}
         """Why a stream's snapshot was set aside, by stream (``isolate`` only)."""
-        self.prescreen: Encoder = prescreen if prescreen is not None else load_encoder(settings.prescreen)
-        self.refine: Encoder = load_encoder(settings.refine) if settings.refine else self.prescreen
+        self.prescreen: Encoder = encoder_for(settings.prescreen)  # a cluster's pool, or loaded here
+        self.refine: Encoder = encoder_for(settings.refine) if settings.refine else self.prescreen
         self.streams: dict[str, StreamState] = {}
         self.cache, self.query_vectors = FrameEmbeddingCache(), QueryVectors()
         self._workers: dict[str, Callable[[list[WorkItem]], list[np.ndarray]]] = {
@@ -113,19 +109,12 @@ class VideoIndex:
     # ------------------------------------------------------------- lifecycle
     @classmethod
     def create(
-        cls,
-        root: Path,
-        settings: Settings,
-        *,
-        skip: Collection[str] = (),
-        isolate: bool = False,
-        prescreen: Encoder | None = None,
+        cls, root: Path, settings: Settings, *, skip: Collection[str] = (), isolate: bool = False
     ) -> VideoIndex:
         """Open ``root`` for writing, creating it; existing streams are kept.
 
         ``skip``: stream folders not to open (streams the service removed:
-        their files stay until purged); ``isolate``: see the module docstring;
-        ``prescreen``: see :class:`VideoIndex`.
+        their files stay until purged); ``isolate``: see the module docstring.
         """
         root = Path(root)
         if (root / "index.json").exists():
@@ -134,7 +123,7 @@ class VideoIndex:
             known = Settings.model_validate(existing["settings"]).model_dump(mode="json")
             if known != settings.model_dump(mode="json"):
                 raise ConfigError(f"{root} was built with other settings; use a new --index directory")
-        idx = cls(root, settings, isolate=isolate, prescreen=prescreen)
+        idx = cls(root, settings, isolate=isolate)
         idx._open_streams(skip)
         idx.write_manifest()
         return idx

@@ -34,7 +34,16 @@ from agent.models.classical import CLASSICAL, ClassicalBackend
 from agent.models.weights import TINY_RANDOM, BuiltModel, ModelFacts, build_model, load_tokenizer, weights_id
 from agent.types import RGBImage
 
-__all__ = ["CLASSICAL", "TINY_RANDOM", "ClipEncoder", "Encoder", "load_encoder", "loaded_encoders"]
+__all__ = [
+    "CLASSICAL",
+    "TINY_RANDOM",
+    "ClipEncoder",
+    "Encoder",
+    "encoder_for",
+    "load_encoder",
+    "loaded_encoders",
+    "provide_encoder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +233,28 @@ def _classical(cfg: EncoderConfig) -> ClipEncoder:
 
 
 _CACHE: dict[EncoderConfig, ClipEncoder] = {}
+_PROVIDED: dict[EncoderConfig, Encoder] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def provide_encoder(cfg: EncoderConfig, encoder: Encoder | None) -> None:
+    """Make ``encoder`` this process's encoder for ``cfg`` (see :func:`encoder_for`); None withdraws it.
+
+    A Ray stream actor provides the cluster's encoder pool here before it opens
+    its index, which then loads no model (one stream actor per process).
+    """
+    with _CACHE_LOCK:
+        if encoder is None:
+            _PROVIDED.pop(cfg, None)
+        else:
+            _PROVIDED[cfg] = encoder
+
+
+def encoder_for(cfg: EncoderConfig) -> Encoder:
+    """The encoder provided for ``cfg`` in this process, else the one :func:`load_encoder` builds."""
+    with _CACHE_LOCK:
+        provided = _PROVIDED.get(cfg)
+    return provided if provided is not None else load_encoder(cfg)
 
 
 def load_encoder(cfg: EncoderConfig) -> ClipEncoder:

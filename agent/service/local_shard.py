@@ -33,7 +33,6 @@ from agent.core.superimage import SuperImage
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError, VmrError, from_stream_error
 from agent.index.stream_state import StreamState
 from agent.index.video_index import VideoIndex
-from agent.models.encoder import Encoder
 from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.llm_handoff import LLMHandoff
@@ -58,11 +57,9 @@ QUERY_THREADS = 2
 class LocalShard(StreamShard):
     """Streams ingested in this process into one index directory."""
 
-    def __init__(self, cfg: ServiceConfig, settings: Settings, *, prescreen: Encoder | None = None) -> None:
-        """``prescreen``: an encoder running elsewhere (a cluster's pool); None loads the model here."""
+    def __init__(self, cfg: ServiceConfig, settings: Settings) -> None:
         self.cfg = cfg
         self.settings = settings
-        self._prescreen = prescreen
         self.index: VideoIndex | None = None
         self.workers: Workers | None = None
         self.runners: dict[str, StreamRunner] = {}
@@ -91,9 +88,7 @@ class LocalShard(StreamShard):
     ) -> None:
         self._listener = listener
         self.index = await asyncio.to_thread(
-            lambda: VideoIndex.create(
-                self.cfg.index, self.settings, skip=removed, isolate=True, prescreen=self._prescreen
-            )
+            lambda: VideoIndex.create(self.cfg.index, self.settings, skip=removed, isolate=True)
         )
         enc = self.index.prescreen
         image = BatchWorker(

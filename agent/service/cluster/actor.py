@@ -32,7 +32,7 @@ from agent.channels.retrieval import PRESCREEN, REFINE, Query
 from agent.channels.text_search import TimedText
 from agent.config import Settings
 from agent.core.superimage import SuperImage
-from agent.models.encoder import loaded_encoders
+from agent.models.encoder import loaded_encoders, provide_encoder
 from agent.process_memory import process_memory
 from agent.service.cluster.encoder_pool import PoolRef, RemoteEncoder
 from agent.service.config import ServiceConfig, StreamSpec
@@ -121,7 +121,9 @@ class StreamActor:
     ) -> None:
         """``pool``: the cluster's encoder pool (this actor then loads no model); None: its own."""
         self.remote = None if pool is None else RemoteEncoder(pool)
-        self.shard = LocalShard(cfg, settings, prescreen=self.remote)
+        if self.remote is not None:  # the index this shard opens encodes through the pool
+            provide_encoder(settings.prescreen, self.remote)
+        self.shard = LocalShard(cfg, settings)
         self.events = EventBuffer(queue)
         self.stream = ""
         self.started = time.time()
