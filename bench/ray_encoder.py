@@ -99,7 +99,7 @@ async def _ingest(svc: Service, shard: RayShard, videos: list[Path], a: argparse
 async def _memory(shard: RayShard) -> dict[str, Any]:
     actors = {}
     for name, p in sorted(shard.placed.items()):
-        m = await shard._call(p.handle.memory.remote(), 60.0)
+        m = await shard._call(p.handle.memory, limit=60.0)
         actors[name] = {k: round(v, 1) for k, v in m.items() if k != "pid"}
     rss = [a["rss_mb"] for a in actors.values()]
     out: dict[str, Any] = {

@@ -156,7 +156,7 @@ async def _memory(svc: Service) -> dict[str, Any]:
     if isinstance(shard, RayShard):
         actors = {}
         for name, p in sorted(shard.placed.items()):
-            m = await shard._call(p.handle.memory.remote(), 30.0)
+            m = await shard._call(p.handle.memory, limit=30.0)
             actors[name] = {k: round(v, 1) for k, v in m.items() if k != "pid"}
         rss = [a["rss_mb"] for a in actors.values()]
         out["actors"] = actors

@@ -203,13 +203,11 @@ class EncoderPool:
 
         Raises EncodingError when an actor cannot start (its handles are ended).
         """
-        from agent.service.cluster.placement import Unreachable, await_ref
+        from agent.service.cluster.placement import Unreachable
 
         self.handles = await asyncio.to_thread(self._create)
         try:
-            facts = await asyncio.gather(
-                *(await_ref(self.ray, h.facts.remote(), limit) for h in self.handles)
-            )
+            facts = await asyncio.gather(*(self._call(h.facts, limit) for h in self.handles))
         except (Unreachable, VmrError) as exc:
             await self.close()
             raise EncodingError(f"the encoder pool did not start: {exc}") from exc
@@ -236,11 +234,15 @@ class EncoderPool:
 
     async def stats(self, limit: float) -> list[dict[str, Any]]:
         """Each pool actor's batch counters (and process memory, ``memory``), in handle order."""
-        from agent.service.cluster.placement import await_ref
-
-        stats = await asyncio.gather(*(await_ref(self.ray, h.stats.remote(), limit) for h in self.handles))
-        mem = await asyncio.gather(*(await_ref(self.ray, h.memory.remote(), limit) for h in self.handles))
+        stats = await asyncio.gather(*(self._call(h.stats, limit) for h in self.handles))
+        mem = await asyncio.gather(*(self._call(h.memory, limit) for h in self.handles))
         return [{**s, "memory": m} for s, m in zip(stats, mem, strict=True)]
+
+    async def _call(self, method: Any, limit: float) -> Any:
+        from agent.service.cluster.placement import await_ref, submit
+
+        ref = await submit(method, client=self.rc.address.startswith("ray://"))
+        return await await_ref(self.ray, ref, limit)
 
     async def close(self) -> None:
         """End the pool actors; idempotent."""

@@ -49,6 +49,7 @@ from agent.service.cluster.placement import (
     merge_results,
     merge_stats,
     shard_dir,
+    submit,
 )
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.protocol import StreamStatus
@@ -123,7 +124,7 @@ class RayShard(StreamShard):
         if handle is None:
             return
         try:
-            await self._call(handle.close.remote(purge), START_SECONDS)
+            await self._call(handle.close, purge, limit=START_SECONDS)
         except (Unreachable, VmrError) as exc:  # gone already: its last periodic snapshot stands
             log.warning("stream %s closed without a final snapshot: %s", p.id, exc)
         await asyncio.to_thread(self._ray.kill, handle)
@@ -149,7 +150,7 @@ class RayShard(StreamShard):
         # loop past the clients' 20-s keepalive.
         handle = await asyncio.to_thread(self._new_actor, p.id)
         try:
-            status = await self._call(handle.start.remote(p.spec), START_SECONDS)
+            status = await self._call(handle.start, p.spec, limit=START_SECONDS)
         except (Unreachable, VmrError) as exc:
             await asyncio.to_thread(self._ray.kill, handle)
             error = exc if isinstance(exc, VmrError) else ShardUnavailableError(str(exc))
@@ -174,8 +175,7 @@ class RayShard(StreamShard):
         while not self._closed and p.handle is not None:
             try:
                 events, hb = await self._call(
-                    p.handle.poll.remote(self.rc.poll_seconds),
-                    self.rc.poll_seconds + self.rc.deadline_seconds,
+                    p.handle.poll, self.rc.poll_seconds, limit=self.rc.poll_seconds + self.rc.deadline_seconds
                 )
             except Unreachable as exc:
                 if exc.died:
@@ -215,9 +215,13 @@ class RayShard(StreamShard):
                 await asyncio.sleep(min(2.0**attempt, 10.0))
         p.moving = None  # given up: the status says failed (set by the last attempt)
 
-    async def _call(self, ref: Any, limit: float) -> Any:
-        """Await a remote call (errors mapped by :func:`await_ref`)."""
-        return await await_ref(self._ray, ref, limit)
+    async def _call(self, method: Any, *args: Any, limit: float) -> Any:
+        """Call the actor method ``method`` and await it (errors mapped by :func:`await_ref`)."""
+        return await await_ref(self._ray, await self._submit(method, *args), limit)
+
+    async def _submit(self, method: Any, *args: Any) -> Any:
+        """``method.remote(*args)``; in a thread under Ray Client (``ray://``), where it is a blocking RPC."""
+        return await submit(method, *args, client=self.rc.address.startswith("ray://"))
 
     def _live(self, names: Iterable[str]) -> tuple[list[Placement], dict[str, str]]:
         """The placements of ``names`` that have an actor now, and why the others have none."""
@@ -264,7 +268,7 @@ class RayShard(StreamShard):
     async def statuses(self) -> list[StreamStatus]:
         live, _ = self._live(list(self.placed))
         beats, _ = await each_stream(
-            {p.id: self._call(p.handle.heartbeat.remote(), self.rc.deadline_seconds) for p in live}
+            {p.id: self._call(p.handle.heartbeat, limit=self.rc.deadline_seconds) for p in live}
         )
         for name, hb in beats.items():  # fresher than the last poll's
             p = self.placed.get(name)
@@ -287,14 +291,16 @@ class RayShard(StreamShard):
         qid = uuid.uuid4().hex
         one = dataclasses.replace(query, streams=None)  # an actor holds its one stream
         vectors = await self._encode_once(one, live)
-        finals = {p.id: p.handle.search.remote(qid, one, budget, vectors) for p in live}
+        finals = {p.id: await self._submit(p.handle.search, qid, one, budget, vectors) for p in live}
         firsts, first_missing = await each_stream(
-            {p.id: self._call(p.handle.first.remote(qid), self.rc.deadline_seconds) for p in live}
+            {p.id: self._call(p.handle.first, qid, limit=self.rc.deadline_seconds) for p in live}
         )
         if on_first is not None:
             on_first(ShardResults(merge_results(firsts), {**missing, **first_missing}))
         wait = (UNBOUNDED_REFINE_S if budget is None else budget) + self.rc.deadline_seconds
-        parts, late = await each_stream({name: self._call(ref, wait) for name, ref in finals.items()})
+        parts, late = await each_stream(
+            {name: await_ref(self._ray, ref, wait) for name, ref in finals.items()}
+        )
         missing.update(late)
         results = merge_results(parts)
         return ShardResults(results, missing) if missing else results
@@ -311,7 +317,7 @@ class RayShard(StreamShard):
         self._turn += 1
         try:
             vectors: QueryVecs = await self._call(
-                p.handle.query_vectors.remote(query), self.rc.deadline_seconds
+                p.handle.query_vectors, query, limit=self.rc.deadline_seconds
             )
         except Unreachable as exc:
             log.warning("stream %s could not encode a query (%s): every actor encodes it", p.id, exc)
@@ -324,10 +330,7 @@ class RayShard(StreamShard):
     async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
         live, _ = self._live([n for n in self.placed if streams is None or n in streams])
         scores, _ = await each_stream(
-            {
-                p.id: self._call(p.handle.background_scores.remote(qvec), self.rc.deadline_seconds)
-                for p in live
-            }
+            {p.id: self._call(p.handle.background_scores, qvec, limit=self.rc.deadline_seconds) for p in live}
         )
         return np.concatenate(list(scores.values())) if scores else np.zeros(0, np.float32)
 
@@ -341,7 +344,7 @@ class RayShard(StreamShard):
             raise ShardUnavailableError(f"stream {stream!r}: {missing[stream]}")
         try:
             out: tuple[float, bytes] = await self._call(
-                live[0].handle.thumbnail.remote(t), self.rc.deadline_seconds
+                live[0].handle.thumbnail, t, limit=self.rc.deadline_seconds
             )
         except Unreachable as exc:
             raise ShardUnavailableError(f"stream {stream!r}: {exc}") from exc
@@ -352,7 +355,7 @@ class RayShard(StreamShard):
         # A stream starting or moving has nothing newer than its last snapshot: not a failure.
         live, _ = self._live(list(self.placed))
         _, failed = await each_stream(
-            {p.id: self._call(p.handle.snapshot.remote(), START_SECONDS) for p in live}
+            {p.id: self._call(p.handle.snapshot, limit=START_SECONDS) for p in live}
         )
         if failed:
             raise IndexStoreError(
@@ -363,7 +366,7 @@ class RayShard(StreamShard):
     async def stats(self) -> ShardStats:
         live, _ = self._live(list(self.placed))
         answers, _ = await each_stream(
-            {p.id: self._call(p.handle.stats.remote(), self.rc.deadline_seconds) for p in live}
+            {p.id: self._call(p.handle.stats, limit=self.rc.deadline_seconds) for p in live}
         )
         return merge_stats(self.placed, answers)
 
@@ -377,18 +380,18 @@ class RayShard(StreamShard):
         actor started for the purpose (and kept: watches and ``hello`` may come before any stream)."""
         for p in self._live(list(self.placed))[0]:
             with contextlib.suppress(Unreachable):
-                return await self._call(getattr(p.handle, method).remote(*args), self.rc.deadline_seconds)
+                return await self._call(getattr(p.handle, method), *args, limit=self.rc.deadline_seconds)
         try:
             async with self._probe_lock:
                 if self._probe is None:
                     probe = await asyncio.to_thread(self._new_actor, PROBE)
                     try:
-                        await self._call(probe.open.remote(), START_SECONDS)
+                        await self._call(probe.open, limit=START_SECONDS)
                     except BaseException:  # a probe that did not open is ended: one model each
                         await asyncio.shield(asyncio.to_thread(self._ray.kill, probe))
                         raise
                     self._probe = probe
-            return await self._call(getattr(self._probe, method).remote(*args), START_SECONDS)
+            return await self._call(getattr(self._probe, method), *args, limit=START_SECONDS)
         except Unreachable as exc:
             stale, self._probe = self._probe, None  # dead or stuck: the next call starts another
             if stale is not None:

@@ -69,6 +69,17 @@ class Unreachable(Exception):
         self.died = died
 
 
+async def submit(method: Any, *args: Any, client: bool) -> Any:
+    """``method.remote(*args)``: the Ray object ref of an actor call.
+
+    Under Ray Client (``ray://``, ``client``) submitting a call is a blocking
+    round trip to the client server: it runs in a thread, off the event loop.
+    """
+    if client:
+        return await asyncio.to_thread(method.remote, *args)
+    return method.remote(*args)
+
+
 async def await_ref(ray: Any, ref: Any, limit: float) -> Any:
     """Await the Ray object ``ref`` for at most ``limit`` s; the one place Ray's errors are mapped.
 

@@ -66,7 +66,7 @@ async def test_two_streams_share_one_pool_actor_and_answer_as_local_encoders_do(
         answer = await _ingest_and_ask(url, videos)
         [stats] = await shard.pool.stats(10.0)
         placed = list(shard.placed.values())
-        memories = [await shard._call(p.handle.memory.remote(), 10.0) for p in placed]
+        memories = [await shard._call(p.handle.memory, limit=10.0) for p in placed]
         nodes = {p.node for p in placed}
         image = np.asarray(Image.open(NEEDLE).convert("RGB"))
         pool_vec = (await shard.pool.query_vectors(Query(image=image)))[PRESCREEN]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from agent.service.cluster.gateway import RayShard
 from agent.service.cluster.placement import Placement
 from agent.service.config import RayConfig, ServiceConfig, parse_spec
 from agent.service.protocol import StreamStatus
-from agent.service.shard import missing_of
+from agent.service.shard import ShardStats, missing_of
 from tests.agent.service.helpers import tiny_settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -206,3 +208,27 @@ async def test_a_stream_removed_before_its_actor_answered_leaves_no_actor(tmp_pa
     with pytest.raises(ShardUnavailableError, match="removed"):
         await placing
     assert fake.killed == [fake.actor] and not shard.placed
+
+
+@pytest.mark.parametrize("address", ["auto", "ray://127.0.0.1:10001"])
+async def test_actor_calls_are_submitted_off_the_event_loop_under_ray_client(
+    tmp_path: Path, address: str
+) -> None:
+    # Under Ray Client, `.remote()` is a blocking round trip to the client server.
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    class _Stats:
+        def remote(self) -> Any:
+            threads.append(threading.get_ident())
+            fut: Future[Any] = Future()
+            fut.set_result(ShardStats(encoder_images=3))
+            return SimpleNamespace(future=lambda: fut)
+
+    cfg = ServiceConfig(index=tmp_path, ray=RayConfig(address=address, deadline_seconds=5.0))
+    shard = RayShard(cfg, tiny_settings())
+    shard._ray = require_ray()  # exception classes only: nothing is started
+    shard.placed = {"cam": Placement(_spec("cam"), handle=SimpleNamespace(stats=_Stats()))}
+    assert (await shard.stats()).encoder_images == 3
+    assert len(threads) == 1
+    assert (threads[0] != loop_thread) == address.startswith("ray://")
