@@ -279,8 +279,9 @@ def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
       suffers, ``(max(n_a, n_b) / (n_a + n_b))^2 * |mean_a - mean_b|^2``: the
       worst member's share of Ward's sum, not the sum. The shorter side moves
       most (its contrast to a query is diluted by ``n_big / n``), so a short
-      distinct anchor is as dear to merge as a long one: Ward's extra factor
-      ``min(n_a, n_b)`` is what folds short needles before long stretches;
+      distinct anchor is as dear to merge as a long one. Ward's sum is
+      ``min(n_a, n_b) * n / max(n_a, n_b)`` times this (one to two shorter
+      sides' worth): the factor that folds short needles before long stretches;
     * ``"subspace"``: the energy of the members that the merged rank-k
       subspace no longer holds, i.e. the discarded squared singular values of
       ``vstack(S_a B_a, S_b B_b)`` (exact for the retained components);
