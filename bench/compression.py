@@ -91,7 +91,6 @@ def run(
             "queries": len(queries["image"][0]),
         }
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    merged = pooled.pool(rows)
     first = builds[str(seeds[0])]
     tag = "-".join(str(s) for s in seeds)
     return {
@@ -111,6 +110,18 @@ def run(
         "procedure": fidelity.__doc__,
         "pooling": pooled.__doc__,
         "chosen": CHOSEN,
+        **judged(rows, grids, strategies),
+        "rows": rows,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def judged(rows: Sequence[dict[str, Any]], grids: Sequence[int], strategies: Sequence[str]) -> dict[str, Any]:
+    """What the report derives from every seed's rows: the pooled cells, the targets and means
+    on them, each SVD variant paired against :data:`CHOSEN` and :data:`CHOSEN` against
+    :data:`PEERS` (fidelity, budgets <= 1/10)."""
+    merged = pooled.pool(rows)
+    return {
         "targets": targets(merged),
         "summary": summary(merged),
         "head_to_head": {
@@ -118,9 +129,12 @@ def run(
             for name in strategies
             if name.startswith("svd") and name != CHOSEN
         },
+        "against_peers": {
+            peer: pooled.head_to_head(merged, CHOSEN, peer, grids, 1 / 10)
+            for peer in PEERS
+            if peer in strategies
+        },
         "pooled": merged,
-        "rows": rows,
-        "wall_seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -236,7 +250,8 @@ def markdown(rep: dict[str, Any]) -> str:
     for name, m in rep.get("summary", {}).items():
         vals = [m["fidelity"], m["fidelity_on_dense_hits"], m["fidelity_1/100"]]
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
-    lines += _head_to_head_lines(rep.get("head_to_head", {}))
+    lines += _head_to_head_lines(rep.get("head_to_head", {}), "variant")
+    lines += _head_to_head_lines(rep.get("against_peers", {}), "peer")
     lines += [
         "",
         "## Targets (issue #15) for " + rep["chosen"],
@@ -248,25 +263,32 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _head_to_head_lines(h2h: dict[str, Any]) -> list[str]:
-    """Each SVD variant against the default, paired query by query at budgets <= 1/10."""
+def _head_to_head_lines(h2h: dict[str, Any], role: str) -> list[str]:
+    """Paired comparisons at budgets <= 1/10: each SVD variant against the default (``variant``),
+    or the default against avgpool and selection (``peer``)."""
     if not h2h:
         return []
+    title = (
+        "Each SVD variant against the default"
+        if role == "variant"
+        else f"The default ({CHOSEN}) against its peers"
+    )
     lines = [
         "",
-        "## Paired against the default (fidelity, budgets <= 1/10)",
+        f"## Paired: {title} (fidelity, budgets <= 1/10)",
         "",
-        "Queries where the variant agrees with dense and the default does not (wins) and the "
-        "reverse (losses), summed over the grids and budgets; p: exact two-sided sign test on the "
-        "sums (cells share queries, so indicative).",
+        "wins: queries where the first agrees with dense and the second does not; losses: the "
+        "reverse; summed over the grids and budgets; p: exact two-sided sign test on the sums "
+        "(cells share queries, so indicative).",
         "",
-        "| variant | wins | losses | p | verdict |",
-        "|---|---|---|---|---|",
+        f"| {role} | wins | losses | p | verdict | per cell (wins-losses) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, h in h2h.items():
         t = h["total"]
         word = "better" if h["better"] else "worse" if h["worse"] else "no significant difference"
-        lines.append(f"| {name} | {t['wins']} | {t['losses']} | {t['p']:.3f} | {word} |")
+        cells = ", ".join(f"{k}: {c['wins']}-{c['losses']}" for k, c in h["cells"].items())
+        lines.append(f"| {name} | {t['wins']} | {t['losses']} | {t['p']:.3f} | {word} | {cells} |")
     return lines
 
 

@@ -60,7 +60,7 @@ def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
     )
     table = files[".md"].read_text()
     assert f"**{compression.CHOSEN}**" in table and "| 1/10 | 1/30 |" in table
-    assert "## Paired against the default" in table and "seeds [0, 1] pooled" in table
+    assert "## Paired: Each SVD variant against the default" in table and "seeds [0, 1] pooled" in table
     assert "## Means over the grids" in table and f"| {TWO_RES} | " in table
 
 
