@@ -250,8 +250,12 @@ def markdown(rep: dict[str, Any]) -> str:
     for name, m in rep.get("summary", {}).items():
         vals = [m["fidelity"], m["fidelity_on_dense_hits"], m["fidelity_1/100"]]
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
-    lines += _head_to_head_lines(rep.get("head_to_head", {}), "variant")
-    lines += _head_to_head_lines(rep.get("against_peers", {}), "peer")
+    lines += pooled.head_to_head_lines(
+        rep.get("head_to_head", {}), "Each SVD variant against the default", "variant"
+    )
+    lines += pooled.head_to_head_lines(
+        rep.get("against_peers", {}), f"The default ({rep['chosen']}) against its peers", "peer"
+    )
     lines += [
         "",
         "## Targets (issue #15) for " + rep["chosen"],
@@ -261,35 +265,6 @@ def markdown(rep: dict[str, Any]) -> str:
         "```",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _head_to_head_lines(h2h: dict[str, Any], role: str) -> list[str]:
-    """Paired comparisons at budgets <= 1/10: each SVD variant against the default (``variant``),
-    or the default against avgpool and selection (``peer``)."""
-    if not h2h:
-        return []
-    title = (
-        "Each SVD variant against the default"
-        if role == "variant"
-        else f"The default ({CHOSEN}) against its peers"
-    )
-    lines = [
-        "",
-        f"## Paired: {title} (fidelity, budgets <= 1/10)",
-        "",
-        "wins: queries where the first agrees with dense and the second does not; losses: the "
-        "reverse; summed over the grids and budgets; p: exact two-sided sign test on the sums "
-        "(cells share queries, so indicative).",
-        "",
-        f"| {role} | wins | losses | p | verdict | per cell (wins-losses) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, h in h2h.items():
-        t = h["total"]
-        word = "better" if h["better"] else "worse" if h["worse"] else "no significant difference"
-        cells = ", ".join(f"{k}: {c['wins']}-{c['losses']}" for k, c in h["cells"].items())
-        lines.append(f"| {name} | {t['wins']} | {t['losses']} | {t['p']:.3f} | {word} | {cells} |")
-    return lines
 
 
 def _cell(r: dict[str, Any]) -> str:

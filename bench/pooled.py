@@ -153,3 +153,27 @@ def head_to_head(
         "better": wins > losses and p < ALPHA,
         "worse": losses > wins and p < ALPHA,
     }
+
+
+def head_to_head_lines(h2h: Mapping[str, Mapping[str, Any]], title: str, role: str) -> list[str]:
+    """Markdown lines of :func:`head_to_head` results (fidelity, budgets <= 1/10), one row each;
+    ``role`` names the first column (``variant``, ``peer``)."""
+    if not h2h:
+        return []
+    lines = [
+        "",
+        f"## Paired: {title} (fidelity, budgets <= 1/10)",
+        "",
+        "wins: queries where the first agrees with dense and the second does not; losses: the "
+        "reverse; summed over the grids and budgets; p: exact two-sided sign test on the sums "
+        "(cells share queries, so indicative).",
+        "",
+        f"| {role} | wins | losses | p | verdict | per cell (wins-losses) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, h in h2h.items():
+        t = h["total"]
+        word = "better" if h["better"] else "worse" if h["worse"] else "no significant difference"
+        cells = ", ".join(f"{k}: {c['wins']}-{c['losses']}" for k, c in h["cells"].items())
+        lines.append(f"| {name} | {t['wins']} | {t['losses']} | {t['p']:.3f} | {word} | {cells} |")
+    return lines
