@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agent.errors import ConfigError
 
 Representative = Literal["smore", "mean"]
-MergeRule = Literal["cosine", "ward", "subspace"]
+MergeRule = Literal["cosine", "ward", "dilution", "subspace"]
 """Which adjacent anchors a full memory merges (:func:`agent.core.svd.merge_cost`)."""
 Scorer = Literal["rep", "energy", "projection", "peak", "average"]
 """How a query scores an anchor (:meth:`agent.core.memory.Memory.scores`)."""
@@ -122,7 +122,8 @@ class IndexConfig(Strict):
     representative: Representative = "smore"
     merge: MergeRule = "ward"
     """Merge rule under budget pressure: ``ward`` (least squared error added; issue #15's winner),
-    ``cosine`` (SMORE's most similar pair) or ``subspace`` (least energy off the rank-k span)."""
+    ``dilution`` (least shift of the worst member's anchor mean), ``cosine`` (SMORE's most similar
+    pair) or ``subspace`` (least energy off the rank-k span)."""
     scorer: Scorer = "energy"
     """Prescreen scorer: ``energy`` (RMS of the members' cosines, read from the SVD; issue #15's
     winner), ``rep`` (cosine to the token), ``peak`` (mean + spread), ``average`` (mean member cosine)

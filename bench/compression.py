@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.errors import ConfigError
 from agent.models.encoder import load_encoder
 from agent.store.atomic import write_bytes, write_json
-from bench import fidelity, haystack
+from bench import fidelity, haystack, pooled
 from bench.args import command_line, encoder_from_args
 from bench.report import _pyplot
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
@@ -61,35 +62,79 @@ def run(
     fractions: Sequence[float],
     strategies: Sequence[str],
     command: str,
+    seeds: Sequence[int] = (0,),
 ) -> dict[str, Any]:
-    """Build (cached), encode dense items (cached), compare strategies; the report dict."""
+    """Per seed: build (cached), encode dense items (cached), compare strategies; pool the seeds.
+
+    ``rows`` are every seed's rows (each with ``seed``); ``pooled`` one row per cell over the
+    seeds with Wilson intervals (:mod:`bench.pooled`), which the tables, plot and targets read.
+    """
     t0 = time.perf_counter()
     machine = machine_info()
-    hs = haystack.build(params, data, cache)
     enc = load_encoder(encoder_cfg)
     fps = float(params.fps) if params.fps <= 5 else 2.0
-    items, stats = fidelity.dense_items(hs.video, fps=fps, grids=grids, encoder=enc, cache_dir=hs.root)
-    queries = {"image": fidelity.load_queries(hs.gt_image, enc)}
-    rows = fidelity.compare(
-        items, queries, duration=params.duration, fps=fps, fractions=fractions, strategies=strategies
-    )
+    rows: list[dict[str, Any]] = []
+    builds: dict[str, Any] = {}
+    for seed in seeds:
+        seeded = haystack.make_params(**{**params.model_dump(), "seed": seed})
+        hs = haystack.build(seeded, data, cache)
+        items, stats = fidelity.dense_items(hs.video, fps=fps, grids=grids, encoder=enc, cache_dir=hs.root)
+        queries = {"image": fidelity.load_queries(hs.gt_image, enc)}
+        for row in fidelity.compare(
+            items, queries, duration=params.duration, fps=fps, fractions=fractions, strategies=strategies
+        ):
+            rows.append({"seed": seed, **row})
+        builds[str(seed)] = {
+            "root": str(hs.root),
+            "items": {str(g): int(it.starts.shape[0]) for g, it in items.items()},
+            "item_stats": stats,
+            "queries": len(queries["image"][0]),
+        }
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    first = builds[str(seeds[0])]
+    tag = "-".join(str(s) for s in seeds)
     return {
-        "name": f"compression-{run_name(params)}-{fidelity._slug(enc.name)}",
+        "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{fidelity._slug(enc.name)}",
         "command": command,
         "machine": machine,
         "git": git_commit(),
         "encoder": {"name": enc.name, "dim": enc.dim, "meaningless": enc.meaningless},
-        "haystack": {"params": params.model_dump(), "root": str(hs.root), "sample_fps": fps},
-        "items": {str(g): int(it.starts.shape[0]) for g, it in items.items()},
-        "item_stats": stats,
-        "queries": len(queries["image"][0]),
+        "haystack": {
+            "params": params.model_dump(),
+            "seeds": list(seeds),
+            "sample_fps": fps,
+            "builds": builds,
+        },
+        "items": first["items"],
+        "queries": sum(b["queries"] for b in builds.values()),
         "procedure": fidelity.__doc__,
+        "pooling": pooled.__doc__,
         "chosen": CHOSEN,
-        "targets": targets(rows),
-        "summary": summary(rows),
+        **judged(rows, grids, strategies),
         "rows": rows,
         "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def judged(rows: Sequence[dict[str, Any]], grids: Sequence[int], strategies: Sequence[str]) -> dict[str, Any]:
+    """What the report derives from every seed's rows: the pooled cells, the targets and means
+    on them, each SVD variant paired against :data:`CHOSEN` and :data:`CHOSEN` against
+    :data:`PEERS` (fidelity, budgets <= 1/10)."""
+    merged = pooled.pool(rows)
+    return {
+        "targets": targets(merged),
+        "summary": summary(merged),
+        "head_to_head": {
+            name: pooled.head_to_head(merged, name, CHOSEN, grids, 1 / 10)
+            for name in strategies
+            if name.startswith("svd") and name != CHOSEN
+        },
+        "against_peers": {
+            peer: pooled.head_to_head(merged, CHOSEN, peer, grids, 1 / 10)
+            for peer in PEERS
+            if peer in strategies
+        },
+        "pooled": merged,
     }
 
 
@@ -102,7 +147,10 @@ def _at(rows: Sequence[dict[str, Any]], grid: int, name: str, fraction: float) -
 
 def targets(rows: Sequence[dict[str, Any]], chosen: str = CHOSEN) -> dict[str, Any]:
     """Issue #15's targets per grid for ``chosen``: fidelity >= 95 % at 1/10 and >= 85 % at 1/30,
-    ahead of (>=) avgpool and selection at every budget <= 1/10, R1@0.5 at 1/30 >= 90 % of dense."""
+    ahead of (>=) avgpool and selection at every budget <= 1/10, R1@0.5 at 1/30 >= 90 % of dense.
+
+    ``*_met`` compares the point figures; on pooled rows (with intervals) ``*_verdict`` says
+    whether the 95 % interval decides it (:func:`bench.pooled.verdict`)."""
     out: dict[str, Any] = {}
     for grid in sorted({r["grid"] for r in rows}):
         dense = _at(rows, grid, "dense", 1.0)
@@ -116,7 +164,7 @@ def targets(rows: Sequence[dict[str, Any]], chosen: str = CHOSEN) -> dict[str, A
                 best = max((p["image"]["fidelity"] for p in peers if p is not None), default=0.0)
                 ahead.append(r["image"]["fidelity"] >= best)
         dense_r1 = dense["image"]["R1@0.5"]
-        out[str(grid)] = {
+        got: dict[str, Any] = {
             "fidelity_1/10": f10["image"]["fidelity"],
             "fidelity_1/10_met": f10["image"]["fidelity"] >= 95.0,
             "fidelity_1/30": f30["image"]["fidelity"],
@@ -126,6 +174,12 @@ def targets(rows: Sequence[dict[str, Any]], chosen: str = CHOSEN) -> dict[str, A
             "R1@0.5_1/30": f30["image"]["R1@0.5"],
             "R1_within_10pct_met": f30["image"]["R1@0.5"] >= 0.9 * dense_r1,
         }
+        for label, row, goal in (("1/10", f10, 95.0), ("1/30", f30, 85.0)):
+            ci = row["image"].get("fidelity_ci")
+            if ci is not None:
+                got[f"fidelity_{label}_ci"] = list(ci)
+                got[f"fidelity_{label}_verdict"] = pooled.verdict(ci[0], ci[1], goal)
+        out[str(grid)] = got
     return out
 
 
@@ -152,17 +206,19 @@ def summary(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]
 
 def markdown(rep: dict[str, Any]) -> str:
     """Per grid: one row per strategy, fidelity / R1@0.5 / KiB per hour at each budget."""
-    rows = rep["rows"]
+    rows = rep["pooled"]
     fractions = sorted({r["fraction"] for r in rows if r["strategy"] != "dense"}, reverse=True)
     lines = [
         f"# {rep['name']}",
         "",
         f"Command: `{rep['command']}`",
         "",
-        f"Encoder {rep['encoder']['name']}; dense items per grid {rep['items']}; {rep['queries']} image "
-        f"queries; load average {rep['machine']['loadavg_start']} -> {rep['machine']['loadavg_end']} "
-        "(shared machine). Cells: fidelity to dense top-1 % / R1@0.5 % / KiB per hour of footage "
-        "(two resolutions: of which the finer level, in parentheses).",
+        f"Encoder {rep['encoder']['name']}; haystack seeds {rep['haystack']['seeds']} pooled; dense items "
+        f"per grid {rep['items']}; {rep['queries']} image queries in all; load average "
+        f"{rep['machine']['loadavg_start']} -> {rep['machine']['loadavg_end']} (shared machine). Cells: "
+        "fidelity to dense top-1 % [Wilson 95 % interval] / R1@0.5 % / KiB per hour of footage "
+        "(two resolutions: of which the finer level, in parentheses). One run; figures are pooled "
+        "counts over the seeds, not means of means.",
         "",
     ]
     for grid in sorted({r["grid"] for r in rows}):
@@ -170,7 +226,7 @@ def markdown(rep: dict[str, Any]) -> str:
         assert dense is not None
         lines += [
             f"## grid {grid} (dense: R1@0.5 {dense['image']['R1@0.5']:.0f} %, "
-            f"{dense['bytes_per_hour'] / 1024:.0f} KiB/h, {dense['tokens']} tokens)",
+            f"{dense['bytes_per_hour'] / 1024:.0f} KiB/h, {dense['tokens']:.0f} tokens)",
             "",
             "| strategy | " + " | ".join(f"1/{round(1 / f)}" for f in fractions) + " |",
             "|---" * (len(fractions) + 1) + "|",
@@ -194,6 +250,12 @@ def markdown(rep: dict[str, Any]) -> str:
     for name, m in rep.get("summary", {}).items():
         vals = [m["fidelity"], m["fidelity_on_dense_hits"], m["fidelity_1/100"]]
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
+    lines += pooled.head_to_head_lines(
+        rep.get("head_to_head", {}), "Each SVD variant against the default", "variant"
+    )
+    lines += pooled.head_to_head_lines(
+        rep.get("against_peers", {}), f"The default ({rep['chosen']}) against its peers", "peer"
+    )
     lines += [
         "",
         "## Targets (issue #15) for " + rep["chosen"],
@@ -206,7 +268,9 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def _cell(r: dict[str, Any]) -> str:
-    text = f"{r['image']['fidelity']:.0f} / {r['image']['R1@0.5']:.0f} / {r['bytes_per_hour'] / 1024:.0f}"
+    ci = r["image"].get("fidelity_ci")
+    fid = f"{r['image']['fidelity']:.0f}" + ("" if ci is None else f" [{ci[0]:.0f}–{ci[1]:.0f}]")
+    text = f"{fid} / {r['image']['R1@0.5']:.0f} / {r['bytes_per_hour'] / 1024:.0f}"
     fine = r.get("detail_bytes_per_hour")
     return text if fine is None else f"{text} ({fine / 1024:.0f})"
 
@@ -234,6 +298,15 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, *, title: str, chosen: str)
             elif not name.startswith("svd"):
                 style.update(linestyle=":", linewidth=1.8)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
+            band = sorted(
+                (r["fraction"], *r["image"]["fidelity_ci"])
+                for r in rows
+                if r["grid"] == grid and r["strategy"] == name and "fidelity_ci" in r["image"]
+            )
+            if band and (name == chosen or name.startswith("svd-dilution")):
+                # The 95 % interval of the default and of the new merge rule.
+                xs, lo, hi = zip(*band, strict=True)
+                ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.12, linewidth=0)
         ax.set_xscale("log")
         ax.set_title(f"grid {grid}")
         ax.set_xlabel("budget / dense tokens")
@@ -256,7 +329,7 @@ def write(rep: dict[str, Any], folder: Path) -> dict[str, Path]:
         "md": folder / f"{name}.md",
         "png": folder / f"{name}-fidelity.png",
     }
-    plot(rep["rows"], paths["png"], title=name, chosen=rep["chosen"])
+    plot(rep["pooled"], paths["png"], title=name, chosen=rep["chosen"])
     rep["files"] = {k: p.name for k, p in paths.items()}
     write_json(paths["json"], rep)
     write_bytes(paths["md"], markdown(rep).encode())
@@ -266,8 +339,11 @@ def write(rep: dict[str, Any], folder: Path) -> dict[str, Path]:
 def _cmd(args: argparse.Namespace) -> int:
     from bench.cli import _csv, _fraction
 
+    seeds = _csv(int)(args.seeds)
+    if not seeds:
+        raise ConfigError("--seeds names no seed")
     params = haystack.make_params(
-        duration=args.duration, fps=args.fps, height=args.height, needles=args.needles, seed=args.seed
+        duration=args.duration, fps=args.fps, height=args.height, needles=args.needles, seed=seeds[0]
     )
     rep = run(
         params,
@@ -278,6 +354,7 @@ def _cmd(args: argparse.Namespace) -> int:
         fractions=_csv(_fraction)(args.fractions),
         strategies=_csv(str, set(fidelity.ALL_STRATEGIES))(args.strategies),
         command=command_line(args),
+        seeds=seeds,
     )
     paths = write(rep, Path(args.out))
     print(json.dumps({"targets": rep["targets"], **{k: str(v) for k, v in paths.items()}}, indent=1))
@@ -293,7 +370,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--fps", type=int, default=2, choices=[2, 3, 4, 5, 25])
     c.add_argument("--height", type=int, default=480, choices=[480, 720])
     c.add_argument("--needles", type=int, default=20)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seeds", default="0", help="haystack seeds pooled, e.g. 0,1,2 (20 needles each)")
     c.add_argument("--data", default=str(haystack.DEFAULT_DATA), help="photo folder like ../shared/data")
     c.add_argument("--cache", default=str(haystack.DEFAULT_CACHE), help="build and embedding cache")
     c.add_argument("--out", default=str(DEFAULT_RESULTS))

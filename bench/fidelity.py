@@ -87,6 +87,10 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "svd-ward-peak-fill": _svd_fill("mean", merge="ward", scorer="peak"),
     "svd-ward-energy-fill": _svd_fill("mean", merge="ward", scorer="energy"),
     "svd-ward-average-fill": _svd_fill("mean", merge="ward", scorer="average"),
+    # Merging by the worst member's dilution (Ward's sum without its min(n_a, n_b) factor).
+    "svd-dilution-fill": _svd_fill("mean", merge="dilution"),
+    "svd-dilution-energy-fill": _svd_fill("mean", merge="dilution", scorer="energy"),
+    "svd-dilution-average-fill": _svd_fill("mean", merge="dilution", scorer="average"),
     "svd-subspace-fill": _svd_fill("mean", merge="subspace"),
     "svd-subspace-proj-fill": _svd_fill("mean", merge="subspace", scorer="projection"),
     # Two resolutions: 1/8 (1/4) of the budget keeps the most distinctive stretches merged away.
@@ -252,15 +256,21 @@ def _by_similarity(p: Proposal) -> Proposal:
     return Proposal(p.start, p.end, float(sim), p.peak, similarity=sim)
 
 
+def agreement(
+    preds: Sequence[Windows], reference: Sequence[Windows], iou: float = FIDELITY_IOU
+) -> list[bool]:
+    """Per query: whether its top-1 overlaps the reference top-1 at IoU >= ``iou``."""
+    return [
+        bool(p and r) and float(temporal_iou(np.array([p[0][:2]]), np.array([r[0][:2]]))[0, 0]) >= iou
+        for p, r in zip(preds, reference, strict=True)
+    ]
+
+
 def fidelity(preds: Sequence[Windows], reference: Sequence[Windows], iou: float = FIDELITY_IOU) -> float:
     """Percent of queries whose top-1 overlaps the reference top-1 at IoU >= ``iou``."""
     if not preds:
         return 0.0
-    hits = 0
-    for p, r in zip(preds, reference, strict=True):
-        if p and r and float(temporal_iou(np.array([p[0][:2]]), np.array([r[0][:2]]))[0, 0]) >= iou:
-            hits += 1
-    return round(100.0 * hits / len(preds), 2)
+    return round(100.0 * sum(agreement(preds, reference, iou)) / len(preds), 2)
 
 
 def metrics(gt: Sequence[Mapping[str, Any]], preds: Sequence[Windows]) -> dict[str, float]:
@@ -357,6 +367,9 @@ def _row(
                 [x for x, h in zip(p, hit, strict=True) if h], [x for x, h in zip(ref, hit, strict=True) if h]
             ),
             "dense_hits": int(sum(hit)),
+            # Per query, in GT order: what seeds pool and paired comparisons read (bench.pooled).
+            "agree": [int(a) for a in agreement(p, ref)],
+            "right": [int(h) for h in _top1_hits(gt, p)],
         }
     return row
 

@@ -9,7 +9,9 @@ scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
 
 * merge ``"ward"``: the least squared error added around the means, so long
   near-identical stretches pool and distinct ones survive (``"cosine"``:
-  SMORE's most similar pair; ``"subspace"``: least energy off the rank-k span);
+  SMORE's most similar pair; ``"dilution"``: the worst member's mean shift,
+  measured over three seeds and not better; ``"subspace"``: least energy off
+  the rank-k span);
 * scorer ``"energy"``: the RMS of the members' cosines to the query, read from
   the retained SVD, so a short stretch matching the query lifts the anchor it
   was merged into (``"rep"``: cosine to the token; ``"peak"``: mean + spread;

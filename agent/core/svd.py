@@ -25,10 +25,10 @@ F32 = npt.NDArray[np.float32]
 Representative = Literal["smore", "mean"]
 Scorer = Literal["rep", "energy", "projection", "peak", "average"]
 """How a query scores an anchor (see :func:`score_anchors`)."""
-MergeRule = Literal["cosine", "ward", "subspace"]
+MergeRule = Literal["cosine", "ward", "dilution", "subspace"]
 """Which adjacent pair a full memory merges (see :func:`merge_cost`)."""
 SCORERS: tuple[Scorer, ...] = ("rep", "energy", "projection", "peak", "average")
-MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "subspace")
+MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "dilution", "subspace")
 
 _RHO_TOL = 1e-5
 """A new row whose residual off the basis is below this fraction of its norm
@@ -275,6 +275,13 @@ def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
       criterion). A short anchor far from its neighbours costs its length times
       its squared distance, so distinct stretches survive while long,
       near-identical ones pool;
+    * ``"dilution"``: the largest squared shift any member's anchor mean
+      suffers, ``(max(n_a, n_b) / (n_a + n_b))^2 * |mean_a - mean_b|^2``: the
+      worst member's share of Ward's sum, not the sum. The shorter side moves
+      most (its contrast to a query is diluted by ``n_big / n``), so a short
+      distinct anchor is as dear to merge as a long one. Ward's sum is
+      ``min(n_a, n_b) * n / max(n_a, n_b)`` times this (one to two shorter
+      sides' worth): the factor that folds short needles before long stretches;
     * ``"subspace"``: the energy of the members that the merged rank-k
       subspace no longer holds, i.e. the discarded squared singular values of
       ``vstack(S_a B_a, S_b B_b)`` (exact for the retained components);
@@ -284,6 +291,10 @@ def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
     if rule == "ward":
         diff = a.mean() - b.mean()
         return float(a.count * b.count / (a.count + b.count) * (diff @ diff))
+    if rule == "dilution":
+        diff = a.mean() - b.mean()
+        share = max(a.count, b.count) / (a.count + b.count)
+        return float(share * share * (diff @ diff))
     if rule == "subspace":
         sa, sb = a.sigma.astype(np.float64), b.sigma.astype(np.float64)
         stacked = np.vstack([sa[:, None] * a.basis, sb[:, None] * b.basis])

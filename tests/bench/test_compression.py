@@ -23,7 +23,7 @@ STRATEGIES = ("selection", "avgpool", "svd-mean-fill", compression.CHOSEN, TWO_R
 def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
     argv = ["bench", "compression", "--duration", "2m", "--needles", "3", "--model", "classical-hog"]
     argv += ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--grids", "1,2"]
-    argv += ["--fractions", "1/10,1/30", "--strategies", ",".join(STRATEGIES)]
+    argv += ["--fractions", "1/10,1/30", "--strategies", ",".join(STRATEGIES), "--seeds", "0,1"]
     assert main(argv) == 0
     files = {p.suffix: p for p in (tmp_path / "out").iterdir()}
     assert set(files) == {".json", ".md", ".png"}
@@ -31,6 +31,18 @@ def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert rep["command"].startswith("vmr bench compression") and rep["items"] == {"1": 240, "2": 60}
     rows = rep["rows"]
     assert {r["strategy"] for r in rows} == {"dense", *STRATEGIES}
+    assert (
+        {r["seed"] for r in rows} == {0, 1}
+        and rep["queries"] == 6
+        and rep["name"].endswith("-s0-1-classical-hog")
+    )
+    # Pooled cells count both seeds' queries, each with its interval around the figure.
+    for r in rep["pooled"]:
+        img = r["image"]
+        assert img["queries"] == 6 and r["seeds"] == [0, 1]
+        assert img["fidelity_ci"][0] <= img["fidelity"] <= img["fidelity_ci"][1]
+    h2h = rep["head_to_head"]["svd-mean-fill"]
+    assert set(h2h["cells"]) == {"grid 1 1/10", "grid 1 1/30", "grid 2 1/10", "grid 2 1/30"}
     for r in rows:
         assert r["tokens"] <= r["budget"] and r["bytes_per_hour"] > 0
         assert 0.0 <= r["image"]["fidelity"] <= 100.0
@@ -48,6 +60,7 @@ def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
     )
     table = files[".md"].read_text()
     assert f"**{compression.CHOSEN}**" in table and "| 1/10 | 1/30 |" in table
+    assert "## Paired: Each SVD variant against the default" in table and "seeds [0, 1] pooled" in table
     assert "## Means over the grids" in table and f"| {TWO_RES} | " in table
 
 

@@ -156,7 +156,7 @@ class ScanMemory:
     budget=st.integers(1, 8),
     theta=st.sampled_from([0.6, 0.95]),
     seed=st.integers(0, 2**16),
-    merge=st.sampled_from(["cosine", "ward"]),
+    merge=st.sampled_from(["cosine", "ward", "dilution"]),
 )
 def test_heap_merges_match_a_linear_scan(
     n: int, budget: int, theta: float, seed: int, merge: MergeRule
@@ -491,6 +491,26 @@ def test_a_needle_merged_away_still_ranks_first_when_scoring_what_the_svd_kept()
         np.testing.assert_array_equal(starts, [0.0, 20.0])  # the needle sits inside anchor 0
         ranked[scorer] = int(np.argmax(mem.scores(e[0])))
     assert ranked == {"rep": 1, "energy": 0, "peak": 0}
+
+
+def test_dilution_keeps_a_short_distinct_needle_that_ward_folds() -> None:
+    # Issue #15's mechanism: scenes B and C (40 s each, cosine 0.86), a long scene A, then a
+    # 2-second needle N inside A; three tokens. Ward's cost grows with the shorter side, so it
+    # keeps B and C apart and folds the needle into A (its score to the needle drops to 2/82);
+    # the worst member's shift is the same for a needle as for a scene, so dilution merges the
+    # closest scenes and the needle keeps its own anchor.
+    e = np.eye(DIM)
+    b, c, a, n = e[2], unit(e[2] + 0.6 * e[3]), e[0], e[1]
+    stream = [b] * 40 + [c] * 40 + [a] * 40 + [n] * 2 + [a] * 40
+    found = {}
+    for merge in ("ward", "dilution"):
+        mem = Memory(DIM, budget=3, theta=1.01, rank=2, merge=merge, scorer="average")  # type: ignore[arg-type]
+        for i, v in enumerate(stream):
+            mem.add(float(i), float(i + 1), v)
+        best = int(np.argmax(mem.scores(n)))
+        found[merge] = (mem.anchors[best].start, mem.anchors[best].end, round(float(mem.scores(n)[best]), 3))
+    assert found["dilution"] == (120.0, 122.0, 1.0)
+    assert found["ward"][1] - found["ward"][0] > 80 and found["ward"][2] < 0.05
 
 
 def test_merge_rule_and_scorer_survive_a_snapshot(tmp_path: Path) -> None:

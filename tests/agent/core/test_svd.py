@@ -276,6 +276,23 @@ def test_ward_cost_is_the_squared_error_the_merge_adds(seed: int, na: int, nb: i
 
 
 @FAST
+@given(seed=st.integers(0, 2**32 - 1), na=st.integers(1, 6), nb=st.integers(1, 6), d=st.integers(2, 12))
+def test_dilution_cost_is_the_largest_shift_of_a_members_anchor_mean(
+    seed: int, na: int, nb: int, d: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    xa, xb = unit_rows(rng, na, d), unit_rows(rng, nb, d)
+    merged = np.vstack([xa, xb]).mean(axis=0)
+    shift = max(float(np.sum((merged - x.mean(axis=0)) ** 2)) for x in (xa, xb))
+    a, b = incremental(xa, 2), incremental(xb, 2)
+    assert merge_cost(a, b, "dilution") == pytest.approx(shift, abs=1e-9)
+    # Ward sums the squared shifts over the members: min(na, nb) * n / max(na, nb) times the
+    # worst one's (between one and two shorter sides' worth), the factor that folds needles.
+    factor = min(na, nb) * (na + nb) / max(na, nb)
+    assert merge_cost(a, b, "ward") == pytest.approx(factor * shift, rel=1e-6, abs=1e-12)
+
+
+@FAST
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3), d=st.integers(4, 12))
 def test_subspace_cost_is_the_energy_the_merged_rank_k_span_drops(seed: int, k: int, d: int) -> None:
     # Each side has <= k members (kept exactly), so the stack is the batch of all members.
