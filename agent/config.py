@@ -205,8 +205,16 @@ class SpeechConfig(Strict):
     semantic: bool = True
     """Also search by meaning (MiniLM sentence vectors), not only by words."""
     window_seconds: float = Field(default=30.0, gt=1.0, le=600.0)
-    """Seconds of sound per whisper call: 30 keeps live latency low; longer windows let the VAD pack
-    sparse speech into fewer encoder passes (recorded footage)."""
+    """Seconds of sound per whisper call from a live source (RTSP, WHIP, a file replayed at
+    stream pace): 30 keeps the lag of a phrase becoming searchable near 30 s."""
+    recorded_window_seconds: float = Field(default=300.0, gt=1.0, le=600.0)
+    """The same from a recorded source (``vmr ingest``, a file or segment folder in a service):
+    the VAD packs sparse speech into fewer 30-s encoder passes (at 30 % speech, 300-s windows
+    cost ~40 % fewer CPU s than 30-s ones, bench/results/speech_speed.json), at ~19 MB of
+    buffered sound per stream."""
+    batch_size: int = Field(default=8, ge=1, le=32)
+    """VAD chunks of a window whisper decodes together (1: one at a time, the decoder's own
+    timestamps); batching cuts the decoder's CPU s (bench/results/speech_speed.json)."""
     budget_bytes: int = Field(default=2_000_000, ge=1_000)
     max_no_speech_prob: float = Field(default=0.6, ge=0.0, le=1.0)
     min_avg_logprob: float = Field(default=-1.0, le=0.0)

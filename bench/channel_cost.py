@@ -20,7 +20,8 @@ reads the gate allows (scene changes, keyframes, heartbeat), which text does not
 
 Models are loaded (and whisper and Tesseract run once) before any pass, so no pass pays for
 loading. Real models: faster-whisper base int8 with its VAD (``--window`` seconds of sound per
-call: 30, the live default; recorded footage may use longer windows, which the VAD packs),
+call, default ``SpeechConfig.recorded_window_seconds``: ingest reads a file, a recorded source,
+whose long windows the VAD packs; live sources use 30-s windows, ``bench.speech_speed``),
 Tesseract 5. MiniLM is left out (``semantic=False``): it embeds spans at query time only, so
 ingest costs the same with it.
 """
@@ -76,7 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--speech-density", type=float, default=0.3, help="share of the time with speech")
     p.add_argument("--snr", type=float, default=20.0, help="speech to noise, dB")
     p.add_argument(
-        "--window", type=float, default=30.0, help="seconds of sound per whisper call (SpeechConfig)"
+        "--window",
+        type=float,
+        default=None,
+        help="seconds of sound per whisper call (SpeechConfig.recorded_window_seconds: ingest reads a file)",
     )
     p.add_argument(
         "--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS)
@@ -111,22 +115,30 @@ def _speak(text: str, voice: str, speed: int, folder: Path) -> np.ndarray:
 
 def sound_track(seconds: float, density: float, snr: float, folder: Path) -> tuple[np.ndarray, float]:
     """(16 kHz mono track, speech seconds): sentences spread evenly until ``density`` of the time."""
+    track, lines = spoken_track(seconds, density, snr, folder)
+    return track, sum(end - start for start, end, _ in lines)
+
+
+def spoken_track(
+    seconds: float, density: float, snr: float, folder: Path
+) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    """:func:`sound_track` with what was said where: (track, [(start s, end s, sentence)])."""
     voices = [_speak(s, *VOICES[i % len(VOICES)], folder) for i, s in enumerate(SENTENCES)]
     mean_len = float(np.mean([len(v) for v in voices])) / RATE
     count = max(1, round(seconds * density / mean_len))
     step = seconds / count
     track = np.zeros(int(seconds * RATE), np.float32)
-    said = 0.0
+    lines = []
     for k in range(count):
         v = voices[k % len(voices)]
         i = int((k * step + 0.5) * RATE)
         piece = v[: max(0, len(track) - i)]
         track[i : i + len(piece)] += piece
-        said += len(piece) / RATE
+        lines.append((i / RATE, (i + len(piece)) / RATE, SENTENCES[k % len(voices)]))
     rms = float(np.sqrt(np.mean(np.concatenate(voices) ** 2)))
     rng = np.random.default_rng(0)
     track += rng.standard_normal(len(track)).astype(np.float32) * rms / 10 ** (snr / 20)
-    return np.clip(track, -1.0, 1.0), said
+    return np.clip(track, -1.0, 1.0), lines
 
 
 def with_sound(video: Path, sound: np.ndarray, out: Path) -> Path:
@@ -244,7 +256,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "pass": "coarse: keyframes only (one every 2 s), decode in its own thread, as vmr ingest",
         "extrapolated": f"per hour = clip figures x {3600 / params.duration:g} (linear)",
-        "speech_window_s": args.window,
+        "speech_window_s": SpeechConfig().recorded_window_seconds if args.window is None else args.window,
+        "speech_batch_size": SpeechConfig().batch_size,
         "models": "visual: "
         + enc.model
         + (" random weights" if enc.random_weights else "")
@@ -252,12 +265,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ocr_short_side": args.ocr_short_side,
     }
     passes: dict[str, dict[str, Any]] = {}
+    window = {} if args.window is None else {"recorded_window_seconds": args.window}
     for name in args.configs:
         speech, ocr = CONFIGS[name]
         settings = Settings(
             prescreen=enc,
             index=IndexConfig(fps=args.fps),
-            speech=SpeechConfig(enabled=speech, semantic=False, window_seconds=args.window),
+            speech=SpeechConfig(enabled=speech, semantic=False, **window),
             ocr=OcrConfig(enabled=ocr, semantic=False, min_short_side=args.ocr_short_side),
         )
         passes[name] = one_pass(clip, settings, params.duration)

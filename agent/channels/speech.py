@@ -10,9 +10,11 @@ Rules chosen:
 
 - **Resampled once.** ``streams`` already delivers 16 kHz mono; a chunk at
   another rate is resampled here (linear interpolation), never twice.
-- **Windows.** ``window_seconds`` of sound per whisper call: 30 s (whisper's
-  context) by default, for live latency; longer windows let the VAD pack
-  sparse speech into fewer encoder passes (recorded footage). A jump in the chunk times (a gap, a
+- **Windows.** ``window_seconds`` of sound per whisper call from a live
+  source: 30 s (whisper's context), for latency. From a recorded source
+  (:attr:`SpeechChannel.recorded`, set by its owner) ``recorded_window_seconds``
+  (300 s): whisper encodes 30 s of mel whatever a window holds, and the VAD
+  packs a long window's sparse speech into fewer of those passes. A jump in the chunk times (a gap, a
   reconnect) ends the window early so no window spans a hole; ``flush`` sends
   the rest. A word straddling a window edge may be cut (whisper's own
   behaviour on long audio).
@@ -118,6 +120,13 @@ class SpeechChannel(Channel):
         """End of the latest window committed or dropped (stream seconds)."""
         self.fresh = FreshSpans()
         """Utterances kept since the service last looked (for the watches)."""
+        self.recorded = False
+        """The sound comes from a recording (ingested faster than it plays): long windows."""
+
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of sound per whisper call now (see the module docstring)."""
+        return self.cfg.recorded_window_seconds if self.recorded else self.cfg.window_seconds
 
     # ------------------------------------------------------------- ingest
     def push(self, frame: Frame) -> list[WorkItem]:
@@ -138,7 +147,7 @@ class SpeechChannel(Channel):
             self._t = float(chunk.t)
         self._parts.append(samples)
         self._n += len(samples)
-        window = round(self.cfg.window_seconds * SAMPLE_RATE)
+        window = round(self.window_seconds * SAMPLE_RATE)
         while self._n >= window:
             out.append(self._cut(window))
         return out

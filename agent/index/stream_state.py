@@ -208,6 +208,13 @@ class StreamState:
             self._ingested(chunk.t)
             return [item for ch in self.channels.values() for item in ch.push_audio(chunk)]
 
+    def set_recorded(self, recorded: bool) -> None:
+        """Tell the audio channels whether the sound is a recording (speech: longer windows)."""
+        with self._lock:
+            for ch in self.channels.values():
+                if isinstance(ch, SpeechChannel):
+                    ch.recorded = recorded
+
     def _ingested(self, t: float) -> None:
         self.ingested_until = t if self.ingested_until is None else max(self.ingested_until, t)
 

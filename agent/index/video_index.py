@@ -84,17 +84,13 @@ class VideoIndex:
         }
         """Inline batch functions by worker name (:attr:`WorkItem.worker`)."""
         self.transcriber: WhisperTranscriber | None = None
-        if settings.speech.enabled:
-            # Loaded on the first window (assembly and model load take seconds).
-            self.transcriber = WhisperTranscriber(
-                WhisperSettings(
-                    model=settings.speech.model,
-                    language=settings.speech.language,
-                    threads=settings.prescreen.threads,
-                )
-            )
-            self._workers[SPEECH_WORKER] = self._transcribe
         sp, oc = settings.speech, settings.ocr
+        if sp.enabled:
+            # Loaded on the first window (assembly and model load take seconds).
+            threads = settings.prescreen.threads
+            whisper = WhisperSettings(sp.model, sp.language, threads=threads, batch_size=sp.batch_size)
+            self.transcriber = WhisperTranscriber(whisper)
+            self._workers[SPEECH_WORKER] = self._transcribe
         # One MiniLM for every text channel that searches by meaning; loaded on the first query.
         self.sentences = (
             SentenceEncoder() if (sp.enabled and sp.semantic) or (oc.enabled and oc.semantic) else None
@@ -285,6 +281,8 @@ class VideoIndex:
         try:
             for frame in frames:
                 st = self.stream(frame.stream)
+                if frame.stream not in touched:
+                    st.set_recorded(True)  # inline ingest reads files: no one waits on a window
                 touched.add(frame.stream)
                 if isinstance(frame, AudioChunk):
                     batch.extend((st, item) for item in st.push_audio(frame))

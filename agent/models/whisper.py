@@ -142,6 +142,9 @@ class WhisperSettings:
     threads: int = 2
     beam_size: int = 1
     vad_min_silence_ms: int = 500
+    batch_size: int = 8
+    """VAD-packed 30-s chunks decoded together (faster-whisper's ``BatchedInferencePipeline``);
+    1: the sequential ``WhisperModel.transcribe`` (one chunk at a time, timestamps from the decoder)."""
 
 
 class WhisperTranscriber:
@@ -171,24 +174,35 @@ class WhisperTranscriber:
                     ) from exc
             return self._model
 
+    def _segments(self, model: Any, audio: np.ndarray) -> Any:
+        s = self.settings
+        common: dict[str, Any] = {
+            "language": s.language,
+            "beam_size": s.beam_size,
+            "vad_filter": True,
+            "vad_parameters": {"min_silence_duration_ms": s.vad_min_silence_ms},
+            "word_timestamps": True,
+            "condition_on_previous_text": False,
+        }
+        if s.batch_size > 1:
+            from faster_whisper import BatchedInferencePipeline
+
+            # A pipeline per call: it keeps the last word's time between batches (not thread-safe),
+            # and costs nothing to make. Timestamp tokens split a packed chunk into sentences: without them a segment (one
+            # utterance, the guards' unit) would be the whole 30-s chunk.
+            pipeline = BatchedInferencePipeline(model)
+            return pipeline.transcribe(audio, batch_size=s.batch_size, without_timestamps=False, **common)[0]
+        return model.transcribe(audio, **common)[0]
+
     def transcribe(self, samples: np.ndarray) -> np.ndarray:
         """Words of (n,) float32 mono audio at 16 kHz: a (k,) :data:`WORD_DTYPE` array, times in window seconds.
 
         Raises :class:`SpeechModelError` when the model fails on the window.
         """
         model = self._load()
-        s = self.settings
         audio = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
         try:
-            segments, _info = model.transcribe(
-                audio,
-                language=s.language,
-                beam_size=s.beam_size,
-                vad_filter=True,
-                vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms},
-                word_timestamps=True,
-                condition_on_previous_text=False,
-            )
+            segments = self._segments(model, audio)
             rows = [
                 (
                     w.start,

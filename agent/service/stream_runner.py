@@ -100,6 +100,8 @@ class StreamRunner:
     ) -> None:
         self.spec = spec
         self.state = state
+        # Live sound in short speech windows (latency), a replay at ingest speed in long ones.
+        state.set_recorded(not (spec.live or spec.paced))
         self.worker = worker
         self.cfg = cfg
         self.fps = spec.fps or fps
