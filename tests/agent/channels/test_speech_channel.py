@@ -153,3 +153,16 @@ def test_processed_time_waits_on_windows_in_flight_and_the_buffer(tmp_path: Path
     again = SpeechChannel("s", SpeechConfig())
     again.restore(tmp_path)
     assert again.processed_until() == 25.0
+
+
+def test_a_recorded_source_is_cut_into_long_windows_a_live_one_into_short() -> None:
+    cfg = SpeechConfig(window_seconds=10.0, recorded_window_seconds=40.0)
+    live, recorded = SpeechChannel("s", cfg), SpeechChannel("s", cfg)
+    recorded.recorded = True
+    live_items = [it for c in _chunks(85) for it in live.push_audio(c)] + live.flush()
+    rec_items = [it for c in _chunks(85) for it in recorded.push_audio(c)] + recorded.flush()
+    assert [(it.start, it.end) for it in live_items] == [
+        (10.0 * k, min(10.0 * k + 10, 85.0)) for k in range(9)
+    ]
+    assert [(it.start, it.end) for it in rec_items] == [(0.0, 40.0), (40.0, 80.0), (80.0, 85.0)]
+    assert live.window_seconds == 10.0 and recorded.window_seconds == 40.0

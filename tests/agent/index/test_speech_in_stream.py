@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.channels.base import WorkItem
 from agent.channels.retrieval import Query
 from agent.channels.speech import SpeechChannel, SpeechConfig
 from agent.channels.visual import images_of
-from agent.config import EncoderConfig, IndexConfig, QueryConfig
+from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings
 from agent.index.answers import answer, channel_query
 from agent.index.stream_state import StreamState
+from agent.index.video_index import VideoIndex
 from agent.models.encoder import ClipEncoder, load_encoder
 from agent.models.whisper import SAMPLE_RATE, WORD_DTYPE
 from agent.types import AudioChunk, Frame
@@ -125,3 +127,34 @@ def test_speech_size_and_lag_follow_the_windows(tmp_path: Path, enc: ClipEncoder
         assert state.fresh_text("speech") == [] and state.fresh_text("visual") == []
     finally:
         state.close()
+
+
+def test_inline_ingest_reads_a_recording_so_its_speech_windows_are_long(
+    tmp_path: Path, enc: ClipEncoder
+) -> None:
+    state = _state(tmp_path / "s", enc)
+    speech = state.channels["speech"]
+    assert isinstance(speech, SpeechChannel) and not speech.recorded  # a live source's default
+    state.close()
+    settings = Settings(
+        prescreen=TINY,
+        index=IndexConfig(fps=2.0, grid=1, gate=False),
+        speech=SpeechConfig(enabled=True, semantic=False, recorded_window_seconds=12.0),
+    )
+    idx = VideoIndex.create(tmp_path / "idx", settings)
+    try:
+        seen: list[float] = []
+
+        def silence(items: list[WorkItem]) -> list[np.ndarray]:  # whisper's part: the windows' lengths
+            seen.extend(it.end - it.start for it in items)
+            return [np.zeros(0, WORD_DTYPE) for _ in items]
+
+        idx._workers["speech"] = silence
+        frames = [Frame("cam", k * 0.5, np.full((48, 64, 3), 60, np.uint8)) for k in range(4)]
+        audio = [AudioChunk("cam", float(s), np.zeros(SAMPLE_RATE, np.float32)) for s in range(30)]
+        idx.ingest([*frames, *audio])
+        ingested = idx.streams["cam"].channels["speech"]
+        assert isinstance(ingested, SpeechChannel) and ingested.recorded
+        assert seen == [12.0, 12.0, 6.0]  # recorded_window_seconds, not the live 30 s
+    finally:
+        idx.close()

@@ -13,7 +13,7 @@ import pytest
 from agent.channels.base import ChannelQuery
 from agent.channels.speech import SpeechChannel, SpeechConfig
 from agent.models import whisper
-from agent.models.whisper import SAMPLE_RATE, WhisperTranscriber
+from agent.models.whisper import SAMPLE_RATE, WhisperSettings, WhisperTranscriber
 from streams.media import AudioChunk
 
 pytest.importorskip("faster_whisper")
@@ -84,3 +84,33 @@ def test_long_noise_yields_no_transcript(transcriber: WhisperTranscriber) -> Non
     _run(channel, transcriber, noise + hum)
     assert channel.speech.windows == 3
     assert channel.utterances == []
+
+
+@needs_espeak
+@pytest.mark.parametrize("batch_size", [8, 1])
+def test_a_long_recorded_window_keeps_each_phrase_at_its_time(
+    tmp_path: Path, transcriber: WhisperTranscriber, batch_size: int
+) -> None:
+    # One 100-s window: the VAD packs both phrases into one 30-s chunk; their times must come
+    # back to where they were said, decoded together (batched) or one chunk at a time.
+    audio = (np.random.default_rng(11).standard_normal(SAMPLE_RATE * 100) * 0.02).astype(np.float32)
+    said = {"gate": 12.0, "dock": 81.0}  # whisper writes "four" as "4"
+    for text, at in (
+        ("the truck is waiting at gate four", 12.0),
+        ("move the forklift to the loading dock", 81.0),
+    ):
+        speech = _speak(text, tmp_path)
+        audio[int(at * SAMPLE_RATE) : int(at * SAMPLE_RATE) + len(speech)] += 0.5 * speech
+    channel = SpeechChannel("s", SpeechConfig(recorded_window_seconds=100.0))
+    channel.recorded = True
+    model = (
+        transcriber
+        if batch_size == transcriber.settings.batch_size
+        else WhisperTranscriber(WhisperSettings(batch_size=batch_size))
+    )
+    _run(channel, model, audio)
+    assert channel.speech.windows == 1
+    for phrase, at in said.items():
+        hits = [u for u in channel.utterances if phrase in u.text.lower()]
+        assert hits, [u.text for u in channel.utterances]
+        assert abs(hits[0].start - at) < 0.6
