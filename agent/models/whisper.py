@@ -14,7 +14,9 @@ to faster-whisper as is: it needs a network, which these machines lack.
 filter (without it, 10 minutes of noise took 15x longer and produced a
 hallucinated sentence every 30 s), asks for word timestamps, and never
 conditions on the previous window's text (the usual cause of repeated
-hallucinations). Its result is a structured array of :data:`WORD_DTYPE`, one
+hallucinations). The VAD's chunks of one window (packed into <= 30-s pieces)
+are decoded together by ``BatchedInferencePipeline`` (``batch_size`` 8: half
+the decoder's CPU of one chunk at a time, bench/results/speech_speed.json). Its result is a structured array of :data:`WORD_DTYPE`, one
 row per word, carrying its segment's statistics so the speech channel can
 apply its guards without the model (sans-I/O).
 """
