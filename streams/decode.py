@@ -82,7 +82,7 @@ from streams.errors import (
     NoVideoStreamError,
     SourceUnavailableError,
 )
-from streams.sampler import check_size, frame_seconds, tune_decoder
+from streams.sampler import DecoderThreads, check_size, frame_seconds, tune_decoder
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,7 @@ def decode(
     stop: threading.Event | None = None,
     check_truncation: bool = True,
     damage: Damage | None = None,
+    threads: DecoderThreads = "AUTO",
 ) -> Generator[Picture | Sound, None, None]:
     """Yield every decoded picture (and sound frame, with ``audio``) of an open container.
 
@@ -294,11 +295,12 @@ def decode(
     (checked per packet) ends the generator early and quietly.
     ``keyframes_only`` makes FFmpeg skip every non-key frame. ``damage``
     (optional) receives the skipped packets, the stitches and the end read.
+    ``threads``: FFmpeg's threading (:data:`~streams.sampler.DecoderThreads`).
 
     Raises :class:`CorruptMediaError` after the good frames (see the module
     docstring), :class:`EmptyMediaError` when the stream held no picture at all.
     """
-    tune_decoder(vstream)
+    tune_decoder(vstream, threads=threads)
     if keyframes_only:
         vstream.codec_context.skip_frame = "NONKEY"
     report = damage if damage is not None else Damage()

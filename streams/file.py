@@ -50,7 +50,7 @@ from streams.errors import SourceUnavailableError, StreamError
 from streams.media import AudioChunk, Frame, Media
 from streams.probe import VideoInfo, probe
 from streams.registry import OpenContext, register
-from streams.sampler import HeldBack, Sampler, to_rgb
+from streams.sampler import DecoderThreads, HeldBack, Sampler, to_rgb
 from streams.source import RecordingSpec, Source, SourceState, SourceStats
 from streams.timeline import Pacer
 
@@ -70,6 +70,7 @@ def decode_media(
     audio: bool = False,
     damage: Damage | None = None,
     formats: Collection[str] | None = None,
+    threads: DecoderThreads = "AUTO",
 ) -> Iterator[Media]:
     """Like :func:`decode_frames`, plus :class:`AudioChunk` items (mono 16 kHz, ~1 s) with ``audio``.
 
@@ -78,7 +79,8 @@ def decode_media(
     picture or its own duration, clipped to the end of the stream), so a
     sample is yielded once the next picture is decoded (or the input ends).
     ``formats``: the demuxers FFmpeg may open it with (None: any), see
-    :func:`~streams.decode.open_media`.
+    :func:`~streams.decode.open_media`. ``threads``: FFmpeg's decoder threading
+    (:data:`~streams.sampler.DecoderThreads`).
     """
     container, vstream = open_media(path, formats)
     sampler = Sampler(fps)
@@ -94,6 +96,7 @@ def decode_media(
         end=end,
         stop=stop,
         damage=damage,
+        threads=threads,
     )
     try:
         try:
@@ -171,7 +174,8 @@ class FileSource(Source):
     :attr:`progress` is the share of the declared duration decoded so far;
     ``stats().damaged_packets`` counts the packets skipped as undecodable.
     Errors from the decoder (:class:`~streams.errors.CorruptMediaError`) reach the consumer
-    after the good frames. ``formats`` (None: any) goes to FFmpeg at every open:
+    after the good frames. ``threads``: FFmpeg's decoder threading
+    (:data:`~streams.sampler.DecoderThreads`; a paced replay opened by the service uses ``SLICE``). ``formats`` (None: any) goes to FFmpeg at every open:
     a demuxer outside it fails with :class:`~streams.errors.FormatNotAllowedError`.
 
     Use as ``async with FileSource(path) as src: async for frame in src``;
@@ -194,6 +198,7 @@ class FileSource(Source):
         resume: dict[str, Any] | None = None,
         audio: bool = False,
         formats: Collection[str] | None = None,
+        threads: DecoderThreads = "AUTO",
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -215,6 +220,7 @@ class FileSource(Source):
         self._short_side = short_side
         self._audio = audio
         self._formats = None if formats is None else frozenset(formats)
+        self._threads: DecoderThreads = threads
         self._bridge: Bridge[Media | BaseException | None] = Bridge(queue_size, "block")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -284,6 +290,7 @@ class FileSource(Source):
                 audio=self._audio,
                 damage=self._damage,
                 formats=self._formats,
+                threads=self._threads,
             ):
                 if isinstance(item, Frame):
                     if self._after is not None and item.t <= self._after:
@@ -372,6 +379,8 @@ def open_file(spec: FileSpec, ctx: OpenContext) -> FileSource:
         resume=ctx.resume_token,
         audio=spec.audio,
         formats=spec.formats,
+        # A paced replay stands in for a camera: decode it like one (RTSP: slice threads).
+        threads="SLICE" if spec.paced else "AUTO",
     )
 
 

@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import replace
 from fractions import Fraction
+from typing import Literal
 
 import av
 import numpy as np
@@ -64,7 +65,14 @@ class Sampler:
         return False
 
 
-def tune_decoder(vstream: av.video.stream.VideoStream, *, threads: str = "AUTO") -> None:
+DecoderThreads = Literal["AUTO", "SLICE"]
+"""FFmpeg decoder threading. ``AUTO``: frame and slice threads (fastest for one stream
+decoded as fast as possible: a file pass). ``SLICE``: one frame in flight, no per-thread
+copies of the decoder and its reference frames (a live or paced stream: no frames of
+latency, and at 720p H.264 7 MiB of resident memory per decoder instead of 17.5)."""
+
+
+def tune_decoder(vstream: av.video.stream.VideoStream, *, threads: DecoderThreads = "AUTO") -> None:
     """Decoder settings for sampled ingest, set before the first packet.
 
     Deblocking is skipped (``skip_loop_filter=all``, plus ``flags2=+fast``):

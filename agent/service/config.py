@@ -202,6 +202,13 @@ class ServiceConfig(Strict):
     heap_trim_seconds: float | None = Field(default=30.0, gt=0)
     """Period of ``malloc_trim`` (glibc gives freed heap pages back; without it RSS creeps up
     over days, see ``agent.service.heap``); None disables it."""
+    malloc_arenas: int | None = Field(default=2, ge=1, le=1024)
+    """glibc malloc arenas of the whole process, set when the service is built
+    (:func:`agent.service.heap.limit_heap`; a thread per stream otherwise leaves ~10 MiB of
+    arena slack per stream); None: glibc's default (8 per core) or ``MALLOC_ARENA_MAX``."""
+    malloc_mmap_threshold: int | None = Field(default=128 * 1024, ge=0, le=32 * 1024**2)
+    """Bytes from which glibc maps an allocation on its own and unmaps it when freed (sampled
+    frames, super-images, encoder batches); None: glibc's sliding threshold (up to 32 MiB)."""
     max_message_bytes: int = Field(default=12 * 1024**2, ge=1024)
     """Largest websocket message accepted (a base64 image query must fit)."""
     client_queue: int = Field(default=256, ge=8)

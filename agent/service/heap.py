@@ -17,9 +17,9 @@ grew 7 % in the same stretch of a 30-minute soak.
 ``period`` seconds, in a worker thread (the call walks every arena and
 takes each one's lock; it must not stall the event loop). Off glibc it does
 nothing. :meth:`HeapTrimmer.close` is idempotent; it cancels and awaits the
-task. Another remedy for deployments, not a replacement: a lower
-``MALLOC_ARENA_MAX`` (e.g. 2) in the process environment caps the number
-of arenas (see the README, "Running for weeks").
+task. The other remedy, applied once when the service is built:
+:func:`agent.process_memory.limit_heap` caps the number of arenas and fixes
+the mmap threshold (``ServiceConfig.malloc_arenas`` / ``malloc_mmap_threshold``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ the :class:`Serving` façade the router calls. :meth:`Service.close`
 (idempotent) stops the snapshot loop, closes watches, then the shards
 (final snapshot). It also owns the :class:`HeapTrimmer` (``malloc_trim``
 every ``heap_trim_seconds``: RSS that would otherwise creep up with freed
-allocator pages over a weeks-long run).
+allocator pages over a weeks-long run) and, when built, caps glibc's malloc
+arenas (``malloc_arenas``, ``malloc_mmap_threshold``: :func:`limit_heap`).
 
 Persistence: the stream list (specs as given by ``streams.add`` or the
 config) and the ids of removed streams are kept in
@@ -28,6 +29,7 @@ from typing import Any
 from agent.config import Settings
 from agent.errors import ConfigError
 from agent.index.video_index import VideoIndex
+from agent.process_memory import limit_heap
 from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.heap import HeapTrimmer
@@ -45,6 +47,8 @@ class Service:
     """Ingests many streams and answers queries and watches (see the module docstring)."""
 
     def __init__(self, cfg: ServiceConfig, settings: Settings) -> None:
+        # Before the shard starts decoder and worker threads (glibc sizes arenas per thread).
+        limit_heap(cfg.malloc_arenas, cfg.malloc_mmap_threshold)
         self.cfg = cfg
         self.settings = settings
         self.shard: StreamShard = make_shard(cfg, settings)

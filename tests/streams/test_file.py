@@ -12,8 +12,12 @@ import av
 import numpy as np
 import pytest
 
+import streams.decode as decode_module
 from streams.errors import CorruptMediaError, SourceUnavailableError
-from streams.file import FileSource, decode_frames, probe
+from streams.file import FileSource, FileSpec, decode_frames, decode_media, probe
+from streams.media import Frame
+from streams.registry import OpenContext, open_source
+from streams.sampler import DecoderThreads
 from tests.videos import VIDEOS, Scene, SceneLike, make_video, photos, random_bytes_file, truncate_copy
 
 SCENES: list[SceneLike] = [(2.0, (220, 30, 30)), Scene(2.0, (30, 30, 220), moving=True), (1.0, photos(1)[0])]
@@ -267,3 +271,39 @@ async def test_file_source_realtime_keeps_order(tmp_path: Path) -> None:
         got = [f.t async for f in src]
     assert got == _times(spec.path, fps=5.0)
     assert got == sorted(got)
+
+
+def test_slice_threads_decode_the_same_pictures() -> None:
+    """SLICE threading (paced replays) changes memory and latency, never the pictures."""
+    path = VIDEOS / "bigbuckbunny.mp4"
+    auto = [m for m in decode_media(path, fps=2.0) if isinstance(m, Frame)]
+    sliced = [m for m in decode_media(path, fps=2.0, threads="SLICE") if isinstance(m, Frame)]
+    assert [f.t for f in sliced] == [f.t for f in auto] and len(auto) >= 10
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(auto, sliced, strict=True))
+
+
+async def test_a_paced_replay_decodes_with_slice_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A realtime file stands in for a camera: one frame in flight, like RTSP; a file pass keeps AUTO."""
+    seen: list[str] = []
+    real = decode_module.tune_decoder
+
+    def spy(vstream: av.video.stream.VideoStream, *, threads: DecoderThreads = "AUTO") -> None:
+        seen.append(threads)
+        real(vstream, threads=threads)
+
+    monkeypatch.setattr(decode_module, "tune_decoder", spy)
+    spec = make_video(tmp_path / "p.mp4", [(1.0, (90, 90, 90))], fps=10)
+    used = {}
+    for realtime in (True, False):
+        seen.clear()
+        source = open_source(
+            FileSpec(id="cam", kind="file", path=str(spec.path), realtime=realtime), OpenContext()
+        )
+        try:
+            await source.__anext__()
+        finally:
+            await source.close()
+        used[realtime] = set(seen)  # the probe at open decodes too (AUTO)
+    assert "SLICE" in used[True] and used[False] == {"AUTO"}

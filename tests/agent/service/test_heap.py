@@ -1,14 +1,18 @@
-"""The heap trimmer: periodic malloc_trim in a thread, owned task, idempotent close, config."""
+"""The heap trimmer (periodic malloc_trim in a thread, owned task, idempotent close) and glibc heap limits."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from agent.config import EncoderConfig, Settings
+from agent.process_memory import limit_heap
+from agent.service import pipeline
 from agent.service.config import ServiceConfig
 from agent.service.heap import HeapTrimmer, rss_bytes, trim_heap
 
@@ -84,3 +88,29 @@ def test_config_takes_a_period_or_none() -> None:
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ValidationError):
             ServiceConfig(heap_trim_seconds=bad)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
+def test_limit_heap_is_accepted_by_glibc() -> None:
+    assert limit_heap(2, 128 * 1024)  # the service's defaults
+    assert limit_heap(None, None)  # nothing asked, nothing changed
+
+
+def test_config_caps_arenas_by_default_and_none_leaves_glibc_alone() -> None:
+    cfg = ServiceConfig()
+    assert (cfg.malloc_arenas, cfg.malloc_mmap_threshold) == (2, 128 * 1024)
+    off = ServiceConfig(malloc_arenas=None, malloc_mmap_threshold=None)
+    assert (off.malloc_arenas, off.malloc_mmap_threshold) == (None, None)
+    for bad in ({"malloc_arenas": 0}, {"malloc_mmap_threshold": -1}, {"malloc_mmap_threshold": 64 * 1024**2}):
+        with pytest.raises(ValidationError):
+            ServiceConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_the_service_applies_its_heap_limits_when_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[int | None, int | None]] = []
+    monkeypatch.setattr(pipeline, "limit_heap", lambda a, m: calls.append((a, m)) or True)
+    settings = Settings(prescreen=EncoderConfig(model="tiny-random", allow_random=True))
+    pipeline.Service(ServiceConfig(index=tmp_path, malloc_arenas=4, malloc_mmap_threshold=None), settings)
+    assert calls == [(4, None)]
