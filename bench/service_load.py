@@ -12,7 +12,15 @@ Live drops (``vmr_frames_dropped_total``) are reported too.
 Latency: one extra realtime 720p stream shows a needle photo for 3 s every
 12 s; a websocket client watches for it. Latency = arrival of the ``moment``
 event at the client - wall time the needle's first frame was due on the
-stream (its realtime pacing clock). Results: ``bench/results/service_load.json``.
+stream (its realtime pacing clock). The watch's threshold sits midway between
+the scores of a background super-image and one with a single needle tile, as
+the service's own encoder gives them (``needle_scores``; random weights put
+every cosine near 1, so a fixed threshold would match everything and report
+one never-closing match). ``needle_stages`` splits each latency into stages
+(:mod:`bench.needle_trace`, a bench-only hook). ``rss_base_mb``: VmRSS with
+the model loaded and the needle stream running, before the N cameras;
+``rss_per_stream_mb``: (VmRSS at the end of the window - that) / N.
+Results: ``bench/results/service_load.json``.
 
 Encoder flags as every bench (``--model``, ``--random-weights``, ``--backend``, ``--device``);
 the default stays tiny-random for plumbing. Each row also records peak RSS (VmHWM, reset

@@ -110,7 +110,12 @@ def test_the_service_applies_its_heap_limits_when_built(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     calls: list[tuple[int | None, int | None]] = []
-    monkeypatch.setattr(pipeline, "limit_heap", lambda a, m: calls.append((a, m)) or True)
+
+    def spy(arenas: int | None, mmap_threshold: int | None) -> bool:
+        calls.append((arenas, mmap_threshold))
+        return True
+
+    monkeypatch.setattr(pipeline, "limit_heap", spy)
     settings = Settings(prescreen=EncoderConfig(model="tiny-random", allow_random=True))
     pipeline.Service(ServiceConfig(index=tmp_path, malloc_arenas=4, malloc_mmap_threshold=None), settings)
     assert calls == [(4, None)]
