@@ -9,7 +9,7 @@ decoders. Variants, run interleaved for ``--rounds`` rounds:
 
 * ``auto``: frame + slice threads (``DecoderThreads`` AUTO), glibc's default arenas;
 * ``slice``: slice threads only (what paced replays and RTSP use);
-* ``slice+heap``: slice threads and :func:`agent.service.heap.limit_heap` (2 arenas, 128 KiB
+* ``slice+heap``: slice threads and :func:`agent.process_memory.limit_heap` (2 arenas, 128 KiB
   mmap threshold: the service's defaults) before the threads start.
 
     python -m bench.decoder_rss --decoders 20 --frames 300 --rounds 2
@@ -46,7 +46,7 @@ def child(variant: str, decoders: int, frames: int) -> float:
     from streams.sampler import DecoderThreads, to_rgb
 
     if variant == "slice+heap":
-        from agent.service.heap import limit_heap
+        from agent.process_memory import limit_heap
 
         limit_heap(2, 128 * 1024)
     threads: DecoderThreads = "AUTO" if variant == "auto" else "SLICE"
