@@ -55,7 +55,8 @@ class SiTrace:
     batch_start: float | None = None
     batch_end: float | None = None
     scored: float | None = None
-    score: float | None = None
+    vec: np.ndarray | None = None
+    """The embedding the watches scored (the watch's vector is known only later)."""
 
 
 @dataclass
@@ -68,8 +69,8 @@ class NeedleTrace:
     sis: dict[tuple[float, float], SiTrace] = field(default_factory=dict)
     """By (start, end) stream seconds: ids of freed super-images are reused by later ones."""
 
-    def attach(self, svc: Service, qvec: np.ndarray) -> None:
-        """Wrap the seams of ``svc`` (its needle runner must exist; call once)."""
+    def attach(self, svc: Service) -> None:
+        """Wrap the seams of ``svc`` (its needle runner must exist; call once, before the watch opens)."""
         shard: Any = svc.shard
         runner = shard.runners[self.stream]
         push: Callable[[Frame], list[WorkItem]] = runner._push
@@ -107,7 +108,7 @@ class NeedleTrace:
             on_embedding(stream, si, vec)
             trace = self._of(stream, si)
             if trace is not None and trace.scored is None:
-                trace.scored, trace.score = time.time(), float(np.dot(vec, qvec))
+                trace.scored, trace.vec = time.time(), np.array(vec, np.float32)
 
         listener.on_embedding = traced_on_embedding
 
@@ -117,12 +118,19 @@ class NeedleTrace:
         return self.sis.get(_key(ref))
 
     def breakdown(
-        self, dues: Sequence[float], arrivals: Sequence[float], *, wall0: float, threshold: float
+        self,
+        dues: Sequence[float],
+        arrivals: Sequence[float],
+        *,
+        wall0: float,
+        qvec: np.ndarray,
+        threshold: float,
     ) -> dict[str, Any]:
         """Stage seconds per matched needle (module docstring) and their medians.
 
         ``dues``: wall time each needle was due on the pacing clock, whose stream second 0 is
-        at wall ``wall0``; ``arrivals``: when the client received each ``moment``.
+        at wall ``wall0``; ``arrivals``: when the client received each ``moment``; ``qvec`` and
+        ``threshold``: the watch's vector and threshold (which super-image opened the match).
         """
         rows = []
         for due, arrival in zip(dues, arrivals, strict=True):
@@ -132,7 +140,7 @@ class NeedleTrace:
                     s
                     for s in self.sis.values()
                     if s.scored is not None and s.scored <= arrival and s.emitted >= due
-                    if s.score is not None and s.score >= threshold
+                    if s.vec is not None and float(np.dot(s.vec, qvec)) >= threshold
                 ),
                 key=lambda s: s.scored or 0.0,
                 default=None,

@@ -157,17 +157,17 @@ async def run(
         await svc.start()
         server = Server(svc.serving, cfg)
         port = await server.start()
+        scores = await asyncio.to_thread(_needle_threshold, svc, needle_photo)
         await svc.add_stream(
             FileSpec(id="needle", kind="file", path=str(needle_video), realtime=True, loop=True)
         )
-        scores = await asyncio.to_thread(_needle_threshold, svc, needle_photo)
+        trace = NeedleTrace("needle")
+        trace.attach(svc)  # before the watch: every needle it can report is traced
         ready = asyncio.Event()
         url = f"ws://127.0.0.1:{port}"
         watcher = asyncio.create_task(_watch(url, needle_photo, scores["threshold"], arrivals, ready))
         await ready.wait()
         (watch_,) = svc.watches.values()
-        trace = NeedleTrace("needle")
-        trace.attach(svc, watch_.qvec)
         base = rss_mb()  # model loaded, the needle stream running
         for spec in specs:
             await svc.add_stream(spec)
@@ -200,7 +200,9 @@ async def run(
     lat = np.asarray(latencies)
     wall0 = (first_wall or 0.0) - first_t
     dues = [a - x for a, x in zip(arrivals, latencies, strict=True)] if latencies else []
-    stages = trace.breakdown(dues, arrivals[: len(dues)], wall0=wall0, threshold=scores["threshold"])
+    stages = trace.breakdown(
+        dues, arrivals[: len(dues)], wall0=wall0, qvec=watch_.qvec, threshold=scores["threshold"]
+    )
     return {
         "streams": n,
         "seconds": round(elapsed, 1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import service_load
@@ -33,13 +34,18 @@ def test_needle_breakdown_splits_arrival_minus_due_into_stages() -> None:
     trace = NeedleTrace("needle")
     wall0 = 1000.0  # stream second 0 on the pacing clock
     trace.frames = [(5.5, 1005.52, 1005.53, 1005.54), (6.0, 1006.03, 1006.04, 1006.05)]
-    hit = SiTrace(6.0, 8.0, emitted=1007.6, batch_start=1007.9, batch_end=1008.4, scored=1008.45, score=0.9)
-    miss = SiTrace(4.0, 6.0, emitted=1006.1, batch_start=1006.2, batch_end=1006.5, scored=1006.6, score=0.1)
+    needle, background = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    hit = SiTrace(6.0, 8.0, emitted=1007.6, batch_start=1007.9, batch_end=1008.4, scored=1008.45, vec=needle)
+    miss = SiTrace(
+        4.0, 6.0, emitted=1006.1, batch_start=1006.2, batch_end=1006.5, scored=1006.6, vec=background
+    )
     trace.sis = {(6.0, 8.0): hit, (4.0, 6.0): miss}
-    out = trace.breakdown([1006.0], [1008.5], wall0=wall0, threshold=0.5)
+    out = trace.breakdown([1006.0], [1008.5], wall0=wall0, qvec=needle, threshold=0.5)
     (needle,) = out["needles"]
     assert needle["release"] == pytest.approx(0.03) and needle["fill"] == pytest.approx(1.55)
     assert needle["queue"] == pytest.approx(0.3) and needle["encode"] == pytest.approx(0.5)
     assert sum(needle[s] for s in STAGES) == pytest.approx(needle["total"]) == pytest.approx(2.5)
     assert needle["si_span"] == [6.0, 8.0] and out["median_s"]["total"] == pytest.approx(2.5)
-    assert trace.breakdown([1006.0], [1006.55], wall0=wall0, threshold=0.5)["needles"] == []  # not yet scored
+    assert (
+        trace.breakdown([1006.0], [1006.55], wall0=wall0, qvec=needle, threshold=0.5)["needles"] == []
+    )  # not yet scored
