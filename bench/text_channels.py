@@ -235,7 +235,7 @@ def bench_ocr(
         }
         for n, show, style in zip(needles, shows, styles, strict=True)
     ]
-    spans = [[round(s.start, 2), round(s.end, 2), s.text] for s in channel.spans]
+    spans: list[list[Any]] = [[round(s.start, 2), round(s.end, 2), s.text] for s in channel.spans]
     rows = ts.query_rows(channel, meta, sentences)
     return {
         "stream_seconds": seconds,

@@ -111,14 +111,14 @@ def table(rows: Sequence[dict[str, Any]], by: str | None = None) -> dict[str, An
     return out
 
 
-def misses(rows: Sequence[dict[str, Any]], heard: dict[float, str] | None = None) -> list[dict[str, Any]]:
+def misses(rows: Sequence[dict[str, Any]], heard: dict[Any, Any] | None = None) -> list[dict[str, Any]]:
     """The rows whose top moment missed (IoU < 0.5), with what the channel held at the truth if ``heard`` maps
     span starts to text (the transcript or OCR read that should have matched)."""
     out = []
     for r in rows:
         if r["r1_05"]:
             continue
-        m = {k: r[k] for k in ("kind", "query", "truth", "top") if k in r}
+        m: dict[str, Any] = {k: r[k] for k in ("kind", "query", "truth", "top") if k in r}
         if heard is not None:
             m["held_at_truth"] = [t for s, t in heard.items() if r["truth"][0] - 2.0 <= s <= r["truth"][1]]
         out.append(m)

@@ -35,7 +35,6 @@ Numeric and pure: no I/O (vectors come in computed).
 
 from __future__ import annotations
 
-import math
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.channels.base import ChannelAnswer, ChannelQuery
+from agent.channels.text_fuzzy import credits
 from agent.core.fuse import MAD_TO_SIGMA, Calibration, ChannelProposal
 from agent.errors import ConfigError
 
@@ -65,10 +65,20 @@ _NUMBERS = {
         "fifteen sixteen seventeen eighteen nineteen twenty".split()
     )
 }
+_ORDINALS = {
+    w: str(i + 1)
+    for i, w in enumerate(
+        "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+        "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth".split()
+    )
+}
+_ORDINAL_DIGITS = re.compile(r"^(\d+)(?:st|nd|rd|th)$")
 _STOP = frozenset(
     "a an the and or but of to in on at by for with from is are was were be been it its this that "
     "these those i you he she we they me him her us them my your our their do does did when where "
-    "what which who whom how why there here as so not no".split()
+    "what which who whom how why there here as so not no am have has had "
+    # modal verbs: a question's "should", "can" say nothing about which moment
+    "should must can could will would shall may might".split()
 )
 
 
@@ -84,7 +94,7 @@ def tokens(text: str) -> list[str]:
     out = []
     for w in _WORD.findall(text.lower()):
         w = w.strip("'")
-        w = _NUMBERS.get(w, w)
+        w = _NUMBERS.get(w) or _ORDINALS.get(w) or _ORDINAL_DIGITS.sub(r"\1", w)
         if w and w not in _STOP:
             out.append(w)
     return out
@@ -160,10 +170,11 @@ class FreshSpans:
 def search_spans(
     spans: Sequence[TimedText], query: str, *, stream: str, channel: str, top_k: int
 ) -> list[ChannelProposal]:
-    """Up to ``top_k`` proposals (kind :data:`LEXICAL_KIND`) of the spans sharing a word with ``query``.
+    """Up to ``top_k`` proposals (kind :data:`LEXICAL_KIND`) of the spans holding some of ``query``'s terms.
 
     Empty when the query has no search term or nothing matches. Proposal
-    ``score`` is the matched IDF share in [0, 1]; ``quote`` the matched words.
+    ``score`` is the matched IDF share in [0, 1] (sound-alike matches in part);
+    ``quote`` the matched words.
     """
     q = query_terms(query)
     if not q or not spans:
@@ -176,18 +187,20 @@ def search_spans(
     retriever = bm25s.BM25(k1=1.5, b=0.75)
     retriever.index([d or [""] for d in docs], show_progress=False)
     bm25 = np.asarray(retriever.get_scores(q), dtype=np.float64)
+    credit, earned = credits(q, docs)  # (terms, spans)
     n = len(docs)
-    df = {t: sum(1 for d in docs if t in d) for t in q}
+    df = (credit > 0).sum(axis=1)
     # Lucene's IDF, never negative; a term no span holds still weighs in the denominator.
-    idf = {t: math.log(1.0 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in q}
-    total = sum(idf.values())
+    idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
+    share = idf @ credit / idf.sum()
     out: list[ChannelProposal] = []
-    for i in np.argsort(-bm25, kind="stable")[: max(1, top_k)]:
-        if bm25[i] <= 0.0:
+    # Share first (the calibrated score), BM25 among equal shares (repeats, shorter spans).
+    for i in np.lexsort((-bm25, -share))[: max(1, top_k)]:
+        if share[i] <= 0.0:
             break
-        span, doc = spans[int(i)], set(docs[int(i)])
-        share = sum(idf[t] for t in q if t in doc) / total
-        hits = [(s, w) for s, _e, w in span.words if set(tokens(w)) & set(q)]
+        span = spans[int(i)]
+        matched = set().union(*(earned[t][int(i)] for t in range(len(q))))
+        hits = [(s, w) for s, _e, w in span.words if set(tokens(w)) & matched]
         out.append(
             ChannelProposal(
                 stream=stream,
@@ -195,7 +208,7 @@ def search_spans(
                 kind=LEXICAL_KIND,
                 start=span.start,
                 end=span.end,
-                score=float(share),
+                score=float(share[i]),
                 peak=hits[0][0] if hits else span.start,
                 evidence=tuple(s for s, _ in hits),
                 quote=" ".join(w.strip() for _, w in hits),
