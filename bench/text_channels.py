@@ -235,7 +235,8 @@ def bench_ocr(
         }
         for n, show, style in zip(needles, shows, styles, strict=True)
     ]
-    spans: list[list[Any]] = [[round(s.start, 2), round(s.end, 2), s.text] for s in channel.spans]
+    # What the search sees (open spans run to the last read), so --rescore replays it exactly.
+    spans: list[list[Any]] = [[t.start, t.end, t.text, [list(w) for w in t.words]] for t in channel.timed()]
     rows = ts.query_rows(channel, meta, sentences)
     return {
         "stream_seconds": seconds,
@@ -295,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     sentences = SentenceEncoder()
     sentences.encode(["warm up"])
     if a.rescore is not None:
-        result = rescore(json.loads(a.rescore.read_text()), sentences) | {"rescored_by": command}
+        previous = json.loads(a.rescore.read_text())
+        previous.pop("note", None)  # about the previous run's search, not this one
+        result = rescore(previous, sentences) | {"rescored_by": command, "rescored_at": git_commit()}
     else:
         if (shutil.which("espeak-ng") is None and not a.no_speech) or shutil.which("tesseract") is None:
             raise SystemExit("needs espeak-ng and tesseract-ocr: bash scripts/system-deps.sh")
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace, command: str, sentences: SentenceEncoder) -> dict[str, Any]:
-    machine = machine_info()
+    machine, commit = machine_info(), git_commit()
     transcriber = WhisperTranscriber()
     transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))  # load outside the timing
     snrs = [float(x) for x in a.snr.split(",")]
@@ -353,7 +356,7 @@ def _run(a: argparse.Namespace, command: str, sentences: SentenceEncoder) -> dic
         "ocr_short_side": a.ocr_short_side,
         "models": "faster-whisper base int8 (packaged), all-MiniLM-L6-v2 (packaged), Tesseract 5 eng",
         "machine": machine,
-        "git": git_commit(),
+        "git": commit,
         "splits": splits,
     }
 

@@ -126,22 +126,41 @@ def misses(rows: Sequence[dict[str, Any]], heard: dict[Any, Any] | None = None) 
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """A short table of R1@0.5 / R1@0.7 / mAP per split, channel, SNR and kind."""
-    lines = [f"Command: `{result['command']}`", "", f"Size: {result['size']}", ""]
+    """Short tables: R1@0.5 / R1@0.7 / mAP per split, channel, SNR and kind; R1@0.5 per needle attribute."""
+    lines = [f"Command: `{result['command']}`", ""]
+    if "rescored_by" in result:
+        lines += [f"Search re-run on the recorded spans: `{result['rescored_by']}`", ""]
+    lines += [f"Size: {result['size']}", ""]
     lines += [
-        "| split | channel | condition | kind | n | R1@0.5 | R1@0.7 | mAP |",
+        "| split | channel | SNR | kind | n | R1@0.5 | R1@0.7 | mAP |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for split, parts in result["splits"].items():
-        for cond, r in parts.get("speech", {}).items():
-            for kind, m in r["by_kind"].items():
+        cells = [("speech", c, r["by_kind"]) for c, r in parts.get("speech", {}).items()]
+        cells += [("on-screen", "-", parts["ocr"]["by_kind"])] if parts.get("ocr") else []
+        for channel, cond, by_kind in cells:
+            for kind, m in by_kind.items():
                 lines.append(
-                    f"| {split} | speech | {cond} | {kind} | {m['n']} | {m['r1_05']} | {m['r1_07']} | {m['ap']} |"
+                    f"| {split} | {channel} | {cond.removeprefix('snr_')} | {kind} | {m['n']} "
+                    f"| {m['r1_05']} | {m['r1_07']} | {m['ap']} |"
                 )
-        ocr = parts.get("ocr")
-        if ocr:
-            for kind, m in ocr["by_kind"].items():
-                lines.append(
-                    f"| {split} | on-screen | - | {kind} | {m['n']} | {m['r1_05']} | {m['r1_07']} | {m['ap']} |"
-                )
+    lines += ["", "R1@0.5 (exact / paraphrase / question) per needle attribute:", ""]
+    lines += [
+        "| split | channel | SNR | attribute | value | n per kind | R1@0.5 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split, parts in result["splits"].items():
+        groups = [(c, r, ("voice", "speed")) for c, r in parts.get("speech", {}).items()]
+        groups += (
+            [("-", parts["ocr"], ("font", "size", "motion", "occluded", "sign"))] if parts.get("ocr") else []
+        )
+        for cond, r, attrs in groups:
+            channel = "on-screen" if cond == "-" else "speech"
+            for attr in attrs:
+                for value, by_kind in r[f"by_{attr}"].items():
+                    cells = " / ".join(str(m["r1_05"]) for m in by_kind.values())
+                    n = next(iter(by_kind.values()))["n"]
+                    lines.append(
+                        f"| {split} | {channel} | {cond.removeprefix('snr_')} | {attr} | {value} | {n} | {cells} |"
+                    )
     return "\n".join(lines) + "\n"

@@ -29,8 +29,8 @@ import numpy as np
 
 from agent.errors import ConfigError
 
-FUZZY_MIN = 0.75
-"""Smallest similarity that counts ("forklift" ~ "portlift" is 0.75, "desk" ~ "mess" 0.5)."""
+FUZZY_MIN = 0.7
+"""Smallest similarity that counts ("forklift" ~ "portlift" is 0.75, "stopped" ~ "stop" 0.73, "desk" ~ "mess" 0.5)."""
 FUZZY_FLOOR = 0.5
 """Credit of a similarity of exactly :data:`FUZZY_MIN` (a misspelt term is weaker evidence than a spelt one)."""
 FUZZY_MIN_CHARS = 4
