@@ -150,7 +150,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for split, parts in result["splits"].items():
-        groups = [(c, r, ("voice", "speed")) for c, r in parts.get("speech", {}).items()]
+        groups: list[tuple[str, Any, tuple[str, ...]]] = [
+            (c, r, ("voice", "speed")) for c, r in parts.get("speech", {}).items()
+        ]
         groups += (
             [("-", parts["ocr"], ("font", "size", "motion", "occluded", "sign"))] if parts.get("ocr") else []
         )
@@ -158,9 +160,9 @@ def markdown(result: dict[str, Any]) -> str:
             channel = "on-screen" if cond == "-" else "speech"
             for attr in attrs:
                 for value, by_kind in r[f"by_{attr}"].items():
-                    cells = " / ".join(str(m["r1_05"]) for m in by_kind.values())
+                    r1 = " / ".join(str(m["r1_05"]) for m in by_kind.values())
                     n = next(iter(by_kind.values()))["n"]
                     lines.append(
-                        f"| {split} | {channel} | {cond.removeprefix('snr_')} | {attr} | {value} | {n} | {cells} |"
+                        f"| {split} | {channel} | {cond.removeprefix('snr_')} | {attr} | {value} | {n} | {r1} |"
                     )
     return "\n".join(lines) + "\n"
