@@ -2,6 +2,7 @@
 # Debian packages the test-suite's real peers need: ffmpeg (segmenter),
 # GStreamer's RTSP server (run with the system python3 + PyGObject), Tesseract
 # with its English data (on-screen text channel), espeak-ng (speech in tests),
+# fonts-dejavu-core (the text benchmark's signs),
 # and chromium for the web page's end-to-end tests (driven by Playwright with
 # executable_path: no browser download).
 set -euo pipefail
@@ -14,6 +15,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
 [ -n "$(ls /usr/share/tesseract-ocr/*/tessdata/eng.traineddata 2>/dev/null)" ] || need+=(tesseract-ocr-eng)
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+# the text benchmark's signs (bench/text_channels.py: DejaVu Sans Bold, Serif, Sans Mono)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

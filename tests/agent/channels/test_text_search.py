@@ -9,6 +9,7 @@ from agent.channels.base import ChannelQuery
 from agent.channels.text_search import (
     LEXICAL_KIND,
     SEMANTIC_KIND,
+    SEMANTIC_LEXICAL_WEIGHT,
     SENTENCE_ROLE,
     FreshSpans,
     TextSearch,
@@ -16,6 +17,8 @@ from agent.channels.text_search import (
     phrase_hits,
     query_terms,
     search_spans,
+    searchable,
+    semantic_spans,
     tokens,
 )
 from agent.core.fuse import fuse
@@ -86,3 +89,56 @@ def test_fresh_spans_are_bounded_and_drop_the_oldest() -> None:
     for span in SPANS[:3]:
         fresh.add(span)
     assert fresh.take() == SPANS[1:3] and fresh.dropped == 1 and fresh.take() == []
+
+
+def _words(*timed: tuple[float, float, str]) -> tuple[tuple[float, float, str], ...]:
+    return tuple(timed)
+
+
+def test_searchable_cuts_at_pauses_and_joins_lines_shown_together() -> None:
+    # Whisper's one segment holding two sentences said 10 s apart.
+    merged = TimedText(
+        2.9,
+        19.6,
+        "The truck is waiting at gate or the North entrance will close",
+        _words(
+            (2.9, 3.4, " The"),
+            (3.4, 3.8, " truck"),
+            (3.8, 5.3, " waiting"),
+            (17.3, 17.6, " North"),
+            (17.6, 18.0, " entrance"),
+            (18.0, 19.6, " close"),
+        ),
+    )
+    lines = [
+        TimedText(40.0, 44.0, "Breaking news: storm", ()),
+        TimedText(40.0, 44.0, "warning for the coast", ()),
+    ]
+    pieces = searchable([merged, *lines])
+    assert [(p.start, p.end, p.text) for p in pieces] == [
+        (2.9, 5.3, "The truck waiting"),
+        (17.3, 19.6, "North entrance close"),
+        (40.0, 44.0, "Breaking news: storm warning for the coast"),
+    ]
+    answer = TextSearch().answer(
+        [merged, *lines],
+        ChannelQuery(vectors={}, text="when does the north entrance close", top_k=3),
+        stream="s",
+        channel="speech",
+    )
+    assert [(p.start, p.end, p.score) for p in answer.proposals] == [(17.3, 19.6, 1.0)]
+
+
+def test_the_semantic_score_adds_the_lexical_share() -> None:
+    spans = SPANS[:4]
+    vecs = np.eye(4, 8)
+    query = np.zeros(8)
+    query[[0, 1]] = [0.6, 0.5]  # span 0 is a little closer in meaning...
+    lexical = np.array([0.0, 0.8, 0.0, 0.0])  # ...span 1 holds most of the query's words
+    alone, _ = semantic_spans(spans, vecs, query, stream="s", channel="speech", top_k=2)
+    both, cal = semantic_spans(spans, vecs, query, stream="s", channel="speech", top_k=2, lexical=lexical)
+    assert alone[0].start == SPANS[0].start and both[0].start == SPANS[1].start
+    assert both[0].score == pytest.approx(0.5 + SEMANTIC_LEXICAL_WEIGHT * 0.8)
+    assert (
+        cal is not None and cal.trials == 4 and cal.confidence(both[0].score) > cal.confidence(both[1].score)
+    )
