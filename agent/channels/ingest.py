@@ -46,7 +46,13 @@ log = logging.getLogger(__name__)
 SCENE_CUT = 0.25
 """Histogram change (L1/2) above which a frame starts a new super-image."""
 MAX_TILE_GAP = 4
-"""Sampling periods a filling grid may wait across gated (static) frames."""
+"""Gated (static) samples in a row a filling grid may wait across.
+
+Counted in samples, not seconds: a keyframe pass samples once per keyframe
+interval (2 s on IP cameras), and a rule in sampling periods (4 x 0.5 s)
+closed its grids at every second static keyframe, one encoder pass per
+frame (300 s clip: 34 passes for 92 encoded keyframes). On a full pass at
+the sampling rate both rules agree; ``gap_seconds`` still bounds the wait."""
 
 
 @dataclass(slots=True)
@@ -100,14 +106,22 @@ class StreamIngestor:
         self.cheap = cheap
         self.store = store
         self.gate = Gate(cfg.gate_motion, cfg.gate_hist, cfg.gate_max_seconds) if cfg.gate else None
+        # Tiles may sit across a short static run (MAX_TILE_GAP samples, each within
+        # gap_seconds of the one before): the Tiler's guard is that bound, the gap rule is ours.
         self.tiler = Tiler(
-            stream, grid=cfg.grid, size=image_size, period=1.0 / cfg.fps, max_gap=cfg.gap_seconds
+            stream,
+            grid=cfg.grid,
+            size=image_size,
+            period=1.0 / cfg.fps,
+            max_gap=(MAX_TILE_GAP + 1) * cfg.gap_seconds,
         )
         self.stats = IngestStats()
         self._fifo: deque[_Pending] = deque()
         self._by_id: dict[int, _Pending] = {}
         self._hole = False
         """A dropped super-image is the newest memory event: do not stretch an anchor over it."""
+        self._static: list[float] = []
+        """Times of the gated samples since the newest pending tile (see :data:`MAX_TILE_GAP`)."""
 
     def push(self, frame: Frame) -> list[SuperImage]:
         """Take one sampled frame; return super-images that now need encoding.
@@ -136,36 +150,53 @@ class StreamIngestor:
         return out
 
     def _take(self, frame: Frame) -> list[SuperImage]:
+        prev = self.stats.last_time
+        jumped = prev is not None and frame.t - prev > self.cfg.gap_seconds  # an outage, not a static run
         self._count(frame)
         entry = self.cheap.add(frame.t, frame.image)
         if self.store is not None:
             self.store.put(frame.t, frame.image, frame.wall)
         if self.gate is not None and not self.gate.should_encode(entry) and self._has_history():
             self.stats.gated_frames += 1
-            return self._gated(frame.t)
+            return self._gated(frame.t, jumped)
         self.stats.encoded_frames += 1
         out = []
-        if self.tiler.pending and (entry.hist_change >= SCENE_CUT or self.tiler.breaks(frame.t)):
-            out = self._emit(self.tiler.flush())  # never tile across a scene cut or a gap
+        if self.tiler.pending and (entry.hist_change >= SCENE_CUT or jumped):
+            out = self._close_grid()  # never tile across a scene cut or a gap
+        self._static.clear()  # the static run before this tile lies inside its grid's span
         return out + self._emit(self.tiler.push(frame.t, frame.image))
 
-    def _gated(self, t: float) -> list[SuperImage]:
+    def _gated(self, t: float, jumped: bool) -> list[SuperImage]:
         """A static frame: no encoder pass; the memory's coverage still reaches it."""
         period = self.tiler.period
         if not self.tiler.pending:
             self._queue(_Pending(None, extend_to=t + period))
             return []
-        if t - self.tiler.last_time <= MAX_TILE_GAP * period and not self.tiler.breaks(t):
+        if len(self._static) < MAX_TILE_GAP and not jumped:
             # Short static run inside a filling grid: the next tile's span covers it.
+            self._static.append(t)
             return []
         # A long static stretch: close the grid (tiles stay near-consecutive) and stretch.
-        out = self._emit(self.tiler.flush())
+        out = self._close_grid()
         self._queue(_Pending(None, extend_to=t + period))
+        return out
+
+    def _close_grid(self) -> list[SuperImage]:
+        """Emit the filling grid, then stretch coverage over the static samples after its last tile.
+
+        One extension per sample: a keyframe pass's static run (up to
+        MAX_TILE_GAP samples 2 s apart) is longer than ``gap_seconds``, and a
+        single stretch over it would read as an outage.
+        """
+        out = self._emit(self.tiler.flush())
+        for t in self._static:
+            self._queue(_Pending(None, extend_to=t + self.tiler.period))
+        self._static.clear()
         return out
 
     def flush(self) -> list[SuperImage]:
         """Emit the last partial grid (end of stream or a pause); coverage reaches the last frame."""
-        out = self._emit(self.tiler.flush())
+        out = self._close_grid()
         last = self.stats.last_time
         if last is not None and self.stats.encoded_frames:
             self._queue(_Pending(None, extend_to=last + self.tiler.period))

@@ -174,3 +174,47 @@ def test_a_dropped_superimage_is_a_gap_in_coverage_however_short() -> None:
     ing.commit(emitted[2], rng.normal(size=3).astype(np.float32))
     assert ing.memory.spans() == [(0.0, 2.0), (4.0, 6.0)]
     assert ing.memory.coverage(0.0, 6.0)[0] == pytest.approx(4.0)
+
+
+def moving_square(k: int) -> np.ndarray:
+    """A grey picture with a bright square at a position set by ``k``: motion, no scene cut."""
+    img = solid((90, 90, 90), 64, 64)
+    x = 4 + 8 * (k % 6)
+    img[20:36, x : x + 16] = 230
+    return img
+
+
+def test_keyframe_pass_grid_waits_across_static_keyframes_coverage_unbroken() -> None:
+    """Keyframes 2 s apart, each moving picture followed by three static copies: full grids.
+
+    The static run inside a grid is counted in samples (3 <= MAX_TILE_GAP), not in 0.5 s
+    sampling periods, so grids do not close at every second static keyframe; the 8 s
+    between tiles is no outage (every 2 s a frame was seen), so coverage has no hole.
+    """
+    ing = make_ingestor(grid=2, gate=True)
+    emitted = []
+    for k in range(32):  # 64 s: tiles at 0, 8, 16, ...
+        emitted += ing.push(Frame("s", 2.0 * k, moving_square(k // 4), keyframe=True))
+    emitted += ing.flush()
+    for si in emitted:
+        ing.commit(si, np.array([1.0, 0.0, 0.0], np.float32))
+    assert (ing.stats.encoded_frames, ing.stats.gated_frames) == (8, 24)
+    assert [len(si.times) for si in emitted] == [4, 4]  # was eight one-tile passes
+    assert emitted[0].times == (0.0, 8.0, 16.0, 24.0)
+    assert ing.memory.spans() == [(0.0, 62.5)]  # the last static keyframe (62 s) plus one period
+
+
+def test_static_run_longer_than_the_gap_after_the_last_tile_stays_covered() -> None:
+    """Four static keyframes (8 s) after a tile, then a cut: the grid closes, coverage reaches the cut."""
+    ing = make_ingestor(grid=2, gate=True)
+    red = solid((200, 20, 20), 64, 64)
+    emitted = []
+    frames = [moving_square(0)] + [moving_square(0)] * 4 + [red]  # t = 0, 2..8 static, 10 a cut
+    for k, img in enumerate(frames):
+        emitted += ing.push(Frame("s", 2.0 * k, img, keyframe=True))
+    emitted += ing.flush()
+    for si in emitted:
+        ing.commit(si, np.array([1.0, 0.0, 0.0], np.float32) if si.start < 10 else np.ones(3, np.float32))
+    assert [si.times for si in emitted] == [(0.0,), (10.0,)]
+    assert len(ing.memory.spans()) == 1  # the 8 s static run after the tile is no outage
+    assert ing.memory.spans()[0][1] == pytest.approx(10.5)
