@@ -13,6 +13,12 @@ cached under ``bench/cache/``. On it, in one process and in this order:
   (keyframes) pass and the full pass, with decode in its own thread as ``vmr ingest`` runs it
   and, for comparison, with decode and encoding alternating in one thread (``--serial``).
 
+``--ab-decode-threads N`` adds the full pass with N FFmpeg decoder threads to every round (an
+interleaved A/B of ``IndexConfig.decode_threads``; ``--decode-threads`` sets it for every ingest
+pass). ``--profile`` ends with one serial pass per mode and its per-stage CPU
+(:mod:`bench.stage_profile`: demux/decode, swscale conversion, cheap index, frame store, tiling,
+encoder, memory) under ``"profile"``.
+
 The passes run in ``--repeat`` interleaved rounds and each keeps its median round (by wall
 time). Each pass records wall seconds, process CPU seconds (every thread: ``time.process_time``) and
 CPU utilisation = CPU seconds / (wall seconds x cores): 1.0 means every core busy throughout.
@@ -46,6 +52,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate of the ingest")
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the median round is kept")
     p.add_argument("--serial", action="store_true", help="also run the full pass without the decode thread")
+    p.add_argument(
+        "--decode-threads",
+        type=int,
+        default=None,
+        help="FFmpeg decoder threads of the ingest passes (default: IndexConfig's; 0: FFmpeg's choice)",
+    )
+    p.add_argument(
+        "--ab-decode-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run the full pass with N decoder threads, interleaved (an A/B of the setting)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the rounds, one serial pass of each mode with per-stage CPU (bench.stage_profile)",
+    )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder (imagenet_sample, coco)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the clip is built and kept")
     p.add_argument(
@@ -84,9 +108,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.args import encoder_from_args
     from bench.run_haystack import git_commit, machine_info
     from bench.speed import decode_only, ingest_pass, rss_mb
+    from bench.stage_profile import profile_ingest
 
     enc_cfg = encoder_from_args(args)
-    settings = Settings(prescreen=enc_cfg, index=IndexConfig(fps=args.fps))
+    index = IndexConfig(fps=args.fps)
+    if args.decode_threads is not None:
+        index = index.model_copy(update={"decode_threads": args.decode_threads})
+    settings = Settings(prescreen=enc_cfg, index=index)
     params = haystack.make_params(duration=args.seconds, fps=25, height=args.height, needles=2)
     report: dict[str, Any] = {
         "bench": "archive_pass",
@@ -124,11 +152,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def decode(keyframes: bool) -> dict[str, Any]:
         return decode_only(clip.video, fps=args.fps, keyframes_only=keyframes, short_side=short)
 
-    def ingest(keyframes: bool, overlap: bool) -> dict[str, Any]:
+    def ingest(keyframes: bool, overlap: bool, threads: int | None = None) -> dict[str, Any]:
+        cfg = settings
+        if threads is not None:
+            cfg = settings.model_copy(
+                update={"index": settings.index.model_copy(update={"decode_threads": threads})}
+            )
         figures, _ = ingest_pass(
-            clip.video, settings, duration=duration, keyframes_only=keyframes, overlap=overlap
+            clip.video, cfg, duration=duration, keyframes_only=keyframes, overlap=overlap
         )
         figures.pop("marks", None)
+        figures["decode_threads"] = cfg.index.decode_threads
         return figures
 
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -139,6 +173,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if args.serial:
         plan.append(("ingest_full_serial", lambda: ingest(False, False)))
+    if args.ab_decode_threads is not None:
+        ab = args.ab_decode_threads
+        plan.append((f"ingest_full_decode_threads_{ab}", lambda: ingest(False, True, ab)))
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in plan}
     for _ in range(args.repeat):  # interleaved rounds: a burst of load hits every pass alike
         for name, fn in plan:
@@ -151,6 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         passes[name]["wall_s_rounds"] = [row["wall_s"] for row in rows]
     report["passes"] = passes
     report["rss"] = rss_mb()
+    if args.profile:
+        report["profile"] = {
+            "how": "one serial pass per mode after the timed rounds; stage seconds exclusive "
+            "(bench/stage_profile.py); cpu_s counts every thread of the process meanwhile",
+            "coarse": profile_ingest(clip.video, settings, keyframes_only=True),
+            "full": profile_ingest(clip.video, settings, keyframes_only=False),
+        }
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report["summary"] = summary(passes)
     return report
@@ -176,6 +220,9 @@ def summary(passes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
     if "ingest_full_serial" in passes:
         out["full_overlap_speedup"] = round(passes["ingest_full_serial"]["wall_s"] / full["wall_s"], 3)
+    for name, row in passes.items():
+        if name.startswith("ingest_full_decode_threads_"):
+            out[f"{name}_vs_decode_only"] = round(dec["wall_s"] / row["wall_s"], 3)
     return out
 
 

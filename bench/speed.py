@@ -128,6 +128,7 @@ class _Marks:
             self.sample(self.marks.pop(0))
 
     def sample(self, mark: float) -> None:
+        self.idx.settle()  # commit the batches in flight: the memory reaches the mark, the encoder idles
         st = self.idx.streams[STREAM]  # on_frame runs in the ingest thread: nothing moves meanwhile
         row: dict[str, Any] = {
             "hours": round(mark / HOUR, 3),
@@ -185,6 +186,7 @@ def ingest_pass(
                 fps=fps,
                 keyframes_only=keyframes_only,
                 short_side=idx.prescreen.image_size,
+                thread_count=settings.index.decode_threads,
             )
             t0 = time.perf_counter()
             idx.ingest(prefetch(frames) if overlap else frames, on_frame=sampler.on_frame)

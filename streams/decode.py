@@ -284,6 +284,7 @@ def decode(
     check_truncation: bool = True,
     damage: Damage | None = None,
     threads: DecoderThreads = "AUTO",
+    thread_count: int = 0,
 ) -> Generator[Picture | Sound, None, None]:
     """Yield every decoded picture (and sound frame, with ``audio``) of an open container.
 
@@ -295,12 +296,13 @@ def decode(
     (checked per packet) ends the generator early and quietly.
     ``keyframes_only`` makes FFmpeg skip every non-key frame. ``damage``
     (optional) receives the skipped packets, the stitches and the end read.
-    ``threads``: FFmpeg's threading (:data:`~streams.sampler.DecoderThreads`).
+    ``threads``: FFmpeg's threading (:data:`~streams.sampler.DecoderThreads`);
+    ``thread_count``: decoder threads (0: FFmpeg's choice; :func:`~streams.sampler.tune_decoder`).
 
     Raises :class:`CorruptMediaError` after the good frames (see the module
     docstring), :class:`EmptyMediaError` when the stream held no picture at all.
     """
-    tune_decoder(vstream, threads=threads)
+    tune_decoder(vstream, threads=threads, count=thread_count)
     if keyframes_only:
         vstream.codec_context.skip_frame = "NONKEY"
     report = damage if damage is not None else Damage()

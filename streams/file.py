@@ -71,6 +71,7 @@ def decode_media(
     damage: Damage | None = None,
     formats: Collection[str] | None = None,
     threads: DecoderThreads = "AUTO",
+    thread_count: int = 0,
 ) -> Iterator[Media]:
     """Like :func:`decode_frames`, plus :class:`AudioChunk` items (mono 16 kHz, ~1 s) with ``audio``.
 
@@ -79,7 +80,8 @@ def decode_media(
     picture or its own duration, clipped to the end of the stream), so a
     sample is yielded once the next picture is decoded (or the input ends).
     ``formats``: the demuxers FFmpeg may open it with (None: any), see
-    :func:`~streams.decode.open_media`. ``threads``: FFmpeg's decoder threading
+    :func:`~streams.decode.open_media`. ``thread_count``: decoder threads (0: FFmpeg's
+    choice, :func:`~streams.sampler.tune_decoder`). ``threads``: FFmpeg's decoder threading
     (:data:`~streams.sampler.DecoderThreads`).
     """
     container, vstream = open_media(path, formats)
@@ -97,6 +99,7 @@ def decode_media(
         stop=stop,
         damage=damage,
         threads=threads,
+        thread_count=thread_count,
     )
     try:
         try:
@@ -129,6 +132,7 @@ def decode_frames(
     end: float | None = None,
     stop: threading.Event | None = None,
     damage: Damage | None = None,
+    thread_count: int = 0,
 ) -> Iterator[Frame]:
     """Yield sampled RGB frames of ``path`` with their stream times.
 
@@ -139,6 +143,7 @@ def decode_frames(
     converted and resized once so the short side is ``short_side``.
     ``stop`` (checked per packet) ends the generator early and quietly.
     ``damage`` (optional) receives what decoding noticed (:class:`~streams.decode.Damage`).
+    ``thread_count``: decoder threads (0: FFmpeg's choice), see :func:`~streams.sampler.tune_decoder`.
 
     Raises :class:`~streams.errors.SourceUnavailableError` for a missing file and
     :class:`~streams.errors.CorruptMediaError` (after yielding the good frames) when the input
@@ -154,6 +159,7 @@ def decode_frames(
         end=end,
         stop=stop,
         damage=damage,
+        thread_count=thread_count,
     ):
         if isinstance(item, Frame):
             yield item

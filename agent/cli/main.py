@@ -63,6 +63,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             short_side=idx.prescreen.image_size,
             audio=settings.speech.enabled,
             damage=report,
+            thread_count=settings.index.decode_threads,
         )
         bar = tqdm(
             total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5

@@ -6,8 +6,9 @@ Layout::
     DIR/streams/<id>/...    one StreamState per stream (see agent.index.stream_state)
 
 The same object backs the CLI (one stream per ingested file) and the service
-(many live streams). Encoding is inline here (:meth:`VideoIndex.ingest`); the
-service hands each stream's work items to shared batch workers instead.
+(many live streams). :meth:`VideoIndex.ingest` encodes in its own worker
+thread (:mod:`agent.index.encode_pipeline`); the service hands each stream's
+work items to shared batch workers instead.
 Queries search every channel of every requested stream and rank once, in
 :func:`agent.core.fuse.fuse` (:func:`agent.index.answers.answer`).
 
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.channels.base import Channel, ChannelAnswer, WorkItem, group_by_worker
+from agent.channels.base import Channel, ChannelAnswer, WorkItem
 from agent.channels.ocr import OCR_WORKER, OcrChannel
 from agent.channels.refine import VisualPlan, refine_plans
 from agent.channels.retrieval import PRESCREEN, REFINE, FrameEmbeddingCache, Query, QueryVectors, query_roles
@@ -41,6 +42,7 @@ from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
+from agent.index.encode_pipeline import EncodePipeline, Entry
 from agent.index.info import bytes_on_disk, stream_info
 from agent.index.stream_state import StreamState
 from agent.models.encoder import Encoder, encoder_for
@@ -83,6 +85,7 @@ class VideoIndex:
             IMAGE_WORKER: self._encode_images
         }
         """Inline batch functions by worker name (:attr:`WorkItem.worker`)."""
+        self._pipe: EncodePipeline | None = None  # the encoder stage of the ingest in progress
         self.transcriber: WhisperTranscriber | None = None
         sp, oc = settings.speech, settings.ocr
         if sp.enabled:
@@ -270,49 +273,47 @@ class VideoIndex:
         *,
         on_frame: Callable[[Frame], None] | None = None,
     ) -> None:
-        """Encode and store ``frames`` inline (batched by the encoder batch size).
+        """Encode and store ``frames``, batched by the encoder batch size.
 
-        Audio chunks among them go to the stream's audio channels (speech,
-        when enabled); a whole window is transcribed at once.
+        Batches are encoded in a worker thread while the next frames are pushed
+        and committed here in order (:mod:`agent.index.encode_pipeline`), all of
+        them by the return. ``on_frame`` runs after each push, when the memory may
+        lag by the batches in flight (:meth:`settle`). Audio chunks go to the audio channels.
         """
-        batch: list[tuple[StreamState, WorkItem]] = []
+        batch: list[Entry] = []
         bs = self.prescreen.batch_size
         touched: set[str] = set()
-        try:
-            for frame in frames:
-                st = self.stream(frame.stream)
-                if frame.stream not in touched:
-                    st.set_recorded(True)  # inline ingest reads files: no one waits on a window
-                touched.add(frame.stream)
-                if isinstance(frame, AudioChunk):
-                    batch.extend((st, item) for item in st.push_audio(frame))
-                    continue
-                batch.extend((st, item) for item in st.push(frame))
-                if len(batch) >= bs:
-                    self._encode(batch)
-                    batch = []
-                if on_frame is not None:
-                    on_frame(frame)
-        finally:
-            # Also on a corrupt tail or Ctrl-C: what was decoded is kept.
-            for name in touched:
-                st = self.streams[name]
-                batch.extend((st, item) for item in st.flush())
-            self._encode(batch)
+        with EncodePipeline(self._workers, runner="this index") as pipe:
+            self._pipe = pipe
+            try:
+                for frame in frames:
+                    st = self.stream(frame.stream)
+                    if frame.stream not in touched:
+                        st.set_recorded(True)  # inline ingest reads files: no one waits on a window
+                    touched.add(frame.stream)
+                    if isinstance(frame, AudioChunk):
+                        batch.extend((st, item) for item in st.push_audio(frame))
+                        continue
+                    batch.extend((st, item) for item in st.push(frame))
+                    if len(batch) >= bs:
+                        pipe.submit(batch)
+                        batch = []
+                    pipe.poll()
+                    if on_frame is not None:
+                        on_frame(frame)
+            finally:
+                # Also on a corrupt tail or Ctrl-C: what was decoded is kept.
+                self._pipe = None
+                for name in touched:
+                    st = self.streams[name]
+                    batch.extend((st, item) for item in st.flush())
+                pipe.submit(batch)
+                pipe.drain()
 
-    def _encode(self, batch: list[tuple[StreamState, WorkItem]]) -> None:
-        """Run each work item through the worker it names and commit the results.
-
-        Inline, the index runs one worker, ``"image"`` (the prescreen
-        encoder); an item naming another is a configuration bug, raised as
-        :class:`ConfigError` before anything of the batch is encoded (as the
-        service's :class:`~agent.service.workers.Workers` does).
-        """
-        by_worker = group_by_worker(batch, lambda entry: entry[1], self._workers, runner="this index")
-        for name, group in by_worker.items():
-            vecs = self._workers[name]([item for _, item in group])
-            for (st, item), vec in zip(group, vecs, strict=True):
-                st.commit(item, vec)
+    def settle(self) -> None:
+        """Commit every batch an :meth:`ingest` in progress has in flight (from its ``on_frame``)."""
+        if self._pipe is not None:
+            self._pipe.drain()
 
     def _transcribe(self, items: list[WorkItem]) -> list[np.ndarray]:
         assert self.transcriber is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import archive_pass
+from bench.stage_profile import STAGES
 from tests.videos import DATA, IMAGENET
 
 COCO = DATA / "coco"
@@ -17,6 +18,7 @@ COCO = DATA / "coco"
 def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: Path) -> None:
     out = tmp_path / "archive.json"
     argv = ["--model", "tiny-random", "--seconds", "60", "--height", "480", "--serial", "--repeat", "1"]
+    argv += ["--ab-decode-threads", "1", "--profile"]
     assert archive_pass.main([*argv, "--data", str(DATA), "--cache", str(tmp_path), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m bench.archive_pass --model tiny-random")
@@ -29,7 +31,11 @@ def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: P
         "decode_full",
         "ingest_full",
         "ingest_full_serial",
+        "ingest_full_decode_threads_1",
     }
+    assert passes["ingest_full"]["decode_threads"] == 0  # FFmpeg's choice unless told
+    assert passes["ingest_full_decode_threads_1"]["decode_threads"] == 1
+    assert passes["ingest_full_decode_threads_1"]["frames"] == passes["ingest_full"]["frames"]
     # A keyframe at least every 2 s (x264 may add some at cuts) against 2 fps sampling.
     coarse = passes["decode_keyframes"]["frames"]
     assert coarse == passes["ingest_coarse"]["frames"] and 30 <= coarse < 120
@@ -43,3 +49,13 @@ def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: P
         passes["decode_full"]["wall_s"] / passes["ingest_full"]["wall_s"], 3
     )
     assert summary["full_overlap_speedup"] > 0
+    for mode, ingest in (("coarse", "ingest_coarse"), ("full", "ingest_full")):
+        prof = report["profile"][mode]
+        stages = prof["stages"]
+        assert set(stages) == {*STAGES, "other"}
+        # Exclusive stages add up to the pass (each figure rounded to the millisecond).
+        assert sum(row["wall_s"] for row in stages.values()) == pytest.approx(prof["wall_s"], abs=0.02)
+        assert stages["demux_decode"]["calls"] == prof["frames"] + 1  # the last call ends the input
+        assert stages["convert_scale"]["calls"] == prof["frames"] == passes[ingest]["frames"]
+        assert stages["encoder_forward"]["calls"] >= 1 and stages["encoder_forward"]["cpu_s"] > 0
+        assert prof["encoder_passes"] == passes[ingest]["encoder_passes"]

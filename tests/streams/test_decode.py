@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from streams.decode import Clock, _stated_bytes
+from streams.file import decode_frames
+from streams.sampler import tune_decoder
 from tests.streams import corpus
+from tests.videos import Scene, make_video
 
 
 def test_clock_stitches_a_restart_in_playback_order() -> None:
@@ -45,3 +50,25 @@ def test_live_written_matroska_states_no_length(tmp_path: Path) -> None:
     path = tmp_path / "live.mkv"
     corpus.ffmpeg("-i", str(source), "-c", "copy", "-f", "matroska", "-live", "1", str(path))
     assert _stated_bytes(str(path)) == (None, path.stat().st_size)
+
+
+@pytest.mark.parametrize("keyframes_only", [False, True])
+def test_decoder_thread_count_changes_no_pixel_and_no_time(tmp_path: Path, keyframes_only: bool) -> None:
+    """One decoder thread (the ingest's choice beside a CPU encoder) yields what FFmpeg's default yields."""
+    path = tmp_path / "clip.mp4"
+    make_video(path, [Scene(2.0, (200, 40, 40), moving=True), Scene(2.0, (40, 40, 200), moving=True)], fps=25)
+    runs = [
+        list(decode_frames(path, fps=5.0, short_side=64, keyframes_only=keyframes_only, thread_count=n))
+        for n in (0, 1)
+    ]
+    assert len(runs[0]) == len(runs[1]) >= (4 if keyframes_only else 20)
+    for a, b in zip(*runs, strict=True):
+        assert (a.t, a.keyframe, a.duration) == (b.t, b.keyframe, b.duration)
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_tune_decoder_refuses_a_negative_thread_count(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    make_video(path, [(1.0, (10, 20, 30))], fps=10)
+    with av.open(str(path)) as container, pytest.raises(ValueError, match=">= 0"):
+        tune_decoder(container.streams.video[0], count=-1)
