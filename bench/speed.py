@@ -162,8 +162,9 @@ def ingest_pass(
 ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Ingest the whole video into a fresh index.
 
-    ``overlap`` decodes in a worker thread as ``vmr ingest`` does (``agent.cli.options.prefetch``);
-    without it decode and encoding alternate in one thread.
+    ``overlap`` decodes and encodes in worker threads as ``vmr ingest`` does
+    (``agent.cli.options.prefetch``, ``VideoIndex.encode_in_thread``); without it decode,
+    push and encoding alternate in one thread.
 
     Returns the figures (speed, hour marks, latency, final info) and the moments the engine
     answered for each latency query at full length, by mode (empty when no queries ran).
@@ -177,6 +178,7 @@ def ingest_pass(
     marks = [h * HOUR for h in HOUR_MARKS if h * HOUR < duration]
     with tempfile.TemporaryDirectory(prefix="vmr-bench-", dir=work_dir) as tmp:
         idx = VideoIndex.create(Path(tmp), settings)
+        idx.encode_in_thread = overlap
         try:
             peak_reset = reset_peak_rss()
             sampler = _Marks(idx, marks, latency_images)

@@ -169,6 +169,7 @@ def profile_ingest(
     clock = StageClock()
     with tempfile.TemporaryDirectory(prefix="vmr-profile-") as tmp:
         idx = VideoIndex.create(Path(tmp), settings)
+        idx.encode_in_thread = False  # one thread: every stage's seconds are its own
         try:
             frames = decode_frames(
                 video,

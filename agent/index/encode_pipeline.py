@@ -62,13 +62,17 @@ def run_by_worker(batch: Sequence[Entry], workers: Mapping[str, Worker], *, runn
 class EncodePipeline:
     """Runs batches through ``workers`` in one worker thread; commits on the caller's thread, in order."""
 
-    def __init__(self, workers: Mapping[str, Worker], *, runner: str, depth: int = DEFAULT_DEPTH) -> None:
+    def __init__(
+        self, workers: Mapping[str, Worker], *, runner: str, depth: int = DEFAULT_DEPTH, threaded: bool = True
+    ) -> None:
+        """``threaded=False``: each batch runs and commits inside :meth:`submit`, on the caller's
+        thread (no worker thread: the serial baseline and the per-stage profile)."""
         if depth < 0:
             raise ValueError("depth must be >= 0")
         self._workers = workers
         self._runner = runner
         self.depth = depth
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vmr-encode")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vmr-encode") if threaded else None
         self._queued: deque[tuple[list[Entry], Future[list[np.ndarray]]]] = deque()
         self._closed = False
 
@@ -88,6 +92,10 @@ class EncodePipeline:
         if self._closed:
             raise RuntimeError("submit() on a closed encode pipeline")
         if not batch:
+            return
+        if self._pool is None:
+            for (owner, item), vec in zip(batch, self._run(batch), strict=True):
+                owner.commit(item, vec)
             return
         while len(self._queued) > self.depth:
             self._commit_oldest()
@@ -114,7 +122,8 @@ class EncodePipeline:
         for _, future in self._queued:
             future.cancel()
         self._queued.clear()
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _run(self, batch: list[Entry]) -> list[np.ndarray]:
         return run_by_worker(batch, self._workers, runner=self._runner)

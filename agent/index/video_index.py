@@ -86,6 +86,7 @@ class VideoIndex:
         }
         """Inline batch functions by worker name (:attr:`WorkItem.worker`)."""
         self._pipe: EncodePipeline | None = None  # the encoder stage of the ingest in progress
+        self.encode_in_thread = True  # False: ingest() encodes inline (the serial baseline, the profile)
         self.transcriber: WhisperTranscriber | None = None
         sp, oc = settings.speech, settings.ocr
         if sp.enabled:
@@ -275,15 +276,13 @@ class VideoIndex:
     ) -> None:
         """Encode and store ``frames``, batched by the encoder batch size.
 
-        Batches are encoded in a worker thread while the next frames are pushed
-        and committed here in order (:mod:`agent.index.encode_pipeline`), all of
-        them by the return. ``on_frame`` runs after each push, when the memory may
-        lag by the batches in flight (:meth:`settle`). Audio chunks go to the audio channels.
+        Batches are encoded in a worker thread while the next frames are pushed and
+        committed here in order (:mod:`agent.index.encode_pipeline`), all by the return;
+        ``on_frame`` runs after each push (the memory may lag: :meth:`settle`).
         """
         batch: list[Entry] = []
-        bs = self.prescreen.batch_size
-        touched: set[str] = set()
-        with EncodePipeline(self._workers, runner="this index") as pipe:
+        bs, touched = self.prescreen.batch_size, set[str]()
+        with EncodePipeline(self._workers, runner="this index", threaded=self.encode_in_thread) as pipe:
             self._pipe = pipe
             try:
                 for frame in frames:

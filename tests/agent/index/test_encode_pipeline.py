@@ -111,3 +111,11 @@ def test_pipelined_ingest_builds_the_same_memory_as_inline_encoding(tmp_path: Pa
     assert n_a == n_b == 30 and spans_a == spans_b
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)  # same batches, same order: bit-identical
+
+
+def test_unthreaded_pipeline_commits_inside_submit_without_a_thread() -> None:
+    owner = Recorder()
+    with EncodePipeline({"image": slow_double}, runner="test", threaded=False) as pipe:
+        pipe.submit(items(owner, [3.0, 4.0]))
+        assert owner.got == [(3.0, 6.0), (4.0, 8.0)] and pipe.in_flight == 0
+        assert not [t for t in threading.enumerate() if t.name.startswith("vmr-encode")]
