@@ -111,9 +111,6 @@ class IndexConfig(Strict):
     """Target sampling rate (frames per stream second)."""
     keyframes_only: bool = False
     """Decode keyframes only: a fast coarse pass over archives."""
-    decode_threads: int = Field(default=0, ge=0, le=64)
-    """FFmpeg decoder threads of a file ingest (0: FFmpeg's choice, cores + 1). One thread
-    spends the least CPU per frame, the choice when the encoder shares the cores."""
     grid: int = Field(default=2, ge=1, le=4)
     """Super-image grid N: one encoder pass covers N x N frames."""
     budget: int = Field(default=4096, ge=2)

@@ -14,7 +14,7 @@ cached under ``bench/cache/``. On it, in one process and in this order:
   and, for comparison, with decode and encoding alternating in one thread (``--serial``).
 
 ``--ab-decode-threads N`` adds the full pass with N FFmpeg decoder threads to every round (an
-interleaved A/B of ``IndexConfig.decode_threads``; ``--decode-threads`` sets it for every ingest
+interleaved A/B of ``vmr ingest --decode-threads``; ``--decode-threads`` sets it for every ingest
 pass). ``--profile`` ends with one serial pass per mode and its per-stage CPU
 (:mod:`bench.stage_profile`: demux/decode, swscale conversion, cheap index, frame store, tiling,
 encoder, memory) under ``"profile"``.
@@ -55,8 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--decode-threads",
         type=int,
-        default=None,
-        help="FFmpeg decoder threads of the ingest passes (default: IndexConfig's; 0: FFmpeg's choice)",
+        default=0,
+        help="FFmpeg decoder threads of the ingest passes (0: FFmpeg's choice, as vmr ingest)",
     )
     p.add_argument(
         "--ab-decode-threads",
@@ -111,10 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.stage_profile import profile_ingest
 
     enc_cfg = encoder_from_args(args)
-    index = IndexConfig(fps=args.fps)
-    if args.decode_threads is not None:
-        index = index.model_copy(update={"decode_threads": args.decode_threads})
-    settings = Settings(prescreen=enc_cfg, index=index)
+    settings = Settings(prescreen=enc_cfg, index=IndexConfig(fps=args.fps))
+    threads: int = args.decode_threads
     params = haystack.make_params(duration=args.seconds, fps=25, height=args.height, needles=2)
     report: dict[str, Any] = {
         "bench": "archive_pass",
@@ -152,17 +150,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def decode(keyframes: bool) -> dict[str, Any]:
         return decode_only(clip.video, fps=args.fps, keyframes_only=keyframes, short_side=short)
 
-    def ingest(keyframes: bool, overlap: bool, threads: int | None = None) -> dict[str, Any]:
-        cfg = settings
-        if threads is not None:
-            cfg = settings.model_copy(
-                update={"index": settings.index.model_copy(update={"decode_threads": threads})}
-            )
+    def ingest(keyframes: bool, overlap: bool, decode_threads: int = threads) -> dict[str, Any]:
         figures, _ = ingest_pass(
-            clip.video, cfg, duration=duration, keyframes_only=keyframes, overlap=overlap
+            clip.video,
+            settings,
+            duration=duration,
+            keyframes_only=keyframes,
+            overlap=overlap,
+            decode_threads=decode_threads,
         )
         figures.pop("marks", None)
-        figures["decode_threads"] = cfg.index.decode_threads
+        figures["decode_threads"] = decode_threads
         return figures
 
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -192,8 +190,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["profile"] = {
             "how": "one serial pass per mode after the timed rounds; stage seconds exclusive "
             "(bench/stage_profile.py); cpu_s counts every thread of the process meanwhile",
-            "coarse": profile_ingest(clip.video, settings, keyframes_only=True),
-            "full": profile_ingest(clip.video, settings, keyframes_only=False),
+            "coarse": profile_ingest(clip.video, settings, keyframes_only=True, decode_threads=threads),
+            "full": profile_ingest(clip.video, settings, keyframes_only=False, decode_threads=threads),
         }
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report["summary"] = summary(passes)

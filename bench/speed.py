@@ -159,12 +159,14 @@ def ingest_pass(
     latency_images: Sequence[RGBImage] = (),
     work_dir: Path | None = None,
     overlap: bool = True,
+    decode_threads: int = 0,
 ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Ingest the whole video into a fresh index.
 
     ``overlap`` decodes and encodes in worker threads as ``vmr ingest`` does
     (``agent.cli.options.prefetch``, ``VideoIndex.encode_in_thread``); without it decode,
-    push and encoding alternate in one thread.
+    push and encoding alternate in one thread. ``decode_threads``: FFmpeg decoder threads
+    (0: FFmpeg's choice).
 
     Returns the figures (speed, hour marks, latency, final info) and the moments the engine
     answered for each latency query at full length, by mode (empty when no queries ran).
@@ -188,7 +190,7 @@ def ingest_pass(
                 fps=fps,
                 keyframes_only=keyframes_only,
                 short_side=idx.prescreen.image_size,
-                thread_count=settings.index.decode_threads,
+                thread_count=decode_threads,
             )
             t0 = time.perf_counter()
             idx.ingest(prefetch(frames) if overlap else frames, on_frame=sampler.on_frame)

@@ -153,11 +153,12 @@ def profile_ingest(
     *,
     keyframes_only: bool,
     stream: str = "bench",
+    decode_threads: int = 0,
 ) -> dict[str, Any]:
     """Ingest ``video`` serially into a fresh index with the stage timers on; the breakdown.
 
     ``settings``: :class:`agent.config.Settings` (its encoders load before the timed part:
-    ``load_encoder`` keeps loaded models).
+    ``load_encoder`` keeps loaded models); ``decode_threads``: FFmpeg decoder threads (0: its choice).
     Returns ``{"mode", "wall_s", "cpu_s", "frames", "encoder_passes", "stages": {...}}``.
     """
     from agent.index.video_index import VideoIndex
@@ -177,7 +178,7 @@ def profile_ingest(
                 fps=settings.index.fps,
                 keyframes_only=keyframes_only,
                 short_side=idx.prescreen.image_size,
-                thread_count=settings.index.decode_threads,
+                thread_count=decode_threads,
             )
             with _patches(clock):
                 c0, t0 = time.process_time(), time.perf_counter()

@@ -63,7 +63,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             short_side=idx.prescreen.image_size,
             audio=settings.speech.enabled,
             damage=report,
-            thread_count=settings.index.decode_threads,
+            thread_count=a.decode_threads,
         )
         bar = tqdm(
             total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5
@@ -322,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--stream", default=None, help="stream id (default: from the file name)")
     pi.add_argument("--json", action="store_true")
     pi.add_argument("--quiet", action="store_true")
+    pi.add_argument(
+        "--decode-threads",
+        type=int,
+        choices=range(65),
+        default=0,
+        metavar="N",
+        help="FFmpeg decoder threads, 0..64 (0: FFmpeg's choice; 1: least CPU beside a CPU encoder)",
+    )
     add_model_options(pi)
     add_index_options(pi)
     pi.set_defaults(func=cmd_ingest)

@@ -139,7 +139,8 @@ def test_ingest_and_image_query_end_to_end(tmp_path: Path, capsys: pytest.Captur
     scenes = photos(4)
     video = make_video(tmp_path / "clip.mp4", [(4.0, p) for p in scenes], fps=10, size=(320, 240)).path
     index = tmp_path / "index"
-    assert main(["ingest", str(video), "--index", str(index), "--model", CLASSICAL, "--json", "--quiet"]) == 0
+    argv = ["ingest", str(video), "--index", str(index), "--model", CLASSICAL, "--json", "--quiet"]
+    assert main([*argv, "--decode-threads", "1"]) == 0  # one FFmpeg decoder thread: the same frames
     summary = json.loads(capsys.readouterr().out)
     assert summary["encoder"] == CLASSICAL and summary["backend"] == "numpy" and summary["frames"] >= 30
 
