@@ -289,9 +289,11 @@ async def test_a_paced_replay_decodes_with_slice_threads(
     seen: list[str] = []
     real = decode_module.tune_decoder
 
-    def spy(vstream: av.video.stream.VideoStream, *, threads: DecoderThreads = "AUTO") -> None:
+    def spy(
+        vstream: av.video.stream.VideoStream, *, threads: DecoderThreads = "AUTO", count: int = 0
+    ) -> None:
         seen.append(threads)
-        real(vstream, threads=threads)
+        real(vstream, threads=threads, count=count)
 
     monkeypatch.setattr(decode_module, "tune_decoder", spy)
     spec = make_video(tmp_path / "p.mp4", [(1.0, (90, 90, 90))], fps=10)
