@@ -70,7 +70,8 @@ class Batcher:
     """Joins concurrent :meth:`encode` calls into calls of ``fn``; see the module docstring.
 
     Needs a running loop for :meth:`encode`; :meth:`close` is idempotent,
-    cancels the collecting task and fails what still waits.
+    cancels the collecting task and fails every request not yet answered,
+    including callers still blocked on a full queue.
     """
 
     def __init__(self, fn: BatchFn, *, batch_size: int, max_wait: float, queue_size: int = 64) -> None:
@@ -81,6 +82,9 @@ class Batcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(max(1, queue_size))
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # Every caller's future until it is answered: close() fails them all, wherever the request
+        # is (queued, in a pass, or its caller still blocked in put on a full queue).
+        self._pending: set[asyncio.Future[np.ndarray]] = set()
 
     async def encode(self, images: Sequence[RGBImage], stream: str = "") -> np.ndarray:
         """(n, dim) float32 rows of ``images`` (n >= 0), encoded in a pass shared with other callers.
@@ -94,7 +98,18 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="encoder-batcher")
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(list(images), stream, fut))
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        try:
+            await self._queue.put(_Request(list(images), stream, fut))
+        except BaseException:
+            fut.cancel()  # never queued (the caller was cancelled while blocked on a full queue)
+            raise
+        if self._closed:
+            # close() drained the queue and so woke this put: nobody reads the queue now. Draining
+            # again takes this request out and wakes the next blocked caller, which does the same.
+            self._drain()
+            _fail_one(fut, "the encoder closed")
         return await fut
 
     async def close(self) -> None:
@@ -105,10 +120,14 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._drain()
+        for fut in list(self._pending):
+            _fail_one(fut, "the encoder closed")
+
+    def _drain(self) -> None:
+        """Fail what is queued (the collecting task is gone)."""
         while not self._queue.empty():
-            req = self._queue.get_nowait()
-            if not req.future.done():
-                req.future.set_exception(EncodingError("the encoder closed"))
+            _fail_one(self._queue.get_nowait().future, "the encoder closed")
 
     async def _run(self) -> None:
         while True:
@@ -147,7 +166,7 @@ class Batcher:
         except Exception as exc:  # one failed pass fails its requests, never the batcher
             log.exception("encoder pass of %d images failed", len(images))
             self.stats.errors += 1
-            self._fail(batch, f"encoder pass failed: {type(exc).__name__}: {exc}")
+            self._fail(batch, f"encoder pass failed: {type(exc).__name__}: {exc}", exc)
             return
         self._count(batch, len(images))
         start = 0
@@ -170,7 +189,15 @@ class Batcher:
             s.streams[req.stream] = s.streams.get(req.stream, 0) + len(req.images)
 
     @staticmethod
-    def _fail(batch: list[_Request], why: str) -> None:
+    def _fail(batch: list[_Request], why: str, cause: BaseException | None = None) -> None:
         for req in batch:
-            if not req.future.done():
-                req.future.set_exception(EncodingError(why))
+            _fail_one(req.future, why, cause)
+
+
+def _fail_one(fut: asyncio.Future[np.ndarray], why: str, cause: BaseException | None = None) -> None:
+    """Answer ``fut`` with EncodingError (chained to ``cause``, as ``raise ... from``) unless answered."""
+    if fut.done():
+        return
+    err = EncodingError(why)
+    err.__cause__ = cause
+    fut.set_exception(err)

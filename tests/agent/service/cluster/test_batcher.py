@@ -113,3 +113,30 @@ async def test_close_is_idempotent_and_refuses_later_requests() -> None:
     await batcher.close()
     with pytest.raises(EncodingError):
         await batcher.encode(_images(1), "cam0")
+
+
+async def test_close_answers_callers_blocked_on_a_full_queue() -> None:
+    # The repro: one pass runs (held), one request queued, two callers blocked in put. close() must
+    # answer all four; before the fix, the two woken putters queued into a queue nobody read.
+    gate = threading.Event()
+    enc = CountingEncoder(gate)
+    batcher = Batcher(enc, batch_size=1, max_wait=0.0, queue_size=1)
+    calls = [asyncio.ensure_future(batcher.encode(_images(v), f"cam{v}")) for v in range(4)]
+    try:
+        assert await asyncio.to_thread(enc.entered.wait, 5.0)
+        await asyncio.sleep(0.05)  # the other three are queued or blocked in put
+        await asyncio.wait_for(batcher.close(), 5.0)
+        out = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5.0)
+    finally:
+        gate.set()
+    assert all(isinstance(e, EncodingError) for e in out), out
+
+
+async def test_a_failed_pass_chains_the_encoder_exception() -> None:
+    batcher = Batcher(CountingEncoder(fail=True), batch_size=1, max_wait=0.0)
+    try:
+        with pytest.raises(EncodingError) as info:
+            await asyncio.wait_for(batcher.encode(_images(1), "cam0"), 5.0)
+    finally:
+        await batcher.close()
+    assert isinstance(info.value.__cause__, RuntimeError) and "device lost" in str(info.value.__cause__)
