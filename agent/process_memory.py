@@ -10,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -61,7 +65,62 @@ def _load_mallopt() -> Callable[[int, int], int] | None:
 _MALLOPT = _load_mallopt()
 
 
-def limit_heap(arenas: int | None, mmap_threshold: int | None) -> bool:
+MMAP_THRESHOLD_MIN = 4096
+"""Smallest mmap threshold accepted (bytes, a page): below it every small allocation is a syscall."""
+MMAP_THRESHOLD_MAX = 32 * 1024**2
+"""glibc's own ceiling on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``); mallopt refuses more."""
+
+# The operator's own allocator settings, which glibc reads at start: when present they win.
+_ARENA_ENV, _ARENA_TUNABLE = "MALLOC_ARENA_MAX", "glibc.malloc.arena_max"
+_MMAP_ENV, _MMAP_TUNABLE = "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"
+
+
+@dataclass(frozen=True)
+class HeapPlan:
+    """What :func:`limit_heap` sets: None leaves a setting to glibc (or to the environment)."""
+
+    arenas: int | None
+    mmap_threshold: int | None
+    summary: str
+    """One line for the log: each setting's value and where it comes from."""
+
+
+def _from_env(environ: Mapping[str, str], var: str, tunable: str) -> str | None:
+    """The operator's value of a malloc setting (``VAR=v`` or ``GLIBC_TUNABLES=...tunable=v...``)."""
+    if environ.get(var, "").strip():
+        return f"{var}={environ[var].strip()}"
+    for item in environ.get("GLIBC_TUNABLES", "").split(":"):
+        if item.partition("=")[0].strip() == tunable:
+            return f"GLIBC_TUNABLES {item.strip()}"
+    return None
+
+
+def plan_heap(arenas: int, mmap_threshold: int, environ: Mapping[str, str]) -> HeapPlan:
+    """Decide :func:`limit_heap`'s settings; pure (tests read it without touching the allocator).
+
+    ``arenas`` (count) and ``mmap_threshold`` (bytes): 0 leaves glibc alone. A value the operator
+    set in ``environ`` (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_`` or the matching
+    ``GLIBC_TUNABLES``) wins over the config, since mallopt would silently override it.
+    """
+    parts: list[str] = []
+
+    def pick(name: str, value: int, var: str, tunable: str) -> int | None:
+        env = _from_env(environ, var, tunable)
+        if env is not None:
+            parts.append(f"{name} from the environment ({env}; config's {value or 'default'} not applied)")
+            return None
+        if value <= 0:
+            parts.append(f"{name} glibc's default")
+            return None
+        parts.append(f"{name} {value} (config)")
+        return value
+
+    a = pick("arenas", arenas, _ARENA_ENV, _ARENA_TUNABLE)
+    m = pick("mmap threshold", mmap_threshold, _MMAP_ENV, _MMAP_TUNABLE)
+    return HeapPlan(a, m, "glibc heap: " + ", ".join(parts))
+
+
+def limit_heap(arenas: int, mmap_threshold: int, environ: Mapping[str, str] | None = None) -> bool:
     """Cap glibc's malloc arenas and fix its mmap threshold (bytes) for this process.
 
     Why: glibc gives each thread that allocates its own arena, up to 8 per
@@ -73,17 +132,22 @@ def limit_heap(arenas: int | None, mmap_threshold: int | None) -> bool:
     system when freed: an open 720p decoder thread holds 6.6 MiB instead of
     11.1 (``bench/results/decoder_rss.json``). Takes effect for arenas created afterwards:
     call it before threads start (glibc freezes the limit once 8 arenas
-    exist). None leaves a setting as it is. False off glibc, where nothing is
+    exist). 0 leaves a setting to glibc; so does the operator's own environment
+    variable (``environ``, default ``os.environ``; see :func:`plan_heap`).
+    Logs what it applied, once a call. False off glibc, where nothing is
     changed, or when glibc refused a value.
     """
+    plan = plan_heap(arenas, mmap_threshold, os.environ if environ is None else environ)
     mallopt = _MALLOPT
     if mallopt is None:
+        log.info("not glibc: allocator settings left alone")
         return False
     ok = True
-    if arenas is not None:
-        ok = bool(mallopt(_M_ARENA_MAX, arenas)) and ok
-    if mmap_threshold is not None:
-        ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and ok
+    if plan.arenas is not None:
+        ok = bool(mallopt(_M_ARENA_MAX, plan.arenas)) and ok
+    if plan.mmap_threshold is not None:
+        ok = bool(mallopt(_M_MMAP_THRESHOLD, plan.mmap_threshold)) and ok
+    log.info("%s%s", plan.summary, "" if ok else " (glibc refused a value)")
     return ok
 
 

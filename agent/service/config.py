@@ -35,6 +35,7 @@ from pydantic import (
 from agent.config import MAX_CLOSE_SECONDS, FiniteFloat, LLMConfig, Settings, Strict, env_str
 from agent.errors import ConfigError
 from agent.index.video_index import check_stream_id
+from agent.process_memory import MMAP_THRESHOLD_MAX, MMAP_THRESHOLD_MIN
 from streams import registry
 from streams.source import SourceSpec
 
@@ -202,14 +203,16 @@ class ServiceConfig(Strict):
     heap_trim_seconds: float | None = Field(default=30.0, gt=0)
     """Period of ``malloc_trim`` (glibc gives freed heap pages back; without it RSS creeps up
     over days, see ``agent.service.heap``); None disables it."""
-    malloc_arenas: int | None = Field(default=2, ge=1, le=1024)
+    malloc_arenas: int = Field(default=2, ge=0, le=1024)
     """glibc malloc arenas of the whole process, set when the service is built
     (:func:`agent.process_memory.limit_heap`: with the threshold below, an open 720p decoder
-    thread holds 6.6 MiB instead of 11.1); None: glibc's default (8 per core) or
-    ``MALLOC_ARENA_MAX``."""
-    malloc_mmap_threshold: int | None = Field(default=128 * 1024, ge=0, le=32 * 1024**2)
+    thread holds 6.6 MiB instead of 11.1); 0: leave glibc alone (its default, 8 per core).
+    ``MALLOC_ARENA_MAX`` in the environment wins over this setting."""
+    malloc_mmap_threshold: int = Field(default=128 * 1024, ge=0, le=MMAP_THRESHOLD_MAX)
     """Bytes from which glibc maps an allocation on its own and unmaps it when freed (sampled
-    frames, super-images, encoder batches); None: glibc's sliding threshold (up to 32 MiB)."""
+    frames, super-images, encoder batches): 4096 (a page) to 32 MiB (glibc's ceiling), or 0:
+    leave glibc alone (its sliding threshold, 128 KiB up to 32 MiB). Below a page every small
+    allocation would be a system call. ``MALLOC_MMAP_THRESHOLD_`` in the environment wins."""
     max_message_bytes: int = Field(default=12 * 1024**2, ge=1024)
     """Largest websocket message accepted (a base64 image query must fit)."""
     client_queue: int = Field(default=256, ge=8)
@@ -232,6 +235,13 @@ class ServiceConfig(Strict):
     """Optional LLM stage for text queries (off unless ``llm.url`` is set)."""
     ray: RayConfig | None = None
     """Run streams on a Ray cluster (None, the default: every stream in this process)."""
+
+    @field_validator("malloc_mmap_threshold")
+    @classmethod
+    def _sane_threshold(cls, v: int) -> int:
+        if 0 < v < MMAP_THRESHOLD_MIN:
+            raise ValueError(f"must be 0 (glibc's own) or {MMAP_THRESHOLD_MIN} to {MMAP_THRESHOLD_MAX} bytes")
+        return v
 
     @field_validator("snapshot_seconds", "progress_seconds", "heap_trim_seconds")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent.config import EncoderConfig, Settings
-from agent.process_memory import limit_heap
+from agent.process_memory import limit_heap, plan_heap
 from agent.service import pipeline
 from agent.service.config import ServiceConfig
 from agent.service.heap import HeapTrimmer, rss_bytes, trim_heap
@@ -91,17 +92,49 @@ def test_config_takes_a_period_or_none() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
-def test_limit_heap_is_accepted_by_glibc() -> None:
-    assert limit_heap(2, 128 * 1024)  # the service's defaults
-    assert limit_heap(None, None)  # nothing asked, nothing changed
+def test_limit_heap_is_accepted_by_glibc(caplog: pytest.LogCaptureFixture) -> None:
+    # The service's defaults (what every Service built by the suite applies anyway).
+    with caplog.at_level(logging.INFO, logger="agent.process_memory"):
+        assert limit_heap(2, 128 * 1024, environ={})
+    assert "arenas 2 (config), mmap threshold 131072 (config)" in caplog.text
+    assert limit_heap(0, 0, environ={})  # nothing asked, nothing changed
 
 
-def test_config_caps_arenas_by_default_and_none_leaves_glibc_alone() -> None:
+def test_zero_leaves_glibc_alone() -> None:
+    plan = plan_heap(0, 0, {})
+    assert (plan.arenas, plan.mmap_threshold) == (None, None)
+    assert plan.summary == "glibc heap: arenas glibc's default, mmap threshold glibc's default"
+    assert (plan_heap(2, 131072, {}).arenas, plan_heap(2, 131072, {}).mmap_threshold) == (2, 131072)
+
+
+def test_the_operators_environment_wins_over_the_config() -> None:
+    plan = plan_heap(2, 131072, {"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert (plan.arenas, plan.mmap_threshold) == (None, None)
+    assert "MALLOC_ARENA_MAX=4; config's 2 not applied" in plan.summary
+    assert "MALLOC_MMAP_THRESHOLD_=65536; config's 131072 not applied" in plan.summary
+    # glibc's tunables say the same; an unrelated tunable or an empty variable does not count.
+    tun = plan_heap(2, 131072, {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1"})
+    assert (tun.arenas, tun.mmap_threshold) == (None, 131072)
+    assert "GLIBC_TUNABLES glibc.malloc.arena_max=1" in tun.summary
+    assert plan_heap(2, 131072, {"MALLOC_ARENA_MAX": " "}).arenas == 2
+
+
+def test_config_caps_arenas_by_default_and_zero_leaves_glibc_alone() -> None:
     cfg = ServiceConfig()
     assert (cfg.malloc_arenas, cfg.malloc_mmap_threshold) == (2, 128 * 1024)
-    off = ServiceConfig(malloc_arenas=None, malloc_mmap_threshold=None)
-    assert (off.malloc_arenas, off.malloc_mmap_threshold) == (None, None)
-    for bad in ({"malloc_arenas": 0}, {"malloc_mmap_threshold": -1}, {"malloc_mmap_threshold": 64 * 1024**2}):
+    off = ServiceConfig(malloc_arenas=0, malloc_mmap_threshold=0)
+    assert (off.malloc_arenas, off.malloc_mmap_threshold) == (0, 0)
+    edges = ServiceConfig(malloc_mmap_threshold=4096), ServiceConfig(malloc_mmap_threshold=32 * 1024**2)
+    assert [c.malloc_mmap_threshold for c in edges] == [4096, 32 * 1024**2]
+    bad_values: list[dict[str, int | None]] = [
+        {"malloc_arenas": -1},
+        {"malloc_arenas": None},  # TOML has no null: 0 is the way to say "glibc's default"
+        {"malloc_mmap_threshold": -1},
+        {"malloc_mmap_threshold": 1},  # every small allocation a syscall
+        {"malloc_mmap_threshold": 4095},
+        {"malloc_mmap_threshold": 32 * 1024**2 + 1},
+    ]
+    for bad in bad_values:
         with pytest.raises(ValidationError):
             ServiceConfig(**bad)  # type: ignore[arg-type]
 
@@ -109,13 +142,13 @@ def test_config_caps_arenas_by_default_and_none_leaves_glibc_alone() -> None:
 def test_the_service_applies_its_heap_limits_when_built(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    calls: list[tuple[int | None, int | None]] = []
+    calls: list[tuple[int, int]] = []
 
-    def spy(arenas: int | None, mmap_threshold: int | None) -> bool:
+    def spy(arenas: int, mmap_threshold: int) -> bool:
         calls.append((arenas, mmap_threshold))
         return True
 
     monkeypatch.setattr(pipeline, "limit_heap", spy)
     settings = Settings(prescreen=EncoderConfig(model="tiny-random", allow_random=True))
-    pipeline.Service(ServiceConfig(index=tmp_path, malloc_arenas=4, malloc_mmap_threshold=None), settings)
-    assert calls == [(4, None)]
+    pipeline.Service(ServiceConfig(index=tmp_path, malloc_arenas=4, malloc_mmap_threshold=0), settings)
+    assert calls == [(4, 0)]
