@@ -210,8 +210,11 @@ class SpeechConfig(Strict):
     recorded_window_seconds: float = Field(default=300.0, gt=1.0, le=600.0)
     """The same from a recorded source (``vmr ingest``, a file or segment folder in a service):
     the VAD packs sparse speech into fewer 30-s encoder passes (at 30 % speech, 300-s windows
-    cost ~40 % fewer CPU s than 30-s ones, bench/results/speech_speed.json), at ~19 MB of
-    buffered sound per stream."""
+    cost ~40 % fewer CPU s than 30-s ones, bench/results/speech_speed.json). Memory: a window is
+    300 x 16 000 x 4 B = 19.2 MB of float32 sound, and a stream buffers up to 4 of them in a
+    service (one filling, two queued, one in whisper: ~77 MB; ``agent.service.local_shard``).
+    A ``segments`` stream counts as recorded even while it follows a folder a recorder fills:
+    its speech then lags up to this many seconds (set 30 for a live recorder's folder)."""
     batch_size: int = Field(default=8, ge=1, le=32)
     """VAD chunks of a window whisper decodes together (1: one at a time, the decoder's own
     timestamps); batching cuts the decoder's CPU s (bench/results/speech_speed.json)."""

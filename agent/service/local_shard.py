@@ -53,6 +53,26 @@ _T = TypeVar("_T")
 QUERY_THREADS = 2
 """Threads of the query executor: queries run concurrently with each other, never in ingest's pool."""
 
+SPEECH_QUEUE = 2
+"""Speech windows queued per stream, not ``encoder_queue``: a recorded window is 300 x 16 000 x
+4 B = 19.2 MB of sound. A third waits in ``submit``, holding the stream's ingest (backpressure on
+its decode, as for a replay's frames). With 1 in whisper and 1 filling in the channel, a recorded
+stream buffers <= 4 windows (~77 MB; ~2.5 GB at 32 streams, where 8 queued allowed ~6 GB)."""
+
+
+def speech_worker(transcribe: Callable[[list[np.ndarray]], Any]) -> BatchWorker:
+    """The speech lane's worker: one window a batch (whisper gains nothing from batching windows on
+    a CPU; its VAD chunks of a window are batched inside ``transcribe``), ``SPEECH_QUEUE`` queued.
+
+    ``transcribe``: blocking, float32 16 kHz windows -> one result per window.
+    """
+    return BatchWorker(
+        SPEECH_WORKER,
+        lambda items: transcribe([np.asarray(i.payload) for i in items]),
+        batch_size=1,
+        queue_size=SPEECH_QUEUE,
+    )
+
 
 class LocalShard(StreamShard):
     """Streams ingested in this process into one index directory."""
@@ -102,13 +122,7 @@ class LocalShard(StreamShard):
         kinds = {IMAGE_WORKER: image}
         transcriber = self.index.transcriber
         if transcriber is not None:
-            # One 30 s window a batch: whisper gains nothing from batching on a CPU.
-            kinds[SPEECH_WORKER] = BatchWorker(
-                SPEECH_WORKER,
-                lambda items: transcriber.transcribe_batch([np.asarray(i.payload) for i in items]),
-                batch_size=1,
-                queue_size=self.cfg.encoder_queue,
-            )
+            kinds[SPEECH_WORKER] = speech_worker(transcriber.transcribe_batch)
             kinds[SPEECH_WORKER].listeners.append(self._on_text)
         reader = self.index.reader
         if reader is not None:

@@ -100,7 +100,8 @@ class StreamRunner:
     ) -> None:
         self.spec = spec
         self.state = state
-        # Live sound in short speech windows (latency), a replay at ingest speed in long ones.
+        # Live sound in short speech windows (latency), a replay at ingest speed in long ones; a
+        # followed segment folder counts as a replay (see SpeechConfig.recorded_window_seconds).
         state.set_recorded(not (spec.live or spec.paced))
         self.worker = worker
         self.cfg = cfg
