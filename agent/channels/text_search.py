@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.channels.base import ChannelAnswer, ChannelQuery
-from agent.channels.text_fuzzy import credits
+from agent.channels.text_fuzzy import Earned, credits
 from agent.core.fuse import MAD_TO_SIGMA, Calibration, ChannelProposal
 from agent.errors import ConfigError
 
@@ -179,12 +179,12 @@ class FreshSpans:
 @dataclass(frozen=True, slots=True)
 class LexicalMatch:
     """How much of a query each span holds: ``share`` (n,) matched IDF share in [0, 1], ``bm25`` (n,),
-    and per query term and span the span's terms that matched it."""
+    and per query term the span's terms that matched it (``earned[t][span]``; spans with no credit absent)."""
 
     terms: list[str]
     share: np.ndarray
     bm25: np.ndarray
-    earned: list[list[set[str]]]
+    earned: Earned
 
 
 def lexical_match(spans: Sequence[TimedText], query: str) -> LexicalMatch | None:
@@ -233,7 +233,7 @@ def search_spans(
         if m.share[i] <= 0.0:
             break
         span = spans[int(i)]
-        matched = set().union(*(m.earned[t][int(i)] for t in range(len(m.terms))))
+        matched = set().union(*(m.earned[t].get(int(i), ()) for t in range(len(m.terms))))
         hits = [(s, w) for s, _e, w in span.words if set(tokens(w)) & matched]
         out.append(
             ChannelProposal(
