@@ -68,12 +68,17 @@ class Query:
     """Only these channels answer (``["speech"]``); None or empty: every channel."""
 
     def check(self, cfg: QueryConfig) -> None:
-        """Reject empty, ambiguous or oversize queries before any encoding."""
+        """Reject empty, ambiguous, non-Unicode (a lone surrogate) or oversize queries before any encoding."""
         if (self.text is None) == (self.image is None):
             raise QueryError("a query needs exactly one of text or image")
         if self.text is not None:
             if not self.text.strip():
                 raise QueryError("empty query text")
+            try:
+                # JSON can escape a lone UTF-16 surrogate ("\\ud800"), which no tokenizer takes.
+                self.text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise QueryError(f"query text is not valid Unicode at character {exc.start}") from exc
             if len(self.text) > cfg.max_text_chars:
                 raise OversizeQueryError(
                     f"query text has {len(self.text)} characters; limit {cfg.max_text_chars}"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ConfigError, WeightsUnavailableError
+from agent.errors import ConfigError, QueryError, WeightsUnavailableError
 
 DIM = 384
 
@@ -40,11 +40,17 @@ class SentenceEncoder:
             return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), 384) float32 unit vectors ((0, 384) for no text)."""
+        """(len(texts), 384) float32 unit vectors ((0, 384) for no text).
+
+        QueryError when the tokenizer refuses a text (a lone UTF-16 surrogate: not Unicode it can encode).
+        """
         if not texts:
             return np.zeros((0, DIM), np.float32)
         model = self._load()
-        vecs = model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
-        )
+        try:
+            vecs = model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+            )
+        except (TypeError, ValueError) as exc:  # the tokenizer's refusal, e.g. "TextEncodeInput must be ..."
+            raise QueryError(f"MiniLM cannot tokenise the text: {exc}") from exc
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), DIM)

@@ -142,3 +142,14 @@ def test_the_semantic_score_adds_the_lexical_share() -> None:
     assert (
         cal is not None and cal.trials == 4 and cal.confidence(both[0].score) > cal.confidence(both[1].score)
     )
+
+
+@pytest.mark.timeout(180)
+def test_minilm_refuses_a_lone_surrogate_with_a_typed_error() -> None:
+    pytest.importorskip("sentence_transformers")
+    from agent.errors import QueryError
+    from agent.models.sentences import SentenceEncoder
+
+    with pytest.raises(QueryError, match="tokenise") as caught:
+        SentenceEncoder().encode(["\ud800x"])
+    assert isinstance(caught.value.__cause__, TypeError)  # the tokenizer's own error, kept as the cause

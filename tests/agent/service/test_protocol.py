@@ -350,3 +350,14 @@ def test_source_events_are_metrics() -> None:
         if s.name == "vmr_source_events_total"
     }
     assert found == {"segments_lost": 2, "segments_late": 1}
+
+
+async def test_a_lone_surrogate_in_query_text_is_a_bad_query_not_internal(tmp_path: Path) -> None:
+    async with running(tmp_path) as (_svc, url), client(url) as ws:
+        for kind in ("query", "watch"):
+            # json.dumps writes the lone surrogate as the escape "\ud800", which JSON allows.
+            answer = await request(ws, {"type": kind, "id": f"{kind}-s", "text": "\ud800x"})
+            assert answer["type"] == "error" and answer["code"] == "bad_query", answer
+            assert "Unicode" in answer["message"]
+        ok = await request(ws, {"type": "query", "id": "fine", "text": "a loading bay"})
+        assert ok["type"] == "moments", ok  # the connection still answers
