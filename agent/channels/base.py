@@ -219,6 +219,15 @@ class Channel(ABC):
     def search(self, query: ChannelQuery) -> ChannelAnswer:
         """Scored proposals of this channel for an encoded query (no ranking across channels)."""
 
+    def searcher(self, query: ChannelQuery) -> Callable[[], ChannelAnswer]:
+        """Called under the stream's lock: :meth:`search` as a call to make after the lock is released.
+
+        A channel whose search state is cheap to copy copies it here and scores in the call, so ingest
+        never waits behind a query's scoring; by default the search runs now, under the lock.
+        """
+        answer = self.search(query)
+        return lambda: answer
+
     def background(self, vector: np.ndarray) -> np.ndarray:
         """(n,) scores of the channel's retained tokens for a prescreen query vector.
 

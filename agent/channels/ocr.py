@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,7 +263,12 @@ class OcrChannel(Channel):
 
     def search(self, query: ChannelQuery) -> ChannelAnswer:
         """Spans matching ``query.text`` by words (BM25) and, with MiniLM, by meaning."""
-        return self.text_search.answer(self.timed(), query, stream=self.stream, channel=self.name)
+        return self.searcher(query)()
+
+    def searcher(self, query: ChannelQuery) -> Callable[[], ChannelAnswer]:
+        """:meth:`timed` is a fresh list of immutable spans; scoring runs in the call, unlocked."""
+        spans = self.timed()
+        return lambda: self.text_search.answer(spans, query, stream=self.stream, channel=self.name)
 
     # ---------------------------------------------------------- snapshots
     def save(self, folder: Path) -> None:

@@ -34,6 +34,7 @@ Rules chosen:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,12 @@ class SpeechChannel(Channel):
     # ------------------------------------------------------------- search
     def search(self, query: ChannelQuery) -> ChannelAnswer:
         """Utterances matching ``query.text`` by words (BM25) and, with MiniLM, by meaning."""
-        return self.text_search.answer(self.utterances, query, stream=self.stream, channel=self.name)
+        return self.searcher(query)()
+
+    def searcher(self, query: ChannelQuery) -> Callable[[], ChannelAnswer]:
+        """The utterance list is copied (its spans are immutable); scoring runs in the call, unlocked."""
+        spans = list(self.utterances)
+        return lambda: self.text_search.answer(spans, query, stream=self.stream, channel=self.name)
 
     # ---------------------------------------------------------- snapshots
     def save(self, folder: Path) -> None:

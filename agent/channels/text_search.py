@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -349,12 +350,16 @@ Embed = Callable[[list[str]], np.ndarray]
 
 
 class TextSearch:
-    """What a text channel searches with: BM25 always, MiniLM when given ``embed`` (vectors cached by text)."""
+    """What a text channel searches with: BM25 always, MiniLM when given ``embed`` (vectors cached by text).
+
+    Thread-safe (queries score outside their stream's lock): the vector cache has a lock of its own.
+    """
 
     def __init__(self, embed: Embed | None = None, cache_size: int = 50_000) -> None:
         self.embed = embed
         self._vecs: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def answer(
         self, spans: Sequence[TimedText], query: ChannelQuery, *, stream: str, channel: str
@@ -388,9 +393,10 @@ class TextSearch:
 
     def _vectors(self, texts: list[str]) -> np.ndarray:
         assert self.embed is not None
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vecs))
-        if missing:
-            if len(self._vecs) + len(missing) > self._cache_size:
-                self._vecs.clear()  # evicted spans leave stale entries; start over rather than track them
-            self._vecs.update(zip(missing, self.embed(missing), strict=True))
-        return np.stack([self._vecs[t] for t in texts])
+        with self._lock:  # one query's clear() must not pull vectors from under another's stack()
+            missing = list(dict.fromkeys(t for t in texts if t not in self._vecs))
+            if missing:
+                if len(self._vecs) + len(missing) > self._cache_size:
+                    self._vecs.clear()  # evicted spans leave stale entries; start over rather than track them
+                self._vecs.update(zip(missing, self.embed(missing), strict=True))
+            return np.stack([self._vecs[t] for t in texts])

@@ -329,7 +329,10 @@ class StreamState:
         return answers
 
     def plan(self, query: ChannelQuery) -> tuple[dict[str, ChannelAnswer], VisualPlan]:
-        """Under the lock: every other channel's answer, and the visual channel's prescreen and refine plan.
+        """Every other channel's answer, and the visual channel's prescreen and refine plan.
+
+        Under the lock: the prescreen, and a copy of each other channel's search state
+        (:meth:`Channel.searcher`); the text channels score their copies after it is released.
 
         The plan holds no reference to mutable channel state but the frame
         store (thread-safe): refine it with :meth:`VisualChannel.refine_plans`
@@ -338,12 +341,13 @@ class StreamState:
         have it); the visual answer is dropped later, where it is assembled.
         """
         with self._lock:
-            answers = {
-                name: ch.search(query)
+            searchers = {
+                name: ch.searcher(query)
                 for name, ch in self.channels.items()
                 if ch is not self.visual and (query.channels is None or name in query.channels)
             }
-            return answers, self.visual.plan(query)
+            plan = self.visual.plan(query)
+        return {name: run() for name, run in searchers.items()}, plan
 
     def background(self, vector: np.ndarray, channel: str = VisualChannel.name) -> np.ndarray:
         """(n,) scores of one channel's retained tokens for a prescreen query vector (watch calibration).

@@ -9,7 +9,10 @@ change because it is there.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -263,3 +266,50 @@ def test_wall_map_keeps_a_point_whenever_the_offset_moves(tmp_path: Path, enc: C
     assert state.wall_of(9.2) == pytest.approx(1069.2)
     state.note_clock(12.0, 1070.0)  # the offset moved back by 2 s (a late first frame re-dated)
     assert state.wall_of(11.5) <= state.wall_of(12.0) == pytest.approx(1070.0)  # stays in stream order
+
+
+class LockProbeChannel(CountingChannel):
+    """Records, when its search is copied and when it is scored, whether another thread could take a lock."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock: Any = None
+        self.free: list[bool] = []
+
+    def _lock_free(self) -> bool:
+        got: list[bool] = []
+
+        def probe() -> None:  # another thread: the stream's RLock is re-entrant for its holder
+            if self.lock.acquire(blocking=False):
+                self.lock.release()
+                got.append(True)
+            else:
+                got.append(False)
+
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join(10)
+        return got == [True]
+
+    def searcher(self, query: ChannelQuery) -> Callable[[], ChannelAnswer]:
+        self.free.append(self._lock_free())
+
+        def run() -> ChannelAnswer:
+            self.free.append(self._lock_free())
+            return self.search(query)
+
+        return run
+
+
+def test_other_channels_score_after_the_stream_lock_is_released(tmp_path: Path, enc: ClipEncoder) -> None:
+    probe = LockProbeChannel()
+    state = open_state(tmp_path / "cam", enc, probe)
+    probe.lock = state._lock
+    feed(state, enc, FRAMES[:12])
+    q = enc.encode_images([solid(1)])[0]
+    found = state.search(ChannelQuery({"prescreen": q, "refine": q}, top_k=3, cfg=QueryConfig()))
+    assert probe.free == [False, True]  # copied under the lock, scored outside it
+    assert found["probe"].notes == ["counted 12 frames"] and found["visual"].proposals
+    state.close()
