@@ -21,8 +21,7 @@ between words, joined where several lines share their time), then:
   stream: all words matched is confident (0.9996), three quarters is at the
   0.95 threshold, half is a coin toss.
 - **Rank.** By score; BM25 (``bm25s``, k1 = 1.5, b = 0.75) orders equal scores.
-- **Quote.** Each proposal quotes the span's words that matched (``evidence``
-  holds their times).
+- **Quote.** Each proposal quotes the span's matched words (``evidence``: their times).
 
 **Semantic** (optional, :func:`semantic_spans`): MiniLM cosines between the
 query and each span (a paraphrase, a question) plus
@@ -35,7 +34,6 @@ score (:data:`SEMANTIC_PRIOR_CENTER` when a stream holds one span), ``scale``
 = their MAD as a sigma, floored at :data:`SEMANTIC_MIN_SCALE` (MiniLM's
 spread for unrelated sentences, so a handful of spans cannot make every score
 look extreme), ``trials`` = the number of spans (the best of many is no match).
-
 Numeric and pure: no I/O (vectors come in computed).
 """
 
