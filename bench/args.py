@@ -57,8 +57,14 @@ def write_device_report(args: argparse.Namespace, report: dict[str, Any], prefix
         raise SystemExit(f"--device cuda, but the encoder ran on {enc['device']}")
     name = f"{prefix}-{enc['name'].split(':')[0]}-{enc['backend']}-{enc['device'].split(':')[0]}"
     out: Path = args.out or RESULTS / f"{name}.json"
+    save_report(out, report, show="summary")
+    return out
+
+
+def save_report(out: Path, report: dict[str, Any], *, show: str | None = None) -> None:
+    """Write ``report`` as indented JSON to ``out`` (folders made); print ``report[show]`` if named."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["summary"], indent=2))
+    if show is not None:
+        print(json.dumps(report[show], indent=2))
     print(f"wrote {out}")
-    return out

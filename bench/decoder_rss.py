@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from bench.args import save_report
+
 BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bigbuckbunny.mp4"
 RESULTS = Path(__file__).resolve().parent / "results" / "decoder_rss.json"
 VARIANTS = ("auto", "slice", "slice+heap")
@@ -122,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "per_decoder_mib": runs,
         "median_mib": {v: round(statistics.median(r), 2) for v, r in runs.items()},
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(a.out, report)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         0, str(Path(__file__).resolve().parents[1])
     )  # the tests' media helpers and chromium lookup
     from agent.cli.options import add_model_options
-    from bench.args import encoder_from_args
+    from bench.args import encoder_from_args, save_report
     from bench.run_haystack import git_commit, machine_info
     from tests.agent.service.web.browser import chromium
 
@@ -160,10 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": _summary(measured),
         **measured,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["summary"], indent=2))
-    print(f"wrote {a.out}")
+    save_report(a.out, report, show="summary")
 
 
 if __name__ == "__main__":

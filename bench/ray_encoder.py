@@ -40,7 +40,7 @@ from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.service.cluster.gateway import RayShard
 from agent.service.config import RayConfig, ServiceConfig
 from agent.service.pipeline import Service
-from bench.args import RESULTS, add_device_option, encoder_from_args, pin_device
+from bench.args import RESULTS, add_device_option, encoder_from_args, pin_device, save_report
 from streams.file import FileSpec
 
 MODES = ("pool", "per-actor")
@@ -245,10 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "summary": _summary(rows),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["summary"], indent=2))
-    print(f"wrote {a.out}")
+    save_report(a.out, report, show="summary")
 
 
 if __name__ == "__main__":

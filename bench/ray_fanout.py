@@ -42,7 +42,7 @@ from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.service.cluster.gateway import RayShard
 from agent.service.config import RayConfig, ServiceConfig
 from agent.service.pipeline import Service
-from bench.args import RESULTS, add_device_option, encoder_from_args, pin_device
+from bench.args import RESULTS, add_device_option, encoder_from_args, pin_device, save_report
 from streams.file import FileSpec
 
 
@@ -287,10 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         "ray": remote,
         "gateway_overhead": _overhead(local, remote),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["gateway_overhead"], indent=2))
-    print(f"wrote {a.out}")
+    save_report(a.out, report, show="gateway_overhead")
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ async def run(
 
 def main(argv: list[str] | None = None) -> None:
     from agent.cli.options import add_model_options
-    from bench.args import add_device_option, encoder_from_args, pin_device
+    from bench.args import add_device_option, encoder_from_args, pin_device, save_report
     from bench.run_haystack import git_commit, machine_info
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         "git": git_commit(),
         "rows": rows,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(a.out, report)
 
 
 if __name__ == "__main__":
