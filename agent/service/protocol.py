@@ -28,7 +28,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+)
 
 from agent.channels.refine import MAX_REFINE_BUDGET_S
 from agent.channels.retrieval import Query
@@ -74,7 +83,7 @@ class StreamsAdd(_Msg):
 class StreamsRemove(_Msg):
     type: Literal["streams.remove"] = "streams.remove"
     stream: str
-    purge: bool = False
+    purge: StrictBool = False
     """Also delete the stream's files (snapshots, stored frames, thumbnails); default: keep them."""
 
 
@@ -88,7 +97,8 @@ class _QueryFields(_Msg):
     streams added after it was placed."""
     start: FiniteFloat | None = None
     end: FiniteFloat | None = None
-    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
+    top_k: StrictInt | None = Field(default=None, ge=1, le=MAX_TOP_K)
+    # Strict: JSON true, 3.0 or "3" is a client bug, not a count.
     # -- channel filter (issue 13)
     channels: list[Annotated[str, Field(max_length=ID_CHARS)]] | None = Field(default=None, max_length=8)
     """Only these channels answer (``["speech"]``); omitted or empty: every channel."""

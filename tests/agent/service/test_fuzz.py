@@ -131,6 +131,28 @@ raw_texts = st.one_of(
 )
 
 
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"type": "query", "id": "q", "text": "x", "top_k": True},
+        {"type": "query", "id": "q", "text": "x", "top_k": "3"},
+        {"type": "query", "id": "q", "text": "x", "top_k": 3.5},
+        {"type": "streams.remove", "id": "r", "stream": "s", "purge": "yes"},
+        {"type": "streams.remove", "id": "r", "stream": "s", "purge": 1},
+    ],
+)
+def test_counts_and_flags_of_another_json_type_are_refused(msg: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        parse_message(json.dumps(msg))
+
+
+def test_a_plain_count_and_flag_still_parse() -> None:
+    query = parse_message(json.dumps({"type": "query", "id": "q", "text": "x", "top_k": 3}))
+    remove = parse_message(json.dumps({"type": "streams.remove", "id": "r", "stream": "s", "purge": True}))
+    assert isinstance(query, QueryMsg) and query.top_k == 3
+    assert remove.type == "streams.remove" and remove.purge is True
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=raw_texts)
 @pytest.mark.timeout(120)
