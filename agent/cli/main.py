@@ -15,6 +15,7 @@ from typing import Any
 from agent.channels.refine import DEFAULT_REFINE_BUDGET_S, MAX_REFINE_BUDGET_S
 from agent.cli import serve
 from agent.cli.options import (
+    AudioTally,
     add_index_options,
     add_model_options,
     encoder_config,
@@ -79,15 +80,19 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             el = time.perf_counter() - t0
             bar.set_postfix_str(f"{done[1] / el:.0f} fr/s, {frame.t / el:.1f}x realtime")
 
+        tally = AudioTally()
         try:
             with translating_stream_errors():
-                idx.ingest(prefetch(frames), on_frame=on_frame)
+                idx.ingest(prefetch(tally.through(frames)), on_frame=on_frame)
         finally:
             bar.close()
     elapsed = time.perf_counter() - t0
     # What was read, not what the header says (raw streams declare nothing; headers can be wrong).
     seconds = report.end or info.duration
-    for note in report.notes():
+    notes = report.notes()
+    if settings.speech.enabled and not tally.chunks:
+        notes.append("no audio was decoded (no audio track?): the speech channel heard nothing")
+    for note in notes:
         print(f"note: {video}: {note}", file=sys.stderr)
     summary = {
         "stream": sid,
@@ -99,7 +104,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         "encoder": idx.prescreen.name,
         "backend": idx.prescreen.backend.name,
         "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
-        "notes": report.notes(),
+        "notes": notes,
     }
     print(json.dumps(summary) if a.json else " ".join(f"{k}={v}" for k, v in summary.items()))
     return 0

@@ -176,3 +176,17 @@ def prefetch(items: Iterable[T], maxsize: int = 64) -> Iterator[T]:
             yield item
     finally:
         stop.set()
+
+
+class AudioTally:
+    """Counts the audio chunks passing through decoded media, so `vmr ingest --speech` can say a file was silent."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+
+    def through(self, items: Iterable[Any]) -> Iterator[Any]:
+        from streams.media import AudioChunk
+
+        for item in items:
+            self.chunks += isinstance(item, AudioChunk)
+            yield item

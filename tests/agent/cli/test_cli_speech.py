@@ -96,3 +96,16 @@ def test_on_screen_text_is_found_through_ingest_and_query(
     assert main(["info", str(index), "--json"]) == 0
     ocr = json.loads(capsys.readouterr().out)["streams"]["screen"]["ocr"]
     assert ocr["spans"] >= 2 and 2 <= ocr["reads"] <= 10  # a few reads, not one per frame (28 frames)
+
+
+def test_a_file_without_sound_is_said_to_be_silent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.videos import make_video, photos
+
+    video = make_video(tmp_path / "mute.mp4", [(3.0, photos(1)[0])], fps=5).path
+    args = ["ingest", str(video), "--index", str(tmp_path / "idx"), "--speech", "--quiet", "--json"]
+    assert main([*args, "--model", "tiny-random", "--random-weights"]) == 0
+    out = capsys.readouterr()
+    assert "no audio was decoded" in out.err
+    assert any("no audio" in note for note in json.loads(out.out)["notes"])
