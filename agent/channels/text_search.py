@@ -42,6 +42,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,8 +89,6 @@ _STOP = frozenset(
     # modal verbs: a question's "should", "can" say nothing about which moment
     "should must can could will would shall may might".split()
 )
-
-
 _ASKING = frozenset(
     "say says said saying mention mentions mentioned talk talks talked speak speaks spoke spoken "
     "hear heard announce announced tell told show shows showed shown display displayed screen "
@@ -98,9 +97,9 @@ _ASKING = frozenset(
 
 
 def tokens(text: str) -> list[str]:
-    """Search terms of ``text`` (rule in the module docstring), in order."""
-    out = []
-    for w in _WORD.findall(text.lower()):
+    """Search terms of ``text`` (module docstring), in order; NFKD-folded: "ｇａｔｅ", "naïve" -> "gate", "naive"."""
+    out, folded = [], "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    for w in _WORD.findall(folded.lower()):
         w = w.strip("'")
         w = _NUMBERS.get(w) or _ORDINALS.get(w) or _ORDINAL_DIGITS.sub(r"\1", w)
         if w and w not in _STOP:

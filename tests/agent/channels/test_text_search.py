@@ -153,3 +153,10 @@ def test_minilm_refuses_a_lone_surrogate_with_a_typed_error() -> None:
     with pytest.raises(QueryError, match="tokenise") as caught:
         SentenceEncoder().encode(["\ud800x"])
     assert isinstance(caught.value.__cause__, TypeError)  # the tokenizer's own error, kept as the cause
+
+
+def test_full_width_and_accented_words_fold_to_their_plain_terms() -> None:
+    from agent.channels.text_search import tokens
+
+    assert tokens("ｆｏｒｋｌｉｆｔ at the café, naïve") == ["forklift", "cafe", "naive"]
+    assert tokens("GATE four") == tokens("ｇａｔｅ 4") == ["gate", "4"]
