@@ -11,21 +11,18 @@ between words, joined where several lines share their time), then:
   query, so are the words that name the channel rather than the content
   ("say", "mentioned", "shown", "screen"...: "when was gate four mentioned"
   asks for "gate 4").
-- **Match.** Each query term earns a span a credit in [0, 1]: 1 when the span
-  holds it, part when the span holds a sound-alike misspelling
-  (:mod:`agent.channels.text_fuzzy`: whisper's "fort lift" for "forklift").
+- **Match.** Each query term earns a span a credit in [0, 1]: 1 when the span holds it, part
+  for a sound-alike (:mod:`agent.channels.text_fuzzy`: whisper's "fort lift" for "forklift").
 - **Score.** A span's score is the share of the query's IDF mass it matched:
   ``sum(idf(t) * credit(t)) / sum(idf(t))`` over the query terms, in [0, 1].
-  Unlike a raw BM25 score it does not depend on how many spans the stream
-  holds, so one fixed calibration (:data:`LEXICAL_CALIBRATION`) serves every
-  stream: all words matched is confident (0.9996), three quarters is at the
-  0.95 threshold, half is a coin toss.
-- **Rank.** By score; BM25 (``bm25s``, k1 = 1.5, b = 0.75) orders equal scores.
-- **Quote.** Each proposal quotes the span's matched words (``evidence``: their times).
+  Unlike a raw BM25 score it does not depend on how many spans the stream holds, so one fixed
+  calibration (:data:`LEXICAL_CALIBRATION`) serves every stream: all words matched is
+  confident (0.9996), three quarters is at the 0.95 threshold, half is a coin toss.
+- **Rank.** By score; BM25 (``bm25s``, k1 = 1.5, b = 0.75) orders equal scores. **Quote.** Each
+  proposal quotes the span's matched words (``evidence``: their times).
 
-**Semantic** (optional, :func:`semantic_spans`): MiniLM cosines between the
-query and each span (a paraphrase, a question) plus
-:data:`SEMANTIC_LEXICAL_WEIGHT` times the span's lexical score, so words that
+**Semantic** (optional, :func:`semantic_spans`): MiniLM cosines between the query and each
+span (a paraphrase, a question) plus :data:`SEMANTIC_LEXICAL_WEIGHT` times its lexical score, so words that
 matched in part (a misheard sentence that still says "platform 9") count
 with the meaning instead of losing to a wrong span's slightly higher cosine.
 Calibrated per query against the stream's own spans other than the proposed
@@ -96,9 +93,13 @@ _ASKING = frozenset(
 )
 
 
+def _fold(text: str) -> str:  # NFKD, combining marks dropped
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def tokens(text: str) -> list[str]:
     """Search terms of ``text`` (module docstring), in order; NFKD-folded: "ｇａｔｅ", "naïve" -> "gate", "naive"."""
-    out, folded = [], "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    out, folded = [], text if text.isascii() else _fold(text)  # every span, every query: ASCII skips it
     for w in _WORD.findall(folded.lower()):
         w = w.strip("'")
         w = _NUMBERS.get(w) or _ORDINALS.get(w) or _ORDINAL_DIGITS.sub(r"\1", w)
