@@ -162,9 +162,26 @@ class NeedleTrace:
             times = [float(m) for m in marks if m is not None]
             stages = {name: round(b - a, 3) for name, a, b in zip(STAGES, times, times[1:], strict=False)}
             rows.append({**stages, "total": round(arrival - due, 3), "si_span": [hit.start, hit.end]})
-        medians = (
-            {name: round(float(np.median([r[name] for r in rows])), 3) for name in (*STAGES, "total")}
-            if rows
-            else {}
-        )
-        return {"stages": list(STAGES), "median_s": medians, "needles": rows}
+        return summarise(rows)
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and 95th percentile of each stage (and the total) over ``rows``, with ``n``.
+
+    ``rows``: the ``needles`` of one or more :meth:`NeedleTrace.breakdown` answers (several
+    needle streams pool theirs). The p95 of a stage is that stage's own percentile, not the
+    stage of the p95 needle (they need not add up to the total's p95).
+    """
+
+    def stat(q: float) -> dict[str, float]:
+        return {
+            name: round(float(np.percentile([r[name] for r in rows], q)), 3) for name in (*STAGES, "total")
+        }
+
+    return {
+        "stages": list(STAGES),
+        "n": len(rows),
+        "median_s": stat(50) if rows else {},
+        "p95_s": stat(95) if rows else {},
+        "needles": rows,
+    }

@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import math
 import os
 import sys
 import tempfile
@@ -56,7 +58,7 @@ from agent.service.config import ServiceConfig
 from agent.service.pipeline import Service
 from agent.service.protocol import MomentEvent, WatchingEvent
 from agent.service.server import Server
-from bench.needle_trace import NeedleTrace
+from bench.needle_trace import NeedleTrace, summarise
 from streams.file import FileSpec
 
 BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bigbuckbunny.mp4"
@@ -64,11 +66,15 @@ RESULTS = Path(__file__).resolve().parent / "results" / "service_load.json"
 NEEDLE_EVERY, NEEDLE_AT, NEEDLE_LEN = 12.0, 6.0, 3.0
 WARMUP = 10.0
 """Seconds after the streams are added before the measured window starts."""
+GRACE = 15.0
+"""Seconds the watch keeps listening after the window: a needle due at its end is still counted."""
+NEEDLE_STREAMS = 8
+"""Needle streams (extra to the N cameras), started 12 s / 8 apart: ~40 needles a minute."""
 
 
-def _settings(prescreen: EncoderConfig | None = None) -> Settings:
+def _settings(prescreen: EncoderConfig | None = None, batch_size: int = 16) -> Settings:
     return Settings(
-        prescreen=prescreen or EncoderConfig(model="tiny-random", allow_random=True, batch_size=16),
+        prescreen=prescreen or EncoderConfig(model="tiny-random", allow_random=True, batch_size=batch_size),
         index=IndexConfig(fps=2.0, grid=2, store_bytes=256 * 1024**2),
     )
 
@@ -127,16 +133,95 @@ def _needle_threshold(svc: Service, needle_photo: Path) -> dict[str, float]:
 
 
 async def _watch(
-    url: str, needle_photo: Path, threshold: float, arrivals: list[float], ready: asyncio.Event
+    url: str,
+    needle_photo: Path,
+    threshold: float,
+    streams: list[str],
+    arrivals: list[tuple[str, float]],
+    ready: asyncio.Event,
 ) -> None:
     events = watch(
-        url, text=None, image_path=needle_photo, streams=["needle"], threshold=threshold, backward=False
+        url, text=None, image_path=needle_photo, streams=streams, threshold=threshold, backward=False
     )
     async for event in events:
         if isinstance(event, WatchingEvent):
             ready.set()
         if isinstance(event, MomentEvent):
-            arrivals.append(time.time())
+            arrivals.append((event.moment.stream, time.time()))
+
+
+class _GcPauses:
+    """Wall seconds of every cyclic-GC pass (any thread) while installed: a stop-the-world stall."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._t0 = 0.0
+
+    def __enter__(self) -> _GcPauses:
+        gc.callbacks.append(self._on)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on)
+
+    def _on(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._t0))
+
+    def summary(self) -> dict[str, Any]:
+        full = [s for g, s in self.pauses if g == 2]
+        return {
+            "collections": len(self.pauses),
+            "seconds": round(sum(s for _, s in self.pauses), 3),
+            "gen2": len(full),
+            "gen2_max_s": round(max(full), 3) if full else 0.0,
+        }
+
+
+def _time_trims(svc: Service, walls: list[tuple[float, float]]) -> None:
+    """Note (start, end) wall times of every ``malloc_trim`` the service's trimmer makes."""
+    trimmer = svc.trimmer
+    if trimmer is None:
+        return
+    trim = trimmer._trim
+
+    def timed() -> bool:
+        t0 = time.time()
+        try:
+            return trim()
+        finally:
+            walls.append((t0, time.time()))
+
+    trimmer._trim = timed
+
+
+def _latencies(
+    arrivals: list[tuple[str, float]], clocks: dict[str, tuple[float, float]], window: tuple[float, float]
+) -> tuple[list[tuple[str, float, float]], int]:
+    """(stream, due, arrival) of each first ``moment`` of a needle due inside ``window``; and misses.
+
+    ``clocks``: each needle stream's (first frame's wall, its stream time): the pacing clock
+    puts stream second ``t`` at ``wall - t0 + t``. A needle with no moment is a miss (the
+    watch never matched it, or only after the grace period).
+    """
+    got: dict[tuple[str, int], float] = {}
+    for stream, arrival in arrivals:
+        wall, t0 = clocks[stream]
+        k = int((arrival - wall + t0 - NEEDLE_AT) // NEEDLE_EVERY)
+        got.setdefault((stream, k), arrival)
+    out, missed = [], 0
+    for stream, (wall, t0) in clocks.items():
+        zero = wall - t0 + NEEDLE_AT
+        for k in range(
+            max(0, math.ceil((window[0] - zero) / NEEDLE_EVERY)), int((window[1] - zero) // NEEDLE_EVERY) + 1
+        ):
+            if (stream, k) in got:
+                out.append((stream, zero + k * NEEDLE_EVERY, got[(stream, k)]))
+            else:
+                missed += 1
+    return sorted(out, key=lambda r: r[1]), missed
 
 
 async def run(
@@ -146,82 +231,117 @@ async def run(
     needle_video: Path,
     needle_photo: Path,
     settings: Settings | None = None,
+    needle_streams: int = NEEDLE_STREAMS,
+    trim_growth_mb: float | None = None,
 ) -> dict[str, Any]:
     from bench.speed import reset_peak_rss, rss_mb
 
     cfg = ServiceConfig(port=0, index=work / f"index-{n}", snapshot_seconds=3600.0)
+    if trim_growth_mb is not None:
+        cfg = cfg.model_copy(update={"heap_trim_growth_mb": trim_growth_mb})
+    trim_walls: list[tuple[float, float]] = []
     specs = [FileSpec(id=f"cam{i}", kind="file", path=str(BUNNY), realtime=True, loop=True) for i in range(n)]
-    arrivals: list[float] = []
+    needles = [f"needle{i}" for i in range(needle_streams)]
+    arrivals: list[tuple[str, float]] = []
     reset_peak_rss()
     async with Service(cfg, settings or _settings()) as svc:
+        _time_trims(svc, trim_walls)
         await svc.start()
         server = Server(svc.serving, cfg)
         port = await server.start()
         scores = await asyncio.to_thread(_needle_threshold, svc, needle_photo)
-        await svc.add_stream(
-            FileSpec(id="needle", kind="file", path=str(needle_video), realtime=True, loop=True)
-        )
-        trace = NeedleTrace("needle")
-        trace.attach(svc)  # before the watch: every needle it can report is traced
+        traces = []
+        for i, name in enumerate(needles):
+            if i:  # staggered: needles of different streams fall at different times
+                await asyncio.sleep(NEEDLE_EVERY / needle_streams)
+            await svc.add_stream(
+                FileSpec(id=name, kind="file", path=str(needle_video), realtime=True, loop=True)
+            )
+            traces.append(NeedleTrace(name))
+            traces[-1].attach(svc)  # before the watch: every needle it can report is traced
         ready = asyncio.Event()
         url = f"ws://127.0.0.1:{port}"
-        watcher = asyncio.create_task(_watch(url, needle_photo, scores["threshold"], arrivals, ready))
+        watcher = asyncio.create_task(
+            _watch(url, needle_photo, scores["threshold"], needles, arrivals, ready)
+        )
         await ready.wait()
         (watch_,) = svc.watches.values()
-        base = rss_mb()  # model loaded, the needle stream running
+        base = rss_mb()  # model loaded, the needle streams running
         for spec in specs:
             await svc.add_stream(spec)
         # Measure a steady-state window: stream start-up (opening, first keyframe) is not throughput.
         await asyncio.sleep(WARMUP)
         before = (await svc.shard.stats()).streams
         worker = svc.worker
-        busy0 = worker.busy_seconds if worker is not None else 0.0
-        t0, c0 = time.time(), time.process_time()
-        await asyncio.sleep(seconds)
-        elapsed, cpu = time.time() - t0, time.process_time() - c0
-        busy = (worker.busy_seconds if worker is not None else 0.0) - busy0
-        after = (await svc.shard.stats()).streams
-        end_rss = rss_mb()
+        trimmer = svc.trimmer
+        busy0, passes0, images0 = (
+            (worker.busy_seconds, worker.passes, worker.images) if worker is not None else (0.0, 0, 0)
+        )
+        with _GcPauses() as gcs:
+            t0, c0 = time.time(), time.process_time()
+            await asyncio.sleep(seconds)
+            elapsed, cpu = time.time() - t0, time.process_time() - c0
+            busy = (worker.busy_seconds if worker is not None else 0.0) - busy0
+            passes = (worker.passes if worker is not None else 0) - passes0
+            images = (worker.images if worker is not None else 0) - images0
+            after = (await svc.shard.stats()).streams
+            end_rss = rss_mb()
+        await asyncio.sleep(GRACE)  # moments of needles due late in the window still arrive
         frames = {k: s.frames - (before[k].frames if k in before else 0) for k, s in after.items()}
         dropped = sum(s.dropped for s in after.values())
-        first_wall = svc.idx.streams["needle"].stats.first_wall
-        first_t = svc.idx.streams["needle"].stats.first_time or 0.0
+        clocks = {}
+        for name in needles:
+            st = svc.idx.streams[name].stats
+            if st.first_wall is not None:
+                clocks[name] = (st.first_wall, st.first_time or 0.0)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await server.close()
     expected = elapsed * 2.0
     cams = [frames[f"cam{i}"] for i in range(n)]
-    latencies: list[float] = []
-    if first_wall is not None:
-        for arrival in arrivals:
-            k = int((arrival - first_wall + first_t - NEEDLE_AT) // NEEDLE_EVERY)
-            due = first_wall - first_t + k * NEEDLE_EVERY + NEEDLE_AT
-            latencies.append(arrival - due)
-    lat = np.asarray(latencies)
-    wall0 = (first_wall or 0.0) - first_t
-    dues = [a - x for a, x in zip(arrivals, latencies, strict=True)] if latencies else []
-    stages = trace.breakdown(
-        dues, arrivals[: len(dues)], wall0=wall0, qvec=watch_.qvec, threshold=scores["threshold"]
-    )
+    matched, missed = _latencies(arrivals, clocks, (t0, t0 + elapsed))
+    lat = np.asarray([arrival - due for _, due, arrival in matched])
+    rows = []
+    by_stream = {trace.stream: trace for trace in traces}
+    for stream, due, arrival in matched:
+        wall, first_t = clocks[stream]
+        part = by_stream[stream].breakdown(
+            [due], [arrival], wall0=wall - first_t, qvec=watch_.qvec, threshold=scores["threshold"]
+        )
+        rows += [{**r, "stream": stream, "due_s": round(due - t0, 1)} for r in part["needles"]]
+    rows.sort(key=lambda r: r["due_s"])
     return {
         "streams": n,
+        "needle_streams": needle_streams,
         "seconds": round(elapsed, 1),
         "frames_expected_per_stream": round(expected, 1),
         "frames_min": min(cams),
         "frames_mean": round(float(np.mean(cams)), 1),
         "kept_up": bool(min(cams) >= 0.95 * expected),
         "dropped": dropped,
-        "needle_matches": len(latencies),
+        "needle_matches": len(lat),
+        "needle_missed": missed,
         "latency_p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
         "latency_p95_s": round(float(np.percentile(lat, 95)), 3) if len(lat) else None,
+        "latency_max_s": round(float(lat.max()), 3) if len(lat) else None,
         "cpu_utilisation": round(cpu / (elapsed * _cores()), 3),
         "encoder_duty_cycle": round(busy / elapsed, 3),
+        "encoder_batches": passes,
+        "encoder_mean_batch": round(images / passes, 2) if passes else None,
+        "heap_trims": {
+            "growth_mb": cfg.heap_trim_growth_mb,
+            "skipped_total": trimmer.stats.skipped if trimmer is not None else 0,
+            "in_window": [
+                (round(a - t0, 1), round(b - a, 3)) for a, b in trim_walls if t0 <= a <= t0 + elapsed
+            ],
+        },
+        "gc": gcs.summary(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         **rss_mb(),
         "rss_base_mb": base.get("rss_mb"),
         "rss_per_stream_mb": round((end_rss.get("rss_mb", 0.0) - base.get("rss_mb", 0.0)) / n, 1),
         "needle_scores": {k: round(v, 7) for k, v in scores.items()},
-        "needle_stages": stages,
+        "needle_stages": summarise(rows),
     }
 
 
@@ -237,11 +357,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--profile", type=Path, default=None, help="pyinstrument HTML of the last N")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--needle-streams", type=int, default=NEEDLE_STREAMS, help="extra to the N cameras")
+    p.add_argument("--batch-size", type=int, default=16, help="the encoder's (and worker's) max batch")
+    p.add_argument(
+        "--trim-growth-mb",
+        type=float,
+        default=None,
+        help="ServiceConfig.heap_trim_growth_mb (0: every period)",
+    )
     a = p.parse_args(argv)
     pin_device(a)
     explicit = "--model" in (sys.argv[1:] if argv is None else argv)  # else tiny-random, as before
-    prescreen = encoder_from_args(a).model_copy(update={"batch_size": 16}) if explicit else None
-    settings = _settings(prescreen)
+    prescreen = encoder_from_args(a).model_copy(update={"batch_size": a.batch_size}) if explicit else None
+    settings = _settings(prescreen, a.batch_size)
     machine = machine_info()  # load average at the start
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,7 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         from tests.videos import photos
 
         for i, n in enumerate(a.streams):
-            coro = run(n, a.seconds, work, needle_video, photos(1)[0], settings)
+            coro = run(
+                n, a.seconds, work, needle_video, photos(1)[0], settings, a.needle_streams, a.trim_growth_mb
+            )
             if a.profile is not None and i == len(a.streams) - 1:
                 from pyinstrument import Profiler
 
@@ -271,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         "backend": settings.prescreen.backend,
         "threads": settings.prescreen.threads,
         "fps": 2.0,
+        "batch_size": settings.prescreen.batch_size,
         "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
         "rows": rows,

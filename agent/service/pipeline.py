@@ -55,7 +55,8 @@ class Service:
         self.registry = StreamRegistry(cfg.index, snapshot_seconds=cfg.snapshot_seconds)
         self.serving = Serving(cfg, settings, [self.shard], self.registry)
         period = cfg.heap_trim_seconds
-        self.trimmer = HeapTrimmer(period) if period is not None else None
+        growth = int(cfg.heap_trim_growth_mb * 1024**2)
+        self.trimmer = HeapTrimmer(period, growth_bytes=growth) if period is not None else None
 
     async def start(self, streams: Iterable[StreamSpec] = ()) -> None:
         """Open (or create) the index, start the encoder, restore and start streams."""

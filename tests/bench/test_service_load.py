@@ -15,7 +15,20 @@ from bench.needle_trace import STAGES, NeedleTrace, SiTrace
 @pytest.mark.skipif(not service_load.BUNNY.is_file(), reason="needs the shared 720p clip")
 def test_service_load_row_has_capacity_figures(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    service_load.main(["--model", "tiny-random", "--streams", "1", "--seconds", "5", "--out", str(out)])
+    service_load.main(
+        [
+            "--model",
+            "tiny-random",
+            "--streams",
+            "1",
+            "--seconds",
+            "5",
+            "--needle-streams",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m bench.service_load --model tiny-random")
     assert report["model"] == "tiny-random" and "loadavg_start" in report["machine"]
@@ -26,7 +39,30 @@ def test_service_load_row_has_capacity_figures(tmp_path: Path) -> None:
     assert row["peak_rss_mb"] >= row["rss_mb"] > 0
     scores = row["needle_scores"]  # the watch sits between the background and one needle tile
     assert scores["background"] < scores["threshold"] < scores["one_needle_tile"]
-    assert row["rss_base_mb"] > 0 and "needle_stages" in row
+    assert row["rss_base_mb"] > 0 and row["needle_streams"] == 2
+    stages = row["needle_stages"]  # n: how many needles the percentiles stand on
+    assert stages["n"] == len(stages["needles"]) <= row["needle_matches"]
+    assert row["heap_trims"]["growth_mb"] == 64.0 and row["gc"]["collections"] >= row["gc"]["gen2"]
+
+
+def test_latencies_count_needles_due_in_the_window_and_misses() -> None:
+    """Each needle due inside the window is matched by its first moment, or counted missed."""
+    every = service_load.NEEDLE_EVERY
+    assert (service_load.NEEDLE_AT, every) == (6.0, 12.0)  # the walls below follow from these
+    clocks = {"a": (1000.0, 0.0), "b": (1006.0, 0.0)}  # stream second 0 at walls 1000 and 1006
+    window = (1000.0, 1000.0 + 2 * every)  # needles of a due at 1006, 1018; of b at 1012, 1024
+    arrivals = [
+        ("a", 1006.0 + 2.5),
+        ("a", 1006.0 + 2.9),  # a second moment of the same needle: not a new needle
+        ("b", 1012.0 + 4.0),
+        ("a", 1018.0 + every + 1.0),  # the needle due at 1030: outside the window
+    ]
+    matched, missed = service_load._latencies(arrivals, clocks, window)
+    assert [(s, due, round(arr - due, 3)) for s, due, arr in matched] == [
+        ("a", 1006.0, 2.5),
+        ("b", 1012.0, 4.0),
+    ]
+    assert missed == 2  # a at 1018 and b at 1024 never matched
 
 
 def test_needle_breakdown_splits_arrival_minus_due_into_stages() -> None:

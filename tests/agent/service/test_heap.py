@@ -73,6 +73,39 @@ async def test_a_failing_trim_is_logged_and_the_next_period_tries_again(
 def test_period_must_be_positive() -> None:
     with pytest.raises(ValueError):
         HeapTrimmer(0)
+    with pytest.raises(ValueError):
+        HeapTrimmer(1.0, growth_bytes=-1)
+
+
+def test_trims_only_when_rss_grew_past_the_last_trims_level() -> None:
+    """Steady churn is left alone; a creep of ``growth_bytes`` is cut back; 0 trims every period."""
+    mib = 1024**2
+    rss = [1000 * mib]
+    trim = CountingTrim(wake=99)
+
+    def trim_and_release() -> bool:
+        rss[0] -= 10 * mib  # what the trim gives back
+        return trim()
+
+    trimmer = HeapTrimmer(30.0, trim_and_release, growth_bytes=64 * mib, rss=lambda: rss[0])
+    assert trimmer.tick()  # the first period trims: it sets the floor (990 MiB)
+    rss[0] = 1040 * mib
+    assert not trimmer.tick()  # +50 MiB: churn within the slack
+    rss[0] = 980 * mib
+    assert not trimmer.tick()  # lower than the floor: the floor follows it down
+    rss[0] = 1044 * mib
+    assert trimmer.tick()  # +64 MiB over 980: a creep, trimmed
+    assert (trim.calls, trimmer.stats.trims, trimmer.stats.skipped) == (2, 2, 2)
+    assert trimmer.stats.released_bytes == 20 * mib
+    every = HeapTrimmer(30.0, trim_and_release, rss=lambda: rss[0])
+    assert every.tick() and every.tick() and every.stats.skipped == 0
+
+
+def test_the_service_trims_on_growth_by_default() -> None:
+    assert ServiceConfig().heap_trim_growth_mb == 64.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValidationError):
+            ServiceConfig(heap_trim_growth_mb=bad)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
