@@ -52,7 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.channels.base import WorkItem
 from agent.config import EncoderConfig, IndexConfig, Settings
+from agent.service.batch_worker import BatchWorker
 from agent.service.client import watch
 from agent.service.config import ServiceConfig
 from agent.service.pipeline import Service
@@ -180,6 +182,33 @@ class _GcPauses:
         }
 
 
+def _legacy_round_robin(worker: BatchWorker) -> None:
+    """A/B only: the worker's batches start one lane later each time, as before the fix
+    (``agent.service.batch_worker``: lanes at the end of the order then sit out batches)."""
+    lanes: Any = worker._lanes
+
+    def take() -> list[tuple[str, Any, WorkItem]]:
+        order = worker._order
+        names = order[worker._next :] + order[: worker._next]
+        if order:
+            worker._next = (worker._next + 1) % len(order)
+        for name in names:
+            if lanes[name].items and lanes[name].items[0].attempt > 0:
+                return [worker._pop(name, lanes[name])]
+        batch: list[tuple[str, Any, WorkItem]] = []
+        while len(batch) < worker.batch_size:
+            took = False
+            for name in names:
+                if lanes[name].items and len(batch) < worker.batch_size:
+                    batch.append(worker._pop(name, lanes[name]))
+                    took = True
+            if not took:
+                break
+        return batch
+
+    worker._take_batch = take  # type: ignore[method-assign]
+
+
 def _time_trims(svc: Service, walls: list[tuple[float, float]]) -> None:
     """Note (start, end) wall times of every ``malloc_trim`` the service's trimmer makes."""
     trimmer = svc.trimmer
@@ -233,6 +262,7 @@ async def run(
     settings: Settings | None = None,
     needle_streams: int = NEEDLE_STREAMS,
     trim_growth_mb: float | None = None,
+    legacy_rr: bool = False,
 ) -> dict[str, Any]:
     from bench.speed import reset_peak_rss, rss_mb
 
@@ -247,6 +277,8 @@ async def run(
     async with Service(cfg, settings or _settings()) as svc:
         _time_trims(svc, trim_walls)
         await svc.start()
+        if legacy_rr and svc.worker is not None:
+            _legacy_round_robin(svc.worker)
         server = Server(svc.serving, cfg)
         port = await server.start()
         scores = await asyncio.to_thread(_needle_threshold, svc, needle_photo)
@@ -359,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--needle-streams", type=int, default=NEEDLE_STREAMS, help="extra to the N cameras")
     p.add_argument("--batch-size", type=int, default=16, help="the encoder's (and worker's) max batch")
+    p.add_argument("--legacy-rr", action="store_true", help="A/B: the worker's old round-robin start")
     p.add_argument(
         "--trim-growth-mb",
         type=float,
@@ -379,7 +412,15 @@ def main(argv: list[str] | None = None) -> None:
 
         for i, n in enumerate(a.streams):
             coro = run(
-                n, a.seconds, work, needle_video, photos(1)[0], settings, a.needle_streams, a.trim_growth_mb
+                n,
+                a.seconds,
+                work,
+                needle_video,
+                photos(1)[0],
+                settings,
+                a.needle_streams,
+                a.trim_growth_mb,
+                a.legacy_rr,
             )
             if a.profile is not None and i == len(a.streams) - 1:
                 from pyinstrument import Profiler
@@ -402,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": settings.prescreen.threads,
         "fps": 2.0,
         "batch_size": settings.prescreen.batch_size,
+        "legacy_round_robin": a.legacy_rr,
         "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
         "rows": rows,

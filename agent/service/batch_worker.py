@@ -6,9 +6,13 @@ the items of one kind (``"image"``: the prescreen encoder's
 that maps a list of payloads to one result per payload.
 
 Fairness: each stream owns a bounded lane. A batch is built round-robin - one
-item from each stream in turn, starting after the stream served first last
-time - up to ``batch_size``, so a fast file replay cannot starve a live
-camera. The batch function and the commits run in a thread; the event loop
+item from each stream in turn, starting after the stream served *last* in the
+previous batch - up to ``batch_size``, so a fast file replay cannot starve a live
+camera, and with more busy lanes than ``batch_size`` each lane waits at most
+``ceil(lanes / batch_size)`` batches. (Starting one lane later each batch, as this
+worker once did, let the lanes just past the start win every batch while those
+at the end of the order waited lanes - batch_size batches in a row: 7 s of queue
+for a needle at 28 saturated streams, batch 16.) The batch function and the commits run in a thread; the event loop
 only moves references.
 
 Queue policy: :meth:`BatchWorker.submit` *waits* while its stream's lane
@@ -176,11 +180,10 @@ class BatchWorker:
         """
         batch: list[tuple[str, _Lane, WorkItem]] = []
         names = self._order[self._next :] + self._order[: self._next]
-        if self._order:
-            self._next = (self._next + 1) % len(self._order)
         for name in names:
             lane = self._lanes[name]
             if lane.items and lane.items[0].attempt > 0:
+                self._resume_after(name)
                 return [self._pop(name, lane)]
         while len(batch) < self.batch_size:
             took = False
@@ -191,7 +194,13 @@ class BatchWorker:
                     took = True
             if not took:
                 break
+        if batch:
+            self._resume_after(batch[-1][0])
         return batch
+
+    def _resume_after(self, name: str) -> None:
+        """The next batch starts with the lane after ``name`` (the last one served)."""
+        self._next = (self._order.index(name) + 1) % len(self._order)
 
     @staticmethod
     def _pop(name: str, lane: _Lane) -> tuple[str, _Lane, WorkItem]:

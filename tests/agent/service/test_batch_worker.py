@@ -58,6 +58,32 @@ async def test_batches_are_shared_round_robin_between_streams(tmp_path: Path) ->
     b.close()
 
 
+async def test_under_a_backlog_every_lane_is_served_in_turn(tmp_path: Path) -> None:
+    """More busy lanes than a batch holds: batches continue after the last lane served, so the
+    lanes take strict turns (no lane sits out ``lanes - batch_size`` batches in a row)."""
+    names = ["a", "b", "c", "d", "e"]
+    states = {n: state(tmp_path, n) for n in names}
+    batches: list[list[str]] = []
+
+    def record(items: list[WorkItem]) -> np.ndarray:
+        batches.append([i.stream for i in items])
+        return embed(items)
+
+    worker = BatchWorker("image", record, batch_size=2, queue_size=4)
+    for n in names:
+        worker.open(n, states[n])
+        for k in range(4):  # queued before the worker runs: every lane full
+            await worker.submit(n, states[n].push(frame(n, k)))
+    async with worker:
+        for n in names:
+            await worker.drain(n)
+    assert [s for b in batches for s in b] == names * 4  # 10 batches of 2, in turn
+    assert all(len(b) == 2 for b in batches)
+    for st in states.values():
+        assert st.memory.tokens == 4
+        st.close()
+
+
 async def test_a_poisoned_item_fails_alone_and_its_batchmates_go_through(tmp_path: Path) -> None:
     s = state(tmp_path, "s")
     sizes: list[int] = []
