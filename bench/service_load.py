@@ -209,6 +209,51 @@ def _legacy_round_robin(worker: BatchWorker) -> None:
     worker._take_batch = take  # type: ignore[method-assign]
 
 
+class _QueueWaits:
+    """Encoder-queue wait of every work item (all streams): submitted -> its batch started.
+
+    A hook on the image worker (bench-only, like :mod:`bench.needle_trace`): ``submit`` notes
+    when each item was handed over (before any backpressure wait), the batch function when
+    its batch began. Items still queued at the end count with their age so far, so a lane
+    that never got a turn is not silently left out.
+    """
+
+    def __init__(self, worker: BatchWorker) -> None:
+        self.waits: list[tuple[float, float]] = []
+        """(batch start wall, seconds waited) per item encoded."""
+        self._since: dict[int, float] = {}
+        submit, fn = worker.submit, worker.fn
+
+        async def timed_submit(stream: str, items: list[WorkItem]) -> None:
+            now = time.time()
+            for item in items:
+                self._since[id(item)] = now
+            await submit(stream, items)
+
+        def timed_fn(items: list[WorkItem]) -> Any:
+            now = time.time()
+            for item in items:
+                since = self._since.pop(id(item), None)
+                if since is not None:
+                    self.waits.append((now, now - since))
+            return fn(items)
+
+        worker.submit = timed_submit  # type: ignore[method-assign]
+        worker.fn = timed_fn
+
+    def summary(self, t0: float, t1: float) -> dict[str, Any]:
+        done = np.asarray([w for at, w in self.waits if t0 <= at <= t1])
+        waiting = [t1 - since for since in self._since.values() if since <= t1]
+        pct = {f"p{q}_s": round(float(np.percentile(done, q)), 3) if len(done) else None for q in (50, 95)}
+        return {
+            "items": len(done),
+            **pct,
+            "max_s": round(float(done.max()), 3) if len(done) else None,
+            "still_queued": len(waiting),
+            "oldest_queued_s": round(max(waiting), 3) if waiting else None,
+        }
+
+
 def _time_trims(svc: Service, walls: list[tuple[float, float]]) -> None:
     """Note (start, end) wall times of every ``malloc_trim`` the service's trimmer makes."""
     trimmer = svc.trimmer
@@ -299,6 +344,7 @@ async def run(
         await ready.wait()
         (watch_,) = svc.watches.values()
         base = rss_mb()  # model loaded, the needle streams running
+        waits = _QueueWaits(svc.worker) if svc.worker is not None else None
         for spec in specs:
             await svc.add_stream(spec)
         # Measure a steady-state window: stream start-up (opening, first keyframe) is not throughput.
@@ -318,6 +364,7 @@ async def run(
             images = (worker.images if worker is not None else 0) - images0
             after = (await svc.shard.stats()).streams
             end_rss = rss_mb()
+            queue = waits.summary(t0, t0 + elapsed) if waits is not None else None
         await asyncio.sleep(GRACE)  # moments of needles due late in the window still arrive
         frames = {k: s.frames - (before[k].frames if k in before else 0) for k, s in after.items()}
         dropped = sum(s.dropped for s in after.values())
@@ -360,6 +407,7 @@ async def run(
         "encoder_duty_cycle": round(busy / elapsed, 3),
         "encoder_batches": passes,
         "encoder_mean_batch": round(images / passes, 2) if passes else None,
+        "encoder_queue_wait": queue,
         "heap_trims": {
             "growth_mb": cfg.heap_trim_growth_mb,
             "skipped_total": trimmer.stats.skipped if trimmer is not None else 0,
