@@ -9,10 +9,13 @@ seconds after the streams were added — a realtime replay applies
 backpressure instead of dropping, so falling behind shows as missing frames.
 Live drops (``vmr_frames_dropped_total``) are reported too.
 
-Latency: one extra realtime 720p stream shows a needle photo for 3 s every
-12 s; a websocket client watches for it. Latency = arrival of the ``moment``
-event at the client - wall time the needle's first frame was due on the
-stream (its realtime pacing clock). The watch's threshold sits midway between
+Latency: ``--needle-streams`` (8) extra realtime 720p streams, started 12 s / 8
+apart, each show a needle photo for 3 s every 12 s (~40 needles a minute, so a
+p95 stands on >= 30 of them); one websocket watch covers them all. Latency =
+arrival of the first ``moment`` of a needle at the client - wall time the
+needle's first frame was due on its stream (its realtime pacing clock). Only
+needles due inside the measured window count; the watch listens ``GRACE``
+seconds more, and a needle with no moment by then is ``needle_missed``. The watch's threshold sits midway between
 the scores of a background super-image and one with a single needle tile, as
 the service's own encoder gives them (``needle_scores``; random weights put
 every cosine near 1, so a fixed threshold would match everything and report
@@ -20,6 +23,12 @@ one never-closing match). ``needle_stages`` splits each latency into stages
 (:mod:`bench.needle_trace`, a bench-only hook). ``rss_base_mb``: VmRSS with
 the model loaded and the needle stream running, before the N cameras;
 ``rss_per_stream_mb``: (VmRSS at the end of the window - that) / N.
+``encoder_queue_wait``: submitted -> batch start of every work item of every
+stream in the window (the fairness of the shared worker, with many more samples
+than the needles), and the age of what is still queued at its end;
+``heap_trims``: when each ``malloc_trim`` ran and how long it took; ``gc``: the
+cyclic collector's passes (``--legacy-rr``, ``--trim-growth-mb``, ``--batch-size``:
+the A/B switches of ``bench/results/service-load-20-60s-needles-ab-*.json``).
 Results: ``bench/results/service_load.json``.
 
 Encoder flags as every bench (``--model``, ``--random-weights``, ``--backend``, ``--device``);
