@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import math
 import os
@@ -61,15 +60,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.channels.base import WorkItem
 from agent.config import EncoderConfig, IndexConfig, Settings
-from agent.service.batch_worker import BatchWorker
 from agent.service.client import watch
 from agent.service.config import ServiceConfig
 from agent.service.pipeline import Service
 from agent.service.protocol import MomentEvent, WatchingEvent
 from agent.service.server import Server
 from bench.needle_trace import NeedleTrace, summarise
+from bench.service_probes import GcPauses, QueueWaits, legacy_round_robin, time_trims
 from streams.file import FileSpec
 
 BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bigbuckbunny.mp4"
@@ -161,125 +159,6 @@ async def _watch(
             arrivals.append((event.moment.stream, time.time()))
 
 
-class _GcPauses:
-    """Wall seconds of every cyclic-GC pass (any thread) while installed: a stop-the-world stall."""
-
-    def __init__(self) -> None:
-        self.pauses: list[tuple[int, float]] = []
-        self._t0 = 0.0
-
-    def __enter__(self) -> _GcPauses:
-        gc.callbacks.append(self._on)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._on)
-
-    def _on(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t0 = time.perf_counter()
-        else:
-            self.pauses.append((info["generation"], time.perf_counter() - self._t0))
-
-    def summary(self) -> dict[str, Any]:
-        full = [s for g, s in self.pauses if g == 2]
-        return {
-            "collections": len(self.pauses),
-            "seconds": round(sum(s for _, s in self.pauses), 3),
-            "gen2": len(full),
-            "gen2_max_s": round(max(full), 3) if full else 0.0,
-        }
-
-
-def _legacy_round_robin(worker: BatchWorker) -> None:
-    """A/B only: the worker's batches start one lane later each time, as before the fix
-    (``agent.service.batch_worker``: lanes at the end of the order then sit out batches)."""
-    lanes: Any = worker._lanes
-
-    def take() -> list[tuple[str, Any, WorkItem]]:
-        order = worker._order
-        names = order[worker._next :] + order[: worker._next]
-        if order:
-            worker._next = (worker._next + 1) % len(order)
-        for name in names:
-            if lanes[name].items and lanes[name].items[0].attempt > 0:
-                return [worker._pop(name, lanes[name])]
-        batch: list[tuple[str, Any, WorkItem]] = []
-        while len(batch) < worker.batch_size:
-            took = False
-            for name in names:
-                if lanes[name].items and len(batch) < worker.batch_size:
-                    batch.append(worker._pop(name, lanes[name]))
-                    took = True
-            if not took:
-                break
-        return batch
-
-    worker._take_batch = take  # type: ignore[method-assign]
-
-
-class _QueueWaits:
-    """Encoder-queue wait of every work item (all streams): submitted -> its batch started.
-
-    A hook on the image worker (bench-only, like :mod:`bench.needle_trace`): ``submit`` notes
-    when each item was handed over (before any backpressure wait), the batch function when
-    its batch began. Items still queued at the end count with their age so far, so a lane
-    that never got a turn is not silently left out.
-    """
-
-    def __init__(self, worker: BatchWorker) -> None:
-        self.waits: list[tuple[float, float]] = []
-        """(batch start wall, seconds waited) per item encoded."""
-        self._since: dict[int, float] = {}
-        submit, fn = worker.submit, worker.fn
-
-        async def timed_submit(stream: str, items: list[WorkItem]) -> None:
-            now = time.time()
-            for item in items:
-                self._since[id(item)] = now
-            await submit(stream, items)
-
-        def timed_fn(items: list[WorkItem]) -> Any:
-            now = time.time()
-            for item in items:
-                since = self._since.pop(id(item), None)
-                if since is not None:
-                    self.waits.append((now, now - since))
-            return fn(items)
-
-        worker.submit = timed_submit  # type: ignore[method-assign]
-        worker.fn = timed_fn
-
-    def summary(self, t0: float, t1: float) -> dict[str, Any]:
-        done = np.asarray([w for at, w in self.waits if t0 <= at <= t1])
-        waiting = [t1 - since for since in self._since.values() if since <= t1]
-        pct = {f"p{q}_s": round(float(np.percentile(done, q)), 3) if len(done) else None for q in (50, 95)}
-        return {
-            "items": len(done),
-            **pct,
-            "max_s": round(float(done.max()), 3) if len(done) else None,
-            "still_queued": len(waiting),
-            "oldest_queued_s": round(max(waiting), 3) if waiting else None,
-        }
-
-
-def _time_trims(svc: Service, walls: list[tuple[float, float]]) -> None:
-    """Note (start, end) wall times of every ``malloc_trim`` the service's trimmer makes."""
-    trimmer = svc.trimmer
-    if trimmer is None:
-        return
-    trim = trimmer._trim
-
-    def timed() -> bool:
-        t0 = time.time()
-        try:
-            return trim()
-        finally:
-            walls.append((t0, time.time()))
-
-    trimmer._trim = timed
-
-
 def _latencies(
     arrivals: list[tuple[str, float]], clocks: dict[str, tuple[float, float]], window: tuple[float, float]
 ) -> tuple[list[tuple[str, float, float]], int]:
@@ -329,10 +208,10 @@ async def run(
     arrivals: list[tuple[str, float]] = []
     reset_peak_rss()
     async with Service(cfg, settings or _settings()) as svc:
-        _time_trims(svc, trim_walls)
+        time_trims(svc, trim_walls)
         await svc.start()
         if legacy_rr and svc.worker is not None:
-            _legacy_round_robin(svc.worker)
+            legacy_round_robin(svc.worker)
         server = Server(svc.serving, cfg)
         port = await server.start()
         scores = await asyncio.to_thread(_needle_threshold, svc, needle_photo)
@@ -353,7 +232,7 @@ async def run(
         await ready.wait()
         (watch_,) = svc.watches.values()
         base = rss_mb()  # model loaded, the needle streams running
-        waits = _QueueWaits(svc.worker) if svc.worker is not None else None
+        waits = QueueWaits(svc.worker) if svc.worker is not None else None
         for spec in specs:
             await svc.add_stream(spec)
         # Measure a steady-state window: stream start-up (opening, first keyframe) is not throughput.
@@ -364,7 +243,7 @@ async def run(
         busy0, passes0, images0 = (
             (worker.busy_seconds, worker.passes, worker.images) if worker is not None else (0.0, 0, 0)
         )
-        with _GcPauses() as gcs:
+        with GcPauses() as gcs:
             t0, c0 = time.time(), time.process_time()
             await asyncio.sleep(seconds)
             elapsed, cpu = time.time() - t0, time.process_time() - c0
