@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "bench": "worker_fairness",
         "command": " ".join(["python", "-m", "bench.worker_fairness", *argv_used]),
-        "machine": machine,
+        "machine": {**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "git": git_commit(),
         "rows": rows,
     }
