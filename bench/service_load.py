@@ -146,7 +146,7 @@ async def _watch(
     needle_photo: Path,
     threshold: float,
     streams: list[str],
-    arrivals: list[tuple[str, float]],
+    arrivals: list[tuple[str, float, float]],
     ready: asyncio.Event,
 ) -> None:
     events = watch(
@@ -156,22 +156,27 @@ async def _watch(
         if isinstance(event, WatchingEvent):
             ready.set()
         if isinstance(event, MomentEvent):
-            arrivals.append((event.moment.stream, time.time()))
+            arrivals.append((event.moment.stream, time.time(), event.moment.start))
 
 
 def _latencies(
-    arrivals: list[tuple[str, float]], clocks: dict[str, tuple[float, float]], window: tuple[float, float]
+    arrivals: list[tuple[str, float, float]],
+    clocks: dict[str, tuple[float, float]],
+    window: tuple[float, float],
 ) -> tuple[list[tuple[str, float, float]], int]:
     """(stream, due, arrival) of each first ``moment`` of a needle due inside ``window``; and misses.
 
-    ``clocks``: each needle stream's (first frame's wall, its stream time): the pacing clock
-    puts stream second ``t`` at ``wall - t0 + t``. A needle with no moment is a miss (the
-    watch never matched it, or only after the grace period).
+    ``arrivals``: (stream, wall time at the client, the moment's start in stream seconds).
+    The needle is the one nearest the moment's start (needle k sits at stream second
+    ``NEEDLE_AT + k * NEEDLE_EVERY``), not the last one due before the arrival: a moment
+    later than ``NEEDLE_EVERY`` would otherwise be charged to a later needle and its
+    latency read modulo 12 s. ``clocks``: each needle stream's (first frame's wall, its
+    stream time): the pacing clock puts stream second ``t`` at ``wall - t0 + t``. A needle
+    with no moment is a miss (never matched, or only after the grace period).
     """
     got: dict[tuple[str, int], float] = {}
-    for stream, arrival in arrivals:
-        wall, t0 = clocks[stream]
-        k = int((arrival - wall + t0 - NEEDLE_AT) // NEEDLE_EVERY)
+    for stream, arrival, start in arrivals:
+        k = round((start - NEEDLE_AT) / NEEDLE_EVERY)
         got.setdefault((stream, k), arrival)
     out, missed = [], 0
     for stream, (wall, t0) in clocks.items():
@@ -205,7 +210,7 @@ async def run(
     trim_walls: list[tuple[float, float]] = []
     specs = [FileSpec(id=f"cam{i}", kind="file", path=str(BUNNY), realtime=True, loop=True) for i in range(n)]
     needles = [f"needle{i}" for i in range(needle_streams)]
-    arrivals: list[tuple[str, float]] = []
+    arrivals: list[tuple[str, float, float]] = []
     reset_peak_rss()
     async with Service(cfg, settings or _settings()) as svc:
         time_trims(svc, trim_walls)
