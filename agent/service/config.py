@@ -205,7 +205,7 @@ class ServiceConfig(Strict):
     over days, see ``agent.service.heap``); None disables it."""
     heap_trim_growth_mb: float = Field(default=64.0, ge=0, allow_inf_nan=False)
     """A period trims only when RSS grew this many MiB since the last trim (0: every period):
-    a trim stalls every allocating thread for ~0.5 s under load (``agent.service.heap``)."""
+    under load a trim stalls every allocating thread for up to ~0.4 s (``agent.service.heap``)."""
     malloc_arenas: int = Field(default=2, ge=0, le=1024)
     """glibc malloc arenas of the whole process, set when the service is built
     (:func:`agent.process_memory.limit_heap`: with the threshold below, an open 720p decoder

@@ -22,9 +22,10 @@ task.
 Only on growth (``growth_bytes``): a trim is not free under load. It walks every
 arena holding its lock, so every thread that allocates meanwhile (decoders, the
 encoder's commit, the event loop sending a ``moment``) waits, and the pages it
-hands back are faulted in again by the next frames. Measured at 20 live 720p
-streams on 2 cores (``bench.service_load``, py-spy): 0.4-0.5 s per trim, every
-30 s, showing up as a half-second ``commit`` stall of watch latency. So each
+hands back are faulted in again by the next frames. At 20 live 720p streams on
+2 shared cores (``bench.service_load``, py-spy) a trim took 0.4 s (0.01-0.13 s in
+other runs), every 30 s; two needles of the 20-stream run stalled 0.43-0.49 s in
+``commit`` (the others 0.003 s), which fits. So each
 period reads RSS (``/proc/self/statm``, microseconds) and trims only when it grew
 ``growth_bytes`` above the level the last trim left (or the lowest seen since):
 steady-state churn reuses its freed pages and is left alone, a creep is still
