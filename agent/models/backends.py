@@ -1,7 +1,7 @@
 """Where an encoder's forward passes run: torch (CPU or CUDA) or OpenVINO (CPU).
 
-A backend turns prepared inputs (normalised pixels, tokens) into unnormalised
-embeddings; :class:`~agent.models.encoder.ClipEncoder` does everything around
+A backend turns prepared inputs (normalised pixels, tokens: numpy arrays) into
+unnormalised embeddings (numpy); :class:`~agent.models.encoder.ClipEncoder` does everything around
 it (resizing, tokenising, batching, normalising, locking), so both backends
 give the same answers (within 1e-4 cosine) to the same calls.
 
@@ -12,18 +12,27 @@ Choice (``EncoderConfig.backend``):
   (:mod:`agent.models.openvino_backend`); any failure is a ``ConfigError``;
 - ``auto``: torch where CUDA is available, else OpenVINO, else torch. A failed
   OpenVINO load falls back to torch with a logged warning.
+
+torch is imported only where a torch backend is made or CUDA is asked about
+(``auto``), never for an explicit ``openvino`` whose IR is cached: the serving
+process then holds no torch at all (~480 MB resident less).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol, runtime_checkable
+import os
+import sys
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+import numpy as np
 
 from agent.config import EncoderConfig
 from agent.errors import ConfigError
 from agent.models.weights import BuiltModel, ModelFacts
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -35,36 +44,65 @@ class Backend(Protocol):
     name: str
     """``torch`` or ``openvino``."""
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, 3, S, S) float32 normalised pixels -> (n, dim) float32 on the CPU, not normalised."""
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, 3, S, S) float32 normalised pixels -> (n, dim) float32, not normalised."""
         ...
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(n, context_length) int64 tokens -> (n, dim) float32 on the CPU, not normalised."""
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        """(n, context_length) int64 tokens -> (n, dim) float32, not normalised."""
         ...
 
 
 class TorchBackend:
-    """The torch module, moved to ``device`` (CUDA where available, else the CPU)."""
+    """The torch module, moved to ``device`` (CUDA where available, else the CPU).
+
+    ``threads``: torch's intra-op threads, set before each forward pass (None: torch's own).
+    """
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: str | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, device: str | None = None, threads: int | None = None) -> None:
+        import torch
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._model = model.to(self.device).eval()
+        self._threads = threads
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        feats = self._model.encode_image(pixels.to(self.device))  # type: ignore[operator]
-        return feats.float().cpu()  # type: ignore[no-any-return]
+    def _forward(self, fn: str, inputs: np.ndarray) -> np.ndarray:
+        import torch
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        feats = self._model.encode_text(tokens.to(self.device))  # type: ignore[operator]
-        return feats.float().cpu()  # type: ignore[no-any-return]
+        if self._threads:
+            torch.set_num_threads(self._threads)
+        with torch.inference_mode():
+            feats = getattr(self._model, fn)(torch.from_numpy(inputs).to(self.device))
+            return feats.float().cpu().numpy()  # type: ignore[no-any-return]
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self._forward("encode_image", pixels)
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        return self._forward("encode_text", tokens)
+
+
+def _cuda_available() -> bool:
+    """torch's answer, without importing torch on a Linux machine with no GPU driver loaded.
+
+    ``torch.cuda.is_available()`` needs the NVIDIA driver (``/proc/driver/nvidia``)
+    or, for ROCm builds, the AMD one (``/dev/kfd``): with neither, the answer is
+    no and the ``auto`` choice of OpenVINO costs no torch import.
+    """
+    if "torch" not in sys.modules and sys.platform == "linux":
+        if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/kfd")):
+            return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def wants_openvino(cfg: EncoderConfig) -> bool:
     """Whether ``cfg.backend`` picks OpenVINO on this machine (``auto``: when CUDA is absent)."""
-    return cfg.backend == "openvino" or (cfg.backend == "auto" and not torch.cuda.is_available())
+    # Only ``auto`` asks torch about CUDA: an explicit ``openvino`` never imports it.
+    return cfg.backend == "openvino" or (cfg.backend == "auto" and not _cuda_available())
 
 
 def cached_backend(cfg: EncoderConfig) -> tuple[Backend, ModelFacts] | None:
@@ -100,7 +138,7 @@ def make_backend(
     from agent.models.openvino_backend import load_openvino
 
     if not wants_openvino(cfg):
-        return TorchBackend(built.model)
+        return TorchBackend(built.model, threads=cfg.threads)
     if cfg.backend == "openvino":
         return load_openvino(built, threads=cfg.threads, release_torch=release_torch, weights=weights)
     try:
@@ -112,4 +150,4 @@ def make_backend(
             from agent.models.weights import build_model
 
             model = build_model(cfg).model  # released before the failure: build it again
-        return TorchBackend(model)
+        return TorchBackend(model, threads=cfg.threads)

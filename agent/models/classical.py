@@ -45,7 +45,6 @@ small frames/s; about 240 full 480p photos/s including the resize).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from agent.errors import QueryError
 
@@ -157,16 +156,15 @@ class ClassicalBackend:
     name = "numpy"
     dim = DIM
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """(n, 3, S, S) float32 RGB in [0, 1] (mean 0, std 1 normalisation) -> (n, DIM) float32."""
-        rgb = pixels.detach().cpu().permute(0, 2, 3, 1).numpy()
-        return torch.from_numpy(describe(rgb))
+        return describe(pixels.transpose(0, 2, 3, 1))
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """Always raises QueryError: a classical descriptor has no text side."""
         raise QueryError(f"{CLASSICAL} has no text side: query with an image (--image)")
 
 
-def tokenize(texts: list[str]) -> torch.Tensor:
+def tokenize(texts: list[str]) -> np.ndarray:
     """Placeholder tokens (one zero per text): the text side refuses them anyway."""
-    return torch.zeros((len(texts), 1), dtype=torch.int64)
+    return np.zeros((len(texts), 1), dtype=np.int64)

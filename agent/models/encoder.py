@@ -12,8 +12,12 @@ which is what the tests and the offline demo rely on; text queries against it
 mean nothing at all.
 
 Frames arrive already small (short side ~ the model's input size) as uint8
-RGB; the encoder squashes each to the square input with one bilinear resize
-and normalises with the model's own mean/std.
+RGB; the encoder squashes each to the square input with one antialiased
+bilinear resize (Pillow's, on uint8: within half a grey level of torch's
+``interpolate(antialias=True)``, which earlier versions used, and faster) and
+normalises with the model's own mean/std, in numpy. torch and open_clip are
+imported only to build a torch model: an encoder served from the OpenVINO
+cache never loads them (:mod:`agent.models.clip_tokenizer`).
 """
 
 from __future__ import annotations
@@ -24,14 +28,21 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from agent.config import EncoderConfig
 from agent.models import classical
 from agent.models.backends import Backend, cached_backend, make_backend
 from agent.models.classical import CLASSICAL, ClassicalBackend
-from agent.models.weights import TINY_RANDOM, BuiltModel, ModelFacts, build_model, load_tokenizer, weights_id
+from agent.models.weights import (
+    TINY_RANDOM,
+    BuiltModel,
+    ModelFacts,
+    Tokenizer,
+    build_model,
+    load_tokenizer,
+    weights_id,
+)
 from agent.types import RGBImage
 
 __all__ = [
@@ -98,7 +109,7 @@ class ClipEncoder:
     def __init__(
         self,
         backend: Backend,
-        tokenizer: object,
+        tokenizer: Tokenizer,
         *,
         name: str,
         image_size: int,
@@ -117,15 +128,15 @@ class ClipEncoder:
         self.threads = threads
         self.backend = backend
         self._tokenizer = tokenizer
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        # One forward at a time: torch's intra-op pool is already using the cores.
+        # Pixels stay 0..255: (x - 255 mean) / (255 std) is (x / 255 - mean) / std in one pass.
+        self._offset = 255.0 * np.asarray(mean, np.float32)
+        self._scale = 1.0 / (255.0 * np.asarray(std, np.float32))
+        # One forward at a time: the backend's thread pool is already using the cores.
         self._lock = threading.Lock()
         self.passes = 0
         self._note = note
         if dim is None:
-            with torch.inference_mode():
-                dim = int(backend.encode_text(self._tokenize(["x"])).shape[-1])
+            dim = int(backend.encode_text(self._tokenize(["x"])).shape[-1])
         self.dim = dim
 
     @classmethod
@@ -135,7 +146,7 @@ class ClipEncoder:
 
     @classmethod
     def from_facts(
-        cls, facts: ModelFacts, tokenizer: object, backend: Backend, cfg: EncoderConfig
+        cls, facts: ModelFacts, tokenizer: Tokenizer, backend: Backend, cfg: EncoderConfig
     ) -> ClipEncoder:
         """The encoder for a model known by its ``facts`` (no torch model needed) on ``backend``."""
         return cls(
@@ -157,40 +168,27 @@ class ClipEncoder:
             return self._note
         return f"{self.name} has random weights: similarities carry no meaning" if self.meaningless else None
 
-    def _tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self._tokenizer(list(texts))  # type: ignore[operator, no-any-return]
+    def _tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        return self._tokenizer(list(texts))
 
-    def _pixels(self, images: Sequence[RGBImage]) -> torch.Tensor:
-        size = self.image_size
+    def _pixels(self, images: Sequence[RGBImage]) -> np.ndarray:
+        """(n, 3, S, S) float32, normalised: each image squashed to S x S, then mean/std applied."""
         for img in images:
             if img.ndim != 3 or img.shape[2] != 3:
                 raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
-        out = torch.empty((len(images), 3, size, size), dtype=torch.float32)
-        # One resize per run of same-sized images (frames of a stream share a size).
-        start = 0
-        while start < len(images):
-            shape = images[start].shape
-            stop = start + 1
-            while stop < len(images) and images[stop].shape == shape:
-                stop += 1
-            batch = torch.from_numpy(np.stack(images[start:stop])).permute(0, 3, 1, 2).float()
-            if batch.shape[-2:] != (size, size):
-                batch = F.interpolate(
-                    batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-                )
-            out[start:stop] = batch
-            start = stop
-        out.div_(255.0)
-        return (out - self._mean) / self._std
+        rgb = np.stack([_squash(img, self.image_size) for img in images]).astype(np.float32)
+        rgb -= self._offset
+        rgb *= self._scale
+        return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
 
-    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], batches: list[torch.Tensor]) -> np.ndarray:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+    def _run(self, fn: Callable[[np.ndarray], np.ndarray], batches: list[np.ndarray]) -> np.ndarray:
         outs = []
-        with self._lock, torch.inference_mode():
+        with self._lock:
             for b in batches:
-                feats = fn(b)
-                outs.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+                feats = np.asarray(fn(b), dtype=np.float32)
+                # As torch's F.normalize: a zero row stays zero (norm floored at 1e-12).
+                norms = np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+                outs.append(feats / norms)
                 self.passes += int(b.shape[0])
         return np.concatenate(outs).astype(np.float32, copy=False)
 
@@ -209,6 +207,15 @@ class ClipEncoder:
         bs = self.batch_size
         batches = [self._tokenize(texts[i : i + bs]) for i in range(0, len(texts), bs)]
         return self._run(self.backend.encode_text, batches)
+
+
+def _squash(img: RGBImage, size: int) -> np.ndarray:
+    """``img`` resized to ``size`` x ``size`` (aspect not kept), antialiased bilinear; as is when already so."""
+    if img.shape[:2] == (size, size):
+        return img
+    # Pillow's BILINEAR widens its filter by the reduction factor (antialiasing) and runs on uint8 in SIMD.
+    pic = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
+    return np.asarray(pic.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _classical(cfg: EncoderConfig) -> ClipEncoder:
@@ -268,7 +275,6 @@ def load_encoder(cfg: EncoderConfig) -> ClipEncoder:
     with _CACHE_LOCK:
         enc = _CACHE.get(cfg)
         if enc is None:
-            torch.set_num_threads(cfg.threads)
             if cfg.model == CLASSICAL:
                 enc = _classical(cfg)
             elif (cached := cached_backend(cfg)) is not None:
@@ -276,6 +282,9 @@ def load_encoder(cfg: EncoderConfig) -> ClipEncoder:
                 backend, facts = cached
                 enc = ClipEncoder.from_facts(facts, load_tokenizer(facts.tokenizer), backend, cfg)
             else:
+                import torch
+
+                torch.set_num_threads(cfg.threads)  # building and converting run on torch
                 built = build_model(cfg)
                 # After the build: a pretrained file just downloaded is now identifiable.
                 weights = weights_id(cfg)

@@ -44,15 +44,17 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from agent.config import EncoderConfig, cache_dir
 from agent.errors import ConfigError
 from agent.models.weights import BuiltModel, ModelFacts, weights_digest, weights_id
 from agent.process_memory import trim_heap
+
+if TYPE_CHECKING:  # torch is imported to convert, never to load a cached IR
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +63,20 @@ _FORMAT = 2
 _TOWERS = ("image", "text")
 
 
-class _Tower(torch.nn.Module):
+def _tower(model: torch.nn.Module, which: str) -> torch.nn.Module:
     """One tower of a CLIP model as a module with a single forward (what tracing needs)."""
+    import torch
 
-    def __init__(self, model: torch.nn.Module, which: str) -> None:
-        super().__init__()
-        self.model = model
-        self.which = which
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fn = self.model.encode_image if self.which == "image" else self.model.encode_text
-        return fn(x)  # type: ignore[operator, no-any-return]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            fn = self.model.encode_image if which == "image" else self.model.encode_text
+            return fn(x)  # type: ignore[operator, no-any-return]
+
+    return Tower()
 
 
 def cache_key(arch: str, weights: str, ov_version: str) -> str:
@@ -131,6 +136,7 @@ def _telemetry_opt_in_only(app_name: str, tid: str) -> None:
 
 
 def _convert(ov: Any, built: BuiltModel) -> dict[str, Any]:
+    import torch
     from openvino.tools.ovc.telemetry_utils import get_tid
 
     _telemetry_opt_in_only("OVC", get_tid())  # the name convert_model uses
@@ -146,7 +152,7 @@ def _convert(ov: Any, built: BuiltModel) -> dict[str, Any]:
         for which in _TOWERS:
             example, shape, dtype = examples[which]
             models[which] = ov.convert_model(
-                _Tower(built.model, which), example_input=example, input=[(shape, dtype)]
+                _tower(built.model, which), example_input=example, input=[(shape, dtype)]
             )
     return models
 
@@ -243,13 +249,13 @@ class OpenVINOBackend:
         self.folder = folder
         self.cache_hit = cache_hit
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """(n, 3, S, S) float32 normalised pixels -> (n, dim) float32, not normalised."""
-        return torch.from_numpy(np.asarray(self._image(pixels.numpy())[0]))
+        return np.asarray(self._image(pixels)[0])
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """(n, context_length) int64 tokens -> (n, dim) float32, not normalised."""
-        return torch.from_numpy(np.asarray(self._text(tokens.numpy())[0]))
+        return np.asarray(self._text(tokens)[0])
 
 
 def release_torch_weights(model: torch.nn.Module) -> None:

@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from agent.config import EncoderConfig
 from agent.errors import ConfigError, WeightsUnavailableError
 from agent.models.hub import WeightsPlan, cached_file, plan
+
+if TYPE_CHECKING:  # torch is imported where a model is built, never on an OpenVINO cache hit
+    import torch
 
 TINY_RANDOM = "tiny-random"
 # One seed for every random build: identical weights in every process.
@@ -87,7 +90,7 @@ class BuiltModel:
     """A torch CLIP model in eval mode, its tokenizer, and the :class:`ModelFacts` to feed it."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: Tokenizer
     facts: ModelFacts
 
     @property
@@ -119,17 +122,44 @@ class BuiltModel:
         return self.facts.meaningless
 
 
-def load_tokenizer(name: str) -> object:
-    """The open_clip tokenizer ``name`` (:attr:`ModelFacts.tokenizer`): list of str -> (n, ctx) int64."""
-    import open_clip
+Tokenizer = Callable[[list[str]], np.ndarray]
+"""A text tokenizer: list of str -> (n, context_length) int64 token ids."""
 
-    return open_clip.get_tokenizer(name)
+
+def load_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer of open_clip model ``name`` (:attr:`ModelFacts.tokenizer`): list of str -> (n, ctx) int64.
+
+    Models open_clip tokenizes with its plain ``SimpleTokenizer`` get the same ids
+    from :class:`~agent.models.clip_tokenizer.ClipTokenizer` (no torch, no
+    open_clip import); any other keeps open_clip's own (which imports both).
+    """
+    from agent.models import clip_tokenizer
+
+    fast = clip_tokenizer.for_model(name)
+    if fast is not None:
+        return fast
+    return _OpenClipTokenizer(name)
+
+
+class _OpenClipTokenizer:
+    """open_clip's own tokenizer for ``name``, answering numpy (imports torch and open_clip)."""
+
+    def __init__(self, name: str) -> None:
+        import open_clip
+
+        self._tokenizer = open_clip.get_tokenizer(name)
+        self.context_length = int(getattr(self._tokenizer, "context_length", 77))
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self._tokenizer(texts).numpy()  # type: ignore[no-any-return]
 
 
 @contextmanager
 def _seeded() -> Iterator[None]:
     # fork_rng keeps the caller's global RNG untouched while the fixed seed
     # makes the weights identical in every process.
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         yield
@@ -237,6 +267,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 
     Identifies the weights a converted model was made from (~0.5 s per 300 MB).
     """
+    import torch
+
     h = hashlib.sha256()
     for key, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
