@@ -103,9 +103,9 @@ def clean(text: str) -> str:
 class ClipTokenizer:
     """open_clip's ``SimpleTokenizer`` ids from ``tokenizers`` (see the module docstring).
 
-    ``tokenizer(texts)`` -> (len(texts), context_length) int64. Raises
-    ``UnicodeEncodeError`` for a text that is not valid Unicode (a lone
-    surrogate), as open_clip's does.
+    ``tokenizer(texts)`` -> (len(texts), context_length) int64. A lone UTF-16
+    surrogate becomes U+FFFD (ftfy's cleaning, as in open_clip); the service
+    refuses such a query before it gets here (``bad_query``).
     """
 
     def __init__(self, vocab_file: Path, context_length: int = 77) -> None:
@@ -133,7 +133,6 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The BPE ids of ``text`` without start/end tokens."""
-        text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, as in open_clip
         ids: list[int] = []
         words: list[str] = []
         for word in _PATTERN.findall(clean(text)):

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import openvino
 import pytest
 import torch
@@ -102,6 +103,5 @@ def test_auto_fallback_after_released_weights_rebuilds_torch(
     assert all(p.is_meta for p in built.model.parameters())  # released before compiling
     assert isinstance(backend, TorchBackend)
     reference = TorchBackend(build_model(TINY).model, "cpu")
-    tokens = torch.zeros(2, 77, dtype=torch.int64)
-    with torch.inference_mode():
-        assert torch.allclose(backend.encode_text(tokens), reference.encode_text(tokens))
+    tokens = np.zeros((2, 77), dtype=np.int64)
+    assert np.allclose(backend.encode_text(tokens), reference.encode_text(tokens), atol=1e-6)
