@@ -48,7 +48,9 @@ def _corpus() -> list[str]:
     texts += [" ".join(rng.choice(words) for _ in range(500)) for _ in range(5)]  # truncated at 77
     texts += ["word " * 75, "word " * 76, "word " * 77]  # around the cut
     pieces = _ODD + words[:200]
-    texts += ["".join(rng.choice(pieces) + rng.choice(["", " ", "  ", "\n"]) for _ in range(6)) for _ in range(200)]
+    texts += [
+        "".join(rng.choice(pieces) + rng.choice(["", " ", "  ", "\n"]) for _ in range(6)) for _ in range(200)
+    ]
     return texts + _ODD
 
 
@@ -81,5 +83,7 @@ def test_the_default_models_use_it_and_others_keep_open_clips() -> None:
     # A Hugging Face or SigLIP tokenizer, or an unknown name: open_clip's own decides.
     for name in ("ViT-B-16-SigLIP", "hf-hub:org/model", "no-such-model"):
         assert not fast_tokenizer_applies(name) and for_model(name) is None
-    hf_named = [m for m in open_clip.list_models() if "hf_tokenizer_name" in open_clip.get_model_config(m)["text_cfg"]]
+    hf_named = [
+        m for m in open_clip.list_models() if "hf_tokenizer_name" in open_clip.get_model_config(m)["text_cfg"]
+    ]
     assert hf_named and not any(fast_tokenizer_applies(m) for m in hf_named)

@@ -18,16 +18,31 @@ from tests.agent.models.samples import TINY
 from tests.videos import IMAGENET
 
 # (height, width): a frame as decoded, exact size, odd and non-square sizes, upscaled, 1-pixel edges.
-_SIZES = [(224, 224), (256, 455), (180, 200), (225, 223), (50, 70), (600, 800), (1, 300), (300, 1), (1, 1), (7, 5)]
+_SIZES = [
+    (224, 224),
+    (256, 455),
+    (180, 200),
+    (225, 223),
+    (50, 70),
+    (600, 800),
+    (1, 300),
+    (300, 1),
+    (1, 1),
+    (7, 5),
+]
 
 
-def _torch_pixels(images: Sequence[RGBImage], size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def _torch_pixels(
+    images: Sequence[RGBImage], size: int, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
     """The previous ClipEncoder preprocessing (torch bilinear, antialiased, on float pixels)."""
     out = []
     for img in images:
         batch = torch.from_numpy(np.array(img)[None]).permute(0, 3, 1, 2).float()
         if batch.shape[-2:] != (size, size):
-            batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            batch = F.interpolate(
+                batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
         out.append(batch)
     pixels = torch.cat(out) / 255.0
     m = torch.tensor(mean).view(1, 3, 1, 1)
@@ -69,4 +84,3 @@ def test_pixels_are_within_one_grey_level_of_torchs() -> None:
     # Pillow resizes in two uint8 passes with fixed-point weights: up to one grey level apart.
     assert float(grey.max()) <= 1.0 + 1e-3 and float(grey.mean()) <= 0.3
     assert float(grey[0].max()) <= 1e-3  # already the input size: no resize, the same numbers
-
