@@ -90,17 +90,20 @@ def machine_info() -> dict[str, Any]:
                 ram_gib = round(int(line.split()[1]) / 1024**2, 1)
     except (OSError, ValueError):
         pass
-    import av
-    import torch
+    import importlib.metadata
 
+    import av
+
+    # Read, never imported: torch costs ~480 MB resident, which a measured process may not hold.
+    torch = sys.modules.get("torch")
     return {
         "cores": os.cpu_count(),
         "cpu": cpu,
         "ram_gib": ram_gib,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch": importlib.metadata.version("torch"),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "av": av.__version__,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
