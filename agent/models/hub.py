@@ -25,10 +25,15 @@ reach would otherwise send an offline machine into the download's retries.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent.config import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +80,56 @@ def plan(model: str, tag: str) -> WeightsPlan:
 def cached_file(model: str, tag: str) -> str | None:
     """The file open_clip would load for ``model``:``tag`` from the local Hugging Face cache, or None.
 
-    None also for a tag open_clip fetches by URL, or an unknown one. No network call.
+    None also for a tag open_clip fetches by URL, or an unknown one. No network
+    call; open_clip is imported only the first time a tag is looked up
+    (:func:`_hub_files`), so an OpenVINO cache hit of pretrained weights holds
+    neither open_clip nor torch.
     """
+    where = _hub_files(model, tag)
+    return None if where is None else _cached(*where)
+
+
+def _hub_files(model: str, tag: str) -> tuple[str, list[str]] | None:
+    """The hub repository of ``model``:``tag`` and its files in the order open_clip tries them; None: not on the hub.
+
+    open_clip's pretrained table lives in a module that imports torch, so each
+    answer is remembered in ``cache_dir()/hub-files.json`` per open_clip version
+    (a lost write only costs the import next time).
+    """
+    memo_path = cache_dir() / "hub-files.json"
+    key = f"{model}:{tag}|open_clip={_open_clip_version()}"
+    try:
+        memo = dict(json.loads(memo_path.read_text()))
+    except (OSError, ValueError, TypeError):
+        memo = {}
+    if key in memo:
+        found = memo[key]
+        return (str(found[0]), [str(n) for n in found[1]]) if found else None
     import open_clip
     from open_clip.constants import HF_WEIGHTS_NAME
 
     cfg = open_clip.get_pretrained_cfg(model, tag)
     hub_path = str(cfg.get("hf_hub") or "") if cfg else ""
-    if not hub_path:
-        return None
-    repo, filename = os.path.split(hub_path)
-    filename = filename or HF_WEIGHTS_NAME
-    return _cached(repo, [_safetensors(filename), filename])
+    where = None
+    if hub_path:
+        repo, filename = os.path.split(hub_path)
+        filename = filename or HF_WEIGHTS_NAME
+        where = (repo, [_safetensors(filename), filename])
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps({**memo, key: where}, indent=1))
+        os.replace(tmp, memo_path)
+    except OSError as exc:
+        log.debug("could not remember %s in %s: %s", key, memo_path, exc)
+    return where
+
+
+def _open_clip_version() -> str:
+    try:
+        return importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def _safetensors(filename: str) -> str:

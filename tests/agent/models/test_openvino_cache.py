@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 
@@ -136,9 +137,17 @@ def test_a_pretrained_tag_is_keyed_by_its_cached_file(
 
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("VMR_CACHE", str(tmp_path / "vmr"))
     _forbid_building(monkeypatch)
     cfg = EncoderConfig(model="MobileCLIP2-S0", pretrained="dfndr2b")
     assert weights_id(cfg) is None  # not cached: only building (downloading) can tell the weights
+
+    def no_open_clip(*args: object, **kwargs: object) -> None:
+        raise AssertionError("open_clip was asked again: a cache hit would import torch")
+
+    # The tag's hub files are remembered: later look-ups need no open_clip (nor torch).
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", no_open_clip)
+    assert (tmp_path / "vmr" / "hub-files.json").is_file()
     repo, commit = cache / "models--timm--MobileCLIP2-S0-OpenCLIP", "0" * 40
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
