@@ -14,8 +14,8 @@ mean nothing at all.
 Frames arrive already small (short side ~ the model's input size) as uint8
 RGB; the encoder squashes each to the square input with one antialiased
 bilinear resize (Pillow's, on uint8: within one grey level of torch's
-``interpolate(antialias=True)``, which earlier versions used, and twice as fast) and
-normalises with the model's own mean/std, in numpy. torch and open_clip are
+``interpolate(antialias=True)``, which earlier versions used, for about half
+its CPU) and normalises with the model's own mean/std, in numpy. torch and open_clip are
 imported only to build a torch model: an encoder served from the OpenVINO
 cache never loads them (:mod:`agent.models.clip_tokenizer`).
 """
