@@ -49,15 +49,20 @@ class DetailLevel:
     def offer(self, cost: float, start: float, end: float, svd: TruncatedSVD) -> None:
         """Keep the stretch if it is among the ``bound`` most distinctive offered (O(log bound)).
 
-        ``svd`` is kept by reference: the caller hands over an SVD it no longer changes.
+        ``svd`` is kept by reference (made to own its arrays): the caller hands over an SVD it
+        no longer changes.
         """
         if self.bound == 0:
             return
         self._seq += 1
-        entry = (float(cost), self._seq, Stretch(float(cost), float(start), float(end), svd))
+        key = (float(cost), self._seq)
+        if len(self._heap) >= self.bound and key <= self._heap[0][:2]:
+            return
+        svd.own()  # kept: a view of the memory's packed stack would keep the whole stack alive
+        entry = (*key, Stretch(float(cost), float(start), float(end), svd))
         if len(self._heap) < self.bound:
             heapq.heappush(self._heap, entry)
-        elif entry[:2] > self._heap[0][:2]:
+        else:
             heapq.heapreplace(self._heap, entry)
 
     def stretches(self) -> list[Stretch]:

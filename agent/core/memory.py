@@ -45,7 +45,7 @@ from agent.core.svd import (
     Representative,
     Scorer,
     pack_svds,
-    score_anchors,
+    score_totals,
 )
 
 _Views = tuple[list[Anchor], F64, F64, F32]
@@ -195,12 +195,16 @@ class Memory:
             starts = np.array([a.start for a in anchors], dtype=np.float64)
             ends = np.array([a.end for a in anchors], dtype=np.float64)
             reps = (
-                np.stack([a.rep for a in anchors]).astype(np.float32)
+                np.stack([a.rep for a in anchors]).astype(np.float32, copy=False)
                 if anchors
                 else np.zeros((0, self.dim), np.float32)
             )
             for arr in (starts, ends, reps):
                 arr.setflags(write=False)
+            # Each token lives once, in the stack (an anchor's own copy would double it): an
+            # anchor's rep is only ever replaced, never written in place.
+            for anchor, row in zip(anchors, reps, strict=True):
+                anchor.rep = row
             self._cache = (anchors, starts, ends, reps)
         return self._cache
 
@@ -228,11 +232,23 @@ class Memory:
         if self.scorer == "rep" or not anchors:
             return np.asarray(reps.astype(np.float64) @ vec, np.float64)
         if self._packed is None:
-            packed = pack_svds([a.svd for a in anchors], self.rank, self.dim)
-            counts = packed["counts"]
-            self._packed = (packed["basis"], packed["sigma"], packed["totals"] / counts[:, None], counts)
-        basis, sigma, means, counts = self._packed
-        return score_anchors(vec, basis, sigma, means, counts, self.scorer)
+            self._packed = self._pack(anchors)
+        basis, sigma, totals, counts = self._packed
+        return score_totals(vec, basis, sigma, totals, counts, self.scorer)
+
+    def _pack(self, anchors: list[Anchor]) -> _Packed:
+        """The anchors' SVDs stacked for scoring; each anchor then holds views of the stack.
+
+        Why views: the stack is kept between queries, and with a copy per anchor beside it
+        the memory held its bases and sums twice (RSS growing ~14 KB per token more than
+        :attr:`nbytes` says). An anchor that changes later gets new arrays of its own; the
+        stack it left is freed at the next pack, once no anchor holds a view of it.
+        """
+        packed = pack_svds([a.svd for a in anchors], self.rank, self.dim)
+        basis, totals = packed["basis"], packed["totals"]
+        for i, anchor in enumerate(anchors):
+            anchor.svd.share(basis[i, : anchor.svd.basis.shape[0]], totals[i])
+        return basis, packed["sigma"], totals, packed["counts"]
 
     def detail_scores(self, query: npt.ArrayLike) -> tuple[F64, F64, F64]:
         """(starts, ends, scores) of the finer level's stretches by ``scorer``, least distinctive first."""

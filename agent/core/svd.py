@@ -12,7 +12,7 @@ the mean is exact).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -132,10 +132,29 @@ class TruncatedSVD:
         _, s, wt = np.linalg.svd(core, full_matrices=False)
         self.sigma, self.basis = _truncate(s, wt @ frame, self.rank)
         self.count += 1
-        self.total += row
+        # A new array, not ``+=``: ``total`` may be a row of the memory's packed stack (see :meth:`share`).
+        self.total = self.total + row
         self._since_orth += 1
         if self._since_orth >= _REORTH_EVERY:
             self.reorthonormalise()
+
+    def share(self, basis: F32, total: F64) -> None:
+        """Hold ``basis`` (r, d) and ``total`` (d,), views of a packed stack, instead of own copies.
+
+        The same numbers (the caller copied them there): the anchor's arrays then live once, in
+        the stack the memory scores queries with, not twice. Never written in place afterwards
+        (every change assigns new arrays), so the stack is never changed through the anchor.
+        """
+        if basis.shape != self.basis.shape or total.shape != self.total.shape:
+            raise ValueError("shared arrays must have the shapes of the anchor's own")
+        self.basis, self.total = basis, total
+
+    def own(self) -> None:
+        """Hold own copies again (an SVD kept apart from the memory must not pin its packed stack)."""
+        if self.basis.base is not None:
+            self.basis = self.basis.copy()
+        if self.total.base is not None:
+            self.total = self.total.copy()
 
     def reorthonormalise(self) -> None:
         """Restore exactly orthonormal rows: re-factorise ``diag(sigma) basis``."""
@@ -333,16 +352,38 @@ def score_anchors(
     * ``"rep"`` is not computed here (it is the representative's cosine).
     """
     vec = np.asarray(q, np.float64)
+    return _score(vec, basis, sigma, lambda: np.asarray(means @ vec, np.float64), counts, kind)
+
+
+def score_totals(
+    q: npt.ArrayLike, basis: F32, sigma: F32, totals: F64, counts: npt.NDArray[np.int64], kind: Scorer
+) -> F64:
+    """:func:`score_anchors` from the member sums ``totals`` (n, d) instead of the means.
+
+    ``mean . q`` is read as ``(total . q) / count``: no (n, d) array of means is
+    made (16 MB at 4096 anchors, d 512), for a query or kept beside the sums.
+    Equal to :func:`score_anchors` up to rounding (the same for ``"energy"``
+    and ``"projection"``, which do not read the means).
+    """
+    vec = np.asarray(q, np.float64)
+    n = np.maximum(counts, 1).astype(np.float64)
+    return _score(vec, basis, sigma, lambda: np.asarray(totals @ vec, np.float64) / n, counts, kind)
+
+
+def _score(
+    vec: F64, basis: F32, sigma: F32, first_of: Callable[[], F64], counts: npt.NDArray[np.int64], kind: Scorer
+) -> F64:
+    """The scorers of :func:`score_anchors`; ``first_of()`` gives the mean member cosines (n,)."""
     if kind == "average":
-        return np.asarray(means @ vec, np.float64)
+        return first_of()
     proj = _project(basis, vec)  # (n, k)
     if kind == "projection":
         return np.asarray(np.sqrt(np.sum(proj**2, axis=1)), np.float64)
     n = np.maximum(counts, 1).astype(np.float64)
     second = np.sum((sigma.astype(np.float64) * proj) ** 2, axis=1) / n
-    first = means @ vec
     if kind == "energy":
         return np.asarray(np.sqrt(second), np.float64)
+    first = first_of()
     if kind == "peak":
         var = second - first**2
         # float32 bases leave ~1e-7 relative residue: below that the members do not spread.

@@ -1,0 +1,75 @@
+"""The memory's packed stack: what a query stacks is the anchors' own storage, never a second copy."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.core.memory import Memory
+from agent.core.svd import SCORERS, Scorer, pack_svds, score_anchors
+
+FAST = settings(max_examples=30, deadline=None)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def test_a_query_does_not_copy_what_the_anchors_hold() -> None:
+    rng = np.random.default_rng(0)
+    q = unit(rng.standard_normal(256)).astype(np.float64)
+    tracemalloc.start()  # before the anchors exist: freeing what was traced counts too
+    try:
+        mem = Memory(256, budget=64, theta=0.99, rank=4)
+        for i in range(400):  # random members: every anchor fills its rank, no padding in the stack
+            mem.add(float(i), float(i + 1), unit(rng.standard_normal(256)))
+        mem.matrix()
+        before = tracemalloc.get_traced_memory()[0]
+        scores = mem.scores(q)  # stacks the bases and sums, kept for the next query
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert scores.shape == (64,)
+    # A copy beside the anchors' own arrays was ~1.4 x nbytes (bases, sums and a means array).
+    assert grown < 0.1 * mem.nbytes, (grown, mem.nbytes)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**16),
+    budget=st.integers(1, 8),
+    detail=st.integers(0, 3),
+    every=st.integers(1, 5),
+    scorer=st.sampled_from(SCORERS),
+)
+def test_queries_never_change_what_the_memory_keeps(
+    seed: int, budget: int, detail: int, every: int, scorer: Scorer
+) -> None:
+    # Two memories fed the same members, one queried every few adds: anchors that share the
+    # stack, then change (joins, merges, re-orthonormalisation), must leave it and the twin equal.
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((3, 8))
+    queried, quiet = (Memory(8, budget=budget, theta=0.9, rank=3, detail=detail, scorer=scorer) for _ in "ab")
+    q = unit(rng.standard_normal(8)).astype(np.float64)
+    for i in range(80):
+        v = unit(centres[rng.integers(3)] + 0.2 * rng.standard_normal(8))
+        queried.add(float(i), float(i + 1), v)
+        quiet.add(float(i), float(i + 1), v)
+        if i % every == 0:
+            got = queried.scores(q)
+            if scorer == "rep":
+                want = quiet.matrix()[2].astype(np.float64) @ q
+            else:
+                p = pack_svds([a.svd for a in quiet.anchors], 3, 8)
+                means = p["totals"] / p["counts"][:, None]
+                want = score_anchors(q, p["basis"], p["sigma"], means, p["counts"], scorer)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    a, b = queried.state_dict(), quiet.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for stretch in queried.detail.stretches():  # kept apart: owns its arrays, pins no stack
+        assert stretch.svd.basis.base is None and stretch.svd.total.base is None
