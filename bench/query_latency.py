@@ -68,9 +68,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def rss() -> dict[str, float]:
+    """VmRSS and VmHWM, and the anonymous part of the resident set (the heaps: what the marks grow), MiB."""
     from bench.speed import rss_mb
 
-    return rss_mb()
+    out = rss_mb()
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "Anonymous":
+                out["anon_mb"] = round(int(value.split()[0]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def _photos(data: Path, n: int, size: int) -> list[np.ndarray]:
@@ -249,6 +258,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             last["refined_ms"]["p95"] / first["refined_ms"]["p95"], 2
         ),
         "rss_growth_last_vs_first_mark": round(last["rss_mb"] / first["rss_mb"] - 1, 4),
+        "rss_growth_mb_last_vs_first_mark": round(last["rss_mb"] - first["rss_mb"], 1),
+        "peak_rss_growth_last_vs_first_mark": round(last["peak_rss_mb"] / first["peak_rss_mb"] - 1, 4),
+        "memory_growth_mb_last_vs_first_mark": round(
+            (last["memory_bytes"] - first["memory_bytes"]) / 2**20, 1
+        ),
         "peak_rss_mb": last.get("peak_rss_mb"),
     }
     return report

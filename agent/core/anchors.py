@@ -185,6 +185,11 @@ class AnchorChain:
         else:
             right.next.prev = left
         self._count -= 1
+        # Stale heap entries still name the dead node until they are popped or the heap is
+        # rebuilt (up to _HEAP_SLACK x budget of them): it must not keep its anchor's arrays
+        # (~14 KB) or its neighbours alive meanwhile. A dead node is never read again.
+        del right.anchor
+        right.prev = right.next = None
         self._push(left)
         if left.prev is not None:
             self._push(left.prev)

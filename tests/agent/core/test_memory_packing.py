@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import tracemalloc
+import weakref
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.core.anchors import Anchor
 from agent.core.memory import Memory
 from agent.core.svd import SCORERS, Scorer, pack_svds, score_anchors
 
@@ -73,3 +75,20 @@ def test_queries_never_change_what_the_memory_keeps(
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     for stretch in queried.detail.stretches():  # kept apart: owns its arrays, pins no stack
         assert stretch.svd.basis.base is None and stretch.svd.total.base is None
+
+
+def test_anchors_merged_away_are_freed_while_stale_heap_entries_remain() -> None:
+    # A stale pair-heap entry names the node it was pushed for; a node that died in a merge must
+    # not keep its anchor's bases, sums and token (~14 KB at d 512) alive until a heap rebuild.
+    rng = np.random.default_rng(3)
+    twins = [v for v in (unit(rng.standard_normal(64)) for _ in range(20)) for _ in range(2)]
+    fresh = [unit(rng.standard_normal(64)) for _ in range(20)]
+    mem = Memory(64, budget=40, theta=1.01, rank=4)  # nothing joins: one anchor per add
+    seen: list[weakref.ref[Anchor]] = []
+    for i, v in enumerate(twins + fresh):  # each fresh add merges a pair of twins, inside the chain
+        mem.add(float(i), float(i + 1), v + (1e-3 * rng.standard_normal(64)).astype(np.float32))
+        seen.append(weakref.ref(mem.anchors[-1]))
+    mem.matrix()  # the views cached before the last add are rebuilt: only live anchors remain
+    alive = len({id(a) for ref in seen if (a := ref()) is not None})
+    assert mem.tokens == 40 and mem.heap_entries > mem.tokens  # stale entries exist ...
+    assert alive == mem.tokens  # ... and pin no dead anchor
