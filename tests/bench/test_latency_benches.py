@@ -23,7 +23,14 @@ def test_query_latency_writes_first_and_refined_latency_per_mark(tmp_path: Path)
     for mark in report["marks"]:
         assert 0 < mark["first_ms"]["p50"] <= mark["refined_ms"]["p50"]
         assert mark["tokens"] >= 1 and mark["stored_frames"] == round(mark["hours"] * 3600 / 2)
-    assert set(report["summary"]) >= {"first_p95_ms", "refined_p95_ms", "rss_growth_last_vs_first_mark"}
+    assert set(report["summary"]) >= {
+        "first_p95_ms",
+        "refined_p95_ms",
+        "rss_growth_last_vs_first_mark",
+        "rss_growth_mb_last_vs_first_mark",
+        "trimmed_rss_growth_mb_last_vs_first_mark",
+    }
+    assert all(m["trimmed"]["rss_mb"] > 0 and m["anon_mb"] > 0 for m in report["marks"])
 
 
 def test_lowrank_refine_compares_three_scorings(tmp_path: Path) -> None:
