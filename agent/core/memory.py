@@ -201,10 +201,6 @@ class Memory:
             )
             for arr in (starts, ends, reps):
                 arr.setflags(write=False)
-            # Each token lives once, in the stack (an anchor's own copy would double it): an
-            # anchor's rep is only ever replaced, never written in place.
-            for anchor, row in zip(anchors, reps, strict=True):
-                anchor.rep = row
             self._cache = (anchors, starts, ends, reps)
         return self._cache
 
@@ -232,22 +228,25 @@ class Memory:
         if self.scorer == "rep" or not anchors:
             return np.asarray(reps.astype(np.float64) @ vec, np.float64)
         if self._packed is None:
-            self._packed = self._pack(anchors)
+            self._packed = self._pack(anchors, reps)
         basis, sigma, totals, counts = self._packed
         return score_totals(vec, basis, sigma, totals, counts, self.scorer)
 
-    def _pack(self, anchors: list[Anchor]) -> _Packed:
-        """The anchors' SVDs stacked for scoring; each anchor then holds views of the stack.
+    def _pack(self, anchors: list[Anchor], reps: F32) -> _Packed:
+        """The anchors' SVDs stacked for scoring; each anchor then holds views of the stacks.
 
-        Why views: the stack is kept between queries, and with a copy per anchor beside it
-        the memory held its bases and sums twice (RSS growing ~14 KB per token more than
-        :attr:`nbytes` says). An anchor that changes later gets new arrays of its own; the
-        stack it left is freed at the next pack, once no anchor holds a view of it.
+        Why views: the stacks are kept between queries, and with a copy per anchor beside them
+        the memory held its bases, sums and tokens twice (RSS growing ~14 KB per token more
+        than :attr:`nbytes` says). An anchor that changes later gets new arrays of its own
+        (they are only ever replaced, never written in place); a stack it left is freed once
+        no anchor holds a view of it. Here, not in :meth:`_views`: scoring runs under the
+        stream's lock, while a lock-free reader (``nbytes``) may build the views.
         """
         packed = pack_svds([a.svd for a in anchors], self.rank, self.dim)
         basis, totals = packed["basis"], packed["totals"]
         for i, anchor in enumerate(anchors):
             anchor.svd.share(basis[i, : anchor.svd.basis.shape[0]], totals[i])
+            anchor.rep = reps[i]
         return basis, packed["sigma"], totals, packed["counts"]
 
     def detail_scores(self, query: npt.ArrayLike) -> tuple[F64, F64, F64]:
