@@ -275,6 +275,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_growth_last_vs_first_mark": round(last["rss_mb"] / first["rss_mb"] - 1, 4),
         "rss_growth_mb_last_vs_first_mark": round(last["rss_mb"] - first["rss_mb"], 1),
         "peak_rss_growth_last_vs_first_mark": round(last["peak_rss_mb"] / first["peak_rss_mb"] - 1, 4),
+        # Anonymous pages only: file-backed ones (libraries, model files) come and go with the
+        # machine's memory pressure, the heaps do not.
+        "anon_growth_mb_last_vs_first_mark": round(last.get("anon_mb", 0.0) - first.get("anon_mb", 0.0), 1),
+        "trimmed_anon_growth_mb_last_vs_first_mark": round(
+            last["trimmed"].get("anon_mb", 0.0) - first["trimmed"].get("anon_mb", 0.0), 1
+        ),
         "memory_growth_mb_last_vs_first_mark": round(
             (last["memory_bytes"] - first["memory_bytes"]) / 2**20, 1
         ),
