@@ -41,6 +41,10 @@ def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: P
     assert coarse == passes["ingest_coarse"]["frames"] and 30 <= coarse < 120
     assert passes["decode_full"]["frames"] == passes["ingest_full"]["frames"] == 120
     assert passes["ingest_full"]["decode_in_thread"] and not passes["ingest_full_serial"]["decode_in_thread"]
+    waits = passes["ingest_full"]["waits"]  # who waited for whom: stage seconds, one per side
+    assert set(waits) == {"decode_to_ingest", "encoder"} and waits["encoder"]["batches"] >= 1
+    assert waits["encoder"]["encoding_s"] > 0 and waits["decode_to_ingest"]["consumer_blocked_s"] >= 0
+    assert passes["ingest_full_serial"]["waits"]["decode_to_ingest"]["consumer_blocked_s"] == 0
     for row in passes.values():
         assert row["wall_s"] > 0 and row["cpu_s"] > 0
         assert 0 < row["cpu_utilisation"] <= 1.05  # CPU seconds cannot exceed wall x cores
