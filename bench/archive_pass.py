@@ -15,7 +15,9 @@ cached under ``bench/cache/``. On it, in one process and in this order:
 
 ``--ab-decode-threads N`` adds the full pass with N FFmpeg decoder threads to every round (an
 interleaved A/B of ``vmr ingest --decode-threads``; ``--decode-threads`` sets it for every ingest
-pass). ``--profile`` ends with one serial pass per mode and its per-stage CPU
+pass). ``--ab-encoder-threads N`` likewise adds the full pass with the encoder compiled for N
+inference threads (an A/B of ``--threads``: the encoder's threads compete with the decoder's).
+Every ingest pass records ``waits`` (:func:`bench.speed.ingest_pass`): which stage waited for which. ``--profile`` ends with one serial pass per mode and its per-stage CPU
 (:mod:`bench.stage_profile`: demux/decode, swscale conversion, cheap index, frame store, tiling,
 encoder, memory) under ``"profile"``.
 
@@ -64,6 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="N",
         help="also run the full pass with N decoder threads, interleaved (an A/B of the setting)",
+    )
+    p.add_argument(
+        "--ab-encoder-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run the full pass with the encoder on N inference threads, interleaved",
     )
     p.add_argument(
         "--profile",
@@ -133,6 +142,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bytes": clip.video.stat().st_size,
         "build_or_fetch_s": round(time.perf_counter() - t0, 1),
     }
+    ab_settings = None
+    if args.ab_encoder_threads is not None:
+        # Loaded first: loading sets torch's global thread count, the main encoder's load resets it.
+        ab_cfg = enc_cfg.model_copy(update={"threads": args.ab_encoder_threads})
+        load_encoder(ab_cfg)
+        ab_settings = settings.model_copy(update={"prescreen": ab_cfg})
     t0 = time.perf_counter()
     enc = load_encoder(enc_cfg)
     report["model_load_s"] = round(time.perf_counter() - t0, 2)
@@ -150,10 +165,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def decode(keyframes: bool) -> dict[str, Any]:
         return decode_only(clip.video, fps=args.fps, keyframes_only=keyframes, short_side=short)
 
-    def ingest(keyframes: bool, overlap: bool, decode_threads: int = threads) -> dict[str, Any]:
+    def ingest(
+        keyframes: bool, overlap: bool, decode_threads: int = threads, use: Settings = settings
+    ) -> dict[str, Any]:
         figures, _ = ingest_pass(
             clip.video,
-            settings,
+            use,
             duration=duration,
             keyframes_only=keyframes,
             overlap=overlap,
@@ -161,6 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         figures.pop("marks", None)
         figures["decode_threads"] = decode_threads
+        figures["encoder_threads"] = use.prescreen.threads
         return figures
 
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -174,6 +192,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.ab_decode_threads is not None:
         ab = args.ab_decode_threads
         plan.append((f"ingest_full_decode_threads_{ab}", lambda: ingest(False, True, ab)))
+    if ab_settings is not None:
+        abs_ = ab_settings
+        plan.append(
+            (f"ingest_full_encoder_threads_{args.ab_encoder_threads}", lambda: ingest(False, True, use=abs_))
+        )
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in plan}
     for _ in range(args.repeat):  # interleaved rounds: a burst of load hits every pass alike
         for name, fn in plan:
@@ -219,7 +242,7 @@ def summary(passes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "ingest_full_serial" in passes:
         out["full_overlap_speedup"] = round(passes["ingest_full_serial"]["wall_s"] / full["wall_s"], 3)
     for name, row in passes.items():
-        if name.startswith("ingest_full_decode_threads_"):
+        if name.startswith(("ingest_full_decode_threads_", "ingest_full_encoder_threads_")):
             out[f"{name}_vs_decode_only"] = round(dec["wall_s"] / row["wall_s"], 3)
     return out
 

@@ -168,10 +168,16 @@ def ingest_pass(
     push and encoding alternate in one thread. ``decode_threads``: FFmpeg decoder threads
     (0: FFmpeg's choice).
 
+    ``waits`` in the figures says which stage waited for which (wall seconds, the hour-mark
+    pauses included): ``decode_to_ingest`` (:class:`agent.cli.options.PrefetchWaits`: the
+    decoder blocked on a full queue, the pushing thread on an empty one) and ``encoder``
+    (:class:`agent.index.encode_pipeline.PipelineWaits`: encoding, and the pushing thread
+    blocked on it).
+
     Returns the figures (speed, hour marks, latency, final info) and the moments the engine
     answered for each latency query at full length, by mode (empty when no queries ran).
     """
-    from agent.cli.options import prefetch
+    from agent.cli.options import PrefetchWaits, prefetch
 
     fps = settings.index.fps
     settings = settings.model_copy(
@@ -192,9 +198,11 @@ def ingest_pass(
                 short_side=idx.prescreen.image_size,
                 thread_count=decode_threads,
             )
+            handoff = PrefetchWaits()
             t0 = time.perf_counter()
-            idx.ingest(prefetch(frames) if overlap else frames, on_frame=sampler.on_frame)
+            idx.ingest(prefetch(frames, waits=handoff) if overlap else frames, on_frame=sampler.on_frame)
             took = time.perf_counter() - t0 - sampler.paused
+            waits = {"decode_to_ingest": handoff.as_dict(), "encoder": idx.ingest_waits.as_dict()}
             sampler.marks = []
             sampler.sample(duration)  # the full length, queries included
             info = idx.info()["streams"][STREAM]
@@ -219,6 +227,7 @@ def ingest_pass(
         "store_bytes": info["store_bytes"],
         "peak_reset": peak_reset,
         "marks": sampler.rows,
+        "waits": waits,
         "max_tokens_seen": max(r["tokens"] for r in sampler.rows),
     }
     return figures, sampler.answers

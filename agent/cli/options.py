@@ -6,7 +6,9 @@ import argparse
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,20 +146,43 @@ def stream_id_for(path: Path) -> str:
     return sid[:128]
 
 
-def prefetch(items: Iterable[T], maxsize: int = 64) -> Iterator[T]:
-    """Iterate ``items`` in a worker thread (decode overlaps encoding); errors re-raised."""
+@dataclass
+class PrefetchWaits:
+    """Seconds each side of :func:`prefetch` waited for the other (wall clock)."""
+
+    producer_blocked_s: float = 0.0
+    """The worker waiting on a full queue: the consumer is the slower stage (backpressure)."""
+    consumer_blocked_s: float = 0.0
+    """The consumer waiting on an empty queue: the producer (decoding) is the slower stage."""
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "producer_blocked_s": round(self.producer_blocked_s, 2),
+            "consumer_blocked_s": round(self.consumer_blocked_s, 2),
+        }
+
+
+def prefetch(items: Iterable[T], maxsize: int = 64, waits: PrefetchWaits | None = None) -> Iterator[T]:
+    """Iterate ``items`` in a worker thread (decode overlaps encoding); errors re-raised.
+
+    At most ``maxsize`` items wait (backpressure: the worker blocks, nothing is dropped).
+    ``waits`` (optional) accumulates how long each side waited for the other.
+    """
     q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize)
     stop = threading.Event()
+    tally = waits if waits is not None else PrefetchWaits()
 
     def work() -> None:
         try:
             for item in items:
+                t0 = time.perf_counter()
                 while not stop.is_set():
                     try:
                         q.put((True, item), timeout=0.1)
                         break
                     except queue.Full:
                         continue
+                tally.producer_blocked_s += time.perf_counter() - t0
                 if stop.is_set():
                     return
             q.put((False, None))
@@ -168,7 +193,9 @@ def prefetch(items: Iterable[T], maxsize: int = 64) -> Iterator[T]:
     th.start()
     try:
         while True:
+            t0 = time.perf_counter()
             ok, item = q.get()
+            tally.consumer_blocked_s += time.perf_counter() - t0
             if not ok:
                 if item is not None:
                     raise item

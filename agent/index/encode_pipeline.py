@@ -15,13 +15,19 @@ thread is owned here: :meth:`close` (idempotent, also from ``with``) cancels
 the batches not started and joins it. A worker's error is raised on the
 caller's thread by the :meth:`submit`, :meth:`poll` or :meth:`drain` that
 reaches its batch, as inline encoding would raise it.
+
+:attr:`EncodePipeline.waits` tells who waited for whom (seconds): the worker
+busy encoding, and the caller blocked on a batch not yet encoded (backpressure
+or the final drain). The archive-pass bench reports them.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -59,6 +65,24 @@ def run_by_worker(batch: Sequence[Entry], workers: Mapping[str, Worker], *, runn
     return [results[id(item)] for _, item in batch]
 
 
+@dataclass
+class PipelineWaits:
+    """Seconds the encoder stage spent working and the caller spent waiting for it (wall clock)."""
+
+    encoding_s: float = 0.0
+    """The worker running batches (in the caller's thread when not threaded)."""
+    caller_blocked_s: float = 0.0
+    """The caller waiting for a batch to finish: a full queue (backpressure) or :meth:`EncodePipeline.drain`."""
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "encoding_s": round(self.encoding_s, 2),
+            "caller_blocked_s": round(self.caller_blocked_s, 2),
+            "batches": self.batches,
+        }
+
+
 class EncodePipeline:
     """Runs batches through ``workers`` in one worker thread; commits on the caller's thread, in order."""
 
@@ -75,6 +99,7 @@ class EncodePipeline:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="vmr-encode") if threaded else None
         self._queued: deque[tuple[list[Entry], Future[list[np.ndarray]]]] = deque()
         self._closed = False
+        self.waits = PipelineWaits()
 
     def __enter__(self) -> EncodePipeline:
         return self
@@ -126,9 +151,18 @@ class EncodePipeline:
             self._pool.shutdown(wait=True)
 
     def _run(self, batch: list[Entry]) -> list[np.ndarray]:
-        return run_by_worker(batch, self._workers, runner=self._runner)
+        t0 = time.perf_counter()
+        try:
+            return run_by_worker(batch, self._workers, runner=self._runner)
+        finally:  # one worker thread: these sums are never written concurrently
+            self.waits.encoding_s += time.perf_counter() - t0
+            self.waits.batches += 1
 
     def _commit_oldest(self) -> None:
         batch, future = self._queued.popleft()
+        if not future.done():
+            t0 = time.perf_counter()
+            future.exception()  # waits; the error itself is raised by result() below
+            self.waits.caller_blocked_s += time.perf_counter() - t0
         for (owner, item), vec in zip(batch, future.result(), strict=True):
             owner.commit(item, vec)

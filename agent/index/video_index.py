@@ -42,7 +42,7 @@ from agent.channels.visual import IMAGE_WORKER, images_of
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
-from agent.index.encode_pipeline import EncodePipeline, Entry
+from agent.index.encode_pipeline import EncodePipeline, Entry, PipelineWaits
 from agent.index.info import bytes_on_disk, stream_info
 from agent.index.stream_state import StreamState
 from agent.models.encoder import Encoder, encoder_for
@@ -87,6 +87,8 @@ class VideoIndex:
         """Inline batch functions by worker name (:attr:`WorkItem.worker`)."""
         self._pipe: EncodePipeline | None = None  # the encoder stage of the ingest in progress
         self.encode_in_thread = True  # False: ingest() encodes inline (the serial baseline, the profile)
+        self.ingest_waits = PipelineWaits()
+        """The encoder stage's busy and caller-blocked seconds of the latest :meth:`ingest`."""
         self.transcriber: WhisperTranscriber | None = None
         sp, oc = settings.speech, settings.ocr
         if sp.enabled:
@@ -284,6 +286,7 @@ class VideoIndex:
         bs, touched = self.prescreen.batch_size, set[str]()
         with EncodePipeline(self._workers, runner="this index", threaded=self.encode_in_thread) as pipe:
             self._pipe = pipe
+            self.ingest_waits = pipe.waits
             try:
                 for frame in frames:
                     st = self.stream(frame.stream)

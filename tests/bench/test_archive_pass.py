@@ -18,7 +18,7 @@ COCO = DATA / "coco"
 def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: Path) -> None:
     out = tmp_path / "archive.json"
     argv = ["--model", "tiny-random", "--seconds", "60", "--height", "480", "--serial", "--repeat", "1"]
-    argv += ["--ab-decode-threads", "1", "--profile"]
+    argv += ["--ab-decode-threads", "1", "--ab-encoder-threads", "1", "--profile"]
     assert archive_pass.main([*argv, "--data", str(DATA), "--cache", str(tmp_path), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m bench.archive_pass --model tiny-random")
@@ -32,15 +32,24 @@ def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: P
         "ingest_full",
         "ingest_full_serial",
         "ingest_full_decode_threads_1",
+        "ingest_full_encoder_threads_1",
     }
     assert passes["ingest_full"]["decode_threads"] == 0  # FFmpeg's choice unless told
     assert passes["ingest_full_decode_threads_1"]["decode_threads"] == 1
     assert passes["ingest_full_decode_threads_1"]["frames"] == passes["ingest_full"]["frames"]
+    assert passes["ingest_full"]["encoder_threads"] == report["encoder"]["threads"]
+    assert passes["ingest_full_encoder_threads_1"]["encoder_threads"] == 1
+    assert passes["ingest_full_encoder_threads_1"]["frames"] == passes["ingest_full"]["frames"]
+    assert "ingest_full_encoder_threads_1_vs_decode_only" in report["summary"]
     # A keyframe at least every 2 s (x264 may add some at cuts) against 2 fps sampling.
     coarse = passes["decode_keyframes"]["frames"]
     assert coarse == passes["ingest_coarse"]["frames"] and 30 <= coarse < 120
     assert passes["decode_full"]["frames"] == passes["ingest_full"]["frames"] == 120
     assert passes["ingest_full"]["decode_in_thread"] and not passes["ingest_full_serial"]["decode_in_thread"]
+    waits = passes["ingest_full"]["waits"]  # who waited for whom: stage seconds, one per side
+    assert set(waits) == {"decode_to_ingest", "encoder"} and waits["encoder"]["batches"] >= 1
+    assert waits["encoder"]["encoding_s"] > 0 and waits["decode_to_ingest"]["consumer_blocked_s"] >= 0
+    assert passes["ingest_full_serial"]["waits"]["decode_to_ingest"]["consumer_blocked_s"] == 0
     for row in passes.values():
         assert row["wall_s"] > 0 and row["cpu_s"] > 0
         assert 0 < row["cpu_utilisation"] <= 1.05  # CPU seconds cannot exceed wall x cores

@@ -119,3 +119,21 @@ def test_unthreaded_pipeline_commits_inside_submit_without_a_thread() -> None:
         pipe.submit(items(owner, [3.0, 4.0]))
         assert owner.got == [(3.0, 6.0), (4.0, 8.0)] and pipe.in_flight == 0
         assert not [t for t in threading.enumerate() if t.name.startswith("vmr-encode")]
+
+
+def test_waits_count_encoding_and_the_caller_blocked_on_it() -> None:
+    def sleepy(batch: list[WorkItem]) -> list[np.ndarray]:
+        time.sleep(0.05)
+        return [np.array([item.start]) for item in batch]
+
+    owner = Recorder()
+    with EncodePipeline({"image": sleepy}, runner="test", depth=0) as pipe:
+        assert pipe.waits.as_dict() == {"encoding_s": 0.0, "caller_blocked_s": 0.0, "batches": 0}
+        for k in range(3):
+            pipe.submit(items(owner, [float(k)]))  # depth 0: each submit waits for the one before
+        pipe.drain()
+    waits = pipe.waits
+    assert waits.batches == 3 and len(owner.got) == 3
+    assert waits.encoding_s >= 3 * 0.05 * 0.9  # sleep() may end a hair early on some clocks
+    assert waits.caller_blocked_s > 0.05  # the caller waited for at least the last batch
+    assert waits.caller_blocked_s <= waits.encoding_s + 0.05
