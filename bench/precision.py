@@ -134,7 +134,7 @@ def top1(queries: np.ndarray, gallery: np.ndarray, *, exclude_self: bool) -> tup
     return np.asarray(sims.argmax(axis=1)), best[:, 1] - best[:, 0]
 
 
-def agreement(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+def agreement(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> dict[str, float | None]:
     """Share of queries whose top-1 is the same under both precisions, and f32's top-1 lead."""
     same = a[0] == b[0]
     lead = a[1]
