@@ -39,7 +39,7 @@ BATCHES = (16, 4)
 
 _CHILD = """
 import json, sys
-import torch
+import numpy as np
 from agent.config import EncoderConfig
 from agent.models.openvino_backend import load_cached
 def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -49,8 +49,8 @@ loaded = load_cached(cfg, threads=cfg.threads)
 assert loaded is not None, "no cached IR: the parent loads the encoder first"
 backend, facts = loaded
 r1 = rss()
-backend.encode_image(torch.zeros(16, 3, facts.image_size, facts.image_size))
-backend.encode_text(torch.zeros(1, facts.context_length, dtype=torch.int64))
+backend.encode_image(np.zeros((16, 3, facts.image_size, facts.image_size), np.float32))
+backend.encode_text(np.zeros((1, facts.context_length), np.int64))
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec (it would be the parent's peak).
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
 print(json.dumps({"precision": backend.precision, "compiled_mb": round(r1 - r0, 1),
