@@ -7,7 +7,8 @@ websocket API sends to clients instead of a traceback::
 
     VmrError
     ├── ConfigError                 invalid configuration, unknown model name
-    │   └── WeightsUnavailableError real weights requested but not obtainable
+    │   ├── WeightsUnavailableError real weights requested but not obtainable
+    │   └── PrecisionUnsupportedError bf16 asked of torch, or of a CPU without BF16
     ├── SourceError                 a video source failed (from_stream_error maps the streams library's)
     │   ├── CorruptVideoError       undecodable or damaged input
     │   ├── StreamDisconnectedError a live source dropped (reconnect may follow)
@@ -52,6 +53,12 @@ class WeightsUnavailableError(ConfigError):
     """Real encoder weights were asked for but cannot be loaded."""
 
     code = "weights_unavailable"
+
+
+class PrecisionUnsupportedError(ConfigError):
+    """An inference precision was asked for that the chosen backend or this CPU cannot run."""
+
+    code = "precision_unsupported"
 
 
 class SourceError(VmrError):

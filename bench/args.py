@@ -31,6 +31,7 @@ def encoder_from_args(args: argparse.Namespace) -> Any:
         args.threads,
         random_weights=args.random_weights,
         backend=args.backend,
+        precision=args.precision,
     )
 
 

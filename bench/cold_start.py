@@ -54,6 +54,7 @@ print(json.dumps({
     "import_s": t1 - t0, "load_s": t2 - t1, "first_embedding_s": t3 - t2,
     "torch_model_built": bool(builds), "backend": enc.backend.name,
     "cache_hit": getattr(enc.backend, "cache_hit", None), "name": enc.name,
+    "precision": getattr(enc.backend, "precision", None),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }), flush=True)
 """

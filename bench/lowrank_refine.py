@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         report["encoder"] = {
             "name": enc.name,
             "backend": enc.backend.name,
+            "precision": getattr(enc.backend, "precision", None),
             "device": str(getattr(enc.backend, "device", "cpu")),
             "meaningless": enc.meaningless,
             "rank": settings.index.rank,

@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["encoder"] = {
             "name": enc.name,
             "backend": enc.backend.name,
+            "precision": getattr(enc.backend, "precision", None),
             "device": str(getattr(enc.backend, "device", "cpu")),
             "meaningless": enc.meaningless,
             "threads": enc_cfg.threads,

@@ -103,6 +103,8 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         "frames": done[1],
         "encoder": idx.prescreen.name,
         "backend": idx.prescreen.backend.name,
+        # f32 or bf16 (OpenVINO's inference precision; torch runs f32); None for a pool's encoder.
+        "precision": getattr(idx.prescreen.backend, "precision", None),
         "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
         "notes": notes,
     }

@@ -39,6 +39,17 @@ def add_backend_option(g: argparse._ActionsContainer) -> None:
     )
 
 
+def add_precision_option(g: argparse._ActionsContainer, default: str | None = "auto") -> None:
+    """``--precision auto|f32|bf16``: the OpenVINO CPU encoder's inference precision."""
+    g.add_argument(
+        "--precision",
+        choices=["auto", "f32", "bf16"],
+        default=default,
+        help="OpenVINO CPU inference precision: auto (bf16 where the CPU has BF16, else f32), "
+        "f32, or bf16 (an error on torch or on a CPU without BF16)",
+    )
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Encoder choice; ``tiny-random`` and ``--random-weights`` must be named explicitly."""
     g = p.add_argument_group("encoder")
@@ -47,6 +58,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     add_random_weights_option(g)
     add_backend_option(g)
+    add_precision_option(g)
     g.add_argument(
         "--pretrained", default=None, help="open_clip pretrained tag (default: the model's recommended tag)"
     )
@@ -96,6 +108,7 @@ def encoder_config(
     *,
     random_weights: bool = False,
     backend: str = "auto",
+    precision: str = "auto",
 ) -> EncoderConfig:
     """Validated encoder settings from the command-line flags (ConfigError on bad values)."""
     data: dict[str, Any] = {
@@ -106,6 +119,7 @@ def encoder_config(
         "allow_random": model == "tiny-random",
         "random_weights": random_weights,
         "backend": backend,
+        "precision": precision,
     }
     if threads is not None:
         data["threads"] = threads
@@ -117,7 +131,11 @@ def encoder_config(
 
 def settings_from_args(a: argparse.Namespace) -> Settings:
     """Validate every option before any model loads."""
-    extra: dict[str, Any] = {"random_weights": a.random_weights, "backend": a.backend}
+    extra: dict[str, Any] = {
+        "random_weights": a.random_weights,
+        "backend": a.backend,
+        "precision": a.precision,
+    }
     pre = encoder_config(a.model, a.pretrained, a.checkpoint, a.threads, **extra)
     ref = (
         encoder_config(a.refine_model, a.refine_pretrained, a.refine_checkpoint, a.threads, **extra)

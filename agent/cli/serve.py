@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.cli.options import add_random_weights_option
+from agent.cli.options import add_precision_option, add_random_weights_option
 from agent.config import Settings, env_str
 from agent.errors import ConfigError
 from agent.service.config import (
@@ -57,6 +57,7 @@ def register(subparsers: Any) -> None:
     ps.add_argument("--threads", type=int, default=None)
     add_random_weights_option(ps)
     ps.add_argument("--backend", choices=["auto", "torch", "openvino"], default=None)
+    add_precision_option(ps, default=None)
     ps.add_argument("--snapshot-seconds", type=float, default=None)
     ps.add_argument("--file", type=Path, action="append", default=[], help="add a file stream (repeatable)")
     ps.add_argument("--realtime", action="store_true", help="replay --file streams at stream pace")
@@ -117,7 +118,7 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
         roots = [*sources.media_roots, *(p.resolve() for p in a.media_root)]
         service["sources"] = sources.model_copy(update={"media_roots": roots})
     settings = base.settings
-    if a.model is not None or a.random_weights or a.backend is not None:
+    if a.model is not None or a.random_weights or a.backend is not None or a.precision is not None:
         from agent.cli.options import encoder_config
 
         # Flags override the file's [settings.prescreen]; --model starts from that model's defaults.
@@ -129,6 +130,7 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
             a.threads if a.threads is not None else pre.threads,
             random_weights=a.random_weights or (pre.random_weights and not named),
             backend=a.backend or pre.backend,
+            precision=a.precision or pre.precision,
         )
         if not named:
             prescreen = prescreen.model_copy(update={"batch_size": pre.batch_size})

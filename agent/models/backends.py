@@ -16,6 +16,11 @@ Choice (``EncoderConfig.backend``):
 torch is imported only where a torch backend is made or CUDA is asked about
 (``auto``), never for an explicit ``openvino`` whose IR is cached: the serving
 process then holds no torch at all (~480 MB resident less).
+
+Precision (``EncoderConfig.precision``) is an OpenVINO CPU setting: torch runs
+float32 (``auto`` is f32 there); ``bf16`` that would land on torch (asked of
+torch, CUDA under ``auto``, or a failed OpenVINO load) is a
+:class:`~agent.errors.PrecisionUnsupportedError`, never silently f32.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from agent.config import EncoderConfig
-from agent.errors import ConfigError
+from agent.errors import ConfigError, PrecisionUnsupportedError
 from agent.models.weights import BuiltModel, ModelFacts
 
 if TYPE_CHECKING:
@@ -60,6 +65,7 @@ class TorchBackend:
     """
 
     name = "torch"
+    precision = "f32"
 
     def __init__(self, model: torch.nn.Module, device: str | None = None, threads: int | None = None) -> None:
         import torch
@@ -133,17 +139,32 @@ def make_backend(
     OpenVINO cache key, :func:`~agent.models.weights.weights_id`; default: the
     built model's digest). Raises :class:`ConfigError` when ``openvino`` is
     asked for explicitly and cannot be had; under ``auto`` that failure is a
-    warning and torch runs (on a rebuilt model if the weights were released).
+    warning and torch runs (on a rebuilt model if the weights were released),
+    unless ``cfg.precision`` is ``bf16``: torch cannot run that, so the error
+    stands (:class:`PrecisionUnsupportedError` when bf16 would land on torch).
     """
     from agent.models.openvino_backend import load_openvino
 
     if not wants_openvino(cfg):
+        if cfg.precision == "bf16":
+            raise PrecisionUnsupportedError(
+                f"encoder {cfg.model}: precision 'bf16' is an OpenVINO CPU setting, and the "
+                "encoder runs on torch here (CUDA present): use precision 'auto' or 'f32'"
+            )
         return TorchBackend(built.model, threads=cfg.threads)
+
+    def openvino() -> Backend:
+        return load_openvino(
+            built, threads=cfg.threads, release_torch=release_torch, weights=weights, precision=cfg.precision
+        )
+
     if cfg.backend == "openvino":
-        return load_openvino(built, threads=cfg.threads, release_torch=release_torch, weights=weights)
+        return openvino()
     try:
-        return load_openvino(built, threads=cfg.threads, release_torch=release_torch, weights=weights)
+        return openvino()
     except ConfigError as exc:
+        if cfg.precision == "bf16":
+            raise  # torch would run f32: not what was asked
         log.warning("encoder %s: OpenVINO unavailable, running on torch instead: %s", built.name, exc)
         model = built.model
         if any(p.is_meta for p in model.parameters()):

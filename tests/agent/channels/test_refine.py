@@ -342,8 +342,9 @@ def test_a_deferred_region_of_higher_anchor_confidence_stays_below_the_refined_b
     confidence, B came first after a budget cut after A (`vmr query --budget 1` under load)."""
     built = corpus.clock_jump(tmp_path)
     where = tmp_path / "index"
+    # f32: the scenario rests on tiny-random's near-tied ~0.999 scores, which bf16's rounding reorders.
     argv = ["ingest", str(built.path), "--index", str(where), "--model", "tiny-random", "--quiet"]
-    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--precision", "f32"]) == 0, capsys.readouterr().err
     photo = decode_image(built.queries["A"].read_bytes(), max_bytes=10**8)
     with VideoIndex.open(where) as idx:
         pending = idx.start_query(Query(image=photo, top_k=3))
