@@ -17,7 +17,10 @@ scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
   was merged into (``"rep"``: cosine to the token; ``"peak"``: mean + spread;
   ``"average"``: the mean member cosine);
 * an optional finer level (``detail`` > 0, :mod:`agent.core.detail`) keeps the
-  most distinctive stretches that merges folded away.
+  most distinctive stretches that merges folded away;
+* optional sub-runs (``runs`` > 0, :mod:`agent.core.runs`): each anchor keeps up
+  to ``runs`` consecutive runs of its members as k coefficients on its own basis,
+  so :meth:`Memory.run_scores` says where inside an anchor a query matches.
 
 The anchors and the budget merges among them live in :mod:`agent.core.anchors`
 (``add`` stays O(d*k + log B)); ingested coverage (:mod:`agent.core.coverage`)
