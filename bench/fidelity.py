@@ -61,14 +61,20 @@ CACHE_VERSION = 1
 
 
 def _svd_fill(
-    representative: Representative, merge: MergeRule = "cosine", scorer: Scorer = "rep", detail: int = 0
+    representative: Representative,
+    merge: MergeRule = "cosine",
+    scorer: Scorer = "rep",
+    detail: int = 0,
+    runs: int = 0,
 ) -> Callable[[Items, int], Compressed]:
     # theta above 1 means no embedding ever joins online: every merge is a budget merge of the
     # cheapest adjacent pair, so the memory always fills its budget (SMORE's theta rule off).
     # ``detail`` = 8 gives the finer level budget // 8 of the tokens (at least 1 left coarse).
     def run(items: Items, budget: int) -> Compressed:
         fine = min(budget // detail, budget - 1) if detail else 0
-        return svd(items, budget, representative, theta=1.01, merge=merge, scorer=scorer, detail=fine)
+        return svd(
+            items, budget, representative, theta=1.01, merge=merge, scorer=scorer, detail=fine, runs=runs
+        )
 
     return run
 
@@ -97,6 +103,9 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "svd-ward-peak-2res-fill": _svd_fill("mean", merge="ward", scorer="peak", detail=8),
     "svd-ward-energy-2res-fill": _svd_fill("mean", merge="ward", scorer="energy", detail=8),
     "svd-ward-energy-2res4-fill": _svd_fill("mean", merge="ward", scorer="energy", detail=4),
+    # Localisation inside anchors: up to 4 (8) sub-runs per anchor on its basis (agent.core.runs).
+    "svd-ward-energy-runs4-fill": _svd_fill("mean", merge="ward", scorer="energy", runs=4),
+    "svd-ward-energy-runs8-fill": _svd_fill("mean", merge="ward", scorer="energy", runs=8),
 }
 """The issue's strategies plus SVD merging with the online theta rule switched off (``*-fill``):
 SMORE's rules (most similar pair, representative token) and the new merge rules and scorers."""
@@ -226,8 +235,14 @@ def load_queries(gt_path: Path, encoder: Encoder) -> tuple[list[dict[str, Any]],
 
 def score_curve(memory: Compressed, qvecs: F32, times: F64) -> F64:
     """(Q, T) curves: each grid time takes the score of the token whose span starts last before it."""
-    idx = np.clip(np.searchsorted(memory.starts, times, side="right") - 1, 0, memory.starts.shape[0] - 1)
-    curves = memory.scores(qvecs)[:, idx]  # (Q, n) token scores spread over time
+    runs = getattr(memory, "runs", None)
+    if runs is not None:
+        # Sub-runs tile the anchors: each time takes the run it falls in (agent.core.runs).
+        starts, scores = runs(qvecs)
+    else:
+        starts, scores = memory.starts, memory.scores(qvecs)
+    idx = np.clip(np.searchsorted(starts, times, side="right") - 1, 0, starts.shape[0] - 1)
+    curves = scores[:, idx]  # (Q, n) token scores spread over time
     overlay = getattr(memory, "overlay", None)
     if overlay is not None:
         # Two resolutions: each finer stretch speaks for its span, the most distinctive last.

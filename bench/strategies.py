@@ -90,6 +90,9 @@ class MemoryItems(NamedTuple):
     distinctive first; each stretch speaks for its span over the coarse tokens."""
     detail_nbytes: int = 0
     """Of ``nbytes``, what the finer level holds (its stretches' SVDs and spans)."""
+    runs: Callable[[F32], tuple[F64, F64]] | None = None
+    """Sub-runs inside the anchors: (Q, d) queries -> (starts (m,), scores (Q, m)); the runs
+    tile the anchors, so where present they replace the coarse tokens' curve."""
 
     def scores(self, queries: F32) -> F64:
         """(Q, n) scores of unit queries (Q, d)."""
@@ -234,6 +237,7 @@ def svd(
     merge: MergeRule = "cosine",
     scorer: Scorer = "rep",
     detail: int = 0,
+    runs: int = 0,
 ) -> MemoryItems:
     """SVD merging (ours): the stream fed through :class:`agent.core.memory.Memory`.
 
@@ -257,6 +261,7 @@ def svd(
             merge=merge,
             scorer=scorer,
             detail=detail,
+            runs=runs,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -272,6 +277,10 @@ def svd(
         starts, ends, _ = found[0]
         return starts, ends, np.stack([f[2] for f in found])
 
+    def run_curve(queries: F32) -> tuple[F64, F64]:
+        found = [mem.run_scores(q) for q in np.asarray(queries, np.float64)]
+        return found[0][0], np.stack([f[2] for f in found])
+
     return MemoryItems(
         np.array(m_starts, np.float64),
         np.array(m_ends, np.float64),
@@ -280,6 +289,7 @@ def svd(
         mem.nbytes,
         overlay if detail else None,
         mem.detail.nbytes,
+        run_curve if runs else None,
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from agent.core.detail import DetailLevel
+from agent.core.runs import Runs
 from agent.core.svd import F32, F64, MergeRule, Representative, TruncatedSVD, merge_cost
 
 _HEAP_SLACK = 4
@@ -35,6 +36,17 @@ class Anchor:
     svd: TruncatedSVD
     rep: F32
     """(d,) unit float32 token; recomputed whenever ``svd`` changes."""
+    runs: Runs | None = None
+    """Sub-runs on the SVD's basis (:mod:`agent.core.runs`) when the memory localises inside anchors."""
+
+    def update(self, start: float, vec: F64, representative: Representative, cap: int) -> None:
+        """Fold one more member ``vec`` (d,) starting at ``start`` into the SVD, token and runs."""
+        old = self.svd.basis
+        self.svd.update(vec)
+        self.rep = self.svd.representative(representative)
+        if self.runs is not None:
+            fresh = Runs.single(start, vec, self.svd.basis)
+            self.runs = self.runs.rebased(old, self.svd.basis).joined(fresh, cap)
 
     @property
     def duration(self) -> float:
@@ -62,9 +74,17 @@ class AnchorChain:
     """Time-ordered anchors; :meth:`enforce_budget` merges the cheapest adjacent pairs down to ``budget``."""
 
     def __init__(
-        self, budget: int, rank: int, merge: MergeRule, representative: Representative, detail: DetailLevel
+        self,
+        budget: int,
+        rank: int,
+        merge: MergeRule,
+        representative: Representative,
+        detail: DetailLevel,
+        runs: int = 0,
     ) -> None:
         self.budget = budget
+        self.runs = runs
+        """Sub-runs kept per anchor (0: anchors keep none)."""
         self.rank = rank
         self.merge: MergeRule = merge
         self.representative: Representative = representative
@@ -97,7 +117,8 @@ class AnchorChain:
     def append(self, start: float, end: float, vec: F64) -> None:
         """Open a new anchor of one member ``vec`` (d,) spanning [start, end]."""
         svd = TruncatedSVD.from_vector(vec, self.rank)
-        node = _Node(Anchor(start, end, svd, svd.representative(self.representative)), self._tail)
+        runs = Runs.single(start, vec, svd.basis) if self.runs else None
+        node = _Node(Anchor(start, end, svd, svd.representative(self.representative), runs), self._tail)
         old_tail, self._tail = self._tail, node
         self._count += 1
         if old_tail is None:
@@ -175,7 +196,12 @@ class AnchorChain:
             short = a if a.svd.count <= b.svd.count else b
             diff = a.svd.mean() - b.svd.mean()
             self.detail.offer(float(diff @ diff), short.start, short.end, short.svd)
-        a.svd = a.svd.merge(b.svd)
+        merged = a.svd.merge(b.svd)
+        if a.runs is not None and b.runs is not None:
+            a.runs = a.runs.rebased(a.svd.basis, merged.basis).joined(
+                b.runs.rebased(b.svd.basis, merged.basis), self.runs
+            )
+        a.svd = merged
         a.rep = a.svd.representative(self.representative)
         a.end = max(a.end, b.end)
         right.alive = False

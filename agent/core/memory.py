@@ -17,7 +17,10 @@ scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
   was merged into (``"rep"``: cosine to the token; ``"peak"``: mean + spread;
   ``"average"``: the mean member cosine);
 * an optional finer level (``detail`` > 0, :mod:`agent.core.detail`) keeps the
-  most distinctive stretches that merges folded away.
+  most distinctive stretches that merges folded away;
+* optional sub-runs (``runs`` > 0, :mod:`agent.core.runs`): each anchor keeps up
+  to ``runs`` consecutive runs of its members as k coefficients on its own basis,
+  so :meth:`Memory.run_scores` says where inside an anchor a query matches.
 
 The anchors and the budget merges among them live in :mod:`agent.core.anchors`
 (``add`` stays O(d*k + log B)); ingested coverage (:mod:`agent.core.coverage`)
@@ -36,6 +39,7 @@ import numpy.typing as npt
 from agent.core.anchors import ENTRY_BYTES, Anchor, AnchorChain
 from agent.core.coverage import Coverage
 from agent.core.detail import DetailLevel
+from agent.core.runs import Runs, pack_runs, paint
 from agent.core.svd import (
     F32,
     F64,
@@ -72,6 +76,7 @@ class Memory:
         merge: MergeRule = DEFAULT_MERGE,
         scorer: Scorer = DEFAULT_SCORER,
         detail: int = 0,
+        runs: int = 0,
     ) -> None:
         if dim < 1 or budget < 1 or rank < 1:
             raise ValueError("dim, budget and rank must be >= 1")
@@ -79,6 +84,8 @@ class Memory:
             raise ValueError("theta must be finite and gap_seconds positive")
         if representative not in ("smore", "mean"):
             raise ValueError(f"unknown representative {representative!r}")
+        if runs < 0:
+            raise ValueError("runs must be >= 0")
         if merge not in MERGE_RULES or scorer not in SCORERS:
             raise ValueError(f"unknown merge rule {merge!r} or scorer {scorer!r}")
         self.merge: MergeRule = merge
@@ -89,7 +96,7 @@ class Memory:
         self.rank = rank
         self.representative: Representative = representative
         self.gap_seconds = float(gap_seconds)
-        self._chain = AnchorChain(budget, rank, merge, representative, DetailLevel(detail))
+        self._chain = AnchorChain(budget, rank, merge, representative, DetailLevel(detail), runs)
         self._coverage = Coverage(budget)
         self._last_start = -math.inf
         self._break = False
@@ -128,8 +135,7 @@ class Memory:
         self._break = False
         self._coverage.cover(start, end, gap)
         if not gap and float(last.rep @ vec) >= self.theta * norm:
-            last.svd.update(vec)
-            last.rep = last.svd.representative(self.representative)
+            last.update(start, vec, self.representative, self._chain.runs)
             last.end = max(last.end, end)
             return
         if not gap:
@@ -249,6 +255,30 @@ class Memory:
             anchor.rep = reps[i]
         return basis, packed["sigma"], totals, packed["counts"]
 
+    def run_scores(self, query: npt.ArrayLike) -> tuple[F64, F64, F64]:
+        """(starts, ends, scores) of every anchor's sub-runs (:mod:`agent.core.runs`), in time order.
+
+        Each run scores its anchor's score (:meth:`scores`) less how far its
+        mean cosine falls below the anchor's best run, so an anchor's best run
+        carries its score and the anchor ranking is that of :meth:`scores`.
+        Empty arrays when the memory keeps no runs.
+        """
+        vec = np.asarray(query, np.float64)
+        anchor_scores = self.scores(vec)
+        starts: list[F64] = []
+        ends: list[F64] = []
+        painted: list[F64] = []
+        for a, score in zip(self._views()[0], anchor_scores, strict=True):
+            if a.runs is None:
+                continue
+            proj = a.svd.basis.astype(np.float64) @ vec
+            starts.append(a.runs.starts)
+            ends.append(np.append(a.runs.starts[1:], a.end))
+            painted.append(paint(float(score), a.runs.scores(proj)))
+        if not starts:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        return np.concatenate(starts), np.concatenate(ends), np.concatenate(painted)
+
     def detail_scores(self, query: npt.ArrayLike) -> tuple[F64, F64, F64]:
         """(starts, ends, scores) of the finer level's stretches by ``scorer``, least distinctive first."""
         return self.detail.scores(query, self.scorer, self.representative, self.rank)
@@ -282,7 +312,7 @@ class Memory:
         """Bytes of the arrays held: every anchor's SVD and token, the heap, the spans, the finer level."""
         total = ENTRY_BYTES * self._chain.heap_entries + self._coverage.nbytes
         for a in self._views()[0]:
-            total += a.svd.nbytes + a.rep.nbytes + 16
+            total += a.svd.nbytes + a.rep.nbytes + 16 + (0 if a.runs is None else a.runs.nbytes)
         return total + self.detail.nbytes
 
     # ---------------------------------------------------------------- persistence
@@ -309,7 +339,17 @@ class Memory:
             "last_start": np.array(self._last_start, np.float64),
             "forgotten_gap_seconds": np.array(self._coverage.forgotten, np.float64),
             **(self.detail.state_dict(self.rank, self.dim) if self.detail.bound else {}),
+            **(pack_runs(self._runs(anchors), self.runs, self.rank) if self.runs else {}),
         }
+
+    @property
+    def runs(self) -> int:
+        """Sub-runs kept per anchor (:mod:`agent.core.runs`; 0: none)."""
+        return self._chain.runs
+
+    @staticmethod
+    def _runs(anchors: Sequence[Anchor]) -> list[Runs]:
+        return [a.runs for a in anchors if a.runs is not None]
 
     def restore(
         self, anchors: Sequence[Anchor], spans: list[list[float]], last_start: float, forgotten: float

@@ -20,6 +20,7 @@ import numpy as np
 
 from agent.core.detail import DetailLevel
 from agent.core.memory import Anchor, Memory
+from agent.core.runs import unpack_runs
 from agent.core.svd import MERGE_RULES, SCORERS, MergeRule, Scorer, unpack_svds
 from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.store import atomic
@@ -65,6 +66,7 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
         gap_seconds=float(np.asarray(state["gap_seconds"])),
         merge=cast(MergeRule, merge),
         scorer=cast(Scorer, scorer),
+        runs=int(np.asarray(state["runs_cap"])) if "runs_cap" in state else 0,
     )
     d, k = mem.dim, mem.rank
     starts, ends = _field(state, "starts", (-1,)), _field(state, "ends", (-1,))
@@ -78,6 +80,12 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
     anchors = [
         Anchor(float(starts[i]), float(ends[i]), svds[i], reps[i].astype(np.float32)) for i in range(n)
     ]
+    if mem.runs:
+        # Sub-runs (agent.core.runs) are checked against the anchors they belong to.
+        counts = np.array([s.count for s in svds], np.int64)
+        rows = np.array([s.basis.shape[0] for s in svds], np.int64)
+        for a, runs in zip(anchors, unpack_runs(state, starts, ends, counts, rows, mem.runs), strict=True):
+            a.runs = runs
     last_start = float(np.asarray(state["last_start"]))
     forgotten = float(np.asarray(state["forgotten_gap_seconds"]))
     mem.restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten)

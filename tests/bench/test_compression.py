@@ -91,6 +91,21 @@ def test_the_finer_level_paints_its_stretch_over_the_coarse_curve() -> None:
     assert 17.5 <= top[0] and top[1] <= 20.5
 
 
+def test_sub_runs_trim_the_answer_to_the_needle_inside_its_anchor() -> None:
+    # One token for 40 s: without runs the answer is the whole anchor; with runs (agent.core.runs)
+    # the best run is the needle's two seconds, and it carries the anchor's own score.
+    items, q = needle_stream()
+    times = np.arange(80, dtype=np.float64) / 2
+    whole = svd(items, 1, "mean", theta=1.01, merge="ward", scorer="energy")
+    trimmed = svd(items, 1, "mean", theta=1.01, merge="ward", scorer="energy", runs=4)
+    assert whole.runs is None and trimmed.runs is not None
+    assert trimmed.starts.shape[0] == 1 and trimmed.nbytes > whole.nbytes
+    assert fidelity.answer(whole, q, times, 0.5)[0][0][:2] == [0.0, 40.0]
+    top = fidelity.answer(trimmed, q, times, 0.5)[0][0]
+    assert top[:2] == [18.0, 20.0]
+    assert fidelity.score_curve(trimmed, q, times)[0].max() == pytest.approx(float(whole.scores(q).max()))
+
+
 def _row(strategy: str, fraction: float, fid: float, r1: float) -> dict[str, Any]:
     return {"grid": 1, "strategy": strategy, "fraction": fraction, "image": {"fidelity": fid, "R1@0.5": r1}}
 
