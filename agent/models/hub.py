@@ -104,7 +104,18 @@ def _hub_files(model: str, tag: str) -> tuple[str, list[str]] | None:
         memo = {}
     if key in memo:
         found = memo[key]
-        return (str(found[0]), [str(n) for n in found[1]]) if found else None
+        if found is None:
+            return None
+        # Anything but [repo, [names...]] is damage (a torn write, another program): look it up again.
+        if (
+            isinstance(found, list)
+            and len(found) == 2
+            and isinstance(found[0], str)
+            and isinstance(found[1], list)
+            and found[1]
+            and all(isinstance(n, str) for n in found[1])
+        ):
+            return found[0], list(found[1])
     import open_clip
     from open_clip.constants import HF_WEIGHTS_NAME
 

@@ -139,3 +139,22 @@ def test_vmr_ingest_offline_gives_the_typed_error_without_retrying(
     assert done.returncode == 2, done.stderr
     assert "vmr: error [weights_unavailable]" in done.stderr
     assert "not in the local Hugging Face cache" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("entry", [5, "x", [], ["repo"], ["repo", 5], [None, ["f"]], {"a": 1}])
+def test_a_damaged_hub_files_entry_is_looked_up_again(
+    hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: object
+) -> None:
+    """A hub-files.json entry another program (or a torn disk) left malformed is a miss, not a crash."""
+    import json
+
+    from agent.models import hub as hub_module
+
+    monkeypatch.setenv("VMR_CACHE", str(tmp_path / "vmr"))
+    key = f"{MODEL}:{TAG}|open_clip={hub_module._open_clip_version()}"
+    (tmp_path / "vmr").mkdir()
+    (tmp_path / "vmr" / "hub-files.json").write_text(json.dumps({key: entry}))
+    path = _cache_file(hub, "open_clip_model.safetensors")
+    assert hub_module.cached_file(MODEL, TAG) == str(path)
+    memo = json.loads((tmp_path / "vmr" / "hub-files.json").read_text())
+    assert memo[key][0] == "timm/MobileCLIP2-S0-OpenCLIP"  # rewritten with the real answer
