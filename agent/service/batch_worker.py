@@ -136,7 +136,10 @@ class BatchWorker:
         lane = self._lanes.pop(stream, None)
         if lane is None:
             return
-        self._order.remove(stream)
+        i = self._order.index(stream)
+        del self._order[i]
+        if i < self._next:  # the lanes after it moved up one: the cursor follows the lane it named
+            self._next -= 1
         lane.items.clear()
         lane.changed.set()
 

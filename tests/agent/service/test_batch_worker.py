@@ -129,3 +129,34 @@ async def test_busy_seconds_cover_the_batch_function(tmp_path: Path) -> None:
         await asyncio.wait_for(worker.drain("a"), timeout=30)
     assert worker.passes >= 2 and worker.busy_seconds >= worker.passes * pause
     a.close()
+
+
+async def test_removing_a_stream_does_not_skip_the_lane_next_in_turn(tmp_path: Path) -> None:
+    """A lane before the round-robin cursor is forgotten mid-batch: the next batch still starts
+    with the lane after the last one served (the cursor follows the order's shift)."""
+    names = ["a", "b", "c", "d"]
+    states = {n: state(tmp_path, n) for n in names}
+    batches: list[list[str]] = []
+    first_taken, go_on = threading.Event(), threading.Event()
+
+    def record(items: list[WorkItem]) -> np.ndarray:
+        batches.append([i.stream for i in items])
+        first_taken.set()
+        go_on.wait(10)
+        return embed(items)
+
+    worker = BatchWorker("image", record, batch_size=2, queue_size=2)
+    for n in names:
+        worker.open(n, states[n])
+        for k in range(2):
+            await worker.submit(n, states[n].push(frame(n, k)))
+    async with worker:
+        assert await asyncio.to_thread(first_taken.wait, 10)
+        worker.forget("a")  # removed while its second item is queued, before the cursor (at c)
+        go_on.set()
+        for n in names[1:]:
+            await worker.drain(n)
+    assert batches[0] == ["a", "b"]
+    assert batches[1] == ["c", "d"]  # was ["d", "b"]: c, next in turn, sat out a batch
+    for st in states.values():
+        st.close()
