@@ -44,7 +44,7 @@ def memory_from_state(state: Mapping[str, np.ndarray]) -> Memory:
         )
     try:
         return _from_valid_state(state)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         raise IndexStoreError(f"invalid memory snapshot: {exc}") from exc
 
 
@@ -66,7 +66,7 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
         gap_seconds=float(np.asarray(state["gap_seconds"])),
         merge=cast(MergeRule, merge),
         scorer=cast(Scorer, scorer),
-        runs=int(np.asarray(state["runs_cap"])) if "runs_cap" in state else 0,
+        runs=_runs_cap(state),
     )
     d, k = mem.dim, mem.rank
     starts, ends = _field(state, "starts", (-1,)), _field(state, "ends", (-1,))
@@ -91,6 +91,17 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
     mem.restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten)
     mem.detail = DetailLevel.from_state(state, k, d)
     return mem
+
+
+def _runs_cap(state: Mapping[str, np.ndarray]) -> int:
+    """The sub-runs per anchor (0 for a snapshot older than runs); ValueError unless an int64 >= 0
+    (a float such as 1e30 would be taken, then fail the next save)."""
+    if "runs_cap" not in state:
+        return 0
+    cap = _field(state, "runs_cap", ())
+    if not np.issubdtype(cap.dtype, np.integer) or int(cap) < 0:
+        raise ValueError(f"runs_cap must be an integer >= 0, not {cap!r}")
+    return int(cap)
 
 
 def save_memory(mem: Memory, path: Path) -> None:

@@ -145,3 +145,27 @@ def test_runs_survive_a_snapshot_and_bad_runs_are_refused(tmp_path: Path) -> Non
     state["runs_counts"] = state["runs_counts"] + 1
     with pytest.raises(IndexStoreError):
         memory_from_state(state)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("runs_cap", np.array(np.inf)),
+        ("runs_cap", np.array(np.nan)),
+        ("runs_cap", np.array(1e30)),
+        ("runs_cap", np.array(2.5)),
+        ("runs_cap", np.array([3, 3])),
+        ("runs_cap", np.array(-1)),
+        ("dim", np.array(np.inf)),
+    ],
+)
+def test_hostile_snapshot_counts_are_a_typed_error(key: str, value: np.ndarray) -> None:
+    """A run cap (or dimension) that is not a non-negative int64 is refused at load, as an
+    IndexStoreError: not an OverflowError traceback, nor a cap that fails the next save."""
+    rng = np.random.default_rng(3)
+    mem = Memory(DIM, budget=4, theta=0.3, rank=3, runs=3)
+    for i in range(10):
+        mem.add(float(i), float(i + 1), unit(rng.standard_normal(DIM)))
+    state = {**mem.state_dict(), key: value}
+    with pytest.raises(IndexStoreError):
+        memory_from_state(state)
