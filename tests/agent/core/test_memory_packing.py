@@ -92,3 +92,41 @@ def test_anchors_merged_away_are_freed_while_stale_heap_entries_remain() -> None
     alive = len({id(a) for ref in seen if (a := ref()) is not None})
     assert mem.tokens == 40 and mem.heap_entries > mem.tokens  # stale entries exist ...
     assert alive == mem.tokens  # ... and pin no dead anchor
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), budget=st.integers(1, 6), cut=st.integers(1, 60))
+def test_a_snapshot_of_a_queried_memory_continues_as_a_never_queried_one(
+    seed: int, budget: int, cut: int
+) -> None:
+    # Anchors hold views of the packed stack when the snapshot is taken; the restored memory
+    # (queried again, with sub-runs and a finer level) must go on exactly as the quiet twin.
+    from agent.store.memory_store import memory_from_state
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((3, 8))
+    members = [unit(centres[rng.integers(3)] + 0.2 * rng.standard_normal(8)) for _ in range(80)]
+    q = unit(rng.standard_normal(8)).astype(np.float64)
+
+    def fresh() -> Memory:
+        return Memory(8, budget=budget, theta=0.9, rank=3, detail=2, scorer="peak", runs=3)
+
+    queried, quiet = fresh(), fresh()
+    for i, v in enumerate(members[:cut]):
+        queried.add(float(i), float(i + 1), v)
+        quiet.add(float(i), float(i + 1), v)
+        queried.scores(q)
+        queried.run_scores(q)
+    restored = memory_from_state(queried.state_dict())
+    for i, v in enumerate(members[cut:], start=cut):
+        for mem in (queried, restored, quiet):
+            mem.add(float(i), float(i + 1), v)
+        restored.scores(q)
+        queried.run_scores(q)
+    want = quiet.state_dict()
+    for mem in (queried, restored):
+        got = mem.state_dict()
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        np.testing.assert_array_equal(mem.scores(q), quiet.scores(q))
