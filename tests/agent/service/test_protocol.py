@@ -361,3 +361,24 @@ async def test_a_lone_surrogate_in_query_text_is_a_bad_query_not_internal(tmp_pa
             assert "Unicode" in answer["message"]
         ok = await request(ws, {"type": "query", "id": "fine", "text": "a loading bay"})
         assert ok["type"] == "moments", ok  # the connection still answers
+
+
+async def test_hostile_but_valid_query_texts_answer_moments_or_a_typed_error(tmp_path: Path) -> None:
+    """NUL, bidi and zero-width marks, emoji sequences, literal special tokens and HTML escapes are
+    answered (the tokenizer cuts to its context); a text over the limit is oversize, not internal."""
+    fine = [
+        "a\x00b",
+        "\u202eloading bay\u200f",
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 50,
+        "<start_of_text><end_of_text>" * 20,
+        "&amp;lt;script&amp;gt;",
+        "\U0001f600" * 2000,  # at the 2000-character limit
+        "\ufeff\u00a0\u2028 truck",
+    ]
+    async with running(tmp_path) as (_svc, url), client(url) as ws:
+        for i, text in enumerate(fine):
+            answer = await request(ws, {"type": "query", "id": f"q{i}", "text": text})
+            assert answer["type"] == "moments", (text[:20], answer)
+        for i, text in enumerate(["\U0001f600" * 10_000, "x" * 100_000]):
+            answer = await request(ws, {"type": "query", "id": f"big{i}", "text": text})
+            assert answer["type"] == "error" and answer["code"] == "oversize_query", answer
