@@ -99,7 +99,7 @@ def _runs_cap(state: Mapping[str, np.ndarray]) -> int:
     if "runs_cap" not in state:
         return 0
     cap = _field(state, "runs_cap", ())
-    if not np.issubdtype(cap.dtype, np.integer) or int(cap) < 0:
+    if not np.issubdtype(cap.dtype, np.integer) or not 0 <= int(cap) <= np.iinfo(np.int64).max:
         raise ValueError(f"runs_cap must be an integer >= 0, not {cap!r}")
     return int(cap)
 

@@ -156,6 +156,7 @@ def test_runs_survive_a_snapshot_and_bad_runs_are_refused(tmp_path: Path) -> Non
         ("runs_cap", np.array(2.5)),
         ("runs_cap", np.array([3, 3])),
         ("runs_cap", np.array(-1)),
+        ("runs_cap", np.array(2**63 + 5, np.uint64)),
         ("dim", np.array(np.inf)),
     ],
 )
