@@ -233,9 +233,11 @@ class Memory:
         anchors, _, _, reps = self._views()
         if self.scorer == "rep" or not anchors:
             return np.asarray(reps.astype(np.float64) @ vec, np.float64)
-        if self._packed is None:
-            self._packed = self._pack(anchors, reps)
-        basis, sigma, totals, counts = self._packed
+        packed = self._packed
+        if packed is None:
+            # A local: a lock-free reader's _views() may reset self._packed meanwhile.
+            packed = self._packed = self._pack(anchors, reps)
+        basis, sigma, totals, counts = packed
         return score_totals(vec, basis, sigma, totals, counts, self.scorer)
 
     def _pack(self, anchors: list[Anchor], reps: F32) -> _Packed:
