@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from agent.config import EncoderConfig, IndexConfig, OcrConfig, QueryConfig, Settings, SpeechConfig
-from agent.errors import ConfigError
+from agent.errors import ConfigError, PrecisionUnsupportedError
 
 T = TypeVar("T")
 
@@ -123,10 +123,26 @@ def encoder_config(
     }
     if threads is not None:
         data["threads"] = threads
+    if precision == "bf16" and backend == "torch":
+        # The code the README and `vmr --help` promise, not the validator's generic `config`.
+        raise PrecisionUnsupportedError(
+            "precision 'bf16' is an OpenVINO CPU setting: use backend 'openvino' or 'auto', "
+            "or precision 'f32'/'auto' with torch"
+        )
     try:
         return EncoderConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(validation_message(exc)) from exc
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line per failed field, ``loc: message``, without pydantic's URL and input echo."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 def settings_from_args(a: argparse.Namespace) -> Settings:

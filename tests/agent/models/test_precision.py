@@ -87,13 +87,18 @@ def test_explicit_bf16_on_a_cpu_without_it_is_a_typed_error(
 def test_bf16_with_torch_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="OpenVINO CPU setting"):
         EncoderConfig(model="tiny-random", allow_random=True, backend="torch", precision="bf16")
-    with pytest.raises(ConfigError, match="OpenVINO CPU setting"):
+    with pytest.raises(PrecisionUnsupportedError, match="OpenVINO CPU setting"):
         encoder_config("tiny-random", None, None, 1, backend="torch", precision="bf16")
     args = build_parser().parse_args(
         ["ingest", "x.mp4", "--index", "idx", "--backend", "torch", "--precision", "bf16"]
     )
-    with pytest.raises(ConfigError, match="OpenVINO CPU setting"):
+    with pytest.raises(PrecisionUnsupportedError, match="OpenVINO CPU setting") as caught:
         settings_from_args(args)
+    assert caught.value.code == "precision_unsupported"
+    # Other invalid flags stay plain config errors, one readable line without pydantic's URL.
+    with pytest.raises(ConfigError, match="threads") as bad:
+        encoder_config("tiny-random", None, None, 0, backend="torch")
+    assert "pydantic.dev" not in str(bad.value) and "\n" not in str(bad.value)
     with pytest.raises(ValueError):
         EncoderConfig(precision="fp16")  # type: ignore[arg-type]
 
