@@ -67,7 +67,13 @@ def cmd_ingest(a: argparse.Namespace) -> int:
             thread_count=a.decode_threads,
         )
         bar = tqdm(
-            total=round(info.duration, 1), unit="s", disable=a.quiet, dynamic_ncols=True, mininterval=0.5
+            total=round(info.duration, 1),
+            unit="s",
+            disable=a.quiet,
+            dynamic_ncols=True,
+            mininterval=0.5,
+            # Seconds summed from 0.1-s steps drift (9.600000000000001/10.0): print one decimal.
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}{postfix}]",
         )
         done = [0.0, 0]
 
