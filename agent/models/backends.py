@@ -153,18 +153,13 @@ def make_backend(
             )
         return TorchBackend(built.model, threads=cfg.threads)
 
-    def openvino() -> Backend:
+    try:
         return load_openvino(
             built, threads=cfg.threads, release_torch=release_torch, weights=weights, precision=cfg.precision
         )
-
-    if cfg.backend == "openvino":
-        return openvino()
-    try:
-        return openvino()
     except ConfigError as exc:
-        if cfg.precision == "bf16":
-            raise  # torch would run f32: not what was asked
+        if cfg.backend == "openvino" or cfg.precision == "bf16":
+            raise  # asked for explicitly, or torch would run f32: not what was asked
         log.warning("encoder %s: OpenVINO unavailable, running on torch instead: %s", built.name, exc)
         model = built.model
         if any(p.is_meta for p in model.parameters()):
