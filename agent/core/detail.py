@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.core.svd import F64, Representative, Scorer, TruncatedSVD, pack_svds, score_anchors, unpack_svds
+from agent.core.svd import F64, Representative, Scorer, TruncatedSVD, pack_svds, score_totals, unpack_svds
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,7 @@ class DetailLevel:
             reps = np.stack([s.svd.representative(representative) for s in kept]).astype(np.float64)
             return starts, ends, np.asarray(reps @ vec, np.float64)
         p = pack_svds([s.svd for s in kept], rank, vec.shape[0])
-        means = p["totals"] / p["counts"][:, None]
-        return starts, ends, score_anchors(vec, p["basis"], p["sigma"], means, p["counts"], scorer)
+        return starts, ends, score_totals(vec, p["basis"], p["sigma"], p["totals"], p["counts"], scorer)
 
     def spans(self) -> tuple[F64, F64]:
         """(starts, ends) of the kept stretches, in :meth:`stretches` order."""
