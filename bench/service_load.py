@@ -25,7 +25,11 @@ the model loaded and the needle stream running, before the N cameras;
 ``rss_per_stream_mb``: (VmRSS at the end of the window - that) / N.
 ``encoder_queue_wait``: submitted -> batch start of every work item of every
 stream in the window (the fairness of the shared worker, with many more samples
-than the needles), and the age of what is still queued at its end;
+than the needles), the age of what is still queued at its end, and the CPU seconds
+of the thread running the encoder's batch function; ``thread_cpu``: CPU seconds per
+thread group in the window (:class:`bench.service_probes.ThreadCpu`: decode threads,
+the executor that runs encoder calls and frame pushes, the inference runtime's own
+threads, FFmpeg's), the CPU profile that says whether decode or encode bounds N;
 ``heap_trims``: when each ``malloc_trim`` ran and how long it took; ``gc``: the
 cyclic collector's passes (``--legacy-rr``, ``--trim-growth-mb``, ``--batch-size``:
 the A/B switches of ``bench/results/service-load-20-60s-needles-ab-*.json``).
@@ -67,7 +71,7 @@ from agent.service.pipeline import Service
 from agent.service.protocol import MomentEvent, WatchingEvent
 from agent.service.server import Server
 from bench.needle_trace import NeedleTrace, summarise
-from bench.service_probes import GcPauses, QueueWaits, legacy_round_robin, time_trims
+from bench.service_probes import GcPauses, QueueWaits, ThreadCpu, legacy_round_robin, time_trims
 from streams.file import FileSpec
 
 BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bigbuckbunny.mp4"
@@ -220,6 +224,8 @@ async def run(
         server = Server(svc.serving, cfg)
         port = await server.start()
         scores = await asyncio.to_thread(_needle_threshold, svc, needle_photo)
+        threads = ThreadCpu()
+        threads.mark_native()  # the encoder has run: its runtime's threads exist, no decoder's yet
         traces = []
         for i, name in enumerate(needles):
             if i:  # staggered: needles of different streams fall at different times
@@ -250,8 +256,10 @@ async def run(
         )
         with GcPauses() as gcs:
             t0, c0 = time.time(), time.process_time()
+            threads.start()
             await asyncio.sleep(seconds)
             elapsed, cpu = time.time() - t0, time.process_time() - c0
+            thread_cpu = threads.summary(elapsed)
             busy = (worker.busy_seconds if worker is not None else 0.0) - busy0
             passes = (worker.passes if worker is not None else 0) - passes0
             images = (worker.images if worker is not None else 0) - images0
@@ -301,6 +309,7 @@ async def run(
         "encoder_batches": passes,
         "encoder_mean_batch": round(images / passes, 2) if passes else None,
         "encoder_queue_wait": queue,
+        "thread_cpu": thread_cpu,
         "heap_trims": {
             "growth_mb": cfg.heap_trim_growth_mb,
             "skipped_total": trimmer.stats.skipped if trimmer is not None else 0,

@@ -43,6 +43,10 @@ def test_service_load_row_has_capacity_figures(tmp_path: Path) -> None:
     stages = row["needle_stages"]  # n: how many needles the percentiles stand on
     assert stages["n"] == len(stages["needles"]) <= row["needle_matches"]
     assert row["heap_trims"]["growth_mb"] == 64.0 and row["gc"]["collections"] >= row["gc"]["gen2"]
+    cpu = row["thread_cpu"]  # the CPU profile: decoding and the executor's work are named
+    assert cpu["cpu_s"]["decode"] > 0 and cpu["cpu_s"]["asyncio executor"] > 0
+    assert cpu["process_cpu_s"] >= max(cpu["cpu_s"].values())
+    assert row["encoder_queue_wait"]["batch_fn_thread_cpu_s"] > 0
 
 
 def test_latencies_count_needles_due_in_the_window_and_misses() -> None:
