@@ -305,7 +305,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, *, title: str, chosen: str)
                 for r in rows
                 if r["grid"] == grid and r["strategy"] == name and "fidelity_ci" in r["image"]
             )
-            if band and (name == chosen or name.startswith("svd-dilution")):
+            if band and (name == chosen or name.startswith(("svd-dilution", "svd-ward-context"))):
                 # The 95 % interval of the default and of the new merge rule.
                 xs, lo, hi = zip(*band, strict=True)
                 ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.12, linewidth=0)

@@ -93,6 +93,8 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "svd-ward-peak-fill": _svd_fill("mean", merge="ward", scorer="peak"),
     "svd-ward-energy-fill": _svd_fill("mean", merge="ward", scorer="energy"),
     "svd-ward-average-fill": _svd_fill("mean", merge="ward", scorer="average"),
+    # Ward, but a short anchor between its neighbours (a dissolve) folds at its residual off them.
+    "svd-ward-context-energy-fill": _svd_fill("mean", merge="ward-context", scorer="energy"),
     # Merging by the worst member's dilution (Ward's sum without its min(n_a, n_b) factor).
     "svd-dilution-fill": _svd_fill("mean", merge="dilution"),
     "svd-dilution-energy-fill": _svd_fill("mean", merge="dilution", scorer="energy"),

@@ -9,6 +9,10 @@ up, so it stays O(B)); the pair ending at the open (newest) anchor changes on
 every join, so it is scored on demand. The merge rule and the representative
 are those of :mod:`agent.core.svd`; a merge offers the anchor that loses its
 identity to the finer level (:mod:`agent.core.detail`) when that level is on.
+
+Under ``"ward-context"`` a pair's cost also reads the anchors either side of it
+(:func:`fold_cost`), so a merge re-keys two more pairs and closing the open
+anchor re-keys one more: still O(d + log B) each.
 """
 
 from __future__ import annotations
@@ -25,6 +29,47 @@ _HEAP_SLACK = 4
 """Rebuild the pair heap when it holds more than this many entries per token."""
 ENTRY_BYTES = 40
 """Payload of one heap entry (five 8-byte numbers), for byte accounting."""
+FOLD_MEMBERS = 3
+"""Under ``"ward-context"``, anchors of at most this many members may fold at their residual
+off the neighbours: a haystack dissolve is 1-3 frames at 2 fps, one item at grid >= 2."""
+
+
+def _off_segment(x: F64, a: F64, c: F64) -> float:
+    """Squared distance (O(d)) of ``x`` from the segment between ``a`` and ``c`` (all (d,))."""
+    span = c - a
+    den = float(span @ span)
+    t = min(max(float((x - a) @ span) / den, 0.0), 1.0) if den > 0 else 0.0
+    off = x - a - t * span
+    return float(off @ off)
+
+
+def fold_cost(
+    before: TruncatedSVD | None, a: TruncatedSVD, b: TruncatedSVD, after: TruncatedSVD | None
+) -> float:
+    """Cost of merging adjacent ``a``, ``b`` under ``"ward-context"`` (O(d); lower merges first).
+
+    Ward's weight ``n_a n_b / (n_a + n_b)`` times a squared distance: Ward's
+    ``|mean_a - mean_b|^2``, or, when one side is short (<= :data:`FOLD_MEMBERS`
+    members) and the other is its nearer neighbour, that short side's squared
+    distance from the segment between its two neighbours' means (``before``
+    is a's left neighbour, ``after`` b's right one; None at an end or across a
+    gap). A dissolve or a frame mixing two scenes lies near that segment and
+    folds cheaply into the nearer scene; a short needle distinct from both
+    stays far from it, as dear as under Ward (by at most the segment's reach).
+    """
+    mean_a, mean_b = a.mean(), b.mean()
+    diff = mean_a - mean_b
+    dist = float(diff @ diff)
+    best = dist
+    if b.count <= FOLD_MEMBERS and after is not None:
+        mean_c = after.mean()
+        if dist <= float((mean_b - mean_c) @ (mean_b - mean_c)):
+            best = min(best, _off_segment(mean_b, mean_a, mean_c))
+    if a.count <= FOLD_MEMBERS and before is not None:
+        mean_z = before.mean()
+        if dist <= float((mean_a - mean_z) @ (mean_a - mean_z)):
+            best = min(best, _off_segment(mean_a, mean_z, mean_b))
+    return a.count * b.count / (a.count + b.count) * best
 
 
 @dataclass(eq=False)
@@ -128,6 +173,9 @@ class AnchorChain:
         if old_tail.prev is not None:
             # The pair ending at the old tail stops changing now: it can enter the heap.
             self._push(old_tail.prev)
+            if self.merge == "ward-context" and old_tail.prev.prev is not None:
+                # The pair before it read the old tail (then open) as its right context.
+                self._push(old_tail.prev.prev)
 
     def restore(self, anchors: Sequence[Anchor]) -> None:
         """Fill an empty chain with anchors already in time order."""
@@ -159,6 +207,14 @@ class AnchorChain:
         gap = int(a.end < b.start)
         if self.merge == "cosine":
             return gap, -float(a.rep @ b.rep)
+        if self.merge == "ward-context":
+            before, after = left.prev, right.next
+            return gap, fold_cost(
+                None if before is None or before.anchor.end < a.start else before.anchor.svd,
+                a.svd,
+                b.svd,
+                None if after is None or b.end < after.anchor.start else after.anchor.svd,
+            )
         return gap, merge_cost(a.svd, b.svd, self.merge)
 
     def _valid(self, entry: _Entry) -> bool:
@@ -219,6 +275,12 @@ class AnchorChain:
         self._push(left)
         if left.prev is not None:
             self._push(left.prev)
+        if self.merge == "ward-context":
+            # The pairs one further out read the merged anchor as their context.
+            if left.prev is not None and left.prev.prev is not None:
+                self._push(left.prev.prev)
+            if left.next is not None:
+                self._push(left.next)
 
     def _rebuild_heap(self) -> None:
         self._heap = []

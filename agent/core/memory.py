@@ -8,7 +8,9 @@ costs least under the merge rule is merged; queries score anchors by the
 scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
 
 * merge ``"ward"``: the least squared error added around the means, so long
-  near-identical stretches pool and distinct ones survive (``"cosine"``:
+  near-identical stretches pool and distinct ones survive (``"ward-context"``:
+  Ward, but a short anchor that lies between its neighbours, a dissolve, folds
+  at its distance from them, :func:`agent.core.anchors.fold_cost`; ``"cosine"``:
   SMORE's most similar pair; ``"dilution"``: the worst member's mean shift,
   measured over three seeds and not better; ``"subspace"``: least energy off
   the rank-k span);

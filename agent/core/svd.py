@@ -25,10 +25,10 @@ F32 = npt.NDArray[np.float32]
 Representative = Literal["smore", "mean"]
 Scorer = Literal["rep", "energy", "projection", "peak", "average"]
 """How a query scores an anchor (see :func:`score_anchors`)."""
-MergeRule = Literal["cosine", "ward", "dilution", "subspace"]
+MergeRule = Literal["cosine", "ward", "ward-context", "dilution", "subspace"]
 """Which adjacent pair a full memory merges (see :func:`merge_cost`)."""
 SCORERS: tuple[Scorer, ...] = ("rep", "energy", "projection", "peak", "average")
-MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "dilution", "subspace")
+MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "ward-context", "dilution", "subspace")
 
 _RHO_TOL = 1e-5
 """A new row whose residual off the basis is below this fraction of its norm
@@ -293,7 +293,8 @@ def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
       anchor's mean, ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2`` (Ward's
       criterion). A short anchor far from its neighbours costs its length times
       its squared distance, so distinct stretches survive while long,
-      near-identical ones pool;
+      near-identical ones pool (``"ward-context"`` is Ward's cost here; the
+      chain lowers it for a short mix of its neighbours, :func:`agent.core.anchors.fold_cost`);
     * ``"dilution"``: the largest squared shift any member's anchor mean
       suffers, ``(max(n_a, n_b) / (n_a + n_b))^2 * |mean_a - mean_b|^2``: the
       worst member's share of Ward's sum, not the sum. The shorter side moves
@@ -307,7 +308,7 @@ def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
     * ``"cosine"``: ``1 -`` the cosine of the two means (the size-blind rule
       of SMORE; the memory itself keys it on the representatives).
     """
-    if rule == "ward":
+    if rule in ("ward", "ward-context"):
         diff = a.mean() - b.mean()
         return float(a.count * b.count / (a.count + b.count) * (diff @ diff))
     if rule == "dilution":

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.core.anchors import FOLD_MEMBERS, fold_cost
 from agent.core.memory import Memory
 from agent.core.svd import (
     MERGE_RULES,
@@ -137,17 +138,26 @@ class ScanMemory:
         self.anchors.append([start, end, svd, svd.representative("smore")])
         while len(self.anchors) > self.budget:
             keys = [
-                (
-                    int(a[1] < b[0]),
-                    -float(a[3] @ b[3]) if self.merge == "cosine" else merge_cost(a[2], b[2], self.merge),
-                )
-                for a, b in zip(self.anchors, self.anchors[1:], strict=False)
+                (int(a[1] < b[0]), self.cost(i))
+                for i, (a, b) in enumerate(zip(self.anchors, self.anchors[1:], strict=False))
             ]
             i = min(range(len(keys)), key=keys.__getitem__)
             a, b = self.anchors[i], self.anchors.pop(i + 1)
             a[2] = a[2].merge(b[2])
             a[3] = a[2].representative("smore")
             a[1] = max(a[1], b[1])
+
+    def cost(self, i: int) -> float:
+        """The cost of merging anchors i and i + 1, computed afresh."""
+        a, b = self.anchors[i], self.anchors[i + 1]
+        if self.merge == "cosine":
+            return -float(a[3] @ b[3])
+        if self.merge != "ward-context":
+            return merge_cost(a[2], b[2], self.merge)
+        # Context across a gap does not count (a neighbour on the far side is no dissolve partner).
+        before = self.anchors[i - 1] if i > 0 and self.anchors[i - 1][1] >= a[0] else None
+        after = self.anchors[i + 2] if i + 2 < len(self.anchors) and b[1] >= self.anchors[i + 2][0] else None
+        return fold_cost(before and before[2], a[2], b[2], after and after[2])
 
 
 @FAST
@@ -156,7 +166,7 @@ class ScanMemory:
     budget=st.integers(1, 8),
     theta=st.sampled_from([0.6, 0.95]),
     seed=st.integers(0, 2**16),
-    merge=st.sampled_from(["cosine", "ward", "dilution"]),
+    merge=st.sampled_from(["cosine", "ward", "ward-context", "dilution"]),
 )
 def test_heap_merges_match_a_linear_scan(
     n: int, budget: int, theta: float, seed: int, merge: MergeRule
@@ -511,6 +521,43 @@ def test_dilution_keeps_a_short_distinct_needle_that_ward_folds() -> None:
         found[merge] = (mem.anchors[best].start, mem.anchors[best].end, round(float(mem.scores(n)[best]), 3))
     assert found["dilution"] == (120.0, 122.0, 1.0)
     assert found["ward"][1] - found["ward"][0] > 80 and found["ward"][2] < 0.05
+
+
+def test_ward_context_folds_a_dissolve_and_keeps_a_needle() -> None:
+    # Issue #15's transition anchors: scenes A and B (30 s each) with one frame mixing them
+    # between, and a one-frame needle N inside B (cosine 0.86 to B, so nearer B than the mix is
+    # to either scene); four tokens for five stretches. Ward keeps the mix frame (far from A
+    # and from B alone) and folds the needle into B; ward-context folds the mix (it lies near
+    # the segment between A and B) and the needle keeps its anchor.
+    e = np.eye(DIM)
+    a, b, n = e[0], e[1], unit(e[1] + 0.6 * e[2])
+    mix = unit(a + b)
+    stream = [a] * 30 + [mix] + [b] * 30 + [n] + [b] * 30
+    found = {}
+    for merge in ("ward", "ward-context"):
+        mem = Memory(DIM, budget=4, theta=1.01, rank=2, merge=merge)  # type: ignore[arg-type]
+        for i, v in enumerate(stream):
+            mem.add(float(i), float(i + 1), v)
+        found[merge] = [(x.start, x.end) for x in mem.anchors]
+    assert (30.0, 31.0) in found["ward"] and (61.0, 62.0) not in found["ward"]
+    assert (30.0, 31.0) not in found["ward-context"] and (61.0, 62.0) in found["ward-context"]
+
+
+def test_fold_cost_is_ward_without_a_short_side_between_neighbours() -> None:
+    rng = np.random.default_rng(7)
+    svds = [TruncatedSVD.from_vector(unit(rng.standard_normal(DIM)), 2) for _ in range(3)]
+    long_ = svds[0]
+    for _ in range(FOLD_MEMBERS):
+        long_.update(unit(rng.standard_normal(DIM)).astype(np.float64))
+    ward = merge_cost(svds[1], svds[2], "ward")
+    assert fold_cost(None, svds[1], svds[2], None) == pytest.approx(ward)
+    # Never dearer than Ward: the nearer neighbour's mean lies on the segment.
+    assert fold_cost(svds[0], svds[1], svds[2], long_) <= ward + 1e-12
+    long_b = TruncatedSVD.from_vector(svds[2].mean(), 2)
+    for _ in range(FOLD_MEMBERS):
+        long_b.update(svds[2].mean())
+    # Both sides long: Ward whatever the neighbours.
+    assert fold_cost(svds[0], long_, long_b, svds[1]) == pytest.approx(merge_cost(long_, long_b, "ward"))
 
 
 def test_merge_rule_and_scorer_survive_a_snapshot(tmp_path: Path) -> None:
