@@ -18,6 +18,7 @@ from agent.core.svd import (
     MergeRule,
     Scorer,
     TruncatedSVD,
+    batch_svd,
     merge_cost,
     pack_svds,
     score_anchors,
@@ -523,6 +524,25 @@ def test_dilution_keeps_a_short_distinct_needle_that_ward_folds() -> None:
     assert found["ward"][1] - found["ward"][0] > 80 and found["ward"][2] < 0.05
 
 
+@pytest.mark.parametrize("merge", MERGE_RULES)
+def test_anchor_svds_equal_the_batch_svd_of_their_members(merge: MergeRule) -> None:
+    # Members in a rank-4 span and rank 4 kept: every budget merge is exact, so each anchor's
+    # SVD is the batch SVD of the items its span covers, whichever pairs the rule merged.
+    rng = np.random.default_rng(11)
+    span = rng.standard_normal((4, DIM))
+    x = np.stack([unit(rng.standard_normal(4) @ span) for _ in range(60)]).astype(np.float64)
+    mem = Memory(DIM, budget=6, theta=1.01, rank=4, merge=merge)
+    for i, v in enumerate(x):
+        mem.add(float(i), float(i + 1), v)
+    assert mem.tokens == 6
+    for a in mem.anchors:
+        members = x[int(a.start) : int(a.end)]
+        assert a.svd.count == len(members)
+        ref = batch_svd(members, 4)
+        np.testing.assert_allclose(a.svd.gram(), ref.gram(), atol=1e-4)
+        np.testing.assert_allclose(a.svd.mean(), members.mean(axis=0), atol=1e-6)
+
+
 def test_ward_context_folds_a_dissolve_and_keeps_a_needle() -> None:
     # Issue #15's transition anchors: scenes A and B (30 s each) with one frame mixing them
     # between, and a one-frame needle N inside B (cosine 0.86 to B, so nearer B than the mix is
@@ -576,6 +596,24 @@ def test_merge_rule_and_scorer_survive_a_snapshot(tmp_path: Path) -> None:
     bad = {**mem.state_dict(), "merge": np.array("median")}
     with pytest.raises(IndexStoreError):
         memory_from_state(bad)
+
+
+def test_a_restored_ward_context_memory_merges_as_the_original(tmp_path: Path) -> None:
+    # The restored chain re-keys every pair with its neighbours: later merges match exactly.
+    rng = np.random.default_rng(9)
+    centres = rng.standard_normal((3, DIM))
+    stream = [unit(centres[i % 3] + 0.3 * rng.standard_normal(DIM)) for i in range(80)]
+    mem = Memory(DIM, budget=6, theta=1.01, rank=2, merge="ward-context")
+    for i, v in enumerate(stream[:40]):
+        mem.add(float(i), float(i + 1), v)
+    save_memory(mem, tmp_path / "m.npz")
+    back = load_memory(tmp_path / "m.npz")
+    assert back.merge == "ward-context"
+    for i, v in enumerate(stream[40:], start=40):
+        mem.add(float(i), float(i + 1), v)
+        back.add(float(i), float(i + 1), v)
+    for got, want in zip(back.matrix(), mem.matrix(), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 @FAST
