@@ -3,7 +3,8 @@
 Distractor scenes come from ``imagenet_sample/*.jpg``, needle scenes from
 ``coco/`` (each needle shown exactly once; its five human captions are the
 text queries, a jittered copy of its photo is the image query). Scenes last
-5-120 s and are rendered as footage: a fixed camera (a still shot held for a
+5-120 s (the seeded plan: :mod:`bench.haystack_plan`) and are rendered as
+footage (:mod:`bench.footage`): a fixed camera (a still shot held for a
 long stretch), slow pans, slow zooms, sensor noise, brightness drift, mostly
 short dissolves and occasional hard cuts.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -40,14 +40,14 @@ from pydantic import Field, ValidationError
 
 from agent.config import Strict
 from agent.errors import ConfigError, SourceError
-from bench.footage import Grain, Motion, Scene, Shot, blend
+from bench.footage import Grain, Scene, Shot, blend
+from bench.haystack_plan import Needle, load_data, plan_scenes
 
 BUILDER_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_CACHE = REPO_ROOT / "bench" / "cache"
 WIDTHS = {480: 854, 720: 1280}
-MIN_SCENE, MAX_SCENE = 5.0, 120.0
 
 
 class HaystackParams(Strict):
@@ -89,30 +89,6 @@ class HaystackSet:
     """True when the set came from the cache without rebuilding."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Needle:
-    image: str
-    image_id: int
-    captions: list[str]
-
-
-def _load_data(data_dir: Path) -> tuple[list[str], list[_Needle]]:
-    """Distractor photo paths and needle records, in a stable order."""
-    distract = sorted(f"imagenet_sample/{p.name}" for p in (data_dir / "imagenet_sample").glob("*.jpg"))
-    captions = data_dir / "coco" / "captions.jsonl"
-    if len(distract) < 2 or not captions.is_file():
-        raise ConfigError(f"{data_dir} lacks imagenet_sample/*.jpg or coco/captions.jsonl")
-    needles = []
-    try:
-        for line in captions.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                needles.append(_Needle(f"coco/{rec['image']}", int(rec["image_id"]), list(rec["captions"])))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{captions} is not a valid captions file: {exc}") from exc
-    return distract, needles
-
-
 def cache_key(params: HaystackParams, data_dir: Path) -> str:
     """Hash of the parameters, the builder version and the data listing."""
     h = hashlib.sha256(json.dumps([BUILDER_VERSION, params.model_dump()], sort_keys=True).encode())
@@ -121,64 +97,6 @@ def cache_key(params: HaystackParams, data_dir: Path) -> str:
             if p.is_file():
                 h.update(f"{p.relative_to(data_dir)}:{p.stat().st_size}\n".encode())
     return h.hexdigest()[:16]
-
-
-def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-
-
-def _distractor_length(rng: np.random.Generator) -> tuple[float, Motion]:
-    # A fixed camera holds long; moving shots are mostly short (log-uniform).
-    motion: Motion = rng.choice(np.array(["static", "pan", "zoom"]), p=[0.35, 0.35, 0.3]).item()
-    if motion == "static":
-        return float(rng.uniform(30.0, MAX_SCENE)), motion
-    return _loguniform(rng, MIN_SCENE, MAX_SCENE), motion
-
-
-def plan_scenes(params: HaystackParams, distract: list[str], needles: list[_Needle]) -> list[Scene]:
-    """Seeded scene list covering exactly ``params.duration`` seconds.
-
-    Lengths are counted in frames so that no scene rounds below 5 s.
-    """
-    if params.needles > len(needles):
-        raise ConfigError(f"{params.needles} needles asked, the data has {len(needles)}")
-    rng = np.random.default_rng(params.seed)
-    fps, least = params.fps, math.ceil(MIN_SCENE * params.fps)
-    picked = rng.choice(len(needles), size=params.needles, replace=False)
-    needle_len = [max(least, round(_loguniform(rng, MIN_SCENE, 60.0) * fps)) for _ in picked]
-    room = params.frames - sum(needle_len)
-    if room < least:
-        raise ConfigError(
-            f"{params.needles} needles need {sum(needle_len) / fps:.0f} s; duration is too short"
-        )
-    shots: list[tuple[int, Motion]] = []
-    while room > 0:
-        seconds, motion = _distractor_length(rng)
-        length = max(least, round(seconds * fps))
-        if room - length < least:
-            length = room  # the last shot absorbs the remainder (at most ~MIN_SCENE over MAX_SCENE)
-        shots.append((length, motion))
-        room -= length
-    # Needles go before distractor slots, never last, so the video ends on a distractor.
-    slots = np.sort(rng.integers(0, len(shots), size=params.needles))
-    order = rng.permutation(len(distract))
-    seq: list[tuple[int, Motion, str, int | None]] = []
-    for i, (length, motion) in enumerate(shots):
-        for n in np.flatnonzero(slots == i):
-            mot: Motion = rng.choice(np.array(["static", "pan", "zoom"])).item()
-            seq.append((needle_len[n], mot, needles[int(picked[n])].image, int(n)))
-        seq.append((length, motion, distract[int(order[i % len(order)])], None))
-    scenes: list[Scene] = []
-    f0 = 0
-    for length, motion, photo, needle in seq:
-        cut = not scenes or rng.random() < 0.3
-        dissolve = 0 if cut else min(max(1, round(rng.uniform(0.5, 1.5) * fps)), length // 2)
-        seed = int(rng.integers(2**31))
-        scenes.append(
-            Scene(f0 / fps, (f0 + length) / fps, f0, f0 + length, photo, motion, dissolve, needle, seed)
-        )
-        f0 += length
-    return scenes
 
 
 def _encode(
@@ -246,7 +164,7 @@ def _write_queries(
     root: Path,
     params: HaystackParams,
     scenes: list[Scene],
-    needles: dict[str, _Needle],
+    needles: dict[str, Needle],
     data_dir: Path,
     vid: str,
 ) -> None:
@@ -299,7 +217,7 @@ def build(
     A needle's relevant window is its whole scene, dissolve included.
     """
     data_dir = data_dir.resolve()
-    distract, needles = _load_data(data_dir)
+    distract, needles = load_data(data_dir)
     scenes = plan_scenes(params, distract, needles)
     key = cache_key(params, data_dir)
     root = cache_dir / f"haystack-{key}"

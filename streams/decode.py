@@ -51,20 +51,15 @@ Damage tolerance, the same for every recording:
   :data:`MAX_BAD_PACKETS_IN_A_ROW` in a row abort with
   :class:`~streams.errors.CorruptMediaError`.
 * A demux (read) error aborts at once, after the frames already yielded.
-* Truncation is a read error or a cut packet, never a duration in a header
-  (header durations cover the longest track, audio included, or are simply
-  wrong): the input counts as truncated when its last video packet is cut
-  (FFmpeg flags it corrupt: AVI) or when the container states its own byte
-  length and the file holds fewer bytes (Matroska/WebM's Segment size, the
-  RIFF size of AVI; ``check_truncation``). The good frames come first, then
-  :class:`CorruptMediaError` says where decoding stopped. A container that
-  states neither (MPEG-TS, a live-written Matroska) just ends.
+* Truncation (a cut last packet, or fewer bytes than the container states;
+  never a duration in a header) is checked after the good frames, with
+  ``check_truncation``: :mod:`streams.truncation` has the rules. Then
+  :class:`CorruptMediaError` says where decoding stopped.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Collection, Generator
 from dataclasses import dataclass, field
@@ -83,6 +78,7 @@ from streams.errors import (
     SourceUnavailableError,
 )
 from streams.sampler import DecoderThreads, check_size, frame_seconds, tune_decoder
+from streams.truncation import check_complete
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +90,6 @@ MAX_BAD_PACKETS_IN_A_ROW = 50
 _DURATION_IS_END = ("matroska",)
 _NO_TIMESTAMPS = 0x0080  # AVFMT_NOTIMESTAMPS: raw elementary streams
 _ATTACHED_PIC = 0x0400  # AV_DISPOSITION_ATTACHED_PIC
-_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
-_SEGMENT_ID = b"\x18\x53\x80\x67"
 
 
 @dataclass(slots=True)
@@ -374,7 +368,7 @@ def decode(
     if not pictures and start <= 0:
         raise EmptyMediaError(f"{label}: the video stream holds no frame")
     if check_truncation:
-        _check_complete(label, container, cut, report.end)
+        check_complete(label, container.name, cut=cut, end=report.end)
 
 
 def _packet_end(packet: av.Packet, vstream: av.video.stream.VideoStream) -> float:
@@ -383,59 +377,3 @@ def _packet_end(packet: av.Packet, vstream: av.video.stream.VideoStream) -> floa
         return 0.0
     dur = packet.duration or 0
     return float((pts + dur - (vstream.start_time or 0)) * vstream.time_base)
-
-
-def _check_complete(label: Path | str, container: av.container.InputContainer, cut: bool, end: float) -> None:
-    """Raise when the input was cut: its last packet is, or it holds fewer bytes than it states."""
-    if cut:
-        raise CorruptMediaError(f"{label}: ends at {end:.2f}s in a cut packet (truncated)")
-    stated, size = _stated_bytes(container.name)
-    if stated is not None and size < stated:
-        raise CorruptMediaError(
-            f"{label}: ends at {end:.2f}s, {size} of the {stated} bytes its container states (truncated)"
-        )
-
-
-def _stated_bytes(name: str) -> tuple[int | None, int]:
-    """(bytes the container says the file holds, bytes it holds): Matroska Segment or RIFF size.
-
-    ``(None, size)`` when the container states no length (or it is unknown:
-    a live-written Matroska) or ``name`` is not a readable file.
-    """
-    try:
-        with open(name, "rb") as f:
-            head = f.read(64)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
-        return None, 0
-    if head[:4] == b"RIFF" and len(head) >= 8:
-        riff = int.from_bytes(head[4:8], "little")
-        return (8 + riff if 0 < riff < 0xFFFFFFFF else None), size  # 0 / all ones: not yet written
-    if head[:4] != _EBML_MAGIC:
-        return None, size
-    pos = 4
-    length, width = _vint(head, pos)  # EBML header's size
-    if length is None:
-        return None, size
-    pos += width + length
-    if head[pos : pos + 4] != _SEGMENT_ID:
-        return None, size
-    length, width = _vint(head, pos + 4)
-    if length is None:
-        return None, size
-    return pos + 4 + width + length, size
-
-
-def _vint(data: bytes, pos: int) -> tuple[int | None, int]:
-    """An EBML variable-size integer at ``pos``: (value, width); value None when unknown or unreadable."""
-    if pos >= len(data) or data[pos] == 0:
-        return None, 1
-    width = 9 - data[pos].bit_length()
-    if pos + width > len(data):
-        return None, width
-    value = data[pos] & (0xFF >> width)
-    for b in data[pos + 1 : pos + width]:
-        value = (value << 8) | b
-    if value == (1 << (7 * width)) - 1:  # all ones: size unknown (live writer)
-        return None, width
-    return value, width

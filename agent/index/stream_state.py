@@ -9,6 +9,7 @@ Layout under the stream's folder::
     <channel>/    any other channel's files (its own folder)
     state.json    clock map, meta (resume token, offset), a counter summary, version,
                   generation, saved_at and the manifest of the generation's files
+                  (agent.index.state_file)
     quarantine/   snapshots that failed to load, set aside (see agent.store.snapshot)
 
 Each channel saves and restores itself (:meth:`Channel.save`,
@@ -38,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.channels.base import (
     AudioMedia,
@@ -59,41 +59,13 @@ from agent.channels.visual import VisualChannel
 from agent.config import IndexConfig
 from agent.core.memory import Memory
 from agent.errors import IndexStoreError, VmrError
+from agent.index.state_file import ClockMap, read_state, state_record
 from agent.models.encoder import Encoder
 from agent.store import snapshot
 from agent.store.frame_store import FrameStore
 from agent.types import Frame
 
-STATE_VERSION = 1
-SUMMARY_KEYS = (
-    "frames",
-    "encoded_frames",
-    "gated_frames",
-    "superimages",
-    "dropped_superimages",
-    "first_time",
-    "last_time",
-    "first_wall",
-    "last_wall",
-)
-"""The stream's counters written into ``state.json`` as a summary (the same keys as ever)."""
-_CLOCK_STEP = 5.0
-"""Seconds between (stream time, wall clock) pairs kept for live streams."""
-_CLOCK_TOLERANCE = 0.5
-"""Seconds the stream-to-wall offset may move before a new (stream time, wall clock) pair is kept."""
-_CLOCK_CAP = 200_000
 _ERROR_CHARS = 200
-
-
-class _StateFile(BaseModel):
-    """The parts of ``state.json`` a load relies on, type-checked (wrong types: IndexStoreError)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    generation: int = Field(default=0, ge=0)
-    saved_at: float | None = None
-    clock: tuple[list[float], list[float]] = ([], [])
-    meta: dict[str, Any] = Field(default_factory=dict)
 
 
 class StreamState:
@@ -122,8 +94,8 @@ class StreamState:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.channels: dict[str, Channel] = {}
-        self._clock_t: list[float] = []
-        self._clock_wall: list[float] = []
+        self.clock = ClockMap()
+        """(stream time, wall clock) pairs of a live stream (noted under the lock, read without it)."""
         self.meta: dict[str, Any] = {}
         self.generation = 0
         """Generation of the last snapshot committed (0: none yet)."""
@@ -198,7 +170,7 @@ class StreamState:
     def push(self, frame: Frame) -> list[WorkItem]:
         """Fan one frame out to every channel; returns their work (blocking: JPEG store)."""
         with self._lock:
-            self.note_clock(frame.t, frame.wall)
+            self.clock.note(frame.t, frame.wall)
             self._ingested(frame.t)
             return [item for ch in self.channels.values() for item in ch.push(frame)]
 
@@ -371,39 +343,9 @@ class StreamState:
             return max(known) if known else None
 
     # ----------------------------------------------------------------- clock
-    def note_clock(self, t: float, wall: float | None) -> None:
-        """Remember (stream time, wall clock) pairs: every few seconds, and at once when the offset moves.
-
-        A new point whenever ``wall - t`` differs from the last point's by more
-        than :data:`_CLOCK_TOLERANCE` seconds (a recorder that was off, a
-        back-filled segment, a new RTSP session's clock), else one per
-        :data:`_CLOCK_STEP` seconds of stream time.
-        """
-        if wall is None:
-            return
-        if self._clock_t:
-            moved = abs((wall - t) - (self._clock_wall[-1] - self._clock_t[-1])) > _CLOCK_TOLERANCE
-            if not moved and t - self._clock_t[-1] < _CLOCK_STEP:
-                return
-        self._clock_t.append(t)
-        self._clock_wall.append(wall)
-        if len(self._clock_t) > _CLOCK_CAP:
-            del self._clock_t[: _CLOCK_CAP // 10]
-            del self._clock_wall[: _CLOCK_CAP // 10]
-
     def wall_of(self, t: float) -> float | None:
-        """Wall-clock time of stream time ``t`` (None for recordings)."""
-        if not self._clock_t:
-            return None
-        ts = np.asarray(self._clock_t)
-        ws = np.asarray(self._clock_wall)
-        i = int(np.clip(np.searchsorted(ts, t, side="right") - 1, 0, len(ts) - 1))
-        wall = float(ws[i] + (t - ts[i]))
-        if i + 1 < len(ts) and t < ts[i + 1]:
-            # Before a point whose offset is smaller (a late first frame re-dated): never past it,
-            # so wall times stay in stream order.
-            wall = min(wall, float(ws[i + 1]))
-        return wall
+        """Wall-clock time of stream time ``t`` (None for recordings; :meth:`ClockMap.wall_of`)."""
+        return self.clock.wall_of(t)
 
     # ------------------------------------------------------------ snapshots
     def save(self, meta: dict[str, Any] | None = None) -> None:
@@ -421,7 +363,15 @@ class StreamState:
                 staged = snapshot.stage(self.root)
                 for ch in self.channels.values():
                     ch.save(staged if ch.keeps_root else staged / ch.name)
-                snapshot.commit(self.root, staged, self._record(self.generation + 1, saved_at))
+                record = state_record(
+                    self.stream,
+                    generation=self.generation + 1,
+                    saved_at=saved_at,
+                    stats=self.stats,
+                    clock=self.clock,
+                    meta=self.meta,
+                )
+                snapshot.commit(self.root, staged, record)
             except (OSError, IndexStoreError) as exc:
                 self.snapshot_error = str(exc)
                 if isinstance(exc, IndexStoreError):
@@ -430,19 +380,6 @@ class StreamState:
             self.generation += 1
             self.last_snapshot, self.snapshot_error = saved_at, None
 
-    def _record(self, generation: int, saved_at: float) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "stream": self.stream,
-            "generation": generation,
-            "saved_at": saved_at,
-            # A summary for readers of this file (tools, older versions); on load
-            # the channels restore their own counters (the visual one: ingest.json).
-            "stats": {k: getattr(self.stats, k) for k in SUMMARY_KEYS},
-            "clock": [self._clock_t, self._clock_wall],
-            "meta": self.meta,
-        }
-
     def close(self) -> None:
         """Close every channel (idempotent)."""
         with self._lock:
@@ -450,19 +387,10 @@ class StreamState:
                 ch.close()
 
     def _load_state(self) -> None:
-        path = self.root / snapshot.STATE_FILE
-        data = snapshot.read_committed(self.root, STATE_VERSION, what="stream state")
-        if data is None:
+        state = read_state(self.root)
+        if state is None:
             return
-        try:
-            state = _StateFile.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise IndexStoreError(f"{path}: unreadable stream state: {where}: {first['msg']}") from exc
-        if len(state.clock[0]) != len(state.clock[1]):
-            raise IndexStoreError(f"{path}: unreadable stream state: clock columns differ in length")
         # "stats" is a summary; the channels restore their own counters (old snapshots: from it).
-        self._clock_t, self._clock_wall = list(state.clock[0]), list(state.clock[1])
+        self.clock = ClockMap(*state.clock)
         self.meta = dict(state.meta)
         self.generation, self.last_snapshot = state.generation, state.saved_at

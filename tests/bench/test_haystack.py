@@ -16,8 +16,9 @@ from PIL import Image
 
 from agent.errors import ConfigError
 from bench import haystack
-from bench.footage import Shot
+from bench.footage import Scene, Shot
 from bench.haystack import HaystackParams, HaystackSet, build, make_params, parse_duration
+from bench.haystack_plan import MAX_SCENE, MIN_SCENE, load_data, plan_scenes
 
 DATA = haystack.DEFAULT_DATA
 pytestmark = pytest.mark.skipif(not (DATA / "coco").is_dir(), reason="shared data folder missing")
@@ -78,7 +79,7 @@ def test_scenes_tile_the_duration_and_each_needle_appears_once(manifest: dict[st
     for a, b in itertools.pairwise(scenes):
         assert a["end_frame"] == b["start_frame"]
     for s in scenes:
-        assert 5 * 2 <= s["end_frame"] - s["start_frame"] <= (haystack.MAX_SCENE + haystack.MIN_SCENE) * 2
+        assert 5 * 2 <= s["end_frame"] - s["start_frame"] <= (MAX_SCENE + MIN_SCENE) * 2
         assert s["photo"].startswith("coco/" if s["needle"] is not None else "imagenet_sample/")
     needles = [s["needle"] for s in scenes if s["needle"] is not None]
     assert sorted(needles) == [0, 1]
@@ -114,7 +115,7 @@ def test_each_scene_shows_its_photo(
     manifest: dict[str, Any], luma: tuple[list[float], list[bool], np.ndarray]
 ) -> None:
     """The decoded middle frame of every scene matches its own rendering, not the others'."""
-    scenes = [haystack.Scene(**s) for s in _scenes(manifest)]
+    scenes = [Scene(**s) for s in _scenes(manifest)]
     renders = {}
     for s in scenes:
         j = (s.end_frame - s.start_frame) // 2
@@ -136,10 +137,10 @@ def test_rebuild_comes_from_cache_and_parameters_change_the_key(built: HaystackS
 
 
 def test_plan_is_seeded(built: HaystackSet) -> None:
-    distract, needles = haystack._load_data(DATA)
+    distract, needles = load_data(DATA)
     long = HaystackParams(duration=3600.0, needles=20, seed=7)
-    a, b = haystack.plan_scenes(long, distract, needles), haystack.plan_scenes(long, distract, needles)
-    c = haystack.plan_scenes(long.model_copy(update={"seed": 8}), distract, needles)
+    a, b = plan_scenes(long, distract, needles), plan_scenes(long, distract, needles)
+    c = plan_scenes(long.model_copy(update={"seed": 8}), distract, needles)
     assert a == b and a != c
     assert a[-1].end == 3600.0 and sum(s.needle is not None for s in a) == 20
     assert {s.motion for s in a} == {"static", "pan", "zoom"}

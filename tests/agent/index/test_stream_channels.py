@@ -252,22 +252,6 @@ def test_inline_encoding_routes_work_by_the_worker_each_item_names(tmp_path: Pat
     idx.close()
 
 
-def test_wall_map_keeps_a_point_whenever_the_offset_moves(tmp_path: Path, enc: ClipEncoder) -> None:
-    # Issue 16 kind 6: a recorder off for 60 s; the next segment starts at stream 8.0, wall 1068.
-    state = open_state(tmp_path / "s", enc)
-    for t in (0.0, 2.0, 4.0, 6.0):
-        state.note_clock(t, 1000.0 + t)
-    state.note_clock(8.0, 1068.0)
-    state.note_clock(9.0, 1069.0)
-    assert state.wall_of(8.0) == pytest.approx(1068.0)  # was 1008
-    assert state.wall_of(9.5) == pytest.approx(1069.5)
-    assert state.wall_of(3.0) == pytest.approx(1003.0)
-    state.note_clock(9.2, 1069.3)  # jitter below the tolerance: no new point
-    assert state.wall_of(9.2) == pytest.approx(1069.2)
-    state.note_clock(12.0, 1070.0)  # the offset moved back by 2 s (a late first frame re-dated)
-    assert state.wall_of(11.5) <= state.wall_of(12.0) == pytest.approx(1070.0)  # stays in stream order
-
-
 class LockProbeChannel(CountingChannel):
     """Records, when its search is copied and when it is scored, whether another thread could take a lock."""
 
