@@ -37,6 +37,7 @@ from agent.store.atomic import write_json
 from agent.types import QueryResult, RGBImage
 from bench import haystack
 from bench.args import command_line, encoder_from_args
+from bench.haystack_plan import load_data
 from bench.run_haystack import DEFAULT_RESULTS, git_commit, machine_info
 from streams.file import decode_frames
 
@@ -47,7 +48,7 @@ def negative_photos(hs: haystack.HaystackSet, data: Path, limit: int) -> list[st
     """COCO photos (relative to ``data``) that no scene of the haystack shows."""
     manifest = json.loads(hs.manifest.read_text())
     shown = {s["photo"] for s in manifest["scenes"]}
-    _, needles = haystack._load_data(data)
+    _, needles = load_data(data)
     return [n.image for n in needles if n.image not in shown][:limit]
 
 
