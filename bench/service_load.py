@@ -11,7 +11,7 @@ Live drops (``vmr_frames_dropped_total``) are reported too.
 
 Latency: ``--needle-streams`` (8) extra realtime 720p streams, started 12 s / 8
 apart, each show a needle photo for 3 s every 12 s (~40 needles a minute, so a
-p95 stands on >= 30 of them); one websocket watch covers them all. Latency =
+p95 stands on >= 30 of them; :mod:`bench.service_needles`); one websocket watch covers them all. Latency =
 arrival of the first ``moment`` of a needle at the client - wall time the
 needle's first frame was due on its stream (its realtime pacing clock). Only
 needles due inside the measured window count; the watch listens ``GRACE``
@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 import tempfile
@@ -65,18 +64,16 @@ from typing import Any
 import numpy as np
 
 from agent.config import EncoderConfig, IndexConfig, Settings
-from agent.service.client import watch
 from agent.service.config import ServiceConfig
 from agent.service.pipeline import Service
-from agent.service.protocol import MomentEvent, WatchingEvent
 from agent.service.server import Server
 from bench.needle_trace import NeedleTrace, summarise
+from bench.service_needles import NEEDLE_EVERY, latencies, make_needle_video, needle_threshold, watch_needles
 from bench.service_probes import GcPauses, QueueWaits, ThreadCpu, legacy_round_robin, time_trims
 from streams.file import FileSpec
 
 BUNNY = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bigbuckbunny.mp4"
 RESULTS = Path(__file__).resolve().parent / "results" / "service_load.json"
-NEEDLE_EVERY, NEEDLE_AT, NEEDLE_LEN = 12.0, 6.0, 3.0
 WARMUP = 10.0
 """Seconds after the streams are added before the measured window starts."""
 GRACE = 15.0
@@ -97,102 +94,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _needle_video(path: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.videos import Scene, make_video, photos
-
-    bg, needle = photos(1, 1)[0], photos(1)[0]
-    make_video(
-        path,
-        [
-            Scene(NEEDLE_AT, bg, True),
-            Scene(NEEDLE_LEN, needle, True),
-            Scene(NEEDLE_EVERY - NEEDLE_AT - NEEDLE_LEN, bg, True),
-        ],
-        fps=25,
-        size=(1280, 720),
-    )
-    return path
-
-
-def _needle_threshold(svc: Service, needle_photo: Path) -> dict[str, float]:
-    """A watch threshold between the needle stream's background and a super-image with one needle tile.
-
-    Random weights squash every cosine towards 1 (MobileCLIP2-S0 here: background 0.99977,
-    one needle tile in four 0.99986, the needle alone 0.9999994; batch noise 1e-7), so no fixed
-    threshold fits every model: the bench scores both super-images with the service's own
-    encoder and watches at the midpoint. Identity of one photo, not relevance.
-    """
-    from PIL import Image
-
-    from agent.core.superimage import tile
-    from tests.videos import photos
-
-    enc = svc.idx.prescreen
-
-    def frame(path: Path) -> np.ndarray:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB").resize((398, 224)))
-
-    bg, needle = frame(photos(1, 1)[0]), frame(needle_photo)
-    query = enc.encode_images([needle])[0]
-    vecs = enc.encode_images(
-        [tile([bg] * 4, 2, enc.image_size), tile([bg, bg, bg, needle], 2, enc.image_size)]
-    )
-    background, one_tile = (float(v @ query) for v in vecs)
-    return {"background": background, "one_needle_tile": one_tile, "threshold": (background + one_tile) / 2}
-
-
-async def _watch(
-    url: str,
-    needle_photo: Path,
-    threshold: float,
-    streams: list[str],
-    arrivals: list[tuple[str, float, float]],
-    ready: asyncio.Event,
-) -> None:
-    events = watch(
-        url, text=None, image_path=needle_photo, streams=streams, threshold=threshold, backward=False
-    )
-    async for event in events:
-        if isinstance(event, WatchingEvent):
-            ready.set()
-        if isinstance(event, MomentEvent):
-            arrivals.append((event.moment.stream, time.time(), event.moment.start))
-
-
-def _latencies(
-    arrivals: list[tuple[str, float, float]],
-    clocks: dict[str, tuple[float, float]],
-    window: tuple[float, float],
-) -> tuple[list[tuple[str, float, float]], int]:
-    """(stream, due, arrival) of each first ``moment`` of a needle due inside ``window``; and misses.
-
-    ``arrivals``: (stream, wall time at the client, the moment's start in stream seconds).
-    The needle is the one nearest the moment's start (needle k sits at stream second
-    ``NEEDLE_AT + k * NEEDLE_EVERY``), not the last one due before the arrival: a moment
-    later than ``NEEDLE_EVERY`` would otherwise be charged to a later needle and its
-    latency read modulo 12 s. ``clocks``: each needle stream's (first frame's wall, its
-    stream time): the pacing clock puts stream second ``t`` at ``wall - t0 + t``. A needle
-    with no moment is a miss (never matched, or only after the grace period).
-    """
-    got: dict[tuple[str, int], float] = {}
-    for stream, arrival, start in arrivals:
-        k = round((start - NEEDLE_AT) / NEEDLE_EVERY)
-        got.setdefault((stream, k), arrival)
-    out, missed = [], 0
-    for stream, (wall, t0) in clocks.items():
-        zero = wall - t0 + NEEDLE_AT
-        for k in range(
-            max(0, math.ceil((window[0] - zero) / NEEDLE_EVERY)), int((window[1] - zero) // NEEDLE_EVERY) + 1
-        ):
-            if (stream, k) in got:
-                out.append((stream, zero + k * NEEDLE_EVERY, got[(stream, k)]))
-            else:
-                missed += 1
-    return sorted(out, key=lambda r: r[1]), missed
 
 
 async def run(
@@ -223,7 +124,7 @@ async def run(
             legacy_round_robin(svc.worker)
         server = Server(svc.serving, cfg)
         port = await server.start()
-        scores = await asyncio.to_thread(_needle_threshold, svc, needle_photo)
+        scores = await asyncio.to_thread(needle_threshold, svc, needle_photo)
         threads = ThreadCpu()
         threads.mark_native()  # the encoder has run: its runtime's threads exist, no decoder's yet
         traces = []
@@ -238,7 +139,7 @@ async def run(
         ready = asyncio.Event()
         url = f"ws://127.0.0.1:{port}"
         watcher = asyncio.create_task(
-            _watch(url, needle_photo, scores["threshold"], needles, arrivals, ready)
+            watch_needles(url, needle_photo, scores["threshold"], needles, arrivals, ready)
         )
         await ready.wait()
         (watch_,) = svc.watches.values()
@@ -279,7 +180,7 @@ async def run(
         await server.close()
     expected = elapsed * 2.0
     cams = [frames[f"cam{i}"] for i in range(n)]
-    matched, missed = _latencies(arrivals, clocks, (t0, t0 + elapsed))
+    matched, missed = latencies(arrivals, clocks, (t0, t0 + elapsed))
     lat = np.asarray([arrival - due for _, due, arrival in matched])
     rows = []
     by_stream = {trace.stream: trace for trace in traces}
@@ -357,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        needle_video = _needle_video(work / "needle.mp4")
+        needle_video = make_needle_video(work / "needle.mp4")
         from tests.videos import photos
 
         for i, n in enumerate(a.streams):
