@@ -5,7 +5,7 @@ Distractor scenes come from ``imagenet_sample/*.jpg``, needle scenes from
 :data:`MIN_SCENE` to :data:`MAX_SCENE` seconds: a fixed camera holds long
 (30 s and more), moving shots (slow pans, slow zooms) are mostly short
 (log-uniform lengths), needles last 5-60 s. Most scene changes are short
-dissolves, about a third hard cuts. :func:`plan_scenes` is a pure function
+dissolves, 30 % hard cuts. :func:`plan_scenes` is a pure function
 of the parameters and the data listing (``bench.haystack`` renders it).
 """
 
