@@ -38,8 +38,10 @@ import numpy as np
 from PIL import Image
 
 from bench.args import DATA, add_device_option, pin_device, write_device_report
+from bench.memtrace import MarkDiffs
 
 HOUR = 3600.0
+MIB = 2**20
 STEP = 2.0
 """Seconds per super-image (grid 2 at 2 fps): one memory item and one stored frame each."""
 
@@ -59,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--token-budget", type=int, default=4096, help="memory token budget B")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with imagenet_sample/*.jpg")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--memprofile",
+        action="store_true",
+        help="trace allocations (tracemalloc: slower, inflates RSS) and diff them between marks by file:line",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="result JSON (default bench/results/query-latency-...)"
     )
@@ -94,6 +101,34 @@ def trimmed_rss() -> dict[str, float]:
 
     trim_heap()
     return rss()
+
+
+def heap_profile(idx: Any) -> dict[str, Any]:
+    """Where a mark's memory lies: glibc's allocator, smaps_rollup, and the stream's own structures, MiB.
+
+    Free in time (no tracing): every mark records it. ``components`` are the bytes the stream's
+    structures hold (the memory's anchors and its packed scoring stacks, the frame store's record
+    index, the refine cache, the cheap index), to set beside the allocator's in-use figure.
+    """
+    from bench.memtrace import mallinfo, smaps_rollup
+
+    st = idx.streams["cam"]
+    mem = st.memory
+    packed = getattr(mem, "_packed", None)
+    records = st.store._index
+    return {
+        "malloc": mallinfo(),
+        "smaps_rollup": smaps_rollup(),
+        "components_mb": {
+            "memory_nbytes": round(mem.nbytes / MIB, 2),
+            "memory_packed_stacks": round(sum(a.nbytes for a in packed) / MIB, 2) if packed else 0.0,
+            "frame_records_index": round(
+                sum(getattr(records, c).nbytes for c in ("t", "wall", "chunk", "offset", "length")) / MIB, 2
+            ),
+            "refine_cache": round(idx.cache.nbytes / MIB, 2),
+            "cheap_index": round(st.visual.cheap.nbytes / MIB, 2),
+        },
+    }
 
 
 def _photos(data: Path, n: int, size: int) -> list[np.ndarray]:
@@ -254,15 +289,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         footage = Footage(idx.stream("cam"), vecs, photos, args.seed)
         rng = np.random.default_rng(args.seed + 1)
         report["marks"] = []
+        trace = MarkDiffs(top=15) if args.memprofile else None
+        if trace is not None:
+            trace.start()
         for hours in marks:
             t0 = time.perf_counter()
             footage.extend_to(hours * HOUR)
             build_s = time.perf_counter() - t0
             row = measure(idx, footage, args, rng)
             row["build_s"] = round(build_s, 1)
+            row["heap"] = heap_profile(idx)
+            if trace is not None:
+                row["tracemalloc"] = trace.mark()
             row["trimmed"] = trimmed_rss()
+            row["trimmed_heap"] = heap_profile(idx)
             report["marks"].append(row)
             print(json.dumps(row), file=sys.stderr)
+        if trace is not None:
+            trace.stop()
         idx.close()
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     first, last = report["marks"][0], report["marks"][-1]
@@ -292,8 +336,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "trimmed_rss_growth_last_vs_first_mark": round(
             last["trimmed"]["rss_mb"] / first["trimmed"]["rss_mb"] - 1, 4
         ),
+        "heap_growth_mb_last_vs_first_mark": _growth(first["heap"], last["heap"]),
+        "trimmed_heap_growth_mb_last_vs_first_mark": _growth(first["trimmed_heap"], last["trimmed_heap"]),
     }
     return report
+
+
+def _growth(first: dict[str, Any], last: dict[str, Any]) -> dict[str, float]:
+    """Last minus first of the allocator and component figures of :func:`heap_profile`, MiB."""
+    out: dict[str, float] = {}
+    for group in ("malloc", "components_mb"):
+        for key, value in last.get(group, {}).items():
+            if key.endswith("_mb") or group == "components_mb":
+                out[f"{group}.{key}"] = round(value - first[group].get(key, 0.0), 2)
+    for key in ("Rss", "Anonymous", "Pss_Anon", "Pss_File"):
+        if key in last.get("smaps_rollup", {}):
+            out[f"smaps.{key}"] = round(last["smaps_rollup"][key] - first["smaps_rollup"][key], 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
