@@ -121,6 +121,7 @@ def heap_profile(idx: Any) -> dict[str, Any]:
         "smaps_rollup": smaps_rollup(),
         "components_mb": {
             "memory_nbytes": round(mem.nbytes / MIB, 2),
+            "memory_slot_stacks": round(getattr(mem, "slot_bytes", 0) / MIB, 2),
             "memory_packed_stacks": round(sum(a.nbytes for a in packed) / MIB, 2) if packed else 0.0,
             "frame_records_index": round(
                 sum(getattr(records, c).nbytes for c in ("t", "wall", "chunk", "offset", "length")) / MIB, 2

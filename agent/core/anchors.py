@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from agent.core.detail import DetailLevel
 from agent.core.runs import Runs
+from agent.core.slots import SlotStacks
 from agent.core.svd import F32, F64, MergeRule, Representative, TruncatedSVD, merge_cost
 
 _HEAP_SLACK = 4
@@ -83,6 +84,8 @@ class Anchor:
     """(d,) unit float32 token; recomputed whenever ``svd`` changes."""
     runs: Runs | None = None
     """Sub-runs on the SVD's basis (:mod:`agent.core.runs`) when the memory localises inside anchors."""
+    slot: int = -1
+    """Its row in the chain's :class:`~agent.core.slots.SlotStacks` (-1: none yet)."""
 
     def update(self, start: float, vec: F64, representative: Representative, cap: int) -> None:
         """Fold one more member ``vec`` (d,) starting at ``start`` into the SVD, token and runs."""
@@ -126,8 +129,12 @@ class AnchorChain:
         representative: Representative,
         detail: DetailLevel,
         runs: int = 0,
+        *,
+        dim: int,
     ) -> None:
         self.budget = budget
+        self.slots = SlotStacks(rank, dim)
+        """Every live anchor's SVD and token, in the stacks queries score (:mod:`agent.core.slots`)."""
         self.runs = runs
         """Sub-runs kept per anchor (0: anchors keep none)."""
         self.rank = rank
@@ -163,7 +170,9 @@ class AnchorChain:
         """Open a new anchor of one member ``vec`` (d,) spanning [start, end]."""
         svd = TruncatedSVD.from_vector(vec, self.rank)
         runs = Runs.single(start, vec, svd.basis) if self.runs else None
-        node = _Node(Anchor(start, end, svd, svd.representative(self.representative), runs), self._tail)
+        anchor = Anchor(start, end, svd, svd.representative(self.representative), runs)
+        self.slots.put(anchor)
+        node = _Node(anchor, self._tail)
         old_tail, self._tail = self._tail, node
         self._count += 1
         if old_tail is None:
@@ -177,9 +186,15 @@ class AnchorChain:
                 # The pair before it read the old tail (then open) as its right context.
                 self._push(old_tail.prev.prev)
 
+    def refresh(self, anchor: Anchor) -> None:
+        """Store a changed anchor (a join: :meth:`Anchor.update`) back into its slot."""
+        self.slots.put(anchor)
+
     def restore(self, anchors: Sequence[Anchor]) -> None:
         """Fill an empty chain with anchors already in time order."""
         for a in anchors:
+            a.slot = -1  # restored anchors own their arrays until they take a slot of this chain
+            self.slots.put(a)
             node = _Node(a, self._tail)
             if self._tail is None:
                 self._head = node
@@ -260,6 +275,8 @@ class AnchorChain:
         a.svd = merged
         a.rep = a.svd.representative(self.representative)
         a.end = max(a.end, b.end)
+        self.slots.release(b)  # after every read of b's views (the runs, the finer level's copy)
+        self.slots.put(a)
         right.alive = False
         left.next = right.next
         if right.next is None:

@@ -58,7 +58,7 @@ class DetailLevel:
         key = (float(cost), self._seq)
         if len(self._heap) >= self.bound and key <= self._heap[0][:2]:
             return
-        svd.own()  # kept: a view of the memory's packed stack would keep the whole stack alive
+        svd.own()  # kept: the memory reuses the slot its views read (agent.core.slots)
         entry = (*key, Stretch(float(cost), float(start), float(end), svd))
         if len(self._heap) < self.bound:
             heapq.heappush(self._heap, entry)

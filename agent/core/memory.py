@@ -51,11 +51,9 @@ from agent.core.svd import (
     Representative,
     Scorer,
     pack_svds,
-    score_totals,
 )
 
-_Views = tuple[list[Anchor], F64, F64, F32]
-_Packed = tuple[F32, F32, F64, npt.NDArray[np.int64]]
+_Views = tuple[list[Anchor], F64, F64, npt.NDArray[np.int64]]
 
 DEFAULT_MERGE: MergeRule = "ward"
 DEFAULT_SCORER: Scorer = "energy"
@@ -98,13 +96,14 @@ class Memory:
         self.rank = rank
         self.representative: Representative = representative
         self.gap_seconds = float(gap_seconds)
-        self._chain = AnchorChain(budget, rank, merge, representative, DetailLevel(detail), runs)
+        self._chain = AnchorChain(budget, rank, merge, representative, DetailLevel(detail), runs, dim=dim)
         self._coverage = Coverage(budget)
         self._last_start = -math.inf
         self._break = False
         """A hole was reported (:meth:`break_coverage`): the next add or extend starts a new interval."""
         self._cache: _Views | None = None
-        self._packed: _Packed | None = None
+        self._reps: tuple[npt.NDArray[np.int64], F32] | None = None
+        """(the views' slots, their tokens (n, d) in time order), gathered on demand (:meth:`matrix`)."""
 
     # ---------------------------------------------------------------- ingest
 
@@ -138,6 +137,7 @@ class Memory:
         self._coverage.cover(start, end, gap)
         if not gap and float(last.rep @ vec) >= self.theta * norm:
             last.update(start, vec, self.representative, self._chain.runs)
+            self._chain.refresh(last)
             last.end = max(last.end, end)
             return
         if not gap:
@@ -197,29 +197,40 @@ class Memory:
         return self._coverage.forgotten
 
     def _views(self) -> _Views:
-        if self._cache is None:
-            self._packed = None
+        cache = self._cache
+        if cache is None:
             anchors = list(self._chain)
             starts = np.array([a.start for a in anchors], dtype=np.float64)
             ends = np.array([a.end for a in anchors], dtype=np.float64)
-            reps = (
-                np.stack([a.rep for a in anchors]).astype(np.float32, copy=False)
-                if anchors
-                else np.zeros((0, self.dim), np.float32)
-            )
-            for arr in (starts, ends, reps):
+            slots = np.array([a.slot for a in anchors], dtype=np.int64)
+            for arr in (starts, ends, slots):
                 arr.setflags(write=False)
-            self._cache = (anchors, starts, ends, reps)
-        return self._cache
+            cache = self._cache = (anchors, starts, ends, slots)
+        return cache
 
     @property
     def anchors(self) -> Sequence[Anchor]:
         """Anchors ordered by time (a snapshot list; do not mutate the anchors)."""
         return tuple(self._views()[0])
 
+    def times(self) -> tuple[F64, F64]:
+        """(starts (n,), ends (n,)) of the anchors in time order; read-only, cached until the next change."""
+        _, starts, ends, _ = self._views()
+        return starts, ends
+
     def matrix(self) -> tuple[F64, F64, F32]:
-        """(starts (n,), ends (n,), reps (n, d)); read-only, cached until the next change."""
-        _, starts, ends, reps = self._views()
+        """(starts (n,), ends (n,), reps (n, d)); read-only, cached until the next change.
+
+        The tokens are gathered from the slots on the first call after a change (a copy of
+        ``n * d`` float32): callers that need only the times use :meth:`times`.
+        """
+        _, starts, ends, slots = self._views()
+        held = self._reps
+        if held is not None and held[0] is slots:
+            return starts, ends, held[1]
+        reps = self._chain.slots.gather_reps(slots)
+        reps.setflags(write=False)
+        self._reps = (slots, reps)
         return starts, ends, reps
 
     def scores(self, query: npt.ArrayLike) -> F64:
@@ -232,32 +243,12 @@ class Memory:
         vec = np.asarray(query, np.float64)
         if vec.shape != (self.dim,):
             raise ValueError(f"query must have shape ({self.dim},), got {vec.shape}")
-        anchors, _, _, reps = self._views()
+        anchors, _, _, slots = self._views()
         if self.scorer == "rep" or not anchors:
-            return np.asarray(reps.astype(np.float64) @ vec, np.float64)
-        packed = self._packed
-        if packed is None:
-            # A local: a lock-free reader's _views() may reset self._packed meanwhile.
-            packed = self._packed = self._pack(anchors, reps)
-        basis, sigma, totals, counts = packed
-        return score_totals(vec, basis, sigma, totals, counts, self.scorer)
-
-    def _pack(self, anchors: list[Anchor], reps: F32) -> _Packed:
-        """The anchors' SVDs stacked for scoring; each anchor then holds views of the stacks.
-
-        Why views: the stacks are kept between queries, and with a copy per anchor beside them
-        the memory held its bases, sums and tokens twice (RSS growing ~14 KB per token more
-        than :attr:`nbytes` says). An anchor that changes later gets new arrays of its own
-        (they are only ever replaced, never written in place); a stack it left is freed once
-        no anchor holds a view of it. Here, not in :meth:`_views`: scoring runs under the
-        stream's lock, while a lock-free reader (``nbytes``) may build the views.
-        """
-        packed = pack_svds([a.svd for a in anchors], self.rank, self.dim)
-        basis, totals = packed["basis"], packed["totals"]
-        for i, anchor in enumerate(anchors):
-            anchor.svd.share(basis[i, : anchor.svd.basis.shape[0]], totals[i])
-            anchor.rep = reps[i]
-        return basis, packed["sigma"], totals, packed["counts"]
+            return np.asarray(self.matrix()[2].astype(np.float64) @ vec, np.float64)
+        # Every anchor's SVD already sits in its slot of the stacks (kept there on every change,
+        # :mod:`agent.core.slots`): nothing is stacked or copied per query.
+        return self._chain.slots.scores(vec, slots, self.scorer)
 
     def run_scores(self, query: npt.ArrayLike) -> tuple[F64, F64, F64]:
         """(starts, ends, scores) of every anchor's sub-runs (:mod:`agent.core.runs`), in time order.
@@ -318,6 +309,11 @@ class Memory:
         for a in self._views()[0]:
             total += a.svd.nbytes + a.rep.nbytes + 16 + (0 if a.runs is None else a.runs.nbytes)
         return total + self.detail.nbytes
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes the slot stacks reserve: every allocated slot, padded to ``rank`` (diagnostic)."""
+        return self._chain.slots.nbytes
 
     # ---------------------------------------------------------------- persistence
 

@@ -139,18 +139,20 @@ class TruncatedSVD:
             self.reorthonormalise()
 
     def share(self, basis: F32, total: F64) -> None:
-        """Hold ``basis`` (r, d) and ``total`` (d,), views of a packed stack, instead of own copies.
+        """Hold ``basis`` (r, d) and ``total`` (d,), views of the memory's slot, instead of own copies.
 
-        The same numbers (the caller copied them there): the anchor's arrays then live once, in
-        the stack the memory scores queries with, not twice. Never written in place afterwards
-        (every change assigns new arrays), so the stack is never changed through the anchor.
+        The same numbers (the caller copied them there, :mod:`agent.core.slots`): the anchor's
+        arrays then live once, in the stacks the memory scores queries with. This SVD never
+        writes them in place (every change assigns new arrays, which the memory copies back
+        into the slot); a slot is rewritten only for its own anchor's change or, once released,
+        for another anchor, so an SVD kept apart from the memory must :meth:`own` its arrays.
         """
         if basis.shape != self.basis.shape or total.shape != self.total.shape:
             raise ValueError("shared arrays must have the shapes of the anchor's own")
         self.basis, self.total = basis, total
 
     def own(self) -> None:
-        """Hold own copies again (an SVD kept apart from the memory must not pin its packed stack)."""
+        """Hold own copies again (an SVD kept apart from the memory must not read a slot that is reused)."""
         if self.basis.base is not None:
             self.basis = self.basis.copy()
         if self.total.base is not None:
