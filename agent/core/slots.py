@@ -82,7 +82,9 @@ class SlotStacks:
         svd = anchor.svd
         r = svd.basis.shape[0]
         if r > self.rank or svd.dim != self.dim or anchor.rep.shape != (self.dim,):
-            raise ValueError(f"an SVD of {r} rows and dim {svd.dim} does not fit rank {self.rank}, d {self.dim}")
+            raise ValueError(
+                f"an SVD of {r} rows and dim {svd.dim} does not fit rank {self.rank}, d {self.dim}"
+            )
         if anchor.slot < 0:
             anchor.slot = self._take()
         c, i = divmod(anchor.slot, self.chunk)

@@ -31,6 +31,24 @@ def test_query_latency_writes_first_and_refined_latency_per_mark(tmp_path: Path)
         "trimmed_rss_growth_mb_last_vs_first_mark",
     }
     assert all(m["trimmed"]["rss_mb"] > 0 and m["anon_mb"] > 0 for m in report["marks"])
+    assert all(m["heap"]["components_mb"]["memory_slot_stacks"] > 0 for m in report["marks"])
+
+
+@pytest.mark.skipif(not IMAGENET.is_dir(), reason="needs the shared photos")
+def test_query_latency_memprofile_names_the_growing_lines(tmp_path: Path) -> None:
+    out = tmp_path / "latency.json"
+    argv = ["--model", "tiny-random", "--hours", "0.01,0.03", "--queries", "1", "--budget", "0.2"]
+    assert query_latency.main([*argv, "--memprofile", "--data", str(DATA), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    first, last = (m["tracemalloc"] for m in report["marks"])
+    assert 0 < first["traced_mb"] and last["traced_mb"] > 0 and len(last["top_lines"]) <= 15
+    # More stored frames and anchors at the second mark: the memory's own lines are among the growers.
+    assert any(line["line"].startswith("agent/") and line["growth_mb"] > 0 for line in last["top_lines"])
+    assert "Rss" in report["marks"][0]["heap"]["smaps_rollup"]
+    assert (
+        "malloc.in_use_mb" in report["summary"]["heap_growth_mb_last_vs_first_mark"]
+        or not report["marks"][0]["heap"]["malloc"]
+    )
 
 
 def test_lowrank_refine_compares_three_scorings(tmp_path: Path) -> None:

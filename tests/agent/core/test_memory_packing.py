@@ -1,4 +1,4 @@
-"""The memory's packed stack: what a query stacks is the anchors' own storage, never a second copy."""
+"""The memory's slot stacks: what a query scores is the anchors' own storage, never a second copy."""
 
 from __future__ import annotations
 
@@ -30,13 +30,39 @@ def test_a_query_does_not_copy_what_the_anchors_hold() -> None:
             mem.add(float(i), float(i + 1), unit(rng.standard_normal(256)))
         mem.matrix()
         before = tracemalloc.get_traced_memory()[0]
-        scores = mem.scores(q)  # stacks the bases and sums, kept for the next query
+        scores = mem.scores(q)  # reads the slots the anchors already live in
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
     assert scores.shape == (64,)
-    # A copy beside the anchors' own arrays was ~1.4 x nbytes (bases, sums and a means array).
-    assert grown < 0.1 * mem.nbytes, (grown, mem.nbytes)
+    # A copy beside the anchors' own arrays was ~1.4 x nbytes (bases, sums and a means array);
+    # a stack built per query then freed every anchor's own arrays (-nbytes, left as heap holes).
+    assert abs(grown) < 0.1 * mem.nbytes, (grown, mem.nbytes)
+
+
+def test_anchors_live_in_their_slots_and_slots_are_reused() -> None:
+    # Every change is copied into the anchor's slot as it happens (no own arrays wait for a
+    # query to stack them), and merged-away anchors hand their slots on: the stacks stop at
+    # budget + 1 slots rounded up to a chunk however long the stream.
+    from agent.core.slots import CHUNK
+
+    rng = np.random.default_rng(1)
+    budget = 300
+    mem = Memory(32, budget=budget, theta=0.95, rank=4, detail=5)
+    slots = mem._chain.slots
+    for i in range(3000):
+        mem.add(float(i), float(i + 1), unit(rng.standard_normal(32)))
+        if i == budget:
+            full = slots.nbytes
+    assert mem.tokens == budget
+    assert slots.capacity == -(-(budget + 1) // CHUNK) * CHUNK and slots.nbytes == full == mem.slot_bytes
+    seen = set()
+    for a in mem.anchors:
+        c, row = divmod(a.slot, CHUNK)
+        assert a.svd.basis.base is slots.basis[c] and a.svd.total.base is slots.totals[c]
+        assert a.rep.base is slots.reps[c] and slots.counts[c][row] == a.svd.count
+        seen.add(a.slot)
+    assert len(seen) == budget
 
 
 @FAST
