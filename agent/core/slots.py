@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.core.svd import F32, F64, Scorer, TruncatedSVD, score_totals
+from agent.core.svd import F32, F64, Scorer, TruncatedSVD, project, score_projected
 
 CHUNK = 256
 """Rows added when the stacks are full (3.6 MB at rank 4, d 512)."""
@@ -127,15 +127,39 @@ class SlotStacks:
     def scores(self, query: F64, slots: npt.NDArray[np.int64], scorer: Scorer) -> F64:
         """Scores (n,) of the anchors in ``slots`` (time order) by ``scorer``, from the stacks.
 
-        :func:`agent.core.svd.score_totals` chunk by chunk over every slot, read back by slot:
-        the same float64 numbers as scoring a stack of the anchors alone.
+        :func:`agent.core.svd.score_projected` over the used slots (the free ones among them
+        included), projected chunk by chunk, read back by slot: each anchor's score does not
+        depend on where its slot lies (a restored memory with other slots scores the same bits).
         """
-        used = len(self.basis) if not len(slots) else int(slots.max()) // self.chunk + 1
-        every = [
-            score_totals(query, self.basis[c], self.sigma[c], self.totals[c], self.counts[c], scorer)
-            for c in range(used)
-        ]
-        return np.asarray(np.concatenate(every)[slots] if every else np.zeros(0), np.float64)
+        # Slots are taken lowest first, so the used ones sit below the highest: rows past it
+        # (a chunk's untouched tail) are not scored.
+        if not len(slots):
+            return np.zeros(0)
+        end = int(slots.max()) + 1
+        pieces = [(c * self.chunk, min((c + 1) * self.chunk, end)) for c in range(-(-end // self.chunk))]
+
+        def proj_of() -> F64:
+            proj = np.empty((end, self.rank), np.float64)
+            for c, (lo, hi) in enumerate(pieces):
+                project(self.basis[c][: hi - lo], query, out=proj[lo:hi])
+            return proj
+
+        # The small per-slot arrays joined into one (sigma, counts: 24 bytes a slot).
+        sigma = np.concatenate([self.sigma[c][: hi - lo] for c, (lo, hi) in enumerate(pieces)])
+        counts = np.concatenate([self.counts[c][: hi - lo] for c, (lo, hi) in enumerate(pieces)])
+        n = np.maximum(counts, 1).astype(np.float64)
+
+        def first_of() -> F64:
+            # einsum, not ``@``: BLAS's matrix-vector product rounds a row differently with the
+            # number of rows, and the rows scored here depend on where the slots lie; einsum
+            # gives each row the same float64 dot product wherever it sits.
+            sums = np.empty(end, np.float64)
+            for c, (lo, hi) in enumerate(pieces):
+                np.einsum("ij,j->i", self.totals[c][: hi - lo], query, out=sums[lo:hi])
+            return sums / n
+
+        every = score_projected(proj_of, sigma, first_of, counts, scorer)
+        return np.asarray(every[slots], np.float64)
 
     def gather_reps(self, slots: npt.NDArray[np.int64]) -> F32:
         """The tokens (n, d) float32 of ``slots``, in that order (a new array)."""

@@ -377,9 +377,24 @@ def _score(
     vec: F64, basis: F32, sigma: F32, first_of: Callable[[], F64], counts: npt.NDArray[np.int64], kind: Scorer
 ) -> F64:
     """The scorers of :func:`score_anchors`; ``first_of()`` gives the mean member cosines (n,)."""
+    return score_projected(lambda: project(basis, vec), sigma, first_of, counts, kind)
+
+
+def score_projected(
+    proj_of: Callable[[], F64],
+    sigma: F32,
+    first_of: Callable[[], F64],
+    counts: npt.NDArray[np.int64],
+    kind: Scorer,
+) -> F64:
+    """The scorers of :func:`score_anchors` from the projections ``proj_of()`` (n, k) = ``basis @ q``.
+
+    For stacks kept in pieces (:mod:`agent.core.slots`): each piece is projected on its own,
+    the per-anchor arithmetic runs once over all of them (the same numbers row by row).
+    """
     if kind == "average":
         return first_of()
-    proj = _project(basis, vec)  # (n, k)
+    proj = proj_of()  # (n, k)
     if kind == "projection":
         return np.asarray(np.sqrt(np.sum(proj**2, axis=1)), np.float64)
     n = np.maximum(counts, 1).astype(np.float64)
@@ -395,15 +410,16 @@ def _score(
     raise ValueError(f"unknown scorer {kind!r}")
 
 
-def _project(basis: F32, vec: F64) -> F64:
+def project(basis: F32, vec: F64, out: F64 | None = None) -> F64:
     """``basis.astype(float64) @ vec`` (n, k), the same numbers, block by block.
 
     Widening the whole (n, k, d) float32 stack first writes and reads twice its
     size (64 MB at 4096 anchors, d 512) on every query; a block at a time the
     copy stays in cache (about 4x less CPU). Each row is the same float64 dot
-    product either way, so the scores do not change.
+    product either way, so the scores do not change. ``out`` (n, k): written instead of a new array.
     """
-    out = np.empty(basis.shape[:-1], np.float64)
+    if out is None:
+        out = np.empty(basis.shape[:-1], np.float64)
     for lo in range(0, len(basis), _PROJECT_BLOCK):
         hi = lo + _PROJECT_BLOCK
         np.matmul(basis[lo:hi].astype(np.float64), vec, out=out[lo:hi])
