@@ -13,6 +13,11 @@ Python allocator (numpy buffers are traced; PyAV/ffmpeg, ONNX/torch native
 allocations and allocator fragmentation are not) shows as RSS growth that
 tracemalloc does not account for: ``traced_growth_mib`` against the RSS drift
 tells the two apart.
+
+For more than two marks (``bench.query_latency --memprofile``): :class:`MarkDiffs`
+diffs each mark against the previous one by allocating line, and :func:`mallinfo`
+(glibc's arenas: in use against free holes) and :func:`smaps_rollup` say how much
+of the resident set the allocator holds without live data in it.
 """
 
 from __future__ import annotations
