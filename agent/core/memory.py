@@ -25,7 +25,8 @@ scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
   so :meth:`Memory.run_scores` says where inside an anchor a query matches.
 
 The anchors and the budget merges among them live in :mod:`agent.core.anchors`
-(``add`` stays O(d*k + log B)); ingested coverage (:mod:`agent.core.coverage`)
+(``add`` stays O(d*k + log B)), their arrays in slots of the stacks queries score
+(:mod:`agent.core.slots`); ingested coverage (:mod:`agent.core.coverage`)
 is kept apart from the anchors, so a merge forced across a gap never claims
 footage the memory never saw.
 """
