@@ -41,8 +41,9 @@ from PIL import Image
 from agent.config import Representative
 from agent.core.proposals import Proposal, nms, propose
 from agent.core.qvh import load_jsonl, qvh_metrics, temporal_iou
+from agent.core.scoring import Scorer
 from agent.core.superimage import SuperImage, Tiler
-from agent.core.svd import MergeRule, Scorer
+from agent.core.svd import MergeRule
 from agent.errors import ConfigError, IndexStoreError
 from agent.models.encoder import Encoder
 from agent.store.atomic import write_npz

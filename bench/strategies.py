@@ -34,7 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.config import Representative
-from agent.core.svd import MergeRule, Scorer
+from agent.core.scoring import Scorer
+from agent.core.svd import MergeRule
 from agent.errors import ConfigError
 
 F32 = npt.NDArray[np.float32]

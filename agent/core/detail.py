@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.core.svd import F64, Representative, Scorer, TruncatedSVD, pack_svds, score_totals, unpack_svds
+from agent.core.scoring import Scorer, score_totals
+from agent.core.svd import F64, Representative, TruncatedSVD, pack_svds, unpack_svds
 
 
 @dataclass(frozen=True)

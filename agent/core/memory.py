@@ -5,7 +5,7 @@ similar enough (cosine >= theta) and follows it without a gap; otherwise it
 opens a new anchor. Each anchor is one *token* (its representative, the vector
 handed to the LLM). Whenever tokens exceed the budget, the adjacent pair that
 costs least under the merge rule is merged; queries score anchors by the
-scorer (both in :mod:`agent.core.svd`; defaults chosen in issue #15):
+scorer (:mod:`agent.core.svd` and :mod:`agent.core.scoring`; defaults chosen in issue #15):
 
 * merge ``"ward"``: the least squared error added around the means, so long
   near-identical stretches pool and distinct ones survive (``"ward-context"``:
@@ -43,14 +43,13 @@ from agent.core.anchors import ENTRY_BYTES, Anchor, AnchorChain
 from agent.core.coverage import Coverage
 from agent.core.detail import DetailLevel
 from agent.core.runs import Runs, pack_runs, paint
+from agent.core.scoring import SCORERS, Scorer
 from agent.core.svd import (
     F32,
     F64,
     MERGE_RULES,
-    SCORERS,
     MergeRule,
     Representative,
-    Scorer,
     pack_svds,
 )
 
@@ -238,7 +237,7 @@ class Memory:
         """Scores (n,) of the anchors in time order for a unit query (d,), by ``scorer``.
 
         ``"rep"``: cosine to each representative token; the others read each
-        anchor's retained SVD (:func:`agent.core.svd.score_anchors`). Raises
+        anchor's retained SVD (:func:`agent.core.scoring.score_anchors`). Raises
         ValueError for a query of another shape.
         """
         vec = np.asarray(query, np.float64)

@@ -27,7 +27,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.core.svd import F32, F64, Scorer, TruncatedSVD, project, score_projected
+from agent.core.scoring import Scorer, project, score_projected
+from agent.core.svd import F32, F64, TruncatedSVD
 
 CHUNK = 256
 """Rows added when the stacks are full (3.6 MB at rank 4, d 512)."""
@@ -127,7 +128,7 @@ class SlotStacks:
     def scores(self, query: F64, slots: npt.NDArray[np.int64], scorer: Scorer) -> F64:
         """Scores (n,) of the anchors in ``slots`` (time order) by ``scorer``, from the stacks.
 
-        :func:`agent.core.svd.score_projected` over the used slots (the free ones among them
+        :func:`agent.core.scoring.score_projected` over the used slots (the free ones among them
         included), projected chunk by chunk, read back by slot: each anchor's score does not
         depend on where its slot lies (a restored memory with other slots scores the same bits).
         """

@@ -21,7 +21,8 @@ import numpy as np
 from agent.core.detail import DetailLevel
 from agent.core.memory import Anchor, Memory
 from agent.core.runs import unpack_runs
-from agent.core.svd import MERGE_RULES, SCORERS, MergeRule, Scorer, unpack_svds
+from agent.core.scoring import SCORERS, Scorer
+from agent.core.svd import MERGE_RULES, MergeRule, unpack_svds
 from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.store import atomic
 

@@ -12,16 +12,14 @@ from hypothesis import strategies as st
 
 from agent.core.anchors import FOLD_MEMBERS, fold_cost
 from agent.core.memory import Memory
+from agent.core.scoring import SCORERS, Scorer, score_anchors
 from agent.core.svd import (
     MERGE_RULES,
-    SCORERS,
     MergeRule,
-    Scorer,
     TruncatedSVD,
     batch_svd,
     merge_cost,
     pack_svds,
-    score_anchors,
 )
 from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.store.memory_store import load_memory, memory_from_state, save_memory

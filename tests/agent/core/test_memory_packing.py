@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from agent.core.anchors import Anchor
 from agent.core.memory import Memory
-from agent.core.svd import SCORERS, Scorer, pack_svds, score_anchors
+from agent.core.scoring import SCORERS, Scorer, score_anchors
+from agent.core.svd import pack_svds
 
 FAST = settings(max_examples=30, deadline=None)
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.svd import TruncatedSVD, batch_svd, merge_cost, pack_svds, score_anchors, unpack_svds
+from agent.core.scoring import score_anchors
+from agent.core.svd import TruncatedSVD, batch_svd, merge_cost, pack_svds, unpack_svds
 
 FAST = settings(max_examples=50, deadline=None)
 
