@@ -10,7 +10,7 @@ per-row cosine to f32 above 0.9999 (bench/precision.py). The IR itself stays
 float32 either way, so the precision is no part of the cache key.
 
 Conversion takes seconds to tens of seconds, so the IR is cached under
-``cache_dir()/openvino/<arch>-<key>/`` where ``key`` hashes the architecture,
+``cache_dir()/openvino/<arch>-<key>/`` (:mod:`agent.models.ir_cache`) where ``key`` hashes the architecture,
 what identifies the weights (:func:`~agent.models.weights.weights_id`: the
 seed, or the checkpoint file; the state-dict digest when neither is known)
 and the OpenVINO version. The key needs no torch model, so a cache hit
@@ -36,23 +36,19 @@ translated.
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib.metadata
 import json
 import logging
-import os
-import re
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.config import EncoderConfig, cache_dir
+from agent.config import EncoderConfig
 from agent.errors import ConfigError, PrecisionUnsupportedError
+from agent.models.ir_cache import FORMAT, TOWERS, cache_folder, read_entry, save_entry
 from agent.models.weights import BuiltModel, ModelFacts, weights_digest, weights_id
 from agent.process_memory import trim_heap
 
@@ -60,10 +56,6 @@ if TYPE_CHECKING:  # torch is imported to convert, never to load a cached IR
     import torch
 
 log = logging.getLogger(__name__)
-
-# Bump when the towers or the conversion change: old cache entries are then ignored.
-_FORMAT = 2
-_TOWERS = ("image", "text")
 
 
 def _tower(model: torch.nn.Module, which: str) -> torch.nn.Module:
@@ -80,19 +72,6 @@ def _tower(model: torch.nn.Module, which: str) -> torch.nn.Module:
             return fn(x)  # type: ignore[operator, no-any-return]
 
     return Tower()
-
-
-def cache_key(arch: str, weights: str, ov_version: str) -> str:
-    """Hex key of a converted model: architecture, weights identity, OpenVINO version, format."""
-    parts = (arch, weights, ov_version, _FORMAT)
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
-
-
-def cache_folder(arch: str, weights: str, ov_version: str, root: Path | None = None) -> Path:
-    """Where the IR of ``arch`` with ``weights`` lives (``root`` defaults to ``cache_dir()/openvino``)."""
-    base = root if root is not None else cache_dir() / "openvino"
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)
-    return base / f"{safe}-{cache_key(arch, weights, ov_version)}"
 
 
 def built_weights_id(built: BuiltModel) -> str:
@@ -152,78 +131,12 @@ def _convert(ov: Any, built: BuiltModel) -> dict[str, Any]:
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns that torch.jit.trace is deprecated: noise for every load.
         warnings.simplefilter("ignore")
-        for which in _TOWERS:
+        for which in TOWERS:
             example, shape, dtype = examples[which]
             models[which] = ov.convert_model(
                 _tower(built.model, which), example_input=example, input=[(shape, dtype)]
             )
     return models
-
-
-def _save(ov: Any, models: dict[str, Any], folder: Path, meta: dict[str, Any]) -> None:
-    """Write the IR into ``folder`` atomically (temporary folder, then rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        for which, model in models.items():
-            # fp16 compression (save_model's default) would cost the 1e-4 equality.
-            ov.save_model(model, str(tmp / f"{which}.xml"), compress_to_fp16=False)
-        files = {path.name: path.stat().st_size for path in sorted(tmp.iterdir())}
-        (tmp / "meta.json").write_text(json.dumps({**meta, "files": files}, indent=1))
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "meta.json").is_file():
-                raise
-            # Another process wrote the same entry first: theirs is as good as ours.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read(ov: Any, folder: Path) -> dict[str, Any] | None:
-    """The entry's two models; None when there is no entry or it is damaged (then discarded, logged)."""
-    if not (folder / "meta.json").is_file():
-        return None
-    why = _damage(folder)
-    if why is None:
-        core = ov.Core()
-        try:
-            return {which: core.read_model(str(folder / f"{which}.xml")) for which in _TOWERS}
-        except Exception as exc:  # OpenVINO raises RuntimeError for a malformed IR
-            why = f"OpenVINO cannot read it: {type(exc).__name__}: {exc}"
-    _discard(folder, why)
-    return None
-
-
-def _damage(folder: Path) -> str | None:
-    """What is wrong with the entry's files against the sizes its meta.json recorded; None: nothing seen.
-
-    Sizes catch a truncated copy (a crash or a full disk); entries written
-    before sizes were recorded are not checked. Hashing the IR would catch
-    more but cost the cold start a full read of it.
-    """
-    try:
-        files = dict(json.loads((folder / "meta.json").read_text()).get("files") or {})
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        return f"meta.json unreadable: {exc}"
-    for name, size in files.items():
-        found = (folder / name).stat().st_size if (folder / name).is_file() else None
-        if found != size:
-            return f"{name} holds {found} bytes, {size} were written"
-    return None
-
-
-def _discard(folder: Path, why: str) -> None:
-    """Remove a damaged cache entry so that the save after the conversion writes it anew."""
-    log.warning("openvino: cache entry %s is damaged (%s): converting from torch again", folder, why)
-    # Renamed first (atomic): a process reading it meanwhile keeps its open files.
-    trash = folder.with_name(f".{folder.name}.damaged.{os.getpid()}")
-    try:
-        os.rename(folder, trash)
-    except OSError as exc:  # read-only, or another process discarded it first
-        log.warning("openvino: could not discard %s: %s", folder, exc)
-        return
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def cpu_has_bf16(core: Any) -> bool:
@@ -258,7 +171,7 @@ def _compile(ov: Any, models: dict[str, Any], threads: int, precision: str) -> t
         "INFERENCE_PRECISION_HINT": used,
         "PERFORMANCE_HINT": "LATENCY",
     }
-    compiled = {which: core.compile_model(models[which], "CPU", config) for which in _TOWERS}
+    compiled = {which: core.compile_model(models[which], "CPU", config) for which in TOWERS}
     log.info("openvino: compiled for the CPU, %d threads, precision %s (asked: %s)", threads, used, precision)
     return compiled, used
 
@@ -328,7 +241,7 @@ def load_cached(
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no entry, or one this version cannot read: convert again
     try:
-        models = _read(ov, folder)
+        models = read_entry(ov, folder)
         if models is None:
             return None
         compiled, used = _compile(ov, models, threads, cfg.precision)
@@ -369,7 +282,7 @@ def load_openvino(
     try:
         key = weights if weights is not None else built_weights_id(built)
         folder = cache_folder(built.arch, key, ov.__version__, root)
-        models = _read(ov, folder)
+        models = read_entry(ov, folder)
         cache_hit = models is not None
         if models is None:
             log.warning(
@@ -380,16 +293,16 @@ def load_openvino(
                 "arch": built.arch,
                 "name": built.name,
                 "openvino": ov.__version__,
-                "format": _FORMAT,
+                "format": FORMAT,
                 "weights": key,
                 "model": built.facts.to_dict(),
             }
             try:
-                _save(ov, models, folder, meta)
+                save_entry(ov, models, folder, meta)
             except OSError as exc:
                 log.warning("openvino: could not cache the converted %s in %s: %s", built.arch, folder, exc)
                 release_torch = False  # the converted model still reads the torch tensors
-        cached = _read(ov, folder) if release_torch else None
+        cached = read_entry(ov, folder) if release_torch else None
         if cached is not None:
             models = cached  # read from disk: nothing refers to the torch tensors any more
             release_torch_weights(built.model)

@@ -15,7 +15,8 @@ import torch
 from agent.config import EncoderConfig
 from agent.models.backends import TorchBackend
 from agent.models.encoder import ClipEncoder
-from agent.models.openvino_backend import OpenVINOBackend, built_weights_id, cache_folder, load_openvino
+from agent.models.ir_cache import cache_folder
+from agent.models.openvino_backend import OpenVINOBackend, built_weights_id, load_openvino
 from agent.models.weights import BuiltModel, build_model
 from tests.agent.models.samples import DEFAULT_RANDOM, TEXTS, TINY, sample_images
 
