@@ -22,6 +22,9 @@ Scorer = Literal["rep", "energy", "projection", "peak", "average"]
 Backend = Literal["auto", "torch", "openvino"]
 Precision = Literal["auto", "f32", "bf16"]
 """Inference precision of the OpenVINO CPU encoder (:attr:`EncoderConfig.precision`)."""
+SchedPolicy = Literal["other", "batch", "idle"]
+"""Linux scheduling policy of a thread: ``other`` (the normal one), ``batch`` (no wake-up
+preemption), ``idle`` (runs only on a core nothing else wants: on a loaded machine it may starve)."""
 
 
 def env_int(name: str, default: int) -> int:
@@ -157,6 +160,12 @@ class IndexConfig(Strict):
     store_quality: int = Field(default=80, ge=10, le=100)
     cheap_capacity: int = Field(default=1_000_000, ge=16)
     """Cheap-index entries kept (ring buffer)."""
+    encoder_nice: int = Field(default=0, ge=0, le=19)
+    """Niceness added to the encoder's threads during an archive pass (``vmr ingest``, never the live
+    service): the decoder, which bounds an archive pass, then gets the cores first
+    (:mod:`agent.thread_priority`; Linux only, a refusal is logged and ignored). 0: unchanged."""
+    encoder_sched: SchedPolicy = "other"
+    """Scheduling policy of the encoder's threads during an archive pass, as ``encoder_nice``."""
 
 
 MAX_TOP_K = 100

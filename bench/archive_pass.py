@@ -75,6 +75,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the full pass with the encoder on N inference threads, interleaved",
     )
     p.add_argument(
+        "--ab-encoder-nice",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also run the full pass with the encoder's threads N steps nicer (each N), interleaved",
+    )
+    p.add_argument(
+        "--ab-encoder-sched",
+        choices=["batch", "idle"],
+        nargs="+",
+        default=[],
+        help="also run the full pass with the encoder's threads on this scheduling policy, interleaved",
+    )
+    p.add_argument(
+        "--encoder-nice",
+        type=int,
+        default=0,
+        help="niceness added to the encoder's threads in every ingest pass (IndexConfig.encoder_nice)",
+    )
+    p.add_argument(
+        "--ab-first",
+        action="store_true",
+        help="run the A/B passes of a round before the plain full pass (order effects)",
+    )
+    p.add_argument(
+        "--only-full",
+        action="store_true",
+        help="skip the keyframe passes (decode_keyframes, ingest_coarse): full pass A/Bs only",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="after the rounds, one serial pass of each mode with per-stage CPU (bench.stage_profile)",
@@ -120,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.stage_profile import profile_ingest
 
     enc_cfg = encoder_from_args(args)
-    settings = Settings(prescreen=enc_cfg, index=IndexConfig(fps=args.fps))
+    settings = Settings(prescreen=enc_cfg, index=IndexConfig(fps=args.fps, encoder_nice=args.encoder_nice))
     threads: int = args.decode_threads
     params = haystack.make_params(duration=args.seconds, fps=25, height=args.height, needles=2)
     report: dict[str, Any] = {
@@ -182,22 +213,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["encoder_threads"] = use.prescreen.threads
         return figures
 
-    plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("decode_keyframes", lambda: decode(True)),
-        ("ingest_coarse", lambda: ingest(True, True)),
-        ("decode_full", lambda: decode(False)),
-        ("ingest_full", lambda: ingest(False, True)),
-    ]
+    def full_with(**update: Any) -> Callable[[], dict[str, Any]]:
+        use = settings.model_copy(update={"index": settings.index.model_copy(update=update)})
+        return lambda: ingest(False, True, use=use)
+
+    plan: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if not args.only_full:
+        plan += [("decode_keyframes", lambda: decode(True)), ("ingest_coarse", lambda: ingest(True, True))]
+    plan.append(("decode_full", lambda: decode(False)))
+    ab_plan: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     if args.serial:
-        plan.append(("ingest_full_serial", lambda: ingest(False, False)))
+        ab_plan.append(("ingest_full_serial", lambda: ingest(False, False)))
     if args.ab_decode_threads is not None:
         ab = args.ab_decode_threads
-        plan.append((f"ingest_full_decode_threads_{ab}", lambda: ingest(False, True, ab)))
+        ab_plan.append((f"ingest_full_decode_threads_{ab}", lambda: ingest(False, True, ab)))
     if ab_settings is not None:
         abs_ = ab_settings
-        plan.append(
+        ab_plan.append(
             (f"ingest_full_encoder_threads_{args.ab_encoder_threads}", lambda: ingest(False, True, use=abs_))
         )
+    for nice in args.ab_encoder_nice:
+        ab_plan.append((f"ingest_full_encoder_nice_{nice}", full_with(encoder_nice=nice)))
+    for policy in args.ab_encoder_sched:
+        ab_plan.append((f"ingest_full_encoder_sched_{policy}", full_with(encoder_sched=policy)))
+    full = ("ingest_full", lambda: ingest(False, True))
+    plan += [*ab_plan, full] if args.ab_first else [full, *ab_plan]
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in plan}
     for _ in range(args.repeat):  # interleaved rounds: a burst of load hits every pass alike
         for name, fn in plan:
@@ -209,6 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         passes[name] = median_row(rows)
         passes[name]["wall_s_rounds"] = [row["wall_s"] for row in rows]
     report["passes"] = passes
+    report["paired_rounds"] = paired(rounds)
     report["rss"] = rss_mb()
     if args.profile:
         report["profile"] = {
@@ -228,22 +269,33 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(ordered[(len(ordered) - 1) // 2])
 
 
+def paired(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
+    """Per round, decode-only wall / each full pass's wall: the A/B paired within a round."""
+    dec = [row["wall_s"] for row in rounds["decode_full"]]
+    return {
+        f"{name}_vs_decode_only": [round(d / row["wall_s"], 3) for d, row in zip(dec, rows, strict=True)]
+        for name, rows in rounds.items()
+        if name.startswith("ingest_full")
+    }
+
+
 def summary(passes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The issue-11 figures: coarse x realtime, full vs decode-only, CPU utilisation."""
     full, dec = passes["ingest_full"], passes["decode_full"]
     out: dict[str, Any] = {
-        "coarse_x_realtime": passes["ingest_coarse"]["x_realtime_wall"],
         "full_x_realtime": full["x_realtime_wall"],
         "full_vs_decode_only": round(dec["wall_s"] / full["wall_s"], 3),
-        "coarse_vs_decode_keyframes": round(
-            passes["decode_keyframes"]["wall_s"] / passes["ingest_coarse"]["wall_s"], 3
-        ),
         "cpu_utilisation": {name: row["cpu_utilisation"] for name, row in passes.items()},
     }
+    if "ingest_coarse" in passes:
+        out["coarse_x_realtime"] = passes["ingest_coarse"]["x_realtime_wall"]
+        out["coarse_vs_decode_keyframes"] = round(
+            passes["decode_keyframes"]["wall_s"] / passes["ingest_coarse"]["wall_s"], 3
+        )
     if "ingest_full_serial" in passes:
         out["full_overlap_speedup"] = round(passes["ingest_full_serial"]["wall_s"] / full["wall_s"], 3)
     for name, row in passes.items():
-        if name.startswith(("ingest_full_decode_threads_", "ingest_full_encoder_threads_")):
+        if name.startswith("ingest_full_") and name != "ingest_full_serial":
             out[f"{name}_vs_decode_only"] = round(dec["wall_s"] / row["wall_s"], 3)
     return out
 

@@ -203,6 +203,13 @@ def ingest_pass(
             idx.ingest(prefetch(frames, waits=handoff) if overlap else frames, on_frame=sampler.on_frame)
             took = time.perf_counter() - t0 - sampler.paused
             waits = {"decode_to_ingest": handoff.as_dict(), "encoder": idx.ingest_waits.as_dict()}
+            prio = idx.ingest_priority
+            priority = {
+                "encoder_nice": prio.nice,
+                "encoder_sched": prio.policy,
+                "threads_lowered": len(prio.applied),
+                "refused": prio.refused,
+            }
             sampler.marks = []
             sampler.sample(duration)  # the full length, queries included
             info = idx.info()["streams"][STREAM]
@@ -228,6 +235,7 @@ def ingest_pass(
         "peak_reset": peak_reset,
         "marks": sampler.rows,
         "waits": waits,
+        "encoder_priority": priority,
         "max_tokens_seen": max(r["tokens"] for r in sampler.rows),
     }
     return figures, sampler.answers

@@ -87,16 +87,25 @@ class EncodePipeline:
     """Runs batches through ``workers`` in one worker thread; commits on the caller's thread, in order."""
 
     def __init__(
-        self, workers: Mapping[str, Worker], *, runner: str, depth: int = DEFAULT_DEPTH, threaded: bool = True
+        self,
+        workers: Mapping[str, Worker],
+        *,
+        runner: str,
+        depth: int = DEFAULT_DEPTH,
+        threaded: bool = True,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         """``threaded=False``: each batch runs and commits inside :meth:`submit`, on the caller's
-        thread (no worker thread: the serial baseline and the per-stage profile)."""
+        thread (no worker thread: the serial baseline and the per-stage profile). ``on_start``
+        runs first in the worker thread (threaded only: an archive pass lowers its priority)."""
         if depth < 0:
             raise ValueError("depth must be >= 0")
         self._workers = workers
         self._runner = runner
         self.depth = depth
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vmr-encode") if threaded else None
+        self._pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="vmr-encode", initializer=on_start) if threaded else None
+        )
         self._queued: deque[tuple[list[Entry], Future[list[np.ndarray]]]] = deque()
         self._closed = False
         self.waits = PipelineWaits()

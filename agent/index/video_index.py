@@ -52,12 +52,23 @@ from agent.models.whisper import WhisperSettings, WhisperTranscriber
 from agent.store.atomic import write_json
 from agent.store.snapshot import quarantine
 from agent.store.versioned import read_versioned
+from agent.thread_priority import COMPUTE_THREADS, EncoderPriority
 from agent.types import AudioChunk, Frame, QueryResult
 
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
+RUN_ONLY = ("encoder_nice", "encoder_sched")
+"""Index settings that change how a pass runs, not what it stores: free to differ between ingests."""
 _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _stored(settings: Settings) -> dict[str, Any]:
+    """``settings`` as an index must keep them (without :data:`RUN_ONLY`)."""
+    dump = settings.model_dump(mode="json")
+    for name in RUN_ONLY:
+        dump["index"].pop(name, None)
+    return dump
 
 
 def check_stream_id(stream: str) -> str:
@@ -89,6 +100,8 @@ class VideoIndex:
         self.encode_in_thread = True  # False: ingest() encodes inline (the serial baseline, the profile)
         self.ingest_waits = PipelineWaits()
         """The encoder stage's busy and caller-blocked seconds of the latest :meth:`ingest`."""
+        self.ingest_priority = EncoderPriority()
+        """What the latest :meth:`ingest` did to the encoder's threads (``index.encoder_nice``)."""
         self.transcriber: WhisperTranscriber | None = None
         sp, oc = settings.speech, settings.ocr
         if sp.enabled:
@@ -122,8 +135,8 @@ class VideoIndex:
         if (root / "index.json").exists():
             existing = cls.read_manifest(root)
             # Through the model: an index written before a settings field existed has its default.
-            known = Settings.model_validate(existing["settings"]).model_dump(mode="json")
-            if known != settings.model_dump(mode="json"):
+            known = Settings.model_validate(existing["settings"])
+            if _stored(known) != _stored(settings):
                 raise ConfigError(f"{root} was built with other settings; use a new --index directory")
         idx = cls(root, settings, isolate=isolate)
         idx._open_streams(skip)
@@ -280,13 +293,22 @@ class VideoIndex:
 
         Batches are encoded in a worker thread while the next frames are pushed and
         committed here in order (:mod:`agent.index.encode_pipeline`), all by the return;
-        ``on_frame`` runs after each push (the memory may lag: :meth:`settle`).
+        ``on_frame`` runs after each push (the memory may lag: :meth:`settle`). The
+        encoder's threads run at ``index.encoder_nice``/``encoder_sched`` until the return
+        (:mod:`agent.thread_priority`; threaded encoding only).
         """
         batch: list[Entry] = []
         bs, touched = self.prescreen.batch_size, set[str]()
-        with EncodePipeline(self._workers, runner="this index", threaded=self.encode_in_thread) as pipe:
+        cfg = self.settings.index
+        prio = EncoderPriority(cfg.encoder_nice, cfg.encoder_sched)
+        self.ingest_priority = prio
+        threaded = self.encode_in_thread
+        on_start = prio.lower_current if threaded and prio.active else None
+        with EncodePipeline(self._workers, runner="this index", threaded=threaded, on_start=on_start) as pipe:
             self._pipe = pipe
             self.ingest_waits = pipe.waits
+            if on_start is not None:
+                prio.lower(COMPUTE_THREADS.live())
             try:
                 for frame in frames:
                     st = self.stream(frame.stream)
@@ -309,8 +331,11 @@ class VideoIndex:
                 for name in touched:
                     st = self.streams[name]
                     batch.extend((st, item) for item in st.flush())
-                pipe.submit(batch)
-                pipe.drain()
+                try:
+                    pipe.submit(batch)
+                    pipe.drain()
+                finally:
+                    prio.restore()
 
     def settle(self) -> None:
         """Commit every batch an :meth:`ingest` in progress has in flight (from its ``on_frame``)."""

@@ -43,6 +43,7 @@ from agent.models.weights import (
     load_tokenizer,
     weights_id,
 )
+from agent.thread_priority import COMPUTE_THREADS
 from agent.types import RGBImage
 
 __all__ = [
@@ -277,27 +278,34 @@ def load_encoder(cfg: EncoderConfig) -> ClipEncoder:
     with _CACHE_LOCK:
         enc = _CACHE.get(cfg)
         if enc is None:
-            if cfg.model == CLASSICAL:
-                enc = _classical(cfg)
-            elif (cached := cached_backend(cfg)) is not None:
-                # An OpenVINO cache hit: no torch model is built (most of a cold start).
-                backend, facts = cached
-                enc = ClipEncoder.from_facts(facts, load_tokenizer(facts.tokenizer), backend, cfg)
-            else:
-                import torch
-
-                torch.set_num_threads(cfg.threads)  # building and converting run on torch
-                built = build_model(cfg)
-                # After the build: a pretrained file just downloaded is now identifiable.
-                weights = weights_id(cfg)
-                # The encoder owns this module: OpenVINO may free its weights (peak memory).
-                backend = make_backend(cfg, built, release_torch=True, weights=weights)
-                enc = ClipEncoder.from_built(built, backend, cfg)
-            if enc.meaningless:
-                log.warning("encoder: %s", enc.note)
-            log.info("encoder %s on %s, %d threads", enc.name, enc.backend.name, cfg.threads)
+            with COMPUTE_THREADS.watch():  # the backend's worker threads (an archive pass lowers them)
+                enc = _load(cfg)
             _CACHE[cfg] = enc
         return enc
+
+
+def _load(cfg: EncoderConfig) -> ClipEncoder:
+    """The encoder ``cfg`` names, built now (:func:`load_encoder` caches it)."""
+    if cfg.model == CLASSICAL:
+        enc = _classical(cfg)
+    elif (cached := cached_backend(cfg)) is not None:
+        # An OpenVINO cache hit: no torch model is built (most of a cold start).
+        backend, facts = cached
+        enc = ClipEncoder.from_facts(facts, load_tokenizer(facts.tokenizer), backend, cfg)
+    else:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # building and converting run on torch
+        built = build_model(cfg)
+        # After the build: a pretrained file just downloaded is now identifiable.
+        weights = weights_id(cfg)
+        # The encoder owns this module: OpenVINO may free its weights (peak memory).
+        backend = make_backend(cfg, built, release_torch=True, weights=weights)
+        enc = ClipEncoder.from_built(built, backend, cfg)
+    if enc.meaningless:
+        log.warning("encoder: %s", enc.note)
+    log.info("encoder %s on %s, %d threads", enc.name, enc.backend.name, cfg.threads)
+    return enc
 
 
 def loaded_encoders() -> list[str]:
