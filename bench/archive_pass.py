@@ -17,6 +17,10 @@ cached under ``bench/cache/``. On it, in one process and in this order:
 interleaved A/B of ``vmr ingest --decode-threads``; ``--decode-threads`` sets it for every ingest
 pass). ``--ab-encoder-threads N`` likewise adds the full pass with the encoder compiled for N
 inference threads (an A/B of ``--threads``: the encoder's threads compete with the decoder's).
+``--ab-encoder-nice N...`` and ``--ab-encoder-sched batch|idle`` add the full pass with the
+encoder's threads that much nicer, or on that policy (``IndexConfig.encoder_nice``/``encoder_sched``,
+:mod:`agent.thread_priority`); ``--encoder-nice`` sets it for every pass (default: the config's, as
+``vmr ingest``). ``"paired_rounds"`` gives decode-only / full pass per round, for each full pass.
 Every ingest pass records ``waits`` (:func:`bench.speed.ingest_pass`): which stage waited for which. ``--profile`` ends with one serial pass per mode and its per-stage CPU
 (:mod:`bench.stage_profile`: demux/decode, swscale conversion, cheap index, frame store, tiling,
 encoder, memory) under ``"profile"``.
@@ -92,8 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--encoder-nice",
         type=int,
-        default=0,
-        help="niceness added to the encoder's threads in every ingest pass (IndexConfig.encoder_nice)",
+        default=None,
+        help="niceness added to the encoder's threads in every ingest pass (default: "
+        "IndexConfig.encoder_nice's, as vmr ingest; --ab-encoder-nice 0 adds the pass without)",
     )
     p.add_argument(
         "--ab-first",
@@ -151,7 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.stage_profile import profile_ingest
 
     enc_cfg = encoder_from_args(args)
-    settings = Settings(prescreen=enc_cfg, index=IndexConfig(fps=args.fps, encoder_nice=args.encoder_nice))
+    nice = {} if args.encoder_nice is None else {"encoder_nice": args.encoder_nice}
+    settings = Settings(prescreen=enc_cfg, index=IndexConfig(fps=args.fps, **nice))
     threads: int = args.decode_threads
     params = haystack.make_params(duration=args.seconds, fps=25, height=args.height, needles=2)
     report: dict[str, Any] = {

@@ -40,6 +40,15 @@ def register(sub: Any) -> None:
         metavar="N",
         help="FFmpeg decoder threads, 0..64 (0: FFmpeg's choice; 1: least CPU beside a CPU encoder)",
     )
+    pi.add_argument(
+        "--encoder-nice",
+        type=int,
+        choices=range(20),
+        default=None,
+        metavar="N",
+        help="niceness added to the encoder's threads, 0..19, so that the decoder gets the cores first "
+        "(Linux; default 0: unchanged; 5 gained a few per cent at most: bench/README.md)",
+    )
     add_model_options(pi)
     add_index_options(pi)
     pi.set_defaults(func=cmd_ingest)

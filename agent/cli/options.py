@@ -158,7 +158,10 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         if a.refine_model
         else None
     )
+    # vmr ingest only (an archive pass); elsewhere, and when not given, the config's default.
+    nice = getattr(a, "encoder_nice", None)
     idx = IndexConfig(
+        **({} if nice is None else {"encoder_nice": nice}),
         fps=a.fps,
         grid=a.grid,
         budget=a.budget,

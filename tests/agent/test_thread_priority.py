@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 import agent.thread_priority as tp
 from agent.channels.base import WorkItem
+from agent.cli.main import build_parser, settings_from_args
 from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.index.video_index import VideoIndex
 from agent.models.encoder import load_encoder
@@ -56,7 +57,7 @@ def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_config_takes_a_niceness_and_a_policy_and_rejects_the_rest() -> None:
     cfg = IndexConfig(encoder_nice=10, encoder_sched="idle")
     assert (cfg.encoder_nice, cfg.encoder_sched) == (10, "idle")
-    assert (IndexConfig().encoder_nice, IndexConfig().encoder_sched) == (0, "other")
+    assert (IndexConfig().encoder_nice, IndexConfig().encoder_sched) == (5, "other")  # the A/B's winner
     for bad in ({"encoder_nice": -1}, {"encoder_nice": 20}, {"encoder_sched": "fifo"}):
         with pytest.raises(ValidationError):
             IndexConfig(**bad)  # type: ignore[arg-type]
@@ -169,13 +170,16 @@ def test_an_archive_pass_runs_the_encoder_threads_at_the_niceness_it_reports(tmp
         assert {tid: stat_nice(tid) for tid in workers} == base  # restored after the pass
 
 
-def test_a_live_or_default_ingest_leaves_every_thread_alone(tmp_path: Path) -> None:
+def test_niceness_zero_or_a_serial_ingest_leaves_every_thread_alone(tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     make_video(video, [(2.0, p) for p in photos(2, offset=30)], fps=10, size=(160, 120))
-    tiny = EncoderConfig(model="tiny-random", allow_random=True)
-    with VideoIndex.create(tmp_path / "idx", Settings(prescreen=tiny, index=IndexConfig(fps=4.0))) as idx:
-        idx.ingest(decode_frames(video, stream="cam", fps=4.0, short_side=idx.prescreen.image_size))
-        assert idx.ingest_priority.applied == {} and not idx.ingest_priority.active
+    tiny = EncoderConfig(model="tiny-random", allow_random=True, batch_size=2)
+    for name, nice, threaded in (("zero", 0, True), ("serial", 5, False)):
+        settings = Settings(prescreen=tiny, index=IndexConfig(fps=4.0, encoder_nice=nice))
+        with VideoIndex.create(tmp_path / name, settings) as idx:
+            idx.encode_in_thread = threaded  # serial: the caller encodes, and it also decodes
+            idx.ingest(decode_frames(video, stream="cam", fps=4.0, short_side=idx.prescreen.image_size))
+            assert idx.ingest_priority.applied == {} and idx.streams["cam"].stats.superimages > 0
 
 
 def test_the_niceness_may_differ_between_ingests_into_one_index(tmp_path: Path) -> None:
@@ -183,3 +187,11 @@ def test_the_niceness_may_differ_between_ingests_into_one_index(tmp_path: Path) 
     VideoIndex.create(tmp_path, Settings(prescreen=tiny, index=IndexConfig(encoder_nice=5))).close()
     again = Settings(prescreen=tiny, index=IndexConfig(encoder_nice=0, encoder_sched="batch"))
     VideoIndex.create(tmp_path, again).close()  # a run-time setting: no "other settings" error
+
+
+def test_vmr_ingest_takes_the_niceness_or_the_configs_default() -> None:
+    argv = ["ingest", "v.mp4", "--index", "i", "--model", "tiny-random", "--encoder-nice", "0"]
+    assert settings_from_args(build_parser().parse_args(argv)).index.encoder_nice == 0
+    assert settings_from_args(build_parser().parse_args(argv[:-2])).index.encoder_nice == 5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv[:-1], "20"])
