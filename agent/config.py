@@ -160,12 +160,12 @@ class IndexConfig(Strict):
     store_quality: int = Field(default=80, ge=10, le=100)
     cheap_capacity: int = Field(default=1_000_000, ge=16)
     """Cheap-index entries kept (ring buffer)."""
-    encoder_nice: int = Field(default=5, ge=0, le=19)
+    encoder_nice: int = Field(default=0, ge=0, le=19)
     """Niceness added to the encoder's threads during an archive pass (``vmr ingest``, never the live
-    service): the decoder, which bounds an archive pass, then gets the cores first
-    (:mod:`agent.thread_priority`; Linux only, a refusal is logged and ignored). 0: unchanged. 5 won
-    7 of 8 paired rounds against 0 (4-20 % less wall, load 5-15; bench/README.md "Encoder priority");
-    10 and the ``idle`` policy starved the encoder on a loaded machine."""
+    service), so that the decoder, which bounds an archive pass, gets the cores first
+    (:mod:`agent.thread_priority`; Linux only, a refusal is logged and ignored). 0: unchanged, the
+    default: 5 measured a few per cent faster in A-B-A rounds, inside the machine's noise, and 10
+    or the ``idle`` policy starved the encoder on a loaded machine (bench/README.md "Encoder priority")."""
     encoder_sched: SchedPolicy = "other"
     """Scheduling policy of the encoder's threads during an archive pass, as ``encoder_nice``."""
 

@@ -57,7 +57,7 @@ def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_config_takes_a_niceness_and_a_policy_and_rejects_the_rest() -> None:
     cfg = IndexConfig(encoder_nice=10, encoder_sched="idle")
     assert (cfg.encoder_nice, cfg.encoder_sched) == (10, "idle")
-    assert (IndexConfig().encoder_nice, IndexConfig().encoder_sched) == (5, "other")  # the A/B's winner
+    assert (IndexConfig().encoder_nice, IndexConfig().encoder_sched) == (0, "other")
     for bad in ({"encoder_nice": -1}, {"encoder_nice": 20}, {"encoder_sched": "fifo"}):
         with pytest.raises(ValidationError):
             IndexConfig(**bad)  # type: ignore[arg-type]
@@ -189,9 +189,9 @@ def test_the_niceness_may_differ_between_ingests_into_one_index(tmp_path: Path) 
     VideoIndex.create(tmp_path, again).close()  # a run-time setting: no "other settings" error
 
 
-def test_vmr_ingest_takes_the_niceness_or_the_configs_default() -> None:
-    argv = ["ingest", "v.mp4", "--index", "i", "--model", "tiny-random", "--encoder-nice", "0"]
-    assert settings_from_args(build_parser().parse_args(argv)).index.encoder_nice == 0
-    assert settings_from_args(build_parser().parse_args(argv[:-2])).index.encoder_nice == 5
+def test_vmr_ingest_takes_the_niceness_and_defaults_to_zero() -> None:
+    argv = ["ingest", "v.mp4", "--index", "i", "--model", "tiny-random", "--encoder-nice", "5"]
+    assert settings_from_args(build_parser().parse_args(argv)).index.encoder_nice == 5
+    assert settings_from_args(build_parser().parse_args(argv[:-2])).index.encoder_nice == 0
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv[:-1], "20"])

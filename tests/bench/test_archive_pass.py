@@ -18,7 +18,7 @@ COCO = DATA / "coco"
 def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: Path) -> None:
     out = tmp_path / "archive.json"
     argv = ["--model", "tiny-random", "--seconds", "60", "--height", "480", "--serial", "--repeat", "1"]
-    argv += ["--ab-decode-threads", "1", "--ab-encoder-threads", "1", "--ab-encoder-nice", "0", "--profile"]
+    argv += ["--ab-decode-threads", "1", "--ab-encoder-threads", "1", "--ab-encoder-nice", "3", "--profile"]
     assert archive_pass.main([*argv, "--data", str(DATA), "--cache", str(tmp_path), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m bench.archive_pass --model tiny-random")
@@ -33,7 +33,7 @@ def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: P
         "ingest_full_serial",
         "ingest_full_decode_threads_1",
         "ingest_full_encoder_threads_1",
-        "ingest_full_encoder_nice_0",
+        "ingest_full_encoder_nice_3",
     }
     assert passes["ingest_full"]["decode_threads"] == 0  # FFmpeg's choice unless told
     assert passes["ingest_full_decode_threads_1"]["decode_threads"] == 1
@@ -42,9 +42,9 @@ def test_archive_pass_times_coarse_full_and_decode_only_with_cpu_use(tmp_path: P
     assert passes["ingest_full_encoder_threads_1"]["encoder_threads"] == 1
     assert passes["ingest_full_encoder_threads_1"]["frames"] == passes["ingest_full"]["frames"]
     assert "ingest_full_encoder_threads_1_vs_decode_only" in report["summary"]
-    niced = passes["ingest_full"]["encoder_priority"]  # IndexConfig's default, as vmr ingest
-    assert niced["encoder_nice"] == 5 and niced["threads_lowered"] >= 1  # at least the encoder stage's
-    assert passes["ingest_full_encoder_nice_0"]["encoder_priority"]["threads_lowered"] == 0
+    niced = passes["ingest_full_encoder_nice_3"]["encoder_priority"]
+    assert niced["encoder_nice"] == 3 and niced["threads_lowered"] >= 1  # at least the encoder stage's
+    assert passes["ingest_full"]["encoder_priority"]["threads_lowered"] == 0  # the default: none
     assert set(report["paired_rounds"]) == {
         f"{n}_vs_decode_only" for n in passes if n.startswith("ingest_full")
     }
