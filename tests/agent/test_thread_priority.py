@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 import agent.thread_priority as tp
 from agent.channels.base import WorkItem
-from agent.cli.main import build_parser, settings_from_args
+from agent.cli.main import build_parser
+from agent.cli.options import settings_from_args
 from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.index.video_index import VideoIndex
 from agent.models.encoder import load_encoder
