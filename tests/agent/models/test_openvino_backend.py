@@ -155,3 +155,18 @@ def test_release_torch_keeps_the_weights_when_the_ir_could_not_be_cached(tmp_pat
     _assert_same_embeddings(
         torch_side.encode_images(images), ClipEncoder.from_built(built, backend, TINY).encode_images(images)
     )
+
+
+def test_an_idle_backend_keeps_no_reference_to_its_last_batch(shared_cache: Path) -> None:
+    """The request takes the batch without a copy, then lets it go: an idle encoder pins no pixels."""
+    built = build_model(TINY)
+    backend = load_openvino(built, threads=1, root=shared_cache / "openvino")
+    pixels = np.random.default_rng(0).random((3, 3, built.image_size, built.image_size), np.float32)
+    tokens = np.zeros((2, built.context_length), np.int64)
+    before = sys.getrefcount(pixels), sys.getrefcount(tokens)
+    first = backend.encode_image(pixels)
+    backend.encode_text(tokens)
+    assert (sys.getrefcount(pixels), sys.getrefcount(tokens)) == before
+    # The placeholder left in the request does not change the next answer (rows are independent).
+    assert np.array_equal(backend.encode_image(pixels), first)
+    np.testing.assert_allclose(backend.encode_image(pixels[:1]), first[:1], rtol=1e-3, atol=1e-4)
