@@ -158,23 +158,49 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         if a.refine_model
         else None
     )
-    # vmr ingest only (an archive pass); elsewhere, and when not given, the config's default.
-    nice = getattr(a, "encoder_nice", None)
-    idx = IndexConfig(
-        **({} if nice is None else {"encoder_nice": nice}),
-        fps=a.fps,
-        grid=a.grid,
-        budget=a.budget,
-        theta=a.theta,
-        rank=a.rank,
-        representative=a.representative,
-        keyframes_only=a.keyframes,
-        gate=not a.no_gate,
-        store_bytes=int(a.store_mb * 1024 * 1024),
-    )
+    idx = index_config(a)
     speech = SpeechConfig(enabled=bool(getattr(a, "speech", False)))
     ocr = OcrConfig(enabled=bool(getattr(a, "ocr", False)))
     return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig(), speech=speech, ocr=ocr)
+
+
+_INDEX_FLAGS = {
+    "fps": "--fps",
+    "grid": "--grid",
+    "budget": "--budget",
+    "theta": "--theta",
+    "rank": "--rank",
+    "store_bytes": "--store-mb",
+    "encoder_nice": "--encoder-nice",
+}
+
+
+def index_config(a: argparse.Namespace) -> IndexConfig:
+    """The index settings from the flags; ConfigError naming the flag on a bad value."""
+    # vmr ingest only (an archive pass); elsewhere, and when not given, the config's default.
+    nice = getattr(a, "encoder_nice", None)
+    try:
+        return IndexConfig(
+            **({} if nice is None else {"encoder_nice": nice}),
+            fps=a.fps,
+            grid=a.grid,
+            budget=a.budget,
+            theta=a.theta,
+            rank=a.rank,
+            representative=a.representative,
+            keyframes_only=a.keyframes,
+            gate=not a.no_gate,
+            store_bytes=int(a.store_mb * 1024 * 1024),
+        )
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            flag = _INDEX_FLAGS.get(field, field)
+            shown = a.store_mb if field == "store_bytes" else err.get("input")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            parts.append(f"{flag} {shown}: {msg}" if flag else msg)
+        raise ConfigError("; ".join(parts)) from exc
 
 
 def stream_id_for(path: Path) -> str:

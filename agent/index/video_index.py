@@ -132,6 +132,8 @@ class VideoIndex:
         their files stay until purged); ``isolate``: see the module docstring.
         """
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise IndexStoreError(f"{root} is not a directory: an index is a folder (use a new --index path)")
         if (root / "index.json").exists():
             existing = cls.read_manifest(root)
             # Through the model: an index written before a settings field existed has its default.

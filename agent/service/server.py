@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from agent.errors import ConfigError
 from agent.service.config import ServiceConfig
 from agent.service.router import Router
 from agent.service.serving import Serving
@@ -41,7 +42,14 @@ class Server:
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken, or the host is not an address of this machine
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigError(
+                f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror or exc}"
+            ) from exc
         server = site._server  # aiohttp exposes the bound sockets only here
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.cfg.port

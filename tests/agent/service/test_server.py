@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.errors import ConfigError
+from agent.service.config import ServiceConfig
+from agent.service.server import Server
 from tests.agent.service.helpers import (
     client,
     metric_samples,
@@ -129,3 +134,19 @@ async def test_corrupt_file_marks_stream_failed(tmp_path: Path) -> None:
         assert failed["stream"]["error"]["code"] == "corrupt_video"
         health = await request(ws, {"type": "streams.list", "id": "l"})
         assert health["streams"][0]["status"] == "failed"
+
+
+async def test_a_port_in_use_is_a_config_error_and_the_service_keeps_running(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running(tmp_path) as (svc, url):
+            cfg = ServiceConfig(host="127.0.0.1", port=port, index=tmp_path / "index")
+            second = Server(svc.serving, cfg)
+            with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1"):
+                await second.start()
+            await second.close()  # idempotent after a failed start
+            async with client(url) as ws:  # the first server still answers
+                status = await request(ws, {"type": "streams.list", "id": "s"})
+                assert status["type"] != "error", status

@@ -1,0 +1,45 @@
+"""Bad `vmr ingest` input is a typed one-line error (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli.main import main
+
+BIKES = Path(__file__).resolve().parents[4] / "shared" / "data" / "videos" / "bikes.mp4"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "shown"),
+    [
+        ("--grid", "9", "--grid 9"),
+        ("--fps", "0", "--fps 0.0"),
+        ("--theta", "2", "--theta 2.0"),
+        ("--rank", "0", "--rank 0"),
+        ("--budget", "0", "--budget 0"),
+        ("--store-mb", "-1", "--store-mb -1.0"),
+    ],
+)
+def test_a_bad_index_option_names_its_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, shown: str
+) -> None:
+    args = ["ingest", str(tmp_path / "none.mp4"), "--index", str(tmp_path / "i"), "--model", "tiny-random"]
+    assert main([*args, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"[config]: {shown}:" in err and "Traceback" not in err and "pydantic" not in err
+    assert not (tmp_path / "i").exists()  # rejected before anything was created or loaded
+
+
+def test_an_index_path_that_is_a_file_is_an_index_store_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not BIKES.is_file():
+        pytest.skip("needs the shared clip")
+    index = tmp_path / "index"
+    index.write_text("not a folder")
+    assert main(["ingest", str(BIKES), "--index", str(index), "--model", "tiny-random", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "[index_store]" in err and "not a directory" in err and "Traceback" not in err
+    assert index.read_text() == "not a folder"  # untouched
