@@ -92,6 +92,12 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     # What was read, not what the header says (raw streams declare nothing; headers can be wrong).
     seconds = report.end or info.duration
     notes = report.notes()
+    if settings.index.keyframes_only and info.duration - seconds > max(2.0, 0.1 * info.duration):
+        # A clip with one keyframe (or a long GOP at the end) leaves most of it out of a coarse pass.
+        notes.append(
+            f"keyframe pass: the last keyframe ends at {seconds:.2f}s of {info.duration:.2f}s; "
+            "what follows it is not indexed (ingest without --keyframes to index every frame)"
+        )
     if settings.speech.enabled and not tally.chunks:
         notes.append("no audio was decoded (no audio track?): the speech channel heard nothing")
     for note in notes:

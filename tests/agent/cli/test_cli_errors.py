@@ -1,7 +1,8 @@
-"""Bad `vmr ingest` input is a typed one-line error (exit 2), never a traceback."""
+"""Bad `vmr ingest` input is a typed one-line error (exit 2), never a traceback; a partial pass says so."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,16 @@ def test_an_index_path_that_is_a_file_is_an_index_store_error(
     err = capsys.readouterr().err
     assert "[index_store]" in err and "not a directory" in err and "Traceback" not in err
     assert index.read_text() == "not a folder"  # untouched
+
+
+def test_a_keyframe_pass_that_misses_most_of_the_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bunny = BIKES.with_name("bigbuckbunny.mp4")  # 5.28 s, one keyframe at 0 s
+    if not bunny.is_file():
+        pytest.skip("needs the shared clip")
+    args = ["ingest", str(bunny), "--index", str(tmp_path / "i"), "--model", "tiny-random"]
+    assert main([*args, "--keyframes", "--json", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "keyframe pass: the last keyframe ends at 0.04s of 5.28s" in err
+    assert any("not indexed" in note for note in json.loads(out.strip().splitlines()[-1])["notes"])
