@@ -59,7 +59,10 @@ def decode_image(data: bytes, *, max_bytes: int) -> RGBImage:
             return np.asarray(im.convert("RGB"))
     except Image.DecompressionBombError as exc:  # Pillow's own, higher cap, hit while opening
         raise OversizeQueryError(f"query image has too many pixels: {_reason(exc)}") from exc
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
+        # Pillow's message names the in-memory file object ("<_io.BytesIO object at 0x...>").
+        raise QueryError("query image is not a readable picture: not a format Pillow knows") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         # SyntaxError and ValueError: some of Pillow's format parsers raise them on damaged headers.
         raise QueryError(f"query image is not a readable picture: {_reason(exc)}") from exc
 

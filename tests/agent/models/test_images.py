@@ -57,3 +57,6 @@ def test_over_the_byte_cap_and_unreadable_pictures_are_typed_errors() -> None:
     with pytest.raises(QueryError, match="not a readable picture") as caught:
         decode_image(b"\x89PNG\r\n\x1a\n" + b"x" * 5000, max_bytes=10_000)
     assert not isinstance(caught.value, OversizeQueryError) and len(str(caught.value)) < 300
+    with pytest.raises(QueryError, match="not a format Pillow knows") as caught:
+        decode_image(b"plain text, no picture", max_bytes=10_000)
+    assert "BytesIO" not in str(caught.value)  # no Python object in a client's error
