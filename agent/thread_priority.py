@@ -48,6 +48,11 @@ _POLICIES = {
 }
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
+_held: dict[int, tuple[int, int | None, int]] = {}
+"""Threads lowered to be restored, process-wide: tid -> (niceness, policy before, passes holding it).
+Two passes at once (two indexes ingesting in two threads) share the encoder's threads: the
+second must neither lower them again nor have the first's restore undo its lowering."""
+_held_lock = threading.Lock()
 
 
 def _warn_once(kind: str, message: str, *args: object) -> None:
@@ -127,7 +132,7 @@ class EncoderPriority:
     applied: dict[int, int] = field(default_factory=dict)
     refused: int = 0
     restore_refused: int = 0
-    _previous: dict[int, tuple[int, int | None]] = field(default_factory=dict, repr=False)
+    _previous: set[int] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -147,14 +152,22 @@ class EncoderPriority:
         self.lower([threading.get_native_id()], restore=False)
 
     def restore(self) -> None:
-        """Put every thread lowered with ``restore`` back as it was; refusals are logged once."""
+        """Put every thread lowered with ``restore`` back as it was; refusals are logged once.
+
+        A thread another pass still holds (:data:`_held`) stays lowered: the last pass restores it.
+        """
         with self._lock:
-            previous, self._previous = self._previous, {}
-        for tid, (nice, policy) in previous.items():
+            previous, self._previous = self._previous, set()
+        for tid in previous:
+            with _held_lock:
+                nice, policy, holders = _held.pop(tid)
+                if holders > 1:
+                    _held[tid] = (nice, policy, holders - 1)
+                    continue
             try:
-                if policy is not None and self.policy != "other":
+                if policy is not None:
                     os.sched_setscheduler(tid, policy, os.sched_param(0))
-                if self.nice > 0:
+                if thread_nice(tid) != nice:
                     os.setpriority(os.PRIO_PROCESS, tid, nice)
             except ProcessLookupError:
                 continue  # the thread ended
@@ -167,6 +180,27 @@ class EncoderPriority:
                 )
 
     def _lower_one(self, tid: int, *, restore: bool) -> None:
+        if not restore:
+            self._change(tid)
+            return
+        with _held_lock:  # check and lower at once: two passes must not both lower a thread
+            if tid in self._previous:
+                return
+            held = _held.get(tid)
+            if held is not None:  # lowered by a pass still running: hold it, do not lower it twice
+                _held[tid] = (held[0], held[1], held[2] + 1)
+                with self._lock, contextlib.suppress(OSError):
+                    self._previous.add(tid)
+                    self.applied[tid] = thread_nice(tid)  # as the first pass left it
+                return
+            before = self._change(tid)
+            if before is not None:
+                _held[tid] = (*before, 1)
+                with self._lock:
+                    self._previous.add(tid)
+
+    def _change(self, tid: int) -> tuple[int, int | None] | None:
+        """Lower ``tid``; its (niceness, policy) before, or None when it ended or the OS refused."""
         try:
             nice = thread_nice(tid)
             policy = os.sched_getscheduler(tid) if self.policy != "other" else None
@@ -179,13 +213,12 @@ class EncoderPriority:
             if target != nice:
                 os.setpriority(os.PRIO_PROCESS, tid, target)
         except ProcessLookupError:
-            return  # the thread ended meanwhile
+            return None  # the thread ended meanwhile
         except OSError as exc:
             with self._lock:
                 self.refused += 1
             _warn_once("lower", "could not lower the encoder threads' priority (%s): going on", exc)
-            return
+            return None
         with self._lock:
             self.applied[tid] = target
-            if restore and tid not in self._previous:
-                self._previous[tid] = (nice, policy)
+        return nice, policy

@@ -76,6 +76,20 @@ def test_lower_adds_niceness_to_the_thread_and_restore_puts_it_back(parked: int)
         assert stat_nice(parked) == base
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising priority back needs privilege")
+def test_overlapping_passes_lower_a_shared_thread_once_and_the_last_restore_puts_it_back(parked: int) -> None:
+    # Two ingests in one process (two indexes in two threads) lower the same encoder threads.
+    base = stat_nice(parked)
+    first, second = EncoderPriority(nice=5), EncoderPriority(nice=5)
+    first.lower([parked])
+    second.lower([parked])
+    assert stat_nice(parked) == min(19, base + 5)  # not lowered twice over
+    first.restore()
+    assert stat_nice(parked) == min(19, base + 5)  # the second pass still runs
+    second.restore()
+    assert stat_nice(parked) == base
+
+
 def test_a_policy_is_set_per_thread_and_restored(parked: int) -> None:
     prio = EncoderPriority(policy="batch")
     prio.lower([parked])
