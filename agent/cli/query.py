@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.channels.refine import DEFAULT_REFINE_BUDGET_S, MAX_REFINE_BUDGET_S
 from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.config import LLMConfig
 
 
 def register(sub: Any) -> None:
@@ -86,6 +89,7 @@ def cmd_query(a: argparse.Namespace) -> int:
         raise ConfigError("give a query text or --image PATH (one of them)")
     if a.index is None:
         raise ConfigError("give an index directory, or --url ws://HOST:PORT for a running service")
+    llm = _llm_config(a) if a.llm else None  # checked before the index and the model load
     idx = VideoIndex.open(Path(a.index))
     limits = idx.settings.query
     q = Query(
@@ -101,8 +105,8 @@ def cmd_query(a: argparse.Namespace) -> int:
     # Progressive: the prescreen's answer (--fast), or the one refined within --budget seconds
     # (a wall-clock budget: under load it refines less; --budget all is the full, repeatable search).
     results = pending.first if a.fast else pending.refine(a.budget)
-    if a.llm and q.text is not None:
-        results = _llm_refine(a, idx, q.text, results)
+    if llm is not None and q.text is not None:
+        results = _llm_refine(a, llm, idx, q.text, results)
     answer = query_answer(results, a.top_k or limits.top_k)
     if a.json:
         print(answer.model_dump_json(indent=2))
@@ -129,16 +133,30 @@ def _print_answer(answer: Any, *, wall: bool) -> None:
             print(f"note [{name}]: {note}")
 
 
-def _llm_refine(a: argparse.Namespace, idx: Any, text: str, results: dict[str, Any]) -> dict[str, Any]:
-    """Hand the CLIP proposals to the LLM stage at ``--llm URL`` (falls back on failure)."""
+def _llm_config(a: argparse.Namespace) -> LLMConfig:
+    """The :class:`~agent.config.LLMConfig` of ``--llm``/``--llm-timeout`` (ConfigError when invalid)."""
+    from pydantic import ValidationError
+
+    from agent.cli.options import validation_message
+    from agent.config import LLMConfig
+
+    try:
+        return LLMConfig(url=a.llm, timeout=a.llm_timeout)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc)) from exc
+
+
+def _llm_refine(
+    a: argparse.Namespace, llm: LLMConfig, idx: Any, text: str, results: dict[str, Any]
+) -> dict[str, Any]:
+    """Hand the CLIP proposals to the LLM stage ``llm`` (falls back on failure)."""
     import asyncio
 
-    from agent.config import LLMConfig
     from agent.service.llm_handoff import refine_once
 
     return asyncio.run(
         refine_once(
-            LLMConfig(url=a.llm, timeout=a.llm_timeout),
+            llm,
             idx,
             text,
             results,

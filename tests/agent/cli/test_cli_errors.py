@@ -57,3 +57,12 @@ def test_a_keyframe_pass_that_misses_most_of_the_file_says_so(
     out, err = capsys.readouterr()
     assert "keyframe pass: the last keyframe ends at 0.04s of 5.28s" in err
     assert any("not indexed" in note for note in json.loads(out.strip().splitlines()[-1])["notes"])
+
+
+def test_query_rejects_a_negative_llm_timeout_before_opening_the_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["query", str(tmp_path / "none"), "hi", "--llm", "http://127.0.0.1:1", "--llm-timeout", "-1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmr: error [config]: ") and "timeout" in err and "Traceback" not in err
