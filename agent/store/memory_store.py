@@ -10,6 +10,7 @@ become a memory that breaks its own invariants.
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -37,7 +38,7 @@ def memory_from_state(state: Mapping[str, np.ndarray]) -> Memory:
         raise IndexStoreError("memory snapshot has no format_version")
     try:
         version = int(np.asarray(state["format_version"]))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise IndexStoreError("memory snapshot has an unreadable format_version") from exc
     if version != Memory.FORMAT_VERSION:
         raise SnapshotVersionError(
@@ -88,6 +89,9 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
         for a, runs in zip(anchors, unpack_runs(state, starts, ends, counts, rows, mem.runs), strict=True):
             a.runs = runs
     last_start = float(np.asarray(state["last_start"]))
+    if not (math.isfinite(last_start) or (n == 0 and last_start == -math.inf)):
+        # +inf would refuse every later frame, NaN would let them go backwards.
+        raise ValueError(f"last_start {last_start} is not a stream time")
     forgotten = float(np.asarray(state["forgotten_gap_seconds"]))
     mem.restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten)
     mem.detail = DetailLevel.from_state(state, k, d)

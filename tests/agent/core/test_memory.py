@@ -392,6 +392,10 @@ def test_inconsistent_states_raise_index_store_error() -> None:
         {**state, "budget": np.array(2)},
         {**state, "totals": np.full_like(state["totals"], np.inf)},
         {k: v for k, v in state.items() if k != "format_version"},
+        {**state, "format_version": np.array(np.inf)},
+        # A last start of +inf or NaN would load, then refuse (or misorder) every later frame.
+        {**state, "last_start": np.array(np.inf)},
+        {**state, "last_start": np.array(np.nan)},
     ]
     for bad in broken:
         with pytest.raises(IndexStoreError) as info:
