@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from agent.channels.ingest import IngestStats
 from agent.errors import IndexStoreError
@@ -107,7 +107,7 @@ class StateFile(BaseModel):
 
     generation: int = Field(default=0, ge=0)
     saved_at: float | None = None
-    clock: tuple[list[float], list[float]] = ([], [])
+    clock: tuple[list[FiniteFloat], list[FiniteFloat]] = ([], [])
     meta: dict[str, Any] = Field(default_factory=dict)
 
 

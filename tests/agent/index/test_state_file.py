@@ -62,3 +62,12 @@ def test_clock_columns_of_different_lengths_are_a_typed_error(tmp_path: Path) ->
     _commit(tmp_path, {**record, "clock": [[0.0, 5.0], [1000.0]]})
     with pytest.raises(IndexStoreError, match="clock columns differ in length"):
         read_state(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_clock_point_is_a_typed_error(tmp_path: Path, bad: float) -> None:
+    # json reads NaN and Infinity: such a point would date every answer after it NaN or inf.
+    record = state_record("cam", generation=1, saved_at=1.0, stats=IngestStats(), clock=ClockMap(), meta={})
+    _commit(tmp_path, {**record, "clock": [[0.0, 5.0], [1000.0, bad]]})
+    with pytest.raises(IndexStoreError, match="clock"):
+        read_state(tmp_path)
