@@ -50,6 +50,14 @@ def parked() -> Iterator[int]:
     th.join()
 
 
+def _nice_or(tid: int, default: int) -> int:
+    """``stat_nice(tid)``, or ``default`` for a thread that ended meanwhile."""
+    try:
+        return stat_nice(tid)
+    except OSError:
+        return default
+
+
 @pytest.fixture
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tp, "_warned", set())
@@ -189,6 +197,26 @@ def test_an_archive_pass_runs_the_encoder_threads_at_the_niceness_it_reports(tmp
     assert stat_nice(threading.get_native_id()) == stat_nice(os.getpid())  # the caller untouched
     if os.geteuid() == 0:
         assert {tid: stat_nice(tid) for tid in workers} == base  # restored after the pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising priority back needs privilege")
+def test_threads_the_lowered_encoder_starts_during_a_pass_are_put_back_after_it(tmp_path: Path) -> None:
+    # torch makes its intra-op pool on the first parallel op, from the (lowered) encoder thread.
+    enc_cfg = EncoderConfig(model="tiny-random", allow_random=True, backend="torch", threads=2, batch_size=2)
+    load_encoder(enc_cfg)
+    own = stat_nice(threading.get_native_id())
+    video = tmp_path / "clip.mp4"
+    make_video(video, [(4.0, p) for p in photos(3, offset=20)], fps=10, size=(320, 240))
+    settings = Settings(prescreen=enc_cfg, index=IndexConfig(fps=4.0, gate=False, encoder_nice=7))
+    with VideoIndex.create(tmp_path / "idx", settings) as idx:
+        idx.ingest(decode_frames(video, stream="cam", fps=4.0, short_side=idx.prescreen.image_size))
+    lowered: dict[int, int] = {}
+    for _ in range(500):  # the encoder stage's own thread ends (lowered for life) a moment after
+        lowered = {tid: n for tid in tp.thread_ids() if (n := _nice_or(tid, own)) != own}
+        if not lowered:
+            break
+        threading.Event().wait(0.01)
+    assert lowered == {}
 
 
 def test_niceness_zero_or_a_serial_ingest_leaves_every_thread_alone(tmp_path: Path) -> None:
