@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from agent.channels.base import Channel, ChannelAnswer, WorkItem
 from agent.channels.ocr import OCR_WORKER, OcrChannel
@@ -69,6 +70,17 @@ def _stored(settings: Settings) -> dict[str, Any]:
     for name in RUN_ONLY:
         dump["index"].pop(name, None)
     return dump
+
+
+def _manifest_settings(root: Path, manifest: dict[str, Any]) -> Settings:
+    """The settings ``index.json`` records; IndexStoreError (one line per field) when invalid."""
+    try:
+        return Settings.model_validate(manifest["settings"])
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise IndexStoreError(f"{root}/index.json: invalid settings: {why}") from exc
+    except Exception as exc:  # no "settings" key, or not a mapping
+        raise IndexStoreError(f"{root}/index.json: invalid settings: {exc!r}") from exc
 
 
 def check_stream_id(stream: str) -> str:
@@ -135,9 +147,8 @@ class VideoIndex:
         if root.exists() and not root.is_dir():
             raise IndexStoreError(f"{root} is not a directory: an index is a folder (use a new --index path)")
         if (root / "index.json").exists():
-            existing = cls.read_manifest(root)
             # Through the model: an index written before a settings field existed has its default.
-            known = Settings.model_validate(existing["settings"])
+            known = _manifest_settings(root, cls.read_manifest(root))
             if _stored(known) != _stored(settings):
                 raise ConfigError(f"{root} was built with other settings; use a new --index directory")
         idx = cls(root, settings, isolate=isolate)
@@ -148,11 +159,7 @@ class VideoIndex:
     @classmethod
     def open(cls, root: Path) -> VideoIndex:
         """Open an existing index with the settings it was built with."""
-        manifest = cls.read_manifest(Path(root))
-        try:
-            settings = Settings.model_validate(manifest["settings"])
-        except Exception as exc:
-            raise IndexStoreError(f"{root}/index.json: invalid settings: {exc}") from exc
+        settings = _manifest_settings(Path(root), cls.read_manifest(Path(root)))
         idx = cls(Path(root), settings)
         idx._open_streams()
         return idx

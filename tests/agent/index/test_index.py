@@ -134,6 +134,17 @@ def test_missing_index_is_typed(tmp_path: Path) -> None:
         VideoIndex.open(tmp_path / "nothing")
 
 
+def test_invalid_settings_in_index_json_are_typed_on_create_too(tmp_path: Path) -> None:
+    VideoIndex.create(tmp_path, settings()).close()
+    manifest = json.loads((tmp_path / "index.json").read_text())
+    manifest["settings"]["index"]["budget"] = -5
+    (tmp_path / "index.json").write_text(json.dumps(manifest))
+    for reopen in (lambda: VideoIndex.open(tmp_path), lambda: VideoIndex.create(tmp_path, settings())):
+        with pytest.raises(IndexStoreError, match=r"invalid settings: index\.budget: ") as info:
+            reopen()
+        assert "\n" not in str(info.value)  # one line, not pydantic's report
+
+
 def test_cli_ingest_info_query(
     tmp_path: Path, scene_video: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:
