@@ -133,7 +133,9 @@ class AnchorChain:
         dim: int,
     ) -> None:
         self.budget = budget
-        self.slots = SlotStacks(rank, dim)
+        # An SVD of d-dim members has at most d rows: a rank above d pads nothing more (a
+        # snapshot's rank 10**6 would otherwise reserve, and zero-fill, rank x d per slot).
+        self.slots = SlotStacks(min(rank, dim), dim)
         """Every live anchor's SVD and token, in the stacks queries score (:mod:`agent.core.slots`)."""
         self.runs = runs
         """Sub-runs kept per anchor (0: anchors keep none)."""

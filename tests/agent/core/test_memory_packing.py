@@ -66,6 +66,31 @@ def test_anchors_live_in_their_slots_and_slots_are_reused() -> None:
     assert len(seen) == budget
 
 
+def test_slots_are_padded_to_at_most_dim_rows_whatever_the_rank() -> None:
+    # An SVD of d-dim members has at most d rows: a rank above d (a hostile or careless
+    # snapshot, rank 10**6) must not pad each slot to rank x d (64 MB a row at d 16).
+    from agent.core.slots import CHUNK
+    from agent.store.memory_store import memory_from_state
+
+    state = Memory(16, budget=4, theta=0.9, rank=2).state_dict()
+    rank = 10**6
+    state |= {
+        "rank": np.array(rank),
+        "basis": np.zeros((0, rank, 16), np.float32),
+        "sigma": np.zeros((0, rank), np.float32),
+    }
+    mem, at_dim = memory_from_state(state), Memory(16, budget=4, theta=0.9, rank=16)
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        vec = unit(rng.standard_normal(16))
+        mem.add(float(i), float(i) + 0.5, vec)
+        at_dim.add(float(i), float(i) + 0.5, vec)
+    assert mem.rank == rank and mem.tokens == 4
+    assert mem.slot_bytes <= CHUNK * (16 * 16 * 4 + 16 * 4 + 16 * 8 + 8 + 16 * 4)
+    q = unit(rng.standard_normal(16))
+    assert np.array_equal(mem.scores(q), at_dim.scores(q))  # what rank 16 = d keeps, bit for bit
+
+
 @FAST
 @given(
     seed=st.integers(0, 2**16),
