@@ -7,7 +7,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,11 +135,15 @@ def encoder_config(
         raise ConfigError(validation_message(exc)) from exc
 
 
-def validation_message(exc: ValidationError) -> str:
-    """One line per failed field, ``loc: message``, without pydantic's URL and input echo."""
+def validation_message(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """One line per failed field, ``loc: message``, without pydantic's URL and input echo.
+
+    ``names``: what to show instead of a field's ``loc`` (the flag that set it, say).
+    """
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"])
+        loc = (names or {}).get(loc, loc)
         msg = str(err["msg"]).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
@@ -164,14 +168,14 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
     return Settings(prescreen=pre, refine=ref, index=idx, query=QueryConfig(), speech=speech, ocr=ocr)
 
 
-_INDEX_FLAGS = {
-    "fps": "--fps",
-    "grid": "--grid",
-    "budget": "--budget",
-    "theta": "--theta",
-    "rank": "--rank",
-    "store_bytes": "--store-mb",
-    "encoder_nice": "--encoder-nice",
+_INDEX_FLAGS = {  # IndexConfig field -> (its flag, the argparse attribute holding the value)
+    "fps": ("--fps", "fps"),
+    "grid": ("--grid", "grid"),
+    "budget": ("--budget", "budget"),
+    "theta": ("--theta", "theta"),
+    "rank": ("--rank", "rank"),
+    "store_bytes": ("--store-mb", "store_mb"),
+    "encoder_nice": ("--encoder-nice", "encoder_nice"),
 }
 
 
@@ -193,14 +197,8 @@ def index_config(a: argparse.Namespace) -> IndexConfig:
             store_bytes=int(a.store_mb * 1024 * 1024),
         )
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else ""
-            flag = _INDEX_FLAGS.get(field, field)
-            shown = a.store_mb if field == "store_bytes" else err.get("input")
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            parts.append(f"{flag} {shown}: {msg}" if flag else msg)
-        raise ConfigError("; ".join(parts)) from exc
+        names = {field: f"{flag} {getattr(a, attr, None)}" for field, (flag, attr) in _INDEX_FLAGS.items()}
+        raise ConfigError(validation_message(exc, names)) from exc
 
 
 def stream_id_for(path: Path) -> str:
