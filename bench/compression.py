@@ -21,7 +21,7 @@ from typing import Any
 from agent.errors import ConfigError
 from agent.models.encoder import load_encoder
 from agent.store.atomic import write_bytes, write_json
-from bench import fidelity, haystack, pooled
+from bench import dense_inputs, fidelity, haystack, pooled
 from bench.args import command_line, encoder_from_args
 from bench.report import _pyplot
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
@@ -65,9 +65,12 @@ def run(
     strategies: Sequence[str],
     command: str,
     seeds: Sequence[int] = (0,),
+    image_query: str = "still-shot",
 ) -> dict[str, Any]:
     """Per seed: build (cached), encode dense items (cached), compare strategies; pool the seeds.
 
+    ``image_query``: image queries as the still shot of their photo at each grid (the engine's
+    default) or as the photo alone (``photo``; the run's name ends in ``-photo``).
     ``rows`` are every seed's rows (each with ``seed``); ``pooled`` one row per cell over the
     seeds with Wilson intervals (:mod:`bench.pooled`), which the tables, plot and targets read.
     """
@@ -80,8 +83,10 @@ def run(
     for seed in seeds:
         seeded = haystack.make_params(**{**params.model_dump(), "seed": seed})
         hs = haystack.build(seeded, data, cache)
-        items, stats = fidelity.dense_items(hs.video, fps=fps, grids=grids, encoder=enc, cache_dir=hs.root)
-        queries = {"image": fidelity.load_queries(hs.gt_image, enc)}
+        items, stats = dense_inputs.dense_items(
+            hs.video, fps=fps, grids=grids, encoder=enc, cache_dir=hs.root
+        )
+        queries = dense_inputs.queries_by_grid({"image": hs.gt_image}, enc, grids, image_query)
         for row in fidelity.compare(
             items, queries, duration=params.duration, fps=fps, fractions=fractions, strategies=strategies
         ):
@@ -90,13 +95,14 @@ def run(
             "root": str(hs.root),
             "items": {str(g): int(it.starts.shape[0]) for g, it in items.items()},
             "item_stats": stats,
-            "queries": len(queries["image"][0]),
+            "queries": len(queries[grids[0]]["image"][0]),
         }
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     first = builds[str(seeds[0])]
     tag = "-".join(str(s) for s in seeds)
+    suffix = "-photo" if image_query == "photo" else ""
     return {
-        "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{fidelity._slug(enc.name)}",
+        "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{dense_inputs._slug(enc.name)}{suffix}",
         "command": command,
         "machine": machine,
         "git": git_commit(),
@@ -107,6 +113,7 @@ def run(
             "sample_fps": fps,
             "builds": builds,
         },
+        "image_query": image_query,
         "items": first["items"],
         "queries": sum(b["queries"] for b in builds.values()),
         "procedure": fidelity.__doc__,
@@ -357,6 +364,7 @@ def _cmd(args: argparse.Namespace) -> int:
         strategies=_csv(str, set(fidelity.ALL_STRATEGIES))(args.strategies),
         command=command_line(args),
         seeds=seeds,
+        image_query=args.image_query,
     )
     paths = write(rep, Path(args.out))
     print(json.dumps({"targets": rep["targets"], **{k: str(v) for k, v in paths.items()}}, indent=1))
@@ -380,5 +388,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     default_fractions = ",".join(f"1/{round(1 / f)}" for f in DEFAULT_FRACTIONS)
     c.add_argument("--fractions", default=default_fractions, help="budgets as fractions of dense tokens")
     c.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
+    c.add_argument(
+        "--image-query",
+        default="still-shot",
+        choices=dense_inputs.IMAGE_QUERY_MODES,
+        help="image queries as a still shot at each grid (the engine's default) or the photo alone",
+    )
     add_model_options(c)
     c.set_defaults(func=_cmd)

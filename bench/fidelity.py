@@ -2,11 +2,9 @@
 
 Steps (synchronous numpy; the only I/O is one decode pass and the embedding cache):
 
-1. **Dense items per grid.** Every sampled frame of the haystack video is encoded once per
-   super-image grid: grid 1 encodes frames, grid N tiles N x N consecutive frames
-   (:class:`agent.core.superimage.Tiler`, the very tiler of the ingest path) into one encoder input.
-   Each item is ``(start, end, unit embedding)``. Items are cached as ``.npz`` next to the build,
-   keyed by model, grid and fps, so a rerun only re-scores.
+1. **Dense items and queries per grid** (:mod:`bench.dense_inputs`): every sampled frame encoded
+   once per super-image grid (cached next to the build); image queries encoded as the still shot
+   of their photo at each grid (the engine's prescreen rule), or as the photo alone.
 2. **Compression.** Every strategy of :data:`bench.strategies.STRATEGIES` turns a grid's items
    into a memory of at most ``budget`` tokens; budgets are fractions of that grid's dense count.
    Two more variants run SVD merging with SMORE's online theta rule off (``*-fill``), so they
@@ -28,27 +26,21 @@ Steps (synchronous numpy; the only I/O is one decode pass and the embedding cach
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from agent.config import Representative
 from agent.core.proposals import Proposal, nms, propose
-from agent.core.qvh import load_jsonl, qvh_metrics, temporal_iou
+from agent.core.qvh import qvh_metrics, temporal_iou
 from agent.core.scoring import Scorer
-from agent.core.superimage import SuperImage, Tiler
 from agent.core.svd import MergeRule
-from agent.errors import ConfigError, IndexStoreError
-from agent.models.encoder import Encoder
-from agent.store.atomic import write_npz
-from bench.strategies import STRATEGIES, Compressed, Items, check, svd
-from streams.file import decode_frames
+from agent.errors import ConfigError
+from bench.dense_inputs import QuerySet
+from bench.strategies import STRATEGIES, Compressed, Items, svd
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -58,7 +50,6 @@ TOP_K = 5
 CANDIDATES = 50
 NMS_IOU = 0.5
 FIDELITY_IOU = 0.5
-CACHE_VERSION = 1
 
 
 def _svd_fill(
@@ -120,120 +111,6 @@ METRIC_KEYS = {
     "mAP": "MR-full-mAP",
     "mIoU": "MR-full-mIoU",
 }
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "model"
-
-
-def item_cache_path(folder: Path, model: str, grid: int, fps: float) -> Path:
-    """Where the dense items of one (model, grid, fps) are cached."""
-    return folder / f"items-v{CACHE_VERSION}-{_slug(model)}-g{grid}-fps{fps:g}.npz"
-
-
-def _load_items(path: Path) -> Items | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            return check(Items(z["starts"], z["ends"], z["embs"]))
-    except (OSError, KeyError, ValueError, ConfigError):
-        return None  # a damaged cache entry is rebuilt, never trusted
-
-
-class _GridEncoder:
-    """Collects one grid's super-images and encodes them in encoder-sized batches."""
-
-    def __init__(self, grid: int, encoder: Encoder, fps: float, batch: int) -> None:
-        self.tiler = Tiler("bench", grid=grid, size=encoder.image_size, period=1.0 / fps)
-        self.encoder = encoder
-        self.batch = batch
-        self.pending: list[SuperImage] = []
-        self.rows: list[tuple[float, float, F32]] = []
-
-    def push(self, t: float, image: npt.NDArray[np.uint8]) -> None:
-        si = self.tiler.push(t, image)
-        if si is not None:
-            self.pending.append(si)
-        if len(self.pending) >= self.batch:
-            self.encode()
-
-    def encode(self) -> None:
-        if not self.pending:
-            return
-        vecs = self.encoder.encode_images([si.image for si in self.pending])
-        self.rows.extend((si.start, si.end, v) for si, v in zip(self.pending, vecs, strict=True))
-        self.pending = []
-
-    def finish(self) -> Items:
-        si = self.tiler.flush()
-        if si is not None:
-            self.pending.append(si)
-        self.encode()
-        return Items.of(self.rows)
-
-
-def dense_items(
-    video: Path,
-    *,
-    fps: float,
-    grids: Sequence[int],
-    encoder: Encoder,
-    cache_dir: Path,
-    progress: bool = False,
-) -> tuple[dict[int, Items], dict[str, Any]]:
-    """Items of every grid: from the cache, else from one shared decode pass.
-
-    Returns the items by grid and statistics (which grids were cached, seconds, encoder passes).
-    """
-    out: dict[int, Items] = {}
-    missing: list[int] = []
-    for g in sorted(set(grids)):
-        cached = _load_items(item_cache_path(cache_dir, encoder.name, g, fps))
-        if cached is None:
-            missing.append(g)
-        else:
-            out[g] = cached
-    stats: dict[str, Any] = {"cached_grids": sorted(out), "encoded_grids": missing, "seconds": 0.0}
-    if not missing:
-        return out, stats
-    t0 = time.perf_counter()
-    workers = {g: _GridEncoder(g, encoder, fps, max(1, getattr(encoder, "batch_size", 16))) for g in missing}
-    frames = 0
-    for frame in decode_frames(video, stream="bench", fps=fps, short_side=encoder.image_size):
-        frames += 1
-        for w in workers.values():
-            w.push(frame.t, frame.image)
-        if progress and frames % 2000 == 0:
-            print(f"  encoded items up to t={frame.t:.0f}s", flush=True)
-    for g, w in workers.items():
-        items = w.finish()
-        write_npz(
-            item_cache_path(cache_dir, encoder.name, g, fps),
-            {"starts": items.starts, "ends": items.ends, "embs": items.embs},
-        )
-        out[g] = items
-    stats.update(seconds=round(time.perf_counter() - t0, 2), frames=frames)
-    return out, stats
-
-
-def load_queries(gt_path: Path, encoder: Encoder) -> tuple[list[dict[str, Any]], F32]:
-    """GT records of a haystack query file and their query vectors (image or text)."""
-    rows = load_jsonl(gt_path)
-    if not rows:
-        raise IndexStoreError(f"{gt_path}: no queries")
-    if rows[0].get("kind") == "image":
-        images = []
-        for r in rows:
-            try:
-                with Image.open(gt_path.parent / r["image"]) as im:
-                    images.append(np.asarray(im.convert("RGB")))
-            except OSError as exc:
-                raise IndexStoreError(f"cannot read query image {r['image']}: {exc}") from exc
-        vecs = encoder.encode_images(images)
-    else:
-        vecs = encoder.encode_text([str(r["query"]) for r in rows])
-    return rows, np.asarray(vecs, np.float32)
 
 
 def score_curve(memory: Compressed, qvecs: F32, times: F64) -> F64:
@@ -310,7 +187,7 @@ def budgets_for(n: int, fractions: Sequence[float]) -> list[tuple[float, int]]:
 
 def compare(
     items_by_grid: Mapping[int, Items],
-    query_sets: Mapping[str, tuple[list[dict[str, Any]], F32]],
+    query_sets_by_grid: Mapping[int, Mapping[str, QuerySet]],
     *,
     duration: float,
     fps: float,
@@ -318,7 +195,9 @@ def compare(
     strategies: Sequence[str],
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (grid, strategy, budget): tokens, build seconds, metrics and fidelity per query kind."""
+    """One row per (grid, strategy, budget): tokens, build seconds, metrics and fidelity per query kind.
+
+    ``query_sets_by_grid``: each grid's query sets by kind (:func:`queries_by_grid`)."""
     unknown = [s for s in strategies if s not in ALL_STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}; choose from {sorted(ALL_STRATEGIES)}")
@@ -326,6 +205,7 @@ def compare(
     rows: list[dict[str, Any]] = []
     for grid, items in sorted(items_by_grid.items()):
         n = int(items.starts.shape[0])
+        query_sets = query_sets_by_grid[grid]
         reference = {k: answer(items, q, times, 1.0 / fps) for k, (_, q) in query_sets.items()}
         rows.append(_row(grid, "dense", 1.0, n, n, 0.0, query_sets, reference, reference))
         rows[-1]["bytes"] = items.bytes_held
@@ -358,7 +238,7 @@ def _row(
     budget: int,
     tokens: int,
     seconds: float,
-    query_sets: Mapping[str, tuple[list[dict[str, Any]], F32]],
+    query_sets: Mapping[str, QuerySet],
     preds: Mapping[str, list[Windows]],
     reference: Mapping[str, list[Windows]],
 ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from agent.core.qvh import load_jsonl, qvh_metrics
 from agent.errors import ConfigError, IndexStoreError
 from agent.models.encoder import load_encoder
 from agent.types import RGBImage
-from bench import fidelity, speed
+from bench import dense_inputs, fidelity, speed
 from bench.haystack import DEFAULT_CACHE, DEFAULT_DATA, HaystackParams, HaystackSet, build
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def compare_section(opts: RunOptions, hs: HaystackSet) -> dict[str, Any]:
     enc = load_encoder(opts.encoder)
     p = opts.params
     _say(opts, f"dense items for grids {list(opts.grids)}")
-    items, stats = fidelity.dense_items(
+    items, stats = dense_inputs.dense_items(
         hs.video,
         fps=sample_fps(opts),
         grids=opts.grids,
@@ -220,10 +220,7 @@ def compare_section(opts: RunOptions, hs: HaystackSet) -> dict[str, Any]:
         cache_dir=hs.root,
         progress=opts.progress,
     )
-    queries = {
-        "image": fidelity.load_queries(hs.gt_image, enc),
-        "text": fidelity.load_queries(hs.gt_text, enc),
-    }
+    queries = dense_inputs.queries_by_grid({"image": hs.gt_image, "text": hs.gt_text}, enc, opts.grids)
     _say(opts, "strategies")
     rows = fidelity.compare(
         items,
@@ -237,7 +234,8 @@ def compare_section(opts: RunOptions, hs: HaystackSet) -> dict[str, Any]:
     return {
         "items": {str(g): int(it.starts.shape[0]) for g, it in items.items()},
         "item_stats": stats,
-        "queries": {k: len(v[0]) for k, v in queries.items()},
+        "queries": {k: len(v[0]) for k, v in queries[opts.grids[0]].items()},
+        "image_query": "still-shot",
         "text_meaningless": enc.meaningless,
         "procedure": fidelity.__doc__,
         "rows": rows,

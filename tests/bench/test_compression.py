@@ -35,6 +35,7 @@ def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
         {r["seed"] for r in rows} == {0, 1}
         and rep["queries"] == 6
         and rep["name"].endswith("-s0-1-classical-hog")
+        and rep["image_query"] == "still-shot"
     )
     # Pooled cells count both seeds' queries, each with its interval around the figure.
     for r in rep["pooled"]:

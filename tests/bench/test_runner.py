@@ -146,4 +146,4 @@ def test_budgets_and_bad_strategy() -> None:
     ]
     items = Items(np.arange(3.0), np.arange(1.0, 4.0), np.eye(3, dtype=np.float32))
     with pytest.raises(ConfigError):
-        fidelity.compare({1: items}, {}, duration=3.0, fps=1.0, fractions=[0.5], strategies=["nope"])
+        fidelity.compare({1: items}, {1: {}}, duration=3.0, fps=1.0, fractions=[0.5], strategies=["nope"])
