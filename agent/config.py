@@ -192,6 +192,11 @@ class QueryConfig(Strict):
     own background scores (see agent.core.fuse)."""
     max_text_chars: int = Field(default=2000, ge=1)
     max_image_bytes: int = Field(default=8 * 1024**2, ge=1)
+    image_query: Literal["still-shot", "photo"] = "still-shot"
+    """How an image query scores anchors. ``still-shot``: the photo tiled N x N at the index's
+    grid (the super-image footage of that photo would make), like with like; ``photo``: the
+    photo alone, the behaviour before. Refinement scores stored frames with the photo alone
+    either way. See :attr:`Settings.query_grid`."""
 
 
 class LLMConfig(Strict):
@@ -287,6 +292,12 @@ class Settings(Strict):
     query: QueryConfig = Field(default_factory=QueryConfig)
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
     ocr: OcrConfig = Field(default_factory=OcrConfig)
+
+    @property
+    def query_grid(self) -> int:
+        """The grid an image query is tiled at to score anchors: the index's under
+        ``query.image_query = "still-shot"``, 1 (the photo alone) under ``"photo"``."""
+        return self.index.grid if self.query.image_query == "still-shot" else 1
 
 
 def validate(model: type[Strict], data: dict[str, object]) -> Strict:

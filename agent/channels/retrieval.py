@@ -48,6 +48,7 @@ from agent.core.cheap_index import CheapIndex
 from agent.core.fuse import ChannelProposal, calibrate
 from agent.core.gaps import covered_pieces, holes_between
 from agent.core.memory import Memory
+from agent.core.superimage import still_shot
 from agent.errors import ConfigError, OversizeQueryError, QueryError
 from agent.models.encoder import Encoder
 from agent.store.frame_store import FrameStore
@@ -113,19 +114,29 @@ class Query:
             self.streams = None  # an empty list means every stream, as the protocol has always said
 
 
-def encode_query(query: Query, encoder: Encoder) -> np.ndarray:
-    """The query's (dim,) unit vector under ``encoder``."""
+def encode_query(query: Query, encoder: Encoder, grid: int = 1) -> np.ndarray:
+    """The query's (dim,) unit vector under ``encoder``.
+
+    ``grid`` > 1: an image query is encoded as the super-image a still shot of it makes at
+    that grid (:func:`agent.core.superimage.still_shot`), the picture layout of the anchors
+    it is scored against. Text has no layout: ``grid`` is ignored.
+    """
     if query.text is not None:
         return encoder.encode_text([query.text])[0]
     assert query.image is not None
-    return encoder.encode_images([query.image])[0]
+    image = still_shot(query.image, grid, encoder.image_size) if grid > 1 else query.image
+    return encoder.encode_images([image])[0]
 
 
 QueryKey = tuple[str, str, str]
 
 
-def _query_key(query: Query, encoder: Encoder) -> QueryKey:
-    """(encoder, kind, content): the same query under the same encoder gives the same vector."""
+def _query_key(query: Query, encoder: Encoder, grid: int = 1) -> QueryKey:
+    """(encoder, kind, content): the same query under the same encoder gives the same vector.
+
+    An image is keyed with its grid (a tiled picture is another encoder input); text is one
+    vector whatever the grid (:func:`encode_query` ignores it).
+    """
     backend = getattr(getattr(encoder, "backend", None), "name", "")
     who = f"{encoder.name}@{backend}"
     if query.text is not None:
@@ -133,7 +144,8 @@ def _query_key(query: Query, encoder: Encoder) -> QueryKey:
     assert query.image is not None
     img = np.ascontiguousarray(query.image)
     digest = hashlib.blake2b(img.data, digest_size=16).hexdigest()  # ~0.1 ms for a 256 px picture
-    return (who, "image", f"{img.shape}|{img.dtype}|{digest}")
+    tiled = f"|grid{grid}" if grid > 1 else ""
+    return (who, "image", f"{img.shape}|{img.dtype}|{digest}{tiled}")
 
 
 class QueryVectors:
@@ -158,9 +170,10 @@ class QueryVectors:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, query: Query, encoder: Encoder) -> np.ndarray:
-        """The (dim,) unit vector of ``query`` under ``encoder`` (:func:`encode_query`), kept or encoded."""
-        key = _query_key(query, encoder)
+    def get(self, query: Query, encoder: Encoder, grid: int = 1) -> np.ndarray:
+        """The (dim,) unit vector of ``query`` under ``encoder`` at ``grid`` (:func:`encode_query`),
+        kept or encoded."""
+        key = _query_key(query, encoder, grid)
         with self._lock:
             vec = self._items.get(key)
             if vec is not None:
@@ -168,13 +181,13 @@ class QueryVectors:
                 self.hits += 1
                 return vec
             self.misses += 1
-        vec = encode_query(query, encoder)
+        vec = encode_query(query, encoder, grid)
         vec.setflags(write=False)  # shared by every later query that repeats this one
-        self.put(query, encoder, vec)
+        self.put(query, encoder, vec, grid)
         return vec
 
-    def put(self, query: Query, encoder: Encoder, vec: np.ndarray) -> None:
-        """Keep ``vec`` as ``query``'s (dim,) unit vector under ``encoder``, encoded elsewhere.
+    def put(self, query: Query, encoder: Encoder, vec: np.ndarray, grid: int = 1) -> None:
+        """Keep ``vec`` as ``query``'s (dim,) unit vector under ``encoder`` at ``grid``, encoded elsewhere.
 
         The Ray gateway encodes a query once and ships the vector to every
         stream actor, which puts it here: its search then finds it instead of
@@ -186,7 +199,7 @@ class QueryVectors:
         if vec.flags.writeable:
             vec = vec.copy()
             vec.setflags(write=False)
-        key = _query_key(query, encoder)
+        key = _query_key(query, encoder, grid)
         with self._lock:
             self._items[key] = vec
             self._items.move_to_end(key)
@@ -199,15 +212,19 @@ PRESCREEN, REFINE = "prescreen", "refine"
 
 
 def query_roles(
-    query: Query, vectors: QueryVectors, prescreen: Encoder, refine: Encoder
+    query: Query, vectors: QueryVectors, prescreen: Encoder, refine: Encoder, grid: int = 1
 ) -> dict[str, np.ndarray]:
-    """``query``'s (dim,) vectors by role: prescreen's, and refine's when refine is another model.
+    """``query``'s (dim,) vectors by role: prescreen's at ``grid``, and refine's (the photo alone).
 
-    What :meth:`agent.index.video_index.VideoIndex.start_query` encodes; blocking (an encoder pass
-    unless kept in ``vectors``).
+    PRESCREEN scores anchors, so an image is tiled at ``grid`` (:func:`encode_query`). REFINE
+    scores stored frames one by one, so it is the photo alone (grid 1); it is there when refine
+    is another model, or when the query is an image at ``grid`` > 1 (the tiled vector would
+    not do). Text with one model has no REFINE entry: the prescreen vector serves both.
+    What :meth:`agent.index.video_index.VideoIndex.start_query` encodes; blocking (an encoder
+    pass per missing vector unless kept in ``vectors``).
     """
-    out = {PRESCREEN: vectors.get(query, prescreen)}
-    if refine is not prescreen:
+    out = {PRESCREEN: vectors.get(query, prescreen, grid)}
+    if refine is not prescreen or (query.image is not None and grid > 1):
         out[REFINE] = vectors.get(query, refine)
     return out
 

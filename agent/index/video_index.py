@@ -386,7 +386,7 @@ class VideoIndex:
         for name in names:
             if name not in self.streams:
                 raise UnknownStreamError(f"unknown stream {name!r}")
-        vecs = query_roles(query, self.query_vectors, self.prescreen, self.refine)
+        vecs = query_roles(query, self.query_vectors, self.prescreen, self.refine, self.settings.query_grid)
         pvec, rvec = vecs[PRESCREEN], vecs.get(REFINE, vecs[PRESCREEN])
         cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
         if self.sentences is not None and query.text is not None:

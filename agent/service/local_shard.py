@@ -299,12 +299,18 @@ class LocalShard(StreamShard):
         return await self.llm.refine(query.text, results, query.top_k or self.settings.query.top_k)
 
     async def embed_query(self, query: Query) -> np.ndarray:
-        return await self._in_query_thread(self.idx.query_vectors.get, query, self.idx.prescreen)
+        """``query``'s prescreen (dim,) vector (a watch scores anchors with it: at the query grid)."""
+        idx = self.idx
+        grid = idx.settings.query_grid
+        return await self._in_query_thread(idx.query_vectors.get, query, idx.prescreen, grid)
 
     async def query_vectors(self, query: Query) -> dict[str, np.ndarray]:
         """``query``'s (dim,) vectors by encoder role (:func:`query_roles`), on the query executor."""
         idx = self.idx
-        return await self._in_query_thread(query_roles, query, idx.query_vectors, idx.prescreen, idx.refine)
+        grid = idx.settings.query_grid
+        return await self._in_query_thread(
+            query_roles, query, idx.query_vectors, idx.prescreen, idx.refine, grid
+        )
 
     async def background_scores(self, qvec: np.ndarray, streams: set[str] | None) -> np.ndarray:
         return await self._in_query_thread(self._background_scores, qvec, streams)

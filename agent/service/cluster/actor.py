@@ -207,10 +207,13 @@ class StreamActor:
         return await asyncio.shield(fut)
 
     def _keep(self, query: Query, vectors: QueryVecs) -> None:
+        """Put the shipped vectors where :func:`query_roles` looks: PRESCREEN at the query grid,
+        REFINE (the photo alone) at grid 1."""
         idx = self.shard.idx
-        encoders = {PRESCREEN: idx.prescreen, REFINE: idx.refine}
+        where = {PRESCREEN: (idx.prescreen, idx.settings.query_grid), REFINE: (idx.refine, 1)}
         for role, vec in vectors.items():
-            idx.query_vectors.put(query, encoders[role], vec)
+            encoder, grid = where[role]
+            idx.query_vectors.put(query, encoder, vec, grid)
 
     async def query_vectors(self, query: Query) -> QueryVecs:
         """``query``'s (dim,) vectors by encoder role, for the gateway to ship to every actor."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.channels.retrieval import PRESCREEN, Query, encode_query
+from agent.channels.retrieval import Query, QueryVectors, query_roles
 from agent.config import EncoderConfig
 from agent.errors import EncodingError, VmrError
 from agent.process_memory import process_memory
@@ -191,8 +191,11 @@ def pool_options(rc: RayConfig) -> dict[str, Any]:
 class EncoderPool:
     """The gateway's side: starts, describes and ends the pool actors (see the module docstring)."""
 
-    def __init__(self, ray: Any, rc: RayConfig, cfg: EncoderConfig) -> None:
+    def __init__(self, ray: Any, rc: RayConfig, cfg: EncoderConfig, *, query_grid: int = 1) -> None:
+        """``query_grid``: what an image query is tiled at for the prescreen (``Settings.query_grid``)."""
         self.ray, self.rc, self.cfg = ray, rc, cfg
+        self.query_grid = query_grid
+        self.vectors = QueryVectors()  # the gateway's: a repeated query skips the pool
         self.handles: list[Any] = []
         self.ref: PoolRef | None = None
         self._gateway: RemoteEncoder | None = None
@@ -228,9 +231,11 @@ class EncoderPool:
         return self._gateway
 
     async def query_vectors(self, query: Query) -> dict[str, np.ndarray]:
-        """``query``'s (dim,) vector as the prescreen role (the pool serves every role when
-        ``settings.refine`` is unset); EncodingError when the pool does not answer."""
-        return {PRESCREEN: await asyncio.to_thread(encode_query, query, self.encoder())}
+        """``query``'s (dim,) vectors by role (:func:`query_roles`: the pool's model is every role
+        when ``settings.refine`` is unset), as a stream actor would encode them itself;
+        EncodingError when the pool does not answer."""
+        enc = self.encoder()
+        return await asyncio.to_thread(query_roles, query, self.vectors, enc, enc, self.query_grid)
 
     async def stats(self, limit: float) -> list[dict[str, Any]]:
         """Each pool actor's batch counters (and process memory, ``memory``), in handle order."""

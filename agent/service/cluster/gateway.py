@@ -93,7 +93,8 @@ class RayShard(StreamShard):
         self._ray = require_ray()
         self._owns_ray = await asyncio.to_thread(connect, self._ray, self.rc)
         if self.rc.encoders > 0:  # before any stream: each is handed the pool's handles
-            self.pool = EncoderPool(self._ray, self.rc, self.settings.prescreen)
+            grid = self.settings.query_grid
+            self.pool = EncoderPool(self._ray, self.rc, self.settings.prescreen, query_grid=grid)
             await self.pool.start(START_SECONDS)
         started = [Placement(spec) for spec in specs if spec.id not in removed]
         outcomes = await asyncio.gather(*(self._place(p) for p in started), return_exceptions=True)

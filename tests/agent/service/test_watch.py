@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.channels.retrieval import Query
+from agent.channels.retrieval import Query, encode_query
 from agent.channels.text_search import TimedText
 from agent.core.superimage import SuperImage
 from agent.errors import QueryError
+from agent.models.images import decode_image_b64
 from agent.service.config import WatchConfig
 from agent.service.protocol import (
     MomentEvent,
@@ -89,6 +90,12 @@ async def test_watch_fires_on_needle_of_realtime_replay(tmp_path: Path) -> None:
     async with running(tmp_path) as (svc, url), client(url) as ws:
         watching = await request(ws, {"type": "watch", "id": "w", "image": needle_b64(), "threshold": 0.93})
         assert watching["type"] == "watching" and watching["threshold"] == 0.93
+        # The watch scores super-images: its vector is the photo's still shot at the index's grid.
+        (watch,) = svc.watches.values()
+        enc, grid = svc.idx.prescreen, svc.idx.settings.query_grid
+        photo = decode_image_b64(needle_b64(), max_bytes=svc.idx.settings.query.max_image_bytes)
+        assert grid == 2
+        np.testing.assert_allclose(watch.qvec, encode_query(Query(image=photo), enc, grid), atol=1e-6)
         backward = await wait_for(ws, lambda e: e.get("id") == "w")
         assert backward["type"] == "moments" and backward["moments"] == []  # nothing retained yet
         await request(

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.channels.retrieval import PRESCREEN, Query
+from agent.channels.retrieval import PRESCREEN, REFINE, Query
+from agent.core.superimage import still_shot
 from agent.models.encoder import load_encoder
 from agent.service.cluster.gateway import RayShard
 from agent.service.config import SourcesConfig
@@ -69,7 +70,7 @@ async def test_two_streams_share_one_pool_actor_and_answer_as_local_encoders_do(
         memories = [await shard._call(p.handle.memory, limit=10.0) for p in placed]
         nodes = {p.node for p in placed}
         image = np.asarray(Image.open(NEEDLE).convert("RGB"))
-        pool_vec = (await shard.pool.query_vectors(Query(image=image)))[PRESCREEN]
+        pool_vecs = await shard.pool.query_vectors(Query(image=image))
         counted = await shard.stats()
 
     assert len(nodes) == 2, nodes  # one stream on each worker, one pool actor for both
@@ -82,8 +83,14 @@ async def test_two_streams_share_one_pool_actor_and_answer_as_local_encoders_do(
     ), (stats, counted)
     assert [m["encoders_loaded"] for m in memories] == [0.0, 0.0], memories
 
+    # As a stream actor would encode it: tiled at the index's grid to score anchors, the photo alone
+    # to refine.
     local = load_encoder(tiny_settings().prescreen)
-    np.testing.assert_allclose(pool_vec, local.encode_images([image])[0], atol=1e-5)
+    grid = tiny_settings().query_grid
+    assert set(pool_vecs) == {PRESCREEN, REFINE} and grid == 2
+    tiled = local.encode_images([still_shot(image, grid, local.image_size)])[0]
+    np.testing.assert_allclose(pool_vecs[PRESCREEN], tiled, atol=1e-5)
+    np.testing.assert_allclose(pool_vecs[REFINE], local.encode_images([image])[0], atol=1e-5)
 
     # The same clips with an encoder in each stream actor (encoders = 0, the mode before the pool).
     async with on_cluster(cluster, encoders=0)(tmp_path / "local", sources=media) as (svc, url):

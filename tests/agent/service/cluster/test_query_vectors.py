@@ -101,14 +101,16 @@ async def test_the_gateway_encodes_once_and_actors_answer_as_if_they_had(
         settings = settings.model_copy(
             update={"refine": EncoderConfig(model="tiny-random", allow_random=True)}
         )
-    roles = {PRESCREEN, REFINE} if other_refine else {PRESCREEN}
+    # An image at grid 2: the prescreen's vector is its still shot, the refine role's the photo
+    # alone, with one model as with two.
+    roles = {PRESCREEN, REFINE}
     async with _gateway(tmp_path, settings) as (shard, actors):
         before = [_misses(a) for a in actors]
         query = Query(image=np.asarray(Image.open(NEEDLE).convert("RGB")), top_k=3)
         results = await shard.search(query, budget=5.0)
-        # One actor encoded the query once (the second instance is the same checkpoint, so one key
-        # in its query vectors); the other received the vectors and encoded nothing.
-        assert sorted(m - b for m, b in zip(map(_misses, actors), before, strict=True)) == [0, 1]
+        # One actor encoded the query once per role (its still shot, the photo alone); the other
+        # received the vectors and encoded nothing.
+        assert sorted(m - b for m, b in zip(map(_misses, actors), before, strict=True)) == [0, 2]
         calls = [p.handle.search.calls for p in shard.placed.values()]
         assert [len(c) for c in calls] == [1, 1]
         shipped = calls[0][0][3]
