@@ -11,6 +11,7 @@ from agent.channels.retrieval import Query, encode_query
 from agent.channels.text_search import TimedText
 from agent.core.superimage import SuperImage
 from agent.errors import QueryError
+from agent.models.encoder import load_encoder
 from agent.models.images import decode_image_b64
 from agent.service.config import WatchConfig
 from agent.service.protocol import (
@@ -90,12 +91,14 @@ async def test_watch_fires_on_needle_of_realtime_replay(tmp_path: Path) -> None:
     async with running(tmp_path) as (svc, url), client(url) as ws:
         watching = await request(ws, {"type": "watch", "id": "w", "image": needle_b64(), "threshold": 0.93})
         assert watching["type"] == "watching" and watching["threshold"] == 0.93
-        # The watch scores super-images: its vector is the photo's still shot at the index's grid.
+        # The watch scores super-images: its vector is the photo's still shot at the index's grid
+        # (encoded where the streams run: here, or by a Ray actor when the gateway runs this test).
         (watch,) = svc.watches.values()
-        enc, grid = svc.idx.prescreen, svc.idx.settings.query_grid
-        photo = decode_image_b64(needle_b64(), max_bytes=svc.idx.settings.query.max_image_bytes)
+        grid = svc.settings.query_grid
+        photo = decode_image_b64(needle_b64(), max_bytes=svc.settings.query.max_image_bytes)
+        tiled = encode_query(Query(image=photo), load_encoder(svc.settings.prescreen), grid)
         assert grid == 2
-        np.testing.assert_allclose(watch.qvec, encode_query(Query(image=photo), enc, grid), atol=1e-6)
+        np.testing.assert_allclose(watch.qvec, tiled, atol=1e-5)
         backward = await wait_for(ws, lambda e: e.get("id") == "w")
         assert backward["type"] == "moments" and backward["moments"] == []  # nothing retained yet
         await request(
