@@ -21,7 +21,7 @@ from typing import Any
 from agent.errors import ConfigError
 from agent.models.encoder import load_encoder
 from agent.store.atomic import write_bytes, write_json
-from bench import dense_inputs, fidelity, haystack, pooled
+from bench import dense_inputs, fidelity, haystack, pooled, recency
 from bench.args import command_line, encoder_from_args
 from bench.report import _pyplot
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
@@ -70,7 +70,7 @@ def run(
     """Per seed: build (cached), encode dense items (cached), compare strategies; pool the seeds.
 
     ``image_query``: image queries as the still shot of their photo at each grid (the engine's
-    default) or as the photo alone (``photo``; the run's name ends in ``-photo``).
+    default) or as the photo alone (``photo``); the run's name ends in the mode.
     ``rows`` are every seed's rows (each with ``seed``); ``pooled`` one row per cell over the
     seeds with Wilson intervals (:mod:`bench.pooled`), which the tables, plot and targets read.
     """
@@ -90,6 +90,7 @@ def run(
         for row in fidelity.compare(
             items, queries, duration=params.duration, fps=fps, fractions=fractions, strategies=strategies
         ):
+            row["image"]["late"] = recency.late_mask(queries[row["grid"]]["image"][0], params.duration)
             rows.append({"seed": seed, **row})
         builds[str(seed)] = {
             "root": str(hs.root),
@@ -100,7 +101,7 @@ def run(
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     first = builds[str(seeds[0])]
     tag = "-".join(str(s) for s in seeds)
-    suffix = "-photo" if image_query == "photo" else ""
+    suffix = f"-{image_query}"  # runs before the choice existed (no suffix) used the photo alone
     return {
         "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{dense_inputs._slug(enc.name)}{suffix}",
         "command": command,
@@ -265,6 +266,7 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += pooled.head_to_head_lines(
         rep.get("against_peers", {}), f"The default ({rep['chosen']}) against its peers", "peer"
     )
+    lines += recency.lines(rows, rep["chosen"])
     lines += [
         "",
         "## Targets (issue #15) for " + rep["chosen"],

@@ -98,6 +98,9 @@ def pool(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "right": right,
             },
         }
+        if all("late" in r["image"] for r in group):
+            # Where each query's needle sits (bench.recency), concatenated like ``agree``.
+            row["image"]["late"] = [x for r in group for x in r["image"]["late"]]
         fine = [r["detail_bytes_per_hour"] for r in group if "detail_bytes_per_hour" in r]
         if fine:
             row["detail_bytes_per_hour"] = round(sum(fine) / len(fine))

@@ -18,6 +18,8 @@ anchor re-keys one more: still O(d + log B) each.
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -104,10 +106,11 @@ class Anchor:
 class _Node:
     """A linked-list cell around an anchor; ``version`` guards its right pair in the heap."""
 
-    __slots__ = ("alive", "anchor", "next", "prev", "version")
+    __slots__ = ("alive", "anchor", "first", "next", "prev", "version")
 
-    def __init__(self, anchor: Anchor, prev: _Node | None) -> None:
+    def __init__(self, anchor: Anchor, prev: _Node | None, first: int = 0) -> None:
         self.anchor = anchor
+        self.first = first
         self.prev = prev
         self.next: _Node | None = None
         self.version = 0
@@ -148,6 +151,14 @@ class AnchorChain:
         self._count = 0
         self._heap: list[_Entry] = []
         self._seq = 0
+        self._members = 0
+        """Members of every anchor (embeddings added since the memory began)."""
+        self.floor = 1.0
+        """Under ``"ward-young"``: the memory's members per token, rounded down to a power of two
+        (1 until the memory is full); a young anchor is priced at least at this size."""
+        self._young: deque[_Node] = deque()
+        """Under ``"ward-young"``: the anchors begun within the last ``floor`` members, oldest
+        first (and merged-away ones not yet popped: at most ``floor`` entries)."""
 
     def __len__(self) -> int:
         return self._count
@@ -174,9 +185,13 @@ class AnchorChain:
         runs = Runs.single(start, vec, svd.basis) if self.runs else None
         anchor = Anchor(start, end, svd, svd.representative(self.representative), runs)
         self.slots.put(anchor)
-        node = _Node(anchor, self._tail)
+        # ``first``: the members before this anchor, a prefix sum that merges never change.
+        node = _Node(anchor, self._tail, self._members)
         old_tail, self._tail = self._tail, node
         self._count += 1
+        if self.merge == "ward-young":
+            self._young.append(node)
+        self._grown(1)
         if old_tail is None:
             self._head = node
             return
@@ -194,19 +209,65 @@ class AnchorChain:
 
     def restore(self, anchors: Sequence[Anchor]) -> None:
         """Fill an empty chain with anchors already in time order."""
+        members = 0
         for a in anchors:
             a.slot = -1  # restored anchors own their arrays until they take a slot of this chain
             self.slots.put(a)
-            node = _Node(a, self._tail)
+            node = _Node(a, self._tail, members)
+            members += a.svd.count
             if self._tail is None:
                 self._head = node
             else:
                 self._tail.next = node
             self._tail = node
         self._count = len(anchors)
+        self._members = members
+        self.floor = self._floor_for(members)
+        if self.merge == "ward-young":
+            self._young = deque(self._young_suffix())
         self._rebuild_heap()
 
+    def joined(self) -> None:
+        """Count one embedding that joined the open anchor (a join adds a member, not an anchor)."""
+        self._grown(1)
+
     # ---------------------------------------------------------------- budget
+
+    def _floor_for(self, members: int) -> float:
+        # Members per token, rounded down to a step of 2^(1/8): it changes (and the heap is
+        # re-keyed, O(B log B)) only when the stream has grown by 9 %, amortised O(log B / ratio)
+        # per embedding; a pure function of ``members`` so that a restored chain agrees.
+        if self.merge != "ward-young" or members <= self.budget:
+            return 1.0
+        return float(2.0 ** (math.floor(8.0 * math.log2(members / self.budget)) / 8.0))
+
+    def _grown(self, n: int) -> None:
+        self._members += n
+        if self.merge != "ward-young":
+            return
+        floor = self._floor_for(self._members)
+        if floor != self.floor:
+            self.floor = floor
+            self._young = deque(self._young_suffix())
+            self._rebuild_heap()
+            return
+        while self._young and not (self._young[0].alive and self._is_young(self._young[0])):
+            node = self._young.popleft()
+            if node.alive:  # settled: its pairs are priced at its own size from now on
+                if node.prev is not None:
+                    self._push(node.prev)
+                self._push(node)
+
+    def _is_young(self, node: _Node) -> bool:
+        return node.first + self.floor > self._members
+
+    def _young_suffix(self) -> list[_Node]:
+        out: list[_Node] = []
+        node = self._tail
+        while node is not None and self._is_young(node):
+            out.append(node)
+            node = node.prev
+        return out[::-1]
 
     def _push(self, left: _Node) -> None:
         """(Re)score the pair (left, left.next), invalidating its older entries."""
@@ -231,6 +292,18 @@ class AnchorChain:
                 a.svd,
                 b.svd,
                 None if after is None or b.end < after.anchor.start else after.anchor.svd,
+            )
+        if self.merge == "ward-young":
+            # Online, a young anchor is a scene whose later frames have not arrived yet, not a
+            # short one: priced at its own size, every new frame would fold into the newest
+            # anchor (|x - mean|^2, against n/2 |d|^2 for any settled pair) and the newest
+            # footage would pool into one anchor once the memory is compressed enough.
+            return gap, merge_cost(
+                a.svd,
+                b.svd,
+                "ward",
+                self.floor if self._is_young(left) else 1.0,
+                self.floor if self._is_young(right) else 1.0,
             )
         return gap, merge_cost(a.svd, b.svd, self.merge)
 

@@ -138,6 +138,7 @@ class Memory:
         if not gap and float(last.rep @ vec) >= self.theta * norm:
             last.update(start, vec, self.representative, self._chain.runs)
             self._chain.refresh(last)
+            self._chain.joined()
             last.end = max(last.end, end)
             return
         if not gap:

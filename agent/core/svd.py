@@ -23,9 +23,9 @@ F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 
 Representative = Literal["smore", "mean"]
-MergeRule = Literal["cosine", "ward", "ward-context", "dilution", "subspace"]
+MergeRule = Literal["cosine", "ward", "ward-young", "ward-context", "dilution", "subspace"]
 """Which adjacent pair a full memory merges (see :func:`merge_cost`)."""
-MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "ward-context", "dilution", "subspace")
+MERGE_RULES: tuple[MergeRule, ...] = ("cosine", "ward", "ward-young", "ward-context", "dilution", "subspace")
 
 _RHO_TOL = 1e-5
 """A new row whose residual off the basis is below this fraction of its norm
@@ -281,7 +281,9 @@ def unpack_svds(arrays: Mapping[str, np.ndarray], n: int, rank: int, dim: int) -
     ]
 
 
-def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
+def merge_cost(
+    a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule, floor_a: float = 1.0, floor_b: float = 1.0
+) -> float:
     """What merging ``a`` and ``b`` costs under ``rule`` (lower merges first; O(d) or O(d*k^2)).
 
     * ``"ward"``: the increase of the members' squared error around their
@@ -290,6 +292,15 @@ def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
       its squared distance, so distinct stretches survive while long,
       near-identical ones pool (``"ward-context"`` is Ward's cost here; the
       chain lowers it for a short mix of its neighbours, :func:`agent.core.anchors.fold_cost`);
+      ``floor_a`` / ``floor_b`` price a side at least at that many members;
+    * ``"ward-young"``: Ward's cost with an anchor begun within the last ``m``
+      members priced at least at ``m`` members, ``m`` the memory's members per
+      token (the chain passes the floors; here, as given). Online, plain Ward
+      folds every new frame into the newest anchor once the memory is
+      compressed enough (a new frame's cost is ``|x - mean|^2`` whatever the
+      anchor's size, a settled pair's ``n/2 |d|^2``): the newest footage pooled
+      into one anchor of 10-20 minutes on the haystack at 1/30, where this
+      rule keeps it at the resolution of the rest (:mod:`agent.core.anchors`);
     * ``"dilution"``: the largest squared shift any member's anchor mean
       suffers, ``(max(n_a, n_b) / (n_a + n_b))^2 * |mean_a - mean_b|^2``: the
       worst member's share of Ward's sum, not the sum. The shorter side moves
@@ -303,9 +314,10 @@ def merge_cost(a: TruncatedSVD, b: TruncatedSVD, rule: MergeRule) -> float:
     * ``"cosine"``: ``1 -`` the cosine of the two means (the size-blind rule
       of SMORE; the memory itself keys it on the representatives).
     """
-    if rule in ("ward", "ward-context"):
+    if rule in ("ward", "ward-context", "ward-young"):
         diff = a.mean() - b.mean()
-        return float(a.count * b.count / (a.count + b.count) * (diff @ diff))
+        na, nb = max(a.count, floor_a), max(b.count, floor_b)
+        return float(na * nb / (na + nb) * (diff @ diff))
     if rule == "dilution":
         diff = a.mean() - b.mean()
         share = max(a.count, b.count) / (a.count + b.count)

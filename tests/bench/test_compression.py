@@ -34,7 +34,7 @@ def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert (
         {r["seed"] for r in rows} == {0, 1}
         and rep["queries"] == 6
-        and rep["name"].endswith("-s0-1-classical-hog")
+        and rep["name"].endswith("-s0-1-classical-hog-still-shot")
         and rep["image_query"] == "still-shot"
     )
     # Pooled cells count both seeds' queries, each with its interval around the figure.
@@ -63,6 +63,9 @@ def test_compression_run_writes_json_table_and_plot(tmp_path: Path) -> None:
     assert f"**{compression.CHOSEN}**" in table and "| 1/10 | 1/30 |" in table
     assert "## Paired: Each SVD variant against the default" in table and "seeds [0, 1] pooled" in table
     assert "## Means over the grids" in table and f"| {TWO_RES} | " in table
+    # Every cell is split by where its needle sits (bench.recency).
+    assert all(len(r["image"]["late"]) == r["image"]["queries"] for r in rep["pooled"])
+    assert "## Where the needle sits" in table
 
 
 def needle_stream(dim: int = 8) -> tuple[Items, np.ndarray]:
