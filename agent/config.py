@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agent.errors import ConfigError
 
 Representative = Literal["smore", "mean"]
-MergeRule = Literal["cosine", "ward", "dilution", "subspace"]
+MergeRule = Literal["cosine", "ward-young", "ward", "dilution", "subspace"]
 """Which adjacent anchors a full memory merges (:func:`agent.core.svd.merge_cost`)."""
 Scorer = Literal["rep", "energy", "projection", "peak", "average"]
 """How a query scores an anchor (:meth:`agent.core.memory.Memory.scores`)."""
@@ -137,10 +137,13 @@ class IndexConfig(Strict):
     rank: int = Field(default=4, ge=1, le=64)
     """Rank k of each anchor's truncated SVD."""
     representative: Representative = "smore"
-    merge: MergeRule = "ward"
-    """Merge rule under budget pressure: ``ward`` (least squared error added; issue #15's winner),
-    ``dilution`` (least shift of the worst member's anchor mean), ``cosine`` (SMORE's most similar
-    pair) or ``subspace`` (least energy off the rank-k span)."""
+    merge: MergeRule = "ward-young"
+    """Merge rule under budget pressure: ``ward-young`` (Ward's least squared error added, with an
+    anchor begun within the last ``m`` members priced at least at ``m``, the memory's members per
+    token; the default since issue #15's recency measurement), ``ward`` (plain Ward: under heavy
+    compression it pools the newest footage into one anchor, 10-20 minutes of the 1 h haystack
+    at 1/30), ``dilution`` (least shift of the worst member's anchor mean), ``cosine`` (SMORE's
+    most similar pair) or ``subspace`` (least energy off the rank-k span)."""
     scorer: Scorer = "energy"
     """Prescreen scorer: ``energy`` (RMS of the members' cosines, read from the SVD; issue #15's
     winner), ``rep`` (cosine to the token), ``peak`` (mean + spread), ``average`` (mean member cosine)

@@ -26,8 +26,8 @@ from bench.args import command_line, encoder_from_args
 from bench.report import _pyplot
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
 
-CHOSEN = "svd-ward-energy-fill"
-"""The engine's default rules (Ward merging, energy scorer) with the budget filled."""
+CHOSEN = "svd-ward-young-energy-fill"
+"""The engine's default rules (ward-young merging, energy scorer) with the budget filled."""
 PEERS = ("avgpool", "selection")
 """What the chosen method must beat at every budget <= 1/10 (issue #15)."""
 DEFAULT_STRATEGIES = (
@@ -42,6 +42,7 @@ DEFAULT_STRATEGIES = (
     "svd-ward-fill",
     "svd-ward-peak-fill",
     "svd-ward-energy-fill",
+    "svd-ward-young-energy-fill",
     "svd-ward-average-fill",
     "svd-subspace-fill",
     "svd-ward-peak-2res-fill",

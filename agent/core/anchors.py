@@ -253,7 +253,9 @@ class AnchorChain:
             return
         while self._young and not (self._young[0].alive and self._is_young(self._young[0])):
             node = self._young.popleft()
-            if node.alive:  # settled: its pairs are priced at its own size from now on
+            if node.alive and node.anchor.svd.count < self.floor:
+                # Settled below the floor: its pairs are priced at its own size from now on
+                # (at or above the floor, the price is the same and the keys stay valid).
                 if node.prev is not None:
                     self._push(node.prev)
                 self._push(node)

@@ -7,8 +7,12 @@ handed to the LLM). Whenever tokens exceed the budget, the adjacent pair that
 costs least under the merge rule is merged; queries score anchors by the
 scorer (:mod:`agent.core.svd` and :mod:`agent.core.scoring`; defaults chosen in issue #15):
 
-* merge ``"ward"``: the least squared error added around the means, so long
-  near-identical stretches pool and distinct ones survive (``"ward-context"``:
+* merge ``"ward-young"``: Ward's least squared error added around the means, so
+  long near-identical stretches pool and distinct ones survive, with an anchor
+  begun within the last ``m`` members (``m`` = members per token) priced at
+  least at ``m``: online, plain ``"ward"`` folds every new frame into the
+  newest anchor once the memory is compressed enough, so the newest footage
+  pools into one anchor (:mod:`agent.core.anchors`; ``"ward-context"``:
   Ward, but a short anchor that lies between its neighbours, a dissolve, folds
   at its distance from them, :func:`agent.core.anchors.fold_cost`; ``"cosine"``:
   SMORE's most similar pair; ``"dilution"``: the worst member's mean shift,
@@ -55,7 +59,7 @@ from agent.core.svd import (
 
 _Views = tuple[list[Anchor], F64, F64, npt.NDArray[np.int64]]
 
-DEFAULT_MERGE: MergeRule = "ward"
+DEFAULT_MERGE: MergeRule = "ward-young"
 DEFAULT_SCORER: Scorer = "energy"
 
 
