@@ -89,6 +89,8 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     # that size: online, the newest footage no longer pools into one anchor (agent.core.anchors).
     "svd-ward-young-energy-fill": _svd_fill("mean", merge="ward-young", scorer="energy"),
     "svd-ward-young-energy-runs8-fill": _svd_fill("mean", merge="ward-young", scorer="energy", runs=8),
+    "svd-ward-young-average-fill": _svd_fill("mean", merge="ward-young", scorer="average"),
+    "svd-ward-young-fill": _svd_fill("mean", merge="ward-young"),
     # Ward, but a short anchor between its neighbours (a dissolve) folds at its residual off them.
     "svd-ward-context-energy-fill": _svd_fill("mean", merge="ward-context", scorer="energy"),
     # Merging by the worst member's dilution (Ward's sum without its min(n_a, n_b) factor).
