@@ -125,6 +125,9 @@ class PendingQuery:
     plans: dict[str, VisualPlan]
     refiner: Refiner
     meaningless: bool = False
+    refine_vector: Callable[[], np.ndarray] | None = None
+    """Encodes the query's refine vector when it differs from the prescreen one (first_vectors):
+    called once, when refinement starts; the plans hold an empty vector until then."""
     first: dict[str, QueryResult] = field(init=False)
     """Per stream, the anchor-level answer (computed at construction)."""
 
@@ -152,6 +155,11 @@ class PendingQuery:
         if not self.refinable:
             return self.first
         deadline = None if budget is None else time.monotonic() + budget
+        if self.refine_vector is not None:
+            vec, self.refine_vector = self.refine_vector(), None
+            self.query.vectors["refine"] = vec
+            for plan in self.plans.values():
+                plan.rvec = vec
         refined = self.refiner(self.plans, deadline)
         return answer(
             self._found(refined), self.states, self.query, meaningless=self.meaningless, holes=self._holes()

@@ -35,8 +35,8 @@ from pydantic import ValidationError
 
 from agent.channels.base import Channel, ChannelAnswer, WorkItem
 from agent.channels.ocr import OCR_WORKER, OcrChannel
-from agent.channels.refine import VisualPlan, refine_plans
-from agent.channels.retrieval import PRESCREEN, REFINE, FrameEmbeddingCache, Query, QueryVectors, query_roles
+from agent.channels.query import Query, QueryVectors, first_vectors
+from agent.channels.refine import FrameEmbeddingCache, VisualPlan, refine_plans
 from agent.channels.speech import SPEECH_WORKER, SpeechChannel
 from agent.channels.text_search import SENTENCE_ROLE
 from agent.channels.visual import IMAGE_WORKER, images_of
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 INDEX_VERSION = 1
 RUN_ONLY = ("encoder_nice", "encoder_sched")
 """Index settings that change how a pass runs, not what it stores: free to differ between ingests."""
+_UNSET = np.zeros(0, np.float32)
+"""The refine vector of a query until refinement encodes it (:func:`first_vectors`)."""
 _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -386,9 +388,11 @@ class VideoIndex:
         for name in names:
             if name not in self.streams:
                 raise UnknownStreamError(f"unknown stream {name!r}")
-        vecs = query_roles(query, self.query_vectors, self.prescreen, self.refine, self.settings.query_grid)
-        pvec, rvec = vecs[PRESCREEN], vecs.get(REFINE, vecs[PRESCREEN])
-        cq = channel_query(query, self.settings.query, prescreen=pvec, refine=rvec)
+        grid = self.settings.query_grid
+        pvec, later = first_vectors(query, self.query_vectors, self.prescreen, self.refine, grid)
+        cq = channel_query(
+            query, self.settings.query, prescreen=pvec, refine=pvec if later is None else _UNSET
+        )
         if self.sentences is not None and query.text is not None:
             cq.vectors[SENTENCE_ROLE] = self.sentences.encode([query.text])[0]
         states = {name: self.streams[name] for name in names}
@@ -396,9 +400,7 @@ class VideoIndex:
         plans = {}
         for name, st in states.items():
             others[name], plans[name] = st.plan(cq)
-        return PendingQuery(
-            cq, states, others, plans, self._refine_plans, meaningless=self.refine.meaningless
-        )
+        return PendingQuery(cq, states, others, plans, self._refine_plans, self.refine.meaningless, later)
 
     def _refine_plans(self, plans: dict[str, VisualPlan], deadline: float | None) -> dict[str, ChannelAnswer]:
         return refine_plans(plans, self.refine, self.cache, deadline=deadline)

@@ -108,10 +108,15 @@ def _anchor_scores(
     try:
         idx.ingest(decode_frames(video, stream="cam", fps=2.0, short_side=idx.prescreen.image_size))
         pending = idx.start_query(Query(image=photo, top_k=3))
+        # The first answer encodes the prescreen vector only; the photo alone (still-shot mode)
+        # is encoded when refinement starts.
+        assert idx.query_vectors.misses == 1
         memory = idx.streams["cam"].memory
         starts, _ = memory.times()
         scores = memory.scores(pending.query.vectors[PRESCREEN])
         top = pending.refine(None)["cam"].moments[0]
+        assert idx.query_vectors.misses == (2 if mode == "still-shot" else 1)
+        assert pending.query.vectors[REFINE].shape == (idx.refine.dim,)
         return starts, scores, (top.start, top.end, top.score)
     finally:
         idx.close()
@@ -137,3 +142,18 @@ def test_a_still_shot_query_singles_out_its_scene_more_clearly(
     assert tops["still-shot"] == tops["photo"]
     start, end, _ = tops["still-shot"]
     assert 4.0 * NEEDLE - 0.5 <= start < end <= 4.0 * NEEDLE + 4.5, tops
+
+
+def test_first_vectors_leave_the_refine_vector_for_refinement(tiny: Encoder, picture: np.ndarray) -> None:
+    from agent.channels.query import first_vectors
+
+    vectors = QueryVectors()
+    image = Query(image=picture)
+    pvec, later = first_vectors(image, vectors, tiny, tiny, grid=2)
+    assert vectors.misses == 1 and later is not None
+    np.testing.assert_array_equal(pvec, encode_query(image, tiny, 2))
+    np.testing.assert_array_equal(later(), encode_query(image, tiny, 1))
+    assert vectors.misses == 2
+    # Text, or an image at grid 1 with one model: the prescreen vector serves refinement too.
+    assert first_vectors(Query(text="a dog"), vectors, tiny, tiny, grid=2)[1] is None
+    assert first_vectors(image, vectors, tiny, tiny, grid=1)[1] is None
