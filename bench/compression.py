@@ -1,8 +1,7 @@
 """``vmr bench compression``: memory strategies at 1/3 .. 1/100 of dense tokens, image queries only.
 
-The strategy comparison of ``vmr bench haystack run`` without the speed passes and the text
-queries, so that it also runs with encoders that have no text side (``classical-hog``) and takes
-minutes: dense items per grid are encoded once and cached next to the haystack build. One run
+The strategy comparison of ``vmr bench haystack run`` without speed passes and text queries (so
+it runs with ``classical-hog`` too); dense items per grid are cached next to the build. One run
 writes ``<name>.json`` (every row, the command, the machine), ``<name>.md`` (fidelity, R1@0.5 and
 bytes per hour of footage per grid, strategy and budget, and the issue's targets checked for
 :data:`CHOSEN`) and ``<name>-fidelity.png`` (fidelity against budget, one panel per grid).

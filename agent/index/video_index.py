@@ -23,7 +23,6 @@ failed. Without ``isolate`` (the CLI) the error is raised as it is.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import threading
 from collections.abc import Callable, Collection, Iterable
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from agent.channels.base import Channel, ChannelAnswer, WorkItem
 from agent.channels.ocr import OCR_WORKER, OcrChannel
@@ -45,6 +43,7 @@ from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
 from agent.index.encode_pipeline import EncodePipeline, Entry, PipelineWaits
 from agent.index.info import bytes_on_disk, stream_info
+from agent.index.manifest import STREAM_ID, check_stream_id, manifest_settings, stored
 from agent.index.stream_state import StreamState
 from agent.models.encoder import Encoder, encoder_for
 from agent.models.ocr import TesseractReader
@@ -59,37 +58,8 @@ from agent.types import AudioChunk, Frame, QueryResult
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
-RUN_ONLY = ("encoder_nice", "encoder_sched")
-"""Index settings that change how a pass runs, not what it stores: free to differ between ingests."""
 _UNSET = np.zeros(0, np.float32)
 """The refine vector of a query until refinement encodes it (:func:`first_vectors`)."""
-_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def _stored(settings: Settings) -> dict[str, Any]:
-    """``settings`` as an index must keep them (without :data:`RUN_ONLY`)."""
-    dump = settings.model_dump(mode="json")
-    for name in RUN_ONLY:
-        dump["index"].pop(name, None)
-    return dump
-
-
-def _manifest_settings(root: Path, manifest: dict[str, Any]) -> Settings:
-    """The settings ``index.json`` records; IndexStoreError (one line per field) when invalid."""
-    try:
-        return Settings.model_validate(manifest["settings"])
-    except ValidationError as exc:
-        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise IndexStoreError(f"{root}/index.json: invalid settings: {why}") from exc
-    except Exception as exc:  # no "settings" key, or not a mapping
-        raise IndexStoreError(f"{root}/index.json: invalid settings: {exc!r}") from exc
-
-
-def check_stream_id(stream: str) -> str:
-    """Stream ids become folder names: allow a safe alphabet only."""
-    if not _STREAM_ID.match(stream):
-        raise ConfigError(f"invalid stream id {stream!r}: use letters, digits, '_', '.', '-' (max 128)")
-    return stream
 
 
 class VideoIndex:
@@ -150,8 +120,8 @@ class VideoIndex:
             raise IndexStoreError(f"{root} is not a directory: an index is a folder (use a new --index path)")
         if (root / "index.json").exists():
             # Through the model: an index written before a settings field existed has its default.
-            known = _manifest_settings(root, cls.read_manifest(root))
-            if _stored(known) != _stored(settings):
+            known = manifest_settings(root, cls.read_manifest(root))
+            if stored(known) != stored(settings):
                 raise ConfigError(f"{root} was built with other settings; use a new --index directory")
         idx = cls(root, settings, isolate=isolate)
         idx._open_streams(skip)
@@ -161,7 +131,7 @@ class VideoIndex:
     @classmethod
     def open(cls, root: Path) -> VideoIndex:
         """Open an existing index with the settings it was built with."""
-        settings = _manifest_settings(Path(root), cls.read_manifest(Path(root)))
+        settings = manifest_settings(Path(root), cls.read_manifest(Path(root)))
         idx = cls(Path(root), settings)
         idx._open_streams()
         return idx
@@ -192,7 +162,7 @@ class VideoIndex:
         folder = self.root / "streams"
         if folder.is_dir():
             for sub in sorted(folder.iterdir()):
-                if sub.is_dir() and _STREAM_ID.match(sub.name) and sub.name not in skip:
+                if sub.is_dir() and STREAM_ID.match(sub.name) and sub.name not in skip:
                     self.stream(sub.name, create=False)
 
     def stream(self, stream: str, *, create: bool = True) -> StreamState:
@@ -258,7 +228,7 @@ class VideoIndex:
             st = self.streams.pop(stream, None)
             self.load_errors.pop(stream, None)
         folder = self.root / "streams" / stream
-        if st is None and not (purge and _STREAM_ID.match(stream) and folder.is_dir()):
+        if st is None and not (purge and STREAM_ID.match(stream) and folder.is_dir()):
             raise UnknownStreamError(f"unknown stream {stream!r}")
         if st is not None:
             st.close()

@@ -34,7 +34,7 @@ from pydantic import (
 
 from agent.config import MAX_CLOSE_SECONDS, FiniteFloat, LLMConfig, Settings, Strict, env_str
 from agent.errors import ConfigError
-from agent.index.video_index import check_stream_id
+from agent.index.manifest import check_stream_id
 from agent.process_memory import MMAP_THRESHOLD_MAX, MMAP_THRESHOLD_MIN
 from streams import registry
 from streams.source import SourceSpec

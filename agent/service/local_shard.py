@@ -37,7 +37,14 @@ from agent.service.batch_worker import BatchWorker
 from agent.service.config import ServiceConfig, StreamSpec
 from agent.service.llm_handoff import LLMHandoff
 from agent.service.protocol import StreamStatus, parse_event
-from agent.service.shard import FirstAnswer, ShardListener, ShardStats, StreamShard, StreamStats
+from agent.service.shard import (
+    FirstAnswer,
+    ShardListener,
+    ShardStats,
+    StreamShard,
+    StreamStats,
+    source_events,
+)
 from agent.service.stream_runner import StreamRunner
 from agent.service.workers import Workers
 from agent.types import QueryResult
@@ -382,24 +389,3 @@ class LocalShard(StreamShard):
             "meaningless": idx.prescreen.meaningless or idx.refine.meaningless,
             "channels": idx.channel_names,
         }
-
-
-SOURCE_EVENTS = (
-    "damaged_packets",
-    "failures",
-    "clock_clamped",
-    "clock_jumps",
-    "segments_corrupt",
-    "segments_refused",
-    "segments_late",
-    "segments_lost",
-    "segments_renamed",
-)
-"""Source counters exported per stream as ``vmr_source_events_total{event=...}``."""
-
-
-def source_events(info: dict[str, Any] | None) -> dict[str, int]:
-    """The counters of :data:`SOURCE_EVENTS` a source's statistics carry."""
-    if info is None:
-        return {}
-    return {k: int(info[k]) for k in SOURCE_EVENTS if isinstance(info.get(k), int)}

@@ -214,3 +214,24 @@ class StreamShard(ABC):
     def routes(self) -> list[web.RouteDef]:
         """Ingest routes this shard serves on the service's port (WHIP); none by default."""
         return []
+
+
+SOURCE_EVENTS = (
+    "damaged_packets",
+    "failures",
+    "clock_clamped",
+    "clock_jumps",
+    "segments_corrupt",
+    "segments_refused",
+    "segments_late",
+    "segments_lost",
+    "segments_renamed",
+)
+"""Source counters exported per stream as ``vmr_source_events_total{event=...}``."""
+
+
+def source_events(info: dict[str, Any] | None) -> dict[str, int]:
+    """The counters of :data:`SOURCE_EVENTS` a source's statistics carry."""
+    if info is None:
+        return {}
+    return {k: int(info[k]) for k in SOURCE_EVENTS if isinstance(info.get(k), int)}

@@ -20,7 +20,6 @@ from agent.service.client import remote_query, watch
 from agent.service.config import ServiceConfig, parse_spec
 from agent.service.connection import Connection
 from agent.service.errors import INTERNAL, error_event
-from agent.service.local_shard import source_events
 from agent.service.metrics import ServiceMetrics
 from agent.service.pipeline import Service
 from agent.service.protocol import (
@@ -37,7 +36,7 @@ from agent.service.protocol import (
 )
 from agent.service.registry import STREAMS_FILE, StreamRegistry
 from agent.service.router import Router
-from agent.service.shard import ShardStats, StreamStats
+from agent.service.shard import ShardStats, StreamStats, source_events
 from tests.agent.service.helpers import (
     NEEDLE,
     add,

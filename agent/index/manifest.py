@@ -1,0 +1,42 @@
+"""What an index's ``index.json`` keeps of its settings, and which stream ids may become folders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.config import Settings
+from agent.errors import ConfigError, IndexStoreError
+
+RUN_ONLY = ("encoder_nice", "encoder_sched")
+"""Index settings that change how a pass runs, not what it stores: free to differ between ingests."""
+STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def stored(settings: Settings) -> dict[str, Any]:
+    """``settings`` as an index must keep them (without :data:`RUN_ONLY`)."""
+    dump = settings.model_dump(mode="json")
+    for name in RUN_ONLY:
+        dump["index"].pop(name, None)
+    return dump
+
+
+def manifest_settings(root: Path, manifest: dict[str, Any]) -> Settings:
+    """The settings ``index.json`` records; IndexStoreError (one line per field) when invalid."""
+    try:
+        return Settings.model_validate(manifest["settings"])
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise IndexStoreError(f"{root}/index.json: invalid settings: {why}") from exc
+    except Exception as exc:  # no "settings" key, or not a mapping
+        raise IndexStoreError(f"{root}/index.json: invalid settings: {exc!r}") from exc
+
+
+def check_stream_id(stream: str) -> str:
+    """Stream ids become folder names: allow a safe alphabet only."""
+    if not STREAM_ID.match(stream):
+        raise ConfigError(f"invalid stream id {stream!r}: use letters, digits, '_', '.', '-' (max 128)")
+    return stream
