@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -156,9 +155,11 @@ class AnchorChain:
         self.floor = 1.0
         """Under ``"ward-young"``: the memory's members per token, rounded down to a power of two
         (1 until the memory is full); a young anchor is priced at least at this size."""
-        self._young: deque[_Node] = deque()
-        """Under ``"ward-young"``: the anchors begun within the last ``floor`` members, oldest
-        first (and merged-away ones not yet popped: at most ``floor`` entries)."""
+        self._young: _Node | None = None
+        """Under ``"ward-young"``: the oldest live anchor begun within the last ``floor`` members
+        (the young ones are a suffix of the chain), None when none is. A pointer, not a queue: a
+        queue of the anchors begun since then holds ``floor`` (members per token, growing with
+        the stream) nodes, merged-away ones included."""
 
     def __len__(self) -> int:
         return self._count
@@ -189,8 +190,8 @@ class AnchorChain:
         node = _Node(anchor, self._tail, self._members)
         old_tail, self._tail = self._tail, node
         self._count += 1
-        if self.merge == "ward-young":
-            self._young.append(node)
+        if self.merge == "ward-young" and self._young is None:
+            self._young = node
         self._grown(1)
         if old_tail is None:
             self._head = node
@@ -223,8 +224,7 @@ class AnchorChain:
         self._count = len(anchors)
         self._members = members
         self.floor = self._floor_for(members)
-        if self.merge == "ward-young":
-            self._young = deque(self._young_suffix())
+        self._young = self._oldest_young()
         self._rebuild_heap()
 
     def joined(self) -> None:
@@ -248,28 +248,31 @@ class AnchorChain:
         floor = self._floor_for(self._members)
         if floor != self.floor:
             self.floor = floor
-            self._young = deque(self._young_suffix())
+            self._young = self._oldest_young()
             self._rebuild_heap()
             return
-        while self._young and not (self._young[0].alive and self._is_young(self._young[0])):
-            node = self._young.popleft()
-            if node.alive and node.anchor.svd.count < self.floor:
+        node = self._young
+        while node is not None and not self._is_young(node):
+            if node.anchor.svd.count < self.floor:
                 # Settled below the floor: its pairs are priced at its own size from now on
                 # (at or above the floor, the price is the same and the keys stay valid).
                 if node.prev is not None:
                     self._push(node.prev)
                 self._push(node)
+            node = node.next
+        self._young = node
 
     def _is_young(self, node: _Node) -> bool:
         return node.first + self.floor > self._members
 
-    def _young_suffix(self) -> list[_Node]:
-        out: list[_Node] = []
-        node = self._tail
+    def _oldest_young(self) -> _Node | None:
+        """The first node of the young suffix (O(its length) <= O(budget)); None when not ward-young."""
+        if self.merge != "ward-young":
+            return None
+        oldest, node = None, self._tail
         while node is not None and self._is_young(node):
-            out.append(node)
-            node = node.prev
-        return out[::-1]
+            oldest, node = node, node.prev
+        return oldest
 
     def _push(self, left: _Node) -> None:
         """(Re)score the pair (left, left.next), invalidating its older entries."""
@@ -355,6 +358,9 @@ class AnchorChain:
         self.slots.release(b)  # after every read of b's views (the runs, the finer level's copy)
         self.slots.put(a)
         right.alive = False
+        if right is self._young:
+            # Its left neighbour began earlier and is not young: the young suffix starts after it.
+            self._young = right.next
         left.next = right.next
         if right.next is None:
             self._tail = left
