@@ -226,3 +226,18 @@ def test_the_young_bookkeeping_holds_o_budget_nodes_however_long_the_stream(thet
     assert mem._chain.floor >= 64  # far past the budget: the floor is many anchors long
     # Live anchors, plus dead ones named by stale heap entries until the heap is rebuilt.
     assert live_nodes() - before <= budget + 1 + _HEAP_SLACK * budget + 64 + 2
+
+
+def test_settling_on_joins_keeps_the_heap_within_its_rebuild_bound() -> None:
+    # Joins settle young anchors (and push their pairs) without a merge: the rebuild bound
+    # must hold after them too, not only after a budget merge.
+    budget, rng = 16, np.random.default_rng(0)
+    centres = rng.standard_normal((50, DIM))
+    mem = Memory(DIM, budget=budget, theta=0.9, rank=2, merge="ward-young")
+    scene, worst = 0, 0
+    for i in range(8000):
+        if rng.random() < 0.05:
+            scene = int(rng.integers(50))
+        mem.add(float(i), float(i + 1), centres[scene] + 0.3 * rng.standard_normal(DIM))
+        worst = max(worst, mem.heap_entries)
+    assert worst <= _HEAP_SLACK * budget + 64
