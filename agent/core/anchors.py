@@ -261,6 +261,7 @@ class AnchorChain:
                 self._push(node)
             node = node.next
         self._young = node
+        self._trim_heap()  # a join settles anchors (and pushes) without a merge
 
     def _is_young(self, node: _Node) -> bool:
         return node.first + self.floor > self._members
@@ -324,6 +325,10 @@ class AnchorChain:
             while self._heap and not self._valid(self._heap[0]):
                 heapq.heappop(self._heap)
             self._merge(self._pick())
+        self._trim_heap()
+
+    def _trim_heap(self) -> None:
+        """Rebuild the heap once stale entries pile up past its bound (amortised O(1) per push)."""
         if len(self._heap) > _HEAP_SLACK * self.budget + 64:
             self._rebuild_heap()
 
