@@ -241,3 +241,25 @@ def test_settling_on_joins_keeps_the_heap_within_its_rebuild_bound() -> None:
         mem.add(float(i), float(i + 1), centres[scene] + 0.3 * rng.standard_normal(DIM))
         worst = max(worst, mem.heap_entries)
     assert worst <= _HEAP_SLACK * budget + 64
+
+
+def assert_heap_keys_current(mem: Memory) -> None:
+    """Every closed pair has a live heap entry, and every live entry holds the pair's key now."""
+    chain = mem._chain
+    live = {id(e[4]): e for e in chain._heap if chain._valid(e)}
+    node, closed = chain._head, 0
+    while node is not None and node.next is not None and node.next is not chain._tail:
+        closed += 1
+        assert id(node) in live and live[id(node)][:2] == chain._pair_key(node, node.next)
+        node = node.next
+    assert len(live) == closed
+    assert chain._young is chain._oldest_young()
+
+
+@pytest.mark.parametrize("theta", [0.5, 0.95, 1.01])
+def test_heap_keys_stay_current_through_settles_merges_floor_steps_and_gaps(theta: float) -> None:
+    for seed in range(12):
+        mem = Memory(DIM, budget=4, theta=theta, rank=2, merge="ward-young")
+        for start, end, v in stream_with_gaps(160, seed):
+            mem.add(start, end, v)
+            assert_heap_keys_current(mem)
