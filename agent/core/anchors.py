@@ -190,14 +190,15 @@ class AnchorChain:
         node = _Node(anchor, self._tail, self._members)
         old_tail, self._tail = self._tail, node
         self._count += 1
-        if self.merge == "ward-young" and self._young is None:
-            self._young = node
-        self._grown(1)
         if old_tail is None:
             self._head = node
-            return
-        old_tail.next = node
-        if old_tail.prev is not None:
+        else:
+            old_tail.next = node
+        if self.merge == "ward-young" and self._young is None:
+            self._young = node
+        # Linked first: settling walks the young suffix up to the new node.
+        self._grown(1)
+        if old_tail is not None and old_tail.prev is not None:
             # The pair ending at the old tail stops changing now: it can enter the heap.
             self._push(old_tail.prev)
             if self.merge == "ward-context" and old_tail.prev.prev is not None:
