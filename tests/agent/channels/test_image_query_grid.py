@@ -12,6 +12,7 @@ from PIL import Image
 from agent.channels.retrieval import PRESCREEN, REFINE, Query, QueryVectors, encode_query, query_roles
 from agent.config import EncoderConfig, IndexConfig, QueryConfig, Settings
 from agent.core.superimage import still_shot
+from agent.errors import QueryError
 from agent.index.video_index import VideoIndex
 from agent.models.encoder import Encoder, load_encoder
 from streams.file import decode_frames
@@ -157,3 +158,32 @@ def test_first_vectors_leave_the_refine_vector_for_refinement(tiny: Encoder, pic
     # Text, or an image at grid 1 with one model: the prescreen vector serves refinement too.
     assert first_vectors(Query(text="a dog"), vectors, tiny, tiny, grid=2)[1] is None
     assert first_vectors(image, vectors, tiny, tiny, grid=1)[1] is None
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 10000, 3), (10000, 1, 3), (3, 5, 3)])
+def test_odd_but_valid_pictures_tile_into_one_encoder_input(
+    tiny: Encoder, shape: tuple[int, ...], grid: int
+) -> None:
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    assert still_shot(img, grid, tiny.image_size).shape == (tiny.image_size, tiny.image_size, 3)
+    vec = encode_query(Query(image=img), tiny, grid)
+    assert vec.shape == (tiny.dim,) and np.isclose(np.linalg.norm(vec), 1.0)
+
+
+@pytest.mark.parametrize(
+    "img",
+    [
+        np.zeros((50, 60), np.uint8),  # grayscale
+        np.zeros((50, 60, 4), np.uint8),  # RGBA
+        np.zeros((40, 40, 3), np.float64),  # not 8-bit
+        np.zeros((0, 40, 3), np.uint8),  # empty
+    ],
+    ids=["gray", "rgba", "float", "empty"],
+)
+def test_a_query_picture_that_is_not_8_bit_rgb_is_a_query_error_before_encoding(img: np.ndarray) -> None:
+    # Pictures off the wire are decoded to RGB (agent.models.images); one built in Python is
+    # refused before any encoding, as a QueryError, rather than failing (grid 1) or tiling into a
+    # broadcast error (grid > 1) or into zeros (a float picture cast to uint8) later.
+    with pytest.raises(QueryError, match="RGB"):
+        Query(image=img).check(QueryConfig())
