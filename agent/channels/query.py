@@ -54,8 +54,16 @@ class Query:
                 raise OversizeQueryError(
                     f"query text has {len(self.text)} characters; limit {cfg.max_text_chars}"
                 )
-        if self.image is not None and self.image.nbytes > cfg.max_image_bytes * 4:
-            raise OversizeQueryError("query image is too large")
+        if self.image is not None:
+            img = self.image
+            # Decoded pictures are (H, W, 3) uint8 (agent.models.images); one built in Python may
+            # not be, and would fail late: a broadcast error when tiled at grid > 1, zeros when cast.
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or img.size == 0:
+                raise QueryError(
+                    f"query image must be an (H, W, 3) uint8 RGB array, not {img.dtype} {img.shape}"
+                )
+            if img.nbytes > cfg.max_image_bytes * 4:
+                raise OversizeQueryError("query image is too large")
         for name, value in (("start", self.start), ("end", self.end)):
             if value is not None and not math.isfinite(value):
                 raise QueryError(f"time range {name} must be a finite number of stream seconds")
