@@ -13,6 +13,12 @@ identity to the finer level (:mod:`agent.core.detail`) when that level is on.
 Under ``"ward-context"`` a pair's cost also reads the anchors either side of it
 (:func:`fold_cost`), so a merge re-keys two more pairs and closing the open
 anchor re-keys one more: still O(d + log B) each.
+
+Under ``"ward-young"`` a pair's cost reads whether each side is *young* (begun
+within the last ``floor`` members, ``floor`` the members per token): the young
+anchors are a suffix of the chain, tracked by a pointer to its oldest; an anchor
+that settles below the floor re-keys its two pairs (O(log B) each, once per
+anchor), and a step of the floor (every 9 % of growth) rebuilds the heap.
 """
 
 from __future__ import annotations
@@ -153,8 +159,9 @@ class AnchorChain:
         self._members = 0
         """Members of every anchor (embeddings added since the memory began)."""
         self.floor = 1.0
-        """Under ``"ward-young"``: the memory's members per token, rounded down to a power of two
-        (1 until the memory is full); a young anchor is priced at least at this size."""
+        """Under ``"ward-young"``: the memory's members per token, rounded down to a step of
+        2^(1/8) (1 until the members exceed the budget); a young anchor is priced at least at this
+        size."""
         self._young: _Node | None = None
         """Under ``"ward-young"``: the oldest live anchor begun within the last ``floor`` members
         (the young ones are a suffix of the chain), None when none is. A pointer, not a queue: a
