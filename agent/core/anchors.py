@@ -163,10 +163,8 @@ class AnchorChain:
         2^(1/8) (1 until the members exceed the budget); a young anchor is priced at least at this
         size."""
         self._young: _Node | None = None
-        """Under ``"ward-young"``: the oldest live anchor begun within the last ``floor`` members
-        (the young ones are a suffix of the chain), None when none is. A pointer, not a queue: a
-        queue of the anchors begun since then holds ``floor`` (members per token, growing with
-        the stream) nodes, merged-away ones included."""
+        """Under ``"ward-young"``: the oldest young anchor (None: none). A pointer, not a queue of
+        the young: that held up to ``floor`` nodes, merged-away ones too, growing with the stream."""
 
     def __len__(self) -> int:
         return self._count
@@ -203,8 +201,7 @@ class AnchorChain:
             old_tail.next = node
         if self.merge == "ward-young" and self._young is None:
             self._young = node
-        # Linked first: settling walks the young suffix up to the new node.
-        self._grown(1)
+        self._grown(1)  # after linking: settling walks the young suffix on to the new node
         if old_tail is not None and old_tail.prev is not None:
             # The pair ending at the old tail stops changing now: it can enter the heap.
             self._push(old_tail.prev)
@@ -275,7 +272,7 @@ class AnchorChain:
         return node.first + self.floor > self._members
 
     def _oldest_young(self) -> _Node | None:
-        """The first node of the young suffix (O(its length) <= O(budget)); None when not ward-young."""
+        """The first node of the young suffix (O(budget)); None when not ward-young."""
         if self.merge != "ward-young":
             return None
         oldest, node = None, self._tail
