@@ -263,3 +263,19 @@ def test_heap_keys_stay_current_through_settles_merges_floor_steps_and_gaps(thet
         for start, end, v in stream_with_gaps(160, seed):
             mem.add(start, end, v)
             assert_heap_keys_current(mem)
+
+
+def test_a_plain_ward_snapshot_stays_plain_ward(tmp_path: Path) -> None:
+    # Snapshots written before ward-young became the default keep their rule: no silent switch.
+    stream = stream_with_gaps(120, seed=9)
+    mem = Memory(DIM, budget=6, theta=0.95, rank=2, merge="ward")
+    for start, end, v in stream[:70]:
+        mem.add(start, end, v)
+    save_memory(mem, tmp_path / "m.npz")
+    back = load_memory(tmp_path / "m.npz")
+    assert back.merge == "ward" and back._chain.floor == 1.0
+    for start, end, v in stream[70:]:
+        mem.add(start, end, v)
+        back.add(start, end, v)
+    for got, want in zip(back.matrix(), mem.matrix(), strict=True):
+        np.testing.assert_array_equal(got, want)

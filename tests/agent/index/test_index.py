@@ -14,7 +14,7 @@ from PIL import Image
 from agent.channels.retrieval import Query
 from agent.cli.main import main
 from agent.config import EncoderConfig, IndexConfig, Settings
-from agent.errors import IndexStoreError, QueryError, UnknownStreamError
+from agent.errors import ConfigError, IndexStoreError, QueryError, UnknownStreamError
 from agent.index.video_index import VideoIndex
 from streams.errors import CorruptMediaError
 from streams.file import decode_frames
@@ -202,3 +202,24 @@ def test_tiny_random_is_identical_across_processes() -> None:
         for _ in range(2)
     }
     assert len(outs) == 1
+
+
+def test_an_index_built_with_plain_ward_opens_as_plain_ward(
+    tmp_path: Path, scene_video: tuple[Path, list[Path]]
+) -> None:
+    # index.json records every setting, the merge rule included: an index built before ward-young
+    # became the default opens with "ward", and its memories were written with "ward".
+    video, _ = scene_video
+    old = settings(grid=1, budget=3, fps=1.0, merge="ward")
+    ingest(tmp_path / "idx", video, old).close()
+    manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert manifest["settings"]["index"]["merge"] == "ward"
+    again = VideoIndex.open(tmp_path / "idx")
+    assert again.settings.index.merge == "ward" and again.streams["cam"].memory.merge == "ward"
+    again.close()
+    # Ingesting more under today's defaults (ward-young) is refused, loudly, not switched.
+    with pytest.raises(ConfigError, match="other settings"):
+        VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=3, fps=1.0))
+    # A ward-young index.json reads back through the config's MergeRule literal.
+    dumped = json.loads(json.dumps(settings(merge="ward-young").model_dump(mode="json")))
+    assert Settings.model_validate(dumped).index.merge == "ward-young"
