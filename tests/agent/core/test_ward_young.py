@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,9 +198,11 @@ def test_a_memory_restored_mid_stream_continues_exactly_as_the_original(
     for start, end, v in stream[:k]:
         mem.add(start, end, v)
     back = memory_from_state(mem.state_dict())
-    for start, end, v in stream[k:]:
-        mem.add(start, end, v)
-        back.add(start, end, v)
+    for i, (start, end, v) in enumerate(stream[k:]):
+        for m in (mem, back):
+            m.add(start, end, v)
+            if i % 5 == 2:
+                m.extend(end + 0.5)
     starts, ends, reps = mem.matrix()
     assert_same(back, list(starts), list(ends))
     np.testing.assert_array_equal(back.matrix()[2], reps)
@@ -257,11 +260,13 @@ def assert_heap_keys_current(mem: Memory) -> None:
 
 
 @pytest.mark.parametrize("theta", [0.5, 0.95, 1.01])
-def test_heap_keys_stay_current_through_settles_merges_floor_steps_and_gaps(theta: float) -> None:
+def test_heap_keys_stay_current_through_settles_merges_floor_steps_gaps_and_extends(theta: float) -> None:
     for seed in range(12):
         mem = Memory(DIM, budget=4, theta=theta, rank=2, merge="ward-young")
-        for start, end, v in stream_with_gaps(160, seed):
+        for i, (start, end, v) in enumerate(stream_with_gaps(160, seed)):
             mem.add(start, end, v)
+            if i % 7 == 3:  # the gate's static frames stretch the open anchor, across a gap too
+                mem.extend(end + (8.0 if i % 2 else 0.5))
             assert_heap_keys_current(mem)
 
 
@@ -279,3 +284,29 @@ def test_a_plain_ward_snapshot_stays_plain_ward(tmp_path: Path) -> None:
         back.add(start, end, v)
     for got, want in zip(back.matrix(), mem.matrix(), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_floor_steps_rebuild_the_heap_o_log_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rebuild is O(B log B): the floor's steps of 2^(1/8) must come O(log(n / B)) times in a
+    # stream of n adds, not once per add; the stale-entry trims are amortised O(1) per push.
+    from agent.core.anchors import AnchorChain
+
+    calls: list[str] = []
+    rebuild = AnchorChain._rebuild_heap
+
+    def counted(chain: AnchorChain) -> None:
+        calls.append(sys._getframe(1).f_code.co_name)  # _grown: a floor step; _trim_heap: stale entries
+        rebuild(chain)
+
+    monkeypatch.setattr(AnchorChain, "_rebuild_heap", counted)
+    n, budget, rng = 20_000, 8, np.random.default_rng(3)
+    centres = rng.standard_normal((40, DIM))
+    mem = Memory(DIM, budget=budget, theta=0.9, rank=2, merge="ward-young")
+    floors = {mem._chain.floor}
+    for i in range(n):
+        mem.add(float(i), float(i + 1), centres[(i // 4) % 40] + 0.3 * rng.standard_normal(DIM))
+        floors.add(mem._chain.floor)
+    steps = math.floor(8 * math.log2(n / budget)) + 1
+    assert len(floors) <= steps + 1 and calls.count("_grown") == len(floors) - 1 <= steps
+    assert calls.count("_trim_heap") <= n // budget  # a trim drops >= 3 B stale entries
+    assert set(calls) <= {"_grown", "_trim_heap"}
