@@ -123,7 +123,7 @@ class _Node:
 
 
 _Entry = tuple[int, float, int, int, _Node]
-"""(crosses a gap, merge cost, sequence, version of left node, left node)."""
+"""(crosses a gap, merge cost, first member of left node, its version, left node)."""
 
 
 class AnchorChain:
@@ -155,7 +155,6 @@ class AnchorChain:
         self._tail: _Node | None = None
         self._count = 0
         self._heap: list[_Entry] = []
-        self._seq = 0
         self._members = 0
         """Members of every anchor (embeddings added since the memory began)."""
         self.floor = 1.0
@@ -287,8 +286,9 @@ class AnchorChain:
         if right is None or right is self._tail:
             return
         gap, cost = self._pair_key(left, right)
-        self._seq += 1
-        heapq.heappush(self._heap, (gap, cost, self._seq, left.version, left))
+        # Ties go to the earlier pair (``first`` is unique per node): the order is the chain's own,
+        # so a restored chain, whose heap is rebuilt, merges the pairs the original would.
+        heapq.heappush(self._heap, (gap, cost, left.first, left.version, left))
 
     def _pair_key(self, left: _Node, right: _Node) -> tuple[int, float]:
         """(crosses a gap, cost): pairs across a gap merge last, then the cheapest first."""
