@@ -141,7 +141,7 @@ class IndexConfig(Strict):
     """Merge rule under budget pressure: ``ward-young`` (Ward's least squared error added, with an
     anchor begun within the last ``m`` members priced at least at ``m``, the memory's members per
     token; the default since issue #15's recency measurement), ``ward`` (plain Ward: under heavy
-    compression it pools the newest footage into one anchor, 10-20 minutes of the 1 h haystack
+    compression it pools the newest footage into one anchor, 10-22 minutes of the 1 h haystack
     at 1/30), ``dilution`` (least shift of the worst member's anchor mean), ``cosine`` (SMORE's
     most similar pair) or ``subspace`` (least energy off the rank-k span)."""
     scorer: Scorer = "energy"

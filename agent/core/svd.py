@@ -299,7 +299,7 @@ def merge_cost(
       folds every new frame into the newest anchor once the memory is
       compressed enough (a new frame's cost is ``|x - mean|^2`` whatever the
       anchor's size, a settled pair's ``n/2 |d|^2``): the newest footage pooled
-      into one anchor of 10-20 minutes on the haystack at 1/30, where this
+      into one anchor of 10-22 minutes on the haystack at 1/30, where this
       rule keeps it at the resolution of the rest (:mod:`agent.core.anchors`);
     * ``"dilution"``: the largest squared shift any member's anchor mean
       suffers, ``(max(n_a, n_b) / (n_a + n_b))^2 * |mean_a - mean_b|^2``: the
