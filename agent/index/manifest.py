@@ -11,6 +11,10 @@ from pydantic import ValidationError
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError
 
+FOLLOW_INDEX = ("merge", "scorer")
+"""Memory rules whose default changed (issue #15): an existing index keeps the rule it was built
+with unless the caller sets one explicitly (the CLI never does), so a default change does not
+lock an index out of further ingest."""
 RUN_ONLY = ("encoder_nice", "encoder_sched")
 """Index settings that change how a pass runs, not what it stores: free to differ between ingests."""
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -40,3 +44,11 @@ def check_stream_id(stream: str) -> str:
     if not STREAM_ID.match(stream):
         raise ConfigError(f"invalid stream id {stream!r}: use letters, digits, '_', '.', '-' (max 128)")
     return stream
+
+
+def follow_index(settings: Settings, known: Settings) -> Settings:
+    """``settings`` with :data:`FOLLOW_INDEX` rules the caller left at their defaults taken from ``known``."""
+    unset = {f: getattr(known.index, f) for f in FOLLOW_INDEX if f not in settings.index.model_fields_set}
+    if not unset:
+        return settings
+    return settings.model_copy(update={"index": settings.index.model_copy(update=unset)})

@@ -43,7 +43,7 @@ from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
 from agent.index.encode_pipeline import EncodePipeline, Entry, PipelineWaits
 from agent.index.info import bytes_on_disk, stream_info
-from agent.index.manifest import STREAM_ID, check_stream_id, manifest_settings, stored
+from agent.index.manifest import STREAM_ID, check_stream_id, follow_index, manifest_settings, stored
 from agent.index.stream_state import StreamState
 from agent.models.encoder import Encoder, encoder_for
 from agent.models.ocr import TesseractReader
@@ -121,6 +121,7 @@ class VideoIndex:
         if (root / "index.json").exists():
             # Through the model: an index written before a settings field existed has its default.
             known = manifest_settings(root, cls.read_manifest(root))
+            settings = follow_index(settings, known)
             if stored(known) != stored(settings):
                 raise ConfigError(f"{root} was built with other settings; use a new --index directory")
         idx = cls(root, settings, isolate=isolate)

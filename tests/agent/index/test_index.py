@@ -217,9 +217,13 @@ def test_an_index_built_with_plain_ward_opens_as_plain_ward(
     again = VideoIndex.open(tmp_path / "idx")
     assert again.settings.index.merge == "ward" and again.streams["cam"].memory.merge == "ward"
     again.close()
-    # Ingesting more under today's defaults (ward-young) is refused, loudly, not switched.
+    # Ingesting more under today's defaults keeps the index's rule (merge is left unset, as the
+    # CLI leaves it); asking for another rule explicitly is refused, loudly, not switched.
+    more = VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=3, fps=1.0))
+    assert more.settings.index.merge == "ward" and more.streams["cam"].memory.merge == "ward"
+    more.close()
     with pytest.raises(ConfigError, match="other settings"):
-        VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=3, fps=1.0))
+        VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=3, fps=1.0, merge="ward-young"))
     # A ward-young index.json reads back through the config's MergeRule literal.
     dumped = json.loads(json.dumps(settings(merge="ward-young").model_dump(mode="json")))
     assert Settings.model_validate(dumped).index.merge == "ward-young"
