@@ -103,7 +103,7 @@ def run(
     tag = "-".join(str(s) for s in seeds)
     suffix = f"-{image_query}"  # runs before the choice existed (no suffix) used the photo alone
     return {
-        "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{dense_inputs._slug(enc.name)}{suffix}",
+        "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{dense_inputs.slug(enc.name)}{suffix}",
         "command": command,
         "machine": machine,
         "git": git_commit(),

@@ -36,13 +36,13 @@ F32 = npt.NDArray[np.float32]
 CACHE_VERSION = 1
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "model"
 
 
 def item_cache_path(folder: Path, model: str, grid: int, fps: float) -> Path:
     """Where the dense items of one (model, grid, fps) are cached."""
-    return folder / f"items-v{CACHE_VERSION}-{_slug(model)}-g{grid}-fps{fps:g}.npz"
+    return folder / f"items-v{CACHE_VERSION}-{slug(model)}-g{grid}-fps{fps:g}.npz"
 
 
 def _load_items(path: Path) -> Items | None:

@@ -189,6 +189,22 @@ PRESCREEN, REFINE = "prescreen", "refine"
 """Roles of a query's vectors: one per encoder that scores it."""
 
 
+def first_vectors(
+    query: Query, vectors: QueryVectors, prescreen: Encoder, refine: Encoder, grid: int = 1
+) -> tuple[np.ndarray, Callable[[], np.ndarray] | None]:
+    """The PRESCREEN vector now, and how to get the REFINE one later (None: the same vector).
+
+    The first answer reads the prescreen vector only. The refine vector, when it differs
+    (another model, or the photo alone for an image at ``grid`` > 1), is an encoder pass that
+    only refinement needs, so it is encoded when refinement starts
+    (:meth:`agent.index.answers.PendingQuery.refine`), not before the first answer.
+    """
+    pvec = vectors.get(query, prescreen, grid)
+    if refine is not prescreen or (query.image is not None and grid > 1):
+        return pvec, lambda: vectors.get(query, refine)
+    return pvec, None
+
+
 def query_roles(
     query: Query, vectors: QueryVectors, prescreen: Encoder, refine: Encoder, grid: int = 1
 ) -> dict[str, np.ndarray]:
@@ -198,26 +214,8 @@ def query_roles(
     scores stored frames one by one, so it is the photo alone (grid 1); it is there when refine
     is another model, or when the query is an image at ``grid`` > 1 (the tiled vector would
     not do). Text with one model has no REFINE entry: the prescreen vector serves both.
-    What :meth:`agent.index.video_index.VideoIndex.start_query` encodes; blocking (an encoder
-    pass per missing vector unless kept in ``vectors``).
+    Both at once (:func:`first_vectors` defers REFINE): what a Ray gateway ships to its stream
+    actors; blocking (an encoder pass per missing vector unless kept in ``vectors``).
     """
-    out = {PRESCREEN: vectors.get(query, prescreen, grid)}
-    if refine is not prescreen or (query.image is not None and grid > 1):
-        out[REFINE] = vectors.get(query, refine)
-    return out
-
-
-def first_vectors(
-    query: Query, vectors: QueryVectors, prescreen: Encoder, refine: Encoder, grid: int = 1
-) -> tuple[np.ndarray, Callable[[], np.ndarray] | None]:
-    """The PRESCREEN vector now, and how to get the REFINE one later (None: the same vector).
-
-    The first answer reads the prescreen vector only. The refine vector, when it differs
-    (another model, or the photo alone for an image at ``grid`` > 1: :func:`query_roles`), is
-    an encoder pass that only refinement needs, so it is encoded when refinement starts
-    (:meth:`agent.index.answers.PendingQuery.refine`), not before the first answer.
-    """
-    pvec = vectors.get(query, prescreen, grid)
-    if refine is not prescreen or (query.image is not None and grid > 1):
-        return pvec, lambda: vectors.get(query, refine)
-    return pvec, None
+    pvec, later = first_vectors(query, vectors, prescreen, refine, grid)
+    return {PRESCREEN: pvec} if later is None else {PRESCREEN: pvec, REFINE: later()}
