@@ -20,15 +20,14 @@ from typing import Any
 from agent.errors import ConfigError
 from agent.models.encoder import load_encoder
 from agent.store.atomic import write_bytes, write_json
-from bench import dense_inputs, fidelity, haystack, pooled, recency
+from bench import dense_inputs, fidelity, haystack, oracle, pooled, recency
 from bench.args import command_line, encoder_from_args
 from bench.report import _pyplot
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
+from bench.targets import PEERS, at, summary, targets
 
 CHOSEN = "svd-ward-young-energy-fill"
 """The engine's default rules (ward-young merging, energy scorer) with the budget filled."""
-PEERS = ("avgpool", "selection")
-"""What the chosen method must beat at every budget <= 1/10 (issue #15)."""
 DEFAULT_STRATEGIES = (
     "uniform",
     "selection",
@@ -50,8 +49,6 @@ DEFAULT_STRATEGIES = (
     "svd-ward-energy-runs4-fill",
     "svd-ward-energy-runs8-fill",
 )
-SUMMARY_FRACTIONS = (1 / 10, 1 / 30)
-"""The budgets the per-strategy means cover (the issue's two targets); 1/100 is reported apart."""
 
 
 def run(
@@ -87,12 +84,20 @@ def run(
             hs.video, fps=fps, grids=grids, encoder=enc, cache_dir=hs.root
         )
         queries = dense_inputs.queries_by_grid({"image": hs.gt_image}, enc, grids, image_query)
+        scenes = json.loads(hs.manifest.read_text())["scenes"]
         for row in fidelity.compare(
-            items, queries, duration=params.duration, fps=fps, fractions=fractions, strategies=strategies
+            items,
+            queries,
+            duration=params.duration,
+            fps=fps,
+            fractions=fractions,
+            strategies=strategies,
+            extra=oracle.strategies(scenes),
         ):
             row["image"]["late"] = recency.late_mask(queries[row["grid"]]["image"][0], params.duration)
             rows.append({"seed": seed, **row})
         builds[str(seed)] = {
+            "ceilings": oracle.ceilings_by_grid(items, fractions, scenes),
             "root": str(hs.root),
             "items": {str(g): int(it.starts.shape[0]) for g, it in items.items()},
             "item_stats": stats,
@@ -102,6 +107,8 @@ def run(
     first = builds[str(seeds[0])]
     tag = "-".join(str(s) for s in seeds)
     suffix = f"-{image_query}"  # runs before the choice existed (no suffix) used the photo alone
+    if any(name in oracle.ORACLES for name in strategies):
+        suffix += "-oracles"
     return {
         "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{dense_inputs.slug(enc.name)}{suffix}",
         "command": command,
@@ -132,7 +139,7 @@ def judged(rows: Sequence[dict[str, Any]], grids: Sequence[int], strategies: Seq
     :data:`PEERS` (fidelity, budgets <= 1/10)."""
     merged = pooled.pool(rows)
     return {
-        "targets": targets(merged),
+        "targets": targets(merged, CHOSEN),
         "summary": summary(merged),
         "head_to_head": {
             name: pooled.head_to_head(merged, name, CHOSEN, grids, 1 / 10)
@@ -146,72 +153,6 @@ def judged(rows: Sequence[dict[str, Any]], grids: Sequence[int], strategies: Seq
         },
         "pooled": merged,
     }
-
-
-def _at(rows: Sequence[dict[str, Any]], grid: int, name: str, fraction: float) -> dict[str, Any] | None:
-    for r in rows:
-        if r["grid"] == grid and r["strategy"] == name and abs(r["fraction"] - fraction) < 1e-9:
-            return r
-    return None
-
-
-def targets(rows: Sequence[dict[str, Any]], chosen: str = CHOSEN) -> dict[str, Any]:
-    """Issue #15's targets per grid for ``chosen``: fidelity >= 95 % at 1/10 and >= 85 % at 1/30,
-    ahead of (>=) avgpool and selection at every budget <= 1/10, R1@0.5 at 1/30 >= 90 % of dense.
-
-    ``*_met`` compares the point figures; on pooled rows (with intervals) ``*_verdict`` says
-    whether the 95 % interval decides it (:func:`bench.pooled.verdict`)."""
-    out: dict[str, Any] = {}
-    for grid in sorted({r["grid"] for r in rows}):
-        dense = _at(rows, grid, "dense", 1.0)
-        f10, f30 = _at(rows, grid, chosen, 1 / 10), _at(rows, grid, chosen, 1 / 30)
-        if dense is None or f10 is None or f30 is None:
-            continue
-        ahead = []
-        for r in rows:
-            if r["grid"] == grid and r["strategy"] == chosen and r["fraction"] <= 1 / 10 + 1e-9:
-                peers = [_at(rows, grid, p, r["fraction"]) for p in PEERS]
-                best = max((p["image"]["fidelity"] for p in peers if p is not None), default=0.0)
-                ahead.append(r["image"]["fidelity"] >= best)
-        dense_r1 = dense["image"]["R1@0.5"]
-        got: dict[str, Any] = {
-            "fidelity_1/10": f10["image"]["fidelity"],
-            "fidelity_1/10_met": f10["image"]["fidelity"] >= 95.0,
-            "fidelity_1/30": f30["image"]["fidelity"],
-            "fidelity_1/30_met": f30["image"]["fidelity"] >= 85.0,
-            "ahead_of_avgpool_and_selection_met": bool(ahead) and all(ahead),
-            "dense_R1@0.5": dense_r1,
-            "R1@0.5_1/30": f30["image"]["R1@0.5"],
-            "R1_within_10pct_met": f30["image"]["R1@0.5"] >= 0.9 * dense_r1,
-        }
-        for label, row, goal in (("1/10", f10, 95.0), ("1/30", f30, 85.0)):
-            ci = row["image"].get("fidelity_ci")
-            if ci is not None:
-                got[f"fidelity_{label}_ci"] = list(ci)
-                got[f"fidelity_{label}_verdict"] = pooled.verdict(ci[0], ci[1], goal)
-        out[str(grid)] = got
-    return out
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return round(sum(kept) / len(kept), 1) if kept else None
-
-
-def summary(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per strategy, means over every grid: fidelity and fidelity on dense hits at 1/10 and 1/30
-    (:data:`SUMMARY_FRACTIONS`), fidelity at 1/100; None where no row (or no dense hit) exists."""
-    out: dict[str, dict[str, float | None]] = {}
-    for name in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "dense"):
-        mine = [r for r in rows if r["strategy"] == name]
-        mid = [r for r in mine if any(abs(r["fraction"] - f) < 1e-9 for f in SUMMARY_FRACTIONS)]
-        low = [r for r in mine if abs(r["fraction"] - 1 / 100) < 1e-9]
-        out[name] = {
-            "fidelity": _mean([r["image"]["fidelity"] for r in mid]),
-            "fidelity_on_dense_hits": _mean([r["image"]["fidelity_on_dense_hits"] for r in mid]),
-            "fidelity_1/100": _mean([r["image"]["fidelity"] for r in low]),
-        }
-    return out
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -232,7 +173,7 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
     ]
     for grid in sorted({r["grid"] for r in rows}):
-        dense = _at(rows, grid, "dense", 1.0)
+        dense = at(rows, grid, "dense", 1.0)
         assert dense is not None
         lines += [
             f"## grid {grid} (dense: R1@0.5 {dense['image']['R1@0.5']:.0f} %, "
@@ -244,7 +185,7 @@ def markdown(rep: dict[str, Any]) -> str:
         for name in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "dense"):
             cells = []
             for f in fractions:
-                r = _at(rows, grid, name, f)
+                r = at(rows, grid, name, f)
                 cells.append("-" if r is None else _cell(r))
             bold = "**" if name == rep["chosen"] else ""
             lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
@@ -267,6 +208,7 @@ def markdown(rep: dict[str, Any]) -> str:
         rep.get("against_peers", {}), f"The default ({rep['chosen']}) against its peers", "peer"
     )
     lines += recency.lines(rows, rep["chosen"])
+    lines += oracle.lines(rows, rep["haystack"]["builds"], rep["chosen"])
     lines += [
         "",
         "## Targets (issue #15) for " + rep["chosen"],
@@ -306,6 +248,11 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, *, title: str, chosen: str)
                 style.update(color="black", linewidth=2.6, marker="o")
             elif name in ("svd-smore-fill", "svd-mean-fill"):
                 style.update(linestyle="--", linewidth=1.6)
+            elif name.startswith("oracle"):
+                # Ceilings that know the scene plan (bench.oracle), not contenders.
+                style.update(
+                    color="grey" if name == "oracle-cuts" else "dimgrey", linestyle="-.", linewidth=1.4
+                )
             elif not name.startswith("svd"):
                 style.update(linestyle=":", linewidth=1.8)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
@@ -363,7 +310,7 @@ def _cmd(args: argparse.Namespace) -> int:
         cache=Path(args.cache),
         grids=_csv(int, {1, 2, 3, 4})(args.grids),
         fractions=_csv(_fraction)(args.fractions),
-        strategies=_csv(str, set(fidelity.ALL_STRATEGIES))(args.strategies),
+        strategies=_csv(str, set(fidelity.ALL_STRATEGIES) | set(oracle.ORACLES))(args.strategies),
         command=command_line(args),
         seeds=seeds,
         image_query=args.image_query,

@@ -200,13 +200,16 @@ def compare(
     fractions: Sequence[float],
     strategies: Sequence[str],
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    extra: Mapping[str, Callable[[Items, int], Compressed]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (grid, strategy, budget): tokens, build seconds, metrics and fidelity per query kind.
 
-    ``query_sets_by_grid``: each grid's query sets by kind (:func:`queries_by_grid`)."""
-    unknown = [s for s in strategies if s not in ALL_STRATEGIES]
+    ``query_sets_by_grid``: each grid's query sets by kind (:func:`queries_by_grid`); ``extra``:
+    strategies of this stream only (the oracles of :mod:`bench.oracle`), by name."""
+    known = {**ALL_STRATEGIES, **(extra or {})}
+    unknown = [s for s in strategies if s not in known]
     if unknown:
-        raise ConfigError(f"unknown strategies {unknown}; choose from {sorted(ALL_STRATEGIES)}")
+        raise ConfigError(f"unknown strategies {unknown}; choose from {sorted(known)}")
     times = np.arange(round(duration * fps), dtype=np.float64) / fps
     rows: list[dict[str, Any]] = []
     for grid, items in sorted(items_by_grid.items()):
@@ -221,7 +224,7 @@ def compare(
                 if name == "dense":
                     continue
                 t0 = time.perf_counter()
-                mem = ALL_STRATEGIES[name](items, budget)
+                mem = known[name](items, budget)
                 took = time.perf_counter() - t0
                 preds = {k: answer(mem, q, times, 1.0 / fps) for k, (_, q) in query_sets.items()}
                 tokens = int(mem.starts.shape[0])
