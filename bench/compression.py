@@ -251,7 +251,10 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, *, title: str, chosen: str)
             elif name.startswith("oracle"):
                 # Ceilings that know the scene plan (bench.oracle), not contenders.
                 style.update(
-                    color="grey" if name == "oracle-cuts" else "dimgrey", linestyle="-.", linewidth=1.4
+                    color="grey",
+                    linestyle="-.",
+                    linewidth=1.4,
+                    marker="x" if name == "oracle-needles" else "+",
                 )
             elif not name.startswith("svd"):
                 style.update(linestyle=":", linewidth=1.8)
