@@ -78,6 +78,7 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     # Scoring what the SVD kept, with SMORE's most-similar-pair merging.
     "svd-mean-peak-fill": _svd_fill("mean", scorer="peak"),
     "svd-mean-energy-fill": _svd_fill("mean", scorer="energy"),
+    "svd-smore-energy-fill": _svd_fill("smore", scorer="energy"),
     "svd-mean-proj-fill": _svd_fill("mean", scorer="projection"),
     # Merging by reconstruction loss (Ward: around the mean; subspace: off the rank-k span).
     "svd-ward-fill": _svd_fill("mean", merge="ward"),
