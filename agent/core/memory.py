@@ -343,6 +343,7 @@ class Memory:
             "spans": np.asarray(self._coverage.spans, np.float64).reshape(-1, 2),
             "last_start": np.array(self._last_start, np.float64),
             "forgotten_gap_seconds": np.array(self._coverage.forgotten, np.float64),
+            "coverage_break": np.array(self._break, np.bool_),
             **(self.detail.state_dict(self.rank, self.dim) if self.detail.bound else {}),
             **(pack_runs(self._runs(anchors), self.runs, self.rank) if self.runs else {}),
         }
@@ -357,11 +358,20 @@ class Memory:
         return [a.runs for a in anchors if a.runs is not None]
 
     def restore(
-        self, anchors: Sequence[Anchor], spans: list[list[float]], last_start: float, forgotten: float
+        self,
+        anchors: Sequence[Anchor],
+        spans: list[list[float]],
+        last_start: float,
+        forgotten: float,
+        coverage_break: bool = False,
     ) -> None:
-        """Fill an empty memory with validated anchors (used by :mod:`agent.store.memory_store`)."""
+        """Fill an empty memory with validated anchors (used by :mod:`agent.store.memory_store`).
+
+        ``coverage_break``: a :meth:`break_coverage` was pending when the state was saved.
+        """
         self._chain.restore(anchors)
         self._coverage.spans = spans
         self._last_start = last_start
         self._coverage.forgotten = forgotten
+        self._break = coverage_break and bool(anchors)
         self._cache = None

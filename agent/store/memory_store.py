@@ -93,7 +93,9 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
         # +inf would refuse every later frame, NaN would let them go backwards.
         raise ValueError(f"last_start {last_start} is not a stream time")
     forgotten = float(np.asarray(state["forgotten_gap_seconds"]))
-    mem.restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten)
+    # Snapshots older than the saved break had none pending on their next add.
+    pending = "coverage_break" in state and _flag(state, "coverage_break")
+    mem.restore(anchors, [[float(s), float(e)] for s, e in spans], last_start, forgotten, pending)
     mem.detail = DetailLevel.from_state(state, k, d)
     return mem
 
@@ -107,6 +109,14 @@ def _runs_cap(state: Mapping[str, np.ndarray]) -> int:
     if not np.issubdtype(cap.dtype, np.integer) or not 0 <= int(cap) <= np.iinfo(np.int64).max:
         raise ValueError(f"runs_cap must be an integer >= 0, not {cap!r}")
     return int(cap)
+
+
+def _flag(state: Mapping[str, np.ndarray], key: str) -> bool:
+    """``state[key]`` as a bool; ValueError unless it is a boolean scalar."""
+    arr = np.asarray(state[key])
+    if arr.shape != () or arr.dtype != np.bool_:
+        raise ValueError(f"{key} must be a boolean scalar, not {arr!r}")
+    return bool(arr)
 
 
 def save_memory(mem: Memory, path: Path) -> None:

@@ -408,6 +408,8 @@ def test_inconsistent_states_raise_index_store_error() -> None:
         # A last start of +inf or NaN would load, then refuse (or misorder) every later frame.
         {**state, "last_start": np.array(np.inf)},
         {**state, "last_start": np.array(np.nan)},
+        {**state, "coverage_break": np.array([True, False])},
+        {**state, "coverage_break": np.array(0.5)},
     ]
     for bad in broken:
         with pytest.raises(IndexStoreError) as info:
@@ -703,6 +705,42 @@ def test_break_coverage_makes_the_next_span_a_new_interval_and_anchor() -> None:
     mem.extend(7.0)  # a gated frame after a lost span starts a new interval too
     mem.add(7.0, 8.0, basis_vector(0))
     assert mem.spans() == [(0.0, 2.0), (4.0, 6.0), (7.0, 8.0)]
+
+
+@pytest.mark.parametrize("then", ["add", "extend"])
+def test_a_memory_restored_right_after_a_break_still_breaks(tmp_path: Path, then: str) -> None:
+    # A snapshot taken between break_coverage() and the next add must carry the break: the
+    # restored memory otherwise joins the lost span's neighbours into one interval and anchor.
+    mem = Memory(DIM, budget=8, theta=0.5, gap_seconds=5.0)
+    mem.add(0.0, 2.0, basis_vector(0))
+    mem.break_coverage()
+    save_memory(mem, tmp_path / "m.npz")
+    back = load_memory(tmp_path / "m.npz")
+    for m in (mem, back):
+        if then == "extend":
+            m.extend(3.0)
+        m.add(4.0, 6.0, basis_vector(0))
+        m.add(6.0, 7.0, basis_vector(0))
+    assert (
+        back.spans()
+        == mem.spans()
+        == ([(0.0, 2.0), (3.0, 7.0)] if then == "extend" else [(0.0, 2.0), (4.0, 7.0)])
+    )
+    for got, want in zip(back.matrix(), mem.matrix(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert mem.tokens == (2 if then == "add" else 1)
+
+
+def test_a_snapshot_without_the_break_field_reads_as_no_break() -> None:
+    # Snapshots written before the break was saved carry no "coverage_break": no break pending.
+    mem = Memory(DIM, budget=8, theta=0.5, gap_seconds=5.0)
+    mem.add(0.0, 2.0, basis_vector(0))
+    mem.break_coverage()
+    state = mem.state_dict()
+    assert bool(state.pop("coverage_break"))
+    old = memory_from_state(state)
+    old.add(4.0, 6.0, basis_vector(0))
+    assert old.spans() == [(0.0, 6.0)] and old.tokens == 1
 
 
 @pytest.mark.parametrize("merge", MERGE_RULES)
