@@ -69,8 +69,6 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     t_load = time.perf_counter()
     with VideoIndex.create(Path(a.index), settings) as idx:
         t0 = time.perf_counter()
-        if idx.prescreen.meaningless:
-            print(f"WARNING: {idx.prescreen.note}; answers are MEANINGLESS", file=sys.stderr)
         frames = decode_media(
             video,
             stream=sid,

@@ -189,8 +189,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     cfg = serve_config(a)
     check_exposure(cfg.service, insecure=a.insecure)
     pre = cfg.settings.prescreen
-    if pre.model == "tiny-random" or pre.random_weights:
-        print(f"WARNING: {pre.model} encoder: random weights, answers are MEANINGLESS", file=sys.stderr)
+    from agent.models.encoder import warn_meaningless
+
+    warn_meaningless(pre)  # now: a pool loads its encoders in other processes (they warn in their logs)
     asyncio.run(serve(cfg))
     return 0
 

@@ -55,6 +55,7 @@ __all__ = [
     "load_encoder",
     "loaded_encoders",
     "provide_encoder",
+    "warn_meaningless",
 ]
 
 log = logging.getLogger(__name__)
@@ -303,9 +304,36 @@ def _load(cfg: EncoderConfig) -> ClipEncoder:
         backend = make_backend(cfg, built, release_torch=True, weights=weights)
         enc = ClipEncoder.from_built(built, backend, cfg)
     if enc.meaningless:
-        log.warning("encoder: %s", enc.note)
+        warn_meaningless(cfg, enc.note)
     log.info("encoder %s on %s, %d threads", enc.name, enc.backend.name, cfg.threads)
     return enc
+
+
+_WARNED: set[tuple[str, bool]] = set()
+"""The models whose meaningless answers this process has warned of (:func:`warn_meaningless`)."""
+_WARNED_LOCK = threading.Lock()  # not _CACHE_LOCK: the loader warns while holding that one
+
+
+def warn_meaningless(cfg: EncoderConfig, note: str | None = None) -> None:
+    """Log (WARNING) that answers from ``cfg``'s model are meaningless, once per process and model.
+
+    Called by the loader and by ``vmr serve`` before anything loads (a pool's
+    encoders load in other processes), so a terminal shows it once. ``note``:
+    the reason (default: random weights). No-op for a model with real weights.
+    """
+    if note is None:
+        if cfg.model == CLASSICAL:
+            note = classical.NOTE
+        elif cfg.model == TINY_RANDOM or cfg.random_weights:
+            note = f"{cfg.model} has random weights: similarities carry no meaning"
+        else:
+            return
+    key = (cfg.model, cfg.random_weights)
+    with _WARNED_LOCK:
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+    log.warning("encoder: %s; answers are MEANINGLESS", note)
 
 
 def loaded_encoders() -> list[str]:
