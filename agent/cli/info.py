@@ -43,11 +43,11 @@ def register(sub: Any) -> None:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from agent.index.video_index import VideoIndex
+    from agent.index.info import describe_index
 
     if Path(a.index).is_file():
         return _video_info(a)
-    info = VideoIndex.open(Path(a.index)).info()
+    info = describe_index(Path(a.index))  # the files only: describing an index loads no model
     if a.json:
         print(json.dumps(info, indent=2))
     else:

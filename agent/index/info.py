@@ -1,13 +1,83 @@
-"""What an index reports of itself (``vmr info``, :meth:`agent.index.video_index.VideoIndex.info`)."""
+"""What an index reports of itself (``vmr info``, :meth:`agent.index.video_index.VideoIndex.info`).
+
+:func:`describe_index` reads the same from the files alone, loading no model:
+``index.json`` names the encoders and their width, and each stream's snapshot
+opens without one (an index described is never ingested into or searched).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.channels.base import Channel
 from agent.channels.ocr import OcrChannel
 from agent.channels.speech import SpeechChannel
+from agent.config import Settings
+from agent.errors import IndexStoreError
+from agent.index.manifest import manifest_settings, read_manifest, stream_ids
 from agent.index.stream_state import StreamState
+
+_NOT_INGESTED = 0
+"""The encoder's input size handed to a described stream: its tiler never runs."""
+
+
+def index_info(
+    root: Path, model: dict[str, Any], meaningless: bool, streams: Mapping[str, StreamState]
+) -> dict[str, Any]:
+    """The ``vmr info`` record: ``model`` (prescreen, refine names, dim), bytes on disk, every stream."""
+    return {
+        "index": str(root),
+        "model": model,
+        "meaningless": meaningless,
+        "bytes_on_disk": bytes_on_disk(root),
+        "streams": {name: stream_info(st) for name, st in sorted(streams.items())},
+    }
+
+
+def describe_index(root: Path) -> dict[str, Any]:
+    """:func:`index_info` of the index at ``root``, read from its files: no encoder is loaded.
+
+    Raises IndexStoreError for a missing or damaged index (SnapshotVersionError
+    for another format version).
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    settings = manifest_settings(root, manifest)
+    try:
+        enc = manifest["encoder"]
+        dim, meaningless = int(enc["dim"]), enc["meaningless"]
+        model: dict[str, Any] = {"prescreen": str(enc["prescreen"]), "refine": str(enc["refine"]), "dim": dim}
+        if not isinstance(meaningless, bool) or dim < 1:
+            raise ValueError(f"meaningless {meaningless!r}, dim {dim}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexStoreError(f"{root}/index.json: invalid encoder record: {exc!r}") from exc
+    streams: dict[str, StreamState] = {}
+    try:
+        for stream in stream_ids(root):
+            streams[stream] = StreamState(
+                root / "streams" / stream,
+                stream,
+                settings.index,
+                dim=dim,
+                image_size=_NOT_INGESTED,
+                channels=_text_channels(stream, settings),
+            )
+        return index_info(root, model, meaningless, streams)
+    finally:
+        for st in streams.values():
+            st.close()
+
+
+def _text_channels(stream: str, settings: Settings) -> list[Channel]:
+    """The text channels the settings give a stream, without a sentence model (never searched here)."""
+    more: list[Channel] = []
+    if settings.speech.enabled:
+        more.append(SpeechChannel(stream, settings.speech, embed=None))
+    if settings.ocr.enabled:
+        more.append(OcrChannel(stream, settings.ocr, embed=None))
+    return more
 
 
 def stream_info(st: StreamState) -> dict[str, Any]:

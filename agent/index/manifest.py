@@ -10,7 +10,9 @@ from pydantic import ValidationError
 
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError
+from agent.store.versioned import read_versioned
 
+INDEX_VERSION = 1
 FOLLOW_INDEX = ("merge", "scorer")
 """Memory rules whose default changed (issue #15): an existing index keeps the rule it was built
 with unless the caller sets one explicitly (the CLI never does), so a default change does not
@@ -26,6 +28,22 @@ def stored(settings: Settings) -> dict[str, Any]:
     for name in RUN_ONLY:
         dump["index"].pop(name, None)
     return dump
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """``root/index.json``; IndexStoreError when there is none or it is unreadable,
+    SnapshotVersionError for another format version."""
+    if (data := read_versioned(Path(root) / "index.json", INDEX_VERSION, what="index")) is None:
+        raise IndexStoreError(f"no index at {root} (missing index.json)")
+    return data
+
+
+def stream_ids(root: Path) -> list[str]:
+    """The streams with a folder under ``root/streams``, sorted."""
+    folder = Path(root) / "streams"
+    if not folder.is_dir():
+        return []
+    return sorted(sub.name for sub in folder.iterdir() if sub.is_dir() and STREAM_ID.match(sub.name))
 
 
 def manifest_settings(root: Path, manifest: dict[str, Any]) -> Settings:

@@ -42,8 +42,17 @@ from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError, UnknownStreamError
 from agent.index.answers import PendingQuery, channel_query
 from agent.index.encode_pipeline import EncodePipeline, Entry, PipelineWaits
-from agent.index.info import bytes_on_disk, stream_info
-from agent.index.manifest import STREAM_ID, check_stream_id, follow_index, manifest_settings, stored
+from agent.index.info import index_info
+from agent.index.manifest import (
+    INDEX_VERSION,
+    STREAM_ID,
+    check_stream_id,
+    follow_index,
+    manifest_settings,
+    read_manifest,
+    stored,
+    stream_ids,
+)
 from agent.index.stream_state import StreamState
 from agent.models.encoder import Encoder, encoder_for
 from agent.models.ocr import TesseractReader
@@ -51,13 +60,11 @@ from agent.models.sentences import SentenceEncoder
 from agent.models.whisper import WhisperSettings, WhisperTranscriber
 from agent.store.atomic import write_json
 from agent.store.snapshot import quarantine
-from agent.store.versioned import read_versioned
 from agent.thread_priority import COMPUTE_THREADS, EncoderPriority
 from agent.types import AudioChunk, Frame, QueryResult
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
 _UNSET = np.zeros(0, np.float32)
 """The refine vector of a query until refinement encodes it (:func:`first_vectors`)."""
 
@@ -137,11 +144,7 @@ class VideoIndex:
         idx._open_streams()
         return idx
 
-    @staticmethod
-    def read_manifest(root: Path) -> dict[str, Any]:
-        if (data := read_versioned(Path(root) / "index.json", INDEX_VERSION, what="index")) is None:
-            raise IndexStoreError(f"no index at {root} (missing index.json)")
-        return data
+    read_manifest = staticmethod(read_manifest)
 
     def write_manifest(self) -> None:
         write_json(
@@ -160,11 +163,9 @@ class VideoIndex:
         )
 
     def _open_streams(self, skip: Collection[str] = ()) -> None:
-        folder = self.root / "streams"
-        if folder.is_dir():
-            for sub in sorted(folder.iterdir()):
-                if sub.is_dir() and STREAM_ID.match(sub.name) and sub.name not in skip:
-                    self.stream(sub.name, create=False)
+        for stream in stream_ids(self.root):
+            if stream not in skip:
+                self.stream(stream, create=False)
 
     def stream(self, stream: str, *, create: bool = True) -> StreamState:
         """The state of ``stream``, created on first use when ``create``."""
@@ -378,14 +379,7 @@ class VideoIndex:
 
     def info(self) -> dict[str, Any]:
         """Anchors, tokens, budget, covered seconds, bytes on disk, model (see :mod:`agent.index.info`)."""
-        return {
-            "index": str(self.root),
-            "model": {
-                "prescreen": self.prescreen.name,
-                "refine": self.refine.name,
-                "dim": self.prescreen.dim,
-            },
-            "meaningless": self.prescreen.meaningless or self.refine.meaningless,
-            "bytes_on_disk": bytes_on_disk(self.root),
-            "streams": {name: stream_info(st) for name, st in sorted(self.streams.items())},
-        }
+        model = {"prescreen": self.prescreen.name, "refine": self.refine.name, "dim": self.prescreen.dim}
+        return index_info(
+            self.root, model, self.prescreen.meaningless or self.refine.meaningless, self.streams
+        )

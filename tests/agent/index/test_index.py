@@ -16,6 +16,7 @@ from agent.cli.main import main
 from agent.config import EncoderConfig, IndexConfig, Settings
 from agent.errors import ConfigError, IndexStoreError, QueryError, UnknownStreamError
 from agent.index.video_index import VideoIndex
+from agent.models import encoder
 from streams.errors import CorruptMediaError
 from streams.file import decode_frames
 from tests.videos import VIDEOS, make_video, photos, random_bytes_file, truncate_copy
@@ -168,6 +169,40 @@ def test_cli_ingest_info_query(
     (res,) = answer["streams"].values()
     # One result model (agent.service.answer.QueryAnswer): moments at top level, coverage per stream.
     assert answer["moments"] and res["coverage"]["retained_fraction"] == pytest.approx(1.0)
+
+
+def test_info_reads_the_index_files_and_loads_no_model(
+    tmp_path: Path,
+    scene_video: tuple[Path, list[Path]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    video, _ = scene_video
+    root = tmp_path / "i"
+    argv = ["ingest", str(video), "--index", str(root), "--budget", "4", "--model", "tiny-random", "--quiet"]
+    assert main(argv) == 0
+    idx = VideoIndex.open(root)
+    want = idx.info()
+    idx.close()
+    capsys.readouterr()
+
+    def no_model(cfg: EncoderConfig) -> None:
+        raise AssertionError(f"vmr info loaded {cfg.model}")
+
+    monkeypatch.setattr(encoder, "_CACHE", {})  # as a new process: nothing loaded yet
+    monkeypatch.setattr(encoder, "_load", no_model)
+    assert main(["info", str(root), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    # Closing saved the index again (state.json's saved_at may change its length by a byte).
+    assert got.pop("bytes_on_disk") == pytest.approx(want.pop("bytes_on_disk"), abs=64)
+    assert got == want and got["streams"]["scenes"]["tokens"] <= 4
+    assert main(["info", str(root)]) == 0
+    assert "model: tiny-random" in capsys.readouterr().out
+    assert main(["info", str(video), "--json"]) == 0  # a video file: probed, no model either
+    assert json.loads(capsys.readouterr().out)["duration"] == pytest.approx(48.0, abs=0.2)
+    (root / "index.json").write_text("{}")
+    assert main(["info", str(root)]) == 2  # a damaged manifest: typed, one line
+    assert "index.json" in capsys.readouterr().err
 
 
 def test_real_model_without_weights_fails_with_instructions(
