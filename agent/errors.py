@@ -17,6 +17,8 @@ websocket API sends to clients instead of a traceback::
     │   └── SnapshotVersionError    snapshot written by an incompatible format version
     ├── QueryError                  a query that cannot be answered as asked
     │   └── OversizeQueryError      query text or image over the configured limit
+    ├── TransportError              the service could not be talked to (a client's view)
+    │   └── ConnectError            nothing answered at the URL: refused, unresolvable, timed out
     ├── ProtocolError               malformed websocket message
     │   ├── UnknownStreamError      a request names a stream id that does not exist
     │   ├── UnauthorizedError       missing or wrong auth token
@@ -117,6 +119,18 @@ class OversizeQueryError(QueryError):
     """The query text or image exceeds the configured limit."""
 
     code = "oversize_query"
+
+
+class TransportError(VmrError):
+    """The service could not be talked to at all (the client side; httpx's tree, in part)."""
+
+    code = "transport"
+
+
+class ConnectError(TransportError):
+    """Nothing accepted a connection at the service's URL: refused, unresolvable or timed out."""
+
+    code = "unreachable"
 
 
 class ProtocolError(VmrError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ProtocolError
+from agent.errors import ProtocolError, TransportError
 from agent.service.client import connect, recv, send
 from agent.service.protocol import (
     ClientMessage,
@@ -68,7 +68,7 @@ class Client:
                 finally:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
-        except ProtocolError:
+        except (ProtocolError, TransportError):  # closed, or refused before it opened
             self.tally.errors["client_closed"] += 1
 
     async def _requests(self, ws: Any, stop: asyncio.Event, measure_from: float) -> None:

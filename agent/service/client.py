@@ -21,7 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from agent import errors
-from agent.errors import ConfigError, ProtocolError, VmrError
+from agent.errors import ConfigError, ConnectError, ProtocolError, VmrError
 from agent.service.protocol import (
     ClientMessage,
     ErrorEvent,
@@ -61,7 +61,11 @@ async def connect(
     """An open connection that has said ``hello``."""
     try:
         ws = await websockets.connect(ws_url(url), max_size=max_size)
-    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
+    except OSError as exc:  # refused, no route, DNS, the open timeout (TimeoutError)
+        why = "connection refused" if isinstance(exc, ConnectionRefusedError) else exc.strerror or exc
+        raise ConnectError(f"cannot reach the service at {url}: {why}") from exc
+    except (websockets.InvalidURI, websockets.InvalidHandshake) as exc:
+        # Something answered, but not as the service's websocket does.
         raise ProtocolError(f"cannot connect to {url}: {exc}") from exc
     try:
         await send(ws, Hello(id="hello", token=token))

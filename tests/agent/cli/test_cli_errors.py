@@ -1,13 +1,18 @@
-"""Bad `vmr ingest` input is a typed one-line error (exit 2), never a traceback; a partial pass says so."""
+"""Bad `vmr ingest` input or an unreachable service is a typed one-line error (exit 2), never a traceback;
+a partial pass says so."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
 from agent.cli.main import main
+from agent.errors import ConnectError, ProtocolError, TransportError
+from agent.service.client import remote_query
 
 BIKES = Path(__file__).resolve().parents[4] / "shared" / "data" / "videos" / "bikes.mp4"
 
@@ -66,3 +71,27 @@ def test_query_rejects_a_negative_llm_timeout_before_opening_the_index(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("vmr: error [config]: ") and "timeout" in err and "Traceback" not in err
+
+
+def closed_port() -> int:
+    """A loopback port that was bound, then closed: connecting to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["query", "watch"])
+def test_a_service_that_cannot_be_reached_is_a_connect_error(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    url = f"ws://127.0.0.1:{closed_port()}"
+    assert main([command, "--url", url, "a van"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"vmr: error [unreachable]: cannot reach the service at {url}: connection refused\n"
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_client_raises_a_transport_error_not_a_protocol_error() -> None:
+    with pytest.raises(ConnectError) as info:
+        asyncio.run(remote_query(f"ws://127.0.0.1:{closed_port()}", text="a van"))
+    assert isinstance(info.value, TransportError) and not isinstance(info.value, ProtocolError)
