@@ -118,8 +118,6 @@ class StreamIngestor:
         self.stats = IngestStats()
         self._fifo: deque[_Pending] = deque()
         self._by_id: dict[int, _Pending] = {}
-        self._hole = False
-        """A dropped super-image is the newest memory event: do not stretch an anchor over it."""
         self._static: list[float] = []
         """Times of the gated samples since the newest pending tile (see :data:`MAX_TILE_GAP`)."""
 
@@ -266,10 +264,9 @@ class StreamIngestor:
         while fifo and fifo[0].ready:
             item = fifo.popleft()
             if item.dropped:
-                self._hole = True
                 self.memory.break_coverage()  # its span is a gap, not retained
             elif item.si is not None and item.embedding is not None:
                 self.memory.add(item.si.start, item.si.end, item.embedding)
-                self._hole = False
-            elif item.extend_to is not None and self.memory.tokens > 0 and not self._hole:
+            elif item.extend_to is not None and self.memory.tokens > 0 and not self.memory.coverage_broken:
+                # After a dropped super-image (the break, kept in snapshots) no anchor stretches over it.
                 self.memory.extend(item.extend_to)

@@ -176,6 +176,11 @@ class Memory:
         self._break = self._chain.newest is not None
 
     @property
+    def coverage_broken(self) -> bool:
+        """A :meth:`break_coverage` is pending: no add or extend since (saved in snapshots)."""
+        return self._break
+
+    @property
     def detail(self) -> DetailLevel:
         """The finer level (:mod:`agent.core.detail`): up to ``detail`` merged-away stretches."""
         return self._chain.detail

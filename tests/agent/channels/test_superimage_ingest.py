@@ -218,3 +218,16 @@ def test_static_run_longer_than_the_gap_after_the_last_tile_stays_covered() -> N
     assert [si.times for si in emitted] == [(0.0,), (10.0,)]
     assert len(ing.memory.spans()) == 1  # the 8 s static run after the tile is no outage
     assert ing.memory.spans()[0][1] == pytest.approx(10.5)
+
+
+def test_gated_frames_after_a_dropped_superimage_do_not_stretch_an_anchor_over_it() -> None:
+    # The pending break of the memory (kept in its snapshots) is what stops them.
+    ing = make_ingestor(grid=1, gate=True)
+    (first,) = ing.push(Frame("s", 0.0, solid((200, 30, 30), 64, 64)))
+    ing.commit(first, np.array([1.0, 0.0, 0.0], np.float32))
+    (lost,) = ing.push(Frame("s", 0.5, solid((30, 30, 200), 64, 64)))
+    for k in range(2, 6):  # the same picture again: gated, their extends queue behind the lost one
+        assert ing.push(Frame("s", k * 0.5, solid((30, 30, 200), 64, 64))) == []
+    ing.drop(lost)
+    assert ing.memory.coverage_broken
+    assert ing.memory.spans() == [(0.0, 0.5)] and ing.memory.anchors[-1].end == 0.5

@@ -716,6 +716,7 @@ def test_a_memory_restored_right_after_a_break_still_breaks(tmp_path: Path, then
     mem.break_coverage()
     save_memory(mem, tmp_path / "m.npz")
     back = load_memory(tmp_path / "m.npz")
+    assert back.coverage_broken and mem.coverage_broken
     for m in (mem, back):
         if then == "extend":
             m.extend(3.0)
@@ -728,7 +729,7 @@ def test_a_memory_restored_right_after_a_break_still_breaks(tmp_path: Path, then
     )
     for got, want in zip(back.matrix(), mem.matrix(), strict=True):
         np.testing.assert_array_equal(got, want)
-    assert mem.tokens == (2 if then == "add" else 1)
+    assert mem.tokens == (2 if then == "add" else 1) and not back.coverage_broken
 
 
 def test_a_snapshot_without_the_break_field_reads_as_no_break() -> None:
