@@ -136,14 +136,19 @@ class IndexConfig(Strict):
     """Cosine at or above which a new embedding joins the current anchor."""
     rank: int = Field(default=4, ge=1, le=64)
     """Rank k of each anchor's truncated SVD."""
-    representative: Representative = "smore"
-    merge: MergeRule = "ward-young"
-    """Merge rule under budget pressure: ``ward-young`` (Ward's least squared error added, with an
-    anchor begun within the last ``m`` members priced at least at ``m``, the memory's members per
-    token; the default since issue #15's recency measurement), ``ward`` (plain Ward: under heavy
+    representative: Representative = "mean"
+    """The anchor's token (handed to the LLM), what online joins and ``cosine`` merges compare:
+    ``mean`` (the normalised mean of its members; the default since issue #15's replication on
+    seeds 6-11) or ``smore`` (SMORE's principal directions averaged)."""
+    merge: MergeRule = "cosine"
+    """Merge rule under budget pressure: ``cosine`` (SMORE's most similar adjacent pair, keyed on
+    the representatives; size-blind, so a short distinct stretch is as dear to merge as a long
+    one; the default since issue #15's pre-registered replication on seeds 6-11), ``ward-young``
+    (Ward's least squared error added, with an anchor begun within the last ``m`` members priced
+    at least at ``m``, the memory's members per token), ``ward`` (plain Ward: under heavy
     compression it pools the newest footage into one anchor, 10-22 minutes of the 1 h haystack
-    at 1/30), ``dilution`` (least shift of the worst member's anchor mean), ``cosine`` (SMORE's
-    most similar pair) or ``subspace`` (least energy off the rank-k span)."""
+    at 1/30), ``dilution`` (least shift of the worst member's anchor mean) or ``subspace``
+    (least energy off the rank-k span)."""
     scorer: Scorer = "energy"
     """Prescreen scorer: ``energy`` (RMS of the members' cosines, read from the SVD; issue #15's
     winner), ``rep`` (cosine to the token), ``peak`` (mean + spread), ``average`` (mean member cosine)

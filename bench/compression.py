@@ -26,8 +26,9 @@ from bench.report import _pyplot
 from bench.run_haystack import DEFAULT_FRACTIONS, DEFAULT_RESULTS, git_commit, machine_info, run_name
 from bench.targets import PEERS, at, summary, targets
 
-CHOSEN = "svd-ward-young-energy-fill"
-"""The engine's default rules (ward-young merging, energy scorer) with the budget filled."""
+CHOSEN = "svd-mean-energy-fill"
+"""The engine's default rules (cosine merging of mean representatives, energy scorer) with the
+budget filled."""
 DEFAULT_STRATEGIES = (
     "uniform",
     "selection",

@@ -85,7 +85,12 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=int, default=4096, help="token budget B")
     g.add_argument("--theta", type=float, default=0.95, help="merge cosine threshold")
     g.add_argument("--rank", type=int, default=4, help="SVD rank per anchor")
-    g.add_argument("--representative", choices=["smore", "mean"], default="smore")
+    g.add_argument(
+        "--representative",
+        choices=["smore", "mean"],
+        default=None,
+        help="anchor token (default mean; an existing index keeps its own)",
+    )
     g.add_argument("--keyframes", action="store_true", help="keyframes only: fast coarse pass")
     g.add_argument("--no-gate", action="store_true", help="encode static stretches too")
     g.add_argument("--store-mb", type=float, default=2048, help="frame-store bound in MiB (0: no store)")
@@ -186,12 +191,13 @@ def index_config(a: argparse.Namespace) -> IndexConfig:
     try:
         return IndexConfig(
             **({} if nice is None else {"encoder_nice": nice}),
+            # Unset unless given, so an existing index keeps the one it was built with (FOLLOW_INDEX).
+            **({} if a.representative is None else {"representative": a.representative}),
             fps=a.fps,
             grid=a.grid,
             budget=a.budget,
             theta=a.theta,
             rank=a.rank,
-            representative=a.representative,
             keyframes_only=a.keyframes,
             gate=not a.no_gate,
             store_bytes=int(a.store_mb * 1024 * 1024),

@@ -7,17 +7,18 @@ handed to the LLM). Whenever tokens exceed the budget, the adjacent pair that
 costs least under the merge rule is merged; queries score anchors by the
 scorer (:mod:`agent.core.svd` and :mod:`agent.core.scoring`; defaults chosen in issue #15):
 
-* merge ``"ward-young"``: Ward's least squared error added around the means, so
-  long near-identical stretches pool and distinct ones survive, with an anchor
-  begun within the last ``m`` members (``m`` = members per token) priced at
-  least at ``m``: online, plain ``"ward"`` folds every new frame into the
-  newest anchor once the memory is compressed enough, so the newest footage
-  pools into one anchor (:mod:`agent.core.anchors`; ``"ward-context"``:
-  Ward, but a short anchor that lies between its neighbours, a dissolve, folds
-  at its distance from them, :func:`agent.core.anchors.fold_cost`; ``"cosine"``:
-  SMORE's most similar pair; ``"dilution"``: the worst member's mean shift,
-  measured over three seeds and not better; ``"subspace"``: least energy off
-  the rank-k span);
+* merge ``"cosine"`` of ``"mean"`` representatives: SMORE's most similar
+  adjacent pair, size-blind, so a short distinct stretch is as dear to merge
+  as a long one (chosen by a pre-registered replication on fresh haystacks;
+  ``"ward-young"``: Ward's least squared error added around the means, with an
+  anchor begun within the last ``m`` members (``m`` = members per token) priced
+  at least at ``m``, :mod:`agent.core.anchors`; plain ``"ward"`` folds every
+  new frame into the newest anchor once the memory is compressed enough, so
+  the newest footage pools into one anchor; ``"ward-context"``: Ward, but a
+  short anchor that lies between its neighbours, a dissolve, folds at its
+  distance from them, :func:`agent.core.anchors.fold_cost`; ``"dilution"``:
+  the worst member's mean shift; ``"subspace"``: least energy off the rank-k
+  span);
 * scorer ``"energy"``: the RMS of the members' cosines to the query, read from
   the retained SVD, so a short stretch matching the query lifts the anchor it
   was merged into (``"rep"``: cosine to the token; ``"peak"``: mean + spread;
@@ -59,7 +60,8 @@ from agent.core.svd import (
 
 _Views = tuple[list[Anchor], F64, F64, npt.NDArray[np.int64]]
 
-DEFAULT_MERGE: MergeRule = "ward-young"
+DEFAULT_MERGE: MergeRule = "cosine"
+DEFAULT_REPRESENTATIVE: Representative = "mean"
 DEFAULT_SCORER: Scorer = "energy"
 
 
@@ -75,7 +77,7 @@ class Memory:
         budget: int,
         theta: float,
         rank: int = 4,
-        representative: Representative = "smore",
+        representative: Representative = DEFAULT_REPRESENTATIVE,
         gap_seconds: float = 5.0,
         merge: MergeRule = DEFAULT_MERGE,
         scorer: Scorer = DEFAULT_SCORER,

@@ -13,7 +13,7 @@ from agent.errors import ConfigError, IndexStoreError
 from agent.store.versioned import read_versioned
 
 INDEX_VERSION = 1
-FOLLOW_INDEX = ("merge", "scorer")
+FOLLOW_INDEX = ("merge", "scorer", "representative")
 """Memory rules whose default changed (issue #15): an existing index keeps the rule it was built
 with unless the caller sets one explicitly (the CLI never does), so a default change does not
 lock an index out of further ingest."""

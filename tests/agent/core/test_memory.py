@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.anchors import _HEAP_SLACK, ENTRY_BYTES, FOLD_MEMBERS, fold_cost
-from agent.core.memory import Memory
+from agent.core.memory import DEFAULT_REPRESENTATIVE, Memory
 from agent.core.scoring import SCORERS, Scorer, score_anchors
 from agent.core.svd import (
     MERGE_RULES,
     MergeRule,
+    Representative,
     TruncatedSVD,
     batch_svd,
     merge_cost,
@@ -116,8 +117,17 @@ def test_invariants_hold_after_every_add(
 class ScanMemory:
     """Reference: the same policy with a linear scan over adjacent pairs instead of a heap."""
 
-    def __init__(self, budget: int, theta: float, rank: int, gap: float, merge: MergeRule = "cosine") -> None:
+    def __init__(
+        self,
+        budget: int,
+        theta: float,
+        rank: int,
+        gap: float,
+        merge: MergeRule = "cosine",
+        rep: Representative = DEFAULT_REPRESENTATIVE,
+    ) -> None:
         self.budget, self.theta, self.rank, self.gap, self.merge = budget, theta, rank, gap, merge
+        self.rep = rep
         self.anchors: list[list] = []  # [start, end, svd, rep]
 
     def add(self, start: float, end: float, v: np.ndarray) -> None:
@@ -127,14 +137,14 @@ class ScanMemory:
             gap = start - last[1] > self.gap
             if not gap and float(last[3] @ vec) >= self.theta * np.linalg.norm(vec):
                 last[2].update(vec)
-                last[3] = last[2].representative("smore")
+                last[3] = last[2].representative(self.rep)
                 last[1] = max(last[1], end)
                 return
             if not gap:
                 last[1] = max(last[1], start)
             start, end = max(start, last[1]), max(end, last[1])
         svd = TruncatedSVD.from_vector(vec, self.rank)
-        self.anchors.append([start, end, svd, svd.representative("smore")])
+        self.anchors.append([start, end, svd, svd.representative(self.rep)])
         while len(self.anchors) > self.budget:
             keys = [
                 (int(a[1] < b[0]), self.cost(i))
@@ -143,7 +153,7 @@ class ScanMemory:
             i = min(range(len(keys)), key=keys.__getitem__)
             a, b = self.anchors[i], self.anchors.pop(i + 1)
             a[2] = a[2].merge(b[2])
-            a[3] = a[2].representative("smore")
+            a[3] = a[2].representative(self.rep)
             a[1] = max(a[1], b[1])
 
     def cost(self, i: int) -> float:
@@ -492,9 +502,9 @@ def test_scores_follow_the_scorer(seed: int, budget: int, scorer: Scorer) -> Non
         mem.scores(np.ones(DIM + 1))
 
 
-def test_defaults_are_ward_young_merging_and_energy_scoring() -> None:
+def test_defaults_are_cosine_merging_of_means_and_energy_scoring() -> None:
     mem = Memory(DIM, budget=4, theta=0.9)
-    assert (mem.merge, mem.scorer) == ("ward-young", "energy")
+    assert (mem.merge, mem.scorer, mem.representative) == ("cosine", "energy", "mean")
     with pytest.raises(ValueError):
         Memory(DIM, budget=4, theta=0.9, merge="median")  # type: ignore[arg-type]
     with pytest.raises(ValueError):

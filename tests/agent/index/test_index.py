@@ -239,26 +239,52 @@ def test_tiny_random_is_identical_across_processes() -> None:
     assert len(outs) == 1
 
 
-def test_an_index_built_with_plain_ward_opens_as_plain_ward(
+def test_vmr_ingest_without_flags_keeps_an_index_built_with_smore(
+    tmp_path: Path, scene_video: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    video, _ = scene_video
+    argv = ["ingest", str(video), "--index", str(tmp_path / "i"), "--budget", "4", "--model", "tiny-random"]
+    assert main([*argv, "--quiet", "--representative", "smore"]) == 0
+    # The CLI leaves --representative unset unless given: the index's own rule is kept.
+    assert main([*argv, "--quiet", "--stream", "again"]) == 0
+    index = VideoIndex.open(tmp_path / "i")
+    assert {s.memory.representative for s in index.streams.values()} == {"smore"}
+    index.close()
+    capsys.readouterr()
+    assert main([*argv, "--quiet", "--representative", "mean"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_an_index_keeps_the_memory_rules_it_was_built_with(
     tmp_path: Path, scene_video: tuple[Path, list[Path]]
 ) -> None:
-    # index.json records every setting, the merge rule included: an index built before ward-young
-    # became the default opens with "ward", and its memories were written with "ward".
+    # index.json records every setting, the memory rules included: an index built under an older
+    # default (plain Ward; ward-young with SMORE's representative) opens with those rules, and
+    # its memories were written with them.
     video, _ = scene_video
-    old = settings(grid=1, budget=3, fps=1.0, merge="ward")
-    ingest(tmp_path / "idx", video, old).close()
-    manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
-    assert manifest["settings"]["index"]["merge"] == "ward"
-    again = VideoIndex.open(tmp_path / "idx")
-    assert again.settings.index.merge == "ward" and again.streams["cam"].memory.merge == "ward"
-    again.close()
-    # Ingesting more under today's defaults keeps the index's rule (merge is left unset, as the
-    # CLI leaves it); asking for another rule explicitly is refused, loudly, not switched.
-    more = VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=3, fps=1.0))
-    assert more.settings.index.merge == "ward" and more.streams["cam"].memory.merge == "ward"
-    more.close()
-    with pytest.raises(ConfigError, match="other settings"):
-        VideoIndex.create(tmp_path / "idx", settings(grid=1, budget=3, fps=1.0, merge="ward-young"))
+    for name, old_merge in (("ward", "ward"), ("young", "ward-young")):
+        root = tmp_path / name
+        old_rules = {"merge": old_merge, "representative": "smore"}
+        old = settings(grid=1, budget=3, fps=1.0, **old_rules)
+        ingest(root, video, old).close()
+        manifest = json.loads((root / "index.json").read_text())
+        assert manifest["settings"]["index"]["merge"] == old_rules["merge"]
+        again = VideoIndex.open(root)
+        mem = again.streams["cam"].memory
+        assert again.settings.index.merge == mem.merge == old_rules["merge"]
+        assert mem.representative == "smore"
+        again.close()
+        # Ingesting more under today's defaults keeps the index's rules (left unset, as the CLI
+        # leaves them); asking for another rule explicitly is refused, loudly, not switched.
+        more = VideoIndex.create(root, settings(grid=1, budget=3, fps=1.0))
+        mem = more.streams["cam"].memory
+        assert (more.settings.index.merge, mem.merge) == (old_rules["merge"],) * 2
+        assert more.settings.index.representative == old.index.representative == mem.representative
+        more.close()
+        with pytest.raises(ConfigError, match="other settings"):
+            VideoIndex.create(root, settings(grid=1, budget=3, fps=1.0, merge="cosine"))
+        with pytest.raises(ConfigError, match="other settings"):
+            VideoIndex.create(root, settings(grid=1, budget=3, fps=1.0, representative="mean"))
     # A ward-young index.json reads back through the config's MergeRule literal.
     dumped = json.loads(json.dumps(settings(merge="ward-young").model_dump(mode="json")))
     assert Settings.model_validate(dumped).index.merge == "ward-young"
