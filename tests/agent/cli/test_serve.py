@@ -1,4 +1,5 @@
-"""`vmr serve` refuses to expose a token-less service beyond loopback."""
+"""`vmr serve`: refuses to expose a token-less service beyond loopback; its model flags leave an
+existing index's memory rules alone."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli.main import main
-from agent.cli.serve import check_exposure
+from agent.cli.main import build_parser, main
+from agent.cli.serve import check_exposure, serve_config
+from agent.config import IndexConfig
 from agent.errors import ConfigError
+from agent.index.video_index import VideoIndex
 from agent.service.config import ServiceConfig, is_loopback
 
 
@@ -46,3 +49,21 @@ def test_exposure_rule(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         check_exposure(ServiceConfig(host="0.0.0.0", token=None), insecure=True)
     assert "INSECURE" in caplog.text and "WITHOUT A TOKEN" in caplog.text
+
+
+@pytest.mark.parametrize("flag", [["--model", "tiny-random"], ["--model", "tiny-random", "--random-weights"]])
+def test_model_flags_keep_the_rules_of_an_index_built_under_older_defaults(
+    tmp_path: Path, flag: list[str]
+) -> None:
+    # A deployment restarted with a model flag after the default rules changed: the memory rules
+    # the file leaves unset follow index.json (FOLLOW_INDEX), as they do without the flag.
+    root = tmp_path / "i"
+    cfg = serve_config(build_parser().parse_args(["serve", "--index", str(root), *flag]))
+    old = IndexConfig(merge="ward-young", representative="smore", scorer="rep")
+    VideoIndex.create(root, cfg.settings.model_copy(update={"index": old})).close()
+    again = VideoIndex.create(cfg.service.index, cfg.settings)
+    try:
+        rules = again.settings.index
+        assert (rules.merge, rules.representative, rules.scorer) == ("ward-young", "smore", "rep")
+    finally:
+        again.close()
