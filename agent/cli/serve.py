@@ -134,7 +134,11 @@ def serve_config(a: argparse.Namespace) -> ServeFile:
         )
         if not named:
             prescreen = prescreen.model_copy(update={"batch_size": pre.batch_size})
-        settings = Settings.model_validate({**settings.model_dump(), "prescreen": prescreen})
+        # Only the fields the file set: a full dump would mark every memory rule as set, so an
+        # existing index would be refused instead of keeping its own (FOLLOW_INDEX).
+        settings = Settings.model_validate(
+            {**settings.model_dump(exclude_unset=True), "prescreen": prescreen}
+        )
     streams = list(base.streams)
     for path in a.file:
         from agent.cli.options import stream_id_for
