@@ -288,3 +288,30 @@ def test_an_index_keeps_the_memory_rules_it_was_built_with(
     # A ward-young index.json reads back through the config's MergeRule literal.
     dumped = json.loads(json.dumps(settings(merge="ward-young").model_dump(mode="json")))
     assert Settings.model_validate(dumped).index.merge == "ward-young"
+
+
+def test_an_index_json_older_than_the_merge_rules_reads_as_smores_rules(
+    tmp_path: Path, scene_video: tuple[Path, list[Path]]
+) -> None:
+    # index.json written before IndexConfig had merge and scorer: its memories merged SMORE's
+    # most similar pair and scored the token, which is what a snapshot without those keys reads
+    # as (agent.store.memory_store). The index must say the same, or its new streams (and vmr
+    # info) take today's defaults while its old ones keep SMORE's: two rules in one index.
+    video, _ = scene_video
+    root = tmp_path / "old"
+    ingest(root, video, settings(grid=1, budget=3, fps=1.0, merge="cosine", scorer="rep")).close()
+    manifest = json.loads((root / "index.json").read_text())
+    for key in ("merge", "scorer"):
+        del manifest["settings"]["index"][key]
+    (root / "index.json").write_text(json.dumps(manifest))
+    opened = VideoIndex.open(root)
+    rules = opened.settings.index
+    mem = opened.streams["cam"].memory
+    assert (rules.merge, rules.scorer) == (mem.merge, mem.scorer) == ("cosine", "rep")
+    opened.close()
+    more = VideoIndex.create(root, settings(grid=1, budget=3, fps=1.0))
+    try:
+        new = more.stream("new").memory
+        assert (new.merge, new.scorer) == ("cosine", "rep")
+    finally:
+        more.close()
