@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from agent.config import Settings
 from agent.errors import ConfigError, IndexStoreError
+from agent.store.memory_store import LEGACY_RULES
 from agent.store.versioned import read_versioned
 
 INDEX_VERSION = 1
@@ -47,14 +48,25 @@ def stream_ids(root: Path) -> list[str]:
 
 
 def manifest_settings(root: Path, manifest: dict[str, Any]) -> Settings:
-    """The settings ``index.json`` records; IndexStoreError (one line per field) when invalid."""
+    """The settings ``index.json`` records; IndexStoreError (one line per field) when invalid.
+
+    A field it lacks takes today's default, except the memory rules of an index older than them:
+    those read as its snapshots do (:data:`LEGACY_RULES`), not as whatever the default is now.
+    """
     try:
-        return Settings.model_validate(manifest["settings"])
+        return Settings.model_validate(_with_legacy_rules(manifest["settings"]))
     except ValidationError as exc:
         why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise IndexStoreError(f"{root}/index.json: invalid settings: {why}") from exc
     except Exception as exc:  # no "settings" key, or not a mapping
         raise IndexStoreError(f"{root}/index.json: invalid settings: {exc!r}") from exc
+
+
+def _with_legacy_rules(data: Any) -> Any:
+    index = data.get("index") if isinstance(data, dict) else None
+    if not isinstance(index, dict) or all(key in index for key in LEGACY_RULES):
+        return data  # malformed data is left for validation to report
+    return {**data, "index": {**LEGACY_RULES, **index}}
 
 
 def check_stream_id(stream: str) -> str:

@@ -27,6 +27,10 @@ from agent.core.svd import MERGE_RULES, MergeRule, unpack_svds
 from agent.errors import IndexStoreError, SnapshotVersionError
 from agent.store import atomic
 
+LEGACY_RULES: dict[str, str] = {"merge": "cosine", "scorer": "rep"}
+"""What a memory built before the merge rule and scorer existed used (SMORE's rules: the most
+similar pair merged, the token scored): a snapshot, or an ``index.json``, without these keys."""
+
 
 def memory_from_state(state: Mapping[str, np.ndarray]) -> Memory:
     """Rebuild from ``state_dict()``.
@@ -55,8 +59,8 @@ def _from_valid_state(state: Mapping[str, np.ndarray]) -> Memory:
     if rep_kind not in ("smore", "mean"):
         raise ValueError(f"unknown representative {rep_kind!r}")
     # Snapshots older than the merge rule and scorer keys were built by SMORE's rules.
-    merge = str(np.asarray(state["merge"])) if "merge" in state else "cosine"
-    scorer = str(np.asarray(state["scorer"])) if "scorer" in state else "rep"
+    merge = str(np.asarray(state["merge"])) if "merge" in state else LEGACY_RULES["merge"]
+    scorer = str(np.asarray(state["scorer"])) if "scorer" in state else LEGACY_RULES["scorer"]
     if merge not in MERGE_RULES or scorer not in SCORERS:
         raise ValueError(f"unknown merge rule {merge!r} or scorer {scorer!r}")
     mem = Memory(
