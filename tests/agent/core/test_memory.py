@@ -27,6 +27,8 @@ from agent.store.memory_store import load_memory, memory_from_state, save_memory
 
 DIM = 8
 FAST = settings(max_examples=50, deadline=None)
+REPRESENTATIVES: tuple[Representative, ...] = ("mean", "smore")
+"""Both stay live: the default, and the one every index built before it keeps (FOLLOW_INDEX)."""
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -83,6 +85,7 @@ item = st.tuples(
     rank=st.integers(1, 3),
     seed=st.integers(0, 2**16),
     merge=st.sampled_from(MERGE_RULES),
+    rep=st.sampled_from(REPRESENTATIVES),
 )
 def test_invariants_hold_after_every_add(
     items: list[tuple[float, float, int, bool]],
@@ -91,10 +94,11 @@ def test_invariants_hold_after_every_add(
     rank: int,
     seed: int,
     merge: MergeRule,
+    rep: Representative,
 ) -> None:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((4, DIM))
-    mem = Memory(DIM, budget=budget, theta=theta, rank=rank, gap_seconds=5.0, merge=merge)
+    mem = Memory(DIM, budget=budget, theta=theta, rank=rank, gap_seconds=5.0, merge=merge, representative=rep)
     ingested: list[tuple[float, float]] = []
     t = 0.0
     for delay, dur, cluster, static in items:
@@ -176,16 +180,17 @@ class ScanMemory:
     theta=st.sampled_from([0.6, 0.95]),
     seed=st.integers(0, 2**16),
     merge=st.sampled_from(["cosine", "ward", "ward-context", "dilution"]),
+    rep=st.sampled_from(REPRESENTATIVES),
 )
 def test_heap_merges_match_a_linear_scan(
-    n: int, budget: int, theta: float, seed: int, merge: MergeRule
+    n: int, budget: int, theta: float, seed: int, merge: MergeRule, rep: Representative
 ) -> None:
     # Long random streams (numpy-drawn) so merges keep re-scoring neighbours of merged anchors.
     # (The subspace rule is left out: its many zero-cost ties may be broken in another order.)
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((4, DIM))
-    mem = Memory(DIM, budget=budget, theta=theta, rank=2, gap_seconds=5.0, merge=merge)
-    ref = ScanMemory(budget, theta, 2, 5.0, merge)
+    mem = Memory(DIM, budget=budget, theta=theta, rank=2, gap_seconds=5.0, merge=merge, representative=rep)
+    ref = ScanMemory(budget, theta, 2, 5.0, merge, rep)
     t = 0.0
     for _ in range(n):
         t += float(rng.choice([0.0, 0.5, 1.0, 2.0, 7.0]))
@@ -643,13 +648,19 @@ def test_a_restored_ward_context_memory_merges_as_the_original(tmp_path: Path) -
 
 
 @FAST
-@given(seed=st.integers(0, 2**16), budget=st.integers(1, 6), bound=st.integers(0, 4), n=st.integers(1, 60))
+@given(
+    seed=st.integers(0, 2**16),
+    budget=st.integers(1, 6),
+    bound=st.integers(0, 4),
+    n=st.integers(1, 60),
+    rep=st.sampled_from(REPRESENTATIVES),
+)
 def test_the_finer_level_stays_bounded_and_keeps_the_most_distinctive(
-    seed: int, budget: int, bound: int, n: int
+    seed: int, budget: int, bound: int, n: int, rep: Representative
 ) -> None:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((4, DIM))
-    mem = Memory(DIM, budget=budget, theta=0.95, rank=2, detail=bound)
+    mem = Memory(DIM, budget=budget, theta=0.95, rank=2, detail=bound, representative=rep)
     offered: list[float] = []
     original = mem.detail.offer
 
@@ -754,8 +765,9 @@ def test_a_snapshot_without_the_break_field_reads_as_no_break() -> None:
     assert old.spans() == [(0.0, 6.0)] and old.tokens == 1
 
 
+@pytest.mark.parametrize("rep", REPRESENTATIVES)
 @pytest.mark.parametrize("merge", MERGE_RULES)
-def test_a_restored_memory_breaks_cost_ties_as_the_original(merge: MergeRule) -> None:
+def test_a_restored_memory_breaks_cost_ties_as_the_original(merge: MergeRule, rep: Representative) -> None:
     # Repeated identical embeddings (a black screen, a test card) give pairs of equal cost. The
     # restored heap is rebuilt in time order; the original's was pushed in merge order: a tie
     # broken by push order made the two merge different pairs after a restore.
@@ -764,7 +776,7 @@ def test_a_restored_memory_breaks_cost_ties_as_the_original(merge: MergeRule) ->
         centres = rng.standard_normal((3, 16))
         stream = [centres[rng.integers(3)] for _ in range(60)]
         budget, cut, theta = int(rng.integers(1, 9)), int(rng.integers(2, 58)), [0.5, 0.95, 1.01][seed % 3]
-        mem = Memory(16, budget=budget, theta=theta, rank=2, merge=merge)
+        mem = Memory(16, budget=budget, theta=theta, rank=2, merge=merge, representative=rep)
         for i, v in enumerate(stream[:cut]):
             mem.add(float(i), float(i + 1), v)
         back = memory_from_state(mem.state_dict())

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from agent.core.anchors import Anchor
 from agent.core.memory import Memory
 from agent.core.scoring import SCORERS, Scorer, score_anchors
-from agent.core.svd import pack_svds
+from agent.core.svd import Representative, pack_svds
 
 FAST = settings(max_examples=30, deadline=None)
 
@@ -98,15 +98,19 @@ def test_slots_are_padded_to_at_most_dim_rows_whatever_the_rank() -> None:
     detail=st.integers(0, 3),
     every=st.integers(1, 5),
     scorer=st.sampled_from(SCORERS),
+    rep=st.sampled_from(["mean", "smore"]),
 )
 def test_queries_never_change_what_the_memory_keeps(
-    seed: int, budget: int, detail: int, every: int, scorer: Scorer
+    seed: int, budget: int, detail: int, every: int, scorer: Scorer, rep: Representative
 ) -> None:
     # Two memories fed the same members, one queried every few adds: anchors that share the
     # stack, then change (joins, merges, re-orthonormalisation), must leave it and the twin equal.
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((3, 8))
-    queried, quiet = (Memory(8, budget=budget, theta=0.9, rank=3, detail=detail, scorer=scorer) for _ in "ab")
+    queried, quiet = (
+        Memory(8, budget=budget, theta=0.9, rank=3, detail=detail, scorer=scorer, representative=rep)
+        for _ in "ab"
+    )
     q = unit(rng.standard_normal(8)).astype(np.float64)
     for i in range(80):
         v = unit(centres[rng.integers(3)] + 0.2 * rng.standard_normal(8))

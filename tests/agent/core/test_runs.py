@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from agent.core.memory import Memory
 from agent.core.runs import Runs, paint
-from agent.core.svd import batch_svd
+from agent.core.svd import Representative, batch_svd
 from agent.errors import IndexStoreError
 from agent.store.memory_store import load_memory, memory_from_state, save_memory
 
@@ -39,10 +39,13 @@ def check_runs(mem: Memory, cap: int) -> None:
     budget=st.integers(1, 6),
     cap=st.integers(1, 5),
     theta=st.sampled_from([0.2, 0.6, 1.01]),
+    rep=st.sampled_from(["mean", "smore"]),
 )
-def test_runs_stay_bounded_ordered_and_complete(seed: int, budget: int, cap: int, theta: float) -> None:
+def test_runs_stay_bounded_ordered_and_complete(
+    seed: int, budget: int, cap: int, theta: float, rep: Representative
+) -> None:
     rng = np.random.default_rng(seed)
-    mem = Memory(DIM, budget=budget, theta=theta, rank=3, runs=cap)
+    mem = Memory(DIM, budget=budget, theta=theta, rank=3, runs=cap, representative=rep)
     for i in range(60):
         mem.add(float(i), float(i + 1), unit(rng.standard_normal(DIM)))
         assert mem.tokens <= budget

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 
 from agent.core.anchors import _HEAP_SLACK, Anchor, _Node
 from agent.core.memory import Memory
-from agent.core.svd import MergeRule, TruncatedSVD, merge_cost
+from agent.core.svd import MergeRule, Representative, TruncatedSVD, merge_cost
 from agent.store.memory_store import load_memory, memory_from_state, save_memory
 
 DIM = 16
+REPRESENTATIVES: tuple[Representative, ...] = ("smore", "mean")
+"""ward-young indexes were built with SMORE's token (the default then) and keep it; mean is today's."""
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -67,8 +69,10 @@ class Scan:
     """Reference: ``Memory.add`` under ward-young by a linear scan over adjacent pairs, every
     anchor's first member and the floor recomputed from scratch (joins and gaps included)."""
 
-    def __init__(self, budget: int, theta: float = 1.01, gap_seconds: float = 5.0) -> None:
-        self.budget, self.theta, self.gap_seconds = budget, theta, gap_seconds
+    def __init__(
+        self, budget: int, theta: float = 1.01, gap_seconds: float = 5.0, rep: Representative = "mean"
+    ) -> None:
+        self.budget, self.theta, self.gap_seconds, self.rep = budget, theta, gap_seconds, rep
         self.anchors: list[Anchor] = []
 
     def floor(self) -> float:
@@ -83,14 +87,14 @@ class Scan:
             last = self.anchors[-1]
             gap = start - last.end > self.gap_seconds
             if not gap and float(last.rep @ vec) >= self.theta * float(np.linalg.norm(vec)):
-                last.update(start, vec, "smore", 0)
+                last.update(start, vec, self.rep, 0)
                 last.end = max(last.end, end)
                 return
             if not gap:
                 last.end = max(last.end, start)
             start, end = max(start, last.end), max(end, last.end)
         svd = TruncatedSVD.from_vector(vec, 2)
-        self.anchors.append(Anchor(start, end, svd, svd.representative("smore")))
+        self.anchors.append(Anchor(start, end, svd, svd.representative(self.rep)))
         while len(self.anchors) > self.budget:
             members, floor = sum(a.svd.count for a in self.anchors), self.floor()
             first = np.concatenate([[0], np.cumsum([a.svd.count for a in self.anchors])[:-1]])
@@ -107,7 +111,7 @@ class Scan:
             i = min(range(len(keys)), key=keys.__getitem__)
             a, b = self.anchors[i], self.anchors.pop(i + 1)
             a.svd, a.end = a.svd.merge(b.svd), max(a.end, b.end)
-            a.rep = a.svd.representative("smore")
+            a.rep = a.svd.representative(self.rep)
 
 
 def stream_with_gaps(n: int, seed: int) -> list[tuple[float, float, np.ndarray]]:
@@ -150,13 +154,15 @@ def test_heap_merges_match_a_linear_scan(n: int, budget: int, seed: int) -> None
     budget=st.integers(1, 8),
     theta=st.sampled_from([0.5, 0.95, 1.01]),
     seed=st.integers(0, 2**16),
+    rep=st.sampled_from(REPRESENTATIVES),
 )
 def test_heap_merges_match_a_linear_scan_with_joins_and_gaps(
-    n: int, budget: int, theta: float, seed: int
+    n: int, budget: int, theta: float, seed: int, rep: Representative
 ) -> None:
     # Joins grow the members (and settle young anchors) without adding one; gaps key pairs last.
-    mem = Memory(DIM, budget=budget, theta=theta, rank=2, merge="ward-young")
-    ref = Scan(budget, theta)
+    # The token decides joins: the reference must use the memory's.
+    mem = Memory(DIM, budget=budget, theta=theta, rank=2, merge="ward-young", representative=rep)
+    ref = Scan(budget, theta, rep=rep)
     for start, end, v in stream_with_gaps(n, seed):
         mem.add(start, end, v)
         ref.add(start, end, v)
@@ -172,13 +178,23 @@ def test_heap_merges_match_a_linear_scan_with_joins_and_gaps(
     detail=st.sampled_from([0, 3]),
     runs=st.sampled_from([0, 2]),
     seed=st.integers(0, 2**16),
+    rep=st.sampled_from(REPRESENTATIVES),
 )
 def test_a_memory_restored_mid_stream_continues_exactly_as_the_original(
-    n: int, cut: float, budget: int, theta: float, detail: int, runs: int, seed: int
+    n: int, cut: float, budget: int, theta: float, detail: int, runs: int, seed: int, rep: Representative
 ) -> None:
     stream = stream_with_gaps(n, seed)
     k = int(cut * n)
-    mem = Memory(DIM, budget=budget, theta=theta, rank=2, merge="ward-young", detail=detail, runs=runs)
+    mem = Memory(
+        DIM,
+        budget=budget,
+        theta=theta,
+        rank=2,
+        merge="ward-young",
+        detail=detail,
+        runs=runs,
+        representative=rep,
+    )
     for start, end, v in stream[:k]:
         mem.add(start, end, v)
     back = memory_from_state(mem.state_dict())
