@@ -315,3 +315,24 @@ def test_an_index_json_older_than_the_merge_rules_reads_as_smores_rules(
         assert (new.merge, new.scorer) == ("cosine", "rep")
     finally:
         more.close()
+
+
+def test_a_memory_whose_rules_differ_from_index_json_keeps_its_own_and_says_so(
+    tmp_path: Path, scene_video: tuple[Path, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # index.json rewritten by a build that read a legacy index as that build's defaults: the
+    # snapshot knows what its memory was built with, and the mismatch is not silent.
+    video, _ = scene_video
+    root = tmp_path / "mixed"
+    ingest(root, video, settings(grid=1, budget=3, fps=1.0, representative="smore", merge="cosine")).close()
+    manifest = json.loads((root / "index.json").read_text())
+    manifest["settings"]["index"].update(merge="ward-young", representative="mean")
+    (root / "index.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="agent.channels.visual"):
+        opened = VideoIndex.open(root)
+    try:
+        mem = opened.streams["cam"].memory
+        assert (mem.merge, mem.representative) == ("cosine", "smore")
+    finally:
+        opened.close()
+    assert "cosine/energy/smore" in caplog.text and "ward-young/energy/mean" in caplog.text
