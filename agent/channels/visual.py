@@ -25,6 +25,7 @@ the ``stats`` of the stream's ``state.json``, where they used to be.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +47,8 @@ from agent.store.frame_store import FrameStore
 from agent.store.memory_store import load_memory, save_memory
 from agent.store.versioned import read_versioned
 from agent.types import Frame, RGBImage
+
+log = logging.getLogger(__name__)
 
 IMAGE_WORKER = "image"
 """The batch worker that encodes super-images (the prescreen encoder)."""
@@ -257,6 +260,18 @@ class VisualChannel(Channel):
         mem = load_memory(path)
         if mem.dim != self.dim:
             raise IndexStoreError(f"{path}: memory has dim {mem.dim}, encoder gives {self.dim}")
+        c = self.cfg
+        ours, its = (c.merge, c.scorer, c.representative), (mem.merge, mem.scorer, mem.representative)
+        if its != ours:
+            # The snapshot's rules are kept (switching a built memory's token or merges silently
+            # would be worse); said aloud, since this stream now ranks unlike the index's others.
+            log.warning(
+                "stream %s: its memory was built with merge/scorer/representative %s, the index "
+                "says %s; the memory keeps its own",
+                self.stream,
+                "/".join(its),
+                "/".join(ours),
+            )
         return mem
 
     def _load_cheap(self, path: Path) -> CheapIndex:
