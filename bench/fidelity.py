@@ -58,14 +58,16 @@ def _svd_fill(
     scorer: Scorer = "rep",
     detail: int = 0,
     runs: int = 0,
+    theta: float = 1.01,
 ) -> Callable[[Items, int], Compressed]:
     # theta above 1 means no embedding ever joins online: every merge is a budget merge of the
-    # cheapest adjacent pair, so the memory always fills its budget (SMORE's theta rule off).
+    # cheapest adjacent pair, so the memory always fills its budget (SMORE's theta rule off);
+    # the engine's own theta (0.95) lets near-copies join first and may leave budget unused.
     # ``detail`` = 8 gives the finer level budget // 8 of the tokens (at least 1 left coarse).
     def run(items: Items, budget: int) -> Compressed:
         fine = min(budget // detail, budget - 1) if detail else 0
         return svd(
-            items, budget, representative, theta=1.01, merge=merge, scorer=scorer, detail=fine, runs=runs
+            items, budget, representative, theta=theta, merge=merge, scorer=scorer, detail=fine, runs=runs
         )
 
     return run
@@ -79,6 +81,8 @@ ALL_STRATEGIES: dict[str, Callable[[Items, int], Compressed]] = {
     "svd-mean-peak-fill": _svd_fill("mean", scorer="peak"),
     "svd-mean-energy-fill": _svd_fill("mean", scorer="energy"),
     "svd-smore-energy-fill": _svd_fill("smore", scorer="energy"),
+    # The default with the engine's online joins on (IndexConfig.theta 0.95), not only budget merges.
+    "svd-mean-energy-theta95": _svd_fill("mean", scorer="energy", theta=0.95),
     "svd-mean-proj-fill": _svd_fill("mean", scorer="projection"),
     # Merging by reconstruction loss (Ward: around the mean; subspace: off the rank-k span).
     "svd-ward-fill": _svd_fill("mean", merge="ward"),
