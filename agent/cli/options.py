@@ -83,7 +83,13 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fps", type=float, default=2.0, help="sampling rate (frames per second)")
     g.add_argument("--grid", type=int, default=2, help="super-image grid N (1..4)")
     g.add_argument("--budget", type=int, default=4096, help="token budget B")
-    g.add_argument("--theta", type=float, default=0.95, help="merge cosine threshold")
+    g.add_argument(
+        "--theta",
+        type=float,
+        default=None,
+        help="cosine at which a new embedding joins the current anchor online (default 1.0: only "
+        "identical ones; an existing index keeps its own)",
+    )
     g.add_argument("--rank", type=int, default=4, help="SVD rank per anchor")
     g.add_argument(
         "--representative",
@@ -193,10 +199,10 @@ def index_config(a: argparse.Namespace) -> IndexConfig:
             **({} if nice is None else {"encoder_nice": nice}),
             # Unset unless given, so an existing index keeps the one it was built with (FOLLOW_INDEX).
             **({} if a.representative is None else {"representative": a.representative}),
+            **({} if a.theta is None else {"theta": a.theta}),
             fps=a.fps,
             grid=a.grid,
             budget=a.budget,
-            theta=a.theta,
             rank=a.rank,
             keyframes_only=a.keyframes,
             gate=not a.no_gate,

@@ -14,7 +14,7 @@ from agent.store.memory_store import LEGACY_RULES
 from agent.store.versioned import read_versioned
 
 INDEX_VERSION = 1
-FOLLOW_INDEX = ("merge", "scorer", "representative")
+FOLLOW_INDEX = ("merge", "scorer", "representative", "theta")
 """Memory rules whose default changed (issue #15): an existing index keeps the rule it was built
 with unless the caller sets one explicitly (the CLI never does), so a default change does not
 lock an index out of further ingest."""

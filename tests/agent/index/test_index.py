@@ -239,16 +239,16 @@ def test_tiny_random_is_identical_across_processes() -> None:
     assert len(outs) == 1
 
 
-def test_vmr_ingest_without_flags_keeps_an_index_built_with_smore(
+def test_vmr_ingest_without_flags_keeps_an_index_built_with_smore_and_theta_095(
     tmp_path: Path, scene_video: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     video, _ = scene_video
     argv = ["ingest", str(video), "--index", str(tmp_path / "i"), "--budget", "4", "--model", "tiny-random"]
-    assert main([*argv, "--quiet", "--representative", "smore"]) == 0
-    # The CLI leaves --representative unset unless given: the index's own rule is kept.
+    assert main([*argv, "--quiet", "--representative", "smore", "--theta", "0.95"]) == 0
+    # The CLI leaves --representative and --theta unset unless given: the index's own rules are kept.
     assert main([*argv, "--quiet", "--stream", "again"]) == 0
     index = VideoIndex.open(tmp_path / "i")
-    assert {s.memory.representative for s in index.streams.values()} == {"smore"}
+    assert {(s.memory.representative, s.memory.theta) for s in index.streams.values()} == {("smore", 0.95)}
     index.close()
     capsys.readouterr()
     assert main([*argv, "--quiet", "--representative", "mean"]) == 2
@@ -259,12 +259,12 @@ def test_an_index_keeps_the_memory_rules_it_was_built_with(
     tmp_path: Path, scene_video: tuple[Path, list[Path]]
 ) -> None:
     # index.json records every setting, the memory rules included: an index built under an older
-    # default (plain Ward; ward-young with SMORE's representative) opens with those rules, and
+    # default (plain Ward or ward-young, SMORE's representative, theta 0.95) opens with those rules, and
     # its memories were written with them.
     video, _ = scene_video
     for name, old_merge in (("ward", "ward"), ("young", "ward-young")):
         root = tmp_path / name
-        old_rules = {"merge": old_merge, "representative": "smore"}
+        old_rules = {"merge": old_merge, "representative": "smore", "theta": 0.95}
         old = settings(grid=1, budget=3, fps=1.0, **old_rules)
         ingest(root, video, old).close()
         manifest = json.loads((root / "index.json").read_text())
@@ -280,11 +280,14 @@ def test_an_index_keeps_the_memory_rules_it_was_built_with(
         mem = more.streams["cam"].memory
         assert (more.settings.index.merge, mem.merge) == (old_rules["merge"],) * 2
         assert more.settings.index.representative == old.index.representative == mem.representative
+        assert more.settings.index.theta == mem.theta == 0.95
         more.close()
         with pytest.raises(ConfigError, match="other settings"):
             VideoIndex.create(root, settings(grid=1, budget=3, fps=1.0, merge="cosine"))
         with pytest.raises(ConfigError, match="other settings"):
             VideoIndex.create(root, settings(grid=1, budget=3, fps=1.0, representative="mean"))
+        with pytest.raises(ConfigError, match="other settings"):
+            VideoIndex.create(root, settings(grid=1, budget=3, fps=1.0, theta=1.0))
     # A ward-young index.json reads back through the config's MergeRule literal.
     dumped = json.loads(json.dumps(settings(merge="ward-young").model_dump(mode="json")))
     assert Settings.model_validate(dumped).index.merge == "ward-young"
