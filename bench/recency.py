@@ -66,7 +66,12 @@ def lines(rows: Sequence[Mapping[str, Any]], chosen: str, max_fraction: float = 
                     for r, s in cells
                     if r["grid"] == grid and r["strategy"] == name and abs(r["fraction"] - f) < 1e-9
                 ]
-                vals.append("-" if not hit else f"{hit[0]['early']} / {hit[0]['late']}")
+                vals.append("-" if not hit else f"{_pct(hit[0]['early'])} / {_pct(hit[0]['late'])}")
             bold = "**" if name == chosen else ""
             out.append(f"| {grid} | {bold}{name}{bold} | " + " | ".join(vals) + " |")
     return out
+
+
+def _pct(value: float | None) -> str:
+    # No needle in that part of the video (a short haystack): nothing to report, not "None".
+    return "-" if value is None else f"{value}"

@@ -36,10 +36,12 @@ def targets(rows: Sequence[dict[str, Any]], chosen: str) -> dict[str, Any]:
         f10, f30 = at(rows, grid, chosen, 1 / 10), at(rows, grid, chosen, 1 / 30)
         if dense is None or f10 is None or f30 is None:
             continue
-        ahead = []
+        ahead: list[bool] = []
+        unmeasured = False  # a peer missing from the run: the target is not judged (None)
         for r in rows:
             if r["grid"] == grid and r["strategy"] == chosen and r["fraction"] <= 1 / 10 + 1e-9:
                 peers = [at(rows, grid, p, r["fraction"]) for p in PEERS]
+                unmeasured |= any(p is None for p in peers)
                 best = max((p["image"]["fidelity"] for p in peers if p is not None), default=0.0)
                 ahead.append(r["image"]["fidelity"] >= best)
         dense_r1 = dense["image"]["R1@0.5"]
@@ -48,7 +50,7 @@ def targets(rows: Sequence[dict[str, Any]], chosen: str) -> dict[str, Any]:
             "fidelity_1/10_met": f10["image"]["fidelity"] >= 95.0,
             "fidelity_1/30": f30["image"]["fidelity"],
             "fidelity_1/30_met": f30["image"]["fidelity"] >= 85.0,
-            "ahead_of_avgpool_and_selection_met": bool(ahead) and all(ahead),
+            "ahead_of_avgpool_and_selection_met": None if unmeasured else bool(ahead) and all(ahead),
             "dense_R1@0.5": dense_r1,
             "R1@0.5_1/30": f30["image"]["R1@0.5"],
             "R1_within_10pct_met": f30["image"]["R1@0.5"] >= 0.9 * dense_r1,

@@ -56,6 +56,11 @@ def cmd_info(a: argparse.Namespace) -> int:
                 f"{name}: {s['tokens']}/{s['budget']} tokens, {s['covered_seconds']:.1f}s covered, "
                 f"{s['memory_bytes'] / 1024:.0f} KiB memory, {s['store_bytes'] / 2**20:.1f} MiB frames"
             )
+            r = s["rules"]
+            print(
+                f"  memory: grid {r['grid']} at {r['fps']:g} fps, merge {r['merge']}, representative "
+                f"{r['representative']}, scorer {r['scorer']}, theta {r['theta']:g}, rank {r['rank']}"
+            )
             for channel, unit in (("speech", "utterances"), ("ocr", "spans")):
                 if channel in s:
                     c = s[channel]

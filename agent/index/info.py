@@ -94,6 +94,7 @@ def stream_info(st: StreamState) -> dict[str, Any]:
         "encoder_passes": st.stats.superimages,
         "gated_frames": st.stats.gated_frames,
         "store_bytes": st.store.nbytes if st.store is not None else 0,
+        "rules": memory_rules(st),
     }
     sizes = st.text_sizes()
     speech = st.channels.get(SpeechChannel.name)
@@ -103,6 +104,21 @@ def stream_info(st: StreamState) -> dict[str, Any]:
     if isinstance(ocr, OcrChannel):
         info["ocr"] = {**ocr.info(), "lag_seconds": sizes["ocr"].lag_seconds}
     return info
+
+
+def memory_rules(st: StreamState) -> dict[str, Any]:
+    """The rules this stream's memory runs by, read from the memory itself (its snapshot's, which an
+    index older than a default change keeps): sampling, grid, merge rule, representative, scorer, θ."""
+    mem = st.memory
+    return {
+        "fps": st.cfg.fps,
+        "grid": st.cfg.grid,
+        "merge": mem.merge,
+        "representative": mem.representative,
+        "scorer": mem.scorer,
+        "theta": mem.theta,
+        "rank": mem.rank,
+    }
 
 
 def bytes_on_disk(root: Path) -> int:

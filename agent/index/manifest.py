@@ -31,6 +31,16 @@ def stored(settings: Settings) -> dict[str, Any]:
     return dump
 
 
+def differences(built: Any, asked: Any, path: str = "") -> list[str]:
+    """Where two :func:`stored` dumps differ, as ``"index.theta: built 0.95, asked 1.0"`` lines."""
+    if isinstance(built, dict) and isinstance(asked, dict):
+        out: list[str] = []
+        for key in sorted(set(built) | set(asked), key=str):
+            out += differences(built.get(key), asked.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if built == asked else [f"{path}: built {built!r}, asked {asked!r}"]
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     """``root/index.json``; IndexStoreError when there is none or it is unreadable,
     SnapshotVersionError for another format version."""

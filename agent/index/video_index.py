@@ -47,6 +47,7 @@ from agent.index.manifest import (
     INDEX_VERSION,
     STREAM_ID,
     check_stream_id,
+    differences,
     follow_index,
     manifest_settings,
     read_manifest,
@@ -130,7 +131,10 @@ class VideoIndex:
             known = manifest_settings(root, cls.read_manifest(root))
             settings = follow_index(settings, known)
             if stored(known) != stored(settings):
-                raise ConfigError(f"{root} was built with other settings; use a new --index directory")
+                diff = "; ".join(differences(stored(known), stored(settings)))
+                raise ConfigError(
+                    f"{root} was built with other settings ({diff}); use a new --index directory"
+                )
         idx = cls(root, settings, isolate=isolate)
         idx._open_streams(skip)
         idx.write_manifest()

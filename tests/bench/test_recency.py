@@ -33,3 +33,6 @@ def test_pooled_rows_split_fidelity_early_and_late() -> None:
     del old["image"]["late"]
     (bare,) = pooled.pool([old])
     assert recency.split(bare) is None and recency.lines([bare], "x") == []
+    # A haystack with no needle in its last quarter reports "-" there, not "None".
+    (early_only,) = pooled.pool([row(0, [1, 0], [0, 0])])
+    assert "| 2 | x | 50.0 / - |" in recency.lines([{**early_only, "strategy": "x"}], "y")

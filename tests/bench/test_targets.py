@@ -29,3 +29,10 @@ def test_summary_means_every_grid_at_the_target_budgets() -> None:
             rows.append(row)
     got = targets.summary(rows)[CHOSEN]
     assert got == {"fidelity": 60.0, "fidelity_on_dense_hits": 80.0, "fidelity_1/100": 20.0}
+
+
+def test_the_peer_target_is_not_judged_when_a_peer_did_not_run() -> None:
+    rows = [_row("dense", 1.0, 100.0, 50.0)]
+    for f in (1 / 10, 1 / 30):
+        rows += [_row(CHOSEN, f, 95.0, 45.0), _row("avgpool", f, 90.0, 40.0)]
+    assert targets.targets(rows, CHOSEN)["1"]["ahead_of_avgpool_and_selection_met"] is None

@@ -252,7 +252,16 @@ def test_vmr_ingest_without_flags_keeps_an_index_built_with_smore_and_theta_095(
     index.close()
     capsys.readouterr()
     assert main([*argv, "--quiet", "--representative", "mean"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    # The refusal names what differs, built against asked.
+    assert "index.representative: built 'smore', asked 'mean'" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "i"), "--json"]) == 0
+    rules = {name: s["rules"] for name, s in json.loads(capsys.readouterr().out)["streams"].items()}
+    assert {r["representative"] for r in rules.values()} == {"smore"} and {
+        r["theta"] for r in rules.values()
+    } == {0.95}
+    assert {(r["merge"], r["scorer"], r["grid"]) for r in rules.values()} == {("cosine", "energy", 2)}
+    assert main(["info", str(tmp_path / "i")]) == 0
+    assert "merge cosine, representative smore, scorer energy, theta 0.95" in capsys.readouterr().out
 
 
 def test_an_index_keeps_the_memory_rules_it_was_built_with(
