@@ -78,6 +78,7 @@ def run(
     fps = float(params.fps) if params.fps <= 5 else 2.0
     rows: list[dict[str, Any]] = []
     builds: dict[str, Any] = {}
+    oracles = any(name in oracle.ORACLES for name in strategies)
     for seed in seeds:
         seeded = haystack.make_params(**{**params.model_dump(), "seed": seed})
         hs = haystack.build(seeded, data, cache)
@@ -98,7 +99,8 @@ def run(
             row["image"]["late"] = recency.late_mask(queries[row["grid"]]["image"][0], params.duration)
             rows.append({"seed": seed, **row})
         builds[str(seed)] = {
-            "ceilings": oracle.ceilings_by_grid(items, fractions, scenes),
+            # The encoder-free kept counts, only for runs that asked for the oracles.
+            **({"ceilings": oracle.ceilings_by_grid(items, fractions, scenes)} if oracles else {}),
             "root": str(hs.root),
             "items": {str(g): int(it.starts.shape[0]) for g, it in items.items()},
             "item_stats": stats,
@@ -108,7 +110,7 @@ def run(
     first = builds[str(seeds[0])]
     tag = "-".join(str(s) for s in seeds)
     suffix = f"-{image_query}"  # runs before the choice existed (no suffix) used the photo alone
-    if any(name in oracle.ORACLES for name in strategies):
+    if oracles:
         suffix += "-oracles"
     return {
         "name": f"compression-{run_name(params).rsplit('-s', 1)[0]}-s{tag}-{dense_inputs.slug(enc.name)}{suffix}",

@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from agent.errors import ConfigError
 from bench.fidelity import budgets_for
-from bench.strategies import Compressed, Items, check
+from bench.strategies import Compressed, Items, check, pooled_runs, unit_rows
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -100,14 +100,11 @@ def _groups(items: Items, budget: int, scene_starts: F64, weights: F64) -> tuple
 
 
 def partition(items: Items, budget: int, scene_starts: F64, weights: F64) -> Items:
-    """The mean-pooled memory of the best groups of whole scenes (``weights`` per scene)."""
+    """The mean-pooled memory of the best groups of whole scenes (``weights`` per scene), as avgpool pools."""
     groups = _groups(items, budget, scene_starts, weights)[0]
-    unit = items.embs.astype(np.float64)
-    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    sums = np.add.reduceat(unit, groups, axis=0)
-    lasts = np.append(groups[1:] - 1, items.starts.shape[0] - 1)
-    tokens = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return Items(items.starts[groups].copy(), items.ends[lasts].copy(), tokens.astype(np.float32))
+    return pooled_runs(
+        items, groups, np.add.reduceat(unit_rows(items.embs).astype(np.float64), groups, axis=0)
+    )
 
 
 def kept(

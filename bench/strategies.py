@@ -125,15 +125,16 @@ def check(items: Items) -> Items:
     return items
 
 
-def _unit(x: npt.NDArray[np.floating]) -> F32:
+def unit_rows(x: npt.NDArray[np.floating]) -> F32:
+    """Each row of ``x`` (n, d) scaled to unit length (an all-zero row stays zero), as float32."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _runs(items: Items, firsts: I64, tokens: npt.NDArray[np.floating]) -> Items:
+def pooled_runs(items: Items, firsts: I64, tokens: npt.NDArray[np.floating]) -> Items:
     """The memory made of runs beginning at the ``firsts`` indices, one token each."""
     lasts = np.append(firsts[1:] - 1, items.starts.shape[0] - 1)
-    return Items(items.starts[firsts].copy(), items.ends[lasts].copy(), _unit(tokens))
+    return Items(items.starts[firsts].copy(), items.ends[lasts].copy(), unit_rows(tokens))
 
 
 def _budget(budget: int) -> int:
@@ -145,14 +146,14 @@ def _budget(budget: int) -> int:
 def dense(items: Items, budget: int | None = None) -> Items:
     """Every item kept (ignores the budget): the upper bound and the naive peer."""
     starts, ends, embs = check(items)
-    return Items(starts.copy(), ends.copy(), _unit(embs))
+    return Items(starts.copy(), ends.copy(), unit_rows(embs))
 
 
 def uniform(items: Items, budget: int) -> Items:
     """Evenly spaced items, each covering the span until the next kept one. Offline."""
     n, budget = check(items).starts.shape[0], _budget(budget)
     firsts = np.unique(np.floor(np.arange(min(n, budget)) * (n / min(n, budget))).astype(np.int64))
-    return _runs(items, firsts, items.embs[firsts])
+    return pooled_runs(items, firsts, items.embs[firsts])
 
 
 def _select(embs: F32, tau: float) -> I64:
@@ -208,10 +209,10 @@ def selection(items: Items, budget: int) -> Items:
 
     tau is tuned by bisection to fit the budget; the kept item is the token.
     """
-    embs, budget = _unit(check(items).embs), _budget(budget)
+    embs, budget = unit_rows(check(items).embs), _budget(budget)
     tau = _bisect(lambda t: int(_select(embs, t).shape[0]), budget)
     firsts = _select(embs, tau)
-    return _runs(items, firsts, embs[firsts])
+    return pooled_runs(items, firsts, embs[firsts])
 
 
 def avgpool(items: Items, budget: int) -> Items:
@@ -222,10 +223,10 @@ def avgpool(items: Items, budget: int) -> Items:
     pair merging, which with a mean token would be SVD merging with the mean
     representative minus the online theta rule).
     """
-    embs, budget = _unit(check(items).embs).astype(np.float64), _budget(budget)
+    embs, budget = unit_rows(check(items).embs).astype(np.float64), _budget(budget)
     tau = _bisect(lambda t: int(_pool(embs, t)[0].shape[0]), budget)
     firsts, sums = _pool(embs, tau)
-    return _runs(items, firsts, sums)
+    return pooled_runs(items, firsts, sums)
 
 
 def svd(
@@ -285,7 +286,7 @@ def svd(
     return MemoryItems(
         np.array(m_starts, np.float64),
         np.array(m_ends, np.float64),
-        _unit(reps),
+        unit_rows(reps),
         None if scorer == "rep" else score,
         mem.nbytes,
         overlay if detail else None,
