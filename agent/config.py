@@ -121,6 +121,12 @@ class EncoderConfig(Strict):
         return self
 
 
+MEMORY_RULES = ("merge", "scorer", "representative", "theta")
+"""The :class:`IndexConfig` fields a memory records in its snapshot, under the same names: what an
+existing index keeps when a default changes (:data:`agent.index.manifest.FOLLOW_INDEX`) and what a
+loaded memory is checked against."""
+
+
 class IndexConfig(Strict):
     """How footage becomes memory."""
 

@@ -36,7 +36,7 @@ from agent.channels.base import Channel, ChannelAnswer, ChannelQuery, WorkItem
 from agent.channels.ingest import IngestStats, StreamIngestor
 from agent.channels.refine import VisualPlan, refine_plans
 from agent.channels.retrieval import FrameEmbeddingCache, plan_visual
-from agent.config import IndexConfig
+from agent.config import MEMORY_RULES, IndexConfig
 from agent.core.cheap_index import CheapIndex
 from agent.core.memory import Memory
 from agent.core.superimage import SuperImage
@@ -260,15 +260,15 @@ class VisualChannel(Channel):
         mem = load_memory(path)
         if mem.dim != self.dim:
             raise IndexStoreError(f"{path}: memory has dim {mem.dim}, encoder gives {self.dim}")
-        c = self.cfg
-        ours, its = (c.merge, c.scorer, c.representative), (mem.merge, mem.scorer, mem.representative)
+        its = [str(getattr(mem, r)) for r in MEMORY_RULES]
+        ours = [str(getattr(self.cfg, r)) for r in MEMORY_RULES]
         if its != ours:
             # The snapshot's rules are kept (switching a built memory's token or merges silently
             # would be worse); said aloud, since this stream now ranks unlike the index's others.
             log.warning(
-                "stream %s: its memory was built with merge/scorer/representative %s, the index "
-                "says %s; the memory keeps its own",
+                "stream %s: its memory was built with %s %s, the index says %s; the memory keeps its own",
                 self.stream,
+                "/".join(MEMORY_RULES),
                 "/".join(its),
                 "/".join(ours),
             )

@@ -8,13 +8,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config import Settings
+from agent.config import MEMORY_RULES, Settings
 from agent.errors import ConfigError, IndexStoreError
 from agent.store.memory_store import LEGACY_RULES
 from agent.store.versioned import read_versioned
 
 INDEX_VERSION = 1
-FOLLOW_INDEX = ("merge", "scorer", "representative", "theta")
+FOLLOW_INDEX = MEMORY_RULES
 """Memory rules whose default changed (issue #15): an existing index keeps the rule it was built
 with unless the caller sets one explicitly (the CLI never does), so a default change does not
 lock an index out of further ingest."""
